@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs into ignored folders of the repo, idempotently:
+#   .deps/node/      pinned agent CLIs from npm (Claude Code first)
+#   .deps/venv/      a Python venv with the `openai` SDK (client-side tests)
+# Safe to run repeatedly: a pinned version already present is not reinstalled.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+deps="$root/.deps"
+mkdir -p "$deps/node"
+
+# Pinned versions: bump deliberately, together with the contract fixtures in tests/fixtures.
+CLAUDE_CODE_VERSION="2.1.197"
+
+npm_install() {
+  # A stale `nodedir` in ~/.npmrc makes npm exit 1 silently; override it with an empty value.
+  (cd "$deps/node" && npm install --no-audit --no-fund --no-save --nodedir= "$@")
+}
+
+installed_version() {
+  local pkg_json="$deps/node/node_modules/$1/package.json"
+  [ -f "$pkg_json" ] && node -p "require('$pkg_json').version" 2>/dev/null || true
+}
+
+[ -f "$deps/node/package.json" ] || echo '{"name":"acg-test-deps","private":true}' > "$deps/node/package.json"
+
+if [ "$(installed_version @anthropic-ai/claude-code)" != "$CLAUDE_CODE_VERSION" ] \
+   || [ ! -x "$deps/node/node_modules/.bin/claude" ]; then
+  echo "installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION into .deps/node" >&2
+  npm_install "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
+fi
+"$deps/node/node_modules/.bin/claude" --version >/dev/null
+
+if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
+  if [ ! -x "$deps/venv/bin/python" ]; then
+    python3 -m venv "$deps/venv"
+  fi
+  if ! "$deps/venv/bin/python" -c 'import openai' 2>/dev/null; then
+    "$deps/venv/bin/pip" install --quiet "openai==1.*"
+  fi
+fi
+echo "test dependencies ready in $deps" >&2

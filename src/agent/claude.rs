@@ -1,0 +1,1 @@
+//! Claude Code backend (in progress).

@@ -1,0 +1,121 @@
+//! Agent backends: one folder per agent CLI. Each turns a [`TurnRequest`] into a child process
+//! (argv, env, working directory, resume rules) and its output into [`AgentEvent`]s.
+//!
+//! Owns: the [`AgentBackend`] trait, the error type rooms turn into chat messages, and the
+//! subprocess guard in `process`.
+//! Must not import: `connector` — no platform name appears here.
+
+pub mod claude;
+pub mod process;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{AgentEvent, TurnOutcome, TurnRequest};
+
+/// How a run's tool calls reach the gateway's approval broker (Claude's http PreToolUse hook).
+#[derive(Clone, Debug)]
+pub struct HookBinding {
+    /// `http://127.0.0.1:<port>/hook`.
+    pub url: String,
+    /// Per-run secret the CLI sends back in a header; binds each call to this turn.
+    pub secret: String,
+    /// Hook timeout: longer than the human approval timeout, so a pending approval is never
+    /// cut short by the CLI (which would fall through to the permission mode).
+    pub timeout: Duration,
+}
+
+/// Per-turn plumbing handed to a backend.
+pub struct TurnContext {
+    pub events: mpsc::Sender<AgentEvent>,
+    pub cancel: CancellationToken,
+    /// `Some` when the approval broker decides this run's tool calls.
+    pub hook: Option<HookBinding>,
+}
+
+/// Why a turn failed. `user_message` is what the room sees; details go to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("could not start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("agent exited with {status}; stderr: {stderr_tail}")]
+    Crashed { status: String, stderr_tail: String },
+    #[error("usage limit reached (resets at {resets_at:?})")]
+    RateLimited { resets_at: Option<u64> },
+    #[error("model API error {status:?}: {message}")]
+    Api { status: Option<u16>, message: String },
+    #[error("agent output could not be understood: {0}")]
+    Protocol(String),
+    #[error("session {0} could not be resumed")]
+    SessionNotFound(String),
+    #[error("turn cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl AgentError {
+    /// The short, clear message posted in the room. `reference` ties it to the log line.
+    pub fn user_message(&self, reference: &str) -> String {
+        match self {
+            AgentError::Spawn { command, .. } => {
+                format!("❌ Could not start the agent (`{command}`). An admin should check the gateway log. (ref: {reference})")
+            }
+            AgentError::Timeout(d) => format!(
+                "⏱️ The agent did not finish within {} s and was stopped. Please try again. (ref: {reference})",
+                d.as_secs()
+            ),
+            AgentError::Crashed { status, .. } => format!(
+                "❌ The agent stopped unexpectedly ({status}). Please try again. (ref: {reference})"
+            ),
+            AgentError::RateLimited { resets_at } => match resets_at {
+                Some(t) => format!(
+                    "❌ The agent has reached its usage limit; it resets at {}. (ref: {reference})",
+                    crate::timefmt::rfc3339_utc_secs(*t)
+                ),
+                None => format!(
+                    "❌ The agent has reached its usage limit. Please try again later. (ref: {reference})"
+                ),
+            },
+            AgentError::Api { status, .. } => match status {
+                Some(s) => format!("❌ The model API returned an error ({s}). Please try again. (ref: {reference})"),
+                None => format!("❌ The model API returned an error. Please try again. (ref: {reference})"),
+            },
+            AgentError::Protocol(_) => format!(
+                "❌ The agent's output could not be understood. Please try again. (ref: {reference})"
+            ),
+            AgentError::SessionNotFound(_) => format!(
+                "⚠️ The previous agent session could not be resumed; a new session will start with your next message. (ref: {reference})"
+            ),
+            AgentError::Cancelled => "⚠️ The turn was cancelled.".to_string(),
+            AgentError::Setup(_) => format!(
+                "❌ The agent could not be prepared. An admin should check the gateway log. (ref: {reference})"
+            ),
+        }
+    }
+}
+
+/// One agent CLI.
+#[async_trait]
+pub trait AgentBackend: Send + Sync + 'static {
+    /// Runs one turn to completion, streaming events as they come. The child process never
+    /// outlives this call: timeout, cancellation and drop all kill its process group.
+    async fn run_turn(
+        &self,
+        turn: TurnRequest,
+        ctx: TurnContext,
+    ) -> Result<TurnOutcome, AgentError>;
+
+    /// Working directory the agent runs in (for policy path normalisation and attachments).
+    fn working_directory(&self) -> &PathBuf;
+}

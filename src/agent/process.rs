@@ -1,0 +1,1 @@
+//! Agent subprocess guard (in progress).

@@ -1,0 +1,772 @@
+//! Configuration: YAML file → raw serde values → a validated [`Config`].
+//!
+//! Owns: loading, `${VAR}` expansion, path resolution, validation that reports every problem
+//! at once (each with its key path, and its line where the YAML parser knows it), and the
+//! validated types the rest of the daemon is built from.
+//! Must not import: runtime modules (`room`, `dispatch`, `daemon`). Connector-specific
+//! sections live beside their connector (`connector/<name>/config.rs`) and are validated
+//! through [`Validator`].
+
+mod expand;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::connector::{onebot, rocketchat, webchat};
+use crate::model::{Role, Sender};
+use crate::policy::{Rule, RuleSet};
+
+/// One problem found in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path such as `connectors[0].listen` (empty for the file as a whole).
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.path.is_empty(), self.line) {
+            (true, Some(l)) => write!(f, "line {l}: {}", self.message),
+            (true, None) => write!(f, "{}", self.message),
+            (false, Some(l)) => write!(f, "{} (line {l}): {}", self.path, self.message),
+            (false, None) => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} has {} problem{}:",
+            self.file.display(),
+            self.issues.len(),
+            if self.issues.len() == 1 { "" } else { "s" }
+        )?;
+        for issue in &self.issues {
+            write!(f, "\n  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Collects problems while validating; sections report into it and carry on.
+pub struct Validator {
+    issues: Vec<ConfigIssue>,
+    base_dir: PathBuf,
+    source: String,
+}
+
+impl Validator {
+    fn new(base_dir: PathBuf, source: String) -> Self {
+        Validator {
+            issues: Vec::new(),
+            base_dir,
+            source,
+        }
+    }
+
+    /// Records a problem at a key path.
+    pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let line = locate_line(&self.source, &path);
+        self.issues.push(ConfigIssue {
+            path,
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes one section, recording (not returning) a failure.
+    pub fn parse<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        match serde_yaml::from_value::<T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(path, clean_serde_message(&e.to_string()));
+                None
+            }
+        }
+    }
+
+    /// Resolves a path from the file against the config file's folder; `~/` is the home dir.
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        if let Some(rest) = p.strip_prefix("~/") {
+            if let Some(home) = std::env::var_os("HOME") {
+                return PathBuf::from(home).join(rest);
+            }
+        }
+        let path = Path::new(p);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+/// serde_yaml reports "unknown field `x`, expected one of …"; keep it, drop position noise
+/// that refers to the re-serialized value rather than the file.
+fn clean_serde_message(msg: &str) -> String {
+    msg.split(" at line ").next().unwrap_or(msg).to_string()
+}
+
+/// Best effort: the line of the last key of `path` in the YAML source, searching in order for
+/// each key of the path. Good enough to point a human at the right spot.
+fn locate_line(source: &str, path: &str) -> Option<usize> {
+    if path.is_empty() {
+        return None;
+    }
+    let mut from_line = 0usize;
+    let lines: Vec<&str> = source.lines().collect();
+    let mut found = None;
+    for seg in path.split('.') {
+        let (key, index) = match seg.find('[') {
+            Some(i) => (&seg[..i], seg[i + 1..].trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let pos = lines[from_line..].iter().position(|l| {
+            let t = l.trim_start().trim_start_matches("- ").trim_start_matches('{');
+            t.starts_with(&format!("{key}:")) || t.contains(&format!(" {key}:")) || t.contains(&format!("{{{key}:"))
+        })?;
+        from_line += pos;
+        found = Some(from_line + 1);
+        if let Some(n) = index {
+            // Walk to the n-th list item after the key.
+            let mut seen = 0;
+            let mut j = from_line + 1;
+            while j < lines.len() {
+                if lines[j].trim_start().starts_with("- ") {
+                    if seen == n {
+                        break;
+                    }
+                    seen += 1;
+                }
+                j += 1;
+            }
+            if j < lines.len() {
+                from_line = j;
+                found = Some(j + 1);
+            }
+        }
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated configuration
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub path: PathBuf,
+    pub connectors: Vec<ConnectorConfig>,
+    pub agents: BTreeMap<String, AgentConfig>,
+    pub default_agent: String,
+    pub watchers: Vec<WatcherConfig>,
+    /// Messages a room may hold while a turn runs; beyond it senders get a busy notice.
+    pub max_queue_depth: usize,
+    /// How long SIGTERM waits for running turns before stopping them.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    pub fn connector(&self, name: &str) -> Option<&ConnectorConfig> {
+        self.connectors.iter().find(|c| c.name == name)
+    }
+}
+
+/// Who is an owner or a guest of a connector. Matched by platform user id or username only.
+#[derive(Clone, Debug, Default)]
+pub struct UserRoles {
+    pub owners: HashSet<String>,
+    pub guests: HashSet<String>,
+    /// Role for senders on neither list; `None` ignores them.
+    pub unknown: Option<Role>,
+}
+
+impl UserRoles {
+    pub fn role_of(&self, sender: &Sender) -> Option<Role> {
+        let is = |set: &HashSet<String>| set.contains(&sender.id) || set.contains(&sender.username);
+        if is(&self.owners) {
+            Some(Role::Owner)
+        } else if is(&self.guests) {
+            Some(Role::Guest)
+        } else {
+            self.unknown
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConnectorConfig {
+    pub name: String,
+    pub users: UserRoles,
+    /// Channels and groups need an @mention (DMs never do).
+    pub require_mention: bool,
+    pub kind: ConnectorKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum ConnectorKind {
+    Webchat(webchat::config::WebchatConfig),
+    RocketChat(rocketchat::config::RocketChatConfig),
+    OneBot(onebot::config::OneBotConfig),
+}
+
+impl ConnectorKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ConnectorKind::Webchat(_) => "webchat",
+            ConnectorKind::RocketChat(_) => "rocketchat",
+            ConnectorKind::OneBot(_) => "onebot",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentType {
+    Claude,
+}
+
+#[derive(Clone, Debug)]
+pub struct PermissionsConfig {
+    /// Tool calls go through the gateway's hook and approval broker.
+    pub enabled: bool,
+    /// How long an approval prompt waits for an owner.
+    pub timeout: Duration,
+    /// Owners' calls are allowed without a prompt (guests still follow their list).
+    pub skip_owner_approval: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub name: String,
+    pub kind: AgentType,
+    pub command: String,
+    /// Extra arguments for every run (e.g. `--model`).
+    pub args: Vec<String>,
+    pub working_directory: PathBuf,
+    pub timeout: Duration,
+    pub permissions: PermissionsConfig,
+    pub owner_rules: RuleSet,
+    pub guest_rules: RuleSet,
+    /// Extra environment for the agent process (after `${VAR}` expansion).
+    pub env: Vec<(String, String)>,
+    /// Appended to the agent's system prompt (identity, house rules).
+    pub system_prompt: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WatcherConfig {
+    pub name: String,
+    pub connector: String,
+    /// Room spec: `*`, `#channel`, group name, `@user`, or a room id.
+    pub room: String,
+    pub agent: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw sections (mirror the file)
+// ---------------------------------------------------------------------------------------------
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "connectors",
+    "default_agent",
+    "agents",
+    "watchers",
+    "max_queue_depth",
+    "shutdown_grace",
+    "tool_presets",
+];
+
+/// Owners and guests as written in a connector section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllowedUsers {
+    #[serde(default)]
+    pub owners: Vec<String>,
+    #[serde(default)]
+    pub guests: Vec<String>,
+    /// `ignore` (default) or `guest`: what to do with senders on neither list.
+    #[serde(default)]
+    pub unknown: Option<String>,
+}
+
+impl RawAllowedUsers {
+    pub fn validate(&self, path: &str, v: &mut Validator) -> UserRoles {
+        let unknown = match self.unknown.as_deref() {
+            None | Some("ignore") => None,
+            Some("guest") => Some(Role::Guest),
+            Some(other) => {
+                v.error(
+                    format!("{path}.unknown"),
+                    format!("'{other}' is not valid: use 'ignore' or 'guest' (unknown senders never become owners)"),
+                );
+                None
+            }
+        };
+        for o in &self.owners {
+            if self.guests.contains(o) {
+                v.error(
+                    format!("{path}.guests"),
+                    format!("'{o}' is listed as both owner and guest"),
+                );
+            }
+        }
+        UserRoles {
+            owners: self.owners.iter().cloned().collect(),
+            guests: self.guests.iter().cloned().collect(),
+            unknown,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPermissions {
+    #[serde(default)]
+    enabled: bool,
+    #[serde(default = "default_permission_timeout")]
+    timeout: u64,
+    #[serde(default)]
+    skip_owner_approval: bool,
+}
+
+fn default_permission_timeout() -> u64 {
+    300
+}
+
+/// A tool rule as written: a preset name or `{tool, params}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRule {
+    Preset(String),
+    Rule {
+        tool: String,
+        #[serde(default)]
+        params: Option<String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    working_directory: String,
+    #[serde(default = "default_agent_timeout")]
+    timeout: u64,
+    #[serde(default)]
+    permissions: Option<RawPermissions>,
+    #[serde(default)]
+    owner_allowed_tools: Vec<RawRule>,
+    #[serde(default)]
+    guest_allowed_tools: Vec<RawRule>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    system_prompt: Option<String>,
+}
+
+fn default_agent_timeout() -> u64 {
+    600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatcher {
+    name: String,
+    connector: String,
+    room: String,
+    #[serde(default)]
+    agent: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        issues: vec![ConfigIssue {
+            path: String::new(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    parse(path, &source)
+}
+
+/// Validates configuration text as if it were the file at `path`.
+pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
+    let base_dir = path
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
+    let mut v = Validator::new(base_dir, source.to_string());
+    let config = validate_source(path, source, &mut v);
+    match config {
+        Some(c) if v.issues.is_empty() => Ok(c),
+        _ => Err(ConfigError {
+            file: path.to_path_buf(),
+            issues: v.issues,
+        }),
+    }
+}
+
+fn validate_source(path: &Path, source: &str, v: &mut Validator) -> Option<Config> {
+    let mut root: Value = match serde_yaml::from_str(source) {
+        Ok(Value::Null) => {
+            v.error("", "the file is empty");
+            return None;
+        }
+        Ok(value) => value,
+        Err(e) => {
+            v.issues.push(ConfigIssue {
+                path: String::new(),
+                line: e.location().map(|l| l.line()),
+                message: format!("not valid YAML: {}", clean_serde_message(&e.to_string())),
+            });
+            return None;
+        }
+    };
+    for (key_path, var) in expand::expand_env(&mut root) {
+        v.error(key_path, format!("environment variable {var} is not set"));
+    }
+    let Value::Mapping(map) = root else {
+        v.error("", "the top level must be a mapping of keys");
+        return None;
+    };
+    let mut sections: BTreeMap<String, Value> = BTreeMap::new();
+    for (k, val) in map {
+        let key = k.as_str().unwrap_or_default().to_string();
+        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+            v.error(
+                key.clone(),
+                format!("unknown key (expected one of: {})", TOP_LEVEL_KEYS.join(", ")),
+            );
+            continue;
+        }
+        sections.insert(key, val);
+    }
+
+    let presets = validate_presets(sections.remove("tool_presets"), v);
+    let connectors = validate_connectors(sections.remove("connectors"), v);
+    let agents = validate_agents(sections.remove("agents"), &presets, v);
+    let default_agent = match sections.remove("default_agent") {
+        Some(Value::String(s)) => {
+            if !agents.contains_key(&s) && !agents.is_empty() {
+                v.error("default_agent", format!("no agent named '{s}' under agents"));
+            }
+            s
+        }
+        Some(_) => {
+            v.error("default_agent", "must be an agent name");
+            String::new()
+        }
+        None if agents.len() == 1 => agents.keys().next().cloned().unwrap_or_default(),
+        None => String::new(),
+    };
+    let watchers = validate_watchers(
+        sections.remove("watchers"),
+        &connectors,
+        &agents,
+        &default_agent,
+        v,
+    );
+    let max_queue_depth = match sections.remove("max_queue_depth") {
+        None => 100,
+        Some(val) => match v.parse::<usize>("max_queue_depth", val) {
+            Some(0) => {
+                v.error("max_queue_depth", "must be at least 1 (queues are always bounded)");
+                100
+            }
+            Some(n) => n,
+            None => 100,
+        },
+    };
+    let shutdown_grace = match sections.remove("shutdown_grace") {
+        None => Duration::from_secs(30),
+        Some(val) => Duration::from_secs(v.parse::<u64>("shutdown_grace", val).unwrap_or(30)),
+    };
+    Some(Config {
+        path: path.to_path_buf(),
+        connectors,
+        agents,
+        default_agent,
+        watchers,
+        max_queue_depth,
+        shutdown_grace,
+    })
+}
+
+fn validate_presets(section: Option<Value>, v: &mut Validator) -> BTreeMap<String, Vec<Rule>> {
+    let mut presets = BTreeMap::new();
+    let Some(section) = section else {
+        return presets;
+    };
+    let Some(raw) = v.parse::<BTreeMap<String, Vec<RawRule>>>("tool_presets", section) else {
+        return presets;
+    };
+    for (name, rules) in raw {
+        let path = format!("tool_presets.{name}");
+        let compiled = compile_rules(&path, &rules, &BTreeMap::new(), v);
+        presets.insert(name, compiled);
+    }
+    presets
+}
+
+fn compile_rules(
+    path: &str,
+    rules: &[RawRule],
+    presets: &BTreeMap<String, Vec<Rule>>,
+    v: &mut Validator,
+) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let item = format!("{path}[{i}]");
+        match rule {
+            RawRule::Preset(name) => match presets.get(name) {
+                Some(p) => out.extend(p.iter().cloned()),
+                None => v.error(item, format!("no tool preset named '{name}'")),
+            },
+            RawRule::Rule { tool, params } => match Rule::new(tool, params.as_deref()) {
+                Ok(r) => out.push(r),
+                Err(e) => v.error(item, e),
+            },
+        }
+    }
+    out
+}
+
+fn validate_connectors(section: Option<Value>, v: &mut Validator) -> Vec<ConnectorConfig> {
+    let mut out: Vec<ConnectorConfig> = Vec::new();
+    let items = match section {
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            v.error("connectors", "must be a list");
+            return out;
+        }
+        None => {
+            v.error("connectors", "at least one connector is required");
+            return out;
+        }
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("connectors[{i}]");
+        let kind = item
+            .get("type")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let parsed = match kind.as_deref() {
+            Some("webchat") => webchat::config::validate(&path, item, v),
+            Some("rocketchat") => rocketchat::config::validate(&path, item, v),
+            Some("onebot") => onebot::config::validate(&path, item, v),
+            Some(other) => {
+                v.error(
+                    format!("{path}.type"),
+                    format!("unknown connector type '{other}' (expected webchat, rocketchat or onebot)"),
+                );
+                None
+            }
+            None => {
+                v.error(format!("{path}.type"), "missing (webchat, rocketchat or onebot)");
+                None
+            }
+        };
+        if let Some(c) = parsed {
+            if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+                v.error(format!("{path}.name"), "must be non-empty and use only letters, digits, '-' and '_' (it names a state file)");
+            } else if out.iter().any(|o| o.name == c.name) {
+                v.error(format!("{path}.name"), format!("duplicate connector name '{}'", c.name));
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn validate_agents(
+    section: Option<Value>,
+    presets: &BTreeMap<String, Vec<Rule>>,
+    v: &mut Validator,
+) -> BTreeMap<String, AgentConfig> {
+    let mut out = BTreeMap::new();
+    let items = match section {
+        Some(Value::Mapping(m)) => m,
+        Some(_) => {
+            v.error("agents", "must be a mapping of agent name to agent");
+            return out;
+        }
+        None => {
+            v.error("agents", "at least one agent is required");
+            return out;
+        }
+    };
+    for (k, item) in items {
+        let name = k.as_str().unwrap_or_default().to_string();
+        let path = format!("agents.{name}");
+        let Some(raw) = v.parse::<RawAgent>(&path, item) else {
+            continue;
+        };
+        let kind = match raw.kind.as_str() {
+            "claude" => AgentType::Claude,
+            other => {
+                v.error(
+                    format!("{path}.type"),
+                    format!("unknown agent type '{other}' (supported: claude)"),
+                );
+                continue;
+            }
+        };
+        let working_directory = v.resolve_path(&raw.working_directory);
+        if !working_directory.is_dir() {
+            v.error(
+                format!("{path}.working_directory"),
+                format!("{} does not exist or is not a directory", working_directory.display()),
+            );
+        }
+        let permissions = match raw.permissions {
+            Some(p) => PermissionsConfig {
+                enabled: p.enabled,
+                timeout: Duration::from_secs(p.timeout),
+                skip_owner_approval: p.skip_owner_approval,
+            },
+            None => PermissionsConfig {
+                enabled: false,
+                timeout: Duration::from_secs(default_permission_timeout()),
+                skip_owner_approval: false,
+            },
+        };
+        if raw.timeout == 0 {
+            v.error(format!("{path}.timeout"), "must be at least 1 second");
+        }
+        if permissions.enabled && raw.timeout <= permissions.timeout.as_secs() {
+            v.error(
+                format!("{path}.timeout"),
+                format!(
+                    "must be longer than permissions.timeout ({} s), or a turn waiting for approval is cut off",
+                    permissions.timeout.as_secs()
+                ),
+            );
+        }
+        let owner_rules = compile_rules(&format!("{path}.owner_allowed_tools"), &raw.owner_allowed_tools, presets, v);
+        let guest_rules = compile_rules(&format!("{path}.guest_allowed_tools"), &raw.guest_allowed_tools, presets, v);
+        let command = raw.command.unwrap_or_else(|| "claude".to_string());
+        if command.trim().is_empty() {
+            v.error(format!("{path}.command"), "must not be empty");
+        }
+        out.insert(
+            name.clone(),
+            AgentConfig {
+                name,
+                kind,
+                command,
+                args: raw.args,
+                working_directory,
+                timeout: Duration::from_secs(raw.timeout),
+                permissions,
+                owner_rules: RuleSet::new(owner_rules),
+                guest_rules: RuleSet::new(guest_rules),
+                env: raw.env.into_iter().collect(),
+                system_prompt: raw.system_prompt,
+            },
+        );
+    }
+    out
+}
+
+fn validate_watchers(
+    section: Option<Value>,
+    connectors: &[ConnectorConfig],
+    agents: &BTreeMap<String, AgentConfig>,
+    default_agent: &str,
+    v: &mut Validator,
+) -> Vec<WatcherConfig> {
+    let mut out: Vec<WatcherConfig> = Vec::new();
+    let items = match section {
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            v.error("watchers", "must be a list");
+            return out;
+        }
+        None => {
+            v.error("watchers", "at least one watcher is required");
+            return out;
+        }
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        let path = format!("watchers[{i}]");
+        let Some(raw) = v.parse::<RawWatcher>(&path, item) else {
+            continue;
+        };
+        if out.iter().any(|w| w.name == raw.name) {
+            v.error(format!("{path}.name"), format!("duplicate watcher name '{}'", raw.name));
+        }
+        if !connectors.iter().any(|c| c.name == raw.connector) && !connectors.is_empty() {
+            v.error(
+                format!("{path}.connector"),
+                format!("no connector named '{}'", raw.connector),
+            );
+        }
+        if raw.room.trim().is_empty() {
+            v.error(format!("{path}.room"), "must not be empty (use \"*\" for every room)");
+        }
+        if out
+            .iter()
+            .any(|w| w.connector == raw.connector && w.room == raw.room)
+        {
+            v.error(
+                format!("{path}.room"),
+                format!("room '{}' of connector '{}' is already watched", raw.room, raw.connector),
+            );
+        }
+        let agent = raw.agent.unwrap_or_else(|| default_agent.to_string());
+        if agent.is_empty() {
+            v.error(format!("{path}.agent"), "missing, and there is no default_agent");
+        } else if !agents.contains_key(&agent) && !agents.is_empty() {
+            v.error(format!("{path}.agent"), format!("no agent named '{agent}'"));
+        }
+        out.push(WatcherConfig {
+            name: raw.name,
+            connector: raw.connector,
+            room: raw.room,
+            agent,
+        });
+    }
+    out
+}
+
+/// Shared by connector sections: parses a section and reports it under `path`.
+pub fn parse_section<T: DeserializeOwned>(path: &str, value: Value, v: &mut Validator) -> Option<T> {
+    v.parse(path, value)
+}
+
+#[cfg(test)]
+mod tests;

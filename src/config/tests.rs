@@ -1,0 +1,68 @@
+//! Config validation tests: every problem reported at once, with key paths.
+
+use super::*;
+
+fn check(yaml: &str) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let result = load(&path);
+    // Keep the dir alive until the result has been produced.
+    drop(dir);
+    result
+}
+
+const GOOD: &str = r#"
+connectors:
+  - {name: local, type: webchat, listen: "127.0.0.1:0", allowed_users: {owners: [me], guests: [bob]}}
+default_agent: assistant
+agents:
+  assistant: {type: claude, command: claude, working_directory: ./work, timeout: 600,
+              permissions: {enabled: true, timeout: 300},
+              owner_allowed_tools: [{tool: Bash, params: "git (log|status).*"}], guest_allowed_tools: [{tool: Read}]}
+watchers:
+  - {name: local-all, connector: local, room: "*", agent: assistant}
+max_queue_depth: 10
+"#;
+
+#[test]
+fn good_config_validates() {
+    let c = check(GOOD).unwrap();
+    assert_eq!(c.connectors.len(), 1);
+    assert_eq!(c.max_queue_depth, 10);
+    let a = &c.agents["assistant"];
+    assert!(a.working_directory.is_absolute());
+    assert_eq!(a.owner_rules.rules.len(), 1);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key_path() {
+    let yaml = GOOD
+        .replace("type: claude", "type: claud")
+        .replace("room: \"*\"", "room: \"*\", colour: red")
+        .replace("max_queue_depth: 10", "max_queue_depth: 10\nbogus: 1");
+    let err = check(&yaml).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("agents.assistant.type: unknown agent type 'claud' (supported: claude)"), "{text}");
+    assert!(text.contains("watchers[0]"), "{text}");
+    assert!(text.contains("unknown field `colour`"), "{text}");
+    assert!(text.contains("bogus"), "{text}");
+    assert!(err.issues.len() >= 3, "{text}");
+}
+
+#[test]
+fn unset_variable_is_named() {
+    let yaml = GOOD.replace("owners: [me]", "owners: [me]}, tokens: {me: \"${ACG_SURELY_UNSET_VAR}\"");
+    let text = check(&yaml).unwrap_err().to_string();
+    assert!(
+        text.contains("connectors[0].tokens.me") && text.contains("environment variable ACG_SURELY_UNSET_VAR is not set"),
+        "{text}"
+    );
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let err = check("connectors: [\n  {name: x\n").unwrap_err();
+    assert!(err.issues[0].line.is_some(), "{err}");
+}

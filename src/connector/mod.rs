@@ -1,0 +1,207 @@
+//! Connectors: one folder per chat platform. Each turns its platform's wire traffic into
+//! [`ConnectorEvent`]s for the dispatcher and carries replies back out (post, edit, typing,
+//! upload).
+//!
+//! Owns: the [`Connector`] trait, the event sink connectors deliver into, and the registry
+//! that builds connectors from configuration.
+//! Must not import: `agent`, `room`, `approval` — connectors and agents meet only in `model`.
+
+pub mod onebot;
+pub mod rocketchat;
+pub mod webchat;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{InboundMessage, PostedMessage, ReplyTarget, RoomRef};
+use crate::state::ConnectorStore;
+use crate::text;
+
+/// What a platform can do, so the turn runner streams and splits replies appropriately.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    /// Longest text one message may carry (characters). Longer replies are split.
+    pub max_message_len: usize,
+    /// Posted messages can be edited, so a reply can stream into one message as it grows.
+    pub edit: bool,
+    /// Shortest interval between two edits of one message (platform rate limits).
+    pub edit_interval: Duration,
+}
+
+/// Errors talking to a platform. Carries enough to tell the user what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("room not found: {0}")]
+    RoomNotFound(String),
+    #[error("not connected to {0}")]
+    NotConnected(String),
+    #[error("{platform} rejected {action}: {detail}")]
+    Rejected {
+        platform: &'static str,
+        action: String,
+        detail: String,
+    },
+    #[error("{0} is not supported by this connector")]
+    Unsupported(&'static str),
+    #[error("attachment {path}: {source}")]
+    Attachment {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a connector tells the dispatcher.
+#[derive(Debug)]
+pub enum ConnectorEvent {
+    /// A message addressed to a watched room. `accepted` reports whether it was queued, so a
+    /// connector advances its replay watermark only past messages that were taken.
+    Message {
+        message: InboundMessage,
+        accepted: Option<oneshot::Sender<Acceptance>>,
+    },
+    /// A watcher's room spec (`#general`, `@alice`, an id) resolved to a room id.
+    RoomResolved { spec: String, room: RoomRef },
+    /// A watcher's room spec could not be resolved; that watcher stays inactive.
+    RoomFailed { spec: String, error: String },
+    /// Connection state changed (for `status` and `list`).
+    Connection { connected: bool, detail: String },
+}
+
+/// The dispatcher's verdict on one inbound message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Acceptance {
+    /// Taken into a room's queue (persisted); it will be answered or reported failed.
+    Queued,
+    /// Consumed without a turn (an approval command, a paused-room notice, …).
+    Handled,
+    /// Deliberately not processed (no watcher, not addressed, unknown sender).
+    Ignored(String),
+    /// Could not be taken (queue full, shutting down); the sender was told.
+    Rejected(String),
+}
+
+impl Acceptance {
+    /// Whether a replay watermark may move past this message.
+    pub fn is_settled(&self) -> bool {
+        !matches!(self, Acceptance::Rejected(_))
+    }
+}
+
+/// Delivers one connector's events to the dispatcher, tagged with the connector's name.
+#[derive(Clone)]
+pub struct EventSink {
+    connector: Arc<str>,
+    tx: mpsc::Sender<(Arc<str>, ConnectorEvent)>,
+}
+
+impl EventSink {
+    pub fn new(connector: Arc<str>, tx: mpsc::Sender<(Arc<str>, ConnectorEvent)>) -> Self {
+        EventSink { connector, tx }
+    }
+
+    pub fn connector(&self) -> &Arc<str> {
+        &self.connector
+    }
+
+    /// Sends an event; false when the dispatcher is gone (shutting down).
+    pub async fn send(&self, event: ConnectorEvent) -> bool {
+        self.tx.send((self.connector.clone(), event)).await.is_ok()
+    }
+
+    /// Delivers a message and waits for the dispatcher's verdict. A dispatcher that went away
+    /// counts as `Rejected`, so the connector keeps the message replayable.
+    pub async fn deliver(&self, message: InboundMessage) -> Acceptance {
+        let (tx, rx) = oneshot::channel();
+        let event = ConnectorEvent::Message {
+            message,
+            accepted: Some(tx),
+        };
+        if !self.send(event).await {
+            return Acceptance::Rejected("gateway is shutting down".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Acceptance::Rejected("gateway is shutting down".into()))
+    }
+}
+
+/// Everything a connector's `run` loop gets from the daemon.
+pub struct ConnectorContext {
+    pub events: EventSink,
+    pub cancel: CancellationToken,
+    /// Room specs of the watchers bound to this connector; `*` means every room.
+    pub watched: Vec<String>,
+    /// Where downloaded attachments go (`<runtime>/attachments/<connector>/`).
+    pub attachments_dir: PathBuf,
+    /// Persisted key/values of this connector (replay watermarks, …).
+    pub store: ConnectorStore,
+}
+
+impl ConnectorContext {
+    pub fn watches_all(&self) -> bool {
+        self.watched.iter().any(|w| w == "*")
+    }
+}
+
+/// A chat platform.
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    fn name(&self) -> &str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Connects and delivers events until `ctx.cancel` fires. Reconnects by itself; returns
+    /// an error only for faults that retrying cannot fix (bad credentials, port in use).
+    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> anyhow::Result<()>;
+
+    async fn post(&self, to: &ReplyTarget, text: &str) -> Result<PostedMessage, ConnectorError>;
+
+    /// Replaces the text of a message posted earlier by [`Connector::post`].
+    async fn edit(
+        &self,
+        to: &ReplyTarget,
+        message: &PostedMessage,
+        text: &str,
+    ) -> Result<(), ConnectorError> {
+        let _ = (to, message, text);
+        Err(ConnectorError::Unsupported("editing messages"))
+    }
+
+    /// Shows or clears "bot is typing" in the room. Best effort.
+    async fn typing(&self, to: &ReplyTarget, on: bool) -> Result<(), ConnectorError> {
+        let _ = (to, on);
+        Ok(())
+    }
+
+    async fn upload(
+        &self,
+        to: &ReplyTarget,
+        path: &Path,
+        caption: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        let _ = (to, path, caption);
+        Err(ConnectorError::Unsupported("uploading files"))
+    }
+
+    /// Sends a complete reply, splitting it at the platform's limit on line and code-fence
+    /// boundaries. Platforms with a better way for long text (QQ forward messages) override it.
+    async fn send_reply(&self, to: &ReplyTarget, text: &str) -> Result<(), ConnectorError> {
+        for part in text::split_message(text, self.capabilities().max_message_len) {
+            self.post(to, &part).await?;
+        }
+        Ok(())
+    }
+
+    /// Resolves `#channel`, a group name, `@user` (opening a DM) or a raw room id.
+    async fn resolve_room(&self, spec: &str) -> Result<RoomRef, ConnectorError>;
+}
+
+/// All connectors of the running daemon, by name.
+pub type Connectors = std::collections::HashMap<Arc<str>, Arc<dyn Connector>>;

@@ -1,0 +1,3 @@
+//! OneBot connector (in progress).
+
+pub mod config;

@@ -1,0 +1,3 @@
+//! RocketChat connector (in progress).
+
+pub mod config;

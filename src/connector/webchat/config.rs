@@ -1,0 +1,99 @@
+//! The `type: webchat` connector section.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::config::{ConnectorConfig, ConnectorKind, RawAllowedUsers, Validator};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebchat {
+    name: String,
+    #[serde(rename = "type")]
+    _type: String,
+    #[serde(default = "default_listen")]
+    listen: String,
+    /// user → token. Listed users without a token get one generated on first start.
+    #[serde(default)]
+    tokens: BTreeMap<String, String>,
+    #[serde(default)]
+    allowed_users: RawAllowedUsers,
+    #[serde(default)]
+    require_mention: bool,
+    #[serde(default = "default_history")]
+    history_limit: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8790".into()
+}
+
+fn default_history() -> usize {
+    500
+}
+
+#[derive(Clone, Debug)]
+pub struct WebchatConfig {
+    pub listen: SocketAddr,
+    pub tokens: BTreeMap<String, String>,
+    /// Every user that may log in: owners, guests and users with a configured token.
+    pub users: Vec<String>,
+    /// Messages kept per room for the page and the JSON API.
+    pub history_limit: usize,
+}
+
+pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<ConnectorConfig> {
+    let raw: RawWebchat = v.parse(path, value)?;
+    let listen = match raw.listen.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            v.error(
+                format!("{path}.listen"),
+                format!("'{}' is not an address like 127.0.0.1:8790", raw.listen),
+            );
+            return None;
+        }
+    };
+    for (user, token) in &raw.tokens {
+        if token.len() < 16 {
+            v.error(
+                format!("{path}.tokens.{user}"),
+                "must be at least 16 characters (leave it out to have one generated)",
+            );
+        }
+    }
+    let users_cfg = raw.allowed_users.validate(&format!("{path}.allowed_users"), v);
+    let mut users: Vec<String> = raw
+        .allowed_users
+        .owners
+        .iter()
+        .chain(&raw.allowed_users.guests)
+        .chain(raw.tokens.keys())
+        .cloned()
+        .collect();
+    users.sort();
+    users.dedup();
+    if users.is_empty() {
+        v.error(
+            format!("{path}.allowed_users"),
+            "no users: list at least one owner (a token is generated for each)",
+        );
+    }
+    if raw.history_limit == 0 {
+        v.error(format!("{path}.history_limit"), "must be at least 1");
+    }
+    Some(ConnectorConfig {
+        name: raw.name,
+        users: users_cfg,
+        require_mention: raw.require_mention,
+        kind: ConnectorKind::Webchat(WebchatConfig {
+            listen,
+            tokens: raw.tokens,
+            users,
+            history_limit: raw.history_limit,
+        }),
+    })
+}

@@ -1,0 +1,258 @@
+//! The neutral vocabulary every other module speaks: rooms, senders, roles, inbound messages,
+//! reply targets, turns and agent events.
+//!
+//! Owns: plain data types and their small helpers.
+//! Knows nothing about: serde wire formats, tokio, any chat platform or agent CLI. Connectors
+//! convert their wire types into these; agents convert their output into [`AgentEvent`]s.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One room of one connector: the unit that owns a queue and an agent session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomKey {
+    pub connector: Arc<str>,
+    /// The platform's stable room id (`GENERAL`, `group:123`, `lobby`, …).
+    pub room: Arc<str>,
+}
+
+impl RoomKey {
+    pub fn new(connector: impl Into<Arc<str>>, room: impl Into<Arc<str>>) -> Self {
+        RoomKey {
+            connector: connector.into(),
+            room: room.into(),
+        }
+    }
+}
+
+impl fmt::Display for RoomKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.connector, self.room)
+    }
+}
+
+/// What a sender may do. Ordered so that `min` gives the lowest role of a merged batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Guest,
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Guest => "guest",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "owner" => Ok(Role::Owner),
+            "guest" => Ok(Role::Guest),
+            other => Err(format!("unknown role '{other}' (expected owner or guest)")),
+        }
+    }
+}
+
+/// The authenticated author of a message, as the platform reports it. Roles are looked up from
+/// configuration by `id` or `username`; nothing in the message text can change them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sender {
+    /// Platform user id (Rocket.Chat `u._id`, QQ number, web chat user name).
+    pub id: String,
+    /// Login name (`alice`); equal to `id` where the platform has no separate name.
+    pub username: String,
+    /// Human-readable name for prompts and logs.
+    pub display_name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RoomKind {
+    /// One-to-one with the bot: never needs a mention.
+    Direct,
+    /// Channel, private group or QQ group: may require a mention.
+    Group,
+}
+
+/// A room as the connector knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomRef {
+    pub id: String,
+    /// Display name (`#general`, `alice`, `group:123`).
+    pub name: String,
+    pub kind: RoomKind,
+}
+
+/// A file the connector downloaded for the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// A message from a platform, normalised. Own messages and system messages never get here.
+#[derive(Clone, Debug)]
+pub struct InboundMessage {
+    /// Name of the connector that received it.
+    pub connector: Arc<str>,
+    pub room: RoomRef,
+    /// Platform message id: the key for dedup, watermarks and quoting.
+    pub id: String,
+    /// Thread the message belongs to; the reply goes to the same thread.
+    pub thread: Option<String>,
+    pub sender: Sender,
+    /// Text with the leading `@bot` mention removed.
+    pub text: String,
+    /// The bot was addressed: mentioned, replied to, `@all` when configured, or a DM.
+    pub addressed: bool,
+    pub attachments: Vec<Attachment>,
+    /// Notices for the agent about this message (attachment skipped, too large, …).
+    pub notes: Vec<String>,
+    pub ts: SystemTime,
+}
+
+impl InboundMessage {
+    pub fn room_key(&self) -> RoomKey {
+        RoomKey::new(self.connector.clone(), self.room.id.as_str())
+    }
+
+    /// Where a reply to this message goes.
+    pub fn reply_target(&self) -> ReplyTarget {
+        ReplyTarget {
+            room: self.room.id.clone(),
+            thread: self.thread.clone(),
+            reply_to: Some(self.id.clone()),
+            mention: match self.room.kind {
+                RoomKind::Group => Some(self.sender.clone()),
+                RoomKind::Direct => None,
+            },
+        }
+    }
+}
+
+/// Where an outbound message goes. Connectors use what their platform supports (a thread on
+/// Rocket.Chat, a quote and an @ on QQ) and ignore the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplyTarget {
+    pub room: String,
+    pub thread: Option<String>,
+    /// The message being answered (quoted on platforms that quote).
+    pub reply_to: Option<String>,
+    /// Who to @ in group rooms.
+    pub mention: Option<Sender>,
+}
+
+impl ReplyTarget {
+    pub fn room(room: impl Into<String>) -> Self {
+        ReplyTarget {
+            room: room.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A message the bot posted, so it can be edited while a reply streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostedMessage {
+    pub id: String,
+}
+
+/// A turn as handed to an agent backend.
+#[derive(Clone, Debug)]
+pub struct TurnRequest {
+    pub room: RoomKey,
+    /// Session to resume; `None` starts a new one.
+    pub session: Option<String>,
+    pub prompt: String,
+    /// Lowest role among the senders of the messages in this turn.
+    pub role: Role,
+}
+
+/// Token accounting reported by an agent for one turn.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_usd: Option<f64>,
+    pub context_window: Option<u64>,
+}
+
+/// What an agent reports while a turn runs, independent of the CLI that produced it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentEvent {
+    /// The session the agent is using (reported once, early).
+    SessionStarted { session_id: String },
+    /// A block of assistant text (complete block, not a delta).
+    Text { text: String },
+    Thinking { text: String },
+    ToolStart { id: String, name: String, input: String },
+    ToolResult { id: String, is_error: bool },
+    /// The CLI is retrying a failed model call.
+    Retrying { attempt: u32, max: u32, delay_ms: u64, error: String },
+    /// Usage-limit state (subscription auth). `resets_at` is seconds since the epoch.
+    RateLimit { status: String, resets_at: Option<u64>, kind: Option<String> },
+    Usage(Usage),
+}
+
+/// The end of a successful turn.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TurnOutcome {
+    /// Session id to resume next time (the one created on a first turn).
+    pub session_id: Option<String>,
+    /// The answer to post.
+    pub text: String,
+    pub usage: Option<Usage>,
+    /// Tools that were denied during the turn, by name.
+    pub denied_tools: Vec<String>,
+}
+
+/// Decision about one tool call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow { reason: String },
+    Ask { reason: String },
+    Deny { reason: String },
+}
+
+impl Decision {
+    pub fn word(&self) -> &'static str {
+        match self {
+            Decision::Allow { .. } => "allow",
+            Decision::Ask { .. } => "ask",
+            Decision::Deny { .. } => "deny",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::Allow { reason } | Decision::Ask { reason } | Decision::Deny { reason } => {
+                reason
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for wire formats and state files.
+pub fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn from_epoch_ms(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+}

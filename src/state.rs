@@ -1,0 +1,408 @@
+//! On-disk state: one `state.<connector>.json` per connector holding, per room, the agent
+//! session id, the last processed message and the messages still waiting for a turn; per
+//! watcher the paused flag; and a small key/value area the connector owns (replay watermarks).
+//!
+//! Owns: the file format (versioned), atomic writes (temp file, fsync, rename, fsync dir),
+//! moving a corrupt file aside, and coalescing many updates into one write.
+//! Must not import: anything but `model`. Room workers are the only writers of their room's
+//! entry; they go through [`StateStore::update_room`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{self, Attachment, InboundMessage, RoomKey, RoomKind, RoomRef, Sender};
+
+const FORMAT_VERSION: u32 = 1;
+
+/// Many updates within this window become one write.
+const COALESCE: Duration = Duration::from_millis(25);
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StateFile {
+    pub version: u32,
+    pub watchers: BTreeMap<String, WatcherState>,
+    pub rooms: BTreeMap<String, RoomState>,
+    /// Owned by the connector (see [`ConnectorStore`]).
+    pub connector: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct WatcherState {
+    pub paused: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RoomState {
+    pub watcher: String,
+    pub room_name: String,
+    pub session_id: Option<String>,
+    pub last_processed: Option<String>,
+    /// Accepted messages whose turn has not finished; re-queued after a restart.
+    pub pending: Vec<PendingMessage>,
+}
+
+/// An accepted message as stored on disk.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PendingMessage {
+    pub id: String,
+    pub room_id: String,
+    pub room_name: String,
+    pub direct: bool,
+    pub thread: Option<String>,
+    pub sender_id: String,
+    pub sender_username: String,
+    pub sender_name: String,
+    pub text: String,
+    #[serde(default)]
+    pub attachments: Vec<(String, PathBuf)>,
+    #[serde(default)]
+    pub notes: Vec<String>,
+    pub ts_ms: u64,
+}
+
+impl PendingMessage {
+    pub fn from_message(m: &InboundMessage) -> Self {
+        PendingMessage {
+            id: m.id.clone(),
+            room_id: m.room.id.clone(),
+            room_name: m.room.name.clone(),
+            direct: m.room.kind == RoomKind::Direct,
+            thread: m.thread.clone(),
+            sender_id: m.sender.id.clone(),
+            sender_username: m.sender.username.clone(),
+            sender_name: m.sender.display_name.clone(),
+            text: m.text.clone(),
+            attachments: m
+                .attachments
+                .iter()
+                .map(|a| (a.name.clone(), a.path.clone()))
+                .collect(),
+            notes: m.notes.clone(),
+            ts_ms: model::epoch_ms(m.ts),
+        }
+    }
+
+    pub fn to_message(&self, connector: &Arc<str>) -> InboundMessage {
+        InboundMessage {
+            connector: connector.clone(),
+            room: RoomRef {
+                id: self.room_id.clone(),
+                name: self.room_name.clone(),
+                kind: if self.direct { RoomKind::Direct } else { RoomKind::Group },
+            },
+            id: self.id.clone(),
+            thread: self.thread.clone(),
+            sender: Sender {
+                id: self.sender_id.clone(),
+                username: self.sender_username.clone(),
+                display_name: self.sender_name.clone(),
+            },
+            text: self.text.clone(),
+            addressed: true,
+            attachments: self
+                .attachments
+                .iter()
+                .map(|(name, path)| Attachment {
+                    name: name.clone(),
+                    path: path.clone(),
+                })
+                .collect(),
+            notes: self.notes.clone(),
+            ts: model::from_epoch_ms(self.ts_ms),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Inner {
+    dir: PathBuf,
+    files: Mutex<HashMap<Arc<str>, StateFile>>,
+    dirty: Mutex<HashSet<Arc<str>>>,
+    wake: Notify,
+}
+
+/// Shared handle to all state files of the daemon.
+#[derive(Clone)]
+pub struct StateStore {
+    inner: Arc<Inner>,
+}
+
+impl StateStore {
+    /// Loads the state of each connector. A file that cannot be parsed is moved aside (and
+    /// reported in the returned warnings); that connector starts fresh.
+    pub fn open(dir: &Path, connectors: &[Arc<str>]) -> (StateStore, Vec<String>) {
+        let mut files = HashMap::new();
+        let mut warnings = Vec::new();
+        for name in connectors {
+            let path = state_path(dir, name);
+            let file = match std::fs::read(&path) {
+                Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let aside = path.with_extension(format!(
+                            "json.corrupt-{}",
+                            model::epoch_ms(std::time::SystemTime::now())
+                        ));
+                        let moved = std::fs::rename(&path, &aside);
+                        warnings.push(format!(
+                            "state file {} is corrupt ({e}); {} and starting fresh",
+                            path.display(),
+                            match moved {
+                                Ok(()) => format!("moved it to {}", aside.display()),
+                                Err(err) => format!("could not move it aside ({err})"),
+                            }
+                        ));
+                        StateFile::default()
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
+                Err(e) => {
+                    warnings.push(format!("cannot read {}: {e}; starting fresh", path.display()));
+                    StateFile::default()
+                }
+            };
+            files.insert(name.clone(), file);
+        }
+        let store = StateStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                files: Mutex::new(files),
+                dirty: Mutex::new(HashSet::new()),
+                wake: Notify::new(),
+            }),
+        };
+        (store, warnings)
+    }
+
+    fn files(&self) -> MutexGuard<'_, HashMap<Arc<str>, StateFile>> {
+        self.inner.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mark_dirty(&self, connector: &Arc<str>) {
+        self.inner
+            .dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(connector.clone());
+        self.inner.wake.notify_one();
+    }
+
+    pub fn room(&self, key: &RoomKey) -> Option<RoomState> {
+        self.files()
+            .get(&key.connector)
+            .and_then(|f| f.rooms.get(&*key.room))
+            .cloned()
+    }
+
+    /// Every room with state of one connector.
+    pub fn rooms(&self, connector: &Arc<str>) -> Vec<(String, RoomState)> {
+        self.files()
+            .get(connector)
+            .map(|f| f.rooms.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn update_room(&self, key: &RoomKey, update: impl FnOnce(&mut RoomState)) {
+        {
+            let mut files = self.files();
+            let file = files.entry(key.connector.clone()).or_default();
+            update(file.rooms.entry(key.room.to_string()).or_default());
+        }
+        self.mark_dirty(&key.connector);
+    }
+
+    pub fn watcher_paused(&self, connector: &Arc<str>, watcher: &str) -> bool {
+        self.files()
+            .get(connector)
+            .and_then(|f| f.watchers.get(watcher))
+            .is_some_and(|w| w.paused)
+    }
+
+    pub fn set_watcher_paused(&self, connector: &Arc<str>, watcher: &str, paused: bool) {
+        {
+            let mut files = self.files();
+            let file = files.entry(connector.clone()).or_default();
+            file.watchers.entry(watcher.to_string()).or_default().paused = paused;
+        }
+        self.mark_dirty(connector);
+    }
+
+    /// The key/value area of one connector.
+    pub fn connector_store(&self, connector: Arc<str>) -> ConnectorStore {
+        ConnectorStore {
+            store: self.clone(),
+            connector,
+        }
+    }
+
+    /// Writes dirty files until cancelled, coalescing bursts; flushes once more at the end.
+    pub async fn run_writer(self, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = cancel.cancelled() => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(COALESCE) => {}
+                _ = cancel.cancelled() => break,
+            }
+            let store = self.clone();
+            let result = tokio::task::spawn_blocking(move || store.flush()).await;
+            if let Ok(Err(e)) = result {
+                tracing::error!(error = %e, "state write failed; will retry on the next change");
+            }
+        }
+        if let Err(e) = self.flush() {
+            tracing::error!(error = %e, "final state write failed");
+        }
+    }
+
+    /// Writes every dirty file now (blocking I/O).
+    pub fn flush(&self) -> Result<(), StateError> {
+        let dirty: Vec<Arc<str>> = self
+            .inner
+            .dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for name in dirty {
+            let bytes = {
+                let files = self.files();
+                let Some(file) = files.get(&name) else { continue };
+                let mut file = file.clone();
+                file.version = FORMAT_VERSION;
+                serde_json::to_vec_pretty(&file).expect("state serializes")
+            };
+            let path = state_path(&self.inner.dir, &name);
+            if let Err(source) = write_atomic(&path, &bytes) {
+                self.mark_dirty(&name);
+                return Err(StateError::Write { path, source });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Persisted key/values of one connector, e.g. `watermark:<room>`.
+#[derive(Clone)]
+pub struct ConnectorStore {
+    store: StateStore,
+    connector: Arc<str>,
+}
+
+impl ConnectorStore {
+    pub fn get(&self, key: &str) -> Option<serde_json::Value> {
+        self.store
+            .files()
+            .get(&self.connector)
+            .and_then(|f| f.connector.get(key))
+            .cloned()
+    }
+
+    pub fn put(&self, key: &str, value: serde_json::Value) {
+        {
+            let mut files = self.store.files();
+            let file = files.entry(self.connector.clone()).or_default();
+            if file.connector.get(key) == Some(&value) {
+                return;
+            }
+            file.connector.insert(key.to_string(), value);
+        }
+        self.store.mark_dirty(&self.connector);
+    }
+}
+
+pub fn state_path(dir: &Path, connector: &str) -> PathBuf {
+    dir.join(format!("state.{connector}.json"))
+}
+
+/// Temp file in the same folder, fsync, rename over the target, fsync the folder: a reader
+/// sees the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> RoomKey {
+        RoomKey::new("local", "lobby")
+    }
+
+    #[test]
+    fn round_trips_through_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<Arc<str>> = vec!["local".into()];
+        let (store, warnings) = StateStore::open(dir.path(), &names);
+        assert!(warnings.is_empty());
+        store.update_room(&key(), |r| {
+            r.session_id = Some("s-1".into());
+            r.watcher = "w".into();
+        });
+        store.set_watcher_paused(&names[0], "w", true);
+        store.connector_store(names[0].clone()).put("watermark:lobby", serde_json::json!(42));
+        store.flush().unwrap();
+
+        let (again, _) = StateStore::open(dir.path(), &names);
+        assert_eq!(again.room(&key()).unwrap().session_id.as_deref(), Some("s-1"));
+        assert!(again.watcher_paused(&names[0], "w"));
+        assert_eq!(
+            again.connector_store(names[0].clone()).get("watermark:lobby"),
+            Some(serde_json::json!(42))
+        );
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside_and_state_starts_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(state_path(dir.path(), "local"), b"{not json").unwrap();
+        let (store, warnings) = StateStore::open(dir.path(), &["local".into()]);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("is corrupt"), "{}", warnings[0]);
+        assert!(store.room(&key()).is_none());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("corrupt"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+    }
+}
