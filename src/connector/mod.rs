@@ -157,6 +157,18 @@ pub trait Connector: Send + Sync + 'static {
 
     fn capabilities(&self) -> Capabilities;
 
+    /// Work that must succeed before the daemon reports a successful start (bind a listening
+    /// port, check credentials that cannot change). Transient faults (a server that is down)
+    /// belong in `run`'s reconnect loop instead.
+    async fn prepare(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Lines `agent-chat-gateway start` prints after a successful start (e.g. a login URL).
+    fn startup_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Connects and delivers events until `ctx.cancel` fires. Reconnects by itself; returns
     /// an error only for faults that retrying cannot fix (bad credentials, port in use).
     async fn run(self: Arc<Self>, ctx: ConnectorContext) -> anyhow::Result<()>;
@@ -201,6 +213,21 @@ pub trait Connector: Send + Sync + 'static {
 
     /// Resolves `#channel`, a group name, `@user` (opening a DM) or a raw room id.
     async fn resolve_room(&self, spec: &str) -> Result<RoomRef, ConnectorError>;
+}
+
+/// Builds the connector a configuration section describes. `runtime_dir` is where it may keep
+/// files of its own (generated tokens, downloads).
+pub fn build(
+    config: &crate::config::ConnectorConfig,
+    runtime_dir: &Path,
+) -> anyhow::Result<Arc<dyn Connector>> {
+    use crate::config::ConnectorKind;
+    let _ = runtime_dir;
+    match &config.kind {
+        ConnectorKind::Webchat(_) => anyhow::bail!("the webchat connector is not built yet"),
+        ConnectorKind::RocketChat(_) => anyhow::bail!("the rocketchat connector is not built yet"),
+        ConnectorKind::OneBot(_) => anyhow::bail!("the onebot connector is not built yet"),
+    }
 }
 
 /// All connectors of the running daemon, by name.
