@@ -43,6 +43,9 @@ pub struct WebchatConfig {
     pub users: Vec<String>,
     /// Messages kept per room for the page and the JSON API.
     pub history_limit: usize,
+    /// Copied from the connector section: when false every message counts as addressed to
+    /// the bot; when true only messages starting with `@bot` do.
+    pub require_mention: bool,
 }
 
 pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<ConnectorConfig> {
@@ -65,7 +68,9 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
             );
         }
     }
-    let users_cfg = raw.allowed_users.validate(&format!("{path}.allowed_users"), v);
+    let users_cfg = raw
+        .allowed_users
+        .validate(&format!("{path}.allowed_users"), v);
     let mut users: Vec<String> = raw
         .allowed_users
         .owners
@@ -76,6 +81,15 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
         .collect();
     users.sort();
     users.dedup();
+    if users.iter().any(|u| u == super::BOT_NAME) {
+        v.error(
+            format!("{path}.allowed_users"),
+            format!(
+                "'{}' is reserved for the gateway itself in the web chat",
+                super::BOT_NAME
+            ),
+        );
+    }
     if users.is_empty() {
         v.error(
             format!("{path}.allowed_users"),
@@ -94,6 +108,7 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
             tokens: raw.tokens,
             users,
             history_limit: raw.history_limit,
+            require_mention: raw.require_mention,
         }),
     })
 }

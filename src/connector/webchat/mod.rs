@@ -1,1 +1,298 @@
+//! The local web chat: the gateway's own chat platform, served on 127.0.0.1 by default. A
+//! single page (embedded, no external assets) plus a small JSON API and Server-Sent Events.
+//!
+//! Owns: the [`Connector`] implementation for `type: webchat` — login tokens ([`tokens`]),
+//! rooms and their bounded history ([`hub`]), the HTTP server ([`server`]), the page
+//! (`page.html`) and the API's wire types ([`wire`]).
+//! Users are the holders of the tokens; rooms are free-form names, all of kind `Group`; the
+//! bot is called [`BOT_NAME`] and a leading `@bot` addresses it.
+//! Must not import: `agent`, `room`, `dispatch` — messages go out through the event sink and
+//! replies come back through `post`/`edit`/`typing`.
+
 pub mod config;
+pub mod hub;
+pub mod server;
+pub mod tokens;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use tokio::net::TcpListener;
+
+use crate::connector::{Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent};
+use crate::model::{PostedMessage, ReplyTarget, RoomKind, RoomRef};
+
+pub use config::WebchatConfig;
+pub use hub::BOT_NAME;
+
+/// Rooms held in memory at once; beyond it the idlest room is forgotten.
+pub const MAX_ROOMS: usize = 64;
+
+/// Longest text of one bot message; longer replies are split by `send_reply`.
+const MAX_MESSAGE_LEN: usize = 16_000;
+
+/// `[A-Za-z0-9_.-]{1,64}`.
+pub fn valid_room_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+pub struct WebchatConnector {
+    name: Arc<str>,
+    listen: SocketAddr,
+    require_mention: bool,
+    hub: Arc<hub::Hub>,
+    tokens: tokens::Tokens,
+    /// Bound by `prepare`, taken by `run`.
+    listener: Mutex<Option<TcpListener>>,
+    bound: OnceLock<SocketAddr>,
+}
+
+impl WebchatConnector {
+    /// Loads (or generates and stores) the users' tokens. Binding happens in `prepare`.
+    pub fn new(
+        name: &str,
+        config: &WebchatConfig,
+        runtime_dir: &Path,
+    ) -> anyhow::Result<WebchatConnector> {
+        if let Some(user) = config.users.iter().find(|u| *u == BOT_NAME) {
+            anyhow::bail!("web chat {name}: the user name '{user}' is reserved for the gateway");
+        }
+        let tokens =
+            tokens::Tokens::load_or_generate(name, &config.tokens, &config.users, runtime_dir)
+                .with_context(|| format!("web chat {name}: login tokens"))?;
+        Ok(WebchatConnector {
+            name: name.into(),
+            listen: config.listen,
+            require_mention: config.require_mention,
+            hub: Arc::new(hub::Hub::new(config.history_limit, MAX_ROOMS)),
+            tokens,
+            listener: Mutex::new(None),
+            bound: OnceLock::new(),
+        })
+    }
+
+    /// The address the server listens on: the real port once bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.bound.get().copied().unwrap_or(self.listen)
+    }
+
+    /// (user, token) pairs, sorted by user.
+    pub fn tokens(&self) -> &[(String, String)] {
+        self.tokens.entries()
+    }
+
+    async fn bind(&self) -> anyhow::Result<TcpListener> {
+        let listener = TcpListener::bind(self.listen).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                anyhow::anyhow!(
+                    "web chat {}: cannot listen on {}: the address is already in use \
+                     (another program is listening there; change `listen` in its config section)",
+                    self.name,
+                    self.listen
+                )
+            } else {
+                anyhow::anyhow!(
+                    "web chat {}: cannot listen on {}: {e}",
+                    self.name,
+                    self.listen
+                )
+            }
+        })?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let _ = self.bound.set(addr);
+        Ok(listener)
+    }
+
+    fn lock_listener(&self) -> std::sync::MutexGuard<'_, Option<TcpListener>> {
+        self.listener.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn room_of(to: &ReplyTarget) -> Result<&str, ConnectorError> {
+    if valid_room_name(&to.room) {
+        Ok(&to.room)
+    } else {
+        Err(ConnectorError::RoomNotFound(to.room.clone()))
+    }
+}
+
+/// `http://127.0.0.1:8790/?token=…`, with an unspecified listen address shown as loopback so
+/// the link works on the box itself.
+fn login_url(addr: SocketAddr, token: &str) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let token: String = token
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("http://{host}:{}/?token={token}", addr.port())
+}
+
+#[async_trait]
+impl Connector for WebchatConnector {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_message_len: MAX_MESSAGE_LEN,
+            edit: true,
+            // Local and cheap; this only keeps the event streams from flooding the page.
+            edit_interval: Duration::from_millis(200),
+        }
+    }
+
+    async fn prepare(&self) -> anyhow::Result<()> {
+        if self.lock_listener().is_some() {
+            return Ok(());
+        }
+        let listener = self.bind().await?;
+        *self.lock_listener() = Some(listener);
+        tracing::info!(connector = %self.name, addr = %self.local_addr(), "web chat listening");
+        Ok(())
+    }
+
+    fn startup_notes(&self) -> Vec<String> {
+        let addr = self.local_addr();
+        self.tokens
+            .entries()
+            .iter()
+            .map(|(user, token)| format!("web chat for {user}: {}", login_url(addr, token)))
+            .collect()
+    }
+
+    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> anyhow::Result<()> {
+        let prepared = self.lock_listener().take();
+        let listener = match prepared {
+            Some(l) => l,
+            None => self.bind().await?,
+        };
+        for spec in ctx.watched.iter().filter(|s| *s != "*") {
+            let event = match self.resolve_room(spec).await {
+                Ok(room) => {
+                    self.hub.mark_watched(&room.id);
+                    ConnectorEvent::RoomResolved {
+                        spec: spec.clone(),
+                        room,
+                    }
+                }
+                Err(e) => ConnectorEvent::RoomFailed {
+                    spec: spec.clone(),
+                    error: e.to_string(),
+                },
+            };
+            if !ctx.events.send(event).await {
+                return Ok(());
+            }
+        }
+        let addr = self.local_addr();
+        ctx.events
+            .send(ConnectorEvent::Connection {
+                connected: true,
+                detail: format!("serving http://{addr}/"),
+            })
+            .await;
+        let shared = Arc::new(server::Shared {
+            connector: self.name.clone(),
+            hub: self.hub.clone(),
+            tokens: self.tokens.clone(),
+            require_mention: self.require_mention,
+            events: ctx.events.clone(),
+            cancel: ctx.cancel.clone(),
+        });
+        server::serve(listener, shared).await;
+        Ok(())
+    }
+
+    async fn post(&self, to: &ReplyTarget, text: &str) -> Result<PostedMessage, ConnectorError> {
+        let room = room_of(to)?;
+        let message = self.hub.post_bot(room, text);
+        Ok(PostedMessage {
+            id: message.id.to_string(),
+        })
+    }
+
+    async fn edit(
+        &self,
+        to: &ReplyTarget,
+        message: &PostedMessage,
+        text: &str,
+    ) -> Result<(), ConnectorError> {
+        let room = room_of(to)?;
+        self.hub
+            .edit_bot(room, &message.id, text)
+            .map(|_| ())
+            .map_err(|e| ConnectorError::Rejected {
+                platform: "webchat",
+                action: "edit".into(),
+                detail: e.to_string(),
+            })
+    }
+
+    async fn typing(&self, to: &ReplyTarget, on: bool) -> Result<(), ConnectorError> {
+        self.hub.set_typing(room_of(to)?, on);
+        Ok(())
+    }
+
+    /// Rooms exist by name: `lobby` or `#lobby`.
+    async fn resolve_room(&self, spec: &str) -> Result<RoomRef, ConnectorError> {
+        let name = spec.strip_prefix('#').unwrap_or(spec);
+        if !valid_room_name(name) {
+            return Err(ConnectorError::RoomNotFound(format!(
+                "{spec} (web chat rooms are names of 1 to 64 characters among A-Z a-z 0-9 _ . -)"
+            )));
+        }
+        Ok(RoomRef {
+            id: name.to_string(),
+            name: name.to_string(),
+            kind: RoomKind::Group,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_follow_the_documented_pattern() {
+        assert!(valid_room_name("lobby"));
+        assert!(valid_room_name("team-1.dev_x"));
+        assert!(valid_room_name(&"a".repeat(64)));
+        assert!(!valid_room_name(&"a".repeat(65)));
+        assert!(!valid_room_name(""));
+        assert!(!valid_room_name("a b"));
+        assert!(!valid_room_name("a/b"));
+        assert!(!valid_room_name("é"));
+    }
+
+    #[test]
+    fn login_urls_are_clickable() {
+        let addr: SocketAddr = "0.0.0.0:8790".parse().unwrap();
+        assert_eq!(
+            login_url(addr, "abc-_"),
+            "http://127.0.0.1:8790/?token=abc-_"
+        );
+        let addr: SocketAddr = "[::1]:1".parse().unwrap();
+        assert_eq!(login_url(addr, "a+b/c"), "http://[::1]:1/?token=a%2Bb%2Fc");
+    }
+}

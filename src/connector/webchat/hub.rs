@@ -1,0 +1,358 @@
+//! The web chat's rooms in memory: bounded message history, the typing flag, the `done` rule
+//! for bot messages, and a broadcast channel per room that feeds the Server-Sent Events.
+//!
+//! Owns: what a room holds and how it changes. Every change is published to the room's
+//! subscribers while the room lock is held, so subscribers see changes in the order they
+//! happened.
+//! Must not import: hyper or the dispatcher; the HTTP server and the connector call into it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::sync::broadcast;
+
+/// Events buffered per subscriber. A streaming reply edits often; a client that falls further
+/// behind than this gets a `resync` instead of the missed events.
+const EVENT_BUFFER: usize = 256;
+
+/// Whom bot messages are from, on the page and in the API (reserved as a user name).
+pub const BOT_NAME: &str = "bot";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    /// Increasing across the whole connector (and across restarts, see [`Hub::new`]).
+    pub id: u64,
+    pub from: String,
+    pub text: String,
+    /// False while the bot's turn that wrote it is still running.
+    pub done: bool,
+    pub ts: SystemTime,
+}
+
+/// A change in one room, in the order it happened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoomEvent {
+    Message(Message),
+    Edit(Message),
+    Typing(bool),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum HubError {
+    #[error(
+        "message {id} is not in the history of room {room} (edited too late or not a bot message)"
+    )]
+    NoSuchMessage { room: String, id: String },
+}
+
+struct Room {
+    messages: VecDeque<Message>,
+    typing: bool,
+    events: broadcast::Sender<RoomEvent>,
+    /// Logical clock of the last change or subscription, for evicting the idlest room.
+    last_active: u64,
+    /// A watcher is bound to it: listed even when empty, evicted last.
+    watched: bool,
+}
+
+impl Room {
+    fn new(clock: u64) -> Room {
+        Room {
+            messages: VecDeque::new(),
+            typing: false,
+            events: broadcast::channel(EVENT_BUFFER).0,
+            last_active: clock,
+            watched: false,
+        }
+    }
+
+    fn publish(&self, event: RoomEvent) {
+        // No subscribers is normal: nobody has the page open.
+        let _ = self.events.send(event);
+    }
+}
+
+struct Rooms {
+    map: HashMap<String, Room>,
+    next_id: u64,
+    clock: u64,
+}
+
+/// Summary of one room for the room list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomInfo {
+    pub name: String,
+    pub messages: usize,
+    pub watched: bool,
+}
+
+pub struct Hub {
+    history_limit: usize,
+    max_rooms: usize,
+    rooms: Mutex<Rooms>,
+}
+
+impl Hub {
+    /// Ids start at the current time in microseconds-ish (ms × 1000) so that ids of a later
+    /// run sort after the ids of an earlier one: message ids are also the dispatcher's dedup
+    /// and watermark keys, and must not repeat after a restart.
+    pub fn new(history_limit: usize, max_rooms: usize) -> Hub {
+        let first_id = crate::model::epoch_ms(SystemTime::now()).saturating_mul(1000);
+        Hub {
+            history_limit: history_limit.max(1),
+            max_rooms: max_rooms.max(1),
+            rooms: Mutex::new(Rooms {
+                map: HashMap::new(),
+                next_id: first_id,
+                clock: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Rooms> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The room, created if needed (evicting the idlest room beyond the bound).
+    fn room<'a>(&self, rooms: &'a mut Rooms, name: &str) -> &'a mut Room {
+        rooms.clock += 1;
+        let clock = rooms.clock;
+        if !rooms.map.contains_key(name) && rooms.map.len() >= self.max_rooms {
+            // Unwatched rooms go first; among equals, the one idle the longest.
+            let victim = rooms
+                .map
+                .iter()
+                .min_by_key(|(_, r)| (r.watched, r.last_active))
+                .map(|(k, _)| k.clone());
+            if let Some(victim) = victim {
+                tracing::debug!(room = %victim, "web chat room evicted (room limit reached)");
+                // Dropping the room drops its sender: its subscribers' streams end and the
+                // page reconnects, recreating it.
+                rooms.map.remove(&victim);
+            }
+        }
+        let room = rooms
+            .map
+            .entry(name.to_string())
+            .or_insert_with(|| Room::new(clock));
+        room.last_active = clock;
+        room
+    }
+
+    fn push(
+        &self,
+        rooms: &mut Rooms,
+        room_name: &str,
+        from: &str,
+        text: &str,
+        bot: bool,
+    ) -> Message {
+        rooms.next_id += 1;
+        let id = rooms.next_id;
+        let limit = self.history_limit;
+        let room = self.room(rooms, room_name);
+        let message = Message {
+            id,
+            from: from.to_string(),
+            text: text.to_string(),
+            // A bot message is final unless a turn is running in the room.
+            done: !(bot && room.typing),
+            ts: SystemTime::now(),
+        };
+        room.messages.push_back(message.clone());
+        while room.messages.len() > limit {
+            room.messages.pop_front();
+        }
+        room.publish(RoomEvent::Message(message.clone()));
+        message
+    }
+
+    pub fn add_user_message(&self, room: &str, user: &str, text: &str) -> Message {
+        let mut rooms = self.lock();
+        self.push(&mut rooms, room, user, text, false)
+    }
+
+    pub fn post_bot(&self, room: &str, text: &str) -> Message {
+        let mut rooms = self.lock();
+        self.push(&mut rooms, room, BOT_NAME, text, true)
+    }
+
+    /// Replaces the text of a bot message still in the history.
+    pub fn edit_bot(&self, room_name: &str, id: &str, text: &str) -> Result<Message, HubError> {
+        let missing = || HubError::NoSuchMessage {
+            room: room_name.to_string(),
+            id: id.to_string(),
+        };
+        let wanted: u64 = id.parse().map_err(|_| missing())?;
+        let mut rooms = self.lock();
+        rooms.clock += 1;
+        let clock = rooms.clock;
+        let room = rooms.map.get_mut(room_name).ok_or_else(missing)?;
+        room.last_active = clock;
+        let typing = room.typing;
+        let message = room
+            .messages
+            .iter_mut()
+            .find(|m| m.id == wanted && m.from == BOT_NAME)
+            .ok_or_else(missing)?;
+        message.text = text.to_string();
+        message.done = !typing;
+        let message = message.clone();
+        room.publish(RoomEvent::Edit(message.clone()));
+        Ok(message)
+    }
+
+    /// Turns the typing flag on or off. Off ends the turn: every bot message still streaming
+    /// becomes done, each announced as an edit before the typing event itself.
+    pub fn set_typing(&self, room_name: &str, on: bool) {
+        let mut rooms = self.lock();
+        let room = self.room(&mut rooms, room_name);
+        if !on {
+            let finished: Vec<Message> = room
+                .messages
+                .iter_mut()
+                .filter(|m| !m.done)
+                .map(|m| {
+                    m.done = true;
+                    m.clone()
+                })
+                .collect();
+            for m in finished {
+                room.publish(RoomEvent::Edit(m));
+            }
+        }
+        if room.typing != on {
+            room.typing = on;
+            room.publish(RoomEvent::Typing(on));
+        }
+    }
+
+    /// Messages of a room, oldest first; with `after`, only those with a larger id.
+    pub fn messages(&self, room: &str, after: Option<u64>) -> Vec<Message> {
+        let rooms = self.lock();
+        rooms
+            .map
+            .get(room)
+            .map(|r| {
+                r.messages
+                    .iter()
+                    .filter(|m| after.is_none_or(|a| m.id > a))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A receiver of the room's future events and the typing flag at the moment of
+    /// subscribing (taken under the same lock, so nothing falls between them).
+    pub fn subscribe(&self, room_name: &str) -> (broadcast::Receiver<RoomEvent>, bool) {
+        let mut rooms = self.lock();
+        let room = self.room(&mut rooms, room_name);
+        (room.events.subscribe(), room.typing)
+    }
+
+    pub fn mark_watched(&self, room_name: &str) {
+        let mut rooms = self.lock();
+        self.room(&mut rooms, room_name).watched = true;
+    }
+
+    /// Rooms with messages or a watcher, by name.
+    pub fn rooms(&self) -> Vec<RoomInfo> {
+        let rooms = self.lock();
+        let mut list: Vec<RoomInfo> = rooms
+            .map
+            .iter()
+            .filter(|(_, r)| r.watched || !r.messages.is_empty())
+            .map(|(name, r)| RoomInfo {
+                name: name.clone(),
+                messages: r.messages.len(),
+                watched: r.watched,
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(rx: &mut broadcast::Receiver<RoomEvent>) -> Vec<RoomEvent> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn bot_messages_stream_while_typing_and_finish_when_typing_stops() {
+        let hub = Hub::new(10, 4);
+        let (mut rx, typing) = hub.subscribe("lobby");
+        assert!(!typing);
+        hub.set_typing("lobby", true);
+        let first = hub.post_bot("lobby", "Hel");
+        assert!(!first.done);
+        let edited = hub
+            .edit_bot("lobby", &first.id.to_string(), "Hello")
+            .unwrap();
+        assert!(!edited.done);
+        hub.set_typing("lobby", false);
+        let after = hub.messages("lobby", None);
+        assert_eq!(after.len(), 1);
+        assert!(after[0].done);
+        assert_eq!(after[0].text, "Hello");
+
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), 5, "{events:?}");
+        assert_eq!(events[0], RoomEvent::Typing(true));
+        assert!(matches!(&events[1], RoomEvent::Message(m) if !m.done && m.text == "Hel"));
+        assert!(matches!(&events[2], RoomEvent::Edit(m) if !m.done && m.text == "Hello"));
+        assert!(matches!(&events[3], RoomEvent::Edit(m) if m.done && m.text == "Hello"));
+        assert_eq!(events[4], RoomEvent::Typing(false));
+
+        // Outside a turn a bot message is final at once.
+        assert!(hub.post_bot("lobby", "notice").done);
+    }
+
+    #[test]
+    fn user_messages_cannot_be_edited_as_bot_messages() {
+        let hub = Hub::new(10, 4);
+        let m = hub.add_user_message("lobby", "alice", "hi");
+        assert!(m.done);
+        assert!(hub.edit_bot("lobby", &m.id.to_string(), "forged").is_err());
+        assert!(hub.edit_bot("lobby", "not-a-number", "x").is_err());
+        assert!(hub.edit_bot("nowhere", "1", "x").is_err());
+    }
+
+    #[test]
+    fn history_and_room_count_are_bounded() {
+        let hub = Hub::new(3, 2);
+        hub.mark_watched("watched");
+        for i in 0..5 {
+            hub.add_user_message("a", "alice", &format!("m{i}"));
+        }
+        let texts: Vec<String> = hub
+            .messages("a", None)
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["m2", "m3", "m4"]);
+        // A third room evicts the idlest unwatched one ("a"), never the watched one first.
+        hub.add_user_message("b", "alice", "x");
+        let names: Vec<String> = hub.rooms().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["b", "watched"]);
+    }
+
+    #[test]
+    fn ids_increase_and_after_filters() {
+        let hub = Hub::new(10, 4);
+        let a = hub.add_user_message("r", "alice", "1");
+        let b = hub.post_bot("r", "2");
+        assert!(b.id > a.id);
+        let later: Vec<u64> = hub
+            .messages("r", Some(a.id))
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(later, [b.id]);
+    }
+}

@@ -1,0 +1,588 @@
+//! The web chat's HTTP server (hyper 1, HTTP/1.1): the page, the JSON API and the
+//! Server-Sent Events stream of a room.
+//!
+//! Owns: routing, bearer-token authentication, request limits (body size, header timeout,
+//! concurrent connections), conversion between [`hub`](super::hub) values and the
+//! [`wire`](super::wire) types, and connection shutdown on cancellation.
+//! Must not import: the dispatcher or any agent; user messages leave through the
+//! [`EventSink`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::hub::{self, Hub, RoomEvent};
+use super::tokens::Tokens;
+use super::wire;
+use crate::connector::{Acceptance, EventSink};
+use crate::model::{InboundMessage, RoomKind, RoomRef, Sender};
+
+/// Largest accepted request body. A chat message is far smaller; this bounds memory per
+/// request.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Connections served at once; beyond it new connections are closed at once.
+const MAX_CONNECTIONS: usize = 256;
+/// A client must send its request headers within this time (slow-loris guard).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// A comment line on idle event streams: keeps proxies from closing them and lets a dead
+/// client be noticed when the write fails.
+const HEARTBEAT: Duration = Duration::from_secs(20);
+/// How long open connections get to finish after cancellation before they are cut.
+const DRAIN: Duration = Duration::from_secs(5);
+
+const PAGE: &str = include_str!("page.html");
+
+pub const ERR_UNAUTHORIZED: &str =
+    "missing or invalid token: send Authorization: Bearer <token> (or ?token= on GET)";
+pub const ERR_BAD_JSON: &str = "invalid JSON body: expected an object like {\"text\": \"...\"}";
+pub const ERR_MISSING_TEXT: &str = "missing \"text\": expected an object like {\"text\": \"...\"}";
+pub const ERR_TEXT_NOT_STRING: &str = "\"text\" must be a string";
+pub const ERR_EMPTY_TEXT: &str = "\"text\" is empty";
+pub const ERR_ROOM_NAME: &str = "invalid room name: use 1 to 64 characters among A-Z a-z 0-9 _ . -";
+pub const ERR_AFTER: &str = "invalid \"after\": expected a message id";
+
+pub fn err_too_large() -> String {
+    format!("request body too large (limit {MAX_BODY} bytes)")
+}
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// What every request handler needs.
+pub struct Shared {
+    pub connector: Arc<str>,
+    pub hub: Arc<Hub>,
+    pub tokens: Tokens,
+    pub require_mention: bool,
+    pub events: EventSink,
+    pub cancel: CancellationToken,
+}
+
+/// Accepts and serves connections until `shared.cancel` fires, then lets open connections
+/// finish (event streams end at once) for up to [`DRAIN`] and cuts the rest.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let cancel = shared.cancel.clone();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "web chat: too many connections; closing a new one");
+                        continue;
+                    };
+                    connections.spawn(serve_connection(stream, shared.clone(), slot));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "web chat: accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = cancel.cancelled() => break,
+                    }
+                }
+            },
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "web chat: connections still open after shutdown grace; closing them"
+        );
+        connections.shutdown().await;
+    }
+}
+
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, _slot: OwnedSemaphorePermit) {
+    let cancel = shared.cancel.clone();
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "web chat connection ended with an error");
+    }
+}
+
+/// An answer other than success, always sent as `{"error": "..."}`.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut resp = json(
+            self.status,
+            &wire::ErrorBody {
+                error: self.message,
+            },
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    route(shared, req)
+        .await
+        .unwrap_or_else(ApiError::into_response)
+}
+
+async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match segments.as_slice() {
+        [""] | ["index.html"] => {
+            allow(&method, &[Method::GET])?;
+            Ok(page())
+        }
+        ["healthz"] => {
+            allow(&method, &[Method::GET])?;
+            Ok(text(StatusCode::OK, "ok\n"))
+        }
+        ["api", "me"] => {
+            allow(&method, &[Method::GET])?;
+            let user = authenticate(shared, &req)?;
+            Ok(json(
+                StatusCode::OK,
+                &wire::Me {
+                    user: user.to_string(),
+                    bot: hub::BOT_NAME.to_string(),
+                    require_mention: shared.require_mention,
+                },
+            ))
+        }
+        ["api", "rooms"] => {
+            allow(&method, &[Method::GET])?;
+            authenticate(shared, &req)?;
+            let rooms = shared
+                .hub
+                .rooms()
+                .into_iter()
+                .map(|r| wire::RoomSummary {
+                    name: r.name,
+                    messages: r.messages,
+                    watched: r.watched,
+                })
+                .collect();
+            Ok(json(StatusCode::OK, &wire::RoomList { rooms }))
+        }
+        ["api", "rooms", room, "messages"] => {
+            allow(&method, &[Method::GET, Method::POST])?;
+            let user = authenticate(shared, &req)?.to_string();
+            let room = checked_room(room)?;
+            if method == Method::POST {
+                post_message(shared, &user, &room, req).await
+            } else {
+                list_messages(shared, &room, &req)
+            }
+        }
+        ["api", "rooms", room, "events"] => {
+            allow(&method, &[Method::GET])?;
+            authenticate(shared, &req)?;
+            let room = checked_room(room)?;
+            Ok(event_stream(shared, &room))
+        }
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not found")),
+    }
+}
+
+fn allow(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} not allowed here"),
+        ))
+    }
+}
+
+fn checked_room(room: &str) -> Result<String, ApiError> {
+    if super::valid_room_name(room) {
+        Ok(room.to_string())
+    } else {
+        Err(ApiError::bad_request(ERR_ROOM_NAME))
+    }
+}
+
+/// The user of the bearer token in the `Authorization` header, or of `?token=` (which the
+/// page needs for `EventSource`, as browsers cannot set headers on it).
+fn authenticate<'a>(shared: &'a Shared, req: &Request<Incoming>) -> Result<&'a str, ApiError> {
+    let from_header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string())
+        });
+    let token = from_header.or_else(|| query_param(req.uri().query(), "token"));
+    token
+        .and_then(|t| shared.tokens.user_for(&t))
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, ERR_UNAUTHORIZED))
+}
+
+async fn post_message(
+    shared: &Shared,
+    user: &str,
+    room: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ApiError::bad_request(err_too_large()));
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::bad_request(err_too_large()))
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "could not read the request body: {e}"
+            )))
+        }
+    };
+    let parsed: wire::PostBody =
+        serde_json::from_slice(&body).map_err(|_| ApiError::bad_request(ERR_BAD_JSON))?;
+    let typed = match parsed.text {
+        None | Some(serde_json::Value::Null) => {
+            return Err(ApiError::bad_request(ERR_MISSING_TEXT))
+        }
+        Some(serde_json::Value::String(s)) => s,
+        Some(_) => return Err(ApiError::bad_request(ERR_TEXT_NOT_STRING)),
+    };
+    let (mentioned, stripped) = strip_mention(&typed);
+    if stripped.trim().is_empty() {
+        return Err(ApiError::bad_request(ERR_EMPTY_TEXT));
+    }
+    let stripped = stripped.to_string();
+
+    // Recorded before delivery: the room worker may answer before the dispatcher's verdict
+    // comes back, and the question must come first in the room.
+    let recorded = shared.hub.add_user_message(room, user, &typed);
+    let id = recorded.id.to_string();
+    let message = InboundMessage {
+        connector: shared.connector.clone(),
+        room: RoomRef {
+            id: room.to_string(),
+            name: room.to_string(),
+            kind: RoomKind::Group,
+        },
+        id: id.clone(),
+        thread: None,
+        sender: Sender {
+            id: user.to_string(),
+            username: user.to_string(),
+            display_name: user.to_string(),
+        },
+        text: stripped,
+        addressed: mentioned || !shared.require_mention,
+        attachments: Vec::new(),
+        notes: Vec::new(),
+        ts: recorded.ts,
+    };
+    tracing::debug!(room, user, id = %id, "web chat message received");
+    match shared.events.deliver(message).await {
+        Acceptance::Queued | Acceptance::Handled => Ok(json(
+            StatusCode::ACCEPTED,
+            &wire::Posted { id, ignored: None },
+        )),
+        Acceptance::Ignored(reason) => Ok(json(
+            StatusCode::ACCEPTED,
+            &wire::Posted {
+                id,
+                ignored: Some(reason),
+            },
+        )),
+        Acceptance::Rejected(reason) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason)),
+    }
+}
+
+fn list_messages(
+    shared: &Shared,
+    room: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let after = match query_param(req.uri().query(), "after") {
+        None => None,
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(ERR_AFTER))?,
+        ),
+    };
+    let messages = shared
+        .hub
+        .messages(room, after)
+        .iter()
+        .map(to_wire)
+        .collect();
+    Ok(json(StatusCode::OK, &wire::MessageList { messages }))
+}
+
+/// `@bot` at the start (any case), followed by the end, a space, `:` or `,`. Returns whether
+/// it was there and the text without it.
+pub fn strip_mention(text: &str) -> (bool, &str) {
+    let t = text.trim_start();
+    let tag = hub::BOT_NAME.len() + 1;
+    let Some(head) = t.get(..tag) else {
+        return (false, text);
+    };
+    if !head.eq_ignore_ascii_case(&format!("@{}", hub::BOT_NAME)) {
+        return (false, text);
+    }
+    let rest = &t[tag..];
+    match rest.chars().next() {
+        None => (true, ""),
+        Some(c) if c.is_whitespace() || c == ':' || c == ',' => {
+            (true, rest.trim_start_matches([':', ',']).trim_start())
+        }
+        Some(_) => (false, text),
+    }
+}
+
+fn to_wire(m: &hub::Message) -> wire::WireMessage {
+    wire::WireMessage {
+        id: m.id.to_string(),
+        from: m.from.clone(),
+        text: m.text.clone(),
+        done: m.done,
+        ts: crate::timefmt::rfc3339(m.ts),
+    }
+}
+
+fn sse_frame(event: &str, data: &impl Serialize) -> Bytes {
+    let data = serde_json::to_string(data).expect("event data serializes");
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+fn room_event_frame(event: &RoomEvent) -> Bytes {
+    match event {
+        RoomEvent::Message(m) => sse_frame("message", &to_wire(m)),
+        RoomEvent::Edit(m) => sse_frame("edit", &to_wire(m)),
+        RoomEvent::Typing(on) => sse_frame("typing", &wire::Typing { typing: *on }),
+    }
+}
+
+/// `message`, `edit` and `typing` events of one room. Starts with the current typing state. A
+/// client that falls behind the broadcast buffer gets `resync` (it should refetch the room)
+/// and continues from the newest events; the stream ends when the gateway stops or the room
+/// is evicted.
+fn event_stream(shared: &Shared, room: &str) -> Response<Body> {
+    let (rx, typing) = shared.hub.subscribe(room);
+    let first = sse_frame("typing", &wire::Typing { typing });
+    struct State {
+        rx: broadcast::Receiver<RoomEvent>,
+        cancel: CancellationToken,
+        heartbeat: tokio::time::Interval,
+        first: Option<Bytes>,
+    }
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = State {
+        rx,
+        cancel: shared.cancel.clone(),
+        heartbeat,
+        first: Some(first),
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        if let Some(first) = st.first.take() {
+            // The interval's first tick is immediate; consume it so the first heartbeat
+            // comes a full period later.
+            st.heartbeat.tick().await;
+            return Some((first, st));
+        }
+        let frame = tokio::select! {
+            _ = st.cancel.cancelled() => return None,
+            _ = st.heartbeat.tick() => Bytes::from_static(b": keep-alive\n\n"),
+            event = st.rx.recv() => match event {
+                Ok(event) => room_event_frame(&event),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "web chat event stream lagged; asking for a resync");
+                    sse_frame("resync", &serde_json::json!({ "missed": missed }))
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+        };
+        Some((frame, st))
+    });
+    let body = StreamBody::new(stream.map(|b| Ok::<_, Infallible>(Frame::data(b))));
+    let mut resp = Response::new(body.boxed_unsync());
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Reverse proxies (nginx) would otherwise buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).boxed_unsync());
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(value).expect("response serializes");
+    full(status, "application/json", body)
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    full(status, "text/plain; charset=utf-8", body)
+}
+
+fn page() -> Response<Body> {
+    let mut resp = full(StatusCode::OK, "text/html; charset=utf-8", PAGE);
+    let headers = resp.headers_mut();
+    // The page is self-contained: nothing may load from elsewhere, and the token in the
+    // address must not leak through a Referer header.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    resp
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mention_is_stripped_only_when_it_is_the_bot() {
+        assert_eq!(strip_mention("@bot hello"), (true, "hello"));
+        assert_eq!(strip_mention("  @Bot: hello"), (true, "hello"));
+        assert_eq!(strip_mention("@bot, hi there"), (true, "hi there"));
+        assert_eq!(strip_mention("@bot"), (true, ""));
+        assert_eq!(strip_mention("@botany is fun"), (false, "@botany is fun"));
+        assert_eq!(strip_mention("hello @bot"), (false, "hello @bot"));
+        assert_eq!(strip_mention("@b"), (false, "@b"));
+        assert_eq!(strip_mention("é"), (false, "é"));
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            query_param(Some("a=1&token=x%2By+z"), "token").as_deref(),
+            Some("x+y z")
+        );
+        assert_eq!(query_param(Some("after="), "after").as_deref(), Some(""));
+        assert_eq!(query_param(Some("after"), "after").as_deref(), Some(""));
+        assert_eq!(query_param(Some("x=%zz%4"), "x").as_deref(), Some("%zz%4"));
+        assert_eq!(query_param(Some("x=%é"), "x").as_deref(), Some("%é"));
+        assert_eq!(query_param(None, "token"), None);
+    }
+}

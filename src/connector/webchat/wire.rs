@@ -1,0 +1,79 @@
+//! Wire types of the web chat: the JSON API bodies, the Server-Sent Event payloads and the
+//! tokens file. The only serde types of the connector; `hub` and `server` convert to and from
+//! them explicitly.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/rooms/{room}/messages`. `text` is kept as raw JSON so a missing, non-string and
+/// empty text each get their own error message.
+#[derive(Debug, Deserialize)]
+pub struct PostBody {
+    #[serde(default)]
+    pub text: Option<serde_json::Value>,
+}
+
+/// One message as the page and API clients see it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WireMessage {
+    pub id: String,
+    pub from: String,
+    pub text: String,
+    pub done: bool,
+    /// RFC 3339, UTC.
+    pub ts: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MessageList {
+    pub messages: Vec<WireMessage>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoomSummary {
+    pub name: String,
+    /// Messages currently held for the room.
+    pub messages: usize,
+    /// A watcher of the gateway is bound to this room.
+    pub watched: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoomList {
+    pub rooms: Vec<RoomSummary>,
+}
+
+/// `GET /api/me`: who the token belongs to, so the page can tell own messages apart.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Me {
+    pub user: String,
+    pub bot: String,
+    pub require_mention: bool,
+}
+
+/// 202 answer to a post.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Posted {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Data of the `typing` event.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Typing {
+    pub typing: bool,
+}
+
+/// `<runtime_dir>/webchat-<name>.tokens.json`: generated tokens by user.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TokenFile {
+    #[serde(default)]
+    pub tokens: BTreeMap<String, String>,
+}
