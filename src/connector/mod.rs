@@ -224,7 +224,11 @@ pub fn build(
     use crate::config::ConnectorKind;
     let _ = runtime_dir;
     match &config.kind {
-        ConnectorKind::Webchat(_) => anyhow::bail!("the webchat connector is not built yet"),
+        ConnectorKind::Webchat(c) => Ok(Arc::new(webchat::WebchatConnector::new(
+            &config.name,
+            c,
+            runtime_dir,
+        )?)),
         ConnectorKind::RocketChat(_) => anyhow::bail!("the rocketchat connector is not built yet"),
         ConnectorKind::OneBot(_) => anyhow::bail!("the onebot connector is not built yet"),
     }
