@@ -18,10 +18,16 @@
 //! [`cli`] (one function per subcommand). [`model`] is the vocabulary they share.
 
 pub mod agent;
+pub mod approval;
+pub mod cli;
 pub mod config;
 pub mod connector;
+pub mod control;
+pub mod daemon;
+pub mod dispatch;
 pub mod model;
 pub mod policy;
+pub mod room;
 pub mod state;
 pub mod text;
 pub mod timefmt;

@@ -17,12 +17,10 @@ fn walk(
     missing: &mut Vec<(String, String)>,
 ) {
     match value {
-        Value::String(s) => {
-            if s.contains('$') {
-                let (expanded, unset) = expand_str(s, lookup);
-                *s = expanded;
-                missing.extend(unset.into_iter().map(|var| (path.clone(), var)));
-            }
+        Value::String(s) if s.contains('$') => {
+            let (expanded, unset) = expand_str(s, lookup);
+            *s = expanded;
+            missing.extend(unset.into_iter().map(|var| (path.clone(), var)));
         }
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {

@@ -1,0 +1,498 @@
+//! Approvals: every tool call of a permission-enabled agent comes here through Claude Code's
+//! http PreToolUse hook, is bound to the live turn that made it (by a per-run secret), decided
+//! by [`crate::policy`], and — when the policy says Ask — waits for an owner of the same room to
+//! answer `approve <id>` or `deny <id>`.
+//!
+//! Owns: turn bindings, pending requests and their ids, timeouts, the hook server
+//! ([`hook`]), and the audit log.
+//! Must not import: platform wire formats; it asks rooms through `dyn Connector`.
+//!
+//! Fail closed: a call that cannot be bound to a live turn, a malformed body, a wrong secret,
+//! a prompt that cannot be posted, a timeout, or a turn/daemon that ends while waiting is a deny.
+
+pub mod audit;
+pub mod hook;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::agent::HookBinding;
+use crate::config::AgentConfig;
+use crate::connector::Connector;
+use crate::model::{Decision, ReplyTarget, Role, RoomKey};
+use crate::policy;
+use crate::text;
+use audit::{AuditLog, AuditRecord};
+
+/// The hook's timeout is the approval timeout plus this margin, so the CLI never gives up on
+/// a call the gateway is still deciding (it would fall through to the permission mode).
+const HOOK_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+
+/// What the broker needs to know about a running turn.
+#[derive(Clone)]
+pub struct TurnBinding {
+    pub room: RoomKey,
+    /// Where prompts for this turn are posted (its room and thread).
+    pub target: ReplyTarget,
+    /// The lowest role among the turn's senders.
+    pub role: Role,
+    pub agent: Arc<AgentConfig>,
+    pub connector: Arc<dyn Connector>,
+}
+
+struct LiveTurn {
+    binding: TurnBinding,
+    pending: HashSet<String>,
+}
+
+struct Pending {
+    room: RoomKey,
+    thread: Option<String>,
+    secret: String,
+    exact: String,
+    tool: String,
+    answer: oneshot::Sender<Verdict>,
+}
+
+#[derive(Debug)]
+enum Verdict {
+    Approved { by: String, always: bool },
+    Denied { by: String },
+    /// The turn or the daemon ended while waiting.
+    Ended(&'static str),
+}
+
+#[derive(Default)]
+struct State {
+    /// Live turns by their per-run secret.
+    turns: HashMap<String, LiveTurn>,
+    /// Pending requests by id.
+    pending: HashMap<String, Pending>,
+    /// `approve <id> always`: exact (tool, input) allowed for the rest of a room's session.
+    always: HashMap<RoomKey, HashSet<String>>,
+}
+
+/// The approval broker of the daemon.
+pub struct Approvals {
+    state: Mutex<State>,
+    hook_url: String,
+    /// Self-protection of the runtime dir, built once; each call adds its own room.
+    guard: policy::Guard,
+    audit: AuditLog,
+}
+
+/// Unbinds a turn when dropped; its pending requests are denied.
+pub struct TurnGuard {
+    approvals: Arc<Approvals>,
+    secret: String,
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        self.approvals.unbind(&self.secret, "the turn ended");
+    }
+}
+
+/// An owner's `approve`/`deny` command from chat or from the box.
+pub struct Command<'a> {
+    pub approve: bool,
+    pub id: &'a str,
+    pub always: bool,
+    /// Who answered (for the audit log).
+    pub by: &'a str,
+}
+
+impl Approvals {
+    pub fn new(hook_url: String, runtime_dir: PathBuf, audit: AuditLog) -> Arc<Self> {
+        Arc::new(Approvals {
+            state: Mutex::new(State::default()),
+            hook_url,
+            guard: self_protection(&runtime_dir),
+            audit,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a turn; hand the binding to the agent and keep the guard for the turn's life.
+    pub fn bind_turn(self: &Arc<Self>, binding: TurnBinding) -> (HookBinding, TurnGuard) {
+        let secret = random_secret();
+        let timeout = binding.agent.permissions.timeout + HOOK_TIMEOUT_MARGIN;
+        self.state().turns.insert(
+            secret.clone(),
+            LiveTurn {
+                binding,
+                pending: HashSet::new(),
+            },
+        );
+        (
+            HookBinding {
+                url: self.hook_url.clone(),
+                secret: secret.clone(),
+                timeout,
+            },
+            TurnGuard {
+                approvals: self.clone(),
+                secret,
+            },
+        )
+    }
+
+    fn unbind(&self, secret: &str, why: &'static str) {
+        let mut state = self.state();
+        if let Some(turn) = state.turns.remove(secret) {
+            for id in turn.pending {
+                if let Some(p) = state.pending.remove(&id) {
+                    let _ = p.answer.send(Verdict::Ended(why));
+                }
+            }
+        }
+    }
+
+    /// Denies everything pending (daemon stop).
+    pub fn shutdown(&self) {
+        let mut state = self.state();
+        for (_, p) in state.pending.drain() {
+            let _ = p.answer.send(Verdict::Ended("the gateway is stopping"));
+        }
+        state.turns.clear();
+    }
+
+    /// Forgets `approve … always` grants of a room (its session was reset).
+    pub fn forget_room(&self, room: &RoomKey) {
+        self.state().always.remove(room);
+    }
+
+    /// Decides one hook call. Never returns Ask: an Ask is resolved by a human or a timeout.
+    pub async fn decide(&self, secret: Option<&str>, call: hook::ToolCall) -> Decision {
+        let started = Instant::now();
+        let binding = secret.and_then(|s| self.state().turns.get(s).map(|t| t.binding.clone()));
+        let Some(binding) = binding else {
+            let decision = Decision::Deny {
+                reason: "blocked: this tool call cannot be bound to a live gateway turn".into(),
+            };
+            self.audit.append(&AuditRecord::unbound(&call, &decision));
+            warn!(tool = %call.tool_name, "hook call with unknown or missing secret denied");
+            return decision;
+        };
+        let secret = secret.unwrap_or_default().to_string();
+        let outcome = policy::decide(&policy::PolicyInput {
+            role: binding.role,
+            tool: &call.tool_name,
+            input: &call.tool_input,
+            cwd: &call.cwd,
+            owner_rules: &binding.agent.owner_rules,
+            guest_rules: &binding.agent.guest_rules,
+            skip_owner_approval: binding.agent.permissions.skip_owner_approval,
+            guard: &self
+                .guard
+                .clone()
+                .with_own_room(Some(&binding.room.connector), &binding.room.room),
+        });
+        let params = outcome.parameters.clone();
+        let exact = format!("{}\u{0}{}", call.tool_name, call.tool_input);
+        let (decision, by) = match outcome.decision {
+            Decision::Ask { reason } => {
+                let remembered = self
+                    .state()
+                    .always
+                    .get(&binding.room)
+                    .is_some_and(|set| set.contains(&exact));
+                if remembered {
+                    (
+                        Decision::Allow {
+                            reason: "approved earlier with 'always' for this session".into(),
+                        },
+                        Some("always".to_string()),
+                    )
+                } else {
+                    self.ask_owner(&secret, &binding, &call, &params, exact, reason)
+                        .await
+                }
+            }
+            other => (other, None),
+        };
+        self.audit.append(&AuditRecord::decided(
+            &binding,
+            &call,
+            &params,
+            &decision,
+            by.as_deref(),
+            started.elapsed(),
+        ));
+        decision
+    }
+
+    async fn ask_owner(
+        &self,
+        secret: &str,
+        binding: &TurnBinding,
+        call: &hook::ToolCall,
+        params: &[String],
+        exact: String,
+        reason: String,
+    ) -> (Decision, Option<String>) {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut state = self.state();
+            let Some(turn) = state.turns.get(secret) else {
+                return (
+                    Decision::Deny {
+                        reason: "blocked: the turn ended before the call could be asked".into(),
+                    },
+                    None,
+                );
+            };
+            let _ = turn;
+            let id = loop {
+                let candidate = random_id();
+                if !state.pending.contains_key(&candidate) {
+                    break candidate;
+                }
+            };
+            state.pending.insert(
+                id.clone(),
+                Pending {
+                    room: binding.room.clone(),
+                    thread: binding.target.thread.clone(),
+                    secret: secret.to_string(),
+                    exact,
+                    tool: call.tool_name.clone(),
+                    answer: tx,
+                },
+            );
+            if let Some(turn) = state.turns.get_mut(secret) {
+                turn.pending.insert(id.clone());
+            }
+            id
+        };
+        let prompt = prompt_text(&id, &call.tool_name, params);
+        info!(id = %id, tool = %call.tool_name, room = %binding.room, reason = %reason, "asking an owner");
+        let posted = tokio::time::timeout(
+            Duration::from_secs(30),
+            binding.connector.post(&binding.target, &prompt),
+        )
+        .await;
+        if !matches!(posted, Ok(Ok(_))) {
+            self.remove_pending(&id);
+            warn!(id = %id, "could not post the approval prompt");
+            return (
+                Decision::Deny {
+                    reason: "blocked: the approval request could not be delivered to the room, so no owner was asked".into(),
+                },
+                None,
+            );
+        }
+        let timeout = binding.agent.permissions.timeout;
+        let verdict = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(_)) => Verdict::Ended("the request was dropped"),
+            Err(_) => {
+                self.remove_pending(&id);
+                let notice = format!("⏱️ Permission `{id}` timed out — **auto-denied**.");
+                if let Err(e) = binding.connector.post(&binding.target, &notice).await {
+                    warn!(error = %e, "could not post the timeout notice");
+                }
+                return (
+                    Decision::Deny {
+                        reason: format!(
+                            "denied: no owner answered within {} s",
+                            timeout.as_secs()
+                        ),
+                    },
+                    Some("timeout".into()),
+                );
+            }
+        };
+        match verdict {
+            Verdict::Approved { by, always } => (
+                Decision::Allow {
+                    reason: format!(
+                        "approved by {by}{}",
+                        if always { " (always, for this session)" } else { "" }
+                    ),
+                },
+                Some(by),
+            ),
+            Verdict::Denied { by } => (
+                Decision::Deny {
+                    reason: format!("denied by {by}"),
+                },
+                Some(by),
+            ),
+            Verdict::Ended(why) => (
+                Decision::Deny {
+                    reason: format!("denied: {why} before an owner answered"),
+                },
+                None,
+            ),
+        }
+    }
+
+    fn remove_pending(&self, id: &str) {
+        let mut state = self.state();
+        if let Some(p) = state.pending.remove(id) {
+            if let Some(turn) = state.turns.get_mut(&p.secret) {
+                turn.pending.remove(id);
+            }
+        }
+    }
+
+    /// An owner's command from a chat room. Only requests of the same room (and thread, when
+    /// both are threaded) can be resolved; everything else gets the same "no pending" answer
+    /// so ids of other rooms cannot be probed.
+    pub fn command_from_room(
+        &self,
+        room: &RoomKey,
+        thread: Option<&str>,
+        role: Role,
+        cmd: Command<'_>,
+    ) -> String {
+        if role != Role::Owner {
+            return "⚠️ Only an owner of this room can approve or deny tool calls.".into();
+        }
+        self.resolve(cmd, |p| {
+            p.room == *room
+                && match (p.thread.as_deref(), thread) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => true,
+                }
+        })
+    }
+
+    /// An admin's command from the box (`agent-chat-gateway approve <id>`).
+    pub fn command_from_admin(&self, cmd: Command<'_>) -> String {
+        self.resolve(cmd, |_| true)
+    }
+
+    fn resolve(&self, cmd: Command<'_>, allowed: impl Fn(&Pending) -> bool) -> String {
+        let id = cmd.id.to_ascii_lowercase();
+        if id.chars().count() != 4 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return format!(
+                "⚠️ Invalid ID `{}` — expected 4 characters (e.g. `approve a3k9`).",
+                text::truncate(cmd.id, 12)
+            );
+        }
+        let mut state = self.state();
+        let Some(p) = state.pending.get(&id) else {
+            return format!("⚠️ No pending permission request with ID `{id}`.");
+        };
+        if !allowed(p) {
+            return format!("⚠️ No pending permission request with ID `{id}`.");
+        }
+        let p = state.pending.remove(&id).expect("present");
+        if let Some(turn) = state.turns.get_mut(&p.secret) {
+            turn.pending.remove(&id);
+        }
+        if cmd.approve && cmd.always {
+            state.always.entry(p.room.clone()).or_default().insert(p.exact.clone());
+            info!(id = %id, tool = %p.tool, by = %cmd.by, "approved always for this session");
+        }
+        let by = cmd.by.to_string();
+        let verdict = if cmd.approve {
+            Verdict::Approved { by, always: cmd.always }
+        } else {
+            Verdict::Denied { by }
+        };
+        let _ = p.answer.send(verdict);
+        if cmd.approve {
+            format!("✅ Permission `{id}` approved.")
+        } else {
+            format!("❌ Permission `{id}` denied.")
+        }
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.state().pending.len()
+    }
+}
+
+/// What no agent may touch whatever its allow-lists say: the runtime dir (Read may open the
+/// attachments downloaded for it).
+pub fn self_protection(runtime_dir: &std::path::Path) -> policy::Guard {
+    let mut guard = policy::Guard::new(runtime_dir).with_readable(runtime_dir.join("attachments"));
+    if let Some(home) = std::env::var_os("HOME") {
+        guard = guard.with_home(std::path::Path::new(&home));
+    }
+    guard
+}
+
+/// Parses `approve a3k9`, `deny a3k9`, `approve a3k9 always` (case-insensitive).
+pub fn parse_command(text: &str) -> Option<(bool, String, bool)> {
+    let mut words = text.split_whitespace();
+    let verb = words.next()?.to_ascii_lowercase();
+    let approve = match verb.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return None,
+    };
+    let id = words.next()?.to_string();
+    let always = match words.next() {
+        None => false,
+        Some(w) if approve && w.eq_ignore_ascii_case("always") => true,
+        Some(_) => return None,
+    };
+    if words.next().is_some() {
+        return None;
+    }
+    Some((approve, id, always))
+}
+
+fn prompt_text(id: &str, tool: &str, params: &[String]) -> String {
+    let summary = if params.is_empty() {
+        "(none)".to_string()
+    } else {
+        text::truncate(&params.join(" · "), 300)
+    };
+    let summary = summary.replace('`', "'");
+    format!(
+        "🔐 **Permission required** `[{id}]`\n**Tool:** `{tool}`\n**Params:** `{summary}`\nReply `approve {id}` or `deny {id}`"
+    )
+}
+
+/// 4 characters from `[a-z0-9]`, from the OS CSPRNG.
+fn random_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rngs::OsRng;
+    (0..4)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(parse_command("approve a3k9"), Some((true, "a3k9".into(), false)));
+        assert_eq!(parse_command("  DENY   A3K9 "), Some((false, "A3K9".into(), false)));
+        assert_eq!(parse_command("approve a3k9 always"), Some((true, "a3k9".into(), true)));
+        assert_eq!(parse_command("deny a3k9 always"), None);
+        assert_eq!(parse_command("approve"), None);
+        assert_eq!(parse_command("please approve a3k9"), None);
+    }
+
+    #[test]
+    fn ids_are_four_lowercase_alphanumerics() {
+        for _ in 0..100 {
+            let id = random_id();
+            assert_eq!(id.len(), 4);
+            assert!(id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! Command-line interface: clap definitions and one function per subcommand. Commands that
+//! talk to a running daemon go through the control socket; `start` forks before any async
+//! runtime exists.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config;
+use crate::control::{self, client, proto::Request};
+use crate::daemon;
+use crate::model::Role;
+use crate::policy;
+
+#[derive(Debug, Parser)]
+#[command(name = "agent-chat-gateway", version, about = "Bridge chat rooms to CLI coding agents")]
+pub struct Cli {
+    /// Configuration file (default: $ACG_CONFIG, else <runtime dir>/config.yaml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the gateway (as a daemon unless --foreground).
+    Start {
+        /// Stay in the foreground and log to stderr.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Stop the running gateway (running turns may finish first).
+    Stop,
+    /// Stop, then start again.
+    Restart,
+    /// Show whether the gateway runs (exit code 3 when it does not).
+    Status,
+    /// List watchers and their rooms, sessions and states.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a watcher: messages are kept and answered after `resume`.
+    Pause { watcher: String },
+    /// Resume a paused watcher.
+    Resume { watcher: String },
+    /// Start fresh agent sessions for a watcher's rooms.
+    Reset { watcher: String },
+    /// Post a message (or a file) to a room: `#channel`, `@user`, a group or a room id.
+    Send {
+        room: String,
+        /// The text, or `-` to read it from stdin.
+        text: Option<String>,
+        /// Upload this file (the text, if any, is its caption).
+        #[arg(long, value_name = "FILE")]
+        attach: Option<PathBuf>,
+        /// Which connector, when several are configured.
+        #[arg(long)]
+        connector: Option<String>,
+    },
+    /// Approve a pending tool call.
+    Approve {
+        id: String,
+        /// Remember this exact call for the rest of the room's session.
+        #[arg(long)]
+        always: bool,
+    },
+    /// Deny a pending tool call.
+    Deny { id: String },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Tool policy commands.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check the configuration and report every problem at once.
+    Validate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Show what the gateway would decide for one tool call.
+    Check(PolicyCheck),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyCheck {
+    /// Agent whose allow-lists apply.
+    #[arg(long)]
+    pub agent: String,
+    /// owner or guest.
+    #[arg(long)]
+    pub role: Role,
+    /// Tool name as the agent reports it (Bash, Read, WebFetch, mcp__x__y, …).
+    #[arg(long)]
+    pub tool: String,
+    /// Tool input as JSON, e.g. '{"command":"git log"}'.
+    #[arg(long)]
+    pub input: String,
+    /// Working directory for relative paths (default: the agent's working_directory).
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// Room the turn belongs to (for `agent-chat-gateway send` self-protection checks).
+    #[arg(long)]
+    pub room: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl clap::ValueEnum for Role {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Role::Owner, Role::Guest]
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
+}
+
+/// Runs a command; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let runtime = daemon::runtime_dir();
+    let config_file = daemon::config_path(cli.config.as_deref(), &runtime);
+    match cli.command {
+        Command::Start { foreground } => start(&config_file, &runtime, foreground),
+        Command::Stop => stop(&runtime).map(|_| 0),
+        Command::Restart => {
+            stop(&runtime)?;
+            start(&config_file, &runtime, false)
+        }
+        Command::Status => status(&runtime),
+        Command::List { json } => list(&runtime, json),
+        Command::Pause { watcher } => simple(&runtime, Request::Pause { watcher }),
+        Command::Resume { watcher } => simple(&runtime, Request::Resume { watcher }),
+        Command::Reset { watcher } => simple(&runtime, Request::Reset { watcher }),
+        Command::Send {
+            room,
+            text,
+            attach,
+            connector,
+        } => {
+            let text = match text.as_deref() {
+                Some("-") => {
+                    let mut s = String::new();
+                    std::io::stdin().read_to_string(&mut s).context("cannot read stdin")?;
+                    Some(s)
+                }
+                _ => text,
+            };
+            if text.as_deref().is_none_or(|t| t.trim().is_empty()) && attach.is_none() {
+                bail!("nothing to send: give a text, '-' for stdin, or --attach FILE");
+            }
+            let attach = attach
+                .map(|p| std::path::absolute(&p).with_context(|| format!("bad path {}", p.display())))
+                .transpose()?;
+            simple(&runtime, Request::Send { room, text, attach, connector })
+        }
+        Command::Approve { id, always } => simple(&runtime, Request::Approve { id, always }),
+        Command::Deny { id } => simple(&runtime, Request::Deny { id }),
+        Command::Config {
+            command: ConfigCommand::Validate,
+        } => validate(&config_file),
+        Command::Policy {
+            command: PolicyCommand::Check(check),
+        } => policy_check(&config_file, &runtime, check),
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<config::Config> {
+    config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn validate(path: &Path) -> anyhow::Result<i32> {
+    match config::load(path) {
+        Ok(c) => {
+            println!(
+                "{} is valid: {} connector(s), {} agent(s), {} watcher(s)",
+                path.display(),
+                c.connectors.len(),
+                c.agents.len(),
+                c.watchers.len()
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(1)
+        }
+    }
+}
+
+fn start(config_file: &Path, runtime: &Path, foreground: bool) -> anyhow::Result<i32> {
+    let config = load_config(config_file)?;
+    if let Some(pid) = daemon::running_pid(runtime) {
+        bail!("the gateway is already running (pid {pid})");
+    }
+    if foreground {
+        daemon::run_process(config, runtime.to_path_buf(), true, daemon::StartupReport::Terminal)?;
+        return Ok(0);
+    }
+    let notes = daemon::start_background(config, runtime.to_path_buf())?;
+    let pid = daemon::running_pid(runtime)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "?".into());
+    println!("Gateway started (pid {pid}); log: {}", runtime.join(daemon::LOG_FILE).display());
+    for n in notes {
+        println!("{n}");
+    }
+    Ok(0)
+}
+
+fn stop(runtime: &Path) -> anyhow::Result<()> {
+    let Some(pid) = daemon::running_pid(runtime) else {
+        println!("The gateway is not running.");
+        return Ok(());
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+        .with_context(|| format!("cannot signal pid {pid}"))?;
+    // Running turns get the configured grace period; allow for it plus the final cleanup.
+    if daemon::wait_for_exit(runtime, Duration::from_secs(120)) {
+        println!("Gateway stopped (pid {pid}).");
+        Ok(())
+    } else {
+        bail!("the gateway (pid {pid}) did not stop within 120 s");
+    }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(rt.block_on(f))
+}
+
+fn ask(runtime: &Path, req: &Request) -> anyhow::Result<Value> {
+    let socket = runtime.join(control::SOCKET_NAME);
+    let timeout = match req {
+        Request::Reset { .. } | Request::Send { .. } => Duration::from_secs(300),
+        _ => Duration::from_secs(60),
+    };
+    Ok(block_on(client::request(&socket, req, timeout))??)
+}
+
+/// Requests whose answer is a message: print it, exit 1 on `ok: false`.
+fn simple(runtime: &Path, req: Request) -> anyhow::Result<i32> {
+    let v = ask(runtime, &req)?;
+    if v["ok"] == Value::Bool(true) {
+        if let Some(m) = v["message"].as_str() {
+            println!("{m}");
+        }
+        Ok(0)
+    } else {
+        eprintln!("error: {}", v["error"].as_str().unwrap_or("unknown error"));
+        Ok(1)
+    }
+}
+
+fn status(runtime: &Path) -> anyhow::Result<i32> {
+    match ask(runtime, &Request::Status) {
+        Ok(v) if v["ok"] == Value::Bool(true) => {
+            println!("Gateway is running (pid {}).", v["pid"]);
+            if let Some(cs) = v["connectors"].as_array() {
+                for c in cs {
+                    println!(
+                        "  {}: {} ({})",
+                        c["name"].as_str().unwrap_or("?"),
+                        if c["connected"] == Value::Bool(true) { "connected" } else { "not connected" },
+                        c["detail"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            println!("  rooms: {}, pending approvals: {}", v["rooms"], v["pending_approvals"]);
+            Ok(0)
+        }
+        Ok(v) => {
+            eprintln!("error: {}", v["error"].as_str().unwrap_or("unknown error"));
+            Ok(1)
+        }
+        Err(_) => {
+            match daemon::running_pid(runtime) {
+                Some(pid) => println!("Gateway process {pid} holds the pid file but does not answer on its control socket."),
+                None => println!("Gateway is not running."),
+            }
+            Ok(3)
+        }
+    }
+}
+
+fn list(runtime: &Path, json: bool) -> anyhow::Result<i32> {
+    let v = ask(runtime, &Request::List)?;
+    if v["ok"] != Value::Bool(true) {
+        eprintln!("error: {}", v["error"].as_str().unwrap_or("unknown error"));
+        return Ok(1);
+    }
+    let rows = v["watchers"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("No watchers.");
+    }
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        println!(
+            "{}: ({}) {} [{}] session={} [{}]{}",
+            s("watcher"),
+            s("connector"),
+            s("room"),
+            s("agent"),
+            s("session_id"),
+            s("state"),
+            if r["busy"] == Value::Bool(true) {
+                format!(" busy, {} queued", r["queued"])
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(0)
+}
+
+fn policy_check(config_file: &Path, runtime: &Path, check: PolicyCheck) -> anyhow::Result<i32> {
+    let config = load_config(config_file)?;
+    let Some(agent) = config.agents.get(&check.agent) else {
+        let known: Vec<&str> = config.agents.keys().map(String::as_str).collect();
+        bail!("no agent named '{}' (known: {})", check.agent, known.join(", "));
+    };
+    let input: Value = serde_json::from_str(&check.input)
+        .with_context(|| format!("--input is not valid JSON: {}", check.input))?;
+    let cwd = check.cwd.clone().unwrap_or_else(|| agent.working_directory.clone());
+    let mut guard = crate::approval::self_protection(runtime);
+    if let Some(room) = &check.room {
+        guard = guard.with_own_room(None, room);
+    }
+    let outcome = policy::decide(&policy::PolicyInput {
+        role: check.role,
+        tool: &check.tool,
+        input: &input,
+        cwd: &cwd,
+        owner_rules: &agent.owner_rules,
+        guest_rules: &agent.guest_rules,
+        skip_owner_approval: agent.permissions.skip_owner_approval,
+        guard: &guard,
+    });
+    println!("{}", policy::render_check(&outcome, check.json));
+    Ok(0)
+}

@@ -1,0 +1,438 @@
+//! The daemon: runtime dir, pid file (held with flock), double fork with a start-up pipe,
+//! logging, signals, and the wiring of every task under cancellation tokens and trackers.
+//!
+//! Shutdown is two-phase: first stop taking messages and let running turns finish (up to
+//! `shutdown_grace`), then cancel what is left (agents are killed, pending approvals denied),
+//! then stop the services (connectors, hook and control servers) and flush state.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::agent::claude::ClaudeBackend;
+use crate::agent::AgentBackend;
+use crate::approval::{self, audit::AuditLog, Approvals};
+use crate::config::{AgentType, Config};
+use crate::connector::{self, ConnectorContext, Connectors, EventSink};
+use crate::control;
+use crate::dispatch::{Dispatcher, DispatcherParts};
+use crate::state::StateStore;
+
+pub const PID_FILE: &str = "gateway.pid";
+pub const LOG_FILE: &str = "gateway.log";
+
+/// `$ACG_HOME`, else `~/.agent-chat-gateway`.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("ACG_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".agent-chat-gateway")
+}
+
+/// `--config`, else `$ACG_CONFIG`, else `<runtime dir>/config.yaml`.
+pub fn config_path(flag: Option<&Path>, runtime: &Path) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("ACG_CONFIG").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    runtime.join("config.yaml")
+}
+
+/// Creates the runtime dir (mode 0700: it holds tokens, state and the control socket).
+pub fn ensure_runtime_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", dir.display()))?;
+    Ok(())
+}
+
+/// The pid file, locked for the daemon's whole life. A second instance fails to lock it.
+pub struct PidLock {
+    _lock: Flock<File>,
+}
+
+pub fn lock_pid_file(dir: &Path) -> anyhow::Result<PidLock> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(PID_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut file, _)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            bail!("the gateway is already running (pid {})", pid.trim());
+        }
+    };
+    lock.set_len(0)?;
+    writeln!(lock, "{}", std::process::id())?;
+    lock.sync_all()?;
+    Ok(PidLock { _lock: lock })
+}
+
+/// The pid of a running daemon, if its pid file is locked.
+pub fn running_pid(dir: &Path) -> Option<i32> {
+    let path = dir.join(PID_FILE);
+    let file = File::open(&path).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_unlocked) => None,
+        Err((_, _)) => std::fs::read_to_string(&path).ok()?.trim().parse().ok(),
+    }
+}
+
+/// Blocks until the pid file's lock is released (the daemon exited), up to `timeout`.
+pub fn wait_for_exit(dir: &Path, timeout: Duration) -> bool {
+    let path = dir.join(PID_FILE);
+    let Ok(file) = File::open(&path) else {
+        return true;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Flock::lock(file, FlockArg::LockShared).is_ok());
+    });
+    rx.recv_timeout(timeout).unwrap_or(false)
+}
+
+/// How the foreground process reports start-up to the `start` command waiting on the pipe.
+pub enum StartupReport {
+    /// Print to stdout (foreground mode).
+    Terminal,
+    /// Write to the pipe the parent reads.
+    Pipe(File),
+}
+
+impl StartupReport {
+    fn success(self, notes: &[String]) {
+        match self {
+            StartupReport::Terminal => {
+                for n in notes {
+                    println!("{n}");
+                }
+            }
+            StartupReport::Pipe(mut f) => {
+                for n in notes {
+                    let _ = writeln!(f, "note: {n}");
+                }
+                let _ = writeln!(f, "ok");
+            }
+        }
+    }
+
+    fn failure(self, err: &anyhow::Error) {
+        if let StartupReport::Pipe(mut f) = self {
+            let _ = writeln!(f, "error: {err:#}");
+        }
+    }
+}
+
+/// `start` without `--foreground`: fork twice (no tokio runtime exists yet), let the
+/// grandchild run the daemon, and wait on a pipe for its verdict. Returns the lines to print
+/// on success, or the real reason of failure.
+pub fn start_background(config: Config, runtime: PathBuf) -> anyhow::Result<Vec<String>> {
+    let (read_fd, write_fd) = nix::unistd::pipe().context("cannot create the start-up pipe")?;
+    match fork::fork().map_err(|e| anyhow::anyhow!("fork failed: {e}"))? {
+        fork::Fork::Parent(child) => {
+            drop(write_fd);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
+            let mut report = String::new();
+            File::from(read_fd)
+                .read_to_string(&mut report)
+                .context("cannot read the start-up pipe")?;
+            let mut notes = Vec::new();
+            for line in report.lines() {
+                if let Some(n) = line.strip_prefix("note: ") {
+                    notes.push(n.to_string());
+                } else if let Some(e) = line.strip_prefix("error: ") {
+                    bail!("{e}");
+                } else if line == "ok" {
+                    return Ok(notes);
+                }
+            }
+            bail!(
+                "the gateway exited during start-up; see {}",
+                runtime.join(LOG_FILE).display()
+            )
+        }
+        fork::Fork::Child => {
+            drop(read_fd);
+            let _ = nix::unistd::setsid();
+            match fork::fork() {
+                Ok(fork::Fork::Parent(_)) => std::process::exit(0),
+                Ok(fork::Fork::Child) => {
+                    detach_stdio();
+                    let pipe = File::from(write_fd);
+                    let code = match run_process(config, runtime, false, StartupReport::Pipe(pipe)) {
+                        Ok(()) => 0,
+                        Err(_) => 1,
+                    };
+                    std::process::exit(code);
+                }
+                Err(_) => std::process::exit(1),
+            }
+        }
+    }
+}
+
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        for fd in 0..=2 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}
+
+/// Sets up logging and a tokio runtime, runs the daemon until a signal or `stop`.
+pub fn run_process(
+    config: Config,
+    runtime: PathBuf,
+    foreground: bool,
+    report: StartupReport,
+) -> anyhow::Result<()> {
+    let result = (|| {
+        ensure_runtime_dir(&runtime)?;
+        let pid = lock_pid_file(&runtime)?;
+        let _log_guard = init_logging(&runtime, foreground)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let outcome = rt.block_on(async {
+            let shutdown = CancellationToken::new();
+            spawn_signal_handler(shutdown.clone())?;
+            run(config, runtime.clone(), shutdown, report).await
+        });
+        drop(pid);
+        outcome
+    })();
+    if let Err(e) = &result {
+        error!("{e:#}");
+    }
+    result
+}
+
+fn init_logging(
+    runtime: &Path,
+    foreground: bool,
+) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if foreground {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+        return Ok(None);
+    }
+    let appender = tracing_appender::rolling::never(runtime, LOG_FILE);
+    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(writer)
+        .try_init();
+    Ok(Some(guard))
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+/// The daemon itself, usable in-process (tests): wires everything, reports start-up, runs
+/// until `shutdown` fires, then stops in two phases.
+pub async fn run(
+    config: Config,
+    runtime: PathBuf,
+    shutdown: CancellationToken,
+    report: StartupReport,
+) -> anyhow::Result<()> {
+    let services = CancellationToken::new();
+    let service_tasks = TaskTracker::new();
+    let room_tasks = TaskTracker::new();
+    let drain = CancellationToken::new();
+    let kill = CancellationToken::new();
+
+    let started = start(&config, &runtime, &services, &service_tasks, &room_tasks, &drain, &kill, &shutdown).await;
+    let started = match started {
+        Ok(s) => s,
+        Err(e) => {
+            services.cancel();
+            service_tasks.close();
+            service_tasks.wait().await;
+            report.failure(&e);
+            return Err(e);
+        }
+    };
+    info!(pid = std::process::id(), runtime = %runtime.display(), "gateway started");
+    report.success(&started.notes);
+
+    shutdown.cancelled().await;
+    info!("stopping: no new messages; waiting for running turns");
+    drain.cancel();
+    room_tasks.close();
+    if tokio::time::timeout(config.shutdown_grace, room_tasks.wait()).await.is_err() {
+        warn!(grace = ?config.shutdown_grace, "turns still running after the grace period; stopping them");
+    }
+    kill.cancel();
+    if let Some(a) = &started.approvals {
+        a.shutdown();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), room_tasks.wait()).await;
+    services.cancel();
+    service_tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), service_tasks.wait()).await;
+    if let Err(e) = started.store.flush() {
+        error!(error = %e, "final state write failed");
+    }
+    let _ = std::fs::remove_file(runtime.join(control::SOCKET_NAME));
+    info!("gateway stopped");
+    Ok(())
+}
+
+struct Started {
+    notes: Vec<String>,
+    store: StateStore,
+    approvals: Option<Arc<Approvals>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start(
+    config: &Config,
+    runtime: &Path,
+    services: &CancellationToken,
+    service_tasks: &TaskTracker,
+    room_tasks: &TaskTracker,
+    drain: &CancellationToken,
+    kill: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Started> {
+    ensure_runtime_dir(runtime)?;
+    let control_listener = control::server::bind(&runtime.join(control::SOCKET_NAME)).await?;
+
+    let names: Vec<Arc<str>> = config.connectors.iter().map(|c| Arc::from(c.name.as_str())).collect();
+    let (store, warnings) = StateStore::open(runtime, &names);
+    for w in warnings {
+        warn!("{w}");
+    }
+
+    let mut connectors: Connectors = HashMap::new();
+    let mut notes = Vec::new();
+    for (name, cfg) in names.iter().zip(&config.connectors) {
+        let c = connector::build(cfg, runtime)
+            .with_context(|| format!("connector '{name}'"))?;
+        c.prepare().await.with_context(|| format!("connector '{name}'"))?;
+        notes.extend(c.startup_notes());
+        connectors.insert(name.clone(), c);
+    }
+    let connectors = Arc::new(connectors);
+
+    let mut agents: HashMap<String, Arc<dyn AgentBackend>> = HashMap::new();
+    for (name, cfg) in &config.agents {
+        let scratch = runtime.join("agents").join(name);
+        ensure_runtime_dir(&scratch)?;
+        let backend: Arc<dyn AgentBackend> = match cfg.kind {
+            AgentType::Claude => Arc::new(ClaudeBackend::new(cfg, scratch)),
+        };
+        agents.insert(name.clone(), backend);
+    }
+
+    let approvals = if config.agents.values().any(|a| a.permissions.enabled) {
+        let (listener, addr) = approval::hook::bind().await.context("cannot bind the hook server")?;
+        let approvals = Approvals::new(
+            format!("http://{addr}/hook"),
+            runtime.to_path_buf(),
+            AuditLog::open(&runtime.join("audit.jsonl")),
+        );
+        service_tasks.spawn(approval::hook::serve(
+            listener,
+            approvals.clone(),
+            service_tasks.clone(),
+            services.clone(),
+        ));
+        info!(%addr, "hook server listening");
+        Some(approvals)
+    } else {
+        None
+    };
+
+    service_tasks.spawn(store.clone().run_writer(services.clone()));
+
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    for (name, c) in connectors.iter() {
+        let watched = config
+            .watchers
+            .iter()
+            .filter(|w| *w.connector == **name)
+            .map(|w| w.room.clone())
+            .collect();
+        let ctx = ConnectorContext {
+            events: EventSink::new(name.clone(), events_tx.clone()),
+            cancel: services.clone(),
+            watched,
+            attachments_dir: runtime.join("attachments").join(&**name),
+            store: store.connector_store(name.clone()),
+        };
+        let c = c.clone();
+        let name = name.clone();
+        let shutdown = shutdown.clone();
+        service_tasks.spawn(async move {
+            if let Err(e) = c.run(ctx).await {
+                error!(connector = %name, "connector stopped: {e:#}; stopping the gateway");
+                shutdown.cancel();
+            }
+        });
+    }
+    drop(events_tx);
+
+    let (control_tx, control_rx) = mpsc::channel(64);
+    service_tasks.spawn(control::server::serve(
+        control_listener,
+        control_tx,
+        shutdown.clone(),
+        service_tasks.clone(),
+        services.clone(),
+    ));
+
+    let dispatcher = Dispatcher::new(DispatcherParts {
+        config: Arc::new(config.clone()),
+        connectors,
+        agents,
+        approvals: approvals.clone(),
+        store: store.clone(),
+        tracker: room_tasks.clone(),
+        drain: drain.clone(),
+        kill: kill.clone(),
+    });
+    room_tasks.spawn(dispatcher.run(events_rx, control_rx));
+    Ok(Started { notes, store, approvals })
+}

@@ -1,0 +1,700 @@
+//! The dispatcher: the single owner of the watcher table and the room workers. Every connector
+//! event and every control request passes through its loop.
+//!
+//! Owns: sender → role (from configuration, by platform user id or username only), watcher
+//! lookup, the mention gate, `approve`/`deny` interception (before any queue, so an approval
+//! never waits behind the turn that asked for it), routing to room workers, and the admin
+//! operations (list, pause, resume, reset, send, approve).
+//! Must not import: platform wire formats or agent internals.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::agent::AgentBackend;
+use crate::approval::{self, Approvals};
+use crate::config::{AgentConfig, Config, ConnectorConfig, WatcherConfig};
+use crate::connector::{Acceptance, ConnectorEvent, Connectors};
+use crate::model::{InboundMessage, ReplyTarget, RoomKind, RoomRef, RoomKey};
+use crate::room::{self, QueuedMessage, RoomControl, RoomDeps, RoomHandle};
+use crate::state::StateStore;
+
+/// Admin operations, sent by the control server.
+#[derive(Debug)]
+pub enum ControlRequest {
+    List(oneshot::Sender<Vec<WatcherRow>>),
+    Pause(String, oneshot::Sender<Result<String, String>>),
+    Resume(String, oneshot::Sender<Result<String, String>>),
+    Reset(String, oneshot::Sender<Result<String, String>>),
+    Send {
+        room: String,
+        text: Option<String>,
+        attach: Option<PathBuf>,
+        connector: Option<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Approve {
+        id: String,
+        approve: bool,
+        always: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    Status(oneshot::Sender<StatusReport>),
+}
+
+/// One line of `list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct WatcherRow {
+    pub watcher: String,
+    pub connector: String,
+    pub room: String,
+    pub room_id: Option<String>,
+    pub agent: String,
+    pub session_id: Option<String>,
+    /// `active`, `paused`, `waiting` (room not resolved yet) or `failed: <why>`.
+    pub state: String,
+    pub busy: bool,
+    pub queued: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    pub pid: u32,
+    pub connectors: Vec<ConnectorStatus>,
+    pub rooms: usize,
+    pub pending_approvals: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectorStatus {
+    pub name: String,
+    pub connected: bool,
+    pub detail: String,
+}
+
+struct WatcherRuntime {
+    config: WatcherConfig,
+    connector: Arc<str>,
+    resolved: Option<RoomRef>,
+    failed: Option<String>,
+}
+
+impl WatcherRuntime {
+    fn is_wildcard(&self) -> bool {
+        self.config.room == "*"
+    }
+}
+
+struct RoomEntry {
+    handle: RoomHandle,
+    watcher: usize,
+    name: String,
+}
+
+/// Everything the dispatcher is built from.
+pub struct DispatcherParts {
+    pub config: Arc<Config>,
+    pub connectors: Arc<Connectors>,
+    pub agents: HashMap<String, Arc<dyn AgentBackend>>,
+    pub approvals: Option<Arc<Approvals>>,
+    pub store: StateStore,
+    pub tracker: TaskTracker,
+    /// Graceful stop: no new turns; running ones may finish.
+    pub drain: CancellationToken,
+    /// Hard stop: running turns are cancelled.
+    pub kill: CancellationToken,
+}
+
+pub struct Dispatcher {
+    parts: DispatcherParts,
+    watchers: Vec<WatcherRuntime>,
+    rooms: HashMap<RoomKey, RoomEntry>,
+    connection: HashMap<Arc<str>, ConnectorStatus>,
+    agent_configs: HashMap<String, Arc<AgentConfig>>,
+}
+
+impl Dispatcher {
+    pub fn new(parts: DispatcherParts) -> Self {
+        let watchers = parts
+            .config
+            .watchers
+            .iter()
+            .map(|w| WatcherRuntime {
+                config: w.clone(),
+                connector: parts
+                    .connectors
+                    .keys()
+                    .find(|k| ***k == *w.connector)
+                    .cloned()
+                    .unwrap_or_else(|| w.connector.as_str().into()),
+                resolved: None,
+                failed: None,
+            })
+            .collect();
+        let agent_configs = parts
+            .config
+            .agents
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+            .collect();
+        Dispatcher {
+            parts,
+            watchers,
+            rooms: HashMap::new(),
+            connection: HashMap::new(),
+            agent_configs,
+        }
+    }
+
+    /// Routes events and control requests until the drain token fires.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<(Arc<str>, ConnectorEvent)>,
+        mut control: mpsc::Receiver<ControlRequest>,
+    ) {
+        self.restore_pending();
+        let drain = self.parts.drain.clone();
+        loop {
+            tokio::select! {
+                Some((connector, event)) = events.recv() => self.on_event(connector, event),
+                Some(request) = control.recv() => self.on_control(request),
+                _ = drain.cancelled() => break,
+            }
+        }
+        // Messages that arrive while draining are refused (and stay replayable on platforms
+        // that replay), never silently dropped.
+        events.close();
+        while let Some((_, event)) = events.recv().await {
+            if let ConnectorEvent::Message { accepted: Some(ack), .. } = event {
+                let _ = ack.send(Acceptance::Rejected("the gateway is shutting down".into()));
+            }
+        }
+    }
+
+    /// Re-queues messages that were accepted but not answered before the last stop.
+    fn restore_pending(&mut self) {
+        let names: Vec<Arc<str>> = self.parts.connectors.keys().cloned().collect();
+        for connector in names {
+            let Some(cconf) = self.parts.config.connector(&connector).cloned() else {
+                continue;
+            };
+            for (room_id, state) in self.parts.store.rooms(&connector) {
+                if state.pending.is_empty() {
+                    continue;
+                }
+                let Some(widx) = self
+                    .watchers
+                    .iter()
+                    .position(|w| w.config.name == state.watcher)
+                else {
+                    warn!(room = %room_id, watcher = %state.watcher, "pending messages of a watcher that no longer exists are dropped");
+                    continue;
+                };
+                let mut restored = Vec::new();
+                for p in &state.pending {
+                    let message = p.to_message(&connector);
+                    match cconf.users.role_of(&message.sender) {
+                        Some(role) => restored.push(QueuedMessage { message, role }),
+                        None => warn!(sender = %p.sender_username, "pending message of a sender no longer allowed is dropped"),
+                    }
+                }
+                let key = RoomKey::new(connector.clone(), room_id.as_str());
+                info!(room = %key, count = restored.len(), "re-queueing messages accepted before the restart");
+                if let Some(handle) = self.spawn_room(&key, state.room_name.clone(), widx, restored) {
+                    self.rooms.insert(
+                        key,
+                        RoomEntry {
+                            handle,
+                            watcher: widx,
+                            name: state.room_name,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, connector: Arc<str>, event: ConnectorEvent) {
+        match event {
+            ConnectorEvent::Message { message, accepted } => self.route(message, accepted),
+            ConnectorEvent::RoomResolved { spec, room } => {
+                for w in self
+                    .watchers
+                    .iter_mut()
+                    .filter(|w| w.connector == connector && w.config.room == spec)
+                {
+                    info!(watcher = %w.config.name, room = %room.id, "room resolved");
+                    w.resolved = Some(room.clone());
+                    w.failed = None;
+                }
+            }
+            ConnectorEvent::RoomFailed { spec, error } => {
+                for w in self
+                    .watchers
+                    .iter_mut()
+                    .filter(|w| w.connector == connector && w.config.room == spec)
+                {
+                    error!(watcher = %w.config.name, room = %spec, error = %error, "watcher inactive: room could not be resolved");
+                    w.failed = Some(error.clone());
+                }
+            }
+            ConnectorEvent::Connection { connected, detail } => {
+                info!(connector = %connector, connected, detail = %detail, "connection state");
+                self.connection.insert(
+                    connector.clone(),
+                    ConnectorStatus {
+                        name: connector.to_string(),
+                        connected,
+                        detail,
+                    },
+                );
+            }
+        }
+    }
+
+    fn route(&mut self, message: InboundMessage, ack: Option<oneshot::Sender<Acceptance>>) {
+        let verdict = |ack: Option<oneshot::Sender<Acceptance>>, v: Acceptance| {
+            if let Some(ack) = ack {
+                let _ = ack.send(v);
+            }
+        };
+        let Some(cconf) = self.parts.config.connector(&message.connector) else {
+            return verdict(ack, Acceptance::Ignored("unknown connector".into()));
+        };
+        let Some(role) = cconf.users.role_of(&message.sender) else {
+            debug!(sender = %message.sender.username, "message from a sender who is neither owner nor guest ignored");
+            return verdict(ack, Acceptance::Ignored("sender is not an owner or guest".into()));
+        };
+        let Some(widx) = self.watcher_for(&message) else {
+            return verdict(ack, Acceptance::Ignored("room is not watched".into()));
+        };
+        let key = message.room_key();
+        let agent_name = self.watchers[widx].config.agent.clone();
+        let permissions = self
+            .agent_configs
+            .get(&agent_name)
+            .is_some_and(|a| a.permissions.enabled);
+        if permissions {
+            if let Some((approve, id, always)) = approval::parse_command(&message.text) {
+                let reply = match &self.parts.approvals {
+                    Some(a) => a.command_from_room(
+                        &key,
+                        message.thread.as_deref(),
+                        role,
+                        approval::Command {
+                            approve,
+                            id: &id,
+                            always,
+                            by: &message.sender.username,
+                        },
+                    ),
+                    None => format!("⚠️ No pending permission request with ID `{id}`."),
+                };
+                self.post_notice(&key, message.reply_target(), reply);
+                return verdict(ack, Acceptance::Handled);
+            }
+        }
+        if message.room.kind == RoomKind::Group && require_mention(cconf) && !message.addressed {
+            return verdict(ack, Acceptance::Ignored("the bot was not mentioned".into()));
+        }
+        if !self.rooms.contains_key(&key) {
+            let Some(handle) = self.spawn_room(&key, message.room.name.clone(), widx, Vec::new())
+            else {
+                return verdict(ack, Acceptance::Ignored("the watcher's agent is missing".into()));
+            };
+            self.rooms.insert(
+                key.clone(),
+                RoomEntry {
+                    handle,
+                    watcher: widx,
+                    name: message.room.name.clone(),
+                },
+            );
+        }
+        let entry = &self.rooms[&key];
+        let target = message.reply_target();
+        // The worker answers the connector directly; a message nobody waits on still needs a
+        // sender for the worker to answer.
+        let ack = ack.unwrap_or_else(|| oneshot::channel().0);
+        if let Err((why, ack)) = entry.handle.offer(QueuedMessage { message, role }, ack) {
+            let notice = format!(
+                "⚠️ This room is busy ({why}); your message was not queued. Please send it again later."
+            );
+            self.post_notice(&key, target, notice.clone());
+            let _ = ack.send(Acceptance::Rejected(notice));
+        }
+    }
+
+    /// The watcher for a message: one naming its room, else the connector's `*` watcher.
+    fn watcher_for(&self, m: &InboundMessage) -> Option<usize> {
+        let of_connector = || {
+            self.watchers
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| *w.connector == *m.connector)
+        };
+        of_connector()
+            .find(|(_, w)| {
+                !w.is_wildcard()
+                    && w.failed.is_none()
+                    && match &w.resolved {
+                        Some(r) => r.id == m.room.id,
+                        None => w.config.room == m.room.id,
+                    }
+            })
+            .or_else(|| of_connector().find(|(_, w)| w.is_wildcard()))
+            .map(|(i, _)| i)
+    }
+
+    fn spawn_room(
+        &self,
+        key: &RoomKey,
+        name: String,
+        widx: usize,
+        restored: Vec<QueuedMessage>,
+    ) -> Option<RoomHandle> {
+        let w = &self.watchers[widx];
+        let connector = self.parts.connectors.get(&key.connector)?.clone();
+        let agent = self.parts.agents.get(&w.config.agent)?.clone();
+        let agent_config = self.agent_configs.get(&w.config.agent)?.clone();
+        let platform = self
+            .parts
+            .config
+            .connector(&key.connector)
+            .map(platform_label)
+            .unwrap_or("Chat");
+        let paused = self
+            .parts
+            .store
+            .watcher_paused(&key.connector, &w.config.name);
+        let deps = RoomDeps {
+            watcher: w.config.name.as_str().into(),
+            connector,
+            platform: platform.into(),
+            agent,
+            approvals: agent_config
+                .permissions
+                .enabled
+                .then(|| self.parts.approvals.clone())
+                .flatten(),
+            agent_config,
+            store: self.parts.store.clone(),
+            max_queue_depth: self.parts.config.max_queue_depth,
+            tracker: self.parts.tracker.clone(),
+            drain: self.parts.drain.clone(),
+            kill: self.parts.kill.clone(),
+        };
+        Some(room::spawn(key.clone(), name, deps, paused, restored))
+    }
+
+    fn post_notice(&self, key: &RoomKey, to: ReplyTarget, text: String) {
+        let Some(connector) = self.parts.connectors.get(&key.connector).cloned() else {
+            return;
+        };
+        let key = key.clone();
+        self.parts.tracker.spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(30), connector.post(&to, &text)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(room = %key, error = %e, "could not post a notice"),
+                Err(_) => warn!(room = %key, "posting a notice timed out"),
+            }
+        });
+    }
+
+    fn on_control(&mut self, request: ControlRequest) {
+        match request {
+            ControlRequest::List(reply) => self.list(reply),
+            ControlRequest::Pause(name, reply) => {
+                let _ = reply.send(self.set_paused(&name, true));
+            }
+            ControlRequest::Resume(name, reply) => {
+                let _ = reply.send(self.set_paused(&name, false));
+            }
+            ControlRequest::Reset(name, reply) => self.reset(&name, reply),
+            ControlRequest::Send {
+                room,
+                text,
+                attach,
+                connector,
+                reply,
+            } => self.send(room, text, attach, connector, reply),
+            ControlRequest::Approve {
+                id,
+                approve,
+                always,
+                reply,
+            } => {
+                let result = match &self.parts.approvals {
+                    Some(a) => Ok(a.command_from_admin(approval::Command {
+                        approve,
+                        id: &id,
+                        always,
+                        by: "admin (control socket)",
+                    })),
+                    None => Err("no agent has permissions enabled, so nothing can be pending".into()),
+                };
+                let _ = reply.send(result);
+            }
+            ControlRequest::Status(reply) => {
+                let connectors = self
+                    .parts
+                    .connectors
+                    .keys()
+                    .map(|name| {
+                        self.connection.get(name).cloned().unwrap_or(ConnectorStatus {
+                            name: name.to_string(),
+                            connected: false,
+                            detail: "no connection reported yet".into(),
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(StatusReport {
+                    pid: std::process::id(),
+                    connectors,
+                    rooms: self.rooms.len(),
+                    pending_approvals: self
+                        .parts
+                        .approvals
+                        .as_ref()
+                        .map_or(0, |a| a.pending_count()),
+                });
+            }
+        }
+    }
+
+    fn watcher_index(&self, name: &str) -> Result<usize, String> {
+        self.watchers
+            .iter()
+            .position(|w| w.config.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.watchers.iter().map(|w| w.config.name.as_str()).collect();
+                format!("unknown watcher '{name}' (known: {})", known.join(", "))
+            })
+    }
+
+    fn set_paused(&mut self, name: &str, paused: bool) -> Result<String, String> {
+        let widx = self.watcher_index(name)?;
+        let connector = self.watchers[widx].connector.clone();
+        self.parts.store.set_watcher_paused(&connector, name, paused);
+        for entry in self.rooms.values().filter(|e| e.watcher == widx) {
+            let handle = entry.handle.clone();
+            let c = if paused { RoomControl::Pause } else { RoomControl::Resume };
+            self.parts.tracker.spawn(async move {
+                handle.control(c).await;
+            });
+        }
+        Ok(format!(
+            "watcher '{name}' {}",
+            if paused { "paused" } else { "resumed" }
+        ))
+    }
+
+    fn reset(&mut self, name: &str, reply: oneshot::Sender<Result<String, String>>) {
+        let widx = match self.watcher_index(name) {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let connector = self.watchers[widx].connector.clone();
+        // Rooms without a live worker keep their session only in the state file.
+        for (room_id, state) in self.parts.store.rooms(&connector) {
+            if state.watcher == name {
+                let key = RoomKey::new(connector.clone(), room_id.as_str());
+                self.parts.store.update_room(&key, |r| r.session_id = None);
+                if let Some(a) = &self.parts.approvals {
+                    a.forget_room(&key);
+                }
+            }
+        }
+        let handles: Vec<RoomHandle> = self
+            .rooms
+            .values()
+            .filter(|e| e.watcher == widx)
+            .map(|e| e.handle.clone())
+            .collect();
+        let name = name.to_string();
+        self.parts.tracker.spawn(async move {
+            for h in handles {
+                let (tx, rx) = oneshot::channel();
+                if h.control(RoomControl::Reset { done: tx }).await {
+                    let _ = rx.await;
+                }
+            }
+            let _ = reply.send(Ok(format!(
+                "watcher '{name}' reset: the next message starts a new session"
+            )));
+        });
+    }
+
+    fn list(&self, reply: oneshot::Sender<Vec<WatcherRow>>) {
+        let mut rows: Vec<(WatcherRow, Option<RoomHandle>)> = Vec::new();
+        for (widx, w) in self.watchers.iter().enumerate() {
+            let paused = self.parts.store.watcher_paused(&w.connector, &w.config.name);
+            let base_state = match (&w.failed, paused) {
+                (Some(e), _) => format!("failed: {e}"),
+                (None, true) => "paused".into(),
+                (None, false) if !w.is_wildcard() && w.resolved.is_none() && !self.rooms.keys().any(|k| k.connector == w.connector && *k.room == *w.config.room) => "waiting".into(),
+                _ => "active".into(),
+            };
+            let mut room_rows: Vec<(WatcherRow, Option<RoomHandle>)> = Vec::new();
+            let mut seen: Vec<String> = Vec::new();
+            for (key, entry) in self.rooms.iter().filter(|(_, e)| e.watcher == widx) {
+                seen.push(key.room.to_string());
+                room_rows.push((
+                    WatcherRow {
+                        watcher: w.config.name.clone(),
+                        connector: w.connector.to_string(),
+                        room: entry.name.clone(),
+                        room_id: Some(key.room.to_string()),
+                        agent: w.config.agent.clone(),
+                        session_id: None,
+                        state: base_state.clone(),
+                        busy: false,
+                        queued: 0,
+                    },
+                    Some(entry.handle.clone()),
+                ));
+            }
+            for (room_id, state) in self.parts.store.rooms(&w.connector) {
+                if state.watcher == w.config.name && !seen.contains(&room_id) {
+                    room_rows.push((
+                        WatcherRow {
+                            watcher: w.config.name.clone(),
+                            connector: w.connector.to_string(),
+                            room: state.room_name.clone(),
+                            room_id: Some(room_id),
+                            agent: w.config.agent.clone(),
+                            session_id: state.session_id.clone(),
+                            state: base_state.clone(),
+                            busy: false,
+                            queued: 0,
+                        },
+                        None,
+                    ));
+                }
+            }
+            if room_rows.is_empty() {
+                room_rows.push((
+                    WatcherRow {
+                        watcher: w.config.name.clone(),
+                        connector: w.connector.to_string(),
+                        room: w.config.room.clone(),
+                        room_id: w.resolved.as_ref().map(|r| r.id.clone()),
+                        agent: w.config.agent.clone(),
+                        session_id: None,
+                        state: base_state.clone(),
+                        busy: false,
+                        queued: 0,
+                    },
+                    None,
+                ));
+            }
+            room_rows.sort_by(|a, b| a.0.room.cmp(&b.0.room));
+            rows.extend(room_rows);
+        }
+        self.parts.tracker.spawn(async move {
+            let mut out = Vec::with_capacity(rows.len());
+            for (mut row, handle) in rows {
+                if let Some(h) = handle {
+                    let (tx, rx) = oneshot::channel();
+                    if h.control(RoomControl::Status { reply: tx }).await {
+                        if let Ok(s) = rx.await {
+                            row.session_id = s.session_id;
+                            row.busy = s.busy;
+                            row.queued = s.queued;
+                            if s.paused && row.state == "active" {
+                                row.state = "paused".into();
+                            }
+                        }
+                    }
+                }
+                out.push(row);
+            }
+            let _ = reply.send(out);
+        });
+    }
+
+    fn send(
+        &self,
+        room: String,
+        text: Option<String>,
+        attach: Option<PathBuf>,
+        connector: Option<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    ) {
+        let chosen = match &connector {
+            Some(name) => self
+                .parts
+                .connectors
+                .get(name.as_str())
+                .cloned()
+                .ok_or_else(|| format!("unknown connector '{name}'")),
+            None if self.parts.connectors.len() == 1 => {
+                Ok(self.parts.connectors.values().next().cloned().expect("one"))
+            }
+            None => {
+                let mut names: Vec<&str> = self.parts.connectors.keys().map(|k| &**k).collect();
+                names.sort();
+                Err(format!(
+                    "several connectors are configured ({}); choose one with --connector",
+                    names.join(", ")
+                ))
+            }
+        };
+        let connector = match chosen {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.parts.tracker.spawn(async move {
+            let result = async {
+                let resolved = connector
+                    .resolve_room(&room)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let target = ReplyTarget::room(resolved.id.clone());
+                if let Some(path) = &attach {
+                    connector
+                        .upload(&target, path, text.as_deref())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                } else if let Some(text) = &text {
+                    connector
+                        .send_reply(&target, text)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    return Err("nothing to send: give a text or --attach".to_string());
+                }
+                Ok(format!("sent to {}", resolved.name))
+            }
+            .await;
+            let _ = reply.send(result);
+        });
+    }
+}
+
+fn require_mention(c: &ConnectorConfig) -> bool {
+    c.require_mention
+}
+
+/// The platform name agents see in prompt headers.
+fn platform_label(c: &ConnectorConfig) -> &'static str {
+    match c.kind.type_name() {
+        "webchat" => "WebChat",
+        "rocketchat" => "Rocket.Chat",
+        "onebot" => "QQ",
+        _ => "Chat",
+    }
+}

@@ -1,0 +1,339 @@
+//! Room workers: one task per room, owning that room's queue, its agent session id and the
+//! turn that is running. Turns run strictly one at a time, in arrival order; messages that
+//! arrive during a turn are merged into the next one (catch-up).
+//!
+//! Owns: the room's queue (bounded, persisted so a restart loses nothing), pause/resume/reset,
+//! the session id (the worker is its only writer), and running turns through [`turn`].
+//! Must not import: platform or agent wire formats — it talks to `dyn Connector` and
+//! `dyn AgentBackend` only.
+
+pub mod prompt;
+mod turn;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::agent::AgentBackend;
+use crate::approval::Approvals;
+use crate::config::AgentConfig;
+use crate::connector::{Acceptance, Connector};
+use crate::model::{ReplyTarget, RoomKey};
+use crate::state::{PendingMessage, StateStore};
+
+pub use prompt::QueuedMessage;
+use turn::{TurnReport, TurnRunner};
+
+/// Requests a room worker accepts besides messages.
+#[derive(Debug)]
+pub enum RoomControl {
+    Pause,
+    Resume,
+    /// Forget the session (the next turn starts a fresh one); stops a running turn.
+    Reset { done: oneshot::Sender<()> },
+    Status { reply: oneshot::Sender<RoomStatus> },
+}
+
+#[derive(Clone, Debug)]
+pub struct RoomStatus {
+    pub session_id: Option<String>,
+    pub paused: bool,
+    pub busy: bool,
+    pub queued: usize,
+}
+
+type Offer = (QueuedMessage, oneshot::Sender<Acceptance>);
+
+/// The dispatcher's handle to a room worker. Controls have their own channel so they never
+/// wait behind messages.
+#[derive(Clone)]
+pub struct RoomHandle {
+    messages: mpsc::Sender<Offer>,
+    controls: mpsc::Sender<RoomControl>,
+}
+
+impl RoomHandle {
+    /// Hands a message to the room; the worker sends its verdict on `ack`. Never waits: a
+    /// full hand-off channel counts as busy, and the verdict is then the caller's to give.
+    pub fn offer(
+        &self,
+        message: QueuedMessage,
+        ack: oneshot::Sender<Acceptance>,
+    ) -> Result<(), (String, oneshot::Sender<Acceptance>)> {
+        match self.messages.try_send((message, ack)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full((_, ack))) => {
+                Err(("too many messages are arriving at once".into(), ack))
+            }
+            Err(mpsc::error::TrySendError::Closed((_, ack))) => {
+                Err(("the room is shutting down".into(), ack))
+            }
+        }
+    }
+
+    pub async fn control(&self, c: RoomControl) -> bool {
+        self.controls.send(c).await.is_ok()
+    }
+}
+
+/// Everything a room worker needs, shared by all rooms of a watcher.
+#[derive(Clone)]
+pub struct RoomDeps {
+    pub watcher: Arc<str>,
+    pub connector: Arc<dyn Connector>,
+    pub platform: Arc<str>,
+    pub agent: Arc<dyn AgentBackend>,
+    pub agent_config: Arc<AgentConfig>,
+    pub approvals: Option<Arc<Approvals>>,
+    pub store: StateStore,
+    pub max_queue_depth: usize,
+    pub tracker: TaskTracker,
+    /// Stop taking new turns (graceful shutdown: running turns may finish).
+    pub drain: CancellationToken,
+    /// Stop now: running turns are cancelled and their agents killed.
+    pub kill: CancellationToken,
+}
+
+/// Starts a worker for `key`. `restored` are messages accepted before a restart.
+pub fn spawn(
+    key: RoomKey,
+    room_name: String,
+    deps: RoomDeps,
+    paused: bool,
+    restored: Vec<QueuedMessage>,
+) -> RoomHandle {
+    // The hand-off channel only needs to absorb bursts between two polls of the worker; the
+    // real bound is `max_queue_depth`, checked by the worker.
+    let (messages, rx) = mpsc::channel(deps.max_queue_depth.clamp(8, 256));
+    let (controls, ctl_rx) = mpsc::channel(16);
+    let session_id = deps.store.room(&key).and_then(|r| r.session_id);
+    let worker = RoomWorker {
+        key,
+        room_name,
+        pending: restored.into(),
+        session_id,
+        paused,
+        paused_notice_sent: false,
+        running: None,
+        deps: deps.clone(),
+    };
+    deps.tracker.spawn(worker.run(rx, ctl_rx));
+    RoomHandle { messages, controls }
+}
+
+struct RunningTurn {
+    task: JoinHandle<TurnReport>,
+    cancel: CancellationToken,
+    /// Kept here too, so a turn that panicked is still reported and cleared.
+    message_ids: Vec<String>,
+    target: ReplyTarget,
+}
+
+struct RoomWorker {
+    key: RoomKey,
+    room_name: String,
+    pending: VecDeque<QueuedMessage>,
+    session_id: Option<String>,
+    paused: bool,
+    paused_notice_sent: bool,
+    running: Option<RunningTurn>,
+    deps: RoomDeps,
+}
+
+impl RoomWorker {
+    #[tracing::instrument(name = "room", skip_all, fields(room = %self.key))]
+    async fn run(mut self, mut rx: mpsc::Receiver<Offer>, mut controls: mpsc::Receiver<RoomControl>) {
+        self.persist_room_info();
+        loop {
+            self.maybe_start_turn();
+            let draining = self.deps.drain.is_cancelled();
+            if draining && self.running.is_none() {
+                break;
+            }
+            tokio::select! {
+                joined = join_running(&mut self.running) => {
+                    let running = self.running.take().expect("joined a running turn");
+                    let report = self.report_of(joined, running);
+                    self.finish_turn(report);
+                }
+                offer = rx.recv(), if !draining => match offer {
+                    Some((m, ack)) => {
+                        let verdict = self.accept(m);
+                        let _ = ack.send(verdict);
+                    }
+                    None => break,
+                },
+                Some(c) = controls.recv() => self.control(c).await,
+                _ = self.deps.drain.cancelled(), if !draining => {}
+                _ = self.deps.kill.cancelled() => break,
+            }
+        }
+        if let Some(mut running) = self.running.take() {
+            running.cancel.cancel();
+            let joined = (&mut running.task).await;
+            let report = self.report_of(joined, running);
+            self.finish_turn(report);
+        }
+    }
+
+    /// The report of a joined turn; a turn task that died is reported failed in the room.
+    fn report_of(
+        &self,
+        joined: Result<TurnReport, tokio::task::JoinError>,
+        running: RunningTurn,
+    ) -> TurnReport {
+        match joined {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(error = %e, "turn task died");
+                self.notify(
+                    running.target,
+                    "❌ The gateway failed while handling your message. Please try again.".into(),
+                );
+                TurnReport {
+                    message_ids: running.message_ids,
+                    session_id: self.session_id.clone(),
+                    session_changed: false,
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, m: QueuedMessage) -> Acceptance {
+        if self.pending.len() >= self.deps.max_queue_depth {
+            let reason = format!(
+                "⚠️ Too many messages are waiting in this room (limit {}); this one was not queued. Please send it again later.",
+                self.deps.max_queue_depth
+            );
+            self.notify(m.message.reply_target(), reason.clone());
+            return Acceptance::Rejected(reason);
+        }
+        let pending = PendingMessage::from_message(&m.message);
+        self.deps.store.update_room(&self.key, |r| r.pending.push(pending));
+        if self.paused && !self.paused_notice_sent {
+            self.paused_notice_sent = true;
+            self.notify(
+                m.message.reply_target(),
+                "⏸️ The agent in this room is paused; your message is kept and will be answered when an admin resumes it.".into(),
+            );
+        }
+        self.pending.push_back(m);
+        Acceptance::Queued
+    }
+
+    async fn control(&mut self, c: RoomControl) {
+        match c {
+            RoomControl::Pause => self.paused = true,
+            RoomControl::Resume => {
+                self.paused = false;
+                self.paused_notice_sent = false;
+            }
+            RoomControl::Reset { done } => {
+                if let Some(mut running) = self.running.take() {
+                    running.cancel.cancel();
+                    let joined = (&mut running.task).await;
+                    let report = self.report_of(joined, running);
+                    self.finish_turn(report);
+                }
+                self.session_id = None;
+                self.deps.store.update_room(&self.key, |r| r.session_id = None);
+                info!("session reset");
+                let _ = done.send(());
+            }
+            RoomControl::Status { reply } => {
+                let _ = reply.send(RoomStatus {
+                    session_id: self.session_id.clone(),
+                    paused: self.paused,
+                    busy: self.running.is_some(),
+                    queued: self.pending.len(),
+                });
+            }
+        }
+    }
+
+    fn maybe_start_turn(&mut self) {
+        if self.running.is_some()
+            || self.paused
+            || self.pending.is_empty()
+            || self.deps.drain.is_cancelled()
+        {
+            return;
+        }
+        let batch: Vec<QueuedMessage> = self.pending.drain(..).collect();
+        let message_ids = batch.iter().map(|q| q.message.id.clone()).collect();
+        let target = batch
+            .last()
+            .map(|q| q.message.reply_target())
+            .unwrap_or_default();
+        let cancel = self.deps.kill.child_token();
+        let runner = TurnRunner {
+            key: self.key.clone(),
+            deps: self.deps.clone(),
+            session_id: self.session_id.clone(),
+            batch,
+            cancel: cancel.clone(),
+        };
+        let task = self.deps.tracker.spawn(runner.run());
+        self.running = Some(RunningTurn {
+            task,
+            cancel,
+            message_ids,
+            target,
+        });
+    }
+
+    fn finish_turn(&mut self, report: TurnReport) {
+        if report.session_changed {
+            self.session_id = report.session_id.clone();
+        }
+        let done = report.message_ids;
+        let session = self.session_id.clone();
+        let last = done.last().cloned();
+        self.deps.store.update_room(&self.key, |r| {
+            r.pending.retain(|p| !done.contains(&p.id));
+            r.session_id = session;
+            if last.is_some() {
+                r.last_processed = last;
+            }
+        });
+    }
+
+    fn persist_room_info(&self) {
+        let watcher = self.deps.watcher.to_string();
+        let name = self.room_name.clone();
+        self.deps.store.update_room(&self.key, |r| {
+            r.watcher = watcher;
+            r.room_name = name;
+        });
+    }
+
+    /// Posts a short notice without blocking the worker.
+    fn notify(&self, to: ReplyTarget, text: String) {
+        let connector = self.deps.connector.clone();
+        let key = self.key.clone();
+        self.deps.tracker.spawn(async move {
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(30), connector.post(&to, &text))
+                .await
+                .unwrap_or_else(|_| Err(crate::connector::ConnectorError::Other("timed out".into())))
+            {
+                warn!(room = %key, error = %e, "could not post a notice");
+            }
+        });
+    }
+}
+
+/// Waits for the running turn, or forever when there is none (so `select!` skips it).
+async fn join_running(
+    running: &mut Option<RunningTurn>,
+) -> Result<TurnReport, tokio::task::JoinError> {
+    match running {
+        Some(r) => (&mut r.task).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,274 @@
+//! One turn: build the prompt, run the agent, stream its answer back into the room, and turn
+//! every failure into a short message in the room. A turn always ends with the batch either
+//! answered or reported failed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::{prompt, QueuedMessage, RoomDeps};
+use crate::agent::{AgentError, TurnContext};
+use crate::approval::TurnBinding;
+use crate::connector::{Capabilities, Connector, ConnectorError};
+use crate::model::{AgentEvent, PostedMessage, ReplyTarget, Role, RoomKey, TurnRequest};
+use crate::text;
+
+/// Connector calls that hang must not hold a room forever.
+const CONNECTOR_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the worker needs to know after a turn.
+#[derive(Debug, Default)]
+pub struct TurnReport {
+    /// Messages this turn answered or reported failed.
+    pub message_ids: Vec<String>,
+    /// Session to resume next time.
+    pub session_id: Option<String>,
+    /// `session_id` replaces the worker's (a new session, or a lost one cleared).
+    pub session_changed: bool,
+}
+
+pub struct TurnRunner {
+    pub key: RoomKey,
+    pub deps: RoomDeps,
+    pub session_id: Option<String>,
+    pub batch: Vec<QueuedMessage>,
+    pub cancel: CancellationToken,
+}
+
+impl TurnRunner {
+    pub async fn run(self) -> TurnReport {
+        let started = Instant::now();
+        let message_ids: Vec<String> = self.batch.iter().map(|q| q.message.id.clone()).collect();
+        let Some(anchor) = self.batch.last() else {
+            return TurnReport::default();
+        };
+        let target = anchor.message.reply_target();
+        let role = self.batch.iter().map(|q| q.role).min().unwrap_or(Role::Guest);
+        let prompt = prompt::build(&self.deps.platform, &self.batch);
+        let connector = self.deps.connector.clone();
+        let caps = connector.capabilities();
+        best_effort(connector.typing(&target, true)).await;
+
+        let (events_tx, mut events_rx) = mpsc::channel::<AgentEvent>(256);
+        let binding = self.deps.approvals.as_ref().map(|a| {
+            a.bind_turn(TurnBinding {
+                room: self.key.clone(),
+                target: target.clone(),
+                role,
+                agent: self.deps.agent_config.clone(),
+                connector: connector.clone(),
+            })
+        });
+        let ctx = TurnContext {
+            events: events_tx,
+            cancel: self.cancel.clone(),
+            hook: binding.as_ref().map(|(hook, _)| hook.clone()),
+        };
+        let request = TurnRequest {
+            room: self.key.clone(),
+            session: self.session_id.clone(),
+            prompt,
+            role,
+        };
+        info!(role = %role, messages = message_ids.len(), resume = request.session.is_some(), "turn started");
+        let agent = self.deps.agent.clone();
+        let run = agent.run_turn(request, ctx);
+        tokio::pin!(run);
+        let mut reply = ReplyStream::new(connector.clone(), target.clone(), caps);
+        let result = loop {
+            tokio::select! {
+                result = &mut run => break result,
+                Some(event) = events_rx.recv() => reply.on_event(event).await,
+                _ = reply.flush_due() => reply.flush().await,
+            }
+        };
+        while let Ok(event) = events_rx.try_recv() {
+            reply.on_event(event).await;
+        }
+        drop(binding);
+
+        let mut report = TurnReport {
+            message_ids,
+            session_id: self.session_id.clone(),
+            session_changed: false,
+        };
+        match result {
+            Ok(outcome) => {
+                if outcome.session_id.is_some() && outcome.session_id != self.session_id {
+                    report.session_id = outcome.session_id.clone();
+                    report.session_changed = true;
+                }
+                if !outcome.denied_tools.is_empty() {
+                    info!(denied = ?outcome.denied_tools, "tools denied during turn");
+                }
+                reply.finish(&outcome.text).await;
+                info!(elapsed_ms = started.elapsed().as_millis() as u64, "turn finished");
+            }
+            Err(e) => {
+                let reference = short_ref();
+                error!(reference = %reference, error = %e, "turn failed");
+                if let AgentError::SessionNotFound(_) = e {
+                    report.session_id = None;
+                    report.session_changed = true;
+                }
+                reply.fail(&e.user_message(&reference)).await;
+            }
+        }
+        best_effort(connector.typing(&target, false)).await;
+        report
+    }
+}
+
+/// Eight hex digits tying a room message to its log line.
+fn short_ref() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+async fn best_effort(call: impl std::future::Future<Output = Result<(), ConnectorError>>) {
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "best-effort connector call failed"),
+        Err(_) => tracing::debug!("best-effort connector call timed out"),
+    }
+}
+
+async fn with_timeout<T>(
+    call: impl std::future::Future<Output = Result<T, ConnectorError>>,
+) -> Result<T, ConnectorError> {
+    tokio::time::timeout(CONNECTOR_CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(ConnectorError::Other("timed out".into())))
+}
+
+/// Streams an answer into the room: on platforms that can edit, one message grows as text
+/// blocks arrive (edits rate-limited); elsewhere the whole answer is sent at the end.
+struct ReplyStream {
+    connector: Arc<dyn Connector>,
+    target: ReplyTarget,
+    caps: Capabilities,
+    text: String,
+    message: Option<PostedMessage>,
+    shown: String,
+    last_flush: Option<Instant>,
+    retry_noticed: bool,
+}
+
+impl ReplyStream {
+    fn new(connector: Arc<dyn Connector>, target: ReplyTarget, caps: Capabilities) -> Self {
+        ReplyStream {
+            connector,
+            target,
+            caps,
+            text: String::new(),
+            message: None,
+            shown: String::new(),
+            last_flush: None,
+            retry_noticed: false,
+        }
+    }
+
+    async fn on_event(&mut self, event: AgentEvent) {
+        match event {
+            AgentEvent::Text { text } => {
+                if !self.text.is_empty() {
+                    self.text.push('\n');
+                }
+                self.text.push_str(&text);
+                if self.caps.edit && self.flush_allowed() {
+                    self.flush().await;
+                }
+            }
+            AgentEvent::Retrying { attempt, max, error, .. } if !self.retry_noticed => {
+                self.retry_noticed = true;
+                warn!(attempt, max, error = %error, "agent is retrying the model API");
+                let notice = format!("⏳ The model API is not answering ({error}); retrying…");
+                if let Err(e) = with_timeout(self.connector.post(&self.target, &notice)).await {
+                    warn!(error = %e, "could not post retry notice");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn flush_allowed(&self) -> bool {
+        self.last_flush
+            .is_none_or(|t| t.elapsed() >= self.caps.edit_interval)
+    }
+
+    /// Resolves when unflushed text is waiting and the edit interval has passed.
+    async fn flush_due(&self) {
+        if !self.caps.edit || self.shown == self.streaming_view() {
+            return std::future::pending().await;
+        }
+        if let Some(t) = self.last_flush {
+            tokio::time::sleep_until(t + self.caps.edit_interval).await;
+        }
+    }
+
+    /// The text shown while streaming: cut to the platform limit.
+    fn streaming_view(&self) -> String {
+        let max = self.caps.max_message_len.saturating_sub(2).max(1);
+        text::truncate(&self.text, max)
+    }
+
+    async fn flush(&mut self) {
+        let view = self.streaming_view();
+        if view.is_empty() || view == self.shown {
+            return;
+        }
+        self.last_flush = Some(Instant::now());
+        let result = match &self.message {
+            None => with_timeout(self.connector.post(&self.target, &view))
+                .await
+                .map(|m| self.message = Some(m)),
+            Some(m) => with_timeout(self.connector.edit(&self.target, m, &view)).await,
+        };
+        match result {
+            Ok(()) => self.shown = view,
+            Err(e) => warn!(error = %e, "streaming update failed"),
+        }
+    }
+
+    async fn finish(&mut self, answer: &str) {
+        let answer = if answer.trim().is_empty() {
+            "(the agent finished without a text answer)"
+        } else {
+            answer
+        };
+        let delivered = match (&self.message, self.caps.edit) {
+            (Some(m), true) => {
+                let parts = text::split_message(answer, self.caps.max_message_len);
+                let mut result = if parts[0] != self.shown {
+                    with_timeout(self.connector.edit(&self.target, m, &parts[0])).await
+                } else {
+                    Ok(())
+                };
+                for part in &parts[1..] {
+                    if result.is_err() {
+                        break;
+                    }
+                    result = with_timeout(self.connector.post(&self.target, part)).await.map(|_| ());
+                }
+                result
+            }
+            _ => with_timeout(self.connector.send_reply(&self.target, answer)).await,
+        };
+        if let Err(e) = delivered {
+            error!(error = %e, "could not deliver the answer");
+            let notice = "❌ The answer could not be delivered to this room. Please try again.";
+            if let Err(e) = with_timeout(self.connector.post(&self.target, notice)).await {
+                error!(error = %e, "could not report the failed delivery either");
+            }
+        }
+    }
+
+    async fn fail(&mut self, message: &str) {
+        if let Err(e) = with_timeout(self.connector.post(&self.target, message)).await {
+            error!(error = %e, "could not post the failure notice");
+        }
+    }
+}
