@@ -1,10 +1,33 @@
 //! Tool policy: a pure, synchronous decision about one tool call —
-//! (role, tool, input, cwd, rules) → Allow / Ask / Deny with a reason.
+//! (role, tool, input, cwd, rules, guard) → Allow / Ask / Deny with a reason.
 //!
-//! Owns: rule compilation and matching, parameter extraction per tool, bash analysis.
+//! Owns: rule compilation and matching ([`Rule`], [`RuleSet`]), parameter extraction per tool
+//! (`params`), bash analysis (`bash`), path normalisation (`paths`), self-protection (`guard`),
+//! the decision ([`decide`]) and its report for `policy check` ([`render_check`]).
 //! Must not import: anything async or doing I/O beyond resolving existing paths.
+//!
+//! Decision order: the [`Guard`] first (a control-plane call is denied whatever the rules say),
+//! then `ToolSearch` (always allowed: it only searches tool definitions), then problems (a
+//! parse error, an unsupported construct, a missing field: Ask for owners, Deny for guests,
+//! never Allow), then the rules of the role: every parameter must match some rule whose tool
+//! regex matches the tool (different rules may cover different parameters). Guests get Allow
+//! or Deny (no prompt); owners get Allow, or Ask (Allow with `skip_owner_approval`).
+
+mod bash;
+mod guard;
+mod params;
+mod paths;
+
+use std::path::{Path, PathBuf};
 
 use regex::{Regex, RegexBuilder};
+
+use crate::model::{Decision, Role};
+
+pub use bash::{analyse as analyse_bash, Analysis, MAX_NODE_DEPTH, MAX_SHELL_DEPTH};
+pub use guard::{Guard, CONTROL_SOCKET, GATEWAY_BIN, HOOK_SECRET_VAR};
+pub use params::{canonical_json, extract, Extraction};
+pub use paths::normalize as normalize_path;
 
 /// One allow-list entry: a tool-name regex and an optional parameter regex, both full-match
 /// and case-insensitive (parameters also match across newlines).
@@ -60,3 +83,175 @@ impl RuleSet {
         self.rules.is_empty()
     }
 }
+
+/// One string a rule's parameter regex is matched against, with what it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Param {
+    pub text: String,
+    pub kind: ParamKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A simple command; each word's value after quote removal, `None` where only the running
+    /// shell knows it (expansions, substitutions).
+    Command { argv: Vec<Option<String>> },
+    /// A bash redirect target (`write:<path>` / `read:<path>`), normalised.
+    Redirect { path: PathBuf, write: bool },
+    /// A file tool's path, normalised.
+    Path(PathBuf),
+    /// A URL, skill name, canonical JSON, bare assignment, …
+    Other,
+}
+
+/// Everything one decision needs.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyInput<'a> {
+    /// Lowest role among the senders of the turn.
+    pub role: Role,
+    pub tool: &'a str,
+    pub input: &'a serde_json::Value,
+    /// The agent's working directory for this call (empty when unknown).
+    pub cwd: &'a Path,
+    pub owner_rules: &'a RuleSet,
+    pub guest_rules: &'a RuleSet,
+    pub skip_owner_approval: bool,
+    pub guard: &'a Guard,
+}
+
+/// The decision and the parameters it was made on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyOutcome {
+    pub decision: Decision,
+    pub parameters: Vec<String>,
+}
+
+/// Tools that are allowed for everyone: they read nothing but the agent's own tool list.
+const ALWAYS_ALLOWED: &[&str] = &["toolsearch"];
+
+/// Decides one tool call (see the module comment for the order of checks).
+pub fn decide(input: &PolicyInput) -> PolicyOutcome {
+    let tool_lower = input.tool.to_ascii_lowercase();
+    let extraction = params::extract(input.tool, input.input, input.cwd);
+    let parameters: Vec<String> = extraction.params.iter().map(|p| p.text.clone()).collect();
+    let decision = decide_on(input, &tool_lower, &extraction);
+    PolicyOutcome {
+        decision,
+        parameters,
+    }
+}
+
+fn decide_on(input: &PolicyInput, tool_lower: &str, extraction: &Extraction) -> Decision {
+    if let Some(reason) = input
+        .guard
+        .check(tool_lower, &extraction.params, input.input, input.cwd)
+    {
+        return Decision::Deny { reason };
+    }
+    if ALWAYS_ALLOWED.contains(&tool_lower) {
+        return Decision::Allow {
+            reason: format!("{} is always allowed", input.tool),
+        };
+    }
+    let role = input.role;
+    if !extraction.problems.is_empty() {
+        let problems = extraction.problems.join("; ");
+        return match role {
+            Role::Guest => Decision::Deny {
+                reason: format!("guest: cannot check this call: {problems}"),
+            },
+            Role::Owner => Decision::Ask {
+                reason: format!("cannot check this call automatically: {problems}"),
+            },
+        };
+    }
+    let rules = match role {
+        Role::Guest => input.guest_rules,
+        Role::Owner => input.owner_rules,
+    };
+    let tool_rules: Vec<&Rule> = rules
+        .rules
+        .iter()
+        .filter(|r| r.matches_tool(input.tool))
+        .collect();
+    let mut used: Vec<&str> = Vec::new();
+    let mut unmatched: Vec<&str> = Vec::new();
+    for param in &extraction.params {
+        match tool_rules
+            .iter()
+            .find(|r| r.matches(input.tool, &param.text))
+        {
+            Some(rule) => {
+                if !used.contains(&rule.text.as_str()) {
+                    used.push(&rule.text);
+                }
+            }
+            None => unmatched.push(&param.text),
+        }
+    }
+    if unmatched.is_empty() && !tool_rules.is_empty() {
+        return Decision::Allow {
+            reason: format!("{role} rule {}", used.join(", ")),
+        };
+    }
+    let why = if tool_rules.is_empty() {
+        format!("tool '{}' is not in the {role} allow-list", input.tool)
+    } else {
+        let shown: Vec<String> = unmatched
+            .iter()
+            .map(|p| format!("`{}`", short(p)))
+            .collect();
+        format!("not in the {role} allow-list: {}", shown.join(", "))
+    };
+    match role {
+        Role::Guest => Decision::Deny {
+            reason: format!("guest: {why}"),
+        },
+        Role::Owner if input.skip_owner_approval => Decision::Allow {
+            reason: format!("owner approval skipped ({why})"),
+        },
+        Role::Owner => Decision::Ask { reason: why },
+    }
+}
+
+/// A parameter shortened for a one-line reason.
+fn short(param: &str) -> String {
+    const MAX: usize = 120;
+    let one_line = param.replace('\n', "\\n");
+    if one_line.chars().count() <= MAX {
+        one_line
+    } else {
+        let cut: String = one_line.chars().take(MAX).collect();
+        format!("{cut}…")
+    }
+}
+
+/// The report of `agent-chat-gateway policy check`.
+///
+/// Plain: `<allow|ask|deny>: <reason>`, then one parameter per line, indented by two spaces,
+/// with newlines inside a parameter written as `\n`. JSON:
+/// `{"decision":"allow","reason":"…","parameters":[…]}`.
+pub fn render_check(outcome: &PolicyOutcome, json: bool) -> String {
+    if json {
+        return serde_json::json!({
+            "decision": outcome.decision.word(),
+            "reason": outcome.decision.reason(),
+            "parameters": outcome.parameters,
+        })
+        .to_string();
+    }
+    let mut out = format!(
+        "{}: {}\n",
+        outcome.decision.word(),
+        outcome.decision.reason()
+    );
+    for p in &outcome.parameters {
+        out.push_str("  ");
+        out.push_str(&p.replace('\n', "\\n"));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,373 @@
+//! Self-protection: tool calls that reach the gateway's own control plane are denied whatever
+//! the allow-lists say (even `Bash(.*)`), because the agent runs as the same Unix user as the
+//! daemon and could otherwise stop it, approve its own requests or read its secrets.
+//!
+//! Owns: the [`Guard`] value (built once per turn by the caller) and its check over the
+//! parameters that [`super::decide`] extracted. Denied:
+//! - running `agent-chat-gateway` (any path, also behind `env`, `exec`, `command`, `sudo`,
+//!   `xargs`, `find -exec`, `bash -c`, `eval` …, and any parameter that names it as a word),
+//!   except `agent-chat-gateway send <own room> …` as a plain command, with `--connector`, if
+//!   given, naming the turn's own connector;
+//! - any parameter mentioning the runtime dir (as given, canonical, `~/…`/`$HOME/…` forms, its
+//!   name when it is the default `.agent-chat-gateway`), an extra protected path, the control
+//!   socket's file name, or `ACG_HOME`; a file-tool path, redirect target or tool `path` field
+//!   that resolves inside them; any call made while the agent's cwd is inside them;
+//! - reading the hook secret: a parameter mentioning `ACG_HOOK_SECRET`, `env`/`printenv` with
+//!   nothing to run, `set` without arguments, `export`/`declare`/`typeset` listing variables,
+//!   `/proc/…/environ`, indirect expansion `${!…}`.
+//!
+//! Read (only Read) may open files under directories declared readable (the attachments the
+//! gateway downloads for the agent live in the runtime dir).
+//!
+//! Residual risks (why running agents as a separate Unix user is the stronger option): an
+//! interpreter can build names at run time (`python3 -c "import os; os.system('agent-'+'chat…')"`,
+//! `os.environ`), a relative path after `cd` into a custom runtime dir whose name is not
+//! distinctive is not recognised, a copy or hard link of a protected file made earlier is not
+//! recognised, and a directory that is itself named `agent-chat-gateway` is refused when named
+//! as a word (false positive, on the safe side).
+
+use std::path::{Path, PathBuf};
+
+use super::bash::basename;
+use super::paths;
+use super::{Param, ParamKind};
+
+/// The gateway's executable name.
+pub const GATEWAY_BIN: &str = "agent-chat-gateway";
+/// The environment variable that carries the per-run hook secret.
+pub const HOOK_SECRET_VAR: &str = "ACG_HOOK_SECRET";
+/// The control socket's file name inside the runtime dir.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+const REASON: &str = "blocked: touches the gateway's control plane";
+
+/// Self-protection settings for one turn. [`Guard::none`] disables every check (tests,
+/// `policy check` without a runtime dir).
+#[derive(Clone, Debug, Default)]
+pub struct Guard {
+    inner: Option<Inner>,
+}
+
+#[derive(Clone, Debug)]
+struct Inner {
+    /// Directories no tool may touch (runtime dir as given and canonical, extra paths).
+    protected: Vec<PathBuf>,
+    /// Strings whose mention in any parameter is a denial.
+    markers: Vec<String>,
+    /// Directories inside `protected` that Read may open.
+    readable: Vec<PathBuf>,
+    own_room: Option<String>,
+    own_connector: Option<String>,
+}
+
+impl Guard {
+    /// No self-protection at all.
+    pub fn none() -> Guard {
+        Guard { inner: None }
+    }
+
+    /// Protects `runtime_dir` (state files, audit log, tokens, control socket, hook settings).
+    pub fn new(runtime_dir: impl Into<PathBuf>) -> Guard {
+        let runtime_dir = runtime_dir.into();
+        let mut inner = Inner {
+            protected: Vec::new(),
+            markers: vec![
+                CONTROL_SOCKET.to_string(),
+                "ACG_HOME".to_string(),
+                HOOK_SECRET_VAR.to_string(),
+            ],
+            readable: Vec::new(),
+            own_room: None,
+            own_connector: None,
+        };
+        if let Some(name) = runtime_dir.file_name().and_then(|n| n.to_str()) {
+            // Only a distinctive name is a safe marker (`~/.agent-chat-gateway`, not `/srv/x`).
+            if name.contains(GATEWAY_BIN) {
+                inner.markers.push(name.to_string());
+            }
+        }
+        inner.add_protected(&runtime_dir);
+        Guard { inner: Some(inner) }
+    }
+
+    /// Also recognises the runtime dir written relative to `home` (`~/…`, `$HOME/…`).
+    pub fn with_home(mut self, home: &Path) -> Guard {
+        if let Some(inner) = &mut self.inner {
+            let mut forms = Vec::new();
+            for dir in &inner.protected {
+                if let Ok(rel) = dir.strip_prefix(home) {
+                    let rel = rel.display();
+                    forms.push(format!("~/{rel}"));
+                    forms.push(format!("$HOME/{rel}"));
+                    forms.push(format!("${{HOME}}/{rel}"));
+                }
+            }
+            for form in forms {
+                inner.add_marker(form);
+            }
+        }
+        self
+    }
+
+    /// Protects one more path (a hook settings file kept outside the runtime dir, …).
+    pub fn with_protected(mut self, path: impl Into<PathBuf>) -> Guard {
+        if let Some(inner) = &mut self.inner {
+            inner.add_protected(&path.into());
+        }
+        self
+    }
+
+    /// Lets Read open files under `dir` even though it is inside the runtime dir.
+    pub fn with_readable(mut self, dir: impl Into<PathBuf>) -> Guard {
+        if let Some(inner) = &mut self.inner {
+            let dir = dir.into();
+            inner.readable.push(paths::resolve(&dir));
+            inner.readable.push(dir);
+        }
+        self
+    }
+
+    /// The room (and connector) of the turn: `agent-chat-gateway send` may target only it.
+    pub fn with_own_room(mut self, connector: Option<&str>, room: &str) -> Guard {
+        if let Some(inner) = &mut self.inner {
+            inner.own_connector = connector.map(str::to_string);
+            inner.own_room = Some(room.to_string());
+        }
+        self
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    /// `Some(reason)` when the call must be denied. `tool` is lower-case.
+    pub(crate) fn check(
+        &self,
+        tool: &str,
+        params: &[Param],
+        input: &serde_json::Value,
+        cwd: &Path,
+    ) -> Option<String> {
+        let inner = self.inner.as_ref()?;
+        if cwd.is_absolute() && inner.is_protected(&paths::resolve(cwd)) {
+            return Some(format!("{REASON} (working directory {})", cwd.display()));
+        }
+        for param in params {
+            if let Some(why) = inner.check_param(tool, param) {
+                return Some(format!("{REASON} ({why})"));
+            }
+        }
+        if tool != "bash" {
+            if let Some(why) = inner.check_path_fields(input, cwd) {
+                return Some(format!("{REASON} ({why})"));
+            }
+        }
+        None
+    }
+}
+
+impl Inner {
+    fn add_marker(&mut self, marker: String) {
+        if !marker.is_empty() && !self.markers.contains(&marker) {
+            self.markers.push(marker);
+        }
+    }
+
+    fn add_protected(&mut self, path: &Path) {
+        let resolved = paths::resolve(path);
+        for p in [path.to_path_buf(), resolved] {
+            if p.is_absolute() && p != Path::new("/") && !self.protected.contains(&p) {
+                self.add_marker(p.display().to_string());
+                self.protected.push(p);
+            }
+        }
+    }
+
+    fn is_protected(&self, path: &Path) -> bool {
+        self.protected.iter().any(|d| paths::is_within(path, d))
+    }
+
+    fn is_readable(&self, path: &Path) -> bool {
+        self.readable.iter().any(|d| paths::is_within(path, d))
+    }
+
+    fn check_param(&self, tool: &str, param: &Param) -> Option<String> {
+        let text = param.text.as_str();
+        match &param.kind {
+            ParamKind::Path(path) if tool == "read" && self.is_readable(path) => {
+                // The readable dir may sit inside the runtime dir: the path check stands alone.
+                return None;
+            }
+            ParamKind::Path(path) | ParamKind::Redirect { path, .. } if self.is_protected(path) => {
+                return Some(format!("path {} is protected", path.display()));
+            }
+            _ => {}
+        }
+        if let Some(marker) = self.markers.iter().find(|m| text.contains(m.as_str())) {
+            return Some(if marker == HOOK_SECRET_VAR {
+                "reads the hook secret".to_string()
+            } else {
+                format!("mentions `{marker}`")
+            });
+        }
+        if text.contains("/proc") && text.contains("environ") {
+            return Some("reads a process environment".to_string());
+        }
+        if text.contains("${!") {
+            return Some("indirect expansion can read the hook secret".to_string());
+        }
+        let send_ok = match &param.kind {
+            ParamKind::Command { argv } => {
+                if let Some(why) = env_dump(argv) {
+                    return Some(why);
+                }
+                let own_send = self.is_own_send(argv);
+                let runs_gateway = argv
+                    .first()
+                    .and_then(|a| a.as_deref())
+                    .is_some_and(|a| basename(a) == GATEWAY_BIN);
+                if runs_gateway && !own_send {
+                    return Some(format!("runs `{GATEWAY_BIN}`"));
+                }
+                own_send
+            }
+            _ => false,
+        };
+        if !send_ok && names_gateway(text) {
+            return Some(format!("runs or names `{GATEWAY_BIN}`"));
+        }
+        None
+    }
+
+    /// `agent-chat-gateway send <own room> [text|-] [--attach FILE] [--connector NAME]`.
+    fn is_own_send(&self, argv: &[Option<String>]) -> bool {
+        let Some(own_room) = &self.own_room else {
+            return false;
+        };
+        let is_gateway = argv
+            .first()
+            .and_then(|a| a.as_deref())
+            .is_some_and(|a| basename(a) == GATEWAY_BIN);
+        if !is_gateway || argv.get(1).and_then(|a| a.as_deref()) != Some("send") {
+            return false;
+        }
+        let mut room: Option<&str> = None;
+        let mut positionals = 0;
+        let mut i = 2;
+        while i < argv.len() {
+            let arg = argv[i].as_deref();
+            match arg {
+                Some("--connector") | Some("--attach") => {
+                    let value = argv.get(i + 1).and_then(|a| a.as_deref());
+                    if arg == Some("--connector") && !self.own_connector_is(value) {
+                        return false;
+                    }
+                    if value.is_none() && arg == Some("--connector") {
+                        return false;
+                    }
+                    i += 2;
+                    continue;
+                }
+                Some(a) if a.starts_with("--connector=") => {
+                    if !self.own_connector_is(Some(&a["--connector=".len()..])) {
+                        return false;
+                    }
+                }
+                Some(a) if a.starts_with("--attach=") => {}
+                Some(a) if a.starts_with('-') && a != "-" => return false,
+                _ => {
+                    if positionals == 0 {
+                        match arg {
+                            Some(r) => room = Some(r),
+                            None => return false,
+                        }
+                    }
+                    positionals += 1;
+                }
+            }
+            i += 1;
+        }
+        room == Some(own_room.as_str())
+    }
+
+    fn own_connector_is(&self, given: Option<&str>) -> bool {
+        match (given, &self.own_connector) {
+            (Some(given), Some(own)) => given == own,
+            _ => false,
+        }
+    }
+
+    /// `path`-like string fields of a non-bash tool's input (Grep, Glob, LS, MCP tools …).
+    fn check_path_fields(&self, input: &serde_json::Value, cwd: &Path) -> Option<String> {
+        let object = input.as_object()?;
+        for (key, value) in object {
+            let key = key.to_ascii_lowercase();
+            let pathish =
+                key.ends_with("path") || matches!(key.as_str(), "cwd" | "dir" | "directory");
+            let Some(value) = value.as_str().filter(|_| pathish) else {
+                continue;
+            };
+            if let Some(path) = paths::normalize(value, cwd) {
+                if self.is_protected(&path) && !(key == "file_path" && self.is_readable(&path)) {
+                    return Some(format!("path {} is protected", path.display()));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Commands that print the environment (and with it the hook secret).
+fn env_dump(argv: &[Option<String>]) -> Option<String> {
+    let name = basename(argv.first()?.as_deref()?);
+    let args: Vec<&str> = argv[1..]
+        .iter()
+        .map(|a| a.as_deref().unwrap_or("$"))
+        .collect();
+    let is_flag = |a: &&str| a.starts_with('-') || a.starts_with('+');
+    let dumps = match name {
+        "printenv" => true,
+        // `env` with nothing left to run prints the environment (wrapped commands are
+        // checked as their own parameters).
+        "env" => args.iter().all(|a| is_flag(a) || a.contains('=')),
+        "set" => args.is_empty(),
+        "export" | "declare" | "typeset" | "local" | "readonly" => {
+            args.iter().all(is_flag) || args.iter().any(|a| is_flag(a) && a.contains('p'))
+        }
+        _ => false,
+    };
+    dumps.then(|| format!("`{name}` can print the hook secret"))
+}
+
+/// `agent-chat-gateway` appears as a word: not part of a longer name (`agent-chat-gateway-src`,
+/// `agent-chat-gateway.service`) and not a directory on a longer path (`…/agent-chat-gateway/x`).
+fn names_gateway(text: &str) -> bool {
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    text.match_indices(GATEWAY_BIN).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + GATEWAY_BIN.len()..].chars().next();
+        !before.is_some_and(is_name_char) && !after.is_some_and(|c| is_name_char(c) || c == '/')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_word_detection() {
+        let cases = [
+            ("agent-chat-gateway stop", true),
+            ("/usr/local/bin/agent-chat-gateway status", true),
+            ("echo 'agent-chat-gateway stop' | sh", true),
+            ("python3 -c \"run(['agent-chat-gateway','stop'])\"", true),
+            ("cd ~/src/agent-chat-gateway", true),
+            ("cat agent-chat-gateway/README.md", false),
+            ("systemctl status agent-chat-gateway.service", false),
+            ("ls my-agent-chat-gateway-fork", false),
+        ];
+        for (text, expect) in cases {
+            assert_eq!(names_gateway(text), expect, "{text}");
+        }
+    }
+}
