@@ -58,8 +58,10 @@ pub enum ConnectorError {
     Other(String),
 }
 
-/// What a connector tells the dispatcher.
+/// What a connector tells the dispatcher. Messages are by far the most frequent variant, so
+/// boxing them would only add an allocation per message.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum ConnectorEvent {
     /// A message addressed to a watched room. `accepted` reports whether it was queued, so a
     /// connector advances its replay watermark only past messages that were taken.
@@ -229,8 +231,12 @@ pub fn build(
             c,
             runtime_dir,
         )?)),
-        ConnectorKind::RocketChat(_) => anyhow::bail!("the rocketchat connector is not built yet"),
-        ConnectorKind::OneBot(_) => anyhow::bail!("the onebot connector is not built yet"),
+        ConnectorKind::RocketChat(c) => Ok(Arc::new(rocketchat::RocketChatConnector::new(
+            &config.name,
+            c,
+            runtime_dir,
+        )?)),
+        ConnectorKind::OneBot(c) => Ok(Arc::new(onebot::OneBotConnector::new(&config.name, c, runtime_dir)?)),
     }
 }
 
