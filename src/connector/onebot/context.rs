@@ -1,0 +1,126 @@
+//! Group context: the group's messages since the bot was last addressed, fetched with
+//! `get_group_msg_history` and prepended to an addressed message as a delimited block.
+//!
+//! History paging differs between builds (NapCat #441, #987, #1671; LLOneBot #472): the
+//! default `reverseOrder=false` returns messages *after* `message_seq`, some builds ignore the
+//! parameter or `count`, and paging with the oldest seq can return the same window again. So
+//! pages are requested with `reverseOrder` set, deduplicated by `message_id`, and paging
+//! stops on a page with nothing new, a repeated or zero seq, the watermark, or the scan limit;
+//! the result is sorted by time and bounded in count and characters.
+
+use std::collections::HashSet;
+
+use serde_json::json;
+
+use super::config::GroupContext;
+use super::inbound::{hhmm, history_text};
+use super::wire::{HistoryData, MessageEvent};
+use super::{Inner, Runtime};
+use crate::text::truncate;
+
+/// Messages asked for per history page.
+const PAGE: usize = 50;
+/// One context line is cut at this many characters.
+const LINE_CHARS: usize = 300;
+
+pub const BLOCK_START: &str = "[Group chat context: messages since the bot was last addressed]";
+pub const BLOCK_END: &str = "[End of context]";
+
+fn watermark_key(group_id: i64) -> String {
+    format!("context_since:group:{group_id}")
+}
+
+/// The context block for an addressed message in `group_id`, or `None` when there is nothing
+/// to add or history is unavailable. Moves the watermark to the trigger either way.
+pub async fn group_context(
+    inner: &Inner,
+    rt: &Runtime,
+    self_id: i64,
+    group_id: i64,
+    trigger: &MessageEvent,
+    limits: &GroupContext,
+) -> Option<String> {
+    let key = watermark_key(group_id);
+    let since = rt.store.get(&key).and_then(|v| v.as_i64());
+    rt.store.put(&key, json!(trigger.time));
+    let link = inner.bots.get(self_id)?;
+
+    let mut seen = HashSet::new();
+    let mut collected: Vec<(MessageEvent, String)> = Vec::new();
+    let mut seq = trigger.message_seq.unwrap_or(trigger.message_id);
+    let mut last_seq = None;
+    while collected.len() < limits.scan_limit {
+        let params = json!({
+            "group_id": group_id,
+            "message_seq": seq,
+            "count": PAGE.min(limits.scan_limit),
+            "reverseOrder": true,
+        });
+        let page = match link
+            .call("get_group_msg_history", params, inner.cfg.action_timeout)
+            .await
+        {
+            Ok(data) => serde_json::from_value::<HistoryData>(data).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(connector = %inner.name, group_id, error = %e, "group history unavailable; no context");
+                break;
+            }
+        };
+        let mut added = 0;
+        let mut oldest: Option<(i64, i64)> = None;
+        for value in &page.messages {
+            let Some((m, text)) = history_text(value, self_id) else {
+                continue;
+            };
+            let m_seq = m.message_seq.unwrap_or(m.message_id);
+            if oldest.is_none_or(|(t, _)| m.time < t) {
+                oldest = Some((m.time, m_seq));
+            }
+            if seen.insert(m.message_id) {
+                added += 1;
+                collected.push((m, text));
+            }
+        }
+        let Some((oldest_time, oldest_seq)) = oldest else {
+            break;
+        };
+        if added == 0 || since.is_some_and(|s| oldest_time <= s) {
+            break;
+        }
+        if oldest_seq == 0 || last_seq == Some(oldest_seq) || oldest_seq == seq {
+            break;
+        }
+        last_seq = Some(oldest_seq);
+        seq = oldest_seq;
+    }
+
+    collected.retain(|(m, _)| {
+        m.message_id != trigger.message_id
+            && (trigger.time == 0 || m.time <= trigger.time)
+            && since.is_none_or(|s| m.time > s)
+    });
+    collected.sort_by_key(|(m, _)| (m.time, m.message_id));
+    let start = collected.len().saturating_sub(limits.max_messages);
+    let mut lines: Vec<String> = collected[start..]
+        .iter()
+        .map(|(m, text)| {
+            let who = if m.user_id == self_id {
+                "bot".to_string()
+            } else {
+                m.sender.display_name(m.user_id)
+            };
+            let text = truncate(&text.replace('\n', " "), LINE_CHARS);
+            format!("[{}] {}({}): {}", hhmm(m.time), who, m.user_id, text)
+        })
+        .collect();
+    // Keep the newest lines within the character budget.
+    let mut total: usize = lines.iter().map(|l| l.chars().count() + 1).sum();
+    while total > limits.max_chars && !lines.is_empty() {
+        total -= lines[0].chars().count() + 1;
+        lines.remove(0);
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    Some(format!("{BLOCK_START}\n{}\n{BLOCK_END}", lines.join("\n")))
+}

@@ -1,0 +1,458 @@
+//! Message events → [`InboundMessage`]: own messages dropped, whitelists and watched rooms
+//! applied, the room bound to the bot that serves it, `addressed` decided (DM; @ of the bot;
+//! reply to one of the bot's messages, checked with `get_msg`), segments rendered to text
+//! (leading reply/@bot removed, quotes and forwards expanded, unknown types as
+//! `[unknown:type]`), the per-user rate limit applied, attachments downloaded and group
+//! context prepended. Events of one socket are handled in order by one task, apart from the
+//! socket's reader (which must stay free to route the answers of the calls made here).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::attach::Remote;
+use super::ratelimit::Verdict;
+use super::wire::{ForwardData, GetMsgData, MessageEvent, Segment};
+use super::{context, Chat, Inner};
+use crate::connector::Acceptance;
+use crate::model::{InboundMessage, ReplyTarget, RoomRef, Sender};
+
+/// Forwarded messages shown at most when a `forward` segment is expanded.
+const FORWARD_NODES: usize = 50;
+
+pub async fn process(
+    inner: Arc<Inner>,
+    mut events: mpsc::Receiver<MessageEvent>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => return,
+            e = events.recv() => match e {
+                Some(e) => e,
+                None => return,
+            },
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = handle(&inner, event) => {}
+        }
+    }
+}
+
+async fn handle(inner: &Inner, ev: MessageEvent) {
+    let Some(rt) = inner.runtime.get() else {
+        return;
+    };
+    let self_id = ev.self_id;
+    if ev.user_id == self_id || ev.user_id == 0 {
+        return;
+    }
+    let chat = match (ev.message_type.as_str(), ev.group_id) {
+        ("private", _) => Chat::Private(ev.user_id),
+        ("group", Some(gid)) => Chat::Group(gid),
+        (other, _) => {
+            tracing::debug!(connector = %inner.name, message_type = other, "message type ignored");
+            return;
+        }
+    };
+    let room_id = chat.room_id();
+    let cfg = &inner.cfg;
+    if let Chat::Group(gid) = chat {
+        if !cfg.group_whitelist.is_empty() && !cfg.group_whitelist.contains(&gid) {
+            tracing::debug!(connector = %inner.name, room = %room_id, "group not in group_whitelist");
+            return;
+        }
+    }
+    if !cfg.user_whitelist.is_empty() && !cfg.user_whitelist.contains(&ev.user_id) {
+        tracing::debug!(connector = %inner.name, room = %room_id, user = ev.user_id, "sender not in user_whitelist");
+        return;
+    }
+    if !rt.watch_all && !rt.watched.contains(&room_id) {
+        tracing::debug!(connector = %inner.name, room = %room_id, "room not watched");
+        return;
+    }
+    if !claim_room(inner, &room_id, self_id) {
+        return;
+    }
+
+    let segments = ev
+        .message
+        .as_ref()
+        .map(|m| m.segments())
+        .or_else(|| ev.raw_message.as_deref().map(super::cq::parse))
+        .unwrap_or_default();
+    let reply_to = segments
+        .iter()
+        .find(|s| s.kind == "reply")
+        .and_then(|s| s.get("id"))
+        .and_then(|id| id.parse::<i64>().ok());
+    let quoted = match reply_to {
+        Some(id) => fetch_quoted(inner, self_id, id).await,
+        None => None,
+    };
+    let direct = matches!(chat, Chat::Private(_));
+    let mentioned = segments
+        .iter()
+        .any(|s| s.kind == "at" && s.get("qq").as_deref() == Some(&self_id.to_string()));
+    let replied_to_bot = match (reply_to, &quoted) {
+        (Some(id), _) if inner.is_own(self_id, id) => true,
+        (_, Some(q)) => q.sender_id == self_id,
+        _ => false,
+    };
+    let addressed = direct || mentioned || replied_to_bot;
+    // Whether this message can start a turn: only then is it worth downloads and a slot of the
+    // sender's rate limit.
+    let triggers = addressed || !cfg.require_mention;
+    let sender = Sender {
+        id: ev.user_id.to_string(),
+        username: ev.user_id.to_string(),
+        display_name: ev.sender.display_name(ev.user_id),
+    };
+    let room = RoomRef {
+        id: room_id.clone(),
+        name: match chat {
+            Chat::Private(_) => format!("{} ({})", sender.display_name, ev.user_id),
+            Chat::Group(_) => room_id.clone(),
+        },
+        kind: super::room_ref(chat).kind,
+    };
+
+    if triggers {
+        if let Some(limiter) = &inner.limiter {
+            if let Verdict::Limited {
+                notify,
+                retry_after,
+            } = limiter.check(ev.user_id, Instant::now())
+            {
+                tracing::info!(connector = %inner.name, room = %room_id, user = ev.user_id, notify, "rate limited");
+                if notify {
+                    let to = ReplyTarget {
+                        room: room_id.clone(),
+                        thread: None,
+                        reply_to: Some(ev.message_id.to_string()),
+                        mention: (!direct).then(|| sender.clone()),
+                    };
+                    let text = format!(
+                        "You are sending messages faster than I can take them. Please wait about {} s; messages until then are not processed.",
+                        retry_after.as_secs().max(1)
+                    );
+                    if let Err(e) = inner.post(&to, &text).await {
+                        tracing::warn!(connector = %inner.name, room = %room_id, error = %e, "could not send the rate-limit notice");
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    let mut rendered = render(inner, self_id, &segments, true).await;
+    if let Some(q) = &quoted {
+        rendered.text = format!(
+            "[Quoted message from {}]\n{}\n[End of quote]\n{}",
+            q.sender_name, q.text, rendered.text
+        );
+    }
+    let mut attachments = Vec::new();
+    let mut notes = Vec::new();
+    if triggers && !rendered.files.is_empty() {
+        match &cfg.attachments {
+            Some(limits) => {
+                for (i, remote) in rendered.files.iter().enumerate() {
+                    let prefix = format!("{}-{}", ev.message_id, i);
+                    match inner
+                        .downloader
+                        .fetch(remote, &rt.attachments_dir, &prefix, limits)
+                        .await
+                    {
+                        Ok(a) => attachments.push(a),
+                        Err(e) => {
+                            tracing::warn!(connector = %inner.name, room = %room_id, file = %remote.name, error = %e, "attachment skipped");
+                            notes.push(format!(
+                                "Attachment '{}' was not downloaded: {e}",
+                                remote.name
+                            ));
+                        }
+                    }
+                }
+            }
+            None => notes.push("Attachments are not downloaded on this connector.".into()),
+        }
+    }
+    let mut text = rendered.text;
+    if addressed {
+        if let (Chat::Group(gid), Some(gc)) = (chat, &cfg.group_context) {
+            if let Some(block) = context::group_context(inner, rt, self_id, gid, &ev, gc).await {
+                text = format!("{block}\n\n{text}");
+            }
+        }
+    }
+    let message = InboundMessage {
+        connector: inner.name.clone(),
+        room,
+        id: ev.message_id.to_string(),
+        thread: None,
+        sender,
+        text,
+        addressed,
+        attachments,
+        notes,
+        ts: if ev.time > 0 {
+            crate::model::from_epoch_ms(ev.time as u64 * 1000)
+        } else {
+            SystemTime::now()
+        },
+    };
+    let verdict = rt.events.deliver(message).await;
+    match &verdict {
+        Acceptance::Queued | Acceptance::Handled => {
+            tracing::debug!(connector = %inner.name, room = %room_id, message = ev.message_id, ?verdict, "delivered")
+        }
+        Acceptance::Ignored(why) => {
+            tracing::debug!(connector = %inner.name, room = %room_id, message = ev.message_id, why, "not taken")
+        }
+        // The dispatcher has told the sender; nothing to replay on QQ (no history watermark).
+        Acceptance::Rejected(why) => {
+            tracing::warn!(connector = %inner.name, room = %room_id, message = ev.message_id, why, "message rejected")
+        }
+    }
+}
+
+/// Binds a room to the bot that serves it. A second bot in the same room stays quiet while
+/// the first is connected (its copy of the message is a duplicate).
+fn claim_room(inner: &Inner, room_id: &str, self_id: i64) -> bool {
+    let mut rooms = inner.room_bot();
+    match rooms.get(room_id) {
+        Some(owner) if *owner == self_id => true,
+        Some(owner) if inner.bots.get(*owner).is_some() => {
+            tracing::debug!(connector = %inner.name, room = room_id, owner, self_id, "room served by another bot");
+            false
+        }
+        _ => {
+            rooms.insert(room_id.to_string(), self_id);
+            true
+        }
+    }
+}
+
+pub struct Quoted {
+    pub sender_id: i64,
+    pub sender_name: String,
+    pub text: String,
+}
+
+async fn fetch_quoted(inner: &Inner, self_id: i64, message_id: i64) -> Option<Quoted> {
+    let link = inner.bots.get(self_id)?;
+    let data = match link
+        .call(
+            "get_msg",
+            json!({ "message_id": message_id }),
+            inner.cfg.action_timeout,
+        )
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(connector = %inner.name, message_id, error = %e, "get_msg for a quoted message failed");
+            return None;
+        }
+    };
+    let msg: GetMsgData = serde_json::from_value(data).ok()?;
+    let sender_id = if msg.sender.user_id != 0 {
+        msg.sender.user_id
+    } else {
+        msg.user_id
+    };
+    let segments = msg.message.map(|m| m.segments()).unwrap_or_default();
+    Some(Quoted {
+        sender_id,
+        sender_name: msg.sender.display_name(sender_id),
+        text: render_plain(&segments, self_id, false).text,
+    })
+}
+
+#[derive(Debug, Default)]
+pub struct Rendered {
+    pub text: String,
+    pub files: Vec<Remote>,
+}
+
+/// Renders segments, expanding `forward` segments with `get_forward_msg` (one level).
+async fn render(
+    inner: &Inner,
+    self_id: i64,
+    segments: &[Segment],
+    strip_leading: bool,
+) -> Rendered {
+    let mut out = render_plain(segments, self_id, strip_leading);
+    for seg in segments.iter().filter(|s| s.kind == "forward") {
+        let Some(id) = seg.get("id") else { continue };
+        let Some(link) = inner.bots.get(self_id) else {
+            continue;
+        };
+        let placeholder = format!("[forwarded messages {id}]");
+        let data = link
+            .call(
+                "get_forward_msg",
+                json!({ "id": id, "message_id": id }),
+                inner.cfg.action_timeout,
+            )
+            .await;
+        let expanded = match data.map(serde_json::from_value::<ForwardData>) {
+            Ok(Ok(d)) => {
+                let mut lines = vec![format!("[Forwarded messages ({})]", d.messages.len())];
+                for node in d.messages.iter().take(FORWARD_NODES) {
+                    let uid = if node.sender.user_id != 0 {
+                        node.sender.user_id
+                    } else {
+                        node.user_id
+                    };
+                    let segs = node
+                        .content
+                        .as_ref()
+                        .map(|c| c.segments())
+                        .unwrap_or_default();
+                    let r = render_plain(&segs, self_id, false);
+                    out.files.extend(r.files);
+                    lines.push(format!("{}: {}", node.sender.display_name(uid), r.text));
+                }
+                lines.push("[End of forwarded messages]".into());
+                lines.join("\n")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(connector = %inner.name, error = %e, "get_forward_msg answer not understood");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(connector = %inner.name, error = %e, "get_forward_msg failed");
+                continue;
+            }
+        };
+        out.text = out.text.replacen(&placeholder, &expanded, 1);
+    }
+    out
+}
+
+/// Renders segments without network calls. With `strip_leading`, the leading `reply` and
+/// `@bot` segments (and the whitespace after them) are dropped: they address the bot, they
+/// are not part of what was said.
+pub fn render_plain(segments: &[Segment], self_id: i64, strip_leading: bool) -> Rendered {
+    let self_qq = self_id.to_string();
+    let mut out = Rendered::default();
+    let mut leading = strip_leading;
+    for seg in segments {
+        if leading {
+            let is_self_at = seg.kind == "at" && seg.get("qq").as_deref() == Some(&self_qq);
+            let is_blank =
+                seg.kind == "text" && seg.get("text").unwrap_or_default().trim().is_empty();
+            if seg.kind == "reply" || is_self_at || is_blank {
+                continue;
+            }
+            leading = false;
+        }
+        let piece = match seg.kind.as_str() {
+            "text" => seg.get("text").unwrap_or_default(),
+            "at" => match seg.get("qq").as_deref() {
+                Some("all") => "@all".to_string(),
+                Some(q) if q == self_qq => "@bot".to_string(),
+                Some(q) => match seg.get("name").filter(|n| !n.is_empty()) {
+                    Some(name) => format!("@{name}({q})"),
+                    None => format!("@{q}"),
+                },
+                None => "@?".to_string(),
+            },
+            // A reply segment that is not leading adds nothing: the quote is rendered apart.
+            "reply" => String::new(),
+            "face" => format!("[face:{}]", seg.get("id").unwrap_or_default()),
+            "image" | "file" => {
+                let name = ["name", "file"]
+                    .iter()
+                    .find_map(|k| {
+                        seg.get(k)
+                            .filter(|v| !v.is_empty() && !v.starts_with("base64://"))
+                    })
+                    .unwrap_or_else(|| format!("{}.bin", seg.kind));
+                if let Some(url) = seg.get("url").filter(|u| !u.is_empty()) {
+                    out.files.push(Remote {
+                        name: name.clone(),
+                        url,
+                    });
+                }
+                format!(
+                    "[{}: {}]",
+                    seg.kind,
+                    super::attach::sanitize_file_name(&name)
+                )
+            }
+            "record" => "[voice message]".to_string(),
+            "video" => "[video]".to_string(),
+            "forward" => format!("[forwarded messages {}]", seg.get("id").unwrap_or_default()),
+            other => format!("[unknown:{other}]"),
+        };
+        out.text.push_str(&piece);
+    }
+    if strip_leading {
+        out.text = out.text.trim_start().to_string();
+    }
+    out
+}
+
+/// `[HH:MM]` (UTC) of an epoch second, for context lines.
+pub fn hhmm(epoch_secs: i64) -> String {
+    let secs_of_day = epoch_secs.rem_euclid(86_400);
+    format!("{:02}:{:02}", secs_of_day / 3600, (secs_of_day % 3600) / 60)
+}
+
+/// Plain text of a history entry (for context lines).
+pub fn history_text(value: &Value, self_id: i64) -> Option<(MessageEvent, String)> {
+    let m: MessageEvent = serde_json::from_value(value.clone()).ok()?;
+    let segments = m
+        .message
+        .as_ref()
+        .map(|c| c.segments())
+        .or_else(|| m.raw_message.as_deref().map(super::cq::parse))
+        .unwrap_or_default();
+    let text = render_plain(&segments, self_id, false).text;
+    Some((m, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::onebot::cq;
+
+    #[test]
+    fn strips_leading_reply_and_at_bot_and_keeps_placeholders() {
+        let segs = cq::parse("[CQ:reply,id=5][CQ:at,qq=10] hello [CQ:at,qq=22] [CQ:face,id=1][CQ:json,data=x][CQ:at,qq=all]");
+        let r = render_plain(&segs, 10, true);
+        assert_eq!(r.text, "hello @22 [face:1][unknown:json]@all");
+    }
+
+    #[test]
+    fn images_become_downloads_with_safe_names() {
+        let segs = vec![Segment::new(
+            "image",
+            &[
+                ("file", json!("../../x.png")),
+                ("url", json!("http://127.0.0.1/x.png")),
+            ],
+        )];
+        let r = render_plain(&segs, 1, true);
+        assert_eq!(r.text, "[image: x.png]");
+        assert_eq!(
+            r.files,
+            vec![Remote {
+                name: "../../x.png".into(),
+                url: "http://127.0.0.1/x.png".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn hhmm_formats_utc() {
+        assert_eq!(hhmm(1_747_792_703), "01:58");
+    }
+}
