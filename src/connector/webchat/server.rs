@@ -302,9 +302,10 @@ async fn post_message(
             )))
         }
     };
-    let parsed: wire::PostBody =
+    // A map, not a struct: serde would accept `["hi"]` for a one-field struct.
+    let mut parsed: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&body).map_err(|_| ApiError::bad_request(ERR_BAD_JSON))?;
-    let typed = match parsed.text {
+    let typed = match parsed.remove("text") {
         None | Some(serde_json::Value::Null) => {
             return Err(ApiError::bad_request(ERR_MISSING_TEXT))
         }

@@ -1,18 +1,11 @@
-//! Wire types of the web chat: the JSON API bodies, the Server-Sent Event payloads and the
+//! Wire types of the web chat: the JSON API answers (a posted body is read as a JSON object
+//! field by field, so each mistake gets its own message), the Server-Sent Event payloads and the
 //! tokens file. The only serde types of the connector; `hub` and `server` convert to and from
 //! them explicitly.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-
-/// `POST /api/rooms/{room}/messages`. `text` is kept as raw JSON so a missing, non-string and
-/// empty text each get their own error message.
-#[derive(Debug, Deserialize)]
-pub struct PostBody {
-    #[serde(default)]
-    pub text: Option<serde_json::Value>,
-}
 
 /// One message as the page and API clients see it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

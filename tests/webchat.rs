@@ -1,0 +1,823 @@
+//! The web chat connector in-process, over real HTTP on 127.0.0.1: the JSON API, the event
+//! stream, the `done` rule, bounds, tokens and start-up failures. A test task stands in for
+//! the dispatcher: it records delivered messages and answers with scripted verdicts.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_chat_gateway::connector::webchat::{WebchatConfig, WebchatConnector};
+use agent_chat_gateway::connector::{
+    Acceptance, Connector, ConnectorContext, ConnectorEvent, EventSink,
+};
+use agent_chat_gateway::model::{InboundMessage, PostedMessage, ReplyTarget, RoomKind};
+use agent_chat_gateway::state::StateStore;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const NAME: &str = "local";
+const BOB_TOKEN: &str = "bob-configured-token-0123456789";
+
+/// Fails the test instead of hanging it.
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+fn config(listen: SocketAddr, history_limit: usize, require_mention: bool) -> WebchatConfig {
+    WebchatConfig {
+        listen,
+        tokens: BTreeMap::from([("bob".to_string(), BOB_TOKEN.to_string())]),
+        users: vec!["alice".into(), "bob".into()],
+        history_limit,
+        require_mention,
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+struct Harness {
+    connector: Arc<WebchatConnector>,
+    base: String,
+    alice: String,
+    http: reqwest::Client,
+    cancel: CancellationToken,
+    run: Option<JoinHandle<anyhow::Result<()>>>,
+    dispatcher: JoinHandle<()>,
+    /// Messages the connector delivered, in order.
+    inbox: mpsc::UnboundedReceiver<InboundMessage>,
+    /// Events other than messages (room resolution, connection state).
+    others: mpsc::UnboundedReceiver<ConnectorEvent>,
+    /// Verdicts to answer with, in order; `Queued` when empty.
+    verdicts: Arc<Mutex<VecDeque<Acceptance>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start(config: WebchatConfig, watched: &[&str]) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let connector = Arc::new(WebchatConnector::new(NAME, &config, dir.path()).unwrap());
+        connector.prepare().await.unwrap();
+        let (tx, mut rx) = mpsc::channel::<(Arc<str>, ConnectorEvent)>(16);
+        let (inbox_tx, inbox) = mpsc::unbounded_channel();
+        let (others_tx, others) = mpsc::unbounded_channel();
+        let verdicts: Arc<Mutex<VecDeque<Acceptance>>> = Arc::default();
+        let script = verdicts.clone();
+        let dispatcher = tokio::spawn(async move {
+            while let Some((from, event)) = rx.recv().await {
+                assert_eq!(&*from, NAME);
+                match event {
+                    ConnectorEvent::Message { message, accepted } => {
+                        let _ = inbox_tx.send(message);
+                        let verdict = script.lock().unwrap().pop_front();
+                        if let Some(accepted) = accepted {
+                            let _ = accepted.send(verdict.unwrap_or(Acceptance::Queued));
+                        }
+                    }
+                    other => {
+                        let _ = others_tx.send(other);
+                    }
+                }
+            }
+        });
+        let names: Vec<Arc<str>> = vec![NAME.into()];
+        let (store, _) = StateStore::open(dir.path(), &names);
+        let cancel = CancellationToken::new();
+        let ctx = ConnectorContext {
+            events: EventSink::new(NAME.into(), tx),
+            cancel: cancel.clone(),
+            watched: watched.iter().map(|s| s.to_string()).collect(),
+            attachments_dir: dir.path().join("attachments"),
+            store: store.connector_store(NAME.into()),
+        };
+        let run = tokio::spawn(connector.clone().run(ctx));
+        let alice = connector
+            .tokens()
+            .iter()
+            .find(|(u, _)| u == "alice")
+            .map(|(_, t)| t.clone())
+            .unwrap();
+        Harness {
+            base: format!("http://{}", connector.local_addr()),
+            connector,
+            alice,
+            http: reqwest::Client::new(),
+            cancel,
+            run: Some(run),
+            dispatcher,
+            inbox,
+            others,
+            verdicts,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post_raw(&self, room: &str, token: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/api/rooms/{room}/messages")))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = within("POST response", req.send()).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    async fn post(&self, room: &str, token: &str, text: &str) -> (u16, Value) {
+        let body = serde_json::to_vec(&json!({ "text": text })).unwrap();
+        self.post_raw(room, Some(token), body).await
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = within("GET response", req.send()).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    async fn messages(&self, room: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get(&format!("/api/rooms/{room}/messages"), Some(&self.alice))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["messages"].as_array().unwrap().clone()
+    }
+
+    async fn events(&self, room: &str) -> Sse {
+        let resp = within(
+            "event stream",
+            self.http
+                .get(self.url(&format!("/api/rooms/{room}/events")))
+                .query(&[("token", &self.alice)])
+                .send(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(
+            resp.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream; charset=utf-8"
+        );
+        Sse {
+            stream: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    async fn next_delivered(&mut self) -> InboundMessage {
+        within("a delivered message", self.inbox.recv())
+            .await
+            .expect("dispatcher stand-in ended")
+    }
+
+    fn nothing_delivered(&mut self) {
+        if let Ok(m) = self.inbox.try_recv() {
+            panic!("unexpected delivery: {m:?}");
+        }
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        let run = self.run.take().unwrap();
+        within("the connector to stop", run).await.unwrap().unwrap();
+        self.dispatcher.abort();
+    }
+}
+
+/// A minimal Server-Sent Events reader: (event name, data) pairs, comments skipped.
+struct Sse {
+    stream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    buf: String,
+}
+
+impl Sse {
+    /// The next event, or `None` when the stream ended.
+    async fn next(&mut self) -> Option<(String, Value)> {
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = "message".to_string();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if !data.is_empty() {
+                    return Some((event, serde_json::from_str(&data).unwrap()));
+                }
+            }
+            let chunk = within("an SSE chunk", self.stream.next()).await?;
+            self.buf
+                .push_str(std::str::from_utf8(&chunk.ok()?).unwrap());
+        }
+    }
+
+    async fn expect(&mut self, name: &str) -> Value {
+        let (event, data) = self.next().await.expect("event stream ended");
+        assert_eq!(event, name, "{data}");
+        data
+    }
+}
+
+fn lobby() -> ReplyTarget {
+    ReplyTarget::room("lobby")
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_get_401() {
+    let h = Harness::start(config(loopback(), 10, false), &[]).await;
+    let expected = json!({
+        "error": "missing or invalid token: send Authorization: Bearer <token> (or ?token= on GET)"
+    });
+    let body = br#"{"text":"hi"}"#.to_vec();
+    assert_eq!(
+        h.post_raw("lobby", None, body.clone()).await,
+        (401, expected.clone())
+    );
+    assert_eq!(
+        h.post_raw("lobby", Some("not-a-token"), body.clone()).await,
+        (401, expected.clone())
+    );
+    // A prefix of a real token is not a token.
+    assert_eq!(
+        h.post_raw("lobby", Some(&BOB_TOKEN[..20]), body).await,
+        (401, expected.clone())
+    );
+    for path in [
+        "/api/rooms",
+        "/api/me",
+        "/api/rooms/lobby/messages",
+        "/api/rooms/lobby/events",
+    ] {
+        assert_eq!(h.get(path, None).await, (401, expected.clone()), "{path}");
+    }
+    let wrong = h
+        .http
+        .get(h.url("/api/rooms/lobby/events?token=wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    assert_eq!(wrong.headers()["www-authenticate"], "Bearer");
+    // The token is accepted from the query too (the page's EventSource cannot set headers).
+    let me = h
+        .http
+        .get(h.url("/api/me"))
+        .query(&[("token", BOB_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        me.json::<Value>().await.unwrap(),
+        json!({"user": "bob", "bot": "bot", "require_mention": false})
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_posts_get_400_with_exact_messages() {
+    let mut h = Harness::start(config(loopback(), 10, false), &[]).await;
+    let token = h.alice.clone();
+    let bad_json =
+        json!({"error": "invalid JSON body: expected an object like {\"text\": \"...\"}"});
+    let long_room = "r".repeat(65);
+    let missing = json!({"error": "missing \"text\": expected an object like {\"text\": \"...\"}"});
+    let cases: Vec<(&str, Vec<u8>, Value)> = vec![
+        ("lobby", b"{not json".to_vec(), bad_json.clone()),
+        ("lobby", b"[\"text\"]".to_vec(), bad_json.clone()),
+        ("lobby", b"".to_vec(), bad_json.clone()),
+        ("lobby", b"{}".to_vec(), missing.clone()),
+        ("lobby", br#"{"text": null}"#.to_vec(), missing),
+        (
+            "lobby",
+            br#"{"text": 42}"#.to_vec(),
+            json!({"error": "\"text\" must be a string"}),
+        ),
+        (
+            "lobby",
+            br#"{"text": "  \n "}"#.to_vec(),
+            json!({"error": "\"text\" is empty"}),
+        ),
+        (
+            "lobby",
+            br#"{"text": "@bot"}"#.to_vec(),
+            json!({"error": "\"text\" is empty"}),
+        ),
+        (
+            "lobby",
+            serde_json::to_vec(&json!({"text": "x".repeat(70 * 1024)})).unwrap(),
+            json!({"error": "request body too large (limit 65536 bytes)"}),
+        ),
+        (
+            "a%20b",
+            br#"{"text": "hi"}"#.to_vec(),
+            json!({"error": "invalid room name: use 1 to 64 characters among A-Z a-z 0-9 _ . -"}),
+        ),
+        (
+            &long_room,
+            br#"{"text": "hi"}"#.to_vec(),
+            json!({"error": "invalid room name: use 1 to 64 characters among A-Z a-z 0-9 _ . -"}),
+        ),
+    ];
+    for (room, body, expected) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(40)]).into_owned();
+        assert_eq!(
+            h.post_raw(room, Some(&token), body).await,
+            (400, expected),
+            "room {room} body {shown}"
+        );
+    }
+    // A body over the limit without a Content-Length (chunked) is cut off while reading.
+    let chunks = futures_util::stream::iter(
+        (0..80).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 1024]))),
+    );
+    let resp = h
+        .http
+        .post(h.url("/api/rooms/lobby/messages"))
+        .bearer_auth(&token)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"error": "request body too large (limit 65536 bytes)"})
+    );
+    assert_eq!(
+        h.get("/api/rooms/lobby/messages?after=abc", Some(&token))
+            .await,
+        (
+            400,
+            json!({"error": "invalid \"after\": expected a message id"})
+        )
+    );
+    h.nothing_delivered();
+    assert!(h.messages("lobby").await.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_post_is_delivered_with_its_sender_and_room() {
+    let mut h = Harness::start(config(loopback(), 10, false), &[]).await;
+    let (status, body) = h.post("lobby", BOB_TOKEN, "@bot hello there").await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    assert_eq!(body, json!({ "id": id }));
+
+    let m = h.next_delivered().await;
+    assert_eq!(&*m.connector, NAME);
+    assert_eq!(m.id, id);
+    assert_eq!(m.room.id, "lobby");
+    assert_eq!(m.room.name, "lobby");
+    assert_eq!(m.room.kind, RoomKind::Group);
+    assert_eq!(m.sender.id, "bob");
+    assert_eq!(m.sender.username, "bob");
+    assert_eq!(m.sender.display_name, "bob");
+    assert_eq!(m.text, "hello there");
+    assert!(m.addressed);
+    assert_eq!(m.thread, None);
+
+    // Without require_mention every message is addressed; the room shows what was typed.
+    h.post("lobby", BOB_TOKEN, "no mention").await;
+    assert!(h.next_delivered().await.addressed);
+    let shown = h.messages("lobby").await;
+    assert_eq!(shown.len(), 2);
+    assert_eq!(shown[0]["id"], id);
+    assert_eq!(shown[0]["from"], "bob");
+    assert_eq!(shown[0]["text"], "@bot hello there");
+    assert_eq!(shown[0]["done"], true);
+    let ts = shown[0]["ts"].as_str().unwrap();
+    assert!(
+        time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).is_ok(),
+        "{ts}"
+    );
+    let (_, rooms) = h.get("/api/rooms", Some(BOB_TOKEN)).await;
+    assert_eq!(
+        rooms,
+        json!({"rooms": [{"name": "lobby", "messages": 2, "watched": false}]})
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn with_require_mention_only_messages_to_the_bot_are_addressed() {
+    let mut h = Harness::start(config(loopback(), 10, true), &[]).await;
+    h.post("lobby", BOB_TOKEN, "just chatting").await;
+    let m = h.next_delivered().await;
+    assert!(!m.addressed);
+    assert_eq!(m.text, "just chatting");
+    h.post("lobby", BOB_TOKEN, "@BOT: run the tests").await;
+    let m = h.next_delivered().await;
+    assert!(m.addressed);
+    assert_eq!(m.text, "run the tests");
+    h.post("lobby", BOB_TOKEN, "@botany rocks").await;
+    assert!(!h.next_delivered().await.addressed);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn dispatcher_verdicts_become_status_codes() {
+    let mut h = Harness::start(config(loopback(), 10, false), &[]).await;
+    h.verdicts.lock().unwrap().extend([
+        Acceptance::Rejected("the room's queue is full (5 waiting)".into()),
+        Acceptance::Ignored("no watcher for this room".into()),
+        Acceptance::Handled,
+    ]);
+    assert_eq!(
+        h.post("lobby", BOB_TOKEN, "one").await,
+        (
+            503,
+            json!({"error": "the room's queue is full (5 waiting)"})
+        )
+    );
+    let (status, body) = h.post("lobby", BOB_TOKEN, "two").await;
+    assert_eq!(status, 202);
+    assert_eq!(body["ignored"], "no watcher for this room");
+    assert!(body["id"].is_string());
+    let (status, body) = h.post("lobby", BOB_TOKEN, "approve ab12").await;
+    assert_eq!((status, body.get("ignored")), (202, None));
+    for _ in 0..3 {
+        h.next_delivered().await;
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bot_replies_stream_over_sse_and_are_done_when_typing_stops() {
+    let h = Harness::start(config(loopback(), 10, false), &[]).await;
+    let mut sse = h.events("lobby").await;
+    assert_eq!(sse.expect("typing").await, json!({"typing": false}));
+
+    let c = &h.connector;
+    c.typing(&lobby(), true).await.unwrap();
+    let posted = c.post(&lobby(), "Hel").await.unwrap();
+    assert!(h.messages("lobby").await[0]["done"] == false);
+    c.edit(&lobby(), &posted, "Hello, world").await.unwrap();
+    let second = c.post(&lobby(), "part two").await.unwrap();
+
+    assert_eq!(sse.expect("typing").await, json!({"typing": true}));
+    let m = sse.expect("message").await;
+    assert_eq!(
+        (m["id"].as_str(), &m["from"], &m["text"], &m["done"]),
+        (
+            Some(posted.id.as_str()),
+            &json!("bot"),
+            &json!("Hel"),
+            &json!(false)
+        )
+    );
+    let e = sse.expect("edit").await;
+    assert_eq!(
+        (&e["text"], &e["done"]),
+        (&json!("Hello, world"), &json!(false))
+    );
+    let m2 = sse.expect("message").await;
+    assert_eq!(
+        (m2["id"].as_str(), &m2["done"]),
+        (Some(second.id.as_str()), &json!(false))
+    );
+
+    // Mid-turn, the API shows the same state.
+    let mid = h.messages("lobby").await;
+    assert_eq!(
+        mid.iter().map(|m| m["done"].clone()).collect::<Vec<_>>(),
+        [json!(false), json!(false)]
+    );
+
+    c.typing(&lobby(), false).await.unwrap();
+    let done1 = sse.expect("edit").await;
+    let done2 = sse.expect("edit").await;
+    assert_eq!(
+        (done1["id"].as_str(), &done1["done"], &done1["text"]),
+        (
+            Some(posted.id.as_str()),
+            &json!(true),
+            &json!("Hello, world")
+        )
+    );
+    assert_eq!(
+        (done2["id"].as_str(), &done2["done"]),
+        (Some(second.id.as_str()), &json!(true))
+    );
+    assert_eq!(sse.expect("typing").await, json!({"typing": false}));
+    let after = h.messages("lobby").await;
+    assert!(after.iter().all(|m| m["done"] == true), "{after:?}");
+
+    // Outside a turn a bot message is final at once.
+    let notice = c.post(&lobby(), "⚠️ the agent is paused").await.unwrap();
+    let m = sse.expect("message").await;
+    assert_eq!(
+        (m["id"].as_str(), &m["done"]),
+        (Some(notice.id.as_str()), &json!(true))
+    );
+
+    // A user's post shows up on the stream as well.
+    h.post("lobby", BOB_TOKEN, "thanks").await;
+    let m = sse.expect("message").await;
+    assert_eq!(
+        (&m["from"], &m["text"], &m["done"]),
+        (&json!("bob"), &json!("thanks"), &json!(true))
+    );
+
+    // Editing something that is not a bot message of that room fails.
+    assert!(c
+        .edit(&ReplyTarget::room("elsewhere"), &posted, "x")
+        .await
+        .is_err());
+    assert!(c
+        .edit(
+            &lobby(),
+            &PostedMessage {
+                id: m["id"].as_str().unwrap().into()
+            },
+            "forged"
+        )
+        .await
+        .is_err());
+    assert!(c.post(&ReplyTarget::room("bad room"), "x").await.is_err());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn after_pages_and_history_is_bounded() {
+    let h = Harness::start(config(loopback(), 5, false), &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let (status, body) = h.post("lobby", &h.alice, &format!("m{i}")).await;
+        assert_eq!(status, 202);
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    let all = h.messages("lobby").await;
+    let texts: Vec<&str> = all.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["m3", "m4", "m5", "m6", "m7"]);
+
+    let (_, page) = h
+        .get(
+            &format!("/api/rooms/lobby/messages?after={}", ids[5]),
+            Some(&h.alice),
+        )
+        .await;
+    let texts: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["m6", "m7"]);
+    let (_, none) = h
+        .get(
+            &format!("/api/rooms/lobby/messages?after={}", ids[7]),
+            Some(&h.alice),
+        )
+        .await;
+    assert_eq!(none, json!({"messages": []}));
+    // An id older than the history returns everything still held.
+    let (_, old) = h
+        .get(
+            &format!("/api/rooms/lobby/messages?after={}", ids[0]),
+            Some(&h.alice),
+        )
+        .await;
+    assert_eq!(old["messages"].as_array().unwrap().len(), 5);
+    let (_, empty) = h
+        .get("/api/rooms/nobody-here/messages", Some(&h.alice))
+        .await;
+    assert_eq!(empty, json!({"messages": []}));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_number_of_rooms_is_bounded() {
+    let h = Harness::start(config(loopback(), 5, false), &["keep"]).await;
+    let limit = agent_chat_gateway::connector::webchat::MAX_ROOMS;
+    for i in 0..limit + 10 {
+        h.connector
+            .post(&ReplyTarget::room(format!("room-{i}")), "x")
+            .await
+            .unwrap();
+    }
+    let (_, rooms) = h.get("/api/rooms", Some(&h.alice)).await;
+    let names: Vec<&str> = rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), limit);
+    // The watched room stays; the oldest others went.
+    assert!(names.contains(&"keep"));
+    assert!(!names.contains(&"room-0"));
+    assert!(names.contains(&format!("room-{}", limit + 9).as_str()));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_does_not_block_posting_and_is_resynced() {
+    let h = Harness::start(config(loopback(), 1000, false), &[]).await;
+    let mut sse = h.events("lobby").await;
+    sse.expect("typing").await;
+    // The default test runtime has one thread: the server cannot send anything while this
+    // loop runs, so the subscriber falls behind the event buffer.
+    for i in 0..600 {
+        h.connector
+            .post(&lobby(), &format!("burst {i}"))
+            .await
+            .unwrap();
+    }
+    let mut saw_resync = false;
+    loop {
+        let (event, data) = sse.next().await.expect("stream ended");
+        if event == "resync" {
+            assert!(data["missed"].as_u64().unwrap() > 0);
+            saw_resync = true;
+        }
+        if data["text"] == "burst 599" {
+            break;
+        }
+    }
+    assert!(saw_resync);
+    assert_eq!(h.messages("lobby").await.len(), 600);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn cancellation_ends_event_streams_and_the_server() {
+    let h = Harness::start(config(loopback(), 5, false), &[]).await;
+    let mut sse = h.events("lobby").await;
+    sse.expect("typing").await;
+    let base = h.base.clone();
+    h.stop().await;
+    assert!(sse.next().await.is_none(), "stream should end on shutdown");
+    let refused = reqwest::get(format!("{base}/healthz")).await;
+    assert!(refused.is_err(), "server still answering after stop");
+}
+
+#[tokio::test]
+async fn watched_rooms_are_resolved_at_start() {
+    let mut h = Harness::start(
+        config(loopback(), 5, false),
+        &["*", "lobby", "#dev", "bad room"],
+    )
+    .await;
+    let mut resolved = Vec::new();
+    let mut failed = Vec::new();
+    while resolved.len() + failed.len() < 3 {
+        match within("room events", h.others.recv()).await.unwrap() {
+            ConnectorEvent::RoomResolved { spec, room } => {
+                assert_eq!(room.kind, RoomKind::Group);
+                resolved.push((spec, room.id));
+            }
+            ConnectorEvent::RoomFailed { spec, error } => failed.push((spec, error)),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        resolved,
+        [
+            ("lobby".to_string(), "lobby".to_string()),
+            ("#dev".into(), "dev".into())
+        ]
+    );
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, "bad room");
+    let (_, rooms) = h.get("/api/rooms", Some(&h.alice)).await;
+    assert_eq!(
+        rooms,
+        json!({"rooms": [
+            {"name": "dev", "messages": 0, "watched": true},
+            {"name": "lobby", "messages": 0, "watched": true},
+        ]})
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn page_health_and_unknown_paths() {
+    let h = Harness::start(config(loopback(), 5, false), &[]).await;
+    let health = reqwest::get(h.url("/healthz")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let page = reqwest::get(h.url("/")).await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<title>agent-chat-gateway · web chat</title>"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "page must not load external assets"
+    );
+    assert_eq!(
+        h.get("/nope", Some(&h.alice)).await,
+        (404, json!({"error": "not found"}))
+    );
+    let wrong = h
+        .http
+        .delete(h.url("/api/rooms/lobby/messages"))
+        .bearer_auth(&h.alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 405);
+    h.stop().await;
+}
+
+fn token_file(dir: &Path) -> std::path::PathBuf {
+    dir.join(format!("webchat-{NAME}.tokens.json"))
+}
+
+#[tokio::test]
+async fn generated_tokens_are_persisted_private_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(loopback(), 5, false);
+    let first = WebchatConnector::new(NAME, &cfg, dir.path()).unwrap();
+    let alice = first
+        .tokens()
+        .iter()
+        .find(|(u, _)| u == "alice")
+        .unwrap()
+        .1
+        .clone();
+    assert!(alice.len() >= 32);
+    assert!(alice
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+
+    let path = token_file(dir.path());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let stored: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(
+        stored,
+        json!({"tokens": {"alice": alice}}),
+        "configured tokens stay in the config"
+    );
+
+    let second = WebchatConnector::new(NAME, &cfg, dir.path()).unwrap();
+    assert_eq!(second.tokens(), first.tokens());
+
+    // The notes carry the real port once bound.
+    second.prepare().await.unwrap();
+    let port = second.local_addr().port();
+    assert_ne!(port, 0);
+    assert_eq!(
+        second.startup_notes(),
+        [
+            format!("web chat for alice: http://127.0.0.1:{port}/?token={alice}"),
+            format!("web chat for bob: http://127.0.0.1:{port}/?token={BOB_TOKEN}"),
+        ]
+    );
+
+    // Another connector name gets its own file and tokens.
+    let other = WebchatConnector::new("other", &cfg, dir.path()).unwrap();
+    assert_ne!(other.tokens()[0].1, alice);
+}
+
+#[tokio::test]
+async fn a_port_in_use_fails_prepare_and_names_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let connector = WebchatConnector::new(NAME, &config(addr, 5, false), dir.path()).unwrap();
+    let err = format!("{:#}", connector.prepare().await.unwrap_err());
+    assert!(err.contains(&addr.to_string()), "{err}");
+    assert!(err.contains("already in use"), "{err}");
+}
+
+#[tokio::test]
+async fn the_bot_name_cannot_be_a_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(loopback(), 5, false);
+    cfg.users.push("bot".into());
+    let err = WebchatConnector::new(NAME, &cfg, dir.path())
+        .err()
+        .expect("must fail");
+    assert!(err.to_string().contains("reserved"), "{err}");
+}

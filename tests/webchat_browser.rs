@@ -1,0 +1,534 @@
+//! The web chat page in a real headless Chromium, driven over the Chrome DevTools protocol:
+//! a user types and sends a message, the connector delivers it, a streamed bot reply shows up
+//! as it grows, and the approval buttons post `approve <id>`.
+//!
+//! Needs `/usr/bin/chromium` (or `$ACG_CHROMIUM`); `scripts/install-chromium.sh` installs it.
+//! Without it the test fails under `CI=true` and prints a loud skip notice otherwise.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_chat_gateway::connector::webchat::{WebchatConfig, WebchatConnector};
+use agent_chat_gateway::connector::{
+    Acceptance, Connector, ConnectorContext, ConnectorEvent, EventSink,
+};
+use agent_chat_gateway::model::{InboundMessage, ReplyTarget};
+use agent_chat_gateway::state::StateStore;
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+const NAME: &str = "local";
+
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+fn chromium_path() -> Option<PathBuf> {
+    let path = std::env::var_os("ACG_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "{} not found and CI=true: run scripts/install-chromium.sh (or set ACG_CHROMIUM)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "\n\
+         ************************************************************************\n\
+         ** SKIPPED webchat browser test: no Chromium at {}\n\
+         ** run scripts/install-chromium.sh (or set ACG_CHROMIUM) to run it\n\
+         ************************************************************************\n",
+        path.display()
+    );
+    None
+}
+
+/// A headless Chromium in its own process group; the whole group is killed on drop.
+struct Chromium {
+    child: tokio::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // The browser forks renderers and a zygote into its process group.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Chromium {
+    /// Starts the browser and returns it with its DevTools WebSocket address.
+    async fn launch(binary: &PathBuf) -> (Chromium, String) {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new(binary)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-port=0",
+                "--window-size=1200,820",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start chromium");
+        // Chromium announces the DevTools endpoint on stderr once DevToolsActivePort is
+        // written; waiting for that line avoids polling for the file.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let announced = within("chromium's DevTools announcement", async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                    return url.trim().to_string();
+                }
+            }
+            panic!("chromium exited before announcing DevTools");
+        })
+        .await;
+        // Keep draining stderr so the browser never blocks on a full pipe; ends with it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+        let active = std::fs::read_to_string(profile.path().join("DevToolsActivePort"))
+            .expect("DevToolsActivePort");
+        let mut parts = active.lines();
+        let port: u16 = parts.next().unwrap().trim().parse().unwrap();
+        let path = parts.next().unwrap().trim();
+        let url = format!("ws://127.0.0.1:{port}{path}");
+        assert_eq!(url, announced, "DevToolsActivePort and stderr disagree");
+        (
+            Chromium {
+                child,
+                _profile: profile,
+            },
+            url,
+        )
+    }
+}
+
+/// A tiny Chrome DevTools protocol client over one browser connection, talking to one page
+/// through a flattened session.
+struct Cdp {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    session: Option<String>,
+    /// Events read while waiting for a command's answer.
+    events: VecDeque<Value>,
+}
+
+impl Cdp {
+    async fn connect(url: &str) -> Cdp {
+        let (ws, _) = within("DevTools connection", tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap();
+        Cdp {
+            ws,
+            next_id: 0,
+            session: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            let msg = within("a DevTools message", self.ws.next())
+                .await
+                .expect("DevTools connection closed")
+                .unwrap();
+            if let Message::Text(text) = msg {
+                return serde_json::from_str(text.as_str()).unwrap();
+            }
+        }
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut request = json!({ "id": id, "method": method, "params": params });
+        if let Some(session) = &self.session {
+            request["sessionId"] = json!(session);
+        }
+        self.ws
+            .send(Message::text(request.to_string()))
+            .await
+            .unwrap();
+        loop {
+            let msg = self.read().await;
+            if msg["id"] == json!(id) {
+                if let Some(error) = msg.get("error") {
+                    panic!("{method} failed: {error}");
+                }
+                return msg["result"].clone();
+            }
+            if msg.get("method").is_some() {
+                self.events.push_back(msg);
+            }
+        }
+    }
+
+    async fn wait_event(&mut self, method: &str) -> Value {
+        if let Some(i) = self.events.iter().position(|e| e["method"] == method) {
+            return self.events.remove(i).unwrap();
+        }
+        loop {
+            let msg = self.read().await;
+            if msg["method"] == method {
+                return msg;
+            }
+        }
+    }
+
+    /// Evaluates an expression in the page (promises awaited) and returns its value.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expression, "awaitPromise": true, "returnByValue": true }),
+            )
+            .await;
+        if let Some(exception) = result.get("exceptionDetails") {
+            panic!("page script failed: {exception}\n{expression}");
+        }
+        result["result"]["value"].clone()
+    }
+
+    /// Resolves once `condition` (a JS expression) is truthy, re-checking on every DOM change
+    /// instead of polling; returns its value.
+    async fn wait_for(&mut self, what: &str, condition: &str) -> Value {
+        let script = format!(
+            "new Promise((resolve) => {{
+               const check = () => {{
+                 let v = null;
+                 try {{ v = ({condition}); }} catch (_) {{ v = null; }}
+                 if (v) {{ observer.disconnect(); resolve(v); }}
+               }};
+               const observer = new MutationObserver(check);
+               observer.observe(document, {{ subtree: true, childList: true,
+                 characterData: true, attributes: true }});
+               check();
+             }})"
+        );
+        within(what, self.eval(&script)).await
+    }
+
+    /// A real mouse click at the centre of the element `selector` selects.
+    async fn click(&mut self, selector: &str) {
+        let rect = self
+            .eval(&format!(
+                "(() => {{ const r = document.querySelector({}).getBoundingClientRect();
+                           return [r.x + r.width / 2, r.y + r.height / 2]; }})()",
+                json!(selector)
+            ))
+            .await;
+        let (x, y) = (rect[0].as_f64().unwrap(), rect[1].as_f64().unwrap());
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+            )
+            .await;
+        }
+    }
+
+    async fn screenshot(&mut self, name: &str) -> PathBuf {
+        let shot = self
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+}
+
+/// The connector serving on 127.0.0.1 with a stand-in dispatcher that queues everything.
+struct Gateway {
+    connector: Arc<WebchatConnector>,
+    cancel: CancellationToken,
+    run: tokio::task::JoinHandle<anyhow::Result<()>>,
+    inbox: mpsc::UnboundedReceiver<InboundMessage>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    async fn start() -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WebchatConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tokens: BTreeMap::new(),
+            users: vec!["alice".into()],
+            history_limit: 100,
+            require_mention: false,
+        };
+        let connector = Arc::new(WebchatConnector::new(NAME, &config, dir.path()).unwrap());
+        connector.prepare().await.unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let (inbox_tx, inbox) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    e = rx.recv() => e,
+                    _ = stop.cancelled() => None,
+                };
+                let Some((_, event)) = event else { break };
+                if let ConnectorEvent::Message { message, accepted } = event {
+                    let _ = inbox_tx.send(message);
+                    if let Some(accepted) = accepted {
+                        let _ = accepted.send(Acceptance::Queued);
+                    }
+                }
+            }
+        });
+        let names: Vec<Arc<str>> = vec![NAME.into()];
+        let (store, _) = StateStore::open(dir.path(), &names);
+        let ctx = ConnectorContext {
+            events: EventSink::new(NAME.into(), tx),
+            cancel: cancel.clone(),
+            watched: vec!["lobby".into()],
+            attachments_dir: dir.path().join("attachments"),
+            store: store.connector_store(NAME.into()),
+        };
+        let run = tokio::spawn(connector.clone().run(ctx));
+        Gateway {
+            connector,
+            cancel,
+            run,
+            inbox,
+            _dir: dir,
+        }
+    }
+
+    async fn delivered(&mut self) -> InboundMessage {
+        within("a message from the page", self.inbox.recv())
+            .await
+            .unwrap()
+    }
+}
+
+fn text_of(selector: &str) -> String {
+    format!(
+        "[...document.querySelectorAll({})].map((e) => e.textContent)",
+        json!(selector)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_sends_streams_and_answers_approvals() {
+    let Some(binary) = chromium_path() else {
+        return;
+    };
+    let mut gw = Gateway::start().await;
+    let (alice, token) = gw.connector.tokens()[0].clone();
+    assert_eq!(alice, "alice");
+    let base = format!("http://{}", gw.connector.local_addr());
+
+    let (browser, ws_url) = Chromium::launch(&binary).await;
+    let mut cdp = Cdp::connect(&ws_url).await;
+    let target = cdp
+        .call("Target.createTarget", json!({ "url": "about:blank" }))
+        .await;
+    let attached = cdp
+        .call(
+            "Target.attachToTarget",
+            json!({ "targetId": target["targetId"], "flatten": true }),
+        )
+        .await;
+    cdp.session = Some(attached["sessionId"].as_str().unwrap().to_string());
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 1200, "height": 820, "deviceScaleFactor": 1, "mobile": false }),
+    )
+    .await;
+    cdp.call("Page.enable", json!({})).await;
+    cdp.call(
+        "Page.navigate",
+        json!({ "url": format!("{base}/?token={token}#lobby") }),
+    )
+    .await;
+    cdp.wait_event("Page.loadEventFired").await;
+
+    // Signed in, connected to the room's event stream, token gone from the address bar.
+    cdp.wait_for(
+        "the page to sign in and connect",
+        "document.getElementById('who').textContent.includes('alice') \
+         && document.getElementById('conn').classList.contains('live')",
+    )
+    .await;
+    let address = cdp.eval("location.href").await;
+    assert_eq!(address, json!(format!("{base}/#lobby")));
+    let kept = cdp
+        .eval("sessionStorage.getItem('acg-webchat-token')")
+        .await;
+    assert_eq!(kept, json!(token));
+
+    // Type a message and press Enter.
+    cdp.eval("document.getElementById('input').focus()").await;
+    cdp.call(
+        "Input.insertText",
+        json!({ "text": "@bot please run the tests" }),
+    )
+    .await;
+    for kind in ["keyDown", "keyUp"] {
+        cdp.call(
+            "Input.dispatchKeyEvent",
+            json!({ "type": kind, "key": "Enter", "code": "Enter",
+                    "windowsVirtualKeyCode": 13, "text": "\r" }),
+        )
+        .await;
+    }
+    let m = gw.delivered().await;
+    assert_eq!(m.sender.id, "alice");
+    assert_eq!(m.room.id, "lobby");
+    assert_eq!(m.text, "please run the tests");
+    assert!(m.addressed);
+    cdp.wait_for(
+        "the user's message in the room",
+        "[...document.querySelectorAll('.msg.mine .body')]\
+           .some((e) => e.textContent === '@bot please run the tests')",
+    )
+    .await;
+    assert_eq!(
+        cdp.eval("document.getElementById('input').value").await,
+        json!("")
+    );
+
+    // The bot's reply streams in: typing, a post, edits, then the end of the turn.
+    let lobby = ReplyTarget::room("lobby");
+    let c = gw.connector.clone();
+    c.typing(&lobby, true).await.unwrap();
+    cdp.wait_for(
+        "the typing indicator",
+        "!document.getElementById('typing').classList.contains('off')",
+    )
+    .await;
+    let reply = c.post(&lobby, "Running").await.unwrap();
+    c.edit(&lobby, &reply, "Running the tests…").await.unwrap();
+    let streaming = cdp
+        .wait_for(
+            "the streamed text",
+            "(() => { const e = document.querySelector('.msg.bot.streaming .body');
+                      return e && e.textContent === 'Running the tests…' && e.textContent; })()",
+        )
+        .await;
+    assert_eq!(streaming, json!("Running the tests…"));
+    c.edit(
+        &lobby,
+        &reply,
+        "All 42 tests passed.\n```\ntest result: ok. 42 passed\n```",
+    )
+    .await
+    .unwrap();
+    c.typing(&lobby, false).await.unwrap();
+    cdp.wait_for(
+        "the finished reply",
+        "document.querySelectorAll('.msg.bot.streaming').length === 0 \
+         && document.getElementById('typing').classList.contains('off') \
+         && [...document.querySelectorAll('.msg.bot[data-done=\"true\"] pre')]\
+              .some((e) => e.textContent === 'test result: ok. 42 passed')",
+    )
+    .await;
+
+    // An approval prompt gets buttons; clicking one posts `approve <id>` as the user.
+    c.post(
+        &lobby,
+        "🔐 Permission required [a3k9] Bash: `cargo publish --dry-run`\n\
+         Reply `approve a3k9` or `deny a3k9`.",
+    )
+    .await
+    .unwrap();
+    cdp.wait_for(
+        "the approval buttons",
+        "document.querySelector('.msg.approval button.approve[data-id=\"a3k9\"]') \
+         && document.querySelector('.msg.approval button.deny[data-id=\"a3k9\"]')",
+    )
+    .await;
+    cdp.click(".msg.approval button.approve[data-id=\"a3k9\"]")
+        .await;
+    let approval = gw.delivered().await;
+    assert_eq!(approval.text, "approve a3k9");
+    assert_eq!(approval.sender.id, "alice");
+    cdp.wait_for(
+        "the approval to be marked as sent",
+        "document.querySelector('.msg.approval .answered')",
+    )
+    .await;
+    let bodies = cdp.eval(&text_of(".msg .body")).await;
+    assert_eq!(
+        bodies.as_array().unwrap().last().unwrap(),
+        &json!("approve a3k9")
+    );
+    let shot = cdp.screenshot("webchat-lobby.png").await;
+    eprintln!("screenshot: {}", shot.display());
+
+    // Joining another room by name switches the view and the address.
+    cdp.eval("document.getElementById('join-name').value = 'dev'")
+        .await;
+    cdp.click("#join button").await;
+    cdp.wait_for(
+        "the dev room",
+        "location.hash === '#dev' \
+         && document.getElementById('room-title').textContent.startsWith('# dev') \
+         && document.getElementById('conn').classList.contains('live')",
+    )
+    .await;
+    c.post(&ReplyTarget::room("lobby"), "elsewhere")
+        .await
+        .unwrap();
+    c.post(&ReplyTarget::room("dev"), "welcome to dev")
+        .await
+        .unwrap();
+    cdp.wait_for(
+        "the dev room's message",
+        "[...document.querySelectorAll('.msg .body')].some((e) => e.textContent === 'welcome to dev')",
+    )
+    .await;
+    let shown = cdp.eval(&text_of(".msg .body")).await;
+    assert_eq!(
+        shown,
+        json!(["welcome to dev"]),
+        "only the dev room is shown"
+    );
+
+    drop(cdp);
+    drop(browser);
+    gw.cancel.cancel();
+    within("the connector to stop", gw.run)
+        .await
+        .unwrap()
+        .unwrap();
+}
