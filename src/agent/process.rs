@@ -1,1 +1,529 @@
-//! Agent subprocess guard (in progress).
+//! The agent subprocess guard: one child process per turn, in its own process group, that
+//! never outlives its owner.
+//!
+//! Owns: spawning (new process group, piped stdio, prompt written to stdin then closed),
+//! reading stdout line by line with a bounded line size, keeping a bounded tail of stderr
+//! for error messages, and killing the whole group (SIGTERM, short grace, SIGKILL) on
+//! timeout, cancellation or drop — always reaping the child.
+//! Knows nothing about: any particular agent CLI or its output format.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::task::JoinHandle;
+
+/// Longest stdout line kept. Claude Code prints whole tool results on one line; big ones
+/// broke a 1 MiB reader in practice, so the limit is generous. Longer lines are skipped.
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How much of the end of stderr is kept for error messages.
+pub const STDERR_TAIL_BYTES: usize = 8 * 1024;
+
+/// How long the group gets between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// After the child exits, how long to wait for the stderr reader to see end-of-file.
+const STDERR_DRAIN: Duration = Duration::from_secs(1);
+
+/// What to run.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// Variables removed from the inherited environment.
+    pub env_remove: Vec<String>,
+    /// Variables set on top of the inherited environment (after removals).
+    pub env: Vec<(String, String)>,
+    /// Written to the child's stdin, which is then closed.
+    pub stdin: Vec<u8>,
+}
+
+/// A running child process. Dropping it kills the whole process group and reaps the child.
+pub struct AgentProcess {
+    /// `None` once the child has been reaped.
+    child: Option<Child>,
+    pid: u32,
+    stdout: LineReader<ChildStdout>,
+    stderr: Arc<Mutex<TailBuffer>>,
+    stderr_task: Option<JoinHandle<()>>,
+    stdin_task: JoinHandle<()>,
+}
+
+impl AgentProcess {
+    /// Starts the child in a new process group (its pid is the group id).
+    pub fn spawn(spec: &ProcessSpec) -> io::Result<AgentProcess> {
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .current_dir(&spec.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Own group: a signal to the group reaches the CLI and every tool it started.
+            .process_group(0)
+            // Belt and braces for paths that lose the guard without running Drop.
+            .kill_on_drop(true);
+        for name in &spec.env_remove {
+            cmd.env_remove(name);
+        }
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| io::Error::other("child exited before its pid was known"))?;
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(io::Error::other("child stdio was not piped"));
+        };
+
+        // Written from a task so a child that does not read its input while printing
+        // cannot deadlock against our stdout reader.
+        let input = spec.stdin.clone();
+        let stdin_task = tokio::spawn(async move {
+            if let Err(e) = stdin.write_all(&input).await {
+                tracing::debug!(error = %e, "agent stdin closed before the prompt was written");
+            }
+            // Dropping `stdin` closes the pipe: the CLI reads until end-of-file.
+        });
+
+        let tail = Arc::new(Mutex::new(TailBuffer::new(STDERR_TAIL_BYTES)));
+        let stderr_task = tokio::spawn(collect_tail(stderr, tail.clone()));
+
+        Ok(AgentProcess {
+            child: Some(child),
+            pid,
+            stdout: LineReader::new(stdout, MAX_LINE_BYTES),
+            stderr: tail,
+            stderr_task: Some(stderr_task),
+            stdin_task,
+        })
+    }
+
+    /// The child's pid, which is also its process group id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The next stdout line without its line ending, or `None` at end-of-file. Over-long
+    /// lines are skipped with a warning. Cancel-safe: usable as a `select!` branch.
+    pub async fn next_line(&mut self) -> io::Result<Option<String>> {
+        self.stdout.next_line().await
+    }
+
+    /// How many over-long stdout lines were skipped so far.
+    pub fn skipped_lines(&self) -> usize {
+        self.stdout.skipped
+    }
+
+    /// Waits for the child to exit, then kills whatever else is left in its group (tools it
+    /// started in the background) and collects the rest of stderr. Cancel-safe.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(io::Error::other("child already reaped"));
+        };
+        let status = child.wait().await?;
+        self.child = None;
+        // The pid cannot be reused while any member of the group is alive, so signalling
+        // the group right after reaping the leader only reaches its stragglers.
+        signal_group(self.pid, Signal::SIGKILL);
+        self.drain_stderr().await;
+        Ok(status)
+    }
+
+    /// Stops the whole group: SIGTERM, up to `grace` to exit, then SIGKILL; reaps the child.
+    pub async fn kill(&mut self, grace: Duration) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        signal_group(self.pid, Signal::SIGTERM);
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            tracing::debug!(pid = self.pid, "agent ignored SIGTERM; sending SIGKILL");
+        }
+        signal_group(self.pid, Signal::SIGKILL);
+        if let Err(e) = child.wait().await {
+            tracing::warn!(pid = self.pid, error = %e, "could not reap agent process");
+        }
+        self.child = None;
+        self.drain_stderr().await;
+    }
+
+    /// The last few KiB of stderr, lossily decoded and trimmed.
+    pub fn stderr_tail(&self) -> String {
+        let tail = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        tail.text()
+    }
+
+    async fn drain_stderr(&mut self) {
+        if let Some(task) = self.stderr_task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(STDERR_DRAIN, task).await.is_err() {
+                // Something outside the group still holds the pipe; keep what we have.
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.stdin_task.abort();
+        if let Some(task) = self.stderr_task.take() {
+            task.abort();
+        }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // No grace period is possible here: Drop cannot wait.
+        signal_group(self.pid, Signal::SIGKILL);
+        match child.try_wait() {
+            Ok(Some(_)) => {}
+            _ => match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(async move {
+                        let _ = child.wait().await;
+                    });
+                }
+                // Outside a runtime, tokio's orphan queue reaps the dropped child.
+                Err(_) => drop(child),
+            },
+        }
+    }
+}
+
+fn signal_group(pgid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return;
+    };
+    match killpg(Pid::from_raw(raw), signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pgid, %signal, error = %e, "could not signal agent process group"),
+    }
+}
+
+async fn collect_tail(mut stderr: impl AsyncRead + Unpin, tail: Arc<Mutex<TailBuffer>>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match stderr.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => tail
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(&buf[..n]),
+            Err(e) => {
+                tracing::debug!(error = %e, "agent stderr read failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Keeps the last `cap` bytes written to it.
+#[derive(Debug)]
+pub struct TailBuffer {
+    cap: usize,
+    bytes: VecDeque<u8>,
+    dropped: bool,
+}
+
+impl TailBuffer {
+    pub fn new(cap: usize) -> Self {
+        TailBuffer {
+            cap,
+            bytes: VecDeque::with_capacity(cap),
+            dropped: false,
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        let data = if data.len() > self.cap {
+            self.dropped = true;
+            &data[data.len() - self.cap..]
+        } else {
+            data
+        };
+        let overflow = (self.bytes.len() + data.len()).saturating_sub(self.cap);
+        if overflow > 0 {
+            self.dropped = true;
+            self.bytes.drain(..overflow);
+        }
+        self.bytes.extend(data);
+    }
+
+    /// The kept bytes as text; prefixed with `…` when older output was dropped.
+    pub fn text(&self) -> String {
+        let bytes: Vec<u8> = self.bytes.iter().copied().collect();
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim();
+        if self.dropped {
+            format!("…{text}")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+/// Splits a byte stream into lines of at most `max` bytes; longer lines are skipped whole.
+pub struct LineReader<R> {
+    inner: BufReader<R>,
+    max: usize,
+    line: Vec<u8>,
+    /// Inside an over-long line: drop bytes until its end.
+    discarding: bool,
+    skipped: usize,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    pub fn new(inner: R, max: usize) -> Self {
+        LineReader {
+            inner: BufReader::with_capacity(64 * 1024, inner),
+            max,
+            line: Vec::new(),
+            discarding: false,
+            skipped: 0,
+        }
+    }
+
+    /// Cancel-safe: state changes only after `fill_buf` returns, and `fill_buf` keeps its
+    /// data buffered until consumed.
+    pub async fn next_line(&mut self) -> io::Result<Option<String>> {
+        loop {
+            let available = self.inner.fill_buf().await?;
+            if available.is_empty() {
+                if self.discarding {
+                    self.end_skipped_line();
+                }
+                if self.line.is_empty() {
+                    return Ok(None);
+                }
+                return Ok(Some(self.take_line()));
+            }
+            match available.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    let fits = self.line.len() + i <= self.max;
+                    if !self.discarding && fits {
+                        self.line.extend_from_slice(&available[..i]);
+                    }
+                    Pin::new(&mut self.inner).consume(i + 1);
+                    if self.discarding || !fits {
+                        self.end_skipped_line();
+                        continue;
+                    }
+                    return Ok(Some(self.take_line()));
+                }
+                None => {
+                    let n = available.len();
+                    if !self.discarding {
+                        if self.line.len() + n > self.max {
+                            self.discarding = true;
+                            self.line = Vec::new();
+                        } else {
+                            self.line.extend_from_slice(available);
+                        }
+                    }
+                    Pin::new(&mut self.inner).consume(n);
+                }
+            }
+        }
+    }
+
+    fn end_skipped_line(&mut self) {
+        self.discarding = false;
+        self.line = Vec::new();
+        self.skipped += 1;
+        tracing::warn!(
+            limit = self.max,
+            "skipped an agent output line longer than the limit"
+        );
+    }
+
+    fn take_line(&mut self) -> String {
+        let mut line = std::mem::take(&mut self.line);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        match String::from_utf8(line) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> (Vec<String>, usize) {
+        let mut r = LineReader::new(input, max);
+        let mut out = Vec::new();
+        while let Some(l) = r.next_line().await.unwrap() {
+            out.push(l);
+        }
+        (out, r.skipped)
+    }
+
+    #[tokio::test]
+    async fn splits_lines_and_keeps_a_final_unterminated_one() {
+        let (got, skipped) = lines(b"a\r\nbb\n\nccc", 10).await;
+        assert_eq!(got, vec!["a", "bb", "", "ccc"]);
+        assert_eq!(skipped, 0);
+    }
+
+    #[tokio::test]
+    async fn skips_over_long_lines_and_carries_on() {
+        let long = "x".repeat(100);
+        let input = format!("first\n{long}\nafter\n{long}");
+        let (got, skipped) = lines(input.as_bytes(), 10).await;
+        assert_eq!(got, vec!["first", "after"]);
+        assert_eq!(skipped, 2);
+    }
+
+    #[tokio::test]
+    async fn a_line_of_exactly_the_limit_is_kept() {
+        let (got, _) = lines(b"0123456789\n01234567890\nok\n", 10).await;
+        assert_eq!(got, vec!["0123456789", "ok"]);
+    }
+
+    #[tokio::test]
+    async fn over_long_line_across_many_reads_is_skipped() {
+        // A reader that hands out 3 bytes at a time exercises the "no newline yet" path.
+        let (client, mut server) = tokio::io::duplex(3);
+        let writer = tokio::spawn(async move {
+            server
+                .write_all(b"abcdefghijklmnop\nshort\n")
+                .await
+                .unwrap();
+        });
+        let mut r = LineReader::new(client, 8);
+        assert_eq!(r.next_line().await.unwrap().as_deref(), Some("short"));
+        assert_eq!(r.next_line().await.unwrap(), None);
+        assert_eq!(r.skipped, 1);
+        writer.await.unwrap();
+    }
+
+    #[test]
+    fn tail_keeps_only_the_end() {
+        let mut t = TailBuffer::new(5);
+        t.push(b"abc");
+        assert_eq!(t.text(), "abc");
+        t.push(b"defg");
+        assert_eq!(t.text(), "…cdefg");
+        t.push(b"0123456789");
+        assert_eq!(t.text(), "…56789");
+    }
+
+    fn spec(script: &str) -> ProcessSpec {
+        ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: std::env::temp_dir(),
+            stdin: b"hello from stdin\n".to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn alive(pid: u32) -> bool {
+        // Signal 0 checks existence; a zombie still counts, so callers reap first.
+        nix::sys::signal::kill(Pid::from_raw(pid as i32), None).is_ok()
+    }
+
+    #[tokio::test]
+    async fn reads_stdin_stdout_and_stderr_tail() {
+        let mut p = AgentProcess::spawn(&spec("cat; echo oops >&2; exit 3")).unwrap();
+        assert_eq!(
+            p.next_line().await.unwrap().as_deref(),
+            Some("hello from stdin")
+        );
+        assert_eq!(p.next_line().await.unwrap(), None);
+        let status = p.wait().await.unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(p.stderr_tail(), "oops");
+    }
+
+    /// Reads the pid of a background grandchild the script prints first.
+    async fn grandchild_pid(p: &mut AgentProcess) -> u32 {
+        p.next_line()
+            .await
+            .unwrap()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// A second handle on the child's stdout pipe. Every member of the group holds the
+    /// write end, so end-of-file on it proves they are all dead — no polling needed.
+    fn stdout_witness(p: &AgentProcess) -> tokio::net::unix::pipe::Receiver {
+        use std::os::fd::AsFd;
+        let fd = p
+            .stdout
+            .inner
+            .get_ref()
+            .as_fd()
+            .try_clone_to_owned()
+            .unwrap();
+        tokio::net::unix::pipe::Receiver::from_owned_fd(fd).unwrap()
+    }
+
+    /// End-of-file means every holder of the write end closed it. `sleep` never closes its
+    /// stdout itself, so for it that happens only inside the kernel's exit path: the process
+    /// is dead or irrevocably dying (it may still show in /proc for a moment).
+    async fn assert_all_writers_gone(mut witness: tokio::net::unix::pipe::Receiver) {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), witness.read_to_end(&mut rest))
+            .await
+            .expect("group members still hold stdout")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn kill_stops_the_whole_group_even_when_sigterm_is_ignored() {
+        let script = "trap '' TERM; sleep 1000 & echo $!; wait";
+        let mut p = AgentProcess::spawn(&spec(script)).unwrap();
+        let grandchild = grandchild_pid(&mut p).await;
+        let witness = stdout_witness(&p);
+        let pid = p.pid();
+        assert!(alive(grandchild));
+        p.kill(Duration::from_millis(200)).await;
+        assert!(!alive(pid), "leader reaped");
+        assert_all_writers_gone(witness).await;
+    }
+
+    #[tokio::test]
+    async fn drop_kills_the_group() {
+        let mut p = AgentProcess::spawn(&spec("sleep 1000 & echo $!; wait")).unwrap();
+        grandchild_pid(&mut p).await;
+        let witness = stdout_witness(&p);
+        drop(p);
+        assert_all_writers_gone(witness).await;
+    }
+
+    #[tokio::test]
+    async fn wait_sweeps_background_stragglers() {
+        // The leader exits at once, leaving a background member of its group behind.
+        let mut p = AgentProcess::spawn(&spec("sleep 1000 & echo $!")).unwrap();
+        grandchild_pid(&mut p).await;
+        let witness = stdout_witness(&p);
+        p.wait().await.unwrap();
+        assert_all_writers_gone(witness).await;
+    }
+
+    #[tokio::test]
+    async fn spawn_failure_is_an_error() {
+        let mut s = spec("true");
+        s.program = "/nonexistent/agent-binary".into();
+        assert!(AgentProcess::spawn(&s).is_err());
+    }
+}

@@ -1,0 +1,633 @@
+//! Claude Code backend: one `claude -p` process per turn.
+//!
+//! Owns: argv (session, permission and prompt flags), the child environment, the per-run
+//! hook settings file, the resume rules, and driving one run to an outcome. The stream-json
+//! wire types live in `wire.rs`, their conversion into `model` events in `stream.rs`.
+//! Must not import: `connector`.
+//!
+//! Resume rule: a first turn chooses its session id up front (`--session-id <uuid>`) and
+//! every later turn resumes exactly that id. The id the CLI prints is never stored: some
+//! versions print a fresh per-invocation id on resume that has no transcript, and resuming
+//! that fails with "No conversation found" (anthropics/claude-code #58760, #8069).
+
+mod stream;
+mod wire;
+
+pub use stream::{ExitInfo, StreamParser};
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::process::{AgentProcess, ProcessSpec, KILL_GRACE};
+use super::{AgentBackend, AgentError, HookBinding, TurnContext};
+use crate::config::AgentConfig;
+use crate::model::{AgentEvent, Role, TurnOutcome, TurnRequest};
+use crate::policy::{Rule, RuleSet};
+
+/// Environment variable the hook header is filled from (see `wire::HttpHook::headers`).
+pub const HOOK_SECRET_ENV: &str = "ACG_HOOK_SECRET";
+/// Header carrying the per-run secret to the gateway's hook server.
+pub const HOOK_SECRET_HEADER: &str = "X-ACG-Secret";
+
+/// Set inside a running Claude Code session; a child that inherits it believes it is nested.
+const NESTED_SESSION_ENV: &str = "CLAUDECODE";
+
+/// Flags that would take permission decisions away from the gateway.
+const FORBIDDEN_ARGS: &[&str] = &[
+    "--dangerously-skip-permissions",
+    "--allow-dangerously-skip-permissions",
+    "--permission-mode",
+    "--permission-prompt-tool",
+    "--allowedTools",
+    "--allowed-tools",
+    "--settings",
+    "--session-id",
+    "--resume",
+    "-r",
+    "--continue",
+    "-c",
+];
+
+/// Built-in tool names, for writing allow-list entries the way the CLI spells them
+/// (policy rules match case-insensitively; `--allowedTools` does not).
+const KNOWN_TOOLS: &[&str] = &[
+    "Agent",
+    "Bash",
+    "BashOutput",
+    "Edit",
+    "ExitPlanMode",
+    "Glob",
+    "Grep",
+    "KillShell",
+    "LS",
+    "MultiEdit",
+    "NotebookEdit",
+    "NotebookRead",
+    "Read",
+    "SlashCommand",
+    "Task",
+    "TodoWrite",
+    "WebFetch",
+    "WebSearch",
+    "Write",
+];
+
+pub struct ClaudeBackend {
+    name: String,
+    command: String,
+    args: Vec<String>,
+    working_directory: PathBuf,
+    timeout: Duration,
+    env: Vec<(String, String)>,
+    system_prompt: Option<String>,
+    owner_tools: Vec<String>,
+    guest_tools: Vec<String>,
+    /// Private per-agent directory for generated settings files.
+    scratch_dir: PathBuf,
+}
+
+impl ClaudeBackend {
+    pub fn new(config: &AgentConfig, scratch_dir: PathBuf) -> ClaudeBackend {
+        ClaudeBackend {
+            name: config.name.clone(),
+            command: config.command.clone(),
+            args: config.args.clone(),
+            working_directory: config.working_directory.clone(),
+            timeout: config.timeout,
+            env: config.env.clone(),
+            system_prompt: config
+                .system_prompt
+                .clone()
+                .filter(|s| !s.trim().is_empty()),
+            owner_tools: allowed_tools(&config.owner_rules),
+            guest_tools: allowed_tools(&config.guest_rules),
+            scratch_dir,
+        }
+    }
+
+    /// The argv after the program name, for one turn.
+    fn argv(&self, session: &SessionArg<'_>, role: Role, settings: Option<&Path>) -> Vec<String> {
+        let mut argv: Vec<String> = ["-p", "--output-format", "stream-json", "--verbose"]
+            .map(String::from)
+            .to_vec();
+        argv.extend(self.args.iter().cloned());
+        match session {
+            SessionArg::Create(id) => argv.extend(["--session-id".into(), (*id).to_string()]),
+            SessionArg::Resume(id) => argv.extend(["--resume".into(), (*id).to_string()]),
+        }
+        // dontAsk makes every tool that nothing explicitly allowed a denial: a hook that is
+        // down, slow or confused denies instead of letting tools run unguarded.
+        argv.extend(["--permission-mode".into(), "dontAsk".into()]);
+        if let Some(prompt) = &self.system_prompt {
+            argv.extend(["--append-system-prompt".into(), prompt.clone()]);
+        }
+        match settings {
+            Some(file) => {
+                argv.extend(["--settings".into(), file.display().to_string()]);
+            }
+            None => {
+                let tools = match role {
+                    Role::Owner => &self.owner_tools,
+                    Role::Guest => &self.guest_tools,
+                };
+                // Last, because the option is variadic: it takes every following word.
+                if !tools.is_empty() {
+                    argv.push("--allowedTools".into());
+                    argv.extend(tools.iter().cloned());
+                }
+            }
+        }
+        argv
+    }
+
+    fn child_env(&self, hook: Option<&HookBinding>) -> (Vec<String>, Vec<(String, String)>) {
+        let remove = vec![NESTED_SESSION_ENV.to_string(), HOOK_SECRET_ENV.to_string()];
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k != HOOK_SECRET_ENV)
+            .cloned()
+            .collect();
+        if let Some(h) = hook {
+            env.push((HOOK_SECRET_ENV.to_string(), h.secret.clone()));
+        }
+        (remove, env)
+    }
+
+    fn check_args(&self) -> Result<(), AgentError> {
+        for arg in &self.args {
+            let flag = arg.split('=').next().unwrap_or(arg);
+            if FORBIDDEN_ARGS.contains(&flag) {
+                return Err(AgentError::Setup(format!(
+                    "agent '{}': argument '{flag}' is managed by the gateway and may not be set in args",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        turn: &TurnRequest,
+        ctx: &TurnContext,
+        session: &str,
+        resume: bool,
+    ) -> Result<TurnOutcome, AgentError> {
+        let settings = match &ctx.hook {
+            Some(hook) => Some(SettingsFile::write(&self.scratch_dir, hook)?),
+            None => None,
+        };
+        let session_arg = if resume {
+            SessionArg::Resume(session)
+        } else {
+            SessionArg::Create(session)
+        };
+        let (env_remove, env) = self.child_env(ctx.hook.as_ref());
+        let spec = ProcessSpec {
+            program: self.command.clone(),
+            args: self.argv(
+                &session_arg,
+                turn.role,
+                settings.as_ref().map(|s| s.path.as_path()),
+            ),
+            cwd: self.working_directory.clone(),
+            env_remove,
+            env,
+            stdin: turn.prompt.as_bytes().to_vec(),
+        };
+        let mut child = AgentProcess::spawn(&spec).map_err(|source| AgentError::Spawn {
+            command: self.command.clone(),
+            source,
+        })?;
+        tracing::debug!(agent = %self.name, room = %turn.room, session, resume, pid = child.pid(), "claude started");
+        let deadline = Instant::now() + self.timeout;
+        let result = self.drive(&mut child, ctx, session, deadline).await;
+        match &result {
+            Err(AgentError::Timeout(_)) | Err(AgentError::Cancelled) => {
+                child.kill(KILL_GRACE).await
+            }
+            _ => {}
+        }
+        // `settings` is dropped (file removed) here, after the process is gone.
+        drop(settings);
+        result
+    }
+
+    /// Reads the run to its end. On timeout or cancellation returns at once; the caller kills.
+    async fn drive(
+        &self,
+        child: &mut AgentProcess,
+        ctx: &TurnContext,
+        session: &str,
+        deadline: Instant,
+    ) -> Result<TurnOutcome, AgentError> {
+        let mut parser = StreamParser::new();
+        loop {
+            let line = tokio::select! {
+                biased;
+                _ = ctx.cancel.cancelled() => return Err(AgentError::Cancelled),
+                _ = tokio::time::sleep_until(deadline) => return Err(AgentError::Timeout(self.timeout)),
+                line = child.next_line() => line,
+            };
+            let line = match line {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(agent = %self.name, error = %e, "reading claude output failed");
+                    break;
+                }
+            };
+            for event in parser.feed(&line) {
+                emit(ctx, event, deadline, self.timeout).await?;
+            }
+        }
+        let status = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => return Err(AgentError::Cancelled),
+            _ = tokio::time::sleep_until(deadline) => return Err(AgentError::Timeout(self.timeout)),
+            status = child.wait() => status,
+        };
+        let exit = match status {
+            Ok(s) => ExitInfo {
+                success: s.success(),
+                status: describe_status(&s),
+                stderr_tail: child.stderr_tail(),
+            },
+            Err(e) => ExitInfo {
+                success: false,
+                status: format!("wait failed: {e}"),
+                stderr_tail: child.stderr_tail(),
+            },
+        };
+        if child.skipped_lines() > 0 {
+            tracing::warn!(agent = %self.name, skipped = child.skipped_lines(), "claude printed over-long lines that were skipped");
+        }
+        parser.finish(&exit, session)
+    }
+}
+
+/// Sends an event without ever blocking past the turn's deadline or its cancellation. A
+/// closed receiver is not an error: the turn still produces its outcome.
+async fn emit(
+    ctx: &TurnContext,
+    event: AgentEvent,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(), AgentError> {
+    tokio::select! {
+        biased;
+        _ = ctx.cancel.cancelled() => Err(AgentError::Cancelled),
+        _ = tokio::time::sleep_until(deadline) => Err(AgentError::Timeout(timeout)),
+        sent = ctx.events.send(event) => {
+            if sent.is_err() {
+                tracing::debug!("agent event receiver is gone; dropping event");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn describe_status(s: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => s.to_string(),
+    }
+}
+
+enum SessionArg<'a> {
+    Create(&'a str),
+    Resume(&'a str),
+}
+
+#[async_trait]
+impl AgentBackend for ClaudeBackend {
+    async fn run_turn(
+        &self,
+        turn: TurnRequest,
+        ctx: TurnContext,
+    ) -> Result<TurnOutcome, AgentError> {
+        self.check_args()?;
+        match turn.session.clone() {
+            Some(id) => self.run(&turn, &ctx, &id, true).await,
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                self.run(&turn, &ctx, &id, false).await
+            }
+        }
+    }
+
+    fn working_directory(&self) -> &PathBuf {
+        &self.working_directory
+    }
+}
+
+/// A 0600 settings file in the private scratch dir, removed on drop. It holds the hook URL
+/// and the *name* of the secret's environment variable, never the secret itself.
+struct SettingsFile {
+    path: PathBuf,
+}
+
+impl SettingsFile {
+    fn write(dir: &Path, hook: &HookBinding) -> Result<SettingsFile, AgentError> {
+        let setup = |what: &str, path: &Path, e: std::io::Error| {
+            AgentError::Setup(format!("{what} {}: {e}", path.display()))
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| setup("could not create", dir, e))?;
+        let settings = wire::Settings {
+            hooks: wire::Hooks {
+                pre_tool_use: vec![wire::HookMatcher {
+                    // Every tool, including read-only ones, MCP tools and sub-agent calls.
+                    matcher: ".*".into(),
+                    hooks: vec![wire::HttpHook {
+                        kind: "http",
+                        url: hook.url.clone(),
+                        timeout: hook.timeout.as_secs().max(1),
+                        headers: BTreeMap::from([(
+                            HOOK_SECRET_HEADER.to_string(),
+                            format!("${HOOK_SECRET_ENV}"),
+                        )]),
+                        allowed_env_vars: vec![HOOK_SECRET_ENV.to_string()],
+                    }],
+                }],
+            },
+        };
+        let body = serde_json::to_vec_pretty(&settings)
+            .map_err(|e| AgentError::Setup(format!("could not encode hook settings: {e}")))?;
+        let path = dir.join(format!("hook-settings-{}.json", uuid::Uuid::new_v4()));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| setup("could not create", &path, e))?;
+        let guard = SettingsFile { path };
+        file.write_all(&body)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| setup("could not write", &guard.path, e))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for SettingsFile {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove hook settings file");
+        }
+    }
+}
+
+/// Maps allow-list rules to `--allowedTools` entries, keeping only those the CLI's syntax
+/// can express exactly or more narrowly. Everything else is left out (fail closed): under
+/// `dontAsk` an unlisted tool is denied.
+pub fn allowed_tools(rules: &RuleSet) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for rule in &rules.rules {
+        match map_rule(rule) {
+            Some(entry) => {
+                if !out.contains(&entry) {
+                    out.push(entry);
+                }
+            }
+            None => {
+                tracing::debug!(rule = %rule.text, "allow-list rule has no exact --allowedTools form; not passed")
+            }
+        }
+    }
+    out
+}
+
+fn map_rule(rule: &Rule) -> Option<String> {
+    let tool = plain_tool_name(rule_source(rule.tool.as_str())?)?;
+    let Some(params) = &rule.params else {
+        return Some(tool);
+    };
+    if tool != "Bash" {
+        return None;
+    }
+    let prefix = literal(rule_source(params.as_str())?.strip_suffix(".*")?)?;
+    if prefix.is_empty() {
+        return Some("Bash".into());
+    }
+    // Verified with CLI 2.1.197 under dontAsk: `Bash(p*)` allows exactly the commands that
+    // start with `p` (`Bash(touch allowed*)` runs `touch allowed.txt`), and the CLI still
+    // denies compound commands (`;`, `&&`, `$(…)`) whose other parts are not listed. The
+    // legacy `Bash(p:*)` form is a word prefix (it refuses `touch allowed.txt`), so it is
+    // not used. Characters with a meaning inside the pattern are refused.
+    if prefix.contains(['(', ')', '*', '\n']) || prefix.ends_with(':') {
+        return None;
+    }
+    Some(format!("Bash({prefix}*)"))
+}
+
+/// The rule's source regex, without the `^(?:…)$` that `Rule::new` wraps it in.
+fn rule_source(compiled: &str) -> Option<&str> {
+    compiled.strip_prefix("^(?:")?.strip_suffix(")$")
+}
+
+/// A tool-name regex that is just a name (`Bash`, `mcp__srv__tool`), in the CLI's spelling.
+fn plain_tool_name(src: &str) -> Option<String> {
+    if src.is_empty() || !src.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    Some(
+        KNOWN_TOOLS
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(src))
+            .map_or_else(|| src.to_string(), |k| (*k).to_string()),
+    )
+}
+
+/// The literal text a regex fragment matches, if it has no operators (escaped punctuation
+/// such as `\.` is allowed).
+fn literal(src: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = src.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(e) if e.is_ascii_punctuation() || e == ' ' => out.push(e),
+                _ => return None,
+            },
+            '.' | '^' | '$' | '*' | '+' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' => {
+                return None
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(list: &[(&str, Option<&str>)]) -> RuleSet {
+        RuleSet::new(
+            list.iter()
+                .map(|(t, p)| Rule::new(t, *p).unwrap())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn maps_only_rules_with_a_faithful_cli_form() {
+        let set = rules(&[
+            ("Read", None),
+            ("grep", None),
+            ("mcp__srv__tool", None),
+            ("Bash", Some("git status.*")),
+            ("Bash", Some(r"ls \-la.*")),
+            ("Bash", Some("echo hello .*")),
+            ("Bash", Some(r"a\*b.*")),
+            ("Bash", Some("foo:.*")),
+            ("Bash", Some(".*")),
+            ("Read|Write", None),
+            ("Web.*", None),
+            ("Bash", Some("rm -rf /tmp/x")),
+            ("Bash", Some("git (status|log).*")),
+            ("Bash", Some(r"cat \d.*")),
+            ("Write", Some("/tmp/.*")),
+            ("Read", None),
+        ]);
+        assert_eq!(
+            allowed_tools(&set),
+            vec![
+                "Read",
+                "Grep",
+                "mcp__srv__tool",
+                "Bash(git status*)",
+                "Bash(ls -la*)",
+                "Bash(echo hello *)",
+                "Bash",
+            ]
+        );
+    }
+
+    fn config(dir: &Path) -> AgentConfig {
+        AgentConfig {
+            name: "a".into(),
+            kind: crate::config::AgentType::Claude,
+            command: "claude".into(),
+            args: vec!["--model".into(), "m".into()],
+            working_directory: dir.to_path_buf(),
+            timeout: Duration::from_secs(5),
+            permissions: crate::config::PermissionsConfig {
+                enabled: false,
+                timeout: Duration::from_secs(1),
+                skip_owner_approval: false,
+            },
+            owner_rules: rules(&[("Bash", Some("echo .*")), ("Read", None)]),
+            guest_rules: rules(&[("Read", None)]),
+            env: vec![
+                ("X".into(), "1".into()),
+                (HOOK_SECRET_ENV.into(), "leak".into()),
+            ],
+            system_prompt: Some("be nice".into()),
+        }
+    }
+
+    #[test]
+    fn argv_for_first_turn_and_resume() {
+        let dir = std::env::temp_dir();
+        let b = ClaudeBackend::new(&config(&dir), dir.clone());
+        let first = b.argv(&SessionArg::Create("id1"), Role::Guest, None);
+        assert_eq!(
+            first.join(" "),
+            "-p --output-format stream-json --verbose --model m --session-id id1 \
+             --permission-mode dontAsk --append-system-prompt be nice --allowedTools Read"
+        );
+        let again = b.argv(&SessionArg::Resume("id1"), Role::Owner, None);
+        assert!(again
+            .join(" ")
+            .contains("--resume id1 --permission-mode dontAsk"));
+        assert!(again.ends_with(&[
+            "--allowedTools".into(),
+            "Bash(echo *)".into(),
+            "Read".into()
+        ]));
+        let hooked = b.argv(
+            &SessionArg::Resume("id1"),
+            Role::Owner,
+            Some(Path::new("/s.json")),
+        );
+        assert!(hooked.ends_with(&["--settings".into(), "/s.json".into()]));
+        assert!(!hooked.contains(&"--allowedTools".to_string()));
+        assert!(!hooked.iter().any(|a| a.contains("dangerously")));
+    }
+
+    #[test]
+    fn secret_only_comes_from_the_hook_binding() {
+        let dir = std::env::temp_dir();
+        let b = ClaudeBackend::new(&config(&dir), dir.clone());
+        let (remove, env) = b.child_env(None);
+        assert!(remove.contains(&"CLAUDECODE".to_string()));
+        assert!(remove.contains(&HOOK_SECRET_ENV.to_string()));
+        assert_eq!(env, vec![("X".to_string(), "1".to_string())]);
+        let hook = HookBinding {
+            url: "http://127.0.0.1:1/hook".into(),
+            secret: "s3cret".into(),
+            timeout: Duration::from_secs(310),
+        };
+        let (_, env) = b.child_env(Some(&hook));
+        assert!(env.contains(&(HOOK_SECRET_ENV.to_string(), "s3cret".to_string())));
+        assert!(!env.iter().any(|(_, v)| v == "leak"));
+    }
+
+    #[test]
+    fn settings_file_is_private_has_no_secret_and_is_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("scratch");
+        let hook = HookBinding {
+            url: "http://127.0.0.1:9/hook".into(),
+            secret: "s3cret".into(),
+            timeout: Duration::from_secs(310),
+        };
+        let file = SettingsFile::write(&dir, &hook).unwrap();
+        let meta = fs::metadata(&file.path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let text = fs::read_to_string(&file.path).unwrap();
+        assert!(!text.contains("s3cret"));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let h = &v["hooks"]["PreToolUse"][0];
+        assert_eq!(h["matcher"], ".*");
+        assert_eq!(h["hooks"][0]["type"], "http");
+        assert_eq!(h["hooks"][0]["url"], "http://127.0.0.1:9/hook");
+        assert_eq!(h["hooks"][0]["timeout"], 310);
+        assert_eq!(h["hooks"][0]["headers"]["X-ACG-Secret"], "$ACG_HOOK_SECRET");
+        assert_eq!(h["hooks"][0]["allowedEnvVars"][0], "ACG_HOOK_SECRET");
+        let path = file.path.clone();
+        drop(file);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn forbidden_args_are_refused() {
+        let dir = std::env::temp_dir();
+        let mut c = config(&dir);
+        c.args = vec!["--dangerously-skip-permissions".into()];
+        let b = ClaudeBackend::new(&c, dir.clone());
+        assert!(matches!(b.check_args(), Err(AgentError::Setup(_))));
+        c.args = vec!["--permission-mode=bypassPermissions".into()];
+        let b = ClaudeBackend::new(&c, dir);
+        assert!(matches!(b.check_args(), Err(AgentError::Setup(_))));
+    }
+}

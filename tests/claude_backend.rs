@@ -1,0 +1,517 @@
+//! The Claude Code backend against the real `claude` CLI (driven by the in-process fake
+//! model API), against `acg-fake-agent` for faults the real CLI cannot be made to show, and
+//! its stream parser against recorded NDJSON fixtures.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agent_chat_gateway::agent::claude::{ClaudeBackend, ExitInfo, StreamParser};
+use agent_chat_gateway::agent::{AgentBackend, AgentError, HookBinding, TurnContext};
+use agent_chat_gateway::config::{AgentConfig, AgentType, PermissionsConfig};
+use agent_chat_gateway::model::{AgentEvent, Role, RoomKey, TurnOutcome, TurnRequest};
+use agent_chat_gateway::policy::{Rule, RuleSet};
+use serde_json::json;
+use support::fake_llm::FakeLlm;
+use tempfile::TempDir;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+fn fake_agent_bin() -> PathBuf {
+    PathBuf::from(support::fake_agent_bin())
+}
+
+fn rules(list: &[(&str, Option<&str>)]) -> RuleSet {
+    RuleSet::new(
+        list.iter()
+            .map(|(t, p)| Rule::new(t, *p).unwrap())
+            .collect(),
+    )
+}
+
+/// Temp dirs for one test: the agent's HOME, its working directory and its scratch dir.
+struct Dirs {
+    home: TempDir,
+    work: TempDir,
+    scratch: TempDir,
+}
+
+impl Dirs {
+    fn new() -> Dirs {
+        Dirs {
+            home: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+            scratch: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn config(&self, command: &Path, env: Vec<(String, String)>) -> AgentConfig {
+        let mut env = env;
+        env.push(("HOME".into(), self.home.path().display().to_string()));
+        AgentConfig {
+            name: "test".into(),
+            kind: AgentType::Claude,
+            command: command.display().to_string(),
+            args: Vec::new(),
+            working_directory: self.work.path().to_path_buf(),
+            timeout: Duration::from_secs(60),
+            permissions: PermissionsConfig {
+                enabled: false,
+                timeout: Duration::from_secs(30),
+                skip_owner_approval: false,
+            },
+            owner_rules: RuleSet::default(),
+            guest_rules: RuleSet::default(),
+            env,
+            system_prompt: None,
+        }
+    }
+
+    fn backend(&self, config: &AgentConfig) -> ClaudeBackend {
+        ClaudeBackend::new(config, self.scratch.path().join("claude"))
+    }
+}
+
+struct Run {
+    result: Result<TurnOutcome, AgentError>,
+    events: Vec<AgentEvent>,
+}
+
+async fn run_turn(
+    backend: &ClaudeBackend,
+    prompt: &str,
+    session: Option<String>,
+    role: Role,
+    hook: Option<HookBinding>,
+) -> Run {
+    run_turn_with(
+        backend,
+        prompt,
+        session,
+        role,
+        hook,
+        CancellationToken::new(),
+    )
+    .await
+}
+
+async fn run_turn_with(
+    backend: &ClaudeBackend,
+    prompt: &str,
+    session: Option<String>,
+    role: Role,
+    hook: Option<HookBinding>,
+    cancel: CancellationToken,
+) -> Run {
+    // Small on purpose: the backend must cope with a receiver that lags.
+    let (tx, mut rx) = mpsc::channel(2);
+    let turn = TurnRequest {
+        room: RoomKey::new("test", "room"),
+        session,
+        prompt: prompt.to_string(),
+        role,
+    };
+    let ctx = TurnContext {
+        events: tx,
+        cancel,
+        hook,
+    };
+    let collect = async {
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        events
+    };
+    let (result, events) = tokio::join!(backend.run_turn(turn, ctx), collect);
+    Run { result, events }
+}
+
+fn texts(events: &[AgentEvent]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real CLI
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn real_cli_first_turn_creates_a_session_and_the_second_resumes_it() {
+    let Some(claude) = support::claude_bin() else {
+        return;
+    };
+    let fake = FakeLlm::start(json!({"scenarios": [{"match": "ACG-RESUME", "turns": [
+        {"text": "First answer: the sky is teal."},
+        {"text": "Second answer: still teal."}]}], "default_text": "OUT OF SCRIPT"}))
+    .await;
+    let dirs = Dirs::new();
+    let backend = dirs.backend(&dirs.config(&claude, fake.claude_env()));
+
+    let first = run_turn(
+        &backend,
+        "ACG-RESUME what colour is the sky?",
+        None,
+        Role::Owner,
+        None,
+    )
+    .await;
+    let first_out = first.result.expect("first turn");
+    let session = first_out.session_id.clone().expect("session id");
+    assert_eq!(first_out.text, "First answer: the sky is teal.");
+    assert_eq!(
+        first.events.first(),
+        Some(&AgentEvent::SessionStarted {
+            session_id: session.clone()
+        })
+    );
+    assert_eq!(texts(&first.events), vec!["First answer: the sky is teal."]);
+    let usage = first_out.usage.expect("usage");
+    assert_eq!((usage.input_tokens, usage.output_tokens), (100, 20));
+    assert!(usage.cost_usd.unwrap_or(0.0) > 0.0);
+    assert_eq!(fake.message_requests().len(), 1);
+
+    let second = run_turn(
+        &backend,
+        "and now?",
+        Some(session.clone()),
+        Role::Owner,
+        None,
+    )
+    .await;
+    let second_out = second.result.expect("second turn");
+    assert_eq!(second_out.session_id.as_deref(), Some(session.as_str()));
+    assert_eq!(second_out.text, "Second answer: still teal.");
+    let requests = fake.message_requests();
+    assert_eq!(requests.len(), 2);
+    let history = requests[1].body["messages"].as_array().unwrap().clone();
+    assert!(
+        history.iter().any(|m| m["role"] == "assistant"
+            && support::fake_llm::text_of(&m["content"]).contains("the sky is teal")),
+        "resumed request carries the first answer: {history:#?}"
+    );
+    assert!(requests[1]
+        .message_texts()
+        .iter()
+        .any(|t| t.contains("and now?")));
+}
+
+#[tokio::test]
+async fn real_cli_runs_a_listed_bash_command_and_denies_an_unlisted_one() {
+    let Some(claude) = support::claude_bin() else {
+        return;
+    };
+    let fake = FakeLlm::start(json!({"scenarios": [
+        {"match": "ACG-ALLOWED", "turns": [
+            {"text": "Creating it.", "tool_calls": [{"name": "Bash", "input": {"command": "touch allowed.txt", "description": "create"}}]},
+            {"text": "Created."}]},
+        {"match": "ACG-DENIED", "turns": [
+            {"text": "Creating it.", "tool_calls": [{"name": "Bash", "input": {"command": "touch denied.txt", "description": "create"}}]},
+            {"text": "Could not."}]}]}))
+    .await;
+    let dirs = Dirs::new();
+    let mut config = dirs.config(&claude, fake.claude_env());
+    config.owner_rules = rules(&[("Bash", Some("touch allowed.*"))]);
+    let backend = dirs.backend(&config);
+
+    let allowed = run_turn(&backend, "ACG-ALLOWED please", None, Role::Owner, None).await;
+    let out = allowed.result.expect("allowed turn");
+    assert!(
+        dirs.work.path().join("allowed.txt").exists(),
+        "listed command ran"
+    );
+    assert!(out.denied_tools.is_empty(), "{:?}", out.denied_tools);
+    assert_eq!(out.text, "Creating it.\nCreated.");
+    let tool_id = allowed
+        .events
+        .iter()
+        .find_map(|e| match e {
+            AgentEvent::ToolStart { id, name, input } if name == "Bash" => {
+                assert!(input.contains("touch allowed.txt"), "{input}");
+                Some(id.clone())
+            }
+            _ => None,
+        })
+        .expect("tool start event");
+    assert!(allowed.events.contains(&AgentEvent::ToolResult {
+        id: tool_id,
+        is_error: false
+    }));
+
+    let denied = run_turn(&backend, "ACG-DENIED please", None, Role::Owner, None).await;
+    let out = denied.result.expect("denied turn still completes");
+    assert!(
+        !dirs.work.path().join("denied.txt").exists(),
+        "unlisted command must not run"
+    );
+    assert_eq!(out.denied_tools, vec!["Bash".to_string()]);
+    assert!(denied
+        .events
+        .iter()
+        .any(|e| matches!(e, AgentEvent::ToolResult { is_error: true, .. })));
+
+    // The owner's list does not apply to guests.
+    std::fs::remove_file(dirs.work.path().join("allowed.txt")).unwrap();
+    let guest = run_turn(&backend, "ACG-ALLOWED please", None, Role::Guest, None).await;
+    assert_eq!(
+        guest.result.expect("guest turn").denied_tools,
+        vec!["Bash".to_string()]
+    );
+    assert!(
+        !dirs.work.path().join("allowed.txt").exists(),
+        "guest may not run it"
+    );
+}
+
+#[tokio::test]
+async fn real_cli_model_400_is_an_api_error() {
+    let Some(claude) = support::claude_bin() else {
+        return;
+    };
+    let fake = FakeLlm::start(json!({"scenarios": [{"match": "ACG-400", "error": {"status": 400,
+        "body": {"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is malformed"}}}}]}))
+    .await;
+    let dirs = Dirs::new();
+    let backend = dirs.backend(&dirs.config(&claude, fake.claude_env()));
+    let run = run_turn(&backend, "ACG-400 hello", None, Role::Owner, None).await;
+    match run.result {
+        Err(AgentError::Api { status, message }) => {
+            assert_eq!(status, Some(400));
+            assert!(message.contains("prompt is malformed"), "{message}");
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+    assert!(
+        texts(&run.events).is_empty(),
+        "synthetic error text is not an answer"
+    );
+}
+
+#[tokio::test]
+async fn real_cli_resume_of_an_unknown_session_is_session_not_found() {
+    let Some(claude) = support::claude_bin() else {
+        return;
+    };
+    let fake = FakeLlm::start(json!({"default_text": "unused"})).await;
+    let dirs = Dirs::new();
+    let backend = dirs.backend(&dirs.config(&claude, fake.claude_env()));
+    let unknown = "6f1c1f55-9d7e-4a53-9a3c-2f6f0e2d1c11".to_string();
+    let run = run_turn(&backend, "hello", Some(unknown.clone()), Role::Owner, None).await;
+    match run.result {
+        Err(AgentError::SessionNotFound(id)) => assert_eq!(id, unknown),
+        other => panic!("expected SessionNotFound, got {other:?}"),
+    }
+    assert!(fake.message_requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fake agent: faults
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn fake_agent_answers_and_keeps_the_resumed_id() {
+    let dirs = Dirs::new();
+    let backend = dirs.backend(&dirs.config(&fake_agent_bin(), Vec::new()));
+    let run = run_turn(&backend, "context\nthe question", None, Role::Guest, None).await;
+    let out = run.result.expect("answer");
+    assert_eq!(out.text, "fake answer: the question");
+    let id = out.session_id.expect("id");
+    let again = run_turn(&backend, "next", Some(id.clone()), Role::Guest, None).await;
+    assert_eq!(again.result.expect("answer").session_id, Some(id));
+}
+
+#[tokio::test]
+async fn fake_agent_crash_is_reported_with_stderr() {
+    let dirs = Dirs::new();
+    let backend = dirs.backend(&dirs.config(&fake_agent_bin(), Vec::new()));
+    let run = run_turn(&backend, "FAKE:crash", None, Role::Owner, None).await;
+    match run.result {
+        Err(AgentError::Crashed {
+            status,
+            stderr_tail,
+        }) => {
+            assert!(status.contains('3'), "{status}");
+            assert!(stderr_tail.contains("simulated crash"), "{stderr_tail}");
+        }
+        other => panic!("expected Crashed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn fake_agent_garbage_is_a_protocol_error() {
+    let dirs = Dirs::new();
+    let backend = dirs.backend(&dirs.config(&fake_agent_bin(), Vec::new()));
+    let run = run_turn(&backend, "FAKE:garbage", None, Role::Owner, None).await;
+    assert!(
+        matches!(run.result, Err(AgentError::Protocol(_))),
+        "{:?}",
+        run.result
+    );
+}
+
+#[tokio::test]
+async fn fake_agent_huge_line_is_skipped_and_the_turn_completes() {
+    let dirs = Dirs::new();
+    let backend = dirs.backend(&dirs.config(&fake_agent_bin(), Vec::new()));
+    let run = run_turn(&backend, "FAKE:huge\nsummarise", None, Role::Owner, None).await;
+    let out = run.result.expect("turn survives a 20 MiB line");
+    assert_eq!(out.text, "fake answer: summarise");
+    assert!(texts(&run.events).iter().all(|t| t.len() < 1024));
+}
+
+#[tokio::test]
+async fn fake_agent_rate_limit_is_rate_limited_not_an_answer() {
+    let dirs = Dirs::new();
+    let backend = dirs.backend(&dirs.config(&fake_agent_bin(), Vec::new()));
+    let run = run_turn(&backend, "FAKE:ratelimit", None, Role::Owner, None).await;
+    match run.result {
+        Err(AgentError::RateLimited { resets_at }) => assert!(resets_at.is_some()),
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    assert!(
+        texts(&run.events).is_empty(),
+        "limit text must not be echoed"
+    );
+    assert!(run
+        .events
+        .iter()
+        .any(|e| matches!(e, AgentEvent::RateLimit { status, .. } if status == "rejected")));
+}
+
+/// A FIFO the hanging fake agent and its child both hold open: end-of-file on it proves
+/// that every process of the group is dead.
+async fn hang_witness(dir: &Path) -> (PathBuf, tokio::net::unix::pipe::Receiver) {
+    let path = dir.join("witness.fifo");
+    nix::unistd::mkfifo(
+        &path,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .unwrap();
+    let rx = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(&path)
+        .unwrap();
+    (path, rx)
+}
+
+async fn assert_group_dead(mut witness: tokio::net::unix::pipe::Receiver) {
+    use tokio::io::AsyncReadExt;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), witness.read_to_string(&mut text))
+        .await
+        .expect("a process of the agent's group is still alive")
+        .unwrap();
+    // End-of-file: both processes closed the FIFO, which a sleeping process only does
+    // while the kernel tears it down.
+    let pids: Vec<i32> = text
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(
+        pids.len(),
+        2,
+        "the fake agent and its child both held the witness: {text:?}"
+    );
+}
+
+#[tokio::test]
+async fn fake_agent_hang_times_out_and_the_whole_group_is_killed() {
+    let dirs = Dirs::new();
+    let (fifo, witness) = hang_witness(dirs.scratch.path()).await;
+    let mut config = dirs.config(
+        &fake_agent_bin(),
+        vec![("ACG_FAKE_WITNESS".into(), fifo.display().to_string())],
+    );
+    config.timeout = Duration::from_secs(2);
+    let backend = dirs.backend(&config);
+    let run = run_turn(&backend, "FAKE:hang", None, Role::Owner, None).await;
+    assert!(
+        matches!(run.result, Err(AgentError::Timeout(d)) if d == Duration::from_secs(2)),
+        "{:?}",
+        run.result
+    );
+    assert_group_dead(witness).await;
+}
+
+#[tokio::test]
+async fn fake_agent_hang_is_cancelled_and_the_whole_group_is_killed() {
+    let dirs = Dirs::new();
+    let (fifo, witness) = hang_witness(dirs.scratch.path()).await;
+    let config = dirs.config(
+        &fake_agent_bin(),
+        vec![("ACG_FAKE_WITNESS".into(), fifo.display().to_string())],
+    );
+    let backend = dirs.backend(&config);
+    let cancel = CancellationToken::new();
+    let (run, ()) = tokio::join!(
+        run_turn_with(
+            &backend,
+            "FAKE:hang",
+            None,
+            Role::Owner,
+            None,
+            cancel.clone()
+        ),
+        async {
+            // Cancel once the agent announced its session, i.e. it is running.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel();
+        }
+    );
+    assert!(
+        matches!(run.result, Err(AgentError::Cancelled)),
+        "{:?}",
+        run.result
+    );
+    assert_group_dead(witness).await;
+}
+
+#[tokio::test]
+async fn missing_command_is_a_spawn_error() {
+    let dirs = Dirs::new();
+    let backend = dirs.backend(&dirs.config(Path::new("/nonexistent/claude"), Vec::new()));
+    let run = run_turn(&backend, "hi", None, Role::Owner, None).await;
+    assert!(
+        matches!(run.result, Err(AgentError::Spawn { .. })),
+        "{:?}",
+        run.result
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parser fixtures (recorded from the real CLI unless the file says otherwise)
+// ---------------------------------------------------------------------------------------------
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/claude")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn parse_fixture(
+    name: &str,
+    exit: ExitInfo,
+    session: &str,
+) -> (Vec<AgentEvent>, Result<TurnOutcome, AgentError>) {
+    let mut parser = StreamParser::new();
+    let events = fixture(name).lines().flat_map(|l| parser.feed(l)).collect();
+    (events, parser.finish(&exit, session))
+}
+
+fn exit(code: i32, stderr: &str) -> ExitInfo {
+    ExitInfo {
+        success: code == 0,
+        status: format!("exit code {code}"),
+        stderr_tail: stderr.to_string(),
+    }
+}
