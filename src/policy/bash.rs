@@ -41,6 +41,35 @@ const MAX_WRAPPERS: usize = 16;
 const SHELLS: &[&str] = &["bash", "sh", "dash", "zsh", "ksh", "ash", "mksh"];
 /// Commands that change the shell's directory, so relative redirect targets stop being knowable.
 const DIR_CHANGERS: &[&str] = &["cd", "pushd", "popd"];
+/// Nodes whose children cover all their text except whitespace; anything else between the
+/// children is text the grammar skipped, which would otherwise be invisible to the rules.
+const STRUCTURAL: &[&str] = &[
+    "program",
+    "list",
+    "pipeline",
+    "command",
+    "compound_statement",
+    "subshell",
+    "do_group",
+    "if_statement",
+    "elif_clause",
+    "else_clause",
+    "while_statement",
+    "for_statement",
+    "c_style_for_statement",
+    "case_statement",
+    "case_item",
+    "function_definition",
+    "command_substitution",
+    "process_substitution",
+    "negated_command",
+    "declaration_command",
+    "unset_command",
+    "variable_assignments",
+    "file_redirect",
+    "herestring_redirect",
+    "concatenation",
+];
 /// Redirect targets that are harmless whatever the rules say.
 const HARMLESS_TARGETS: &[&str] = &["/dev/null", "/dev/stdout", "/dev/stderr", "/dev/stdin"];
 
@@ -200,8 +229,13 @@ impl Analyser<'_> {
         } else if node.is_missing() {
             self.problem(format!("bash syntax error: missing `{}`", node.kind()));
         }
+        if STRUCTURAL.contains(&node.kind()) {
+            if let Some((_, gap)) = uncovered(node, cx).first() {
+                self.problem(format!("text the parser skipped: `{gap}`"));
+            }
+        }
         match node.kind() {
-            "command" => self.command(node, &[], cx, depth),
+            "command" => self.command(node, &[], false, cx, depth),
             "redirected_statement" => self.redirected_statement(node, cx, depth),
             "variable_assignment" | "variable_assignments" => {
                 // `PATH=/tmp/evil:$PATH` changes what later commands run: a rule must allow it.
@@ -211,8 +245,10 @@ impl Analyser<'_> {
             "declaration_command" | "unset_command" => {
                 let argv = declaration_argv(node, cx);
                 self.push(cx.text(node), ParamKind::Command { argv });
-                self.walk_children(node, cx, depth);
+                self.walk_operands(node, cx, depth);
             }
+            // `for ((i=0; …))`: arithmetic, not a shell assignment.
+            "c_style_for_statement" => self.walk_operands(node, cx, depth),
             "file_redirect" | "heredoc_redirect" | "herestring_redirect" => {
                 self.redirect(node, cx, depth);
             }
@@ -238,6 +274,19 @@ impl Analyser<'_> {
         }
     }
 
+    /// Children of a node whose assignments are part of it (`export A=1`, `for ((i=0;;))`):
+    /// only their values are looked into.
+    fn walk_operands(&mut self, node: Node, cx: Cx, depth: usize) {
+        let mut cursor = node.walk();
+        for child in node.children(&mut cursor) {
+            if child.kind() == "variable_assignment" {
+                self.walk_children(child, cx, depth + 1);
+            } else if child.is_named() || child.is_missing() {
+                self.walk(child, cx, depth + 1);
+            }
+        }
+    }
+
     fn redirected_statement(&mut self, node: Node, cx: Cx, depth: usize) {
         let body = node.child_by_field_name("body");
         let mut redirects = Vec::new();
@@ -247,8 +296,24 @@ impl Analyser<'_> {
                 redirects.push(child);
             }
         }
+        // tree-sitter-bash 0.25 drops a lone `-` before a heredoc (`python3 - <<'EOF'`) from
+        // the tree; put it back as an argument. Any other skipped text is refused.
+        let mut dash_arg = false;
+        for (at, gap) in uncovered(node, cx) {
+            let before_heredoc = body.is_some_and(|b| b.kind() == "command" && at >= b.end_byte())
+                && redirects
+                    .first()
+                    .is_some_and(|r| r.kind() == "heredoc_redirect" && at <= r.start_byte());
+            if gap == "-" && before_heredoc && !dash_arg {
+                dash_arg = true;
+            } else {
+                self.problem(format!("text the parser skipped: `{gap}`"));
+            }
+        }
         match body {
-            Some(body) if body.kind() == "command" => self.command(body, &redirects, cx, depth),
+            Some(body) if body.kind() == "command" => {
+                self.command(body, &redirects, dash_arg, cx, depth)
+            }
             _ => {
                 if let Some(body) = body {
                     self.walk(body, cx, depth + 1);
@@ -261,7 +326,7 @@ impl Analyser<'_> {
     }
 
     /// A simple command with the redirects that tree-sitter put beside it (`outer`).
-    fn command(&mut self, node: Node, outer: &[Node], cx: Cx, depth: usize) {
+    fn command(&mut self, node: Node, outer: &[Node], dash_arg: bool, cx: Cx, depth: usize) {
         // Parameters of nested parts are found first; the command itself is moved before them.
         let mark = self.params.len();
         let mut argv: Vec<Word> = Vec::new();
@@ -275,13 +340,17 @@ impl Analyser<'_> {
             let field = node.field_name_for_child(i as u32);
             match child.kind() {
                 "file_redirect" => {
-                    text.push_str(&cx.slice(last_end, child.start_byte()));
+                    text.push_str(cx.slice(last_end, child.start_byte()).trim_end());
                     last_end = child.end_byte();
                     self.redirect_into(child, cx, depth, &mut parts);
                     continue;
                 }
                 "herestring_redirect" | "heredoc_redirect" => {
-                    self.redirect_into(child, cx, depth, &mut parts);
+                    // Already part of the command's text: only its commands and stdin matter.
+                    let mut inner = RedirectParts::default();
+                    self.redirect_into(child, cx, depth, &mut inner);
+                    parts.stdin = inner.stdin;
+                    parts.extra_args.extend(inner.extra_args);
                     continue;
                 }
                 _ => {}
@@ -304,8 +373,21 @@ impl Analyser<'_> {
                 self.walk(child, cx, depth + 1);
             }
         }
-        text.push_str(&cx.slice(last_end, node.end_byte()));
-        let mut text = collapse_spaces(text.trim());
+        let rest = cx.slice(last_end, node.end_byte());
+        if !text.is_empty() && !rest.trim().is_empty() {
+            text.push(' ');
+            text.push_str(rest.trim_start());
+        } else {
+            text.push_str(&rest);
+        }
+        let mut text = text.trim().to_string();
+        if dash_arg {
+            parts.extra_args.push(Word {
+                text: "-".to_string(),
+                value: Some("-".to_string()),
+                pattern: false,
+            });
+        }
         for r in outer {
             if r.kind() == "file_redirect"
                 || r.kind() == "heredoc_redirect"
@@ -556,7 +638,8 @@ impl Analyser<'_> {
 
     fn heredoc(&mut self, node: Node, cx: Cx, depth: usize, parts: &mut RedirectParts) {
         let mut start = String::new();
-        let mut operator = String::from("<<");
+        // The source from `<<` to the end of the delimiter, spacing kept (`<< 'EOF'`).
+        let mut header = String::from("<<");
         let mut body = String::new();
         let mut end = String::new();
         let mut body_is_static = true;
@@ -564,8 +647,10 @@ impl Analyser<'_> {
         for (i, child) in node.children(&mut cursor).enumerate() {
             let field = node.field_name_for_child(i as u32);
             match (child.kind(), field) {
-                ("<<" | "<<-", _) => operator = child.kind().to_string(),
-                ("heredoc_start", _) => start = cx.text(child),
+                ("heredoc_start", _) => {
+                    start = cx.text(child);
+                    header = cx.slice(node.start_byte(), child.end_byte());
+                }
                 ("heredoc_body", _) => {
                     body = cx.text(child);
                     let mut c = child.walk();
@@ -587,9 +672,33 @@ impl Analyser<'_> {
         }
         // A quoted delimiter turns expansion off: the body is literal.
         let quoted = start.contains(['\'', '"', '\\']);
-        parts.text.push(format!("{operator}{start}\n{body}{end}"));
+        parts.text.push(format!("{header}\n{body}{end}"));
         parts.stdin = Some((quoted || body_is_static).then_some(body));
     }
+}
+
+/// Non-blank text between the children of `node` (and its start and end), with its offset.
+fn uncovered(node: Node, cx: Cx) -> Vec<(usize, String)> {
+    let mut gaps = Vec::new();
+    let mut last = node.start_byte();
+    let mut check = |from: usize, to: usize, gaps: &mut Vec<(usize, String)>| {
+        if to > from {
+            let gap = cx.slice(from, to).replace("\\\n", "");
+            let gap = gap.trim();
+            if !gap.is_empty() {
+                gaps.push((from, gap.to_string()));
+            }
+        }
+    };
+    let mut cursor = node.walk();
+    for child in node.children(&mut cursor) {
+        check(last, child.start_byte(), &mut gaps);
+        last = last.max(child.end_byte());
+    }
+    if node.child_count() > 0 {
+        check(last, node.end_byte(), &mut gaps);
+    }
+    gaps
 }
 
 /// A command word with its static value (if any).
@@ -729,19 +838,6 @@ fn unescape_double_quoted(text: &str) -> String {
         } else {
             out.push(c);
         }
-    }
-    out
-}
-
-fn collapse_spaces(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut prev_space = false;
-    for c in text.chars() {
-        let space = c == ' ';
-        if !(space && prev_space) {
-            out.push(c);
-        }
-        prev_space = space;
     }
     out
 }
