@@ -1,0 +1,925 @@
+//! The OneBot connector against the fake OneBot implementation, in process: the real
+//! connector (reverse-WS server or forward client), a fake NapCat on 127.0.0.1, and a
+//! test-side dispatcher that receives `ConnectorEvent`s and answers `Acceptance`s.
+
+#[path = "support/fake_onebot.rs"]
+mod fake_onebot;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_chat_gateway::connector::onebot::config::{GroupContext, Mode, OneBotConfig, RateLimit};
+use agent_chat_gateway::connector::onebot::OneBotConnector;
+use agent_chat_gateway::connector::{
+    Acceptance, Connector, ConnectorContext, ConnectorError, ConnectorEvent, EventSink,
+};
+use agent_chat_gateway::model::{InboundMessage, ReplyTarget, RoomKind, RoomRef};
+use agent_chat_gateway::state::StateStore;
+use base64::Engine;
+use fake_onebot::{rejection_status, Auth, Failure, FakeBot, FakeServer, WAIT};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const SELF: i64 = 2559840652;
+const USER: i64 = 361390990;
+const GROUP: i64 = 627836955;
+const TOKEN: &str = "s3cret-token";
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/onebot/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// A fixture with some top-level fields replaced.
+fn event(name: &str, patch: Value) -> Value {
+    let mut v = fixture(name);
+    for (k, val) in patch.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    v
+}
+
+fn group_msg(id: i64, user: i64, message: Value) -> Value {
+    event(
+        "group_message_array",
+        json!({"message_id": id, "message_seq": id, "user_id": user,
+               "sender": {"user_id": user, "nickname": format!("u{user}"), "card": ""},
+               "message": message}),
+    )
+}
+
+fn private_msg(id: i64, user: i64, text: &str) -> Value {
+    event(
+        "private_message_array",
+        json!({"message_id": id, "user_id": user,
+               "sender": {"user_id": user, "nickname": format!("u{user}")},
+               "message": [{"type": "text", "data": {"text": text}}]}),
+    )
+}
+
+fn text_of(action: &Value) -> String {
+    action["params"]["message"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["type"] == "text")
+        .map(|s| s["data"]["text"].as_str().unwrap())
+        .collect()
+}
+
+struct Gateway {
+    conn: Arc<OneBotConnector>,
+    rx: mpsc::Receiver<(Arc<str>, ConnectorEvent)>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    url: String,
+    dir: tempfile::TempDir,
+    /// Non-message events seen while waiting for something else.
+    seen: Vec<ConnectorEvent>,
+}
+
+fn base_config() -> OneBotConfig {
+    let mut cfg = OneBotConfig::listening("127.0.0.1:0".parse().unwrap(), Some(TOKEN.into()));
+    cfg.action_timeout = Duration::from_secs(2);
+    cfg
+}
+
+async fn gateway_with(cfg: OneBotConfig, watched: &[&str]) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = Arc::new(OneBotConnector::new("qq", &cfg, dir.path()).unwrap());
+    conn.prepare().await.unwrap();
+    let url = match &cfg.mode {
+        Mode::Listen { path, .. } => format!("ws://{}{path}", conn.local_addr().unwrap()),
+        Mode::Connect { url } => url.clone(),
+    };
+    let names: Vec<Arc<str>> = vec!["qq".into()];
+    let (store, _) = StateStore::open(dir.path(), &names);
+    let (tx, rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let ctx = ConnectorContext {
+        events: EventSink::new("qq".into(), tx),
+        cancel: cancel.clone(),
+        watched: watched.iter().map(|s| s.to_string()).collect(),
+        attachments_dir: dir.path().join("attachments").join("qq"),
+        store: store.connector_store("qq".into()),
+    };
+    let task = tokio::spawn(conn.clone().run(ctx));
+    Gateway {
+        conn,
+        rx,
+        cancel,
+        task,
+        url,
+        dir,
+        seen: Vec::new(),
+    }
+}
+
+async fn gateway(tweak: impl FnOnce(&mut OneBotConfig)) -> Gateway {
+    let mut cfg = base_config();
+    tweak(&mut cfg);
+    gateway_with(cfg, &["*"]).await
+}
+
+impl Gateway {
+    async fn next_event(&mut self) -> ConnectorEvent {
+        let (from, ev) = tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("no connector event in time")
+            .expect("connector stopped");
+        assert_eq!(&*from, "qq");
+        ev
+    }
+
+    /// The next delivered message, accepted as queued.
+    async fn message(&mut self) -> InboundMessage {
+        self.message_answered(Acceptance::Queued).await
+    }
+
+    async fn message_answered(&mut self, verdict: Acceptance) -> InboundMessage {
+        loop {
+            match self.next_event().await {
+                ConnectorEvent::Message { message, accepted } => {
+                    if let Some(tx) = accepted {
+                        let _ = tx.send(verdict);
+                    }
+                    return message;
+                }
+                other => self.seen.push(other),
+            }
+        }
+    }
+
+    /// Waits for a connection report mentioning `needle`.
+    async fn connection(&mut self, connected: bool, needle: &str) -> String {
+        loop {
+            match self.next_event().await {
+                ConnectorEvent::Connection {
+                    connected: c,
+                    detail,
+                } if c == connected && detail.contains(needle) => return detail,
+                ConnectorEvent::Message { message, .. } => {
+                    panic!("unexpected message while waiting for a connection event: {message:?}")
+                }
+                other => self.seen.push(other),
+            }
+        }
+    }
+
+    /// A fake bot connected with the token and registered by the connector.
+    async fn bot(&mut self, self_id: i64) -> FakeBot {
+        let bot = FakeBot::connect(&self.url, self_id, Auth::Bearer(TOKEN.into()))
+            .await
+            .unwrap();
+        self.connection(true, &self_id.to_string()).await;
+        bot
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("connector did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn handshake_accepts_every_token_form_and_rejects_others_before_upgrade() {
+    let mut gw = gateway(|_| {}).await;
+    for auth in [
+        Auth::Bearer(TOKEN.into()),
+        Auth::Token(TOKEN.into()),
+        Auth::Query(TOKEN.into()),
+    ] {
+        let bot = FakeBot::connect(&gw.url, SELF, auth.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{auth:?}: {e}"));
+        gw.connection(true, "2559840652").await;
+        bot.close();
+        gw.connection(false, "2559840652").await;
+    }
+    let status = |r: Result<FakeBot, _>| rejection_status(&r.err().expect("must be rejected"));
+    assert_eq!(
+        status(FakeBot::connect(&gw.url, SELF, Auth::None).await),
+        Some(401)
+    );
+    assert_eq!(
+        status(FakeBot::connect(&gw.url, SELF, Auth::Bearer("wrong".into())).await),
+        Some(403)
+    );
+    assert_eq!(
+        status(FakeBot::connect(&gw.url, SELF, Auth::Query("s3cret-tokeN".into())).await),
+        Some(403)
+    );
+    let no_id =
+        FakeBot::connect_with(&gw.url, None, Auth::Bearer(TOKEN.into()), Some("Universal")).await;
+    assert_eq!(status(no_id), Some(400));
+    let bad_role = FakeBot::connect_with(
+        &gw.url,
+        Some(SELF),
+        Auth::Bearer(TOKEN.into()),
+        Some("Admin"),
+    )
+    .await;
+    assert_eq!(status(bad_role), Some(400));
+    let wrong_path = FakeBot::connect(
+        &gw.url.replace("/onebot/v11/ws", "/ws"),
+        SELF,
+        Auth::Bearer(TOKEN.into()),
+    )
+    .await;
+    assert_eq!(status(wrong_path), Some(404));
+    assert!(gw.conn.connected_bots().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn prepare_fails_when_the_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = OneBotConfig::listening(taken.local_addr().unwrap(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let conn = OneBotConnector::new("qq", &cfg, dir.path()).unwrap();
+    let err = conn.prepare().await.unwrap_err();
+    assert!(err.to_string().contains("cannot listen"), "{err:#}");
+}
+
+#[tokio::test]
+async fn private_message_is_addressed_and_the_reply_quotes_it() {
+    let mut gw = gateway(|_| {}).await;
+    let bot = gw.bot(SELF).await;
+    bot.lifecycle_connect();
+    bot.send_event(&fixture("heartbeat"));
+    bot.send_event(&fixture("notice_group_recall"));
+    bot.send_event(&fixture("request_friend"));
+    bot.send_raw("{not json");
+    bot.send_event(&fixture("private_message_array"));
+    let msg = gw.message().await;
+    assert!(msg.addressed);
+    assert_eq!(
+        msg.room,
+        RoomRef {
+            id: format!("private:{USER}"),
+            name: format!("小明 ({USER})"),
+            kind: RoomKind::Direct
+        }
+    );
+    assert_eq!(msg.text, "hello bot");
+    assert_eq!(msg.id, "1478353001");
+    assert_eq!(
+        (msg.sender.id.as_str(), msg.sender.display_name.as_str()),
+        ("361390990", "小明")
+    );
+
+    gw.conn
+        .send_reply(&msg.reply_target(), "hi there")
+        .await
+        .unwrap();
+    let sent = bot.wait_action("send_private_msg").await;
+    assert_eq!(sent["params"]["user_id"], USER);
+    assert_eq!(
+        sent["params"]["message"],
+        json!([{"type": "reply", "data": {"id": "1478353001"}}, {"type": "text", "data": {"text": "hi there"}}])
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn group_message_without_mention_is_delivered_unaddressed() {
+    let mut gw = gateway(|_| {}).await;
+    let bot = gw.bot(SELF).await;
+    bot.send_event(&fixture("group_message_array"));
+    let msg = gw
+        .message_answered(Acceptance::Ignored("not addressed".into()))
+        .await;
+    assert!(!msg.addressed);
+    assert_eq!(msg.room.id, format!("group:{GROUP}"));
+    assert_eq!(msg.room.kind, RoomKind::Group);
+    assert_eq!(msg.text, "7");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn group_mention_is_stripped_and_the_reply_quotes_and_mentions_the_sender() {
+    let mut gw = gateway(|_| {}).await;
+    let bot = gw.bot(SELF).await;
+    // The bot's own messages (also as message_sent) never reach the dispatcher.
+    bot.send_event(&fixture("message_sent_self"));
+    bot.send_event(&event(
+        "group_message_array",
+        json!({"user_id": SELF, "message_id": 5}),
+    ));
+    bot.send_event(&group_msg(
+        100,
+        USER,
+        json!([{"type": "at", "data": {"qq": SELF.to_string()}}, {"type": "text", "data": {"text": " what is 2+2?"}}]),
+    ));
+    let msg = gw.message().await;
+    assert_eq!(msg.id, "100", "own messages must be dropped");
+    assert!(msg.addressed);
+    assert_eq!(msg.text, "what is 2+2?");
+
+    gw.conn.send_reply(&msg.reply_target(), "4").await.unwrap();
+    let sent = bot.wait_action("send_group_msg").await;
+    assert_eq!(sent["params"]["group_id"], GROUP);
+    assert_eq!(
+        sent["params"]["message"],
+        json!([
+            {"type": "reply", "data": {"id": "100"}},
+            {"type": "at", "data": {"qq": USER.to_string()}},
+            {"type": "text", "data": {"text": " "}},
+            {"type": "text", "data": {"text": "4"}}
+        ])
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn replying_to_a_bot_message_addresses_the_bot() {
+    let mut gw = gateway(|_| {}).await;
+    let bot = gw.bot(SELF).await;
+    // A message the bot sent before this connection: known only through get_msg.
+    bot.remember_message(
+        900,
+        SELF,
+        "bot",
+        json!([{"type": "text", "data": {"text": "earlier answer"}}]),
+    );
+    // A message by someone else: replying to it is not addressing the bot.
+    bot.remember_message(
+        901,
+        4242,
+        "bob",
+        json!([{"type": "text", "data": {"text": "bob said"}}]),
+    );
+    bot.send_event(&group_msg(101, USER, json!([{"type": "reply", "data": {"id": "900"}}, {"type": "text", "data": {"text": "why?"}}])));
+    let msg = gw.message().await;
+    assert!(msg.addressed);
+    assert_eq!(
+        msg.text,
+        "[Quoted message from bot]\nearlier answer\n[End of quote]\nwhy?"
+    );
+    let get_msg = bot.wait_action("get_msg").await;
+    assert_eq!(get_msg["params"]["message_id"], 900);
+
+    bot.send_event(&group_msg(102, USER, json!([{"type": "reply", "data": {"id": "901"}}, {"type": "text", "data": {"text": "agreed"}}])));
+    let msg = gw
+        .message_answered(Acceptance::Ignored("not addressed".into()))
+        .await;
+    assert!(!msg.addressed);
+
+    // A reply to a message the bot sent in this session is recognised from the cache.
+    let posted = gw
+        .conn
+        .post(&ReplyTarget::room(format!("group:{GROUP}")), "fresh")
+        .await
+        .unwrap();
+    bot.send_event(&group_msg(103, USER, json!([{"type": "reply", "data": {"id": posted.id}}, {"type": "text", "data": {"text": "more"}}])));
+    let msg = gw.message().await;
+    assert!(msg.addressed);
+    assert!(msg.text.ends_with("more"), "{}", msg.text);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn cq_string_messages_are_parsed_and_unescaped() {
+    let mut gw = gateway(|_| {}).await;
+    let bot = gw.bot(SELF).await;
+    bot.send_event(&fixture("group_message_cq_string"));
+    let msg = gw.message().await;
+    assert!(msg.addressed);
+    assert_eq!(msg.text, "fix [bug] a&b");
+    assert_eq!(msg.sender.display_name, "阿明");
+    gw.stop().await;
+}
+
+fn long_text(lines: usize) -> String {
+    (0..lines)
+        .map(|i| format!("line {i:03} of a long answer"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn long_reply_goes_out_as_a_forward_message() {
+    let mut gw = gateway(|c| {
+        c.max_message_length = 200;
+        c.forward_threshold = 600;
+    })
+    .await;
+    let bot = gw.bot(SELF).await;
+    let to = ReplyTarget {
+        room: format!("group:{GROUP}"),
+        reply_to: Some("55".into()),
+        ..Default::default()
+    };
+    let text = long_text(40);
+    gw.conn.send_reply(&to, &text).await.unwrap();
+    let fwd = bot.wait_action("send_group_forward_msg").await;
+    let nodes = fwd["params"]["messages"].as_array().unwrap();
+    assert!(nodes.len() > 3);
+    let mut joined = Vec::new();
+    for node in nodes {
+        assert_eq!(node["type"], "node");
+        assert_eq!(node["data"]["uin"], SELF.to_string());
+        let t = node["data"]["content"][0]["data"]["text"].as_str().unwrap();
+        assert!(t.chars().count() <= 200);
+        joined.push(t.to_string());
+    }
+    assert_eq!(joined.join("\n"), text);
+    assert!(bot
+        .drain_actions()
+        .await
+        .iter()
+        .all(|a| a["action"] != "send_group_msg"));
+
+    // Between max_message_length and forward_threshold: plain parts, the first one quoted.
+    gw.conn.send_reply(&to, &long_text(15)).await.unwrap();
+    let first = bot.wait_action("send_group_msg").await;
+    assert_eq!(first["params"]["message"][0]["type"], "reply");
+    let second = bot.wait_action("send_group_msg").await;
+    assert_eq!(second["params"]["message"][0]["type"], "text");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn failed_forward_falls_back_to_plain_parts() {
+    let mut gw = gateway(|c| {
+        c.max_message_length = 200;
+        c.forward_threshold = 600;
+    })
+    .await;
+    let bot = gw.bot(SELF).await;
+    bot.fail(
+        "send_private_forward_msg",
+        Failure::Error {
+            retcode: 200,
+            message: "发送伪造合并转发消息失败: timed out after 20000 ms".into(),
+        },
+    );
+    let to = ReplyTarget {
+        room: format!("private:{USER}"),
+        reply_to: Some("77".into()),
+        ..Default::default()
+    };
+    let text = long_text(40);
+    gw.conn.send_reply(&to, &text).await.unwrap();
+    bot.wait_action("send_private_forward_msg").await;
+    let mut parts = Vec::new();
+    let first = bot.wait_action("send_private_msg").await;
+    assert_eq!(
+        first["params"]["message"][0],
+        json!({"type": "reply", "data": {"id": "77"}})
+    );
+    parts.push(text_of(&first));
+    while parts.join("\n").len() < text.len() {
+        parts.push(text_of(&bot.wait_action("send_private_msg").await));
+    }
+    assert_eq!(parts.join("\n"), text);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn images_and_files_go_out_as_base64() {
+    let mut gw = gateway(|_| {}).await;
+    let bot = gw.bot(SELF).await;
+    let png = gw.dir.path().join("chart.png");
+    let bytes = b"\x89PNG\r\n\x1a\nfake image bytes".to_vec();
+    std::fs::write(&png, &bytes).unwrap();
+    let to = ReplyTarget {
+        room: format!("group:{GROUP}"),
+        ..Default::default()
+    };
+    gw.conn.upload(&to, &png, Some("the chart")).await.unwrap();
+    let sent = bot.wait_action("send_group_msg").await;
+    let segs = sent["params"]["message"].as_array().unwrap();
+    let image = segs
+        .iter()
+        .find(|s| s["type"] == "image")
+        .expect("image segment");
+    let b64 = image["data"]["file"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("base64://")
+        .unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+        bytes
+    );
+    assert!(text_of(&sent).contains("the chart"));
+
+    let report = gw.dir.path().join("report.txt");
+    std::fs::write(&report, "numbers").unwrap();
+    gw.conn.upload(&to, &report, None).await.unwrap();
+    let up = bot.wait_action("upload_group_file").await;
+    assert_eq!(up["params"]["name"], "report.txt");
+    assert_eq!(
+        up["params"]["file"],
+        format!(
+            "base64://{}",
+            base64::engine::general_purpose::STANDARD.encode("numbers")
+        )
+    );
+
+    let missing = gw
+        .conn
+        .upload(&to, &gw.dir.path().join("nope.png"), None)
+        .await;
+    assert!(
+        matches!(missing, Err(ConnectorError::Attachment { .. })),
+        "{missing:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn action_failures_are_returned_not_swallowed() {
+    let mut gw = gateway(|c| c.action_timeout = Duration::from_millis(500)).await;
+    let bot = gw.bot(SELF).await;
+    let to = ReplyTarget::room(format!("private:{USER}"));
+    bot.fail(
+        "send_private_msg",
+        Failure::Error {
+            retcode: 1400,
+            message: "请求参数错误".into(),
+        },
+    );
+    let err = gw.conn.send_reply(&to, "hello").await.unwrap_err();
+    match &err {
+        ConnectorError::Rejected { action, detail, .. } => {
+            assert_eq!(action, "send_private_msg");
+            assert!(
+                detail.contains("retcode 1400") && detail.contains("请求参数错误"),
+                "{detail}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    bot.fail("send_private_msg", Failure::Silent);
+    let err = gw.conn.post(&to, "hello").await.unwrap_err();
+    assert!(err.to_string().contains("did not confirm"), "{err}");
+    let err = gw
+        .conn
+        .post(&ReplyTarget::room("channel:x"), "hello")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectorError::RoomNotFound(_)), "{err}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn reply_finished_during_a_reconnect_goes_out_on_the_new_socket() {
+    let mut gw = gateway(|c| c.action_timeout = Duration::from_secs(5)).await;
+    let bot = gw.bot(SELF).await;
+    bot.send_event(&private_msg(300, USER, "long job"));
+    let msg = gw.message().await;
+    // NapCat restarts while the turn runs.
+    bot.close();
+    gw.connection(false, "2559840652").await;
+    let conn = gw.conn.clone();
+    let target = msg.reply_target();
+    let reply = tokio::spawn(async move { conn.send_reply(&target, "done").await });
+    let again = gw.bot(SELF).await;
+    reply.await.unwrap().unwrap();
+    let sent = again.wait_action("send_private_msg").await;
+    assert_eq!(text_of(&sent), "done");
+    drop(bot);
+
+    // Without a reconnect within the action timeout, the reply is reported failed.
+    again.close();
+    gw.connection(false, "2559840652").await;
+    let short = gateway(|c| c.action_timeout = Duration::from_millis(300)).await;
+    let err = short
+        .conn
+        .post(&ReplyTarget::room(format!("private:{USER}")), "x")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectorError::NotConnected(_)), "{err}");
+    short.stop().await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_bot_replaces_its_old_socket() {
+    let mut gw = gateway(|_| {}).await;
+    let old = gw.bot(SELF).await;
+    let new = gw.bot(SELF).await;
+    let closed = old.closed().await;
+    assert_eq!(closed.code, Some(1000));
+    assert!(closed.reason.contains("replaced"), "{closed:?}");
+    assert_eq!(gw.conn.connected_bots(), vec![SELF]);
+    gw.conn
+        .post(&ReplyTarget::room(format!("private:{USER}")), "via new")
+        .await
+        .unwrap();
+    assert_eq!(
+        text_of(&new.wait_action("send_private_msg").await),
+        "via new"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeat_loss_closes_the_socket() {
+    let mut gw = gateway(|c| c.heartbeat_timeout = Some(Duration::from_millis(400))).await;
+    let bot = gw.bot(SELF).await;
+    bot.heartbeat(100);
+    // Then silence: NapCat hung.
+    let closed = bot.closed().await;
+    assert_eq!(closed.code, Some(1001));
+    assert!(closed.reason.contains("heartbeat"), "{closed:?}");
+    let detail = gw.connection(false, "2559840652").await;
+    assert!(detail.contains("HeartbeatLost"), "{detail}");
+    assert!(gw.conn.connected_bots().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn two_bots_serve_their_own_rooms_and_do_not_duplicate_shared_groups() {
+    let mut gw = gateway(|_| {}).await;
+    const OTHER: i64 = 10_000_002;
+    let a = gw.bot(SELF).await;
+    let b = gw.bot(OTHER).await;
+    assert_eq!(gw.conn.connected_bots(), vec![OTHER, SELF]);
+    b.send_event(&event(
+        "group_message_array",
+        json!({"self_id": OTHER, "group_id": 555, "message_id": 1}),
+    ));
+    let from_b = gw.message().await;
+    assert_eq!(from_b.room.id, "group:555");
+    a.send_event(&event("group_message_array", json!({"message_id": 2})));
+    let from_a = gw.message().await;
+    assert_eq!(from_a.room.id, format!("group:{GROUP}"));
+
+    // Both bots are in group 555: only the bot serving it delivers.
+    a.send_event(&event(
+        "group_message_array",
+        json!({"group_id": 555, "message_id": 3}),
+    ));
+    b.send_event(&event(
+        "group_message_array",
+        json!({"self_id": OTHER, "group_id": 555, "message_id": 4}),
+    ));
+    assert_eq!(gw.message().await.id, "4");
+
+    gw.conn
+        .send_reply(&from_b.reply_target(), "from b")
+        .await
+        .unwrap();
+    gw.conn
+        .send_reply(&from_a.reply_target(), "from a")
+        .await
+        .unwrap();
+    assert_eq!(text_of(&b.wait_action("send_group_msg").await), " from b");
+    assert_eq!(text_of(&a.wait_action("send_group_msg").await), " from a");
+    assert!(a
+        .drain_actions()
+        .await
+        .iter()
+        .all(|x| x["params"]["group_id"] != 555));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limited_user_gets_one_notice_per_window() {
+    let mut gw = gateway(|c| {
+        c.rate_limit = Some(RateLimit {
+            messages: 2,
+            window: Duration::from_secs(60),
+        })
+    })
+    .await;
+    let bot = gw.bot(SELF).await;
+    for id in 1..=5 {
+        bot.send_event(&private_msg(id, USER, &format!("msg {id}")));
+    }
+    bot.send_event(&private_msg(6, 777, "another user"));
+    assert_eq!(gw.message().await.text, "msg 1");
+    assert_eq!(gw.message().await.text, "msg 2");
+    let next = gw.message().await;
+    assert_eq!(
+        (next.text.as_str(), next.sender.id.as_str()),
+        ("another user", "777")
+    );
+    let notices: Vec<Value> = bot
+        .drain_actions()
+        .await
+        .into_iter()
+        .filter(|a| a["action"] == "send_private_msg")
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0]["params"]["user_id"], USER);
+    assert!(text_of(&notices[0]).contains("faster than I can take them"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn group_context_since_the_last_address_is_prepended() {
+    let mut gw = gateway(|c| {
+        c.group_context = Some(GroupContext {
+            max_messages: 3,
+            max_chars: 2000,
+            scan_limit: 200,
+        })
+    })
+    .await;
+    let bot = gw.bot(SELF).await;
+    let t0 = 1_747_792_000;
+    let entry = |seq: i64, user: i64, text: &str| {
+        json!({"message_id": seq, "message_seq": seq, "time": t0 + seq, "group_id": GROUP, "user_id": user,
+               "message_type": "group", "sender": {"user_id": user, "nickname": format!("u{user}")},
+               "message": [{"type": "text", "data": {"text": text}}]})
+    };
+    bot.add_history(
+        (1..=120)
+            .map(|s| entry(s, 5, &format!("chatter {s}")))
+            .collect(),
+    );
+    let at_bot = |id: i64, text: &str| {
+        let mut m = group_msg(
+            id,
+            USER,
+            json!([{"type": "at", "data": {"qq": SELF.to_string()}}, {"type": "text", "data": {"text": text}}]),
+        );
+        m["time"] = json!(t0 + id);
+        m
+    };
+    bot.add_history(vec![entry(121, USER, "@bot first")]);
+    bot.send_event(&at_bot(121, " first"));
+    let first = gw.message().await;
+    let lines: Vec<&str> = first.text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "[Group chat context: messages since the bot was last addressed]"
+    );
+    assert!(lines[1].ends_with("u5(5): chatter 118"), "{}", first.text);
+    assert!(lines[3].ends_with("chatter 120"));
+    assert_eq!(lines[4], "[End of context]");
+    assert_eq!(lines.last().unwrap(), &"first");
+    // Pages were requested backwards with reverseOrder and stopped.
+    let pages: Vec<Value> = bot
+        .drain_actions()
+        .await
+        .into_iter()
+        .filter(|a| a["action"] == "get_group_msg_history")
+        .collect();
+    assert!(
+        !pages.is_empty() && pages.len() <= 5,
+        "{} pages",
+        pages.len()
+    );
+    assert!(pages.iter().all(|p| p["params"]["reverseOrder"] == true));
+
+    // Only what was said since that address comes next time.
+    bot.add_history(vec![
+        entry(122, 6, "after"),
+        entry(123, USER, "@bot second"),
+    ]);
+    bot.send_event(&at_bot(123, " second"));
+    let second = gw.message().await;
+    let lines: Vec<&str> = second.text.lines().collect();
+    assert_eq!(lines.len(), 5, "{}", second.text);
+    assert!(lines[1].ends_with("u6(6): after"), "{}", second.text);
+    gw.stop().await;
+}
+
+/// Serves one HTTP response per connection on 127.0.0.1 (the implementation's file server).
+async fn file_server(body: Vec<u8>) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&body).await;
+        }
+    });
+    (format!("http://{addr}"), task)
+}
+
+#[tokio::test]
+async fn incoming_files_are_downloaded_under_safe_names_within_limits() {
+    let mut gw = gateway(|c| {
+        if let Some(a) = c.attachments.as_mut() {
+            a.max_bytes = 1024;
+        }
+    })
+    .await;
+    let bot = gw.bot(SELF).await;
+    let (base, server) = file_server(b"image bytes".to_vec()).await;
+    let (big_base, big_server) = file_server(vec![b'x'; 4096]).await;
+    let mut m = private_msg(400, USER, "see");
+    m["message"] = json!([
+        {"type": "text", "data": {"text": "see "}},
+        {"type": "image", "data": {"file": "../../.ssh/authorized_keys", "url": format!("{base}/i.png")}},
+        {"type": "file", "data": {"name": "huge.bin", "url": format!("{big_base}/big"), "file_size": "4096"}}
+    ]);
+    bot.send_event(&m);
+    let msg = gw.message().await;
+    assert_eq!(msg.text, "see [image: authorized_keys][file: huge.bin]");
+    assert_eq!(msg.attachments.len(), 1);
+    let a = &msg.attachments[0];
+    assert_eq!(a.name, "authorized_keys");
+    assert_eq!(
+        a.path.parent().unwrap(),
+        gw.dir.path().join("attachments").join("qq")
+    );
+    assert_eq!(std::fs::read(&a.path).unwrap(), b"image bytes");
+    assert_eq!(msg.notes.len(), 1);
+    assert!(
+        msg.notes[0].contains("huge.bin") && msg.notes[0].contains("limit"),
+        "{:?}",
+        msg.notes
+    );
+    server.abort();
+    big_server.abort();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn whitelists_and_watched_rooms_filter_messages() {
+    let mut cfg = base_config();
+    cfg.group_whitelist = [GROUP, 555].into_iter().collect();
+    cfg.user_whitelist = [USER].into_iter().collect();
+    let mut gw = gateway_with(
+        cfg,
+        &[
+            &format!("group:{GROUP}"),
+            &format!("private:{USER}"),
+            "#general",
+        ],
+    )
+    .await;
+    let mut resolved = Vec::new();
+    let mut failed = Vec::new();
+    for _ in 0..3 {
+        match gw.next_event().await {
+            ConnectorEvent::RoomResolved { spec, room } => resolved.push((spec, room.id)),
+            ConnectorEvent::RoomFailed { spec, .. } => failed.push(spec),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(resolved.len(), 2);
+    assert_eq!(failed, vec!["#general".to_string()]);
+    let bot = gw.bot(SELF).await;
+    bot.send_event(&event(
+        "group_message_array",
+        json!({"group_id": 999, "message_id": 1}),
+    )); // not whitelisted
+    bot.send_event(&event(
+        "group_message_array",
+        json!({"group_id": 555, "message_id": 2}),
+    )); // not watched
+    bot.send_event(&private_msg(3, 4242, "stranger")); // user not whitelisted
+    bot.send_event(&private_msg(4, USER, "friend"));
+    let msg = gw.message().await;
+    assert_eq!(msg.id, "4");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn forward_mode_connects_learns_the_bot_and_reconnects_after_heartbeat_loss() {
+    let server = FakeServer::bind(SELF, Some(TOKEN)).await;
+    let mut cfg = base_config();
+    cfg.mode = Mode::Connect { url: server.url() };
+    cfg.heartbeat_timeout = Some(Duration::from_millis(400));
+    let mut gw = gateway_with(cfg, &["*"]).await;
+    let bot = server.accept().await;
+    bot.wait_action("get_login_info").await;
+    gw.connection(true, "2559840652").await;
+    bot.send_event(&private_msg(10, USER, "over forward ws"));
+    let msg = gw.message().await;
+    assert_eq!(msg.text, "over forward ws");
+    gw.conn
+        .send_reply(&msg.reply_target(), "ack")
+        .await
+        .unwrap();
+    assert_eq!(text_of(&bot.wait_action("send_private_msg").await), "ack");
+
+    bot.heartbeat(100);
+    assert_eq!(bot.closed().await.code, Some(1001));
+    gw.connection(false, "2559840652").await;
+    let again = server.accept().await;
+    again.wait_action("get_login_info").await;
+    gw.connection(true, "2559840652").await;
+    gw.stop().await;
+    assert_eq!(
+        again.closed().await.code,
+        Some(1001),
+        "shutdown closes with 1001"
+    );
+}

@@ -1,0 +1,473 @@
+//! A fake OneBot V11 implementation (what NapCat is to the gateway), for tests.
+//!
+//! Reverse mode: [`FakeBot::connect`] opens the WebSocket to the gateway the way NapCat does
+//! (`X-Self-ID`, `X-Client-Role: Universal`, a NapCat `User-Agent`, the token as `Bearer`,
+//! `Token` or `access_token` query parameter). Forward mode: [`FakeServer`] listens on
+//! 127.0.0.1 and hands out a [`FakeBot`] for each connection the gateway opens.
+//!
+//! A bot pushes events (recorded fixtures from `tests/fixtures/onebot/`), records every action
+//! the gateway calls, and answers them like NapCat: `send_*` with fresh message ids (and it
+//! remembers those messages for `get_msg`), `get_msg`, `get_login_info`,
+//! `get_group_msg_history` (seq ≤ `message_seq`, newest `count`), `get_forward_msg`,
+//! `upload_*_file`; unknown actions fail with retcode 1404. Failures are configurable per
+//! action: an error answer (NapCat's `message`/`wording`) or no answer at all.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// How a waiting helper gives up, so a broken gateway fails a test instead of hanging it.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// How the fake presents its access token.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    None,
+    /// `Authorization: Bearer <t>` (NapCat).
+    Bearer(String),
+    /// `Authorization: Token <t>` (older go-cqhttp).
+    Token(String),
+    /// `?access_token=<t>`.
+    Query(String),
+}
+
+/// A configured failure for one action.
+#[derive(Clone, Debug)]
+pub enum Failure {
+    /// Answer `status: failed` with this retcode and NapCat-style `message`.
+    Error { retcode: i64, message: String },
+    /// Never answer (the gateway must time out).
+    Silent,
+}
+
+/// How a socket ended, seen from the fake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+struct State {
+    self_id: i64,
+    next_id: AtomicI64,
+    failures: Mutex<HashMap<String, Failure>>,
+    /// message id → `get_msg` data.
+    messages: Mutex<HashMap<i64, Value>>,
+    /// Group history entries (message events), any order.
+    history: Mutex<Vec<Value>>,
+    forwards: Mutex<HashMap<String, Value>>,
+}
+
+/// One connected fake bot.
+pub struct FakeBot {
+    pub self_id: i64,
+    state: Arc<State>,
+    out: mpsc::UnboundedSender<Message>,
+    actions: tokio::sync::Mutex<mpsc::UnboundedReceiver<Value>>,
+    closed: tokio::sync::Mutex<Option<oneshot::Receiver<Closed>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeBot {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The HTTP status a rejected handshake got.
+pub fn rejection_status(err: &tokio_tungstenite::tungstenite::Error) -> Option<u16> {
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => Some(resp.status().as_u16()),
+        _ => None,
+    }
+}
+
+impl FakeBot {
+    /// Connects to a gateway's reverse-WS endpoint (`ws://127.0.0.1:port/onebot/v11/ws`).
+    pub async fn connect(
+        url: &str,
+        self_id: i64,
+        auth: Auth,
+    ) -> Result<FakeBot, tokio_tungstenite::tungstenite::Error> {
+        Self::connect_with(url, Some(self_id), auth, Some("Universal")).await
+    }
+
+    /// Like [`FakeBot::connect`] with control over the identifying headers.
+    pub async fn connect_with(
+        url: &str,
+        self_id: Option<i64>,
+        auth: Auth,
+        role: Option<&str>,
+    ) -> Result<FakeBot, tokio_tungstenite::tungstenite::Error> {
+        let url = match &auth {
+            Auth::Query(t) => format!("{url}?access_token={t}"),
+            _ => url.to_string(),
+        };
+        let mut req = url.into_client_request()?;
+        let headers = req.headers_mut();
+        if let Some(id) = self_id {
+            headers.insert("X-Self-ID", HeaderValue::from_str(&id.to_string()).unwrap());
+        }
+        if let Some(role) = role {
+            headers.insert("X-Client-Role", HeaderValue::from_str(role).unwrap());
+        }
+        headers.insert(
+            "User-Agent",
+            HeaderValue::from_static("NapCat/4.18.13 (fake)"),
+        );
+        match &auth {
+            Auth::Bearer(t) => {
+                headers.insert(
+                    "Authorization",
+                    HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+                );
+            }
+            Auth::Token(t) => {
+                headers.insert(
+                    "Authorization",
+                    HeaderValue::from_str(&format!("Token {t}")).unwrap(),
+                );
+            }
+            Auth::None | Auth::Query(_) => {}
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Self::start(ws, self_id.unwrap_or(0)))
+    }
+
+    fn start<S>(ws: WebSocketStream<S>, self_id: i64) -> FakeBot
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = Arc::new(State {
+            self_id,
+            next_id: AtomicI64::new(1_000_000),
+            failures: Mutex::default(),
+            messages: Mutex::default(),
+            history: Mutex::default(),
+            forwards: Mutex::default(),
+        });
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (act_tx, act_rx) = mpsc::unbounded_channel();
+        let (closed_tx, closed_rx) = oneshot::channel();
+        let task = tokio::spawn(socket_loop(ws, state.clone(), out_rx, act_tx, closed_tx));
+        FakeBot {
+            self_id,
+            state,
+            out: out_tx,
+            actions: tokio::sync::Mutex::new(act_rx),
+            closed: tokio::sync::Mutex::new(Some(closed_rx)),
+            task,
+        }
+    }
+
+    /// Pushes an event frame.
+    pub fn send_event(&self, event: &Value) {
+        let _ = self.out.send(Message::text(event.to_string()));
+    }
+
+    /// Pushes raw text (for malformed-frame tests).
+    pub fn send_raw(&self, text: &str) {
+        let _ = self.out.send(Message::text(text.to_string()));
+    }
+
+    pub fn heartbeat(&self, interval_ms: u64) {
+        self.send_event(&json!({
+            "time": now_secs(), "self_id": self.self_id, "post_type": "meta_event",
+            "meta_event_type": "heartbeat", "status": {"online": true, "good": true},
+            "interval": interval_ms
+        }));
+    }
+
+    pub fn lifecycle_connect(&self) {
+        self.send_event(&json!({
+            "time": now_secs(), "self_id": self.self_id, "post_type": "meta_event",
+            "meta_event_type": "lifecycle", "sub_type": "connect"
+        }));
+    }
+
+    pub fn fail(&self, action: &str, failure: Failure) {
+        self.state
+            .failures
+            .lock()
+            .unwrap()
+            .insert(action.to_string(), failure);
+    }
+
+    pub fn clear_failure(&self, action: &str) {
+        self.state.failures.lock().unwrap().remove(action);
+    }
+
+    /// Makes `get_msg(message_id)` answer with this sender and message.
+    pub fn remember_message(
+        &self,
+        message_id: i64,
+        sender_id: i64,
+        nickname: &str,
+        message: Value,
+    ) {
+        self.state.messages.lock().unwrap().insert(
+            message_id,
+            json!({"message_id": message_id, "real_id": message_id, "time": now_secs(),
+                   "message_type": "group",
+                   "sender": {"user_id": sender_id, "nickname": nickname}, "message": message}),
+        );
+    }
+
+    /// Adds group history entries (message events) for `get_group_msg_history`.
+    pub fn add_history(&self, entries: Vec<Value>) {
+        self.state.history.lock().unwrap().extend(entries);
+    }
+
+    pub fn add_forward(&self, id: &str, nodes: Value) {
+        self.state
+            .forwards
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), nodes);
+    }
+
+    /// The next action the gateway called with this name (others are skipped). Panics after
+    /// [`WAIT`].
+    pub async fn wait_action(&self, name: &str) -> Value {
+        let mut rx = self.actions.lock().await;
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(a) = rx.recv().await {
+                if a["action"] == name {
+                    return Some(a);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(a)) => a,
+            Ok(None) => panic!("socket closed while waiting for action {name}"),
+            Err(_) => panic!("no {name} action within {WAIT:?}"),
+        }
+    }
+
+    /// Every action received so far that nobody has waited for.
+    pub async fn drain_actions(&self) -> Vec<Value> {
+        let mut rx = self.actions.lock().await;
+        let mut out = Vec::new();
+        while let Ok(a) = rx.try_recv() {
+            out.push(a);
+        }
+        out
+    }
+
+    /// Closes the socket from the fake's side (NapCat restarting).
+    pub fn close(&self) {
+        let _ = self.out.send(Message::Close(None));
+    }
+
+    /// Waits until the socket is closed (by either side) and reports how.
+    pub async fn closed(&self) -> Closed {
+        let rx = self
+            .closed
+            .lock()
+            .await
+            .take()
+            .expect("closed() called twice");
+        tokio::time::timeout(WAIT, rx)
+            .await
+            .expect("socket not closed in time")
+            .unwrap_or(Closed {
+                code: None,
+                reason: "fake task ended".into(),
+            })
+    }
+}
+
+async fn socket_loop<S>(
+    ws: WebSocketStream<S>,
+    state: Arc<State>,
+    mut out: mpsc::UnboundedReceiver<Message>,
+    actions: mpsc::UnboundedSender<Value>,
+    closed: oneshot::Sender<Closed>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let outcome = loop {
+        tokio::select! {
+            msg = out.recv() => {
+                let Some(msg) = msg else { break Closed { code: None, reason: "fake dropped".into() } };
+                let closing = matches!(msg, Message::Close(_));
+                if sink.send(msg).await.is_err() || closing {
+                    break Closed { code: None, reason: "closed by fake".into() };
+                }
+            }
+            frame = stream.next() => match frame {
+                Some(Ok(Message::Text(t))) => {
+                    let Ok(action) = serde_json::from_str::<Value>(&t) else { continue };
+                    let _ = actions.send(action.clone());
+                    if let Some(resp) = answer(&state, &action) {
+                        if sink.send(Message::text(resp.to_string())).await.is_err() {
+                            break Closed { code: None, reason: "send failed".into() };
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(f))) => {
+                    break match f {
+                        Some(f) => Closed { code: Some(u16::from(f.code)), reason: f.reason.to_string() },
+                        None => Closed { code: None, reason: String::new() },
+                    };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Closed { code: None, reason: e.to_string() },
+                None => break Closed { code: None, reason: "eof".into() },
+            }
+        }
+    };
+    let _ = closed.send(outcome);
+}
+
+fn answer(state: &State, action: &Value) -> Option<Value> {
+    let name = action["action"].as_str().unwrap_or("");
+    let echo = action["echo"].clone();
+    let params = &action["params"];
+    let ok = |data: Value| json!({"status": "ok", "retcode": 0, "data": data, "message": "", "wording": "", "echo": echo});
+    let failed = |retcode: i64, message: &str| json!({"status": "failed", "retcode": retcode, "data": null, "message": message, "wording": message, "echo": echo});
+    if let Some(f) = state.failures.lock().unwrap().get(name).cloned() {
+        return match f {
+            Failure::Silent => None,
+            Failure::Error { retcode, message } => Some(failed(retcode, &message)),
+        };
+    }
+    Some(match name {
+        "send_private_msg"
+        | "send_group_msg"
+        | "send_msg"
+        | "send_group_forward_msg"
+        | "send_private_forward_msg"
+        | "send_forward_msg" => {
+            let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+            let message = params
+                .get("message")
+                .or_else(|| params.get("messages"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            state.messages.lock().unwrap().insert(
+                id,
+                json!({"message_id": id, "time": now_secs(),
+                       "sender": {"user_id": state.self_id, "nickname": "bot"}, "message": message}),
+            );
+            ok(json!({"message_id": id}))
+        }
+        "get_msg" => {
+            let id = params["message_id"].as_i64().unwrap_or(0);
+            match state.messages.lock().unwrap().get(&id) {
+                Some(m) => ok(m.clone()),
+                None => failed(200, "消息不存在"),
+            }
+        }
+        "get_login_info" => ok(json!({"user_id": state.self_id, "nickname": "fakebot"})),
+        "get_group_msg_history" => {
+            let group = params["group_id"].as_i64().unwrap_or(0);
+            let count = params["count"].as_u64().unwrap_or(20) as usize;
+            let seq = params["message_seq"].as_i64();
+            let mut entries: Vec<Value> = state
+                .history
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|m| m["group_id"].as_i64() == Some(group))
+                .filter(|m| seq.is_none_or(|s| m["message_seq"].as_i64().unwrap_or(0) <= s))
+                .cloned()
+                .collect();
+            entries.sort_by_key(|m| m["message_seq"].as_i64().unwrap_or(0));
+            let start = entries.len().saturating_sub(count);
+            ok(json!({"messages": entries[start..].to_vec()}))
+        }
+        "get_forward_msg" => {
+            let id = params["id"].as_str().unwrap_or("");
+            match state.forwards.lock().unwrap().get(id) {
+                Some(nodes) => ok(json!({"messages": nodes})),
+                None => failed(200, "转发消息不存在"),
+            }
+        }
+        "upload_group_file" | "upload_private_file" => ok(json!({})),
+        _ => failed(1404, "不支持的Api"),
+    })
+}
+
+/// Forward mode: a NapCat-like WebSocket server the gateway connects to.
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    self_id: i64,
+    token: Option<String>,
+    listener: TcpListener,
+}
+
+impl FakeServer {
+    pub async fn bind(self_id: i64, token: Option<&str>) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        FakeServer {
+            addr: listener.local_addr().unwrap(),
+            self_id,
+            token: token.map(str::to_string),
+            listener,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// Accepts the gateway's next connection (rejecting a wrong token with 401 and waiting
+    /// on), and returns the bot serving it.
+    pub async fn accept(&self) -> FakeBot {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let (stream, _) = self.listener.accept().await.unwrap();
+                if let Some(ws) = self.handshake(stream).await {
+                    return FakeBot::start(ws, self.self_id);
+                }
+            }
+        })
+        .await
+        .expect("the gateway did not connect in time")
+    }
+
+    async fn handshake(&self, stream: TcpStream) -> Option<WebSocketStream<TcpStream>> {
+        let expected = self.token.clone().map(|t| format!("Bearer {t}"));
+        let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+            let got = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if expected.is_some() && got != expected.as_deref() {
+                let mut r = ErrorResponse::new(Some("unauthorized".into()));
+                *r.status_mut() = StatusCode::UNAUTHORIZED;
+                return Err(r);
+            }
+            Ok(resp)
+        };
+        tokio_tungstenite::accept_hdr_async(stream, check)
+            .await
+            .ok()
+    }
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
