@@ -23,7 +23,8 @@
 //! - indirect expansion `${!name}` (it can read any variable, see `guard`).
 
 use std::cell::RefCell;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use tree_sitter::{Node, Parser};
 
@@ -95,6 +96,7 @@ pub fn analyse(script: &str, cwd: &Path) -> Analysis {
         problems: Vec::new(),
         changes_dir: false,
         relative_targets: Vec::new(),
+        normalized: HashMap::new(),
     };
     analyser.script(script, 0);
     if analyser.changes_dir {
@@ -111,9 +113,10 @@ pub fn analyse(script: &str, cwd: &Path) -> Analysis {
             kind: ParamKind::Other,
         });
     }
+    let mut seen = HashSet::with_capacity(analyser.params.len());
     let mut params: Vec<Param> = Vec::with_capacity(analyser.params.len());
     for p in analyser.params {
-        if !params.iter().any(|q| q.text == p.text) {
+        if seen.insert(p.text.clone()) {
             params.push(p);
         }
     }
@@ -129,6 +132,8 @@ struct Analyser<'c> {
     problems: Vec<String>,
     changes_dir: bool,
     relative_targets: Vec<String>,
+    /// Redirect targets already resolved in this script (loops repeat them).
+    normalized: HashMap<String, Option<PathBuf>>,
 }
 
 /// One word of a command line: its source text and, when it is static, its value after quote
@@ -625,7 +630,15 @@ impl Analyser<'_> {
         if !Path::new(&value).is_absolute() {
             self.relative_targets.push(value.clone());
         }
-        match paths::normalize(&value, self.cwd) {
+        let normalized = match self.normalized.get(&value) {
+            Some(cached) => cached.clone(),
+            None => {
+                let path = paths::normalize(&value, self.cwd);
+                self.normalized.insert(value.clone(), path.clone());
+                path
+            }
+        };
+        match normalized {
             Some(path) => {
                 let text = format!("{access}:{}", path.display());
                 self.push(text, ParamKind::Redirect { path, write });
@@ -681,8 +694,15 @@ impl Analyser<'_> {
 fn uncovered(node: Node, cx: Cx) -> Vec<(usize, String)> {
     let mut gaps = Vec::new();
     let mut last = node.start_byte();
-    let mut check = |from: usize, to: usize, gaps: &mut Vec<(usize, String)>| {
-        if to > from {
+    let bytes = cx.src.as_bytes();
+    let check = |from: usize, to: usize, gaps: &mut Vec<(usize, String)>| {
+        let to = to.min(bytes.len());
+        if to <= from {
+            return;
+        }
+        // Fast path without allocating: blanks only.
+        let blank = bytes[from..to].iter().all(|b| b.is_ascii_whitespace());
+        if !blank {
             let gap = cx.slice(from, to).replace("\\\n", "");
             let gap = gap.trim();
             if !gap.is_empty() {

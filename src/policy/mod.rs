@@ -46,7 +46,16 @@ impl Rule {
                 .case_insensitive(true)
                 .dot_matches_new_line(dotall)
                 .build()
-                .map_err(|e| format!("{what} regex '{src}' is invalid: {e}"))
+                .map_err(|e| {
+                    // regex errors are multi-line drawings; the last line says what is wrong.
+                    let e = e.to_string();
+                    let why = e
+                        .lines()
+                        .last()
+                        .unwrap_or("invalid")
+                        .trim_start_matches("error: ");
+                    format!("{what} regex '{src}' is invalid: {why}")
+                })
         };
         let text = match params {
             Some(p) => format!("{tool}({p})"),
