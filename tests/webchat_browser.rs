@@ -79,6 +79,18 @@ impl Drop for Chromium {
 }
 
 impl Chromium {
+    /// Asks the browser to quit, so it reaps its own helpers, and waits for it; the drop
+    /// guard kills whatever is left.
+    async fn close(mut self, mut cdp: Cdp) {
+        cdp.session = None;
+        cdp.next_id += 1;
+        let close = json!({ "id": cdp.next_id, "method": "Browser.close" });
+        if cdp.ws.send(Message::text(close.to_string())).await.is_ok() {
+            let exited = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+            assert!(exited.is_ok(), "chromium did not quit on Browser.close");
+        }
+    }
+
     /// Starts the browser and returns it with its DevTools WebSocket address.
     async fn launch(binary: &PathBuf) -> (Chromium, String) {
         let profile = tempfile::tempdir().unwrap();
@@ -120,6 +132,11 @@ impl Chromium {
         // Keep draining stderr so the browser never blocks on a full pipe; ends with it.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
+        // The announcement can come before DevToolsActivePort is written; once the endpoint
+        // has answered a command, the browser has finished starting its DevTools server.
+        let mut probe = Cdp::connect(&announced).await;
+        probe.call("Browser.getVersion", json!({})).await;
+        drop(probe);
         let active = std::fs::read_to_string(profile.path().join("DevToolsActivePort"))
             .expect("DevToolsActivePort");
         let mut parts = active.lines();
@@ -446,6 +463,7 @@ async fn the_page_sends_streams_and_answers_approvals() {
         )
         .await;
     assert_eq!(streaming, json!("Running the tests…"));
+    cdp.screenshot("webchat-streaming.png").await;
     c.edit(
         &lobby,
         &reply,
@@ -524,8 +542,7 @@ async fn the_page_sends_streams_and_answers_approvals() {
         "only the dev room is shown"
     );
 
-    drop(cdp);
-    drop(browser);
+    browser.close(cdp).await;
     gw.cancel.cancel();
     within("the connector to stop", gw.run)
         .await
