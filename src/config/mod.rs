@@ -99,7 +99,18 @@ impl Validator {
         match serde_yaml::from_value::<T>(value) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.error(path, clean_serde_message(&e.to_string()));
+                let message = clean_serde_message(&e.to_string());
+                // Point at the offending key itself when serde names it.
+                let line = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|rest| rest.split('`').next())
+                    .and_then(|key| locate_line(&self.source, &format!("{path}.{key}")))
+                    .or_else(|| locate_line(&self.source, path));
+                self.issues.push(ConfigIssue {
+                    path: path.to_string(),
+                    line,
+                    message,
+                });
                 None
             }
         }
@@ -113,11 +124,23 @@ impl Validator {
             }
         }
         let path = Path::new(p);
-        if path.is_absolute() {
+        let joined = if path.is_absolute() {
             path.to_path_buf()
         } else {
             self.base_dir.join(path)
+        };
+        // Lexical clean-up only (`./`, `a/../b`): symlinks are left to the OS.
+        let mut clean = PathBuf::new();
+        for c in joined.components() {
+            match c {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    clean.pop();
+                }
+                other => clean.push(other),
+            }
         }
+        clean
     }
 }
 
@@ -138,31 +161,47 @@ fn locate_line(source: &str, path: &str) -> Option<usize> {
     let mut found = None;
     for seg in path.split('.') {
         let (key, index) = match seg.find('[') {
-            Some(i) => (&seg[..i], seg[i + 1..].trim_end_matches(']').parse::<usize>().ok()),
+            Some(i) => (
+                &seg[..i],
+                seg[i + 1..].trim_end_matches(']').parse::<usize>().ok(),
+            ),
             None => (seg, None),
         };
         let pos = lines[from_line..].iter().position(|l| {
-            let t = l.trim_start().trim_start_matches("- ").trim_start_matches('{');
-            t.starts_with(&format!("{key}:")) || t.contains(&format!(" {key}:")) || t.contains(&format!("{{{key}:"))
+            let t = l
+                .trim_start()
+                .trim_start_matches("- ")
+                .trim_start_matches('{');
+            t.starts_with(&format!("{key}:"))
+                || t.contains(&format!(" {key}:"))
+                || t.contains(&format!("{{{key}:"))
         })?;
         from_line += pos;
         found = Some(from_line + 1);
         if let Some(n) = index {
-            // Walk to the n-th list item after the key.
+            // Walk to the n-th block-list item under the key (flow lists stay on the key line).
+            let indent = |l: &str| l.len() - l.trim_start().len();
+            let key_indent = indent(lines[from_line]);
             let mut seen = 0;
             let mut j = from_line + 1;
             while j < lines.len() {
-                if lines[j].trim_start().starts_with("- ") {
-                    if seen == n {
+                let l = lines[j];
+                if !l.trim().is_empty() && !l.trim_start().starts_with('#') {
+                    if indent(l) < key_indent
+                        || (indent(l) == key_indent && !l.trim_start().starts_with("- "))
+                    {
                         break;
                     }
-                    seen += 1;
+                    if l.trim_start().starts_with("- ") {
+                        if seen == n {
+                            from_line = j;
+                            found = Some(j + 1);
+                            break;
+                        }
+                        seen += 1;
+                    }
                 }
                 j += 1;
-            }
-            if j < lines.len() {
-                from_line = j;
-                found = Some(j + 1);
             }
         }
     }
@@ -425,7 +464,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
     let base_dir = path
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
@@ -469,7 +514,10 @@ fn validate_source(path: &Path, source: &str, v: &mut Validator) -> Option<Confi
         if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
             v.error(
                 key.clone(),
-                format!("unknown key (expected one of: {})", TOP_LEVEL_KEYS.join(", ")),
+                format!(
+                    "unknown key (expected one of: {})",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
             );
             continue;
         }
@@ -477,12 +525,23 @@ fn validate_source(path: &Path, source: &str, v: &mut Validator) -> Option<Confi
     }
 
     let presets = validate_presets(sections.remove("tool_presets"), v);
+    let declared_connectors = declared_names(sections.get("connectors"));
     let connectors = validate_connectors(sections.remove("connectors"), v);
+    let declared_agents: Vec<String> = match sections.get("agents") {
+        Some(Value::Mapping(m)) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
     let agents = validate_agents(sections.remove("agents"), &presets, v);
     let default_agent = match sections.remove("default_agent") {
         Some(Value::String(s)) => {
-            if !agents.contains_key(&s) && !agents.is_empty() {
-                v.error("default_agent", format!("no agent named '{s}' under agents"));
+            if !declared_agents.contains(&s) {
+                v.error(
+                    "default_agent",
+                    format!("no agent named '{s}' under agents"),
+                );
             }
             s
         }
@@ -490,13 +549,13 @@ fn validate_source(path: &Path, source: &str, v: &mut Validator) -> Option<Confi
             v.error("default_agent", "must be an agent name");
             String::new()
         }
-        None if agents.len() == 1 => agents.keys().next().cloned().unwrap_or_default(),
+        None if declared_agents.len() == 1 => declared_agents[0].clone(),
         None => String::new(),
     };
     let watchers = validate_watchers(
         sections.remove("watchers"),
-        &connectors,
-        &agents,
+        &declared_connectors,
+        &declared_agents,
         &default_agent,
         v,
     );
@@ -504,7 +563,10 @@ fn validate_source(path: &Path, source: &str, v: &mut Validator) -> Option<Confi
         None => 100,
         Some(val) => match v.parse::<usize>("max_queue_depth", val) {
             Some(0) => {
-                v.error("max_queue_depth", "must be at least 1 (queues are always bounded)");
+                v.error(
+                    "max_queue_depth",
+                    "must be at least 1 (queues are always bounded)",
+                );
                 100
             }
             Some(n) => n,
@@ -580,10 +642,7 @@ fn validate_connectors(section: Option<Value>, v: &mut Validator) -> Vec<Connect
     };
     for (i, item) in items.into_iter().enumerate() {
         let path = format!("connectors[{i}]");
-        let kind = item
-            .get("type")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let kind = item.get("type").and_then(Value::as_str).map(str::to_string);
         let parsed = match kind.as_deref() {
             Some("webchat") => webchat::config::validate(&path, item, v),
             Some("rocketchat") => rocketchat::config::validate(&path, item, v),
@@ -591,20 +650,33 @@ fn validate_connectors(section: Option<Value>, v: &mut Validator) -> Vec<Connect
             Some(other) => {
                 v.error(
                     format!("{path}.type"),
-                    format!("unknown connector type '{other}' (expected webchat, rocketchat or onebot)"),
+                    format!(
+                        "unknown connector type '{other}' (expected webchat, rocketchat or onebot)"
+                    ),
                 );
                 None
             }
             None => {
-                v.error(format!("{path}.type"), "missing (webchat, rocketchat or onebot)");
+                v.error(
+                    format!("{path}.type"),
+                    "missing (webchat, rocketchat or onebot)",
+                );
                 None
             }
         };
         if let Some(c) = parsed {
-            if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
                 v.error(format!("{path}.name"), "must be non-empty and use only letters, digits, '-' and '_' (it names a state file)");
             } else if out.iter().any(|o| o.name == c.name) {
-                v.error(format!("{path}.name"), format!("duplicate connector name '{}'", c.name));
+                v.error(
+                    format!("{path}.name"),
+                    format!("duplicate connector name '{}'", c.name),
+                );
             }
             out.push(c);
         }
@@ -649,7 +721,10 @@ fn validate_agents(
         if !working_directory.is_dir() {
             v.error(
                 format!("{path}.working_directory"),
-                format!("{} does not exist or is not a directory", working_directory.display()),
+                format!(
+                    "{} does not exist or is not a directory",
+                    working_directory.display()
+                ),
             );
         }
         let permissions = match raw.permissions {
@@ -676,8 +751,18 @@ fn validate_agents(
                 ),
             );
         }
-        let owner_rules = compile_rules(&format!("{path}.owner_allowed_tools"), &raw.owner_allowed_tools, presets, v);
-        let guest_rules = compile_rules(&format!("{path}.guest_allowed_tools"), &raw.guest_allowed_tools, presets, v);
+        let owner_rules = compile_rules(
+            &format!("{path}.owner_allowed_tools"),
+            &raw.owner_allowed_tools,
+            presets,
+            v,
+        );
+        let guest_rules = compile_rules(
+            &format!("{path}.guest_allowed_tools"),
+            &raw.guest_allowed_tools,
+            presets,
+            v,
+        );
         let command = raw.command.unwrap_or_else(|| "claude".to_string());
         if command.trim().is_empty() {
             v.error(format!("{path}.command"), "must not be empty");
@@ -702,10 +787,22 @@ fn validate_agents(
     out
 }
 
+/// The `name`s of a list section, including entries that fail to validate, so references to
+/// them are not reported twice.
+fn declared_names(section: Option<&Value>) -> Vec<String> {
+    match section {
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .filter_map(|i| i.get("name").and_then(Value::as_str).map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn validate_watchers(
     section: Option<Value>,
-    connectors: &[ConnectorConfig],
-    agents: &BTreeMap<String, AgentConfig>,
+    connectors: &[String],
+    agents: &[String],
     default_agent: &str,
     v: &mut Validator,
 ) -> Vec<WatcherConfig> {
@@ -727,16 +824,22 @@ fn validate_watchers(
             continue;
         };
         if out.iter().any(|w| w.name == raw.name) {
-            v.error(format!("{path}.name"), format!("duplicate watcher name '{}'", raw.name));
+            v.error(
+                format!("{path}.name"),
+                format!("duplicate watcher name '{}'", raw.name),
+            );
         }
-        if !connectors.iter().any(|c| c.name == raw.connector) && !connectors.is_empty() {
+        if !connectors.contains(&raw.connector) {
             v.error(
                 format!("{path}.connector"),
                 format!("no connector named '{}'", raw.connector),
             );
         }
         if raw.room.trim().is_empty() {
-            v.error(format!("{path}.room"), "must not be empty (use \"*\" for every room)");
+            v.error(
+                format!("{path}.room"),
+                "must not be empty (use \"*\" for every room)",
+            );
         }
         if out
             .iter()
@@ -744,13 +847,19 @@ fn validate_watchers(
         {
             v.error(
                 format!("{path}.room"),
-                format!("room '{}' of connector '{}' is already watched", raw.room, raw.connector),
+                format!(
+                    "room '{}' of connector '{}' is already watched",
+                    raw.room, raw.connector
+                ),
             );
         }
         let agent = raw.agent.unwrap_or_else(|| default_agent.to_string());
         if agent.is_empty() {
-            v.error(format!("{path}.agent"), "missing, and there is no default_agent");
-        } else if !agents.contains_key(&agent) && !agents.is_empty() {
+            v.error(
+                format!("{path}.agent"),
+                "missing, and there is no default_agent",
+            );
+        } else if !agents.contains(&agent) {
             v.error(format!("{path}.agent"), format!("no agent named '{agent}'"));
         }
         out.push(WatcherConfig {
@@ -764,7 +873,11 @@ fn validate_watchers(
 }
 
 /// Shared by connector sections: parses a section and reports it under `path`.
-pub fn parse_section<T: DeserializeOwned>(path: &str, value: Value, v: &mut Validator) -> Option<T> {
+pub fn parse_section<T: DeserializeOwned>(
+    path: &str,
+    value: Value,
+    v: &mut Validator,
+) -> Option<T> {
     v.parse(path, value)
 }
 
