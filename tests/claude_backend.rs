@@ -314,6 +314,181 @@ async fn real_cli_resume_of_an_unknown_session_is_session_not_found() {
     assert!(fake.message_requests().is_empty());
 }
 
+/// Each hook call: the secret header it carried and its JSON body.
+type HookCalls = std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, serde_json::Value)>>>;
+
+/// A minimal PreToolUse hook server: allows Bash commands containing `hook-allowed`, denies
+/// everything else, and records each call's secret header and body.
+struct HookServer {
+    url: String,
+    calls: HookCalls,
+    stop: CancellationToken,
+}
+
+impl HookServer {
+    async fn start() -> HookServer {
+        use http_body_util::{BodyExt, Full};
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (calls2, stop2) = (calls.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                let calls = calls2.clone();
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let calls = calls.clone();
+                    async move {
+                        let secret = req
+                            .headers()
+                            .get("x-acg-secret")
+                            .map(|v| v.to_str().unwrap().to_string());
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        let allow = body["tool_input"]["command"]
+                            .as_str()
+                            .is_some_and(|c| c.contains("hook-allowed"));
+                        calls.lock().unwrap().push((secret, body));
+                        let decision = if allow { "allow" } else { "deny" };
+                        let reply = json!({"hookSpecificOutput": {"hookEventName": "PreToolUse",
+                            "permissionDecision": decision, "permissionDecisionReason": format!("test hook says {decision}")}});
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            bytes::Bytes::from(reply.to_string()),
+                        )))
+                    }
+                });
+                let stop = stop2.clone();
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = conn => {}
+                    }
+                });
+            }
+        });
+        HookServer { url, calls, stop }
+    }
+}
+
+impl Drop for HookServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[tokio::test]
+async fn real_cli_tool_calls_go_through_the_http_hook_with_the_run_secret() {
+    let Some(claude) = support::claude_bin() else {
+        return;
+    };
+    let fake = FakeLlm::start(json!({"scenarios": [
+        {"match": "ACG-HOOK-OK", "turns": [
+            {"text": "Trying.", "tool_calls": [{"name": "Bash", "input": {"command": "touch hook-allowed.txt", "description": "create"}}]},
+            {"text": "Tried."}]},
+        {"match": "ACG-HOOK-NO", "turns": [
+            {"text": "Trying.", "tool_calls": [{"name": "Bash", "input": {"command": "touch hook-denied.txt", "description": "create"}}]},
+            {"text": "Tried."}]}]}))
+    .await;
+    let hook_server = HookServer::start().await;
+    let dirs = Dirs::new();
+    let mut config = dirs.config(&claude, fake.claude_env());
+    // The static allow-list must play no part when a hook decides.
+    config.owner_rules = rules(&[("Bash", Some("touch hook-denied.*"))]);
+    let backend = dirs.backend(&config);
+    let hook = HookBinding {
+        url: hook_server.url.clone(),
+        secret: "per-run-secret-1".into(),
+        timeout: Duration::from_secs(30),
+    };
+
+    let ok = run_turn(
+        &backend,
+        "ACG-HOOK-OK go",
+        None,
+        Role::Owner,
+        Some(hook.clone()),
+    )
+    .await;
+    assert!(ok.result.expect("turn").denied_tools.is_empty());
+    assert!(
+        dirs.work.path().join("hook-allowed.txt").exists(),
+        "hook allowed it"
+    );
+
+    let no = run_turn(&backend, "ACG-HOOK-NO go", None, Role::Owner, Some(hook)).await;
+    assert_eq!(
+        no.result.expect("turn").denied_tools,
+        vec!["Bash".to_string()]
+    );
+    assert!(
+        !dirs.work.path().join("hook-denied.txt").exists(),
+        "hook denied it"
+    );
+
+    let calls = hook_server.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for (secret, body) in &calls {
+        assert_eq!(secret.as_deref(), Some("per-run-secret-1"));
+        assert_eq!(body["hook_event_name"], "PreToolUse");
+        assert_eq!(body["tool_name"], "Bash");
+    }
+    let denied_reply = fake
+        .message_requests()
+        .iter()
+        .flat_map(|r| r.message_texts())
+        .any(|t| t.contains("test hook says deny"));
+    assert!(denied_reply, "the model saw the hook's reason");
+    let leftovers: Vec<_> = std::fs::read_dir(dirs.scratch.path().join("claude"))
+        .unwrap()
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "settings files are removed: {leftovers:?}"
+    );
+}
+
+#[tokio::test]
+async fn real_cli_unreachable_hook_denies_the_tool() {
+    let Some(claude) = support::claude_bin() else {
+        return;
+    };
+    let fake = FakeLlm::start(json!({"scenarios": [{"match": "ACG-HOOK-DOWN", "turns": [
+        {"text": "Trying.", "tool_calls": [{"name": "Bash", "input": {"command": "touch hook-allowed.txt", "description": "create"}}]},
+        {"text": "Tried."}]}]}))
+    .await;
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dirs = Dirs::new();
+    let mut config = dirs.config(&claude, fake.claude_env());
+    config.owner_rules = rules(&[("Bash", None)]);
+    let backend = dirs.backend(&config);
+    let hook = HookBinding {
+        url: format!("http://127.0.0.1:{port}/hook"),
+        secret: "s".into(),
+        timeout: Duration::from_secs(5),
+    };
+    let run = run_turn(&backend, "ACG-HOOK-DOWN go", None, Role::Owner, Some(hook)).await;
+    assert_eq!(
+        run.result.expect("turn").denied_tools,
+        vec!["Bash".to_string()]
+    );
+    assert!(
+        !dirs.work.path().join("hook-allowed.txt").exists(),
+        "fail closed"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fake agent: faults
 // ---------------------------------------------------------------------------------------------
@@ -514,4 +689,179 @@ fn exit(code: i32, stderr: &str) -> ExitInfo {
         status: format!("exit code {code}"),
         stderr_tail: stderr.to_string(),
     }
+}
+
+#[test]
+fn fixture_normal_turn() {
+    let session = "11111111-2222-4333-8444-555555555555";
+    let (events, out) = parse_fixture("normal.ndjson", exit(0, ""), session);
+    assert_eq!(
+        events,
+        vec![
+            AgentEvent::SessionStarted {
+                session_id: session.into()
+            },
+            AgentEvent::Text {
+                text: "Hello! The answer is 42.".into()
+            },
+            AgentEvent::Usage(out.as_ref().unwrap().usage.clone().unwrap()),
+        ]
+    );
+    let out = out.unwrap();
+    assert_eq!(out.session_id.as_deref(), Some(session));
+    assert_eq!(out.text, "Hello! The answer is 42.");
+    assert!(out.denied_tools.is_empty());
+    let usage = out.usage.unwrap();
+    assert_eq!((usage.input_tokens, usage.output_tokens), (100, 20));
+    assert_eq!(usage.cost_usd, Some(0.001));
+    assert!(usage.context_window.is_some());
+}
+
+#[test]
+fn fixture_resumed_turn_keeps_the_resumed_id() {
+    let session = "11111111-2222-4333-8444-555555555555";
+    let (_, out) = parse_fixture("resumed.ndjson", exit(0, ""), session);
+    assert_eq!(out.unwrap().session_id.as_deref(), Some(session));
+}
+
+#[test]
+fn fixture_tool_turn() {
+    let (events, out) = parse_fixture(
+        "tool.ndjson",
+        exit(0, ""),
+        "11111111-2222-4333-8444-888888888888",
+    );
+    let tool = events
+        .iter()
+        .find_map(|e| match e {
+            AgentEvent::ToolStart { id, name, input } => {
+                Some((id.clone(), name.clone(), input.clone()))
+            }
+            _ => None,
+        })
+        .expect("tool start");
+    assert_eq!(tool.1, "Bash");
+    assert!(tool.2.contains("touch out.txt"), "{}", tool.2);
+    assert!(events.contains(&AgentEvent::ToolResult {
+        id: tool.0,
+        is_error: false
+    }));
+    let out = out.unwrap();
+    assert_eq!(out.text, "I'll create the file.\nDone: out.txt exists now.");
+    assert!(out.denied_tools.is_empty());
+}
+
+#[test]
+fn fixture_denied_tool() {
+    let (events, out) = parse_fixture(
+        "denied.ndjson",
+        exit(0, ""),
+        "11111111-2222-4333-8444-777777777777",
+    );
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, AgentEvent::ToolResult { is_error: true, .. })));
+    let out = out.unwrap();
+    assert_eq!(out.denied_tools, vec!["Bash".to_string()]);
+    assert_eq!(out.text, "Removing it.\nI was not allowed to.");
+}
+
+#[test]
+fn fixture_api_error() {
+    let (events, out) = parse_fixture(
+        "api_error.ndjson",
+        exit(1, ""),
+        "11111111-2222-4333-8444-aaaaaaaaaaaa",
+    );
+    assert!(texts(&events).is_empty(), "synthetic text is not an answer");
+    match out {
+        Err(AgentError::Api { status, message }) => {
+            assert_eq!(status, Some(400));
+            assert_eq!(message, "API Error: 400 prompt is malformed");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn fixture_api_retry() {
+    let (events, out) = parse_fixture(
+        "api_retry.ndjson",
+        exit(0, ""),
+        "11111111-2222-4333-8444-bbbbbbbbbbbb",
+    );
+    let retries: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::Retrying {
+                attempt,
+                max,
+                delay_ms,
+                error,
+            } => Some((*attempt, *max, *delay_ms, error.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        retries,
+        vec![
+            (1, 10, 531, "overloaded (529)".to_string()),
+            (2, 10, 1081, "overloaded (529)".to_string())
+        ]
+    );
+    assert_eq!(out.unwrap().text, "Answer after retries.");
+}
+
+#[test]
+fn fixture_missing_session() {
+    let session = "11111111-2222-4333-8444-999999999999";
+    let stderr = fixture("missing_session.stderr");
+    let (_, out) = parse_fixture("missing_session.ndjson", exit(1, &stderr), session);
+    assert!(
+        matches!(out, Err(AgentError::SessionNotFound(ref id)) if id == session),
+        "{out:?}"
+    );
+    // The result line alone is enough, even if stderr was lost.
+    let (_, out) = parse_fixture("missing_session.ndjson", exit(1, ""), session);
+    assert!(
+        matches!(out, Err(AgentError::SessionNotFound(_))),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn fixture_rate_limit() {
+    let (events, out) = parse_fixture(
+        "rate_limit.ndjson",
+        exit(1, ""),
+        "11111111-2222-4333-8444-cccccccccccc",
+    );
+    assert!(texts(&events).is_empty(), "limit text is not an answer");
+    let limits: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::RateLimit {
+                status,
+                resets_at,
+                kind,
+            } => Some((status.as_str(), *resets_at, kind.as_deref())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        limits,
+        vec![
+            ("allowed_warning", Some(1783173600), Some("five_hour")),
+            ("rejected", Some(1783173600), Some("five_hour"))
+        ]
+    );
+    assert!(
+        matches!(
+            out,
+            Err(AgentError::RateLimited {
+                resets_at: Some(1783173600)
+            })
+        ),
+        "{out:?}"
+    );
 }

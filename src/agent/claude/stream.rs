@@ -124,16 +124,14 @@ impl StreamParser {
         let mut events = Vec::new();
         for block in wire::parse_blocks(&m.message.content) {
             match block {
-                Block::Text { text } if main_agent && !synthetic => {
-                    if !text.is_empty() {
-                        self.texts.push(text.clone());
-                        events.push(AgentEvent::Text { text });
-                    }
+                Block::Text { text } if main_agent && !synthetic && !text.is_empty() => {
+                    self.texts.push(text.clone());
+                    events.push(AgentEvent::Text { text });
                 }
-                Block::Thinking { thinking } if main_agent && !synthetic => {
-                    if !thinking.is_empty() {
-                        events.push(AgentEvent::Thinking { text: thinking });
-                    }
+                Block::Thinking { thinking }
+                    if main_agent && !synthetic && !thinking.is_empty() =>
+                {
+                    events.push(AgentEvent::Thinking { text: thinking });
                 }
                 Block::ToolUse { id, name, input } => events.push(AgentEvent::ToolStart {
                     id,
