@@ -458,6 +458,16 @@ impl Analyser<'_> {
                 let script = join_static(&words[1..]);
                 self.nested_script("eval", script, cx);
             }
+            // `trap 'cmd' SIGNAL…` runs its first argument later, as a script.
+            "trap" => {
+                let start = skip_options(words, 1, &[]);
+                let handler = words.get(start).filter(|_| words.len() > start + 1);
+                if let Some(handler) = handler {
+                    if handler.value.as_deref() != Some("-") {
+                        self.nested_script("trap", handler.value.clone(), cx);
+                    }
+                }
+            }
             "watch" => {
                 // watch runs its arguments through `sh -c`, joined with spaces.
                 let start = skip_options(words, 1, &["-n", "--interval", "-q", "--equexit"]);
@@ -610,6 +620,10 @@ impl Analyser<'_> {
             "<&" => false,
             _ => true,
         };
+        if target.kind() == "process_substitution" {
+            // `done < <(find …)`: a pipe, not a file; its commands were walked above.
+            return;
+        }
         let target = word(*target, cx);
         let access = if write { "write" } else { "read" };
         let value = match target.value {
@@ -936,7 +950,7 @@ fn wrapper_inner(base: &str, words: &[Word]) -> Option<usize> {
     // (options that take a separate argument, positional arguments before the command)
     let (with_arg, positionals): (&[&str], usize) = match base {
         "exec" => (&["-a"], 0),
-        "command" | "builtin" | "nohup" | "setsid" | "time" | "unbuffer" => (&[], 0),
+        "command" | "builtin" | "nohup" | "setsid" | "time" | "unbuffer" | "coproc" => (&[], 0),
         "nice" => (&["-n", "--adjustment"], 0),
         "ionice" => (&["-c", "-n", "--class", "--classdata"], 0),
         "stdbuf" => (&["-i", "-o", "-e"], 0),
@@ -1039,8 +1053,9 @@ mod tests {
         let script = format!("{}ls{}", "$(".repeat(400), ")".repeat(400));
         let (_, problems) = texts(&script);
         assert!(!problems.is_empty());
-        let script = format!("{}ls'{}", "bash -c '".repeat(8), "'".repeat(8));
-        let (_, problems) = texts(&script);
-        assert!(!problems.is_empty());
+        let script = format!("{}ls", "eval ".repeat(MAX_SHELL_DEPTH + 3));
+        let (params, problems) = texts(&script);
+        assert!(problems[0].contains("nested"), "{problems:?}");
+        assert!(params.len() > MAX_SHELL_DEPTH, "{params:?}");
     }
 }
