@@ -445,6 +445,8 @@ impl FakeServer {
         .expect("the gateway did not connect in time")
     }
 
+    // The callback's `Result<Response, ErrorResponse>` is tungstenite's `Callback` signature.
+    #[allow(clippy::result_large_err)]
     async fn handshake(&self, stream: TcpStream) -> Option<WebSocketStream<TcpStream>> {
         let expected = self.token.clone().map(|t| format!("Bearer {t}"));
         let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {

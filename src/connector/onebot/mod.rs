@@ -84,6 +84,13 @@ impl Chat {
     }
 }
 
+/// (self id, message id) of recently sent messages: a set to look up, a queue to evict.
+#[derive(Default)]
+struct OwnMessages {
+    set: HashSet<(i64, i64)>,
+    order: VecDeque<(i64, i64)>,
+}
+
 /// State shared by the connector handle, the session loops and the event processors.
 struct Inner {
     name: Arc<str>,
@@ -92,7 +99,7 @@ struct Inner {
     /// Room id → self id of the bot that serves it.
     room_bot: Mutex<HashMap<String, i64>>,
     /// (self id, message id) of messages the bots sent, newest last.
-    own_messages: Mutex<(HashSet<(i64, i64)>, VecDeque<(i64, i64)>)>,
+    own_messages: Mutex<OwnMessages>,
     limiter: Option<RateLimiter>,
     downloader: attach::Downloader,
     runtime: OnceLock<Runtime>,
@@ -105,12 +112,12 @@ impl Inner {
 
     fn remember_own(&self, self_id: i64, message_id: i64) {
         let mut guard = self.own_messages.lock().unwrap_or_else(|p| p.into_inner());
-        let (set, order) = &mut *guard;
-        if set.insert((self_id, message_id)) {
-            order.push_back((self_id, message_id));
-            if order.len() > OWN_MESSAGE_CACHE {
-                if let Some(old) = order.pop_front() {
-                    set.remove(&old);
+        let own = &mut *guard;
+        if own.set.insert((self_id, message_id)) {
+            own.order.push_back((self_id, message_id));
+            if own.order.len() > OWN_MESSAGE_CACHE {
+                if let Some(old) = own.order.pop_front() {
+                    own.set.remove(&old);
                 }
             }
         }
@@ -118,7 +125,7 @@ impl Inner {
 
     fn is_own(&self, self_id: i64, message_id: i64) -> bool {
         let guard = self.own_messages.lock().unwrap_or_else(|p| p.into_inner());
-        guard.0.contains(&(self_id, message_id))
+        guard.set.contains(&(self_id, message_id))
     }
 
     /// Tells the dispatcher which bots are online. Best effort (it may be shutting down).

@@ -60,6 +60,8 @@ pub async fn serve(
     tracker.wait().await;
 }
 
+// The callback's `Result<Response, ErrorResponse>` is tungstenite's `Callback` signature.
+#[allow(clippy::result_large_err)]
 async fn handle(
     inner: Arc<Inner>,
     stream: TcpStream,
