@@ -112,3 +112,60 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
         }),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, ConnectorKind};
+    use std::path::Path;
+
+    fn config(connector: &str) -> String {
+        format!(
+            "connectors:\n  - {connector}\n\
+             agents:\n  a: {{type: claude, working_directory: /tmp}}\n\
+             watchers:\n  - {{name: w, connector: web, room: lobby}}\n"
+        )
+    }
+
+    #[test]
+    fn webchat_section_validates_with_defaults() {
+        let yaml = config("{name: web, type: webchat, allowed_users: {owners: [alice]}, tokens: {bob: bob-token-0123456789}}");
+        let c = parse(Path::new("/tmp/config.yaml"), &yaml).unwrap();
+        let ConnectorKind::Webchat(w) = &c.connectors[0].kind else {
+            panic!("not webchat")
+        };
+        assert_eq!(w.listen.to_string(), "127.0.0.1:8790");
+        assert_eq!(w.users, ["alice", "bob"]);
+        assert_eq!(w.history_limit, 500);
+        assert!(!w.require_mention);
+        assert!(!c.connectors[0].require_mention);
+    }
+
+    #[test]
+    fn require_mention_reaches_the_connector() {
+        let yaml = config(
+            "{name: web, type: webchat, require_mention: true, allowed_users: {owners: [alice]}}",
+        );
+        let c = parse(Path::new("/tmp/config.yaml"), &yaml).unwrap();
+        let ConnectorKind::Webchat(w) = &c.connectors[0].kind else {
+            panic!("not webchat")
+        };
+        assert!(w.require_mention);
+    }
+
+    #[test]
+    fn the_bot_name_is_reserved_and_short_tokens_are_refused() {
+        let yaml = config(
+            "{name: web, type: webchat, allowed_users: {owners: [bot]}, tokens: {alice: short}}",
+        );
+        let err = parse(Path::new("/tmp/config.yaml"), &yaml).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("connectors[0].allowed_users") && text.contains("'bot' is reserved"),
+            "{text}"
+        );
+        assert!(
+            text.contains("connectors[0].tokens.alice") && text.contains("at least 16"),
+            "{text}"
+        );
+    }
+}
