@@ -4,8 +4,11 @@
 //! sits: lists, pipelines, subshells, `$(…)`, backticks, `<(…)`/`>(…)`, loops, conditionals,
 //! `case`, function bodies, heredoc bodies), per redirect target (`write:<path>` /
 //! `read:<path>`), per bare assignment or declaration, and per command run by another one
-//! (`sudo …`, `env …`, `timeout …`, `xargs …`, `find -exec … ;`, `bash -c '…'`, `eval …`,
-//! `watch '…'`, a shell fed a static heredoc or herestring).
+//! (`sudo …`, `env …`, `timeout …`, `xargs …`, `find -exec … ;`, `coproc …`, `bash -c '…'`,
+//! `eval …`, `watch '…'`, `trap '…' SIG`, a shell fed a static heredoc or herestring). A command
+//! that runs another yields both, so `find . -exec rm {} \;` needs a rule for `rm {}` too.
+//! Test commands (`[ … ]`, `[[ … ]]`) and arithmetic are not parameters (they run nothing), but
+//! substitutions inside them are.
 //!
 //! The parameter text of a command is its source text, with its env-prefix assignments
 //! (`FOO=x cmd`), arguments as written (substitutions stay in the text *and* are extracted as
@@ -13,7 +16,9 @@
 //! file redirects, which become their own parameters.
 //!
 //! Unsupported (reported as problems, so the decision is never Allow):
-//! - syntax errors (ERROR or MISSING nodes), and nesting deeper than [`MAX_NODE_DEPTH`];
+//! - syntax errors (ERROR or MISSING nodes), nesting deeper than [`MAX_NODE_DEPTH`], and
+//!   source text that the grammar skipped (not covered by any node, so invisible to rules);
+//!   the one known harmless case, the `-` in `python3 - <<'EOF'`, is put back as an argument;
 //! - a command name that is not static text: `$CMD`, `${X}y`, `$(which rm)`, `$'rm'`, an
 //!   unquoted glob (`/bin/r?`) or brace expansion (`{rm,-rf,/}`);
 //! - a redirect target that is not static text (`> $OUT`, `> ~/x`, `> *.log`), or a relative
@@ -519,7 +524,7 @@ impl Analyser<'_> {
         while i < words.len() {
             let Some(v) = words[i].value.as_deref() else {
                 self.problem(format!(
-                    "shell option `{}` is not static text",
+                    "shell argument `{}` is only known at run time",
                     words[i].text
                 ));
                 return;
