@@ -678,9 +678,9 @@ fn parse_fixture(
     exit: ExitInfo,
     session: &str,
 ) -> (Vec<AgentEvent>, Result<TurnOutcome, AgentError>) {
-    let mut parser = StreamParser::new();
+    let mut parser = StreamParser::new(session);
     let events = fixture(name).lines().flat_map(|l| parser.feed(l)).collect();
-    (events, parser.finish(&exit, session))
+    (events, parser.finish(&exit))
 }
 
 fn exit(code: i32, stderr: &str) -> ExitInfo {

@@ -229,7 +229,7 @@ impl ClaudeBackend {
         session: &str,
         deadline: Instant,
     ) -> Result<TurnOutcome, AgentError> {
-        let mut parser = StreamParser::new();
+        let mut parser = StreamParser::new(session);
         loop {
             let line = tokio::select! {
                 biased;
@@ -270,7 +270,7 @@ impl ClaudeBackend {
         if child.skipped_lines() > 0 {
             tracing::warn!(agent = %self.name, skipped = child.skipped_lines(), "claude printed over-long lines that were skipped");
         }
-        parser.finish(&exit, session)
+        parser.finish(&exit)
     }
 }
 

@@ -14,8 +14,14 @@ use crate::model::{AgentEvent, TurnOutcome, Usage};
 const NO_CONVERSATION: &str = "No conversation found";
 
 /// Accumulates one run's output.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StreamParser {
+    /// The id this run created or resumed: the only one ever reported. Some CLI versions
+    /// print a fresh per-invocation id on resume that has no transcript; storing that one
+    /// breaks the next `--resume`.
+    session: String,
+    /// Whether `system/init` was seen (the session is then known to be live).
+    started: bool,
     /// Main-agent assistant text blocks, in order.
     texts: Vec<String>,
     result: Option<wire::ResultLine>,
@@ -27,7 +33,6 @@ pub struct StreamParser {
     understood_lines: usize,
     /// Lines that were not JSON at all.
     garbage_lines: usize,
-    init_session: Option<String>,
 }
 
 /// How the process ended.
@@ -40,13 +45,17 @@ pub struct ExitInfo {
 }
 
 impl StreamParser {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The session id reported by `system/init`, if one was seen.
-    pub fn init_session(&self) -> Option<&str> {
-        self.init_session.as_deref()
+    pub fn new(session: &str) -> Self {
+        StreamParser {
+            session: session.to_string(),
+            started: false,
+            texts: Vec::new(),
+            result: None,
+            rejected: None,
+            last_rate_limit: None,
+            understood_lines: 0,
+            garbage_lines: 0,
+        }
     }
 
     /// Consumes one stdout line; returns the events it carries (often none).
@@ -86,13 +95,15 @@ impl StreamParser {
     fn system(&mut self, s: wire::SystemLine) -> Vec<AgentEvent> {
         match s.subtype.as_str() {
             // Only `init` names the session: hook events can come earlier with other ids.
-            "init" => match s.session_id {
-                Some(id) if self.init_session.is_none() => {
-                    self.init_session = Some(id.clone());
-                    vec![AgentEvent::SessionStarted { session_id: id }]
+            "init" if !self.started => {
+                self.started = true;
+                if let Some(printed) = s.session_id.as_deref().filter(|p| *p != self.session) {
+                    tracing::warn!(session = %self.session, printed, "claude reported a different session id; keeping ours");
                 }
-                _ => Vec::new(),
-            },
+                vec![AgentEvent::SessionStarted {
+                    session_id: self.session.clone(),
+                }]
+            }
             "api_retry" => {
                 let error = match (&s.error, s.error_status) {
                     (Some(Value::String(e)), Some(st)) => format!("{e} ({st})"),
@@ -164,19 +175,9 @@ impl StreamParser {
         vec![event]
     }
 
-    /// Decides the turn's fate. `session` is the id this run created or resumed: it is the
-    /// one to keep, whatever the CLI printed (some versions print a fresh per-run id on
-    /// resume that has no transcript).
-    pub fn finish(self, exit: &ExitInfo, session: &str) -> Result<TurnOutcome, AgentError> {
-        if let Some(printed) = self.init_session.as_deref() {
-            if printed != session {
-                tracing::warn!(
-                    session,
-                    printed,
-                    "claude reported a different session id; keeping ours"
-                );
-            }
-        }
+    /// Decides the turn's fate from everything fed so far and how the process ended.
+    pub fn finish(self, exit: &ExitInfo) -> Result<TurnOutcome, AgentError> {
+        let session = self.session.as_str();
         let rejected_reset = self
             .rejected
             .as_ref()
@@ -357,9 +358,9 @@ mod tests {
     }
 
     fn run(lines: &[&str], exit: &ExitInfo) -> (Vec<AgentEvent>, Result<TurnOutcome, AgentError>) {
-        let mut p = StreamParser::new();
+        let mut p = StreamParser::new("sess-1");
         let events = lines.iter().flat_map(|l| p.feed(l)).collect();
-        (events, p.finish(exit, "sess-1"))
+        (events, p.finish(exit))
     }
 
     #[test]
@@ -419,7 +420,7 @@ mod tests {
 
     #[test]
     fn printed_session_id_never_replaces_ours() {
-        let (_, out) = run(
+        let (events, out) = run(
             &[
                 r#"{"type":"system","subtype":"init","session_id":"printed-id"}"#,
                 r#"{"type":"result","is_error":false,"result":"x","session_id":"printed-id"}"#,
@@ -427,6 +428,12 @@ mod tests {
             &ok_exit(),
         );
         assert_eq!(out.unwrap().session_id.as_deref(), Some("sess-1"));
+        assert_eq!(
+            events,
+            vec![AgentEvent::SessionStarted {
+                session_id: "sess-1".into()
+            }]
+        );
     }
 
     #[test]
