@@ -923,3 +923,183 @@ async fn forward_mode_connects_learns_the_bot_and_reconnects_after_heartbeat_los
         "shutdown closes with 1001"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// End to end: fake NapCat → the real daemon (started with `start`) → the real Claude Code CLI
+// → the project's fake model API → the reply on QQ; and an owner's `approve <id>` from QQ.
+// ---------------------------------------------------------------------------------------------
+
+mod support;
+
+use support::fake_llm::FakeLlm;
+use support::{claude_bin, free_port};
+
+/// Claude turns take seconds (CLI start-up); this bounds one of them.
+const TURN: Duration = Duration::from_secs(90);
+
+struct E2e {
+    gateway: support::Gateway,
+    llm: FakeLlm,
+    url: String,
+    _home: tempfile::TempDir,
+}
+
+async fn e2e(script: Value, agent_extra: &str) -> Option<E2e> {
+    let claude = claude_bin()?;
+    let llm = FakeLlm::start(script).await;
+    let port = free_port();
+    let home = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+connectors:
+  - name: qq
+    type: onebot
+    listen: "127.0.0.1:{port}"
+    access_token: "{TOKEN}"
+    allowed_users: {{owners: ["{USER}"], guests: ["4242"]}}
+default_agent: assistant
+agents:
+  assistant:
+    type: claude
+    command: "{claude}"
+    working_directory: "{{work}}"
+    timeout: 120
+    env: {env}
+{agent_extra}
+watchers:
+  - {{name: qq-group, connector: qq, room: "group:{GROUP}", agent: assistant}}
+"#,
+        claude = claude.display(),
+        env = support::claude_env_yaml(&llm, home.path()),
+    );
+    let gateway = support::Gateway::start(&config);
+    assert!(gateway.notes.contains("onebot/v11/ws"), "{}", gateway.notes);
+    Some(E2e {
+        gateway,
+        llm,
+        url: format!("ws://127.0.0.1:{port}/onebot/v11/ws"),
+        _home: home,
+    })
+}
+
+fn at_bot(id: i64, user: i64, text: &str) -> Value {
+    group_msg(
+        id,
+        user,
+        json!([{"type": "at", "data": {"qq": SELF.to_string()}}, {"type": "text", "data": {"text": format!(" {text}")}}]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_group_mention_is_answered_by_claude_with_a_quoted_reply() {
+    let script = json!({"scenarios": [{"match": "QQ-E2E", "turns": [
+        {"text": "Hello from the fake model via QQ."}
+    ]}], "default_text": "OK"});
+    let Some(s) = e2e(script, "").await else {
+        return;
+    };
+    let bot = FakeBot::connect(&s.url, SELF, Auth::Bearer(TOKEN.into()))
+        .await
+        .unwrap();
+    bot.lifecycle_connect();
+    // Not addressed: no turn (the next send answers the addressed message below).
+    bot.send_event(&group_msg(
+        500,
+        USER,
+        json!([{"type": "text", "data": {"text": "just chatting"}}]),
+    ));
+    bot.send_event(&at_bot(501, USER, "QQ-E2E hello"));
+    let sent = bot
+        .wait_action_where("send_group_msg", TURN, |a| {
+            text_of(a).contains("fake model")
+        })
+        .await;
+    let segs = sent["params"]["message"].as_array().unwrap();
+    assert_eq!(
+        segs[0],
+        json!({"type": "reply", "data": {"id": "501"}}),
+        "{sent}"
+    );
+    assert_eq!(
+        segs[1],
+        json!({"type": "at", "data": {"qq": USER.to_string()}})
+    );
+    assert!(
+        text_of(&sent).contains("Hello from the fake model via QQ."),
+        "{sent}"
+    );
+    let prompts = s.llm.message_requests();
+    let texts = prompts.last().unwrap().message_texts().join("\n");
+    assert!(texts.contains("QQ-E2E hello"), "{texts}");
+    assert!(texts.contains("role: owner"), "{texts}");
+    drop(s.gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_owner_approves_a_tool_call_from_qq_without_a_mention() {
+    let script = json!({"scenarios": [{"match": "QQ-APPROVE", "turns": [
+        {"text": "Creating the file.", "tool_calls": [{"name": "Bash", "input": {"command": "touch approved.txt"}}]},
+        {"text": "File created after approval."}
+    ]}]});
+    let extra = "    permissions: {enabled: true, timeout: 60}";
+    let Some(s) = e2e(script, extra).await else {
+        return;
+    };
+    let bot = FakeBot::connect(&s.url, SELF, Auth::Bearer(TOKEN.into()))
+        .await
+        .unwrap();
+    bot.send_event(&at_bot(600, USER, "QQ-APPROVE make a file"));
+    let prompt = bot
+        .wait_action_where("send_group_msg", TURN, |a| {
+            text_of(a).contains("Permission required")
+        })
+        .await;
+    let text = text_of(&prompt);
+    let id = text
+        .split("approve ")
+        .nth(1)
+        .and_then(|rest| rest.get(..4))
+        .unwrap_or_else(|| panic!("no approval id in {text}"))
+        .to_string();
+    assert!(!s.gateway.work.join("approved.txt").exists());
+
+    // A guest cannot approve; the owner can, without an @ (approvals bypass the mention gate).
+    bot.send_event(&group_msg(
+        601,
+        4242,
+        json!([{"type": "text", "data": {"text": format!("approve {id}")}}]),
+    ));
+    let refused = bot
+        .wait_action_where("send_group_msg", TURN, |a| {
+            text_of(a).contains("Only an owner")
+        })
+        .await;
+    assert_eq!(
+        refused["params"]["message"][0],
+        json!({"type": "reply", "data": {"id": "601"}}),
+        "{refused}"
+    );
+    assert!(
+        !s.gateway.work.join("approved.txt").exists(),
+        "a guest's approval ran the tool"
+    );
+    bot.send_event(&group_msg(
+        602,
+        USER,
+        json!([{"type": "text", "data": {"text": format!("approve {id}")}}]),
+    ));
+    let done = bot
+        .wait_action_where("send_group_msg", TURN, |a| {
+            text_of(a).contains("File created after approval.")
+        })
+        .await;
+    assert!(
+        text_of(&done).contains("File created after approval."),
+        "{done}"
+    );
+    assert!(
+        s.gateway.work.join("approved.txt").exists(),
+        "the approved tool did not run"
+    );
+    drop(s.gateway);
+}

@@ -244,20 +244,33 @@ impl FakeBot {
     /// The next action the gateway called with this name (others are skipped). Panics after
     /// [`WAIT`].
     pub async fn wait_action(&self, name: &str) -> Value {
+        self.wait_action_where(name, WAIT, |_| true).await
+    }
+
+    /// The next action with this name for which `pred` holds, within `timeout` (others are
+    /// skipped).
+    pub async fn wait_action_where(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut rx = self.actions.lock().await;
-        let found = tokio::time::timeout(WAIT, async {
+        let mut skipped = Vec::new();
+        let found = tokio::time::timeout(timeout, async {
             while let Some(a) = rx.recv().await {
-                if a["action"] == name {
+                if a["action"] == name && pred(&a) {
                     return Some(a);
                 }
+                skipped.push(a);
             }
             None
         })
         .await;
         match found {
             Ok(Some(a)) => a,
-            Ok(None) => panic!("socket closed while waiting for action {name}"),
-            Err(_) => panic!("no {name} action within {WAIT:?}"),
+            Ok(None) => panic!("socket closed while waiting for action {name}; saw {skipped:?}"),
+            Err(_) => panic!("no matching {name} action within {timeout:?}; saw {skipped:?}"),
         }
     }
 
