@@ -116,6 +116,14 @@ impl WebchatConnector {
     }
 }
 
+/// Sends an event unless the gateway stops first; false when it is stopping.
+async fn send_or_cancelled(ctx: &ConnectorContext, event: ConnectorEvent) -> bool {
+    tokio::select! {
+        sent = ctx.events.send(event) => sent,
+        _ = ctx.cancel.cancelled() => false,
+    }
+}
+
 fn room_of(to: &ReplyTarget) -> Result<&str, ConnectorError> {
     if valid_room_name(&to.room) {
         Ok(&to.room)
@@ -200,17 +208,18 @@ impl Connector for WebchatConnector {
                     error: e.to_string(),
                 },
             };
-            if !ctx.events.send(event).await {
+            if !send_or_cancelled(&ctx, event).await {
                 return Ok(());
             }
         }
         let addr = self.local_addr();
-        ctx.events
-            .send(ConnectorEvent::Connection {
-                connected: true,
-                detail: format!("serving http://{addr}/"),
-            })
-            .await;
+        let up = ConnectorEvent::Connection {
+            connected: true,
+            detail: format!("serving http://{addr}/"),
+        };
+        if !send_or_cancelled(&ctx, up).await {
+            return Ok(());
+        }
         let shared = Arc::new(server::Shared {
             connector: self.name.clone(),
             hub: self.hub.clone(),
