@@ -370,3 +370,129 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
         }),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, ConnectorKind};
+    use std::path::Path;
+
+    fn config(section: &str) -> Result<OneBotConfig, Vec<String>> {
+        let yaml = format!(
+            r#"
+connectors:
+  - {section}
+default_agent: a
+agents:
+  a: {{type: claude, command: claude, working_directory: /tmp}}
+watchers:
+  - {{name: w, connector: qq, room: "*", agent: a}}
+"#
+        );
+        match parse(Path::new("/tmp/config.yaml"), &yaml) {
+            Ok(c) => match &c.connectors[0].kind {
+                ConnectorKind::OneBot(o) => Ok(o.clone()),
+                other => panic!("{other:?}"),
+            },
+            Err(e) => Err(e.issues.iter().map(|i| i.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn defaults_for_a_minimal_reverse_section() {
+        let c = config(r#"{name: qq, type: onebot, listen: "127.0.0.1:8765"}"#).unwrap();
+        assert_eq!(
+            c.mode,
+            Mode::Listen {
+                addr: "127.0.0.1:8765".parse().unwrap(),
+                path: DEFAULT_PATH.into()
+            }
+        );
+        assert_eq!(c.access_token, None);
+        assert!(c.require_mention);
+        assert_eq!((c.max_message_length, c.forward_threshold), (4000, 12000));
+        assert_eq!(
+            c.rate_limit,
+            Some(RateLimit {
+                messages: 20,
+                window: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(c.group_context, None);
+        assert_eq!(c.attachments.as_ref().unwrap().max_bytes, 20 * 1024 * 1024);
+        assert_eq!(c.action_timeout, Duration::from_secs(30));
+        assert_eq!(c.heartbeat_timeout, None);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = config(
+            r#"{name: qq, type: onebot, url: "ws://127.0.0.1:3001", access_token: t, require_mention: false,
+                group_whitelist: [1, 2], user_whitelist: [3], max_message_length: 500, forward_threshold: 2000,
+                rate_limit: {messages: 0}, group_context: {max_messages: 5, max_chars: 900},
+                attachments: {enabled: false}, action_timeout_secs: 5, heartbeat_timeout_secs: 90}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.mode,
+            Mode::Connect {
+                url: "ws://127.0.0.1:3001".into()
+            }
+        );
+        assert_eq!(c.access_token.as_deref(), Some("t"));
+        assert!(!c.require_mention);
+        assert_eq!(c.group_whitelist.len(), 2);
+        assert!(c.user_whitelist.contains(&3));
+        assert_eq!(c.rate_limit, None);
+        assert_eq!(
+            c.group_context,
+            Some(GroupContext {
+                max_messages: 5,
+                max_chars: 900,
+                scan_limit: 200
+            })
+        );
+        assert_eq!(c.attachments, None);
+        assert_eq!(c.action_timeout, Duration::from_secs(5));
+        assert_eq!(c.heartbeat_timeout, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn problems_are_reported_together() {
+        let errs = config(
+            r#"{name: qq, type: onebot, listen: "0.0.0.0:8765", max_message_length: 10, forward_threshold: 5,
+                rate_limit: {messages: 3, window_secs: 0}, colour: red}"#,
+        )
+        .unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("colour")), "{errs:?}");
+        let errs = config(
+            r#"{name: qq, type: onebot, listen: "0.0.0.0:8765", max_message_length: 10, forward_threshold: 5,
+                rate_limit: {messages: 3, window_secs: 0}}"#,
+        )
+        .unwrap_err();
+        let all = errs.join("\n");
+        assert!(
+            all.contains("access_token: required when 'listen' is not a loopback"),
+            "{all}"
+        );
+        assert!(
+            all.contains("max_message_length (line 3): must be at least 100"),
+            "{all}"
+        );
+        assert!(all.contains("forward_threshold"), "{all}");
+        assert!(all.contains("rate_limit.window_secs"), "{all}");
+
+        let both = config(r#"{name: qq, type: onebot, listen: "127.0.0.1:1", url: "ws://x"}"#)
+            .unwrap_err();
+        assert!(both.join("\n").contains("not both"), "{both:?}");
+        let neither = config(r#"{name: qq, type: onebot}"#).unwrap_err();
+        assert!(neither.join("\n").contains("listen"), "{neither:?}");
+        let tls = config(r#"{name: qq, type: onebot, url: "wss://x"}"#).unwrap_err();
+        assert!(
+            tls.join("\n").contains("wss:// is not supported"),
+            "{tls:?}"
+        );
+        let addr = config(r#"{name: qq, type: onebot, listen: "localhost"}"#).unwrap_err();
+        assert!(addr.join("\n").contains("not an address:port"), "{addr:?}");
+    }
+}
