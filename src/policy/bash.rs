@@ -102,8 +102,9 @@ pub fn analyse(script: &str, cwd: &Path) -> Analysis {
         changes_dir: false,
         relative_targets: Vec::new(),
         normalized: HashMap::new(),
+        depth: 0,
     };
-    analyser.script(script, 0);
+    analyser.script(script, 0, 0);
     if analyser.changes_dir {
         if let Some(target) = analyser.relative_targets.first() {
             let problem =
@@ -137,6 +138,8 @@ struct Analyser<'c> {
     problems: Vec<String>,
     changes_dir: bool,
     relative_targets: Vec<String>,
+    /// Depth of the node being walked (nested scripts continue from it).
+    depth: usize,
     /// Redirect targets already resolved in this script (loops repeat them).
     normalized: HashMap<String, Option<PathBuf>>,
 }
@@ -195,7 +198,9 @@ impl Analyser<'_> {
     }
 
     /// Parses and walks one script (the top level, or a `bash -c`/`eval` string).
-    fn script(&mut self, src: &str, shell_depth: usize) {
+    /// `depth` is where the script sits in the enclosing tree: nested strings share one
+    /// depth budget, so the recursion stays bounded whatever the mix of nesting.
+    fn script(&mut self, src: &str, shell_depth: usize, depth: usize) {
         if shell_depth > MAX_SHELL_DEPTH {
             self.problem(format!(
                 "shell strings nested more than {MAX_SHELL_DEPTH} levels deep"
@@ -220,13 +225,14 @@ impl Analyser<'_> {
         let root = tree.root_node();
         let before = self.problems.len();
         let cx = Cx { src, shell_depth };
-        self.walk(root, cx, 0);
+        self.walk(root, cx, depth);
         if root.has_error() && self.problems.len() == before {
             self.problem("bash syntax error".to_string());
         }
     }
 
     fn walk(&mut self, node: Node, cx: Cx, depth: usize) {
+        self.depth = depth;
         if depth > MAX_NODE_DEPTH {
             self.problem(format!(
                 "script nests more than {MAX_NODE_DEPTH} levels deep"
@@ -569,7 +575,7 @@ impl Analyser<'_> {
 
     fn nested_script(&mut self, what: &str, script: Option<String>, cx: Cx) {
         match script {
-            Some(script) => self.script(&script, cx.shell_depth + 1),
+            Some(script) => self.script(&script, cx.shell_depth + 1, self.depth + 1),
             None => self.problem(format!("{what} string is only known at run time")),
         }
     }
@@ -1051,6 +1057,32 @@ mod tests {
             let (_, problems) = texts(script);
             assert!(!problems.is_empty(), "{script} should be unsupported");
         }
+    }
+
+    #[test]
+    fn worst_case_nesting_fits_a_small_stack() {
+        // Every kind of nesting at once, on a stack a quarter of tokio's default worker size.
+        let inner = format!("{}ls{}", "$(".repeat(60), ")".repeat(60));
+        let script = format!(
+            "{}{}",
+            "eval bash -c ".repeat(MAX_SHELL_DEPTH + 2),
+            inner.replace('$', "\\$")
+        );
+        let scripts = [
+            format!("{}ls{}", "$( (".repeat(150), ") )".repeat(150)),
+            format!("{}ls{}", "{ ".repeat(500), "; }".repeat(500)),
+            script,
+        ];
+        std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                for s in scripts {
+                    let _ = analyse(&s, Path::new("/project"));
+                }
+            })
+            .unwrap()
+            .join()
+            .expect("analysis fits in 512 KiB of stack");
     }
 
     #[test]
