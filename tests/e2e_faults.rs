@@ -1,0 +1,157 @@
+//! Agent faults as a room sees them: a crash, a hang (turn timeout), garbage output and a
+//! usage limit each give one short, exact message in the room, and the next message in the
+//! same room is answered normally. Runs the real daemon with the project's fake agent.
+
+mod support;
+
+use support::{fake_agent_bin, free_port, Gateway, WebClient};
+
+fn setup() -> (Gateway, WebClient) {
+    let port = free_port();
+    let config = format!(
+        r#"
+connectors:
+  - {{name: local, type: webchat, listen: "127.0.0.1:{port}", allowed_users: {{owners: [alice], guests: [bob]}}}}
+agents:
+  fake: {{type: claude, command: "{agent}", working_directory: "{{work}}", timeout: 3}}
+watchers:
+  - {{name: all, connector: local, room: "*", agent: fake}}
+max_queue_depth: 3
+"#,
+        agent = fake_agent_bin()
+    );
+    let g = Gateway::start(&config);
+    let alice = WebClient::new(port, &g.token_for("alice"));
+    (g, alice)
+}
+
+/// The reply text with its log reference replaced by `<ref>`.
+fn without_ref(text: &str) -> String {
+    let re = regex::Regex::new(r"\(ref: [0-9a-f]{8}\)").unwrap();
+    let time = regex::Regex::new(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ").unwrap();
+    let text = re.replace_all(text, "(ref: <ref>)");
+    time.replace_all(&text, "<time>").into_owned()
+}
+
+async fn fault_then_recovery(room: &str, marker: &str, expected: &str) {
+    let (mut g, alice) = setup();
+    let replies = alice.ask(room, &format!("please {marker}")).await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(without_ref(&replies[0].text), expected);
+    let reference = replies[0]
+        .text
+        .rsplit("ref: ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+
+    let replies = alice.ask(room, "all good now?").await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(replies[0].text.contains("all good now?"), "{replies:?}");
+
+    // The reference in the room is the one in the log (flushed when the daemon stops).
+    g.stop();
+    let log = g.log();
+    assert!(
+        log.contains(&reference),
+        "reference {reference} not in the log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_crash_is_reported_and_the_room_keeps_working() {
+    fault_then_recovery(
+        "crash",
+        "FAKE:crash",
+        "❌ The agent stopped unexpectedly (exit code 3). Please try again. (ref: <ref>)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_hang_hits_the_timeout_and_the_room_keeps_working() {
+    fault_then_recovery(
+        "hang",
+        "FAKE:hang",
+        "⏱️ The agent did not finish within 3 s and was stopped. Please try again. (ref: <ref>)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_output_is_reported_and_the_room_keeps_working() {
+    fault_then_recovery(
+        "garbage",
+        "FAKE:garbage",
+        "❌ The agent's output could not be understood. Please try again. (ref: <ref>)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_limit_is_reported_and_the_room_keeps_working() {
+    fault_then_recovery(
+        "limit",
+        "FAKE:ratelimit",
+        "❌ The agent has reached its usage limit; it resets at <time>. (ref: <ref>)",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_output_line_does_not_break_the_turn() {
+    let (_g, alice) = setup();
+    let replies = alice.ask("huge", "FAKE:huge then answer").await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(
+        replies[0].text.contains("FAKE:huge then answer"),
+        "{replies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_during_a_turn_are_merged_and_a_full_queue_gets_a_busy_notice() {
+    let (_g, alice) = setup();
+    let mut events = alice.events("busy").await;
+    // A slow turn holds the room while more messages arrive.
+    let (status, _) = alice.post("busy", "FAKE:slow=1500 first").await;
+    assert_eq!(status, 202);
+    events
+        .until(std::time::Duration::from_secs(10), |e, d| {
+            e == "typing" && d["typing"] == true
+        })
+        .await;
+    for i in 0..3 {
+        let (status, _) = alice.post("busy", &format!("queued {i}")).await;
+        assert_eq!(status, 202);
+    }
+    // max_queue_depth is 3: the fourth waiting message is refused, and the sender told.
+    let (status, body) = alice.post("busy", "one too many").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["error"],
+        "⚠️ Too many messages are waiting in this room (limit 3); this one was not queued. Please send it again later."
+    );
+    // The first turn ends, then one more runs for the merged messages.
+    events
+        .until(std::time::Duration::from_secs(30), |e, d| {
+            e == "typing" && d["typing"] == false
+        })
+        .await;
+    events.turn_end().await;
+    let all = alice.messages("busy").await;
+    let bot: Vec<&str> = all
+        .iter()
+        .filter(|m| m.from == "bot")
+        .map(|m| m.text.as_str())
+        .collect();
+    // The busy notice, the first answer, and one answer for the three merged messages.
+    assert_eq!(bot.len(), 3, "{bot:?}");
+    assert!(
+        bot.iter().any(|t| t.starts_with("⚠️ Too many messages")),
+        "{bot:?}"
+    );
+    let merged = bot.last().unwrap();
+    assert!(merged.contains("queued 2"), "{merged}");
+}
