@@ -627,6 +627,32 @@ async fn a_reconnecting_bot_replaces_its_old_socket() {
 }
 
 #[tokio::test]
+async fn separate_event_and_api_sockets_split_the_traffic() {
+    let mut gw = gateway(|_| {}).await;
+    let auth = Auth::Bearer(TOKEN.into());
+    let events = FakeBot::connect_with(&gw.url, Some(SELF), auth.clone(), Some("Event"))
+        .await
+        .unwrap();
+    gw.connection(false, "event socket").await;
+    let api = FakeBot::connect_with(&gw.url, Some(SELF), auth, Some("API"))
+        .await
+        .unwrap();
+    gw.connection(true, "(Api)").await;
+    events.send_event(&private_msg(20, USER, "via the event socket"));
+    let msg = gw.message().await;
+    gw.conn
+        .send_reply(&msg.reply_target(), "via the api socket")
+        .await
+        .unwrap();
+    assert_eq!(
+        text_of(&api.wait_action("send_private_msg").await),
+        "via the api socket"
+    );
+    assert!(events.drain_actions().await.is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn heartbeat_loss_closes_the_socket() {
     let mut gw = gateway(|c| c.heartbeat_timeout = Some(Duration::from_millis(400))).await;
     let bot = gw.bot(SELF).await;
