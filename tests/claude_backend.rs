@@ -489,6 +489,211 @@ async fn real_cli_unreachable_hook_denies_the_tool() {
     );
 }
 
+#[tokio::test]
+async fn real_cli_timeout_kills_the_cli() {
+    let Some(claude) = support::claude_bin() else {
+        return;
+    };
+    // Every SSE event waits 1 s: the model call outlives the turn's 2 s budget.
+    let fake = FakeLlm::start(json!({"delay_ms": 1000, "turns": [{"text": "too late"}]})).await;
+    let dirs = Dirs::new();
+    let mut config = dirs.config(&claude, fake.claude_env());
+    config.timeout = Duration::from_secs(2);
+    let backend = dirs.backend(&config);
+    let run = run_turn(&backend, "slow please", None, Role::Owner, None).await;
+    assert!(
+        matches!(run.result, Err(AgentError::Timeout(_))),
+        "{:?}",
+        run.result
+    );
+    // The CLI was reaped before run_turn returned; nothing else runs in its directory.
+    assert_eq!(processes_in(dirs.work.path()), Vec::<u32>::new());
+}
+
+/// Pids of live processes whose working directory is `dir`.
+fn processes_in(dir: &Path) -> Vec<u32> {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fake model API itself
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn fake_llm_selects_turns_statelessly_and_logs_requests() {
+    let fake = FakeLlm::start(json!({"scenarios": [
+        {"match": "T-1", "turns": [
+            {"text": "a", "tool_calls": [{"name": "Bash", "input": {"command": "ls"}}]},
+            {"text": "b"}]},
+        {"turns": [{"text": "catch-all"}]}],
+        "default_text": "D"}))
+    .await;
+    let http = reqwest::Client::new();
+    let ask = |messages: serde_json::Value, tools: bool| {
+        let mut body = json!({"model": "m", "messages": messages, "stream": false});
+        if tools {
+            body["tools"] = json!([{"name": "Bash"}]);
+        }
+        http.post(format!("{}/v1/messages?beta=true", fake.url()))
+            .json(&body)
+            .send()
+    };
+    let user = |t: &str| json!({"role": "user", "content": [{"type": "text", "text": t}]});
+    let assistant = json!({"role": "assistant", "content": "x"});
+    let system = json!({"role": "system", "content": "mid-conversation"});
+
+    let r: serde_json::Value = ask(json!([user("x T-1 y")]), true)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["content"][0]["text"], "a");
+    assert_eq!(r["content"][1]["type"], "tool_use");
+    assert_eq!(r["content"][1]["input"]["command"], "ls");
+    assert_eq!(r["stop_reason"], "tool_use");
+    // Mid-conversation system entries do not count as turns.
+    let r: serde_json::Value = ask(
+        json!([user("T-1"), system, assistant.clone(), user("more")]),
+        true,
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(r["content"][0]["text"], "b");
+    assert_eq!(r["stop_reason"], "end_turn");
+    let r: serde_json::Value = ask(
+        json!([
+            user("T-1"),
+            assistant.clone(),
+            user("m"),
+            assistant,
+            user("n")
+        ]),
+        true,
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(r["content"][0]["text"], "D");
+    // No tools offered: text only.
+    let r: serde_json::Value = ask(json!([user("T-1")]), false)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["content"].as_array().unwrap().len(), 1);
+    let r: serde_json::Value = ask(json!([user("other")]), true)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["content"][0]["text"], "catch-all");
+
+    let log = fake.requests();
+    assert_eq!(log.len(), 5);
+    assert!(log.iter().all(|r| r.is_messages_call()));
+    assert_eq!(log[0].path, "/v1/messages?beta=true");
+    assert_eq!(
+        log[1].message_texts(),
+        vec!["T-1", "mid-conversation", "x", "more"]
+    );
+
+    // Other routes, with and without /v1.
+    let n: serde_json::Value = http
+        .post(format!("{}/messages/count_tokens", fake.url()))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(n["input_tokens"], 100);
+    let m: serde_json::Value = http
+        .get(format!("{}/v1/models", fake.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!m["data"].as_array().unwrap().is_empty());
+    let missing = http
+        .get(format!("{}/v1/nothing", fake.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    fake.clear_requests();
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn fake_llm_streams_sse_and_scripts_errors_and_can_be_rescripted() {
+    let fake = FakeLlm::start(json!([{"text": "0123456789abcdefXYZ",
+        "tool_calls": [{"name": "Bash", "input": {"command": "ls"}}]}]))
+    .await;
+    let http = reqwest::Client::new();
+    let body = json!({"model": "m", "stream": true, "tools": [{"name": "Bash"}],
+        "messages": [{"role": "user", "content": "hi"}]});
+    let url = format!("{}/v1/messages", fake.url());
+    let r = http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = r.text().await.unwrap();
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    assert!(
+        text.contains(r#""partial_json":"{\"command\":\"ls\"}""#),
+        "{text}"
+    );
+
+    fake.set_script(json!({"scenarios": [
+        {"match": "bad", "error": {"status": 400, "body": {"type": "error",
+            "error": {"type": "invalid_request_error", "message": "nope"}}}},
+        {"match": "busy", "error": {"status": 529, "type": "overloaded_error", "message": "busy"}}]}));
+    let mut bad = body.clone();
+    bad["messages"][0]["content"] = json!("bad request");
+    let r = http.post(&url).json(&bad).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["message"], "nope");
+    let mut busy = body.clone();
+    busy["messages"][0]["content"] = json!("busy now");
+    let r = http.post(&url).json(&busy).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 529);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "overloaded_error");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fake agent: faults
 // ---------------------------------------------------------------------------------------------

@@ -514,34 +514,3 @@ fn sse_response(
         .body(StreamBody::new(stream).boxed())
         .expect("static response parts are valid")
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn selection_follows_the_reference_rules() {
-        let script = json!({"scenarios": [
-            {"match": "T-1", "turns": [{"text": "a", "tool_calls": [{"name": "Bash", "input": {}}]}, {"text": "b"}]},
-            {"turns": [{"text": "catch-all"}]}],
-            "default_text": "D"});
-        assert_eq!(select(&script, "x T-1 y", 0, true).turn["text"], "a");
-        assert_eq!(select(&script, "x T-1 y", 1, true).turn["text"], "b");
-        assert_eq!(select(&script, "x T-1 y", 2, true).turn["text"], "D");
-        assert_eq!(select(&script, "other", 0, true).turn["text"], "catch-all");
-        let no_tools = select(&script, "T-1", 0, false).turn;
-        assert!(no_tools.get("tool_calls").is_none());
-        assert_eq!(no_tools["text"], "a");
-        let bare = json!([{"text": "only"}]);
-        assert_eq!(select(&bare, "anything", 0, true).turn["text"], "only");
-        assert_eq!(select(&bare, "anything", 1, true).turn["text"], "OK");
-    }
-
-    #[test]
-    fn routes_with_and_without_v1() {
-        assert_eq!(route("/v1/messages?beta=true"), "/messages");
-        assert_eq!(route("/messages"), "/messages");
-        assert_eq!(route("/v1/messages/count_tokens"), "/messages/count_tokens");
-        assert_eq!(route("/v1"), "/v1");
-    }
-}
