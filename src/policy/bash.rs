@@ -39,7 +39,7 @@ use super::{Param, ParamKind};
 /// How many `bash -c`/`eval` strings may nest inside each other.
 pub const MAX_SHELL_DEPTH: usize = 4;
 /// How deep the syntax tree may nest before the script is refused (protects the stack).
-pub const MAX_NODE_DEPTH: usize = 200;
+pub const MAX_NODE_DEPTH: usize = 100;
 /// How many wrappers (`sudo env timeout …`) one command may stack.
 const MAX_WRAPPERS: usize = 16;
 

@@ -200,16 +200,22 @@ fn decide_on(input: &PolicyInput, tool_lower: &str, extraction: &Extraction) -> 
     }
     if unmatched.is_empty() && !tool_rules.is_empty() {
         return Decision::Allow {
-            reason: format!("{role} rule {}", used.join(", ")),
+            reason: format!("matches the {role} allow-list: {}", used.join(", ")),
         };
     }
     let why = if tool_rules.is_empty() {
         format!("tool '{}' is not in the {role} allow-list", input.tool)
     } else {
-        let shown: Vec<String> = unmatched
+        // A long script can leave hundreds unmatched; the reason stays one readable line.
+        const SHOWN: usize = 3;
+        let mut shown: Vec<String> = unmatched
             .iter()
+            .take(SHOWN)
             .map(|p| format!("`{}`", short(p)))
             .collect();
+        if unmatched.len() > SHOWN {
+            shown.push(format!("and {} more", unmatched.len() - SHOWN));
+        }
         format!("not in the {role} allow-list: {}", shown.join(", "))
     };
     match role {

@@ -403,6 +403,36 @@ fn guard_denies_any_call_from_inside_the_runtime_dir() {
 }
 
 #[test]
+fn reasons_name_the_rules_and_the_unmatched_commands() {
+    let set = rules(&["Bash(git log.*)", "Bash(head.*)"]);
+    let decide_owner = |command: &str| {
+        decide(&PolicyInput {
+            role: Owner,
+            tool: "Bash",
+            input: &json!({ "command": command }),
+            cwd: Path::new("/project"),
+            owner_rules: &set,
+            guest_rules: &set,
+            skip_owner_approval: false,
+            guard: &Guard::none(),
+        })
+        .decision
+    };
+    assert_eq!(
+        decide_owner("git log --oneline | head -20"),
+        Decision::Allow {
+            reason: "matches the owner allow-list: Bash(git log.*), Bash(head.*)".to_string()
+        }
+    );
+    assert_eq!(
+        decide_owner("git log; a; b; c; d"),
+        Decision::Ask {
+            reason: "not in the owner allow-list: `a`, `b`, `c`, and 1 more".to_string()
+        }
+    );
+}
+
+#[test]
 fn render_check_plain_and_json() {
     let outcome = PolicyOutcome {
         decision: Decision::Ask {
