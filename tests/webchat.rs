@@ -615,6 +615,9 @@ async fn after_pages_and_history_is_bounded() {
 async fn the_number_of_rooms_is_bounded() {
     let h = Harness::start(config(loopback(), 5, false), &["keep"]).await;
     let limit = agent_chat_gateway::connector::webchat::MAX_ROOMS;
+    // A client of the idlest room: its stream ends when the room is forgotten.
+    let mut sse = h.events("room-0").await;
+    sse.expect("typing").await;
     for i in 0..limit + 10 {
         h.connector
             .post(&ReplyTarget::room(format!("room-{i}")), "x")
@@ -633,6 +636,13 @@ async fn the_number_of_rooms_is_bounded() {
     assert!(names.contains(&"keep"));
     assert!(!names.contains(&"room-0"));
     assert!(names.contains(&format!("room-{}", limit + 9).as_str()));
+    // The message posted to room-0 before it was forgotten, then the end (a stream that
+    // stays open fails on the read timeout).
+    assert_eq!(sse.expect("message").await["text"], "x");
+    assert!(
+        sse.next().await.is_none(),
+        "stream of an evicted room should end"
+    );
     h.stop().await;
 }
 

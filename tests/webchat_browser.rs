@@ -512,6 +512,14 @@ async fn the_page_sends_streams_and_answers_approvals() {
     );
     let shot = cdp.screenshot("webchat-lobby.png").await;
     eprintln!("screenshot: {}", shot.display());
+    cdp.call(
+        "Emulation.setEmulatedMedia",
+        json!({ "features": [{ "name": "prefers-color-scheme", "value": "dark" }] }),
+    )
+    .await;
+    cdp.screenshot("webchat-lobby-dark.png").await;
+    cdp.call("Emulation.setEmulatedMedia", json!({ "features": [] }))
+        .await;
 
     // Joining another room by name switches the view and the address.
     cdp.eval("document.getElementById('join-name').value = 'dev'")
