@@ -1,0 +1,351 @@
+//! Roles, tool policy and human approval with the real Claude Code CLI: the fake model asks for
+//! a Bash call, Claude's http PreToolUse hook asks the gateway, and the room's owner (or a
+//! timeout) decides. Every test checks what really ran on disk.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::fake_llm::FakeLlm;
+use support::{claude_bin, free_port, EventStream, Gateway, WebClient};
+
+struct Setup {
+    gateway: Gateway,
+    llm: FakeLlm,
+    alice: WebClient,
+    bob: WebClient,
+    _home: tempfile::TempDir,
+}
+
+/// Alice is an owner, Bob a guest. `rules` is YAML for the agent's allow-lists.
+async fn setup(rules: &str, approval_timeout: u64) -> Option<Setup> {
+    let claude = claude_bin()?;
+    let llm = FakeLlm::start(json!({"scenarios": [], "default_text": "OK"})).await;
+    let port = free_port();
+    let home = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+connectors:
+  - name: local
+    type: webchat
+    listen: "127.0.0.1:{port}"
+    allowed_users: {{owners: [alice], guests: [bob]}}
+agents:
+  assistant:
+    type: claude
+    command: "{claude}"
+    working_directory: "{{work}}"
+    timeout: 120
+    env: {env}
+    permissions: {{enabled: true, timeout: {approval_timeout}}}
+{rules}
+watchers:
+  - {{name: all, connector: local, room: "*", agent: assistant}}
+"#,
+        claude = claude.display(),
+        env = support::claude_env_yaml(&llm, home.path()),
+    );
+    let gateway = Gateway::start(&config);
+    let alice = WebClient::new(port, &gateway.token_for("alice"));
+    let bob = WebClient::new(port, &gateway.token_for("bob"));
+    Some(Setup {
+        gateway,
+        llm,
+        alice,
+        bob,
+        _home: home,
+    })
+}
+
+/// A scenario: the model runs `command` with Bash, then says `after`.
+fn tool_script(marker: &str, command: &str) -> Value {
+    json!({"scenarios": [{"match": marker, "turns": [
+        {"text": "Running it.", "tool_calls": [{"name": "Bash", "input": {"command": command}}]},
+        {"text": "after"}
+    ]}], "default_text": "OK"})
+}
+
+/// Waits for the approval prompt and returns its id.
+async fn prompt_id(events: &mut EventStream) -> String {
+    let seen = events
+        .until(Duration::from_secs(60), |e, d| {
+            e == "message" && d["text"].as_str().is_some_and(|t| t.starts_with("🔐"))
+        })
+        .await;
+    let text = seen.last().unwrap().1["text"].as_str().unwrap().to_string();
+    let re = regex::Regex::new(r"`\[([a-z0-9]{4})\]`").unwrap();
+    let id = re.captures(&text).unwrap()[1].to_string();
+    assert_eq!(
+        text,
+        format!("🔐 **Permission required** `[{id}]`\n**Tool:** `Bash`\n**Params:** `{}`\nReply `approve {id}` or `deny {id}`",
+            text.split("**Params:** `").nth(1).unwrap().split('`').next().unwrap())
+    );
+    id
+}
+
+fn audit(g: &Gateway) -> Vec<Value> {
+    std::fs::read_to_string(g.runtime.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const OWNER_TOUCH_LISTED: &str =
+    r#"    owner_allowed_tools: [{tool: Bash, params: "touch listed\\.txt"}]"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_allow_listed_call_runs_without_a_prompt() {
+    let Some(s) = setup(OWNER_TOUCH_LISTED, 60).await else {
+        return;
+    };
+    s.llm
+        .set_script(tool_script("AP-LISTED", "touch listed.txt"));
+    let replies = s.alice.ask("r1", "AP-LISTED go").await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].text, "Running it.\nafter");
+    assert!(s.gateway.work.join("listed.txt").exists());
+    let a = audit(&s.gateway);
+    let last = a.last().unwrap();
+    assert_eq!(last["decision"], "allow");
+    assert_eq!(last["role"], "owner");
+    assert_eq!(last["tool"], "Bash");
+    assert_eq!(last["parameters"], json!(["touch listed.txt"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_owner_call_waits_for_approve_and_then_runs() {
+    let Some(s) = setup(OWNER_TOUCH_LISTED, 60).await else {
+        return;
+    };
+    s.llm
+        .set_script(tool_script("AP-APPROVE", "touch approved.txt"));
+    let mut events = s.alice.events("r2").await;
+    s.alice.post("r2", "AP-APPROVE go").await;
+    let id = prompt_id(&mut events).await;
+    assert!(!s.gateway.work.join("approved.txt").exists());
+
+    let (status, _) = s
+        .alice
+        .post("r2", &format!("APPROVE {}", id.to_uppercase()))
+        .await;
+    assert_eq!(status, 202);
+    events
+        .until(Duration::from_secs(60), |e, d| {
+            e == "typing" && d["typing"] == false
+        })
+        .await;
+    assert!(
+        s.gateway.work.join("approved.txt").exists(),
+        "approved call did not run"
+    );
+    let texts: Vec<String> = s
+        .alice
+        .messages("r2")
+        .await
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert!(
+        texts.contains(&format!("✅ Permission `{id}` approved.")),
+        "{texts:?}"
+    );
+    // The answer streamed into the message posted before the prompt.
+    assert!(
+        texts.contains(&"Running it.\nafter".to_string()),
+        "{texts:?}"
+    );
+    let last = audit(&s.gateway).pop().unwrap();
+    assert_eq!(
+        (last["decision"].as_str(), last["by"].as_str()),
+        (Some("allow"), Some("alice"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_stops_the_call() {
+    let Some(s) = setup(OWNER_TOUCH_LISTED, 60).await else {
+        return;
+    };
+    s.llm.set_script(tool_script("AP-DENY", "touch denied.txt"));
+    let mut events = s.alice.events("r3").await;
+    s.alice.post("r3", "AP-DENY go").await;
+    let id = prompt_id(&mut events).await;
+    s.alice.post("r3", &format!("deny {id}")).await;
+    events
+        .until(Duration::from_secs(60), |e, d| {
+            e == "typing" && d["typing"] == false
+        })
+        .await;
+    assert!(!s.gateway.work.join("denied.txt").exists());
+    let texts: Vec<String> = s
+        .alice
+        .messages("r3")
+        .await
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert!(
+        texts.contains(&format!("❌ Permission `{id}` denied.")),
+        "{texts:?}"
+    );
+    // The model was told why.
+    let body = s.llm.message_requests().last().unwrap().body.to_string();
+    assert!(body.contains("denied by alice"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_times_out_as_a_deny() {
+    let Some(s) = setup(OWNER_TOUCH_LISTED, 2).await else {
+        return;
+    };
+    s.llm
+        .set_script(tool_script("AP-TIMEOUT", "touch late.txt"));
+    let mut events = s.alice.events("r4").await;
+    s.alice.post("r4", "AP-TIMEOUT go").await;
+    let id = prompt_id(&mut events).await;
+    events
+        .until(Duration::from_secs(60), |e, d| {
+            e == "typing" && d["typing"] == false
+        })
+        .await;
+    assert!(!s.gateway.work.join("late.txt").exists());
+    let texts: Vec<String> = s
+        .alice
+        .messages("r4")
+        .await
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert!(
+        texts.contains(&format!(
+            "⏱️ Permission `{id}` timed out — **auto-denied**."
+        )),
+        "{texts:?}"
+    );
+    // A late approve finds nothing.
+    let (_, _) = s.alice.post("r4", &format!("approve {id}")).await;
+    let notice = events
+        .until(Duration::from_secs(10), |e, d| {
+            e == "message" && d["from"] == "bot"
+        })
+        .await;
+    assert_eq!(
+        notice.last().unwrap().1["text"],
+        format!("⚠️ No pending permission request with ID `{id}`.")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_guest_call_is_denied_without_a_prompt() {
+    let Some(s) = setup(OWNER_TOUCH_LISTED, 60).await else {
+        return;
+    };
+    s.llm.set_script(tool_script("AP-GUEST", "touch guest.txt"));
+    let replies = s.bob.ask("r5", "AP-GUEST go").await;
+    assert_eq!(replies.len(), 1, "no prompt expected: {replies:?}");
+    assert_eq!(replies[0].text, "Running it.\nafter");
+    assert!(!s.gateway.work.join("guest.txt").exists());
+    let last = audit(&s.gateway).pop().unwrap();
+    assert_eq!(
+        (last["decision"].as_str(), last["role"].as_str()),
+        (Some("deny"), Some("guest"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_message_merged_with_an_owner_message_runs_with_guest_rules() {
+    let Some(s) = setup(OWNER_TOUCH_LISTED, 60).await else {
+        return;
+    };
+    s.llm
+        .set_script(tool_script("AP-MERGED", "touch listed.txt"));
+    let (code, _, _) = s.gateway.cli_text(&["pause", "all"]);
+    assert_eq!(code, 0);
+    s.alice.post("r6", "AP-MERGED from the owner").await;
+    s.bob.post("r6", "and a guest joins").await;
+    let mut events = s.alice.events("r6").await;
+    s.gateway.cli(&["resume", "all"]);
+    events.turn_end().await;
+    // The owner alone could run it; with a guest in the batch the guest rules apply.
+    assert!(!s.gateway.work.join("listed.txt").exists());
+    let last = audit(&s.gateway).pop().unwrap();
+    assert_eq!(
+        (last["decision"].as_str(), last["role"].as_str()),
+        (Some("deny"), Some("guest"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_from_a_guest_or_another_room_change_nothing() {
+    let Some(s) = setup(OWNER_TOUCH_LISTED, 60).await else {
+        return;
+    };
+    s.llm.set_script(tool_script("AP-CROSS", "touch cross.txt"));
+    let mut events = s.alice.events("r7").await;
+    s.alice.post("r7", "AP-CROSS go").await;
+    let id = prompt_id(&mut events).await;
+
+    // A guest's approve in the same room is answered, and does nothing.
+    s.bob.post("r7", &format!("approve {id}")).await;
+    let seen = events
+        .until(Duration::from_secs(10), |e, d| {
+            e == "message"
+                && d["from"] == "bot"
+                && d["text"].as_str().is_some_and(|t| t.starts_with("⚠️"))
+        })
+        .await;
+    assert_eq!(
+        seen.last().unwrap().1["text"],
+        "⚠️ Only an owner of this room can approve or deny tool calls."
+    );
+
+    // An owner's approve from another room finds nothing.
+    let mut other = s.alice.events("elsewhere").await;
+    s.alice.post("elsewhere", &format!("approve {id}")).await;
+    let seen = other
+        .until(Duration::from_secs(10), |e, d| {
+            e == "message" && d["from"] == "bot"
+        })
+        .await;
+    assert_eq!(
+        seen.last().unwrap().1["text"],
+        format!("⚠️ No pending permission request with ID `{id}`.")
+    );
+    assert!(!s.gateway.work.join("cross.txt").exists());
+
+    // Still pending: the owner of the room decides.
+    s.alice.post("r7", &format!("deny {id}")).await;
+    events
+        .until(Duration::from_secs(60), |e, d| {
+            e == "typing" && d["typing"] == false
+        })
+        .await;
+    assert!(!s.gateway.work.join("cross.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broad_owner_rule_still_cannot_drive_the_gateway() {
+    let rules = r#"    owner_allowed_tools: [{tool: Bash, params: ".*"}]"#;
+    let Some(s) = setup(rules, 60).await else {
+        return;
+    };
+    // First a pending request the agent would like to approve itself.
+    s.llm.set_script(json!({"scenarios": [
+        {"match": "AP-SELF", "turns": [
+            {"text": "Approving myself.", "tool_calls": [{"name": "Bash", "input": {"command": "agent-chat-gateway approve abcd && agent-chat-gateway pause all"}}]},
+            {"text": "after"}]}
+    ]}));
+    let replies = s.alice.ask("r8", "AP-SELF go").await;
+    assert_eq!(replies.last().unwrap().text, "Approving myself.\nafter");
+    let last = audit(&s.gateway).pop().unwrap();
+    assert_eq!(last["decision"], "deny");
+    assert!(
+        last["reason"].as_str().unwrap().contains("control plane"),
+        "{last}"
+    );
+    // The watcher was not paused by the agent.
+    let (_, out, _) = s.gateway.cli_text(&["list"]);
+    assert!(!out.contains("[paused]"), "{out}");
+}
