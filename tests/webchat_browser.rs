@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_chat_gateway::connector::webchat::{WebchatConfig, WebchatConnector};
@@ -297,6 +297,8 @@ struct Gateway {
     cancel: CancellationToken,
     run: tokio::task::JoinHandle<anyhow::Result<()>>,
     inbox: mpsc::UnboundedReceiver<InboundMessage>,
+    /// Verdicts for the next messages, in order; `Queued` when empty.
+    verdicts: Arc<Mutex<VecDeque<Acceptance>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -314,6 +316,8 @@ impl Gateway {
         connector.prepare().await.unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let (inbox_tx, inbox) = mpsc::unbounded_channel();
+        let verdicts: Arc<Mutex<VecDeque<Acceptance>>> = Arc::default();
+        let script = verdicts.clone();
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -326,7 +330,8 @@ impl Gateway {
                 if let ConnectorEvent::Message { message, accepted } = event {
                     let _ = inbox_tx.send(message);
                     if let Some(accepted) = accepted {
-                        let _ = accepted.send(Acceptance::Queued);
+                        let verdict = script.lock().unwrap().pop_front();
+                        let _ = accepted.send(verdict.unwrap_or(Acceptance::Queued));
                     }
                 }
             }
@@ -346,6 +351,7 @@ impl Gateway {
             cancel,
             run,
             inbox,
+            verdicts,
             _dir: dir,
         }
     }
@@ -520,6 +526,51 @@ async fn the_page_sends_streams_and_answers_approvals() {
     cdp.screenshot("webchat-lobby-dark.png").await;
     cdp.call("Emulation.setEmulatedMedia", json!({ "features": [] }))
         .await;
+
+    // Whatever a message says is shown as text, never run as HTML.
+    c.post(
+        &lobby,
+        "<img src=x onerror=\"window.pwned=1\"><b>not bold</b>",
+    )
+    .await
+    .unwrap();
+    cdp.wait_for(
+        "the markup-looking message",
+        "[...document.querySelectorAll('.msg .body')]\
+           .some((e) => e.textContent.startsWith('<img src=x'))",
+    )
+    .await;
+    let injected = cdp
+        .eval(
+            "[document.querySelectorAll('#messages img, #messages b').length, typeof window.pwned]",
+        )
+        .await;
+    assert_eq!(injected, json!([0, "undefined"]));
+
+    // A message the dispatcher refuses: the reason is shown and the text goes back in the box.
+    gw.verdicts.lock().unwrap().push_back(Acceptance::Rejected(
+        "the room's queue is full (5 waiting)".into(),
+    ));
+    cdp.eval("document.getElementById('input').focus()").await;
+    cdp.call("Input.insertText", json!({ "text": "one more thing" }))
+        .await;
+    cdp.click("#send").await;
+    assert_eq!(gw.delivered().await.text, "one more thing");
+    let status = cdp
+        .wait_for(
+            "the refusal to be shown",
+            "(() => { const s = document.getElementById('status');
+                      return s.classList.contains('error') && s.textContent; })()",
+        )
+        .await;
+    assert_eq!(
+        status,
+        json!("Not sent: the room's queue is full (5 waiting)")
+    );
+    assert_eq!(
+        cdp.eval("document.getElementById('input').value").await,
+        json!("one more thing")
+    );
 
     // Joining another room by name switches the view and the address.
     cdp.eval("document.getElementById('join-name').value = 'dev'")
