@@ -1,0 +1,153 @@
+//! Fail-closed edges of the approval hook: calls the broker cannot bind (no secret, a wrong
+//! secret), malformed or oversized bodies and unknown endpoints are denied; and a real Claude
+//! Code run whose hook server is gone denies the tool instead of running it.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_chat_gateway::agent::claude::ClaudeBackend;
+use agent_chat_gateway::agent::{AgentBackend, HookBinding, TurnContext};
+use agent_chat_gateway::approval::{self, audit::AuditLog, Approvals};
+use agent_chat_gateway::config::{AgentConfig, AgentType, PermissionsConfig};
+use agent_chat_gateway::model::{Role, RoomKey, TurnRequest};
+use agent_chat_gateway::policy::RuleSet;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+async fn hook_server() -> (String, CancellationToken, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (listener, addr) = approval::hook::bind().await.unwrap();
+    let approvals = Approvals::new(
+        format!("http://{addr}/hook"),
+        dir.path().to_path_buf(),
+        AuditLog::open(&dir.path().join("audit.jsonl")),
+    );
+    let cancel = CancellationToken::new();
+    tokio::spawn(approval::hook::serve(
+        listener,
+        approvals,
+        TaskTracker::new(),
+        cancel.clone(),
+    ));
+    (format!("http://{addr}"), cancel, dir)
+}
+
+async fn post(url: &str, secret: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(s) = secret {
+        req = req.header("X-ACG-Secret", s);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn deny(reason: &str) -> Value {
+    json!({"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "deny", "permissionDecisionReason": reason}})
+}
+
+const CALL: &str = r#"{"session_id":"s","cwd":"/tmp","hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"ls"}}"#;
+
+#[tokio::test]
+async fn unbindable_malformed_and_oversized_calls_are_denied() {
+    let (base, cancel, dir) = hook_server().await;
+    let hook = format!("{base}/hook");
+    let unbound = deny("blocked: this tool call cannot be bound to a live gateway turn");
+    assert_eq!(post(&hook, None, CALL.into()).await, (200, unbound.clone()));
+    assert_eq!(
+        post(&hook, Some("not-a-live-secret"), CALL.into()).await,
+        (200, unbound)
+    );
+    assert_eq!(
+        post(&hook, Some("x"), b"{not json".to_vec()).await,
+        (
+            200,
+            deny("blocked: malformed hook body — tool denied as a safe default")
+        )
+    );
+    let huge = vec![b' '; approval::hook::MAX_BODY + 1];
+    assert_eq!(
+        post(&hook, Some("x"), huge).await,
+        (413, deny("blocked: hook body too large"))
+    );
+    assert_eq!(
+        post(&format!("{base}/other"), None, CALL.into()).await,
+        (404, deny("blocked: unknown hook endpoint"))
+    );
+    // Unbound calls are audited too.
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert_eq!(audit.lines().count(), 2, "{audit}");
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_hook_server_means_the_tool_is_denied() {
+    let Some(claude) = support::claude_bin() else {
+        return;
+    };
+    let llm = support::fake_llm::FakeLlm::start(json!({"scenarios": [{"match": "HOOK-DOWN", "turns": [
+        {"text": "Trying.", "tool_calls": [{"name": "Bash", "input": {"command": "touch ran.txt"}}]},
+        {"text": "after"}
+    ]}]}))
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut env = llm.claude_env();
+    env.push(("HOME".into(), home.path().display().to_string()));
+    let config = AgentConfig {
+        name: "a".into(),
+        kind: AgentType::Claude,
+        command: claude.display().to_string(),
+        args: vec![],
+        working_directory: work.path().to_path_buf(),
+        timeout: Duration::from_secs(120),
+        permissions: PermissionsConfig {
+            enabled: true,
+            timeout: Duration::from_secs(5),
+            skip_owner_approval: false,
+        },
+        owner_rules: RuleSet::default(),
+        guest_rules: RuleSet::default(),
+        env,
+        system_prompt: None,
+    };
+    let backend = Arc::new(ClaudeBackend::new(&config, scratch.path().to_path_buf()));
+    // A port nobody listens on: the hook server "stopped".
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (events, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let outcome = backend
+        .run_turn(
+            TurnRequest {
+                room: RoomKey::new("t", "r"),
+                session: None,
+                prompt: "HOOK-DOWN go".into(),
+                role: Role::Owner,
+            },
+            TurnContext {
+                events,
+                cancel: CancellationToken::new(),
+                hook: Some(HookBinding {
+                    url: format!("http://{dead}/hook"),
+                    secret: "s".into(),
+                    timeout: Duration::from_secs(15),
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        !work.path().join("ran.txt").exists(),
+        "the tool ran without the gateway"
+    );
+    assert_eq!(outcome.denied_tools, vec!["Bash".to_string()]);
+}
