@@ -14,7 +14,10 @@
 //!   that resolves inside them; any call made while the agent's cwd is inside them;
 //! - reading the hook secret: a parameter mentioning `ACG_HOOK_SECRET`, `env`/`printenv` with
 //!   nothing to run, `set` without arguments, `export`/`declare`/`typeset` listing variables,
-//!   `/proc/…/environ`, indirect expansion `${!…}`.
+//!   BSD-style `ps e`, `/proc/…/environ`, indirect expansion `${!…}`.
+//!
+//! Naming the gateway is fine in the input of tools that run nothing (WebSearch, Grep, …); the
+//! runtime-dir and secret checks apply to every tool.
 //!
 //! Read (only Read) may open files under directories declared readable (the attachments the
 //! gateway downloads for the agent live in the runtime dir).
@@ -23,8 +26,9 @@
 //! interpreter can build names at run time (`python3 -c "import os; os.system('agent-'+'chat…')"`,
 //! `os.environ`), a relative path after `cd` into a custom runtime dir whose name is not
 //! distinctive is not recognised, a copy or hard link of a protected file made earlier is not
-//! recognised, and a directory that is itself named `agent-chat-gateway` is refused when named
-//! as a word (false positive, on the safe side).
+//! recognised. False positives, on the safe side: a directory named `agent-chat-gateway`
+//! referred to by that name (`cd ~/src/agent-chat-gateway`), a bash argument that mentions the
+//! name as a word (`git commit -m "fix agent-chat-gateway send"`), files named `control.sock`.
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +45,24 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 
 const REASON: &str = "blocked: touches the gateway's control plane";
 
+/// Variables whose mention in something that runs is a denial: the secret itself, and the
+/// variable that points at the runtime dir.
+const SECRET_NAMES: &[&str] = &[HOOK_SECRET_VAR, "ACG_HOME"];
+
+/// Tools that cannot run anything, so naming the gateway in their input is harmless (a web
+/// search for it, a todo about it). `Task` qualifies because a sub-agent's own tool calls go
+/// through the hook again.
+const NO_EXEC_TOOLS: &[&str] = &[
+    "websearch",
+    "webfetch",
+    "todowrite",
+    "grep",
+    "glob",
+    "task",
+    "toolsearch",
+    "exitplanmode",
+];
+
 /// Self-protection settings for one turn. [`Guard::none`] disables every check (tests,
 /// `policy check` without a runtime dir).
 #[derive(Clone, Debug, Default)]
@@ -52,7 +74,7 @@ pub struct Guard {
 struct Inner {
     /// Directories no tool may touch (runtime dir as given and canonical, extra paths).
     protected: Vec<PathBuf>,
-    /// Strings whose mention in any parameter is a denial.
+    /// Strings whose mention in any parameter of any tool is a denial (paths, socket name).
     markers: Vec<String>,
     /// Directories inside `protected` that Read may open.
     readable: Vec<PathBuf>,
@@ -71,11 +93,7 @@ impl Guard {
         let runtime_dir = runtime_dir.into();
         let mut inner = Inner {
             protected: Vec::new(),
-            markers: vec![
-                CONTROL_SOCKET.to_string(),
-                "ACG_HOME".to_string(),
-                HOOK_SECRET_VAR.to_string(),
-            ],
+            markers: vec![CONTROL_SOCKET.to_string()],
             readable: Vec::new(),
             own_room: None,
             own_connector: None,
@@ -204,11 +222,14 @@ impl Inner {
             _ => {}
         }
         if let Some(marker) = self.markers.iter().find(|m| text.contains(m.as_str())) {
-            return Some(if marker == HOOK_SECRET_VAR {
-                "reads the hook secret".to_string()
-            } else {
-                format!("mentions `{marker}`")
-            });
+            return Some(format!("mentions `{marker}`"));
+        }
+        if NO_EXEC_TOOLS.contains(&tool) {
+            // Variable names in a search pattern or a todo cannot expand to anything.
+            return None;
+        }
+        if let Some(name) = SECRET_NAMES.iter().find(|n| text.contains(*n)) {
+            return Some(format!("mentions `{name}`"));
         }
         if text.contains("/proc") && text.contains("environ") {
             return Some("reads a process environment".to_string());
@@ -233,7 +254,7 @@ impl Inner {
             }
             _ => false,
         };
-        if !send_ok && names_gateway(text) {
+        if !send_ok && !NO_EXEC_TOOLS.contains(&tool) && names_gateway(text) {
             return Some(format!("runs or names `{GATEWAY_BIN}`"));
         }
         None
@@ -331,6 +352,10 @@ fn env_dump(argv: &[Option<String>]) -> Option<String> {
         // checked as their own parameters).
         "env" => args.iter().all(|a| is_flag(a) || a.contains('=')),
         "set" => args.is_empty(),
+        // BSD-style `ps e…` prints each process's environment.
+        "ps" => args.iter().any(|a| {
+            !a.starts_with('-') && a.chars().all(|c| c.is_ascii_alphabetic()) && a.contains('e')
+        }),
         "export" | "declare" | "typeset" | "local" | "readonly" => {
             args.iter().all(is_flag) || args.iter().any(|a| is_flag(a) && a.contains('p'))
         }
