@@ -96,10 +96,12 @@ async fn run_turn(
         role,
         hook,
         CancellationToken::new(),
+        |_| {},
     )
     .await
 }
 
+/// Runs a turn; `on_event` sees each event as it arrives (while the turn still runs).
 async fn run_turn_with(
     backend: &ClaudeBackend,
     prompt: &str,
@@ -107,6 +109,7 @@ async fn run_turn_with(
     role: Role,
     hook: Option<HookBinding>,
     cancel: CancellationToken,
+    mut on_event: impl FnMut(&AgentEvent),
 ) -> Run {
     // Small on purpose: the backend must cope with a receiver that lags.
     let (tx, mut rx) = mpsc::channel(2);
@@ -124,6 +127,7 @@ async fn run_turn_with(
     let collect = async {
         let mut events = Vec::new();
         while let Some(e) = rx.recv().await {
+            on_event(&e);
             events.push(e);
         }
         events
@@ -832,21 +836,21 @@ async fn fake_agent_hang_is_cancelled_and_the_whole_group_is_killed() {
     );
     let backend = dirs.backend(&config);
     let cancel = CancellationToken::new();
-    let (run, ()) = tokio::join!(
-        run_turn_with(
-            &backend,
-            "FAKE:hang",
-            None,
-            Role::Owner,
-            None,
-            cancel.clone()
-        ),
-        async {
-            // Cancel once the agent announced its session, i.e. it is running.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            cancel.cancel();
-        }
-    );
+    // Cancel as soon as the agent announced its session, i.e. while it runs.
+    let run = run_turn_with(
+        &backend,
+        "FAKE:hang",
+        None,
+        Role::Owner,
+        None,
+        cancel.clone(),
+        |e| {
+            if matches!(e, AgentEvent::SessionStarted { .. }) {
+                cancel.cancel();
+            }
+        },
+    )
+    .await;
     assert!(
         matches!(run.result, Err(AgentError::Cancelled)),
         "{:?}",

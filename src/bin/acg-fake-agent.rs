@@ -52,6 +52,12 @@ fn run(session: &str, prompt: &str) -> io::Result<u8> {
         out.flush()?;
         return Ok(0);
     }
+    // The witness comes first, so a test that reacts to `init` already finds it in place.
+    let hang_guard = if prompt.contains("FAKE:hang") {
+        Some(witness()?)
+    } else {
+        None
+    };
     line(&mut out, &init(session))?;
     out.flush()?;
     if prompt.contains("FAKE:crash") {
@@ -59,8 +65,12 @@ fn run(session: &str, prompt: &str) -> io::Result<u8> {
         eprintln!("panic: something went badly wrong");
         return Ok(3);
     }
-    if prompt.contains("FAKE:hang") {
-        hang(&mut out)?;
+    if let Some(held) = hang_guard {
+        // Both witness ends stay open for as long as this process lives; it never returns.
+        let _held = held;
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
     }
     if let Some(ms) = slow_ms(prompt) {
         std::thread::sleep(Duration::from_millis(ms));
@@ -130,26 +140,21 @@ fn slow_ms(prompt: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn hang(out: &mut impl Write) -> io::Result<()> {
-    out.flush()?;
-    if let Ok(path) = std::env::var("ACG_FAKE_WITNESS") {
-        let mut witness = std::fs::OpenOptions::new().write(true).open(&path)?;
-        let child = Command::new("sleep")
-            .arg("100000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(witness.try_clone()?))
-            .stderr(Stdio::null())
-            .spawn()?;
-        writeln!(witness, "{} {}", std::process::id(), child.id())?;
-        // Both ends stay open for as long as this process lives; it never returns.
-        let _held = (witness, child);
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-    }
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+/// With `ACG_FAKE_WITNESS` set: opens the FIFO, starts a `sleep` child holding it too, and
+/// writes both pids to it.
+fn witness() -> io::Result<Option<(std::fs::File, std::process::Child)>> {
+    let Ok(path) = std::env::var("ACG_FAKE_WITNESS") else {
+        return Ok(None);
+    };
+    let mut witness = std::fs::OpenOptions::new().write(true).open(&path)?;
+    let child = Command::new("sleep")
+        .arg("100000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(witness.try_clone()?))
+        .stderr(Stdio::null())
+        .spawn()?;
+    writeln!(witness, "{} {}", std::process::id(), child.id())?;
+    Ok(Some((witness, child)))
 }
 
 fn rate_limited(out: &mut impl Write, session: &str) -> io::Result<u8> {
