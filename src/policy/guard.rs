@@ -191,7 +191,11 @@ impl Inner {
         }
     }
 
+    /// Only absolute paths mean anything here (the daemon resolves its runtime dir first).
     fn add_protected(&mut self, path: &Path) {
+        if !path.is_absolute() {
+            return;
+        }
         let resolved = paths::resolve(path);
         for p in [path.to_path_buf(), resolved] {
             if p.is_absolute() && p != Path::new("/") && !self.protected.contains(&p) {
