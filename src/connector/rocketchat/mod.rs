@@ -596,10 +596,19 @@ impl<'a> Runner<'a> {
         }
         let rids: Vec<String> = self.rooms.keys().cloned().collect();
         for rid in &rids {
+            if let Err(end) = self.baseline(rid).await {
+                return end;
+            }
             if let Err(end) = self.subscribe_room(ddp, rid).await {
                 return end;
             }
         }
+        for rid in &rids {
+            if let Err(end) = self.replay(rid).await {
+                return end;
+            }
+        }
+        // Announced once caught up: from here on, delivery is live.
         ctx.events
             .send(ConnectorEvent::Connection {
                 connected: true,
@@ -610,11 +619,6 @@ impl<'a> Runner<'a> {
                 ),
             })
             .await;
-        for rid in &rids {
-            if let Err(end) = self.replay(rid).await {
-                return end;
-            }
-        }
         loop {
             let event = tokio::select! {
                 e = events.recv() => e,
@@ -741,45 +745,55 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Fetches what the room received since its watermark and delivers it oldest first. A
-    /// room without a watermark (first start) starts from its newest message instead: the
-    /// gateway answers what arrives after it starts watching, not the room's past.
+    /// A room seen for the first time (no stored watermark) starts from its newest message:
+    /// the gateway answers what arrives after it starts watching, not the room's past. Runs
+    /// before the room is subscribed, so whatever arrives in between is caught by
+    /// [`Runner::replay`] from this baseline.
+    async fn baseline(&mut self, rid: &str) -> Result<(), SessionEnd> {
+        if self.ctx.store.get(&watermark_key(rid)).is_some() {
+            return Ok(());
+        }
+        let Some(room) = self.rooms.get(rid) else {
+            return Ok(());
+        };
+        let path = history_path(&room.known.t);
+        let q = [("roomId", rid.to_string()), ("count", "1".to_string())];
+        let page = tokio::select! {
+            r = self.conn.rest.get::<HistoryResponse>(path, &q) => r,
+            _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Cancelled),
+        };
+        let newest = match page {
+            Ok(p) => p.messages.into_iter().next(),
+            Err(e) if e.is_transient() => return Err(self.lost(false, e)),
+            Err(e) => {
+                tracing::warn!(connector = %self.conn.name, rid, error = %e, "history unavailable");
+                None
+            }
+        };
+        let Some(room) = self.rooms.get_mut(rid) else {
+            return Ok(());
+        };
+        if let Some(m) = newest.and_then(|v| serde_json::from_value::<WireMessage>(v).ok()) {
+            room.window.insert(&m.id, m.ts.0);
+            room.window.floor = room.window.floor.max(m.ts.0);
+            room.watermark.advance(m.ts.0, &m.id);
+        }
+        self.ctx
+            .store
+            .put(&watermark_key(rid), room.watermark.to_json());
+        Ok(())
+    }
+
+    /// Fetches what the room received since its watermark and delivers it oldest first,
+    /// through the same path as live messages.
     async fn replay(&mut self, rid: &str) -> Result<(), SessionEnd> {
         let Some(room) = self.rooms.get_mut(rid) else {
             return Ok(());
         };
         room.frozen = false;
-        let first_time = self.ctx.store.get(&watermark_key(rid)).is_none();
         let path = history_path(&room.known.t);
         // Snapshot before any await: live handling may move the watermark meanwhile.
         let since = room.watermark.clone();
-        if first_time {
-            let q = [("roomId", rid.to_string()), ("count", "1".to_string())];
-            let page = tokio::select! {
-                r = self.conn.rest.get::<HistoryResponse>(path, &q) => r,
-                _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Cancelled),
-            };
-            let newest = match page {
-                Ok(p) => p.messages.into_iter().next(),
-                Err(e) if e.is_transient() => return Err(self.lost(true, e)),
-                Err(e) => {
-                    tracing::warn!(connector = %self.conn.name, rid, error = %e, "history unavailable");
-                    None
-                }
-            };
-            let Some(room) = self.rooms.get_mut(rid) else {
-                return Ok(());
-            };
-            if let Some(m) = newest.and_then(|v| serde_json::from_value::<WireMessage>(v).ok()) {
-                room.window.insert(&m.id, m.ts.0);
-                room.window.floor = room.window.floor.max(m.ts.0);
-                room.watermark.advance(m.ts.0, &m.id);
-            }
-            self.ctx
-                .store
-                .put(&watermark_key(rid), room.watermark.to_json());
-            return Ok(());
-        }
         let mut collected: Vec<WireMessage> = Vec::new();
         for page_no in 0..HISTORY_MAX_PAGES {
             let q = [
@@ -879,6 +893,7 @@ impl<'a> Runner<'a> {
                         tracing::info!(connector = %self.conn.name, room = %k.room.name, "joined room");
                         self.conn.remember_room(&k);
                         self.add_room(k);
+                        self.baseline(&rid).await?;
                         self.subscribe_room(ddp, &rid).await?;
                         self.replay(&rid).await?;
                     }
@@ -983,8 +998,8 @@ impl<'a> Runner<'a> {
                     msg.notes.push(format!(
                         "Attachment '{}' skipped — {} exceeds {} limit",
                         f.name,
-                        normalize::megabytes(size),
-                        normalize::megabytes(limit)
+                        normalize::human_size(size),
+                        normalize::human_size(limit)
                     ));
                     continue;
                 }
@@ -1008,8 +1023,8 @@ impl<'a> Runner<'a> {
                 Err(rest::DownloadError::TooLarge(size)) => msg.notes.push(format!(
                     "Attachment '{}' skipped — {} exceeds {} limit",
                     f.name,
-                    normalize::megabytes(size),
-                    normalize::megabytes(limit.unwrap_or(0))
+                    normalize::human_size(size),
+                    normalize::human_size(limit.unwrap_or(0))
                 )),
                 Err(rest::DownloadError::TimedOut) => msg.notes.push(format!(
                     "Attachment '{}' failed to download (timed out) — file not available",

@@ -179,13 +179,19 @@ pub fn to_inbound(
     }
 }
 
-/// `12.3 MB` for notes.
-pub fn megabytes(bytes: u64) -> String {
-    let mb = bytes as f64 / (1024.0 * 1024.0);
-    if mb.fract() == 0.0 {
-        format!("{mb:.0} MB")
+/// `12.3 MB`, `4.9 KB`, `10 MB` for notes.
+pub fn human_size(bytes: u64) -> String {
+    let (value, unit) = if bytes >= 1024 * 1024 {
+        (bytes as f64 / (1024.0 * 1024.0), "MB")
+    } else if bytes >= 1024 {
+        (bytes as f64 / 1024.0, "KB")
     } else {
-        format!("{mb:.1} MB")
+        return format!("{bytes} bytes");
+    };
+    if value.fract() == 0.0 {
+        format!("{value:.0} {unit}")
+    } else {
+        format!("{value:.1} {unit}")
     }
 }
 
@@ -281,7 +287,9 @@ mod tests {
         };
         let inbound = to_inbound(&"rc".into(), &room, &m, &bot(), false);
         assert_eq!(inbound.text, "look at this");
-        assert_eq!(megabytes(12_897_485), "12.3 MB");
-        assert_eq!(megabytes(10 * 1024 * 1024), "10 MB");
+        assert_eq!(human_size(12_897_485), "12.3 MB");
+        assert_eq!(human_size(10 * 1024 * 1024), "10 MB");
+        assert_eq!(human_size(5000), "4.9 KB");
+        assert_eq!(human_size(12), "12 bytes");
     }
 }
