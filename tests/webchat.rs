@@ -831,3 +831,96 @@ async fn the_bot_name_cannot_be_a_user() {
         .expect("must fail");
     assert!(err.to_string().contains("reserved"), "{err}");
 }
+
+#[tokio::test]
+async fn files_the_bot_sends_are_served_to_signed_in_users() {
+    let h = Harness::start(config(loopback(), 10, false), &[]).await;
+    let src = tempfile::tempdir().unwrap();
+    let report = src.path().join("report.txt");
+    std::fs::write(&report, "hello file").unwrap();
+    h.connector
+        .upload(&lobby(), &report, Some("the report"))
+        .await
+        .unwrap();
+    let picture = src.path().join("pic.png");
+    std::fs::write(&picture, b"\x89PNG not really").unwrap();
+    h.connector.upload(&lobby(), &picture, None).await.unwrap();
+
+    let shown = h.messages("lobby").await;
+    assert_eq!(shown.len(), 2);
+    assert_eq!(
+        (&shown[0]["from"], &shown[0]["text"]),
+        (&json!("bot"), &json!("the report"))
+    );
+    let file = &shown[0]["file"];
+    assert_eq!(
+        (&file["name"], &file["size"], &file["inline"]),
+        (&json!("report.txt"), &json!(10), &json!(false))
+    );
+    let url = file["url"].as_str().unwrap();
+    assert!(url.starts_with("/api/files/"), "{url}");
+    assert_eq!(shown[1]["text"], "📎 pic.png");
+    assert_eq!(shown[1]["file"]["inline"], true);
+
+    let resp = h
+        .http
+        .get(h.url(url))
+        .bearer_auth(BOB_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(
+        resp.headers()["content-disposition"],
+        "attachment; filename=\"report.txt\""
+    );
+    assert_eq!(resp.text().await.unwrap(), "hello file");
+    let pic = h
+        .http
+        .get(h.url(shown[1]["file"]["url"].as_str().unwrap()))
+        .query(&[("token", &h.alice)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pic.headers()["content-type"], "image/png");
+    assert_eq!(
+        pic.headers()["content-disposition"],
+        "inline; filename=\"pic.png\""
+    );
+
+    assert_eq!(h.get(url, None).await.0, 401);
+    assert_eq!(
+        h.get("/api/files/nope", Some(&h.alice)).await,
+        (
+            404,
+            json!({"error": "file not found (the web chat keeps a bounded number of files)"})
+        )
+    );
+
+    // Too large (a sparse file costs no disk) and missing files are refused with the reason.
+    let huge = src.path().join("huge.bin");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(26 * 1024 * 1024)
+        .unwrap();
+    let err = h.connector.upload(&lobby(), &huge, None).await.unwrap_err();
+    assert!(
+        err.to_string().contains("takes files up to 26214400 bytes"),
+        "{err}"
+    );
+    let err = h
+        .connector
+        .upload(&lobby(), &src.path().join("missing.txt"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            agent_chat_gateway::connector::ConnectorError::Attachment { .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(h.messages("lobby").await.len(), 2);
+    h.stop().await;
+}

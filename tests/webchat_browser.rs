@@ -527,6 +527,27 @@ async fn the_page_sends_streams_and_answers_approvals() {
     cdp.call("Emulation.setEmulatedMedia", json!({ "features": [] }))
         .await;
 
+    // A picture the bot sends shows in place (the screenshot just taken serves as one).
+    c.upload(&lobby, &shot, Some("here is the screenshot"))
+        .await
+        .unwrap();
+    cdp.wait_for("the picture", "document.querySelector('.msg .file img')")
+        .await;
+    // Loading is not a DOM change: wait on the element's own load/error events.
+    let size = within(
+        "the picture to load",
+        cdp.eval(
+            "new Promise((resolve) => {
+               const i = document.querySelector('.msg .file img');
+               const done = () => resolve(i.naturalWidth > 0 ? [i.naturalWidth, i.naturalHeight] : 'broken');
+               if (i.complete) done();
+               else { i.addEventListener('load', done); i.addEventListener('error', done); }
+             })",
+        ),
+    )
+    .await;
+    assert_eq!(size, json!([1200, 820]));
+
     // Whatever a message says is shown as text, never run as HTML.
     c.post(
         &lobby,
@@ -542,7 +563,7 @@ async fn the_page_sends_streams_and_answers_approvals() {
     .await;
     let injected = cdp
         .eval(
-            "[document.querySelectorAll('#messages img, #messages b').length, typeof window.pwned]",
+            "[document.querySelectorAll('.msg .body img, .msg .body b').length, typeof window.pwned]",
         )
         .await;
     assert_eq!(injected, json!([0, "undefined"]));
@@ -571,6 +592,8 @@ async fn the_page_sends_streams_and_answers_approvals() {
         cdp.eval("document.getElementById('input').value").await,
         json!("one more thing")
     );
+
+    cdp.screenshot("webchat-files-and-errors.png").await;
 
     // Joining another room by name switches the view and the address.
     cdp.eval("document.getElementById('join-name').value = 'dev'")

@@ -28,6 +28,18 @@ pub struct Message {
     /// False while the bot's turn that wrote it is still running.
     pub done: bool,
     pub ts: SystemTime,
+    /// A file the bot sent with this message.
+    pub file: Option<FileRef>,
+}
+
+/// A file attached to a bot message (stored by [`super::files::FileStore`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileRef {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    /// Shown in the page (images) rather than only offered as a download.
+    pub inline: bool,
 }
 
 /// A change in one room, in the order it happened.
@@ -147,6 +159,7 @@ impl Hub {
         from: &str,
         text: &str,
         bot: bool,
+        file: Option<FileRef>,
     ) -> Message {
         rooms.next_id += 1;
         let id = rooms.next_id;
@@ -159,6 +172,7 @@ impl Hub {
             // A bot message is final unless a turn is running in the room.
             done: !(bot && room.typing),
             ts: SystemTime::now(),
+            file,
         };
         room.messages.push_back(message.clone());
         while room.messages.len() > limit {
@@ -170,12 +184,17 @@ impl Hub {
 
     pub fn add_user_message(&self, room: &str, user: &str, text: &str) -> Message {
         let mut rooms = self.lock();
-        self.push(&mut rooms, room, user, text, false)
+        self.push(&mut rooms, room, user, text, false, None)
     }
 
     pub fn post_bot(&self, room: &str, text: &str) -> Message {
         let mut rooms = self.lock();
-        self.push(&mut rooms, room, BOT_NAME, text, true)
+        self.push(&mut rooms, room, BOT_NAME, text, true, None)
+    }
+
+    pub fn post_bot_file(&self, room: &str, text: &str, file: FileRef) -> Message {
+        let mut rooms = self.lock();
+        self.push(&mut rooms, room, BOT_NAME, text, true, Some(file))
     }
 
     /// Replaces the text of a bot message still in the history.

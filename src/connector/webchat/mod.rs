@@ -10,6 +10,7 @@
 //! replies come back through `post`/`edit`/`typing`.
 
 pub mod config;
+pub mod files;
 pub mod hub;
 pub mod server;
 pub mod tokens;
@@ -49,6 +50,7 @@ pub struct WebchatConnector {
     listen: SocketAddr,
     require_mention: bool,
     hub: Arc<hub::Hub>,
+    files: Arc<files::FileStore>,
     tokens: tokens::Tokens,
     /// Bound by `prepare`, taken by `run`.
     listener: Mutex<Option<TcpListener>>,
@@ -62,17 +64,34 @@ impl WebchatConnector {
         config: &WebchatConfig,
         runtime_dir: &Path,
     ) -> anyhow::Result<WebchatConnector> {
+        // The name becomes part of file names in the runtime dir (the config only allows
+        // such names too).
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            anyhow::bail!(
+                "web chat connector name '{name}' must use only letters, digits, '-' and '_'"
+            );
+        }
         if let Some(user) = config.users.iter().find(|u| *u == BOT_NAME) {
             anyhow::bail!("web chat {name}: the user name '{user}' is reserved for the gateway");
         }
         let tokens =
             tokens::Tokens::load_or_generate(name, &config.tokens, &config.users, runtime_dir)
                 .with_context(|| format!("web chat {name}: login tokens"))?;
+        let files = files::FileStore::open(
+            runtime_dir.join(format!("webchat-{name}.files")),
+            files::Limits::default(),
+        )
+        .with_context(|| format!("web chat {name}: file store"))?;
         Ok(WebchatConnector {
             name: name.into(),
             listen: config.listen,
             require_mention: config.require_mention,
             hub: Arc::new(hub::Hub::new(config.history_limit, MAX_ROOMS)),
+            files: Arc::new(files),
             tokens,
             listener: Mutex::new(None),
             bound: OnceLock::new(),
@@ -223,6 +242,7 @@ impl Connector for WebchatConnector {
         let shared = Arc::new(server::Shared {
             connector: self.name.clone(),
             hub: self.hub.clone(),
+            files: self.files.clone(),
             tokens: self.tokens.clone(),
             require_mention: self.require_mention,
             events: ctx.events.clone(),
@@ -259,6 +279,37 @@ impl Connector for WebchatConnector {
 
     async fn typing(&self, to: &ReplyTarget, on: bool) -> Result<(), ConnectorError> {
         self.hub.set_typing(room_of(to)?, on);
+        Ok(())
+    }
+
+    /// Copies the file into the connector's file store and posts a message carrying it
+    /// (text: the caption, or the file's name).
+    async fn upload(
+        &self,
+        to: &ReplyTarget,
+        path: &Path,
+        caption: Option<&str>,
+    ) -> Result<(), ConnectorError> {
+        let room = room_of(to)?;
+        let stored = self.files.store(path).await.map_err(|e| match e {
+            files::FileError::Io { path, source } => ConnectorError::Attachment { path, source },
+            other => ConnectorError::Rejected {
+                platform: "webchat",
+                action: "upload".into(),
+                detail: other.to_string(),
+            },
+        })?;
+        let text = match caption {
+            Some(c) if !c.trim().is_empty() => c.to_string(),
+            _ => format!("📎 {}", stored.name),
+        };
+        let file = hub::FileRef {
+            inline: stored.inline(),
+            id: stored.id,
+            name: stored.name,
+            size: stored.size,
+        };
+        self.hub.post_bot_file(room, &text, file);
         Ok(())
     }
 

@@ -27,6 +27,7 @@ use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::files::FileStore;
 use super::hub::{self, Hub, RoomEvent};
 use super::tokens::Tokens;
 use super::wire;
@@ -55,6 +56,7 @@ pub const ERR_MISSING_TEXT: &str = "missing \"text\": expected an object like {\
 pub const ERR_TEXT_NOT_STRING: &str = "\"text\" must be a string";
 pub const ERR_EMPTY_TEXT: &str = "\"text\" is empty";
 pub const ERR_ROOM_NAME: &str = "invalid room name: use 1 to 64 characters among A-Z a-z 0-9 _ . -";
+pub const ERR_FILE_GONE: &str = "file not found (the web chat keeps a bounded number of files)";
 pub const ERR_AFTER: &str = "invalid \"after\": expected a message id";
 
 pub fn err_too_large() -> String {
@@ -67,6 +69,7 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 pub struct Shared {
     pub connector: Arc<str>,
     pub hub: Arc<Hub>,
+    pub files: Arc<FileStore>,
     pub tokens: Tokens,
     pub require_mention: bool,
     pub events: EventSink,
@@ -229,6 +232,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
                 list_messages(shared, &room, &req)
             }
         }
+        ["api", "files", id] => {
+            allow(&method, &[Method::GET])?;
+            authenticate(shared, &req)?;
+            serve_file(shared, id).await
+        }
         ["api", "rooms", room, "events"] => {
             allow(&method, &[Method::GET])?;
             authenticate(shared, &req)?;
@@ -381,6 +389,37 @@ fn list_messages(
     Ok(json(StatusCode::OK, &wire::MessageList { messages }))
 }
 
+/// A file the bot sent. Images are shown inline; anything else is a download, and a strict
+/// sandboxing policy keeps a file from ever running as a page of this origin.
+async fn serve_file(shared: &Shared, id: &str) -> Result<Response<Body>, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, ERR_FILE_GONE);
+    let file = shared.files.get(id).ok_or_else(not_found)?;
+    let bytes = shared.files.read(&file).await.map_err(|e| {
+        tracing::warn!(error = %e, "web chat: reading a stored file failed");
+        not_found()
+    })?;
+    let mut resp = full(StatusCode::OK, file.content_type, bytes);
+    let disposition = format!(
+        "{}; filename=\"{}\"",
+        if file.inline() {
+            "inline"
+        } else {
+            "attachment"
+        },
+        file.name
+    );
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&disposition).map_err(|_| not_found())?,
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    Ok(resp)
+}
+
 /// `@bot` at the start (any case), followed by the end, a space, `:` or `,`. Returns whether
 /// it was there and the text without it.
 pub fn strip_mention(text: &str) -> (bool, &str) {
@@ -409,6 +448,12 @@ fn to_wire(m: &hub::Message) -> wire::WireMessage {
         text: m.text.clone(),
         done: m.done,
         ts: crate::timefmt::rfc3339(m.ts),
+        file: m.file.as_ref().map(|f| wire::WireFile {
+            name: f.name.clone(),
+            size: f.size,
+            url: format!("/api/files/{}", f.id),
+            inline: f.inline,
+        }),
     }
 }
 

@@ -16,6 +16,19 @@ pub struct WireMessage {
     pub done: bool,
     /// RFC 3339, UTC.
     pub ts: String,
+    /// Only on messages that carry a file the bot sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<WireFile>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WireFile {
+    pub name: String,
+    pub size: u64,
+    /// `/api/files/<id>` (needs the token like every API path).
+    pub url: String,
+    /// An image the page shows in place.
+    pub inline: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

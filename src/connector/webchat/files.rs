@@ -1,0 +1,288 @@
+//! Files the bot sends into the web chat (`Connector::upload`, `agent-chat-gateway send
+//! --attach`): copied into `<runtime_dir>/webchat-<name>.files/` and served to signed-in users.
+//!
+//! Owns: the copies on disk (mode 0600, folder 0700), their bounds (size of one file, number
+//! and total size of all; the oldest go first), the names shown for them, and the content type
+//! they are served with.
+//! Must not import: the HTTP server; it serves bytes the server asks for.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::RngCore;
+
+/// Bounds of the store.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_file: u64,
+    pub max_total: u64,
+    pub max_files: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file: 25 * 1024 * 1024,
+            max_total: 200 * 1024 * 1024,
+            max_files: 200,
+        }
+    }
+}
+
+/// One stored file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredFile {
+    /// Random and url-safe: the file's address under `/api/files/`.
+    pub id: String,
+    /// Name shown and offered for download (sanitised).
+    pub name: String,
+    pub size: u64,
+    pub content_type: &'static str,
+    path: PathBuf,
+}
+
+impl StoredFile {
+    /// Images render in the page; anything else is only offered as a download.
+    pub fn inline(&self) -> bool {
+        self.content_type.starts_with("image/")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("{path} is {size} bytes; the web chat takes files up to {limit} bytes")]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+}
+
+pub struct FileStore {
+    dir: PathBuf,
+    limits: Limits,
+    /// Oldest first.
+    files: Mutex<VecDeque<StoredFile>>,
+}
+
+impl FileStore {
+    /// Starts empty: files of an earlier run belonged to messages that are gone (history
+    /// lives in memory), so the folder is emptied.
+    pub fn open(dir: PathBuf, limits: Limits) -> Result<FileStore, FileError> {
+        let io = |source| FileError::Io {
+            path: dir.clone(),
+            source,
+        };
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        Ok(FileStore {
+            dir,
+            limits,
+            files: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<StoredFile>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Copies `source` into the store, dropping the oldest files beyond the bounds.
+    pub async fn store(&self, source: &Path) -> Result<StoredFile, FileError> {
+        let io = |e| FileError::Io {
+            path: source.to_path_buf(),
+            source: e,
+        };
+        let meta = tokio::fs::metadata(source).await.map_err(io)?;
+        if !meta.is_file() {
+            return Err(FileError::NotAFile {
+                path: source.to_path_buf(),
+            });
+        }
+        if meta.len() > self.limits.max_file {
+            return Err(FileError::TooLarge {
+                path: source.to_path_buf(),
+                size: meta.len(),
+                limit: self.limits.max_file,
+            });
+        }
+        let id = random_id();
+        let path = self.dir.join(&id);
+        let size = tokio::fs::copy(source, &path).await.map_err(io)?;
+        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .await
+            .map_err(io)?;
+        let name = display_name(source);
+        let file = StoredFile {
+            id,
+            content_type: content_type(&name),
+            name,
+            size,
+            path,
+        };
+        let evicted = {
+            let mut files = self.lock();
+            files.push_back(file.clone());
+            let mut evicted = Vec::new();
+            let mut total: u64 = files.iter().map(|f| f.size).sum();
+            while files.len() > 1
+                && (files.len() > self.limits.max_files || total > self.limits.max_total)
+            {
+                let old = files.pop_front().expect("not empty");
+                total -= old.size;
+                evicted.push(old);
+            }
+            evicted
+        };
+        for old in evicted {
+            if let Err(e) = tokio::fs::remove_file(&old.path).await {
+                tracing::warn!(file = %old.path.display(), error = %e, "web chat: removing an old file failed");
+            }
+        }
+        Ok(file)
+    }
+
+    pub fn get(&self, id: &str) -> Option<StoredFile> {
+        self.lock().iter().find(|f| f.id == id).cloned()
+    }
+
+    /// The bytes of a stored file (bounded by `max_file`).
+    pub async fn read(&self, file: &StoredFile) -> Result<Vec<u8>, FileError> {
+        tokio::fs::read(&file.path)
+            .await
+            .map_err(|source| FileError::Io {
+                path: file.path.clone(),
+                source,
+            })
+    }
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The file's own name, reduced to characters that are safe in a header and on any file
+/// system: it ends up in `Content-Disposition`.
+pub fn display_name(path: &Path) -> String {
+    let raw = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let clean: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+' | ' ' | '(' | ')') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(120)
+        .collect();
+    let clean = clean.trim_matches(|c| c == '.' || c == ' ').to_string();
+    if clean.is_empty() {
+        "file".into()
+    } else {
+        clean
+    }
+}
+
+/// By extension. SVG is deliberately not an image here: it can carry scripts.
+fn content_type(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "txt" | "log" | "md" | "csv" | "diff" | "patch" => "text/plain; charset=utf-8",
+        "json" => "application/json",
+        "pdf" => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_sanitised_for_headers() {
+        assert_eq!(
+            display_name(Path::new("/tmp/report (1).pdf")),
+            "report (1).pdf"
+        );
+        assert_eq!(
+            display_name(Path::new("/tmp/a\"b;c\r\n.txt")),
+            "a_b_c__.txt"
+        );
+        assert_eq!(display_name(Path::new("/tmp/..")), "file");
+        assert_eq!(display_name(Path::new("/tmp/résumé.md")), "r_sum_.md");
+    }
+
+    #[test]
+    fn svg_is_not_served_as_an_image() {
+        assert_eq!(content_type("x.svg"), "application/octet-stream");
+        assert_eq!(content_type("X.PNG"), "image/png");
+        assert_eq!(content_type("noext"), "application/octet-stream");
+    }
+
+    #[tokio::test]
+    async fn oldest_files_go_first_beyond_the_bounds() {
+        let src = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_file: 10,
+            max_total: 25,
+            max_files: 2,
+        };
+        let store = FileStore::open(dir.path().join("files"), limits).unwrap();
+        let write = |name: &str, len: usize| {
+            let p = src.path().join(name);
+            std::fs::write(&p, vec![b'x'; len]).unwrap();
+            p
+        };
+        let a = store.store(&write("a.txt", 10)).await.unwrap();
+        let b = store.store(&write("b.txt", 10)).await.unwrap();
+        let c = store.store(&write("c.txt", 10)).await.unwrap();
+        assert!(store.get(&a.id).is_none(), "count bound");
+        assert!(!a.path.exists());
+        assert_eq!(store.read(&b).await.unwrap().len(), 10);
+        assert_eq!(store.get(&c.id).unwrap().name, "c.txt");
+        let mode = std::fs::metadata(&c.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let big = store.store(&write("big.bin", 11)).await.unwrap_err();
+        assert!(big.to_string().contains("up to 10 bytes"), "{big}");
+        let not_file = store.store(src.path()).await.unwrap_err();
+        assert!(matches!(not_file, FileError::NotAFile { .. }));
+
+        // A new store starts empty.
+        let again = FileStore::open(dir.path().join("files"), limits).unwrap();
+        assert!(again.get(&c.id).is_none());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("files")).unwrap().count(),
+            0
+        );
+    }
+}
