@@ -784,3 +784,32 @@ async fn wrong_password_fails_prepare() {
         "the password must not be echoed: {err}"
     );
 }
+
+#[tokio::test]
+async fn rate_limits_and_server_errors_are_retried() {
+    let fake = FakeRocketChat::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(config(&fake), fast(), &["#general"], dir.path()).await;
+    h.connected().await;
+    fake.fail_next("/api/v1/chat.postMessage", 429, Some(0));
+    fake.fail_next("/api/v1/chat.postMessage", 502, None);
+    h.conn.post(&target("GENERAL"), "eventually").await.unwrap();
+    assert_eq!(
+        fake.state().requests_to("/api/v1/chat.postMessage").len(),
+        3
+    );
+    assert_eq!(fake.state().posts().len(), 3, "every attempt is recorded");
+    // A client error is not retried and names the action.
+    fake.fail_next("/api/v1/chat.postMessage", 400, None);
+    let err = h
+        .conn
+        .post(&target("GENERAL"), "refused")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("chat.postMessage"), "{err}");
+    assert_eq!(
+        fake.state().requests_to("/api/v1/chat.postMessage").len(),
+        4
+    );
+    h.stop().await;
+}

@@ -11,7 +11,7 @@
 //! ([`FakeRocketChat::wait_for`]), never polling.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -102,6 +102,8 @@ pub struct State {
     /// Media uploaded with `rooms.media` and not confirmed yet.
     pending_media: HashMap<String, (String, String, Vec<u8>)>,
     conns: Vec<Conn>,
+    /// Scripted failures: path → (status, Retry-After seconds) answered before routing.
+    failures: HashMap<String, VecDeque<(u16, Option<u64>)>>,
     /// Successful DDP logins so far (a reconnect adds one).
     pub ddp_logins: usize,
     /// 401s answered so far.
@@ -377,6 +379,17 @@ impl FakeRocketChat {
     /// Forgets every issued token: the next authenticated REST call gets a 401.
     pub fn expire_tokens(&self) {
         self.inner.update(|s| s.tokens.clear());
+    }
+
+    /// The next request to `path` (e.g. `/api/v1/chat.postMessage`) is answered with
+    /// `status` (and `Retry-After` when given) instead of being served.
+    pub fn fail_next(&self, path: &str, status: u16, retry_after: Option<u64>) {
+        self.inner.update(|s| {
+            s.failures
+                .entry(path.to_string())
+                .or_default()
+                .push_back((status, retry_after))
+        });
     }
 
     /// A user posts `text` in `rid` (mentions computed from `@names` like the server does).
@@ -690,6 +703,18 @@ async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>, cancel: Cancellat
             body: body.clone(),
         })
     });
+    let scripted = inner.update(|s| s.failures.get_mut(&path).and_then(VecDeque::pop_front));
+    if let Some((status, retry_after)) = scripted {
+        let mut resp = reply(
+            StatusCode::from_u16(status).unwrap(),
+            json!({"success": false, "error": "scripted failure"}),
+        );
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert("retry-after", secs.to_string().parse().unwrap());
+        }
+        return resp;
+    }
     // Unauthenticated endpoints.
     match (method.as_str(), path.as_str()) {
         ("GET", "/api/info") => {

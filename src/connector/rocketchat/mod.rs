@@ -1329,6 +1329,28 @@ mod tests {
     }
 
     #[test]
+    fn websocket_url_follows_the_server_scheme() {
+        let mut cfg = RocketChatConfig {
+            server: "https://chat.example.com".into(),
+            auth: config::RocketChatAuth::Token {
+                user_id: "u".into(),
+                auth_token: "t".into(),
+            },
+            mention_all: false,
+            reply_in_thread: false,
+            require_mention: true,
+            max_file_size: None,
+            download_timeout: Duration::from_secs(1),
+            edit_interval: Duration::from_secs(1),
+        };
+        let c = RocketChatConnector::new("rc", &cfg, Path::new("/tmp")).unwrap();
+        assert_eq!(c.ws_url(), "wss://chat.example.com/websocket");
+        cfg.server = "http://127.0.0.1:3000/chat".into();
+        let c = RocketChatConnector::new("rc", &cfg, Path::new("/tmp")).unwrap();
+        assert_eq!(c.ws_url(), "ws://127.0.0.1:3000/chat/websocket");
+    }
+
+    #[test]
     fn dm_rooms_are_named_after_the_other_user() {
         let r: WireRoom =
             serde_json::from_value(json!({"_id":"botuidu1","t":"d","usernames":["bot","alice"]}))
