@@ -170,9 +170,13 @@ impl Inner {
         let nodes: Vec<Value> = parts
             .iter()
             .map(|p| {
+                // go-cqhttp documents `name`/`uin`, NoneBot and NapCat's own types use
+                // `nickname`/`user_id`: send both so every implementation finds its keys.
                 json!({"type": "node", "data": {
                     "name": "Agent",
                     "uin": link.self_id.to_string(),
+                    "nickname": "Agent",
+                    "user_id": link.self_id.to_string(),
                     "content": [Segment::text(p)],
                 }})
             })

@@ -57,7 +57,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut stream) = ws.split();
-    let (link, mut out_rx) = Link::new(self_id.unwrap_or(0), cancel.child_token());
+    // Not a child of `cancel`: shutdown must not look like a replacement (close 1001, not 1000).
+    let (link, mut out_rx) = Link::new(self_id.unwrap_or(0), CancellationToken::new());
     let (ev_tx, ev_rx) = mpsc::channel::<MessageEvent>(EVENT_QUEUE);
     tokio::spawn(inbound::process(inner.clone(), ev_rx, cancel.clone()));
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs NoneBot's OneBot V11 adapter (an independent implementation of the protocol's
+# pydantic models) into an ignored venv, idempotently, for check.py.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+venv="$root/.deps/onebot-venv"
+NONEBOT_ADAPTER_VERSION="2.4.6"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('nonebot-adapter-onebot') != '$NONEBOT_ADAPTER_VERSION')" 2>/dev/null; then
+  echo "installing nonebot-adapter-onebot==$NONEBOT_ADAPTER_VERSION into .deps/onebot-venv" >&2
+  "$venv/bin/pip" install --quiet "nonebot2==2.*" "nonebot-adapter-onebot==$NONEBOT_ADAPTER_VERSION"
+fi
