@@ -765,9 +765,12 @@ async fn rate_limited_user_gets_one_notice_per_window() {
     for id in 1..=5 {
         bot.send_event(&private_msg(id, USER, &format!("msg {id}")));
     }
-    bot.send_event(&private_msg(6, 777, "another user"));
+    // An approval answer is never limited (a turn may be waiting on it).
+    bot.send_event(&private_msg(6, USER, "approve a3k9"));
+    bot.send_event(&private_msg(7, 777, "another user"));
     assert_eq!(gw.message().await.text, "msg 1");
     assert_eq!(gw.message().await.text, "msg 2");
+    assert_eq!(gw.message().await.text, "approve a3k9");
     let next = gw.message().await;
     assert_eq!(
         (next.text.as_str(), next.sender.id.as_str()),

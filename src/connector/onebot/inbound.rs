@@ -121,7 +121,10 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
         kind: super::room_ref(chat).kind,
     };
 
-    if triggers {
+    // Approval commands are never rate limited: an owner answering a permission prompt must
+    // not be told to wait while a turn hangs on that answer.
+    let approval = looks_like_approval(&render_plain(&segments, self_id, true).text);
+    if triggers && !approval {
         if let Some(limiter) = &inner.limiter {
             if let Verdict::Limited {
                 notify,
@@ -400,6 +403,14 @@ pub fn render_plain(segments: &[Segment], self_id: i64, strip_leading: bool) -> 
     out
 }
 
+/// `approve <id>` / `deny <id>` (optionally `always`): the dispatcher's grammar, matched
+/// loosely here only to exempt such messages from the rate limit.
+fn looks_like_approval(text: &str) -> bool {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    matches!(words.len(), 2 | 3)
+        && ["approve", "deny"].contains(&words[0].to_ascii_lowercase().as_str())
+}
+
 /// `[HH:MM]` (UTC) of an epoch second, for context lines.
 pub fn hhmm(epoch_secs: i64) -> String {
     let secs_of_day = epoch_secs.rem_euclid(86_400);
@@ -449,6 +460,15 @@ mod tests {
                 url: "http://127.0.0.1/x.png".into()
             }]
         );
+    }
+
+    #[test]
+    fn approval_commands_are_recognised() {
+        assert!(looks_like_approval("approve a3k9"));
+        assert!(looks_like_approval("Deny a3k9"));
+        assert!(looks_like_approval("approve a3k9 always"));
+        assert!(!looks_like_approval("approve"));
+        assert!(!looks_like_approval("please approve this now"));
     }
 
     #[test]
