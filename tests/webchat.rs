@@ -924,3 +924,30 @@ async fn files_the_bot_sends_are_served_to_signed_in_users() {
     assert_eq!(h.messages("lobby").await.len(), 2);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn the_registry_builds_a_webchat_connector_from_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "connectors:\n  - {name: web, type: webchat, listen: \"127.0.0.1:0\", allowed_users: {owners: [alice]}}\n\
+                agents:\n  a: {type: claude, working_directory: /tmp}\n\
+                watchers:\n  - {name: w, connector: web, room: lobby}\n";
+    let config = agent_chat_gateway::config::parse(&dir.path().join("config.yaml"), yaml).unwrap();
+    let connector =
+        agent_chat_gateway::connector::build(&config.connectors[0], dir.path()).unwrap();
+    assert_eq!(connector.name(), "web");
+    assert!(connector.capabilities().edit);
+    connector.prepare().await.unwrap();
+    let notes = connector.startup_notes();
+    assert_eq!(notes.len(), 1);
+    assert!(
+        notes[0].starts_with("web chat for alice: http://127.0.0.1:"),
+        "{}",
+        notes[0]
+    );
+    assert!(
+        !notes[0].contains(":0/"),
+        "the note must carry the bound port: {}",
+        notes[0]
+    );
+    assert!(dir.path().join("webchat-web.tokens.json").exists());
+}

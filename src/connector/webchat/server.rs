@@ -85,7 +85,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "web chat: a connection task failed");
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
