@@ -514,6 +514,115 @@ async fn real_cli_timeout_kills_the_cli() {
     assert_eq!(processes_in(dirs.work.path()), Vec::<u32>::new());
 }
 
+/// Watches a FIFO from a plain thread (opening it blocks until a writer appears): reports
+/// the first line, then end-of-file, i.e. the moment every writer has closed it.
+fn watch_fifo(
+    path: PathBuf,
+) -> (
+    tokio::sync::oneshot::Receiver<String>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    use std::io::{BufRead, Read};
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let (eof_tx, eof_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(std::fs::File::open(path).unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let _ = first_tx.send(line);
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest);
+        let _ = eof_tx.send(());
+    });
+    (first_rx, eof_rx)
+}
+
+#[tokio::test]
+async fn real_cli_cancel_during_a_tool_kills_the_tool_and_the_session_resumes() {
+    let Some(claude) = support::claude_bin() else {
+        return;
+    };
+    // The tool writes a line to a FIFO and then sleeps holding it open: end-of-file on the
+    // FIFO proves the sleep is dead. The hook allows it (a redirect is refused by dontAsk
+    // with a static allow-list).
+    let fake = FakeLlm::start(json!({"scenarios": [{"match": "ACG-SLOW-TOOL", "turns": [
+        {"text": "Waiting.", "tool_calls": [{"name": "Bash", "input": {
+            "command": "(echo started; exec sleep 300) > hook-allowed.fifo", "description": "wait"}}]},
+        {"text": "Resumed fine."}]}]}))
+    .await;
+    let hook_server = HookServer::start().await;
+    let hook = HookBinding {
+        url: hook_server.url.clone(),
+        secret: "s".into(),
+        timeout: Duration::from_secs(30),
+    };
+    let dirs = Dirs::new();
+    let fifo = dirs.work.path().join("hook-allowed.fifo");
+    nix::unistd::mkfifo(
+        &fifo,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .unwrap();
+    let (started, gone) = watch_fifo(fifo);
+    let backend = dirs.backend(&dirs.config(&claude, fake.claude_env()));
+    let cancel = CancellationToken::new();
+    let (first, ()) = tokio::join!(
+        run_turn_with(
+            &backend,
+            "ACG-SLOW-TOOL wait",
+            None,
+            Role::Owner,
+            Some(hook.clone()),
+            cancel.clone(),
+            |_| {}
+        ),
+        async {
+            let line = tokio::time::timeout(Duration::from_secs(60), started).await;
+            assert_eq!(line.expect("the tool started").unwrap().trim(), "started");
+            cancel.cancel();
+        }
+    );
+    assert!(
+        matches!(first.result, Err(AgentError::Cancelled)),
+        "{:?}",
+        first.result
+    );
+    // Claude Code runs Bash tool commands in their own session: a process-group kill alone
+    // leaves `sleep 300` running.
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the tool's sleep outlived the turn")
+        .unwrap();
+
+    // The session announced before the kill resumes, and the new prompt reaches the model
+    // (2.1.197 drops the dangling tool call instead of swallowing the turn).
+    let session = first
+        .events
+        .iter()
+        .find_map(|e| match e {
+            AgentEvent::SessionStarted { session_id } => Some(session_id.clone()),
+            _ => None,
+        })
+        .expect("session announced");
+    let second = run_turn(
+        &backend,
+        "NEW-PROMPT after cancel",
+        Some(session),
+        Role::Owner,
+        Some(hook),
+    )
+    .await;
+    assert_eq!(second.result.expect("resumed turn").text, "Resumed fine.");
+    let last = fake.message_requests().pop().unwrap();
+    assert!(
+        last.message_texts()
+            .last()
+            .is_some_and(|t| t.contains("NEW-PROMPT after cancel")),
+        "{:?}",
+        last.message_texts()
+    );
+}
+
 /// Pids of live processes whose working directory is `dir`.
 fn processes_in(dir: &Path) -> Vec<u32> {
     let dir = dir.canonicalize().unwrap();

@@ -6,6 +6,12 @@
 //! for error messages, and killing the whole group (SIGTERM, short grace, SIGKILL) on
 //! timeout, cancellation or drop — always reaping the child.
 //! Knows nothing about: any particular agent CLI or its output format.
+//!
+//! The process group is not enough on its own: Claude Code 2.1.197 runs each Bash tool
+//! command in a new session (`setsid`), so a group signal misses a hung `sleep 300` the
+//! agent started. Kills therefore also signal every descendant found in `/proc` (checked by
+//! start time, so a reused pid is never hit) and the groups those descendants lead. A
+//! process that double-forked away before the kill (parent = init) is out of reach.
 
 use std::collections::VecDeque;
 use std::io;
@@ -143,16 +149,27 @@ impl AgentProcess {
         Ok(status)
     }
 
-    /// Stops the whole group: SIGTERM, up to `grace` to exit, then SIGKILL; reaps the child.
+    /// Stops the whole tree: SIGTERM to the group and every descendant, up to `grace` to
+    /// exit, then SIGKILL; reaps the child.
     pub async fn kill(&mut self, grace: Duration) {
         let Some(child) = self.child.as_mut() else {
             return;
         };
+        // Taken while the leader is alive: once it dies, its children move to init.
+        let mut tree = descendants(self.pid);
         signal_group(self.pid, Signal::SIGTERM);
+        signal_tree(&tree, Signal::SIGTERM);
         if tokio::time::timeout(grace, child.wait()).await.is_err() {
             tracing::debug!(pid = self.pid, "agent ignored SIGTERM; sending SIGKILL");
+            // Anything started during the grace period.
+            for p in descendants(self.pid) {
+                if !tree.contains(&p) {
+                    tree.push(p);
+                }
+            }
         }
         signal_group(self.pid, Signal::SIGKILL);
+        signal_tree(&tree, Signal::SIGKILL);
         if let Err(e) = child.wait().await {
             tracing::warn!(pid = self.pid, error = %e, "could not reap agent process");
         }
@@ -187,7 +204,9 @@ impl Drop for AgentProcess {
             return;
         };
         // No grace period is possible here: Drop cannot wait.
+        let tree = descendants(self.pid);
         signal_group(self.pid, Signal::SIGKILL);
+        signal_tree(&tree, Signal::SIGKILL);
         match child.try_wait() {
             Ok(Some(_)) => {}
             _ => match tokio::runtime::Handle::try_current() {
@@ -210,6 +229,85 @@ fn signal_group(pgid: u32, signal: Signal) {
     match killpg(Pid::from_raw(raw), signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
         Err(e) => tracing::warn!(pgid, %signal, error = %e, "could not signal agent process group"),
+    }
+}
+
+/// A process identified by pid and start time (clock ticks since boot), so that a pid
+/// reused by an unrelated process is never signalled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProcId {
+    pid: i32,
+    start: u64,
+}
+
+/// `(ppid, pgrp, starttime)` of a live process, from `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(i32, i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `comm` may contain spaces and parentheses: the fields start after the last `)`.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    // fields[0] is field 3 of proc(5) (state); ppid is 4, pgrp 5, starttime 22.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    Some((
+        fields.get(1)?.parse().ok()?,
+        fields.get(2)?.parse().ok()?,
+        fields.get(19)?.parse().ok()?,
+    ))
+}
+
+/// Every live descendant of `root`, parents before children. Linux only; empty elsewhere.
+fn descendants(root: u32) -> Vec<ProcId> {
+    let Ok(root) = i32::try_from(root) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let procs: Vec<(ProcId, i32)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let (ppid, _, start) = proc_stat(pid)?;
+            Some((ProcId { pid, start }, ppid))
+        })
+        .collect();
+    let mut out: Vec<ProcId> = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (p, ppid) in &procs {
+            if *ppid == parent && !out.contains(p) {
+                out.push(*p);
+                frontier.push(p.pid);
+            }
+        }
+    }
+    out
+}
+
+/// Signals each process of `tree` that is still the same process, and the group it leads
+/// when it leads one (a tool shell in its own session, with its children).
+fn signal_tree(tree: &[ProcId], signal: Signal) {
+    for p in tree {
+        let Some((_, pgrp, start)) = proc_stat(p.pid) else {
+            continue;
+        };
+        if start != p.start {
+            continue;
+        }
+        let result = if pgrp == p.pid {
+            killpg(Pid::from_raw(p.pid), signal)
+        } else {
+            nix::sys::signal::kill(Pid::from_raw(p.pid), signal)
+        };
+        match result {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => {
+                tracing::debug!(pid = p.pid, %signal, error = %e, "could not signal agent descendant")
+            }
+        }
     }
 }
 
@@ -518,6 +616,65 @@ mod tests {
         let witness = stdout_witness(&p);
         p.wait().await.unwrap();
         assert_all_writers_gone(witness).await;
+    }
+
+    #[tokio::test]
+    async fn kill_reaches_descendants_in_their_own_session() {
+        // `setsid` leaves our process group, as Claude Code's Bash tool does.
+        let script = "setsid sleep 1000 & echo $!; wait";
+        let mut p = AgentProcess::spawn(&spec(script)).unwrap();
+        let escaped = grandchild_pid(&mut p).await;
+        let witness = stdout_witness(&p);
+        assert_ne!(
+            proc_stat(escaped as i32).map(|(_, pgrp, _)| pgrp),
+            Some(p.pid() as i32),
+            "the grandchild left the group"
+        );
+        p.kill(Duration::from_millis(200)).await;
+        assert_all_writers_gone(witness).await;
+    }
+
+    #[tokio::test]
+    async fn drop_reaches_descendants_in_their_own_session() {
+        let mut p = AgentProcess::spawn(&spec("setsid sleep 1000 & echo $!; wait")).unwrap();
+        grandchild_pid(&mut p).await;
+        let witness = stdout_witness(&p);
+        drop(p);
+        assert_all_writers_gone(witness).await;
+    }
+
+    #[test]
+    fn descendants_are_found_and_pid_reuse_is_guarded() {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 1000 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Once `$!` is printed the fork has happened: the sleep is listed in /proc.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let tree = descendants(child.id());
+        assert_eq!(
+            tree.iter().map(|p| p.pid.to_string()).collect::<Vec<_>>(),
+            vec![line.trim()]
+        );
+        assert_eq!(tree.len(), 1, "{tree:?}");
+        // A stale start time names another process: it must not be signalled.
+        let stale = [ProcId {
+            pid: tree[0].pid,
+            start: tree[0].start + 1,
+        }];
+        signal_tree(&stale, Signal::SIGKILL);
+        assert!(
+            proc_stat(tree[0].pid).is_some(),
+            "stale id was not signalled"
+        );
+        signal_tree(&tree, Signal::SIGKILL);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[tokio::test]
