@@ -824,6 +824,14 @@ async fn fake_agent_answers_and_keeps_the_resumed_id() {
 }
 
 #[tokio::test]
+async fn fake_agent_slow_answer_arrives_within_the_timeout() {
+    let dirs = Dirs::new();
+    let backend = dirs.backend(&dirs.config(&fake_agent_bin(), Vec::new()));
+    let run = run_turn(&backend, "FAKE:slow=200\nhello", None, Role::Owner, None).await;
+    assert_eq!(run.result.expect("answer").text, "fake answer: hello");
+}
+
+#[tokio::test]
 async fn fake_agent_crash_is_reported_with_stderr() {
     let dirs = Dirs::new();
     let backend = dirs.backend(&dirs.config(&fake_agent_bin(), Vec::new()));

@@ -384,6 +384,47 @@ mod tests {
     }
 
     #[test]
+    fn thinking_tools_and_sub_agent_tools_become_events() {
+        let (events, out) = run(
+            &[
+                r#"{"type":"assistant","message":{"content":[{"type":"thinking","thinking":"hmm","signature":"x"}]},"parent_tool_use_id":null}"#,
+                r#"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t1","name":"Task","input":{"prompt":"look"}}]}}"#,
+                r#"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t2","name":"Grep","input":{"pattern":"x"}}]},"parent_tool_use_id":"t1"}"#,
+                r#"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t2","content":[{"type":"text","text":"found"}]}]},"parent_tool_use_id":"t1"}"#,
+                r#"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t1","content":"done","is_error":true}]}}"#,
+                r#"{"type":"user","message":{"content":"a replayed prompt"}}"#,
+                r#"{"type":"result","is_error":false,"result":"final"}"#,
+            ],
+            &ok_exit(),
+        );
+        assert_eq!(
+            events,
+            vec![
+                AgentEvent::Thinking { text: "hmm".into() },
+                AgentEvent::ToolStart {
+                    id: "t1".into(),
+                    name: "Task".into(),
+                    input: r#"{"prompt":"look"}"#.into()
+                },
+                AgentEvent::ToolStart {
+                    id: "t2".into(),
+                    name: "Grep".into(),
+                    input: r#"{"pattern":"x"}"#.into()
+                },
+                AgentEvent::ToolResult {
+                    id: "t2".into(),
+                    is_error: false
+                },
+                AgentEvent::ToolResult {
+                    id: "t1".into(),
+                    is_error: true
+                },
+            ]
+        );
+        assert_eq!(out.unwrap().text, "final");
+    }
+
+    #[test]
     fn result_text_is_used_when_no_text_block_came() {
         let (_, out) = run(
             &[r#"{"type":"result","subtype":"success","is_error":false,"result":"fallback"}"#],
