@@ -1171,3 +1171,103 @@ async fn e2e_owner_approves_a_tool_call_from_qq_without_a_mention() {
     );
     drop(s.gateway);
 }
+
+/// The fake OneBot implementation against an independent V11 server: NoneBot 2 with its
+/// OneBot adapter (`scripts/onebot-conformance/nonebot_app.py`). NoneBot must accept the
+/// fake's handshake, parse its events, and accept its answers to NoneBot's own action calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_onebot_speaks_v11_to_nonebot() {
+    use tokio::io::AsyncBufReadExt;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".deps/onebot-venv/bin/python");
+    let has_fastapi = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import fastapi, uvicorn, nonebot.adapters.onebot.v11"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !has_fastapi {
+        eprintln!(
+            "\n*** SKIPPED: NoneBot interop; run scripts/onebot-conformance/install.sh ***\n"
+        );
+        return;
+    }
+    let port = free_port();
+    let mut app = tokio::process::Command::new(&python)
+        .arg(root.join("scripts/onebot-conformance/nonebot_app.py"))
+        .arg(port.to_string())
+        .arg(TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // NoneBot logs to stdout; the server accepts connections once uvicorn says it runs.
+    let mut log = tokio::io::BufReader::new(app.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            let done = line.contains("Uvicorn running on");
+            seen.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(matches!(ready, Ok(true)), "NoneBot did not start: {seen:?}");
+    // Keep draining NoneBot's log so it never blocks on a full pipe.
+    let drain = tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+
+    let url = format!("ws://127.0.0.1:{port}/onebot/v11/ws");
+    let wrong = FakeBot::connect(&url, SELF, Auth::Bearer("wrong".into())).await;
+    assert!(wrong.is_err(), "NoneBot accepted a wrong token");
+    let bot = FakeBot::connect(&url, SELF, Auth::Token(TOKEN.into()))
+        .await
+        .unwrap();
+    bot.lifecycle_connect();
+    bot.send_event(&fixture("heartbeat"));
+    for (name, class, text, target) in [
+        (
+            "group_message_array",
+            "GroupMessageEvent",
+            "7",
+            ("group_id", json!(GROUP)),
+        ),
+        (
+            "private_message_array",
+            "PrivateMessageEvent",
+            "hello bot",
+            ("user_id", json!(USER)),
+        ),
+        (
+            "group_message_cq_string",
+            "GroupMessageEvent",
+            "fix [bug] a&b",
+            ("group_id", json!(GROUP)),
+        ),
+    ] {
+        let ev = fixture(name);
+        bot.remember_message(
+            ev["message_id"].as_i64().unwrap(),
+            USER,
+            "小明",
+            ev["message"].clone(),
+        );
+        bot.send_event(&ev);
+        let sent = bot.wait_action("send_msg").await;
+        assert_eq!(sent["params"][target.0], target.1, "{sent}");
+        let expected = format!(
+            "nonebot saw {class} text='{text}' login={SELF} get_msg_sender={USER} unknown_action=1404"
+        );
+        let message = &sent["params"]["message"];
+        let said = match message {
+            Value::String(s) => s.clone(),
+            _ => text_of(&sent),
+        };
+        assert_eq!(said, expected, "{name}: {sent}");
+    }
+    drop(bot);
+    drop(app);
+    drain.abort();
+}
