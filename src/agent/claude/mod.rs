@@ -208,8 +208,20 @@ impl ClaudeBackend {
             source,
         })?;
         tracing::debug!(agent = %self.name, room = %turn.room, session, resume, pid = child.pid(), "claude started");
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let deadline = started + self.timeout;
         let result = self.drive(&mut child, ctx, session, deadline).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(out) => {
+                tracing::info!(agent = %self.name, room = %turn.room, session, resume, elapsed_ms,
+                denied = out.denied_tools.len(), "claude turn finished")
+            }
+            Err(e) => {
+                tracing::info!(agent = %self.name, room = %turn.room, session, resume, elapsed_ms,
+                error = %e, "claude turn failed")
+            }
+        }
         match &result {
             Err(AgentError::Timeout(_)) | Err(AgentError::Cancelled) => {
                 child.kill(KILL_GRACE).await
