@@ -624,6 +624,31 @@ async fn the_page_sends_streams_and_answers_approvals() {
         "only the dev room is shown"
     );
 
+    // A phone-sized window keeps the rooms and the join form reachable.
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 390, "height": 780, "deviceScaleFactor": 1, "mobile": true }),
+    )
+    .await;
+    let reachable = cdp
+        .eval(
+            "['#rooms button', '#join button', '#send'].map((s) => {
+               const r = document.querySelector(s).getBoundingClientRect();
+               return r.width > 0 && r.height > 0 && r.right <= innerWidth && r.bottom <= innerHeight;
+             })",
+        )
+        .await;
+    assert_eq!(reachable, json!([true, true, true]));
+    let fits = cdp
+        .eval("[innerWidth, document.documentElement.scrollWidth]")
+        .await;
+    assert_eq!(
+        fits,
+        json!([390, 390]),
+        "nothing may widen the page beyond the screen"
+    );
+    cdp.screenshot("webchat-narrow.png").await;
+
     browser.close(cdp).await;
     gw.cancel.cancel();
     within("the connector to stop", gw.run)
