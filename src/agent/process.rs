@@ -11,7 +11,9 @@
 //! command in a new session (`setsid`), so a group signal misses a hung `sleep 300` the
 //! agent started. Kills therefore also signal every descendant found in `/proc` (checked by
 //! start time, so a reused pid is never hit) and the groups those descendants lead. A
-//! process that double-forked away before the kill (parent = init) is out of reach.
+//! process that double-forked away before the kill (parent = init) is out of reach, and so
+//! is one that outlives a normal exit of the CLI in a session of its own (2.1.197 stops its
+//! own `run_in_background` shells when it exits; verified).
 
 use std::collections::VecDeque;
 use std::io;
@@ -340,7 +342,9 @@ impl TailBuffer {
     pub fn new(cap: usize) -> Self {
         TailBuffer {
             cap,
-            bytes: VecDeque::with_capacity(cap),
+            // Grows only as stderr arrives: most runs print nothing there, and a thousand
+            // concurrent runs must not each hold `cap` bytes up front.
+            bytes: VecDeque::new(),
             dropped: false,
         }
     }
@@ -386,7 +390,9 @@ pub struct LineReader<R> {
 impl<R: AsyncRead + Unpin> LineReader<R> {
     pub fn new(inner: R, max: usize) -> Self {
         LineReader {
-            inner: BufReader::with_capacity(64 * 1024, inner),
+            // Small: a thousand rooms may each have a run in flight. Long lines still work,
+            // they are assembled in `line` across reads.
+            inner: BufReader::with_capacity(8 * 1024, inner),
             max,
             line: Vec::new(),
             discarding: false,
