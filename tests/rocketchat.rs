@@ -813,3 +813,167 @@ async fn rate_limits_and_server_errors_are_retried() {
     );
     h.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// End to end: fake Rocket.Chat → the real daemon (started with `start`) → the real Claude Code
+// CLI → the project's fake model API → the reply in the room; and an owner's `approve <id>`
+// without a mention.
+// ---------------------------------------------------------------------------------------------
+
+mod support;
+
+use support::claude_bin;
+use support::fake_llm::FakeLlm;
+
+/// Claude turns take seconds (CLI start-up); this bounds one of them.
+const TURN: Duration = Duration::from_secs(90);
+
+struct E2e {
+    gateway: support::Gateway,
+    llm: FakeLlm,
+    fake: FakeRocketChat,
+    _home: tempfile::TempDir,
+}
+
+async fn e2e(script: Value, agent_extra: &str) -> Option<E2e> {
+    let claude = claude_bin()?;
+    let llm = FakeLlm::start(script).await;
+    let fake = FakeRocketChat::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let config = format!(
+        r##"
+connectors:
+  - name: rc
+    type: rocketchat
+    server: "{url}"
+    username: {BOT_USER}
+    password: "{BOT_PASSWORD}"
+    allowed_users: {{owners: [alice], guests: [bob]}}
+default_agent: assistant
+agents:
+  assistant:
+    type: claude
+    command: "{claude}"
+    working_directory: "{{work}}"
+    timeout: 120
+    env: {env}
+{agent_extra}
+watchers:
+  - {{name: rc-general, connector: rc, room: "#general", agent: assistant}}
+"##,
+        url = fake.url(),
+        claude = claude.display(),
+        env = support::claude_env_yaml(&llm, home.path()),
+    );
+    let gateway = support::Gateway::start(&config);
+    // Subscribed: from here a post is delivered live or by the replay that follows.
+    fake.wait_for("the daemon to subscribe to #general", TURN, |s| {
+        s.ddp_in
+            .iter()
+            .any(|f| f["msg"] == "sub" && f["params"][0] == "GENERAL")
+    })
+    .await;
+    Some(E2e {
+        gateway,
+        llm,
+        fake,
+        _home: home,
+    })
+}
+
+/// The bot's message in `rid` whose (possibly edited) text contains `needle`.
+async fn bot_message_containing(fake: &FakeRocketChat, rid: &str, needle: &str) -> Value {
+    let find = |s: &fake_rocketchat::State| {
+        s.messages
+            .iter()
+            .find(|m| {
+                m["rid"] == rid
+                    && m["u"]["username"] == BOT_USER
+                    && m["msg"].as_str().is_some_and(|t| t.contains(needle))
+            })
+            .cloned()
+    };
+    fake.wait_for(&format!("a bot message containing {needle:?}"), TURN, |s| {
+        find(s).is_some()
+    })
+    .await;
+    let s = fake.state();
+    find(&s).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_mention_is_answered_by_claude_in_the_room_and_in_threads() {
+    // One session per room: the thread question is the second turn of the same scenario.
+    let script = json!({"scenarios": [{"match": "RC-E2E", "turns": [
+        {"text": "Hello from the fake model via Rocket.Chat."},
+        {"text": "Thread answer from the fake model."}
+    ]}], "default_text": "OK"});
+    let Some(s) = e2e(script, "").await else {
+        return;
+    };
+    // Not addressed: no turn.
+    s.fake
+        .post("GENERAL", "alice", "just chatting RC-E2E-IGNORED");
+    let asked = s.fake.post("GENERAL", "alice", "@bot RC-E2E hello");
+    let reply = bot_message_containing(
+        &s.fake,
+        "GENERAL",
+        "Hello from the fake model via Rocket.Chat.",
+    )
+    .await;
+    assert!(
+        reply.get("tmid").is_none(),
+        "top-level question, top-level answer: {reply}"
+    );
+    let texts = s
+        .llm
+        .message_requests()
+        .last()
+        .unwrap()
+        .message_texts()
+        .join("\n");
+    assert!(texts.contains("RC-E2E hello"), "{texts}");
+    assert!(
+        !texts.contains("@bot RC-E2E"),
+        "the leading mention is stripped: {texts}"
+    );
+    assert!(texts.contains("from: alice | role: owner"), "{texts}");
+    assert!(!texts.contains("RC-E2E-IGNORED"), "{texts}");
+
+    s.fake
+        .post_in_thread("GENERAL", "alice", "@bot RC-E2E-THREAD more please", &asked);
+    let reply =
+        bot_message_containing(&s.fake, "GENERAL", "Thread answer from the fake model.").await;
+    assert_eq!(reply["tmid"], json!(asked), "{reply}");
+    drop(s.gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_owner_approves_a_tool_call_without_a_mention() {
+    let script = json!({"scenarios": [{"match": "RC-APPROVE", "turns": [
+        {"text": "Creating the file.", "tool_calls": [{"name": "Bash", "input": {"command": "touch approved.txt"}}]},
+        {"text": "File created after approval."}
+    ]}]});
+    let extra = "    permissions: {enabled: true, timeout: 60}";
+    let Some(s) = e2e(script, extra).await else {
+        return;
+    };
+    s.fake
+        .post("GENERAL", "alice", "@bot RC-APPROVE make a file");
+    let prompt = bot_message_containing(&s.fake, "GENERAL", "Permission required").await;
+    let text = prompt["msg"].as_str().unwrap().to_string();
+    let id = text
+        .split("approve ")
+        .nth(1)
+        .and_then(|rest| rest.get(..4))
+        .unwrap_or_else(|| panic!("no approval id in {text}"))
+        .to_string();
+    assert!(!s.gateway.work.join("approved.txt").exists());
+    s.fake.post("GENERAL", "alice", &format!("approve {id}"));
+    bot_message_containing(&s.fake, "GENERAL", "File created after approval.").await;
+    assert!(
+        s.gateway.work.join("approved.txt").exists(),
+        "the approved tool did not run"
+    );
+    drop(s.gateway);
+}
