@@ -858,6 +858,84 @@ async fn group_context_since_the_last_address_is_prepended() {
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn group_context_survives_a_history_that_ignores_paging() {
+    let mut gw = gateway(|c| {
+        c.group_context = Some(GroupContext {
+            max_messages: 10,
+            max_chars: 2000,
+            scan_limit: 500,
+        })
+    })
+    .await;
+    let bot = gw.bot(SELF).await;
+    bot.history_ignores_seq();
+    let t0 = 1_747_792_000;
+    bot.add_history(
+        (1..=80)
+            .map(|seq| {
+                json!({"message_id": seq, "message_seq": seq, "time": t0 + seq, "group_id": GROUP,
+                       "user_id": 5, "sender": {"user_id": 5, "nickname": "u5"},
+                       "message": format!("line {seq}")})
+            })
+            .collect(),
+    );
+    let mut m = group_msg(
+        81,
+        USER,
+        json!([{"type": "at", "data": {"qq": SELF.to_string()}}, {"type": "text", "data": {"text": " go"}}]),
+    );
+    m["time"] = json!(t0 + 81);
+    bot.send_event(&m);
+    let msg = gw.message().await;
+    let lines: Vec<&str> = msg.text.lines().collect();
+    // The newest 10 (CQ-string history entries are parsed too), then the message.
+    assert_eq!(lines.len(), 14, "{}", msg.text);
+    assert!(lines[1].ends_with("u5(5): line 71"), "{}", msg.text);
+    assert!(lines[10].ends_with("u5(5): line 80"), "{}", msg.text);
+    let pages = bot
+        .drain_actions()
+        .await
+        .into_iter()
+        .filter(|a| a["action"] == "get_group_msg_history")
+        .count();
+    assert_eq!(pages, 2, "the repeated window must stop the paging");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn forward_segments_are_expanded() {
+    let mut gw = gateway(|_| {}).await;
+    let bot = gw.bot(SELF).await;
+    bot.add_forward(
+        "fwd-1",
+        json!([
+            {"sender": {"user_id": 11, "nickname": "Ann"}, "message": [{"type": "text", "data": {"text": "step one"}}]},
+            {"sender": {"user_id": 12, "nickname": "Ben"}, "content": "step [CQ:face,id=2] two"}
+        ]),
+    );
+    let mut m = private_msg(70, USER, "");
+    m["message"] = json!([
+        {"type": "text", "data": {"text": "summarise: "}},
+        {"type": "forward", "data": {"id": "fwd-1"}}
+    ]);
+    bot.send_event(&m);
+    let msg = gw.message().await;
+    assert_eq!(
+        msg.text,
+        "summarise: [Forwarded messages (2)]\nAnn: step one\nBen: step [face:2] two\n[End of forwarded messages]"
+    );
+    // An unknown forward id keeps its placeholder.
+    m["message_id"] = json!(71);
+    m["message"][1]["data"]["id"] = json!("gone");
+    bot.send_event(&m);
+    assert_eq!(
+        gw.message().await.text,
+        "summarise: [forwarded messages gone]"
+    );
+    gw.stop().await;
+}
+
 /// Serves one HTTP response per connection on 127.0.0.1 (the implementation's file server).
 async fn file_server(body: Vec<u8>) -> (String, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

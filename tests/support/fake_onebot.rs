@@ -70,6 +70,9 @@ struct State {
     messages: Mutex<HashMap<i64, Value>>,
     /// Group history entries (message events), any order.
     history: Mutex<Vec<Value>>,
+    /// Imitates builds that ignore `message_seq` and always return the newest window
+    /// (NapCat #441, #987).
+    history_ignores_seq: std::sync::atomic::AtomicBool,
     forwards: Mutex<HashMap<String, Value>>,
 }
 
@@ -159,6 +162,7 @@ impl FakeBot {
             failures: Mutex::default(),
             messages: Mutex::default(),
             history: Mutex::default(),
+            history_ignores_seq: Default::default(),
             forwards: Mutex::default(),
         });
         let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -231,6 +235,13 @@ impl FakeBot {
     /// Adds group history entries (message events) for `get_group_msg_history`.
     pub fn add_history(&self, entries: Vec<Value>) {
         self.state.history.lock().unwrap().extend(entries);
+    }
+
+    /// Makes `get_group_msg_history` ignore `message_seq` (a known bug of some builds).
+    pub fn history_ignores_seq(&self) {
+        self.state
+            .history_ignores_seq
+            .store(true, Ordering::Relaxed);
     }
 
     pub fn add_forward(&self, id: &str, nodes: Value) {
@@ -394,7 +405,9 @@ fn answer(state: &State, action: &Value) -> Option<Value> {
         "get_group_msg_history" => {
             let group = params["group_id"].as_i64().unwrap_or(0);
             let count = params["count"].as_u64().unwrap_or(20) as usize;
-            let seq = params["message_seq"].as_i64();
+            let seq = params["message_seq"]
+                .as_i64()
+                .filter(|_| !state.history_ignores_seq.load(Ordering::Relaxed));
             let mut entries: Vec<Value> = state
                 .history
                 .lock()

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -21,6 +22,10 @@ use crate::text::split_message;
 
 /// Largest file `upload` sends (base64 in one WebSocket frame: NapCat handles tens of MB).
 const MAX_UPLOAD_BYTES: u64 = 30 * 1024 * 1024;
+
+/// Pause between the parts of a split reply: QQ's risk control punishes bursts, and NapCat
+/// users add such a delay (openclaw-napcat README); it also keeps the parts in order.
+const PART_DELAY: Duration = Duration::from_millis(300);
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "gif", "webp", "bmp"];
 
@@ -159,6 +164,9 @@ impl Inner {
             mention: None,
         };
         for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(PART_DELAY).await;
+            }
             self.post(if i == 0 { to } else { &rest }, part).await?;
         }
         Ok(())
