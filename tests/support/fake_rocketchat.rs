@@ -703,6 +703,7 @@ async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>, cancel: Cancellat
             body: body.clone(),
         })
     });
+    record_to_file(&method, &path, &query, &body);
     let scripted = inner.update(|s| s.failures.get_mut(&path).and_then(VecDeque::pop_front));
     if let Some((status, retry_after)) = scripted {
         let mut resp = reply(
@@ -740,10 +741,30 @@ async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>, cancel: Cancellat
     inner.update(|s| route(s, &method, &path, &query, &body, parts))
 }
 
+/// With `ACG_RC_RECORD=<file>`, every REST request is appended there as a JSON line, for
+/// `scripts/rc-typings/check.mjs` to check against the official validators.
+fn record_to_file(method: &str, path: &str, query: &HashMap<String, String>, body: &Value) {
+    use std::io::Write;
+    let Some(file) = std::env::var_os("ACG_RC_RECORD") else {
+        return;
+    };
+    let line = json!({"method": method, "path": path, "query": query, "body": body});
+    // One write call per line with O_APPEND keeps lines whole across parallel tests.
+    let mut bytes = line.to_string().into_bytes();
+    bytes.push(b'\n');
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+    {
+        let _ = f.write_all(&bytes);
+    }
+}
+
 fn login(inner: &Inner, body: &Value) -> Resp {
     let user = body
-        .get("user")
-        .or_else(|| body.get("username"))
+        .get("username")
+        .or_else(|| body.get("user"))
         .and_then(Value::as_str)
         .unwrap_or_default();
     let password = body

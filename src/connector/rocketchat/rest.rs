@@ -125,7 +125,14 @@ impl Rest {
         match &self.creds {
             RocketChatAuth::Password { username, password } => {
                 let url = format!("{}/api/v1/login", self.base);
-                let body = json!({"user": username, "password": password});
+                // `{"username": …}` (or `{"email": …}`) is what rest-typings' `isLoginProps`
+                // accepts; its `user` form must be an object.
+                let key = if username.contains('@') {
+                    "email"
+                } else {
+                    "username"
+                };
+                let body = json!({ key: username, "password": password });
                 let resp = self
                     .send_once("login", self.http.post(&url).json(&body))
                     .await?;
