@@ -61,7 +61,7 @@ struct Harness {
     others: mpsc::UnboundedReceiver<ConnectorEvent>,
     /// Verdicts to answer with, in order; `Queued` when empty.
     verdicts: Arc<Mutex<VecDeque<Acceptance>>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Harness {
@@ -119,7 +119,7 @@ impl Harness {
             inbox,
             others,
             verdicts,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -950,4 +950,110 @@ async fn the_registry_builds_a_webchat_connector_from_configuration() {
         notes[0]
     );
     assert!(dir.path().join("webchat-web.tokens.json").exists());
+}
+
+#[tokio::test]
+async fn files_users_send_reach_the_agent_and_the_room() {
+    let mut h = Harness::start(config(loopback(), 10, false), &[]).await;
+    let (http, base) = (h.http.clone(), h.base.clone());
+    let upload = |query: &str, body: Vec<u8>, token: Option<&str>| {
+        let mut req = http
+            .post(format!("{base}/api/rooms/lobby/files{query}"))
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = upload(
+        "?name=..%2Fbuild%20log.txt&text=%40bot%20why%20does%20it%20fail",
+        b"error: linker failed".to_vec(),
+        Some(BOB_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+
+    let m = h.next_delivered().await;
+    assert_eq!(m.id, id);
+    assert_eq!(m.sender.id, "bob");
+    assert_eq!(m.text, "why does it fail");
+    assert!(m.addressed);
+    assert_eq!(m.attachments.len(), 1);
+    let a = &m.attachments[0];
+    assert_eq!(
+        a.name, "build log.txt",
+        "only the last path component is kept"
+    );
+    assert!(
+        a.path.starts_with(h.dir.path().join("attachments")),
+        "{}",
+        a.path.display()
+    );
+    assert_eq!(std::fs::read(&a.path).unwrap(), b"error: linker failed");
+    let mode = std::fs::metadata(&a.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let shown = h.messages("lobby").await;
+    assert_eq!(shown.len(), 1);
+    assert_eq!(
+        (&shown[0]["from"], &shown[0]["text"]),
+        (&json!("bob"), &json!("@bot why does it fail"))
+    );
+    assert_eq!(
+        (&shown[0]["file"]["name"], &shown[0]["file"]["size"]),
+        (&json!("build log.txt"), &json!(20))
+    );
+    let url = shown[0]["file"]["url"].as_str().unwrap();
+    let download = h
+        .http
+        .get(h.url(url))
+        .bearer_auth(&h.alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status().as_u16(), 200);
+    assert_eq!(download.text().await.unwrap(), "error: linker failed");
+
+    // Without a caption the room shows the file's name and the agent gets no text.
+    let (status, _) = upload(
+        "?name=notes.md",
+        b"# notes".to_vec(),
+        Some(&h.alice.clone()),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let m = h.next_delivered().await;
+    assert_eq!(
+        (m.text.as_str(), m.attachments[0].name.as_str()),
+        ("", "notes.md")
+    );
+    assert_eq!(h.messages("lobby").await[1]["text"], "📎 notes.md");
+
+    let token = h.alice.clone();
+    assert_eq!(
+        upload("", b"x".to_vec(), Some(&token)).await,
+        (
+            400,
+            json!({"error": "missing \"name\": send the file name as ?name="})
+        )
+    );
+    assert_eq!(
+        upload("?name=a.txt", Vec::new(), Some(&token)).await,
+        (400, json!({"error": "the file is empty"}))
+    );
+    assert_eq!(
+        upload("?name=a.bin", vec![0; 10 * 1024 * 1024 + 1], Some(&token)).await,
+        (
+            400,
+            json!({"error": "file too large (limit 10485760 bytes)"})
+        )
+    );
+    assert_eq!(upload("?name=a.txt", b"x".to_vec(), None).await.0, 401);
+    h.nothing_delivered();
+    assert_eq!(h.messages("lobby").await.len(), 2);
+    h.stop().await;
 }

@@ -548,6 +548,38 @@ async fn the_page_sends_streams_and_answers_approvals() {
     .await;
     assert_eq!(size, json!([1200, 820]));
 
+    // A user sends a file with the 📎 button; the text in the box goes with it.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("build.log");
+    std::fs::write(&log, "error[E0425]: cannot find value `x`\n").unwrap();
+    cdp.eval("document.getElementById('input').focus()").await;
+    cdp.call("Input.insertText", json!({ "text": "why does this fail?" }))
+        .await;
+    let input = cdp
+        .call(
+            "Runtime.evaluate",
+            json!({ "expression": "document.getElementById('file')" }),
+        )
+        .await;
+    cdp.call(
+        "DOM.setFileInputFiles",
+        json!({ "files": [log.display().to_string()], "objectId": input["result"]["objectId"] }),
+    )
+    .await;
+    let sent = gw.delivered().await;
+    assert_eq!(sent.text, "why does this fail?");
+    assert_eq!(sent.attachments.len(), 1);
+    assert_eq!(sent.attachments[0].name, "build.log");
+    assert_eq!(
+        std::fs::read_to_string(&sent.attachments[0].path).unwrap(),
+        "error[E0425]: cannot find value `x`\n"
+    );
+    cdp.wait_for(
+        "the user's file in the room",
+        "[...document.querySelectorAll('.msg.mine .file a')].some((a) => a.textContent.startsWith('📎 build.log'))",
+    )
+    .await;
+
     // Whatever a message says is shown as text, never run as HTML.
     c.post(
         &lobby,

@@ -182,9 +182,15 @@ impl Hub {
         message
     }
 
-    pub fn add_user_message(&self, room: &str, user: &str, text: &str) -> Message {
+    pub fn add_user_message(
+        &self,
+        room: &str,
+        user: &str,
+        text: &str,
+        file: Option<FileRef>,
+    ) -> Message {
         let mut rooms = self.lock();
-        self.push(&mut rooms, room, user, text, false, None)
+        self.push(&mut rooms, room, user, text, false, file)
     }
 
     pub fn post_bot(&self, room: &str, text: &str) -> Message {
@@ -335,7 +341,7 @@ mod tests {
     #[test]
     fn user_messages_cannot_be_edited_as_bot_messages() {
         let hub = Hub::new(10, 4);
-        let m = hub.add_user_message("lobby", "alice", "hi");
+        let m = hub.add_user_message("lobby", "alice", "hi", None);
         assert!(m.done);
         assert!(hub.edit_bot("lobby", &m.id.to_string(), "forged").is_err());
         assert!(hub.edit_bot("lobby", "not-a-number", "x").is_err());
@@ -347,7 +353,7 @@ mod tests {
         let hub = Hub::new(3, 2);
         hub.mark_watched("watched");
         for i in 0..5 {
-            hub.add_user_message("a", "alice", &format!("m{i}"));
+            hub.add_user_message("a", "alice", &format!("m{i}"), None);
         }
         let texts: Vec<String> = hub
             .messages("a", None)
@@ -356,7 +362,7 @@ mod tests {
             .collect();
         assert_eq!(texts, ["m2", "m3", "m4"]);
         // A third room evicts the idlest unwatched one ("a"), never the watched one first.
-        hub.add_user_message("b", "alice", "x");
+        hub.add_user_message("b", "alice", "x", None);
         let names: Vec<String> = hub.rooms().into_iter().map(|r| r.name).collect();
         assert_eq!(names, ["b", "watched"]);
     }
@@ -364,7 +370,7 @@ mod tests {
     #[test]
     fn ids_increase_and_after_filters() {
         let hub = Hub::new(10, 4);
-        let a = hub.add_user_message("r", "alice", "1");
+        let a = hub.add_user_message("r", "alice", "1", None);
         let b = hub.post_bot("r", "2");
         assert!(b.id > a.id);
         let later: Vec<u64> = hub

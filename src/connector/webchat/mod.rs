@@ -247,6 +247,7 @@ impl Connector for WebchatConnector {
             require_mention: self.require_mention,
             events: ctx.events.clone(),
             cancel: ctx.cancel.clone(),
+            attachments_dir: ctx.attachments_dir.clone(),
         });
         server::serve(listener, shared).await;
         Ok(())

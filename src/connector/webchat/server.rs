@@ -32,7 +32,7 @@ use super::hub::{self, Hub, RoomEvent};
 use super::tokens::Tokens;
 use super::wire;
 use crate::connector::{Acceptance, EventSink};
-use crate::model::{InboundMessage, RoomKind, RoomRef, Sender};
+use crate::model::{Attachment, InboundMessage, RoomKind, RoomRef, Sender};
 
 /// Largest accepted request body. A chat message is far smaller; this bounds memory per
 /// request.
@@ -59,8 +59,18 @@ pub const ERR_ROOM_NAME: &str = "invalid room name: use 1 to 64 characters among
 pub const ERR_FILE_GONE: &str = "file not found (the web chat keeps a bounded number of files)";
 pub const ERR_AFTER: &str = "invalid \"after\": expected a message id";
 
+/// Largest file a user may send with `POST /api/rooms/{room}/files`.
+pub const MAX_UPLOAD: usize = 10 * 1024 * 1024;
+
+pub const ERR_UPLOAD_NAME: &str = "missing \"name\": send the file name as ?name=";
+pub const ERR_UPLOAD_EMPTY: &str = "the file is empty";
+
 pub fn err_too_large() -> String {
     format!("request body too large (limit {MAX_BODY} bytes)")
+}
+
+pub fn err_upload_too_large() -> String {
+    format!("file too large (limit {MAX_UPLOAD} bytes)")
 }
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -74,6 +84,8 @@ pub struct Shared {
     pub require_mention: bool,
     pub events: EventSink,
     pub cancel: CancellationToken,
+    /// Where files users send are saved for the agent.
+    pub attachments_dir: std::path::PathBuf,
 }
 
 /// Accepts and serves connections until `shared.cancel` fires, then lets open connections
@@ -236,6 +248,12 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
                 list_messages(shared, &room, &req)
             }
         }
+        ["api", "rooms", room, "files"] => {
+            allow(&method, &[Method::POST])?;
+            let user = authenticate(shared, &req)?.to_string();
+            let room = checked_room(room)?;
+            post_file(shared, &user, &room, req).await
+        }
         ["api", "files", id] => {
             allow(&method, &[Method::GET])?;
             authenticate(shared, &req)?;
@@ -295,25 +313,7 @@ async fn post_message(
     room: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(ApiError::bad_request(err_too_large()));
-    }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::bad_request(err_too_large()))
-        }
-        Err(e) => {
-            return Err(ApiError::bad_request(format!(
-                "could not read the request body: {e}"
-            )))
-        }
-    };
+    let body = read_body(req, MAX_BODY, err_too_large).await?;
     // A map, not a struct: serde would accept `["hi"]` for a one-field struct.
     let mut parsed: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&body).map_err(|_| ApiError::bad_request(ERR_BAD_JSON))?;
@@ -329,10 +329,115 @@ async fn post_message(
         return Err(ApiError::bad_request(ERR_EMPTY_TEXT));
     }
     let stripped = stripped.to_string();
-
     // Recorded before delivery: the room worker may answer before the dispatcher's verdict
     // comes back, and the question must come first in the room.
-    let recorded = shared.hub.add_user_message(room, user, &typed);
+    let recorded = shared.hub.add_user_message(room, user, &typed, None);
+    deliver(
+        shared,
+        room,
+        user,
+        &recorded,
+        stripped,
+        mentioned,
+        Vec::new(),
+    )
+    .await
+}
+
+/// A file from a user, as one message: saved into the attachments folder for the agent, kept
+/// in the file store for the room, and delivered with `?text=` (optional) as its text.
+async fn post_file(
+    shared: &Shared,
+    user: &str,
+    room: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let query = req.uri().query().map(str::to_string);
+    let name = query_param(query.as_deref(), "name")
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request(ERR_UPLOAD_NAME))?;
+    let caption = query_param(query.as_deref(), "text").unwrap_or_default();
+    let body = read_body(req, MAX_UPLOAD, err_upload_too_large).await?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request(ERR_UPLOAD_EMPTY));
+    }
+    // Only the last path component, reduced to safe characters: the name comes from chat.
+    let name = super::files::display_name(std::path::Path::new(&name));
+    let server_error = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "web chat: {what}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not store the file: {what}"),
+        )
+    };
+    let saved = save_attachment(&shared.attachments_dir, &name, &body)
+        .await
+        .map_err(|e| server_error("saving it for the agent failed", &e))?;
+    let stored = shared
+        .files
+        .store(&saved)
+        .await
+        .map_err(|e| server_error("keeping it for the room failed", &e))?;
+    let (mentioned, stripped) = strip_mention(&caption);
+    let shown = if caption.trim().is_empty() {
+        format!("📎 {name}")
+    } else {
+        caption.clone()
+    };
+    let file = hub::FileRef {
+        inline: stored.inline(),
+        id: stored.id,
+        name: name.clone(),
+        size: stored.size,
+    };
+    let recorded = shared.hub.add_user_message(room, user, &shown, Some(file));
+    let attachment = Attachment { name, path: saved };
+    deliver(
+        shared,
+        room,
+        user,
+        &recorded,
+        stripped.trim().to_string(),
+        mentioned,
+        vec![attachment],
+    )
+    .await
+}
+
+/// `<attachments dir>/<random>-<name>`, folder 0700 and file 0600.
+async fn save_attachment(
+    dir: &std::path::Path,
+    name: &str,
+    bytes: &[u8],
+) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::create_dir_all(dir).await?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await?;
+    let mut nonce = [0u8; 6];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+    let prefix: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{prefix}-{name}"));
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .await?;
+    tokio::io::AsyncWriteExt::write_all(&mut file, bytes).await?;
+    file.sync_all().await?;
+    Ok(path)
+}
+
+/// Hands a recorded message to the dispatcher and turns its verdict into the answer.
+async fn deliver(
+    shared: &Shared,
+    room: &str,
+    user: &str,
+    recorded: &hub::Message,
+    text: String,
+    mentioned: bool,
+    attachments: Vec<Attachment>,
+) -> Result<Response<Body>, ApiError> {
     let id = recorded.id.to_string();
     let message = InboundMessage {
         connector: shared.connector.clone(),
@@ -348,9 +453,9 @@ async fn post_message(
             username: user.to_string(),
             display_name: user.to_string(),
         },
-        text: stripped,
+        text,
         addressed: mentioned || !shared.require_mention,
-        attachments: Vec::new(),
+        attachments,
         notes: Vec::new(),
         ts: recorded.ts,
     };
@@ -368,6 +473,32 @@ async fn post_message(
             },
         )),
         Acceptance::Rejected(reason) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason)),
+    }
+}
+
+/// The whole body, refusing more than `limit` bytes (by `Content-Length` up front, or while
+/// reading a chunked body).
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    too_large: fn() -> String,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::bad_request(too_large()));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::bad_request(too_large()))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not read the request body: {e}"
+        ))),
     }
 }
 
