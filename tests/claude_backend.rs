@@ -264,17 +264,63 @@ async fn real_cli_runs_a_listed_bash_command_and_denies_an_unlisted_one() {
         .iter()
         .any(|e| matches!(e, AgentEvent::ToolResult { is_error: true, .. })));
 
-    // The owner's list does not apply to guests.
+    // The owner's list does not apply to guests: with nothing listed they are offered no
+    // tools at all (and the fake model, offered none, answers with text only).
     std::fs::remove_file(dirs.work.path().join("allowed.txt")).unwrap();
     let guest = run_turn(&backend, "ACG-ALLOWED please", None, Role::Guest, None).await;
-    assert_eq!(
-        guest.result.expect("guest turn").denied_tools,
-        vec!["Bash".to_string()]
-    );
+    assert_eq!(guest.result.expect("guest turn").text, "Creating it.");
+    assert!(!guest
+        .events
+        .iter()
+        .any(|e| matches!(e, AgentEvent::ToolStart { .. })));
+    let offered = fake.message_requests().last().unwrap().body["tools"].clone();
+    assert!(offered.as_array().is_none_or(|t| t.is_empty()), "{offered}");
     assert!(
         !dirs.work.path().join("allowed.txt").exists(),
         "guest may not run it"
     );
+}
+
+#[tokio::test]
+async fn real_cli_read_is_offered_only_to_roles_that_list_it() {
+    let Some(claude) = support::claude_bin() else {
+        return;
+    };
+    let dirs = Dirs::new();
+    let secret = dirs.work.path().join("notes.txt");
+    std::fs::write(&secret, "TOPSECRET-4711\n").unwrap();
+    let fake = FakeLlm::start(json!({"scenarios": [{"match": "ACG-READ", "turns": [
+        {"text": "Reading.", "tool_calls": [{"name": "Read", "input": {"file_path": secret}}]},
+        {"text": "Read it."}]}]}))
+    .await;
+    let mut config = dirs.config(&claude, fake.claude_env());
+    config.owner_rules = rules(&[("Read", None)]);
+    config.guest_rules = rules(&[("Bash", Some("ls.*"))]);
+    let backend = dirs.backend(&config);
+    let leaked = |fake: &FakeLlm| {
+        fake.message_requests()
+            .iter()
+            .any(|r| r.body.to_string().contains("TOPSECRET-4711"))
+    };
+
+    // dontAsk alone would let a guest read a file in the working directory.
+    let guest = run_turn(&backend, "ACG-READ please", None, Role::Guest, None).await;
+    guest.result.expect("guest turn completes");
+    assert!(
+        !leaked(&fake),
+        "a guest without Read must not read the file"
+    );
+    let offered: Vec<String> = fake.message_requests()[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(offered, vec!["Bash"]);
+
+    let owner = run_turn(&backend, "ACG-READ please", None, Role::Owner, None).await;
+    owner.result.expect("owner turn completes");
+    assert!(leaked(&fake), "an owner with Read listed reads the file");
 }
 
 #[tokio::test]

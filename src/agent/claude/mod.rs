@@ -137,6 +137,11 @@ impl ClaudeBackend {
                     Role::Owner => &self.owner_tools,
                     Role::Guest => &self.guest_tools,
                 };
+                // dontAsk alone still lets read-only tools (Read of a file in the working
+                // directory) run for everyone; offering only the listed tools makes the
+                // allow-list the whole story. Unknown names in `--tools` are ignored and
+                // `Task` is the CLI's alias of `Agent` (verified, 2.1.197); `""` = no tools.
+                argv.extend(["--tools".into(), tool_names(tools).join(",")]);
                 // Last, because the option is variadic: it takes every following word.
                 if !tools.is_empty() {
                     argv.push("--allowedTools".into());
@@ -422,6 +427,18 @@ pub fn allowed_tools(rules: &RuleSet) -> Vec<String> {
     out
 }
 
+/// The tool names of `--allowedTools` entries (`Bash(git *)` → `Bash`), without repeats.
+fn tool_names(entries: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for entry in entries {
+        let name = entry.split('(').next().unwrap_or(entry).to_string();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 fn map_rule(rule: &Rule) -> Option<String> {
     let tool = plain_tool_name(rule_source(rule.tool.as_str())?)?;
     let Some(params) = &rule.params else {
@@ -560,13 +577,15 @@ mod tests {
         assert_eq!(
             first.join(" "),
             "-p --output-format stream-json --verbose --model m --session-id id1 \
-             --permission-mode dontAsk --append-system-prompt be nice --allowedTools Read"
+             --permission-mode dontAsk --append-system-prompt be nice --tools Read --allowedTools Read"
         );
         let again = b.argv(&SessionArg::Resume("id1"), Role::Owner, None);
         assert!(again
             .join(" ")
             .contains("--resume id1 --permission-mode dontAsk"));
         assert!(again.ends_with(&[
+            "--tools".into(),
+            "Bash,Read".into(),
             "--allowedTools".into(),
             "Bash(echo *)".into(),
             "Read".into()
@@ -578,7 +597,16 @@ mod tests {
         );
         assert!(hooked.ends_with(&["--settings".into(), "/s.json".into()]));
         assert!(!hooked.contains(&"--allowedTools".to_string()));
+        assert!(!hooked.contains(&"--tools".to_string()));
         assert!(!hooked.iter().any(|a| a.contains("dangerously")));
+
+        // Nothing listed: no tools at all, not even read-only ones.
+        let mut c = config(&dir);
+        c.guest_rules = RuleSet::default();
+        let b = ClaudeBackend::new(&c, dir.clone());
+        let bare = b.argv(&SessionArg::Create("id2"), Role::Guest, None);
+        assert!(bare.ends_with(&["--tools".into(), String::new()]));
+        assert!(!bare.contains(&"--allowedTools".to_string()));
     }
 
     #[test]
