@@ -1,13 +1,14 @@
 //! `acg-fake-agent`: a tiny stand-in for `claude -p --output-format stream-json`, for
 //! benchmarks and fault tests. Std and serde_json only, so it starts in a millisecond.
 //!
-//! It accepts the flags the gateway passes (unknown ones are ignored), reads the prompt from
-//! stdin and prints canned stream-json: `system/init` (with the `--session-id`/`--resume`
-//! id when given), one assistant text line quoting the prompt's last line, and a `result`.
+//! It accepts the flags the gateway passes (unknown ones are ignored; `--version` answers like
+//! the real CLI's), reads the prompt from stdin and prints canned stream-json: `system/init`
+//! (with the `--session-id`/`--resume` id when given), one assistant text line quoting the
+//! prompt's last line, and a `result`.
 //!
 //! Fault modes, chosen by markers anywhere in the prompt:
 //! - `FAKE:crash`     — some stderr, exit 3, no result;
-//! - `FAKE:hang`      — sleeps forever (with a `sleep` child in its process group);
+//! - `FAKE:hang`      — sleeps forever (with a `sleep` child when `ACG_FAKE_WITNESS` is set);
 //! - `FAKE:garbage`   — non-JSON lines only, exit 0;
 //! - `FAKE:huge`      — one 20 MiB line, then a normal answer;
 //! - `FAKE:ratelimit` — a rejected `rate_limit_event` and an `is_error` 429 result, exit 1;
@@ -24,6 +25,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 fn main() -> ExitCode {
+    if std::env::args()
+        .skip(1)
+        .any(|a| a == "--version" || a == "-v")
+    {
+        println!("0.0.0-fake (acg-fake-agent)");
+        return ExitCode::SUCCESS;
+    }
     let session = session_from_args(std::env::args().skip(1));
     let mut prompt = String::new();
     if let Err(e) = io::stdin().read_to_string(&mut prompt) {
