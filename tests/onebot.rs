@@ -646,6 +646,50 @@ async fn reply_finished_during_a_reconnect_goes_out_on_the_new_socket() {
 }
 
 #[tokio::test]
+async fn messages_missed_while_disconnected_are_replayed_once() {
+    let mut gw = gateway(|_| {}).await;
+    let now = fake_onebot::now_secs();
+    let at = |id: i64, user: i64, text: &str, time: i64| {
+        let mut m = private_msg(id, user, text);
+        m["time"] = json!(time);
+        m["message_seq"] = json!(id);
+        m["target_id"] = json!(SELF);
+        m
+    };
+    let bot = gw.bot(SELF).await;
+    bot.send_event(&at(1, USER, "first", now - 100));
+    assert_eq!(gw.message().await.text, "first");
+    bot.close();
+    gw.connection(false, "2559840652").await;
+
+    // While away, QQ got a message; the history also holds the delivered one, the bot's own
+    // answer and a message from before the watermark.
+    let mut own = at(3, SELF, "answer", now - 60);
+    own["target_id"] = json!(USER);
+    let history = vec![
+        at(0, USER, "ancient", now - 200),
+        at(1, USER, "first", now - 100),
+        own,
+        at(4, USER, "missed", now - 50),
+    ];
+    let again = FakeBot::connect_with_history(&gw.url, SELF, Auth::Bearer(TOKEN.into()), history)
+        .await
+        .unwrap();
+    let replayed = gw.message().await;
+    assert_eq!(
+        (replayed.id.as_str(), replayed.text.as_str()),
+        ("4", "missed")
+    );
+    let asked = again.wait_action("get_friend_msg_history").await;
+    assert_eq!(asked["params"]["user_id"], USER);
+    // The live copy of a replayed message is not delivered twice.
+    again.send_event(&at(4, USER, "missed", now - 50));
+    again.send_event(&at(5, USER, "live", now));
+    assert_eq!(gw.message().await.text, "live");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn a_reconnecting_bot_replaces_its_old_socket() {
     let mut gw = gateway(|_| {}).await;
     let old = gw.bot(SELF).await;

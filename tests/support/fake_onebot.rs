@@ -8,7 +8,8 @@
 //! A bot pushes events (recorded fixtures from `tests/fixtures/onebot/`), records every action
 //! the gateway calls, and answers them like NapCat: `send_*` with fresh message ids (and it
 //! remembers those messages for `get_msg`), `get_msg`, `get_login_info`,
-//! `get_group_msg_history` (seq ≤ `message_seq`, newest `count`), `get_forward_msg`,
+//! `get_group_msg_history` / `get_friend_msg_history` (seq ≤ `message_seq`, newest
+//! `count`), `get_forward_msg`,
 //! `upload_*_file`; unknown actions fail with retcode 1404. Failures are configurable per
 //! action: an error answer (NapCat's `message`/`wording`) or no answer at all.
 
@@ -117,6 +118,16 @@ impl FakeBot {
         auth: Auth,
         role: Option<&str>,
     ) -> Result<FakeBot, tokio_tungstenite::tungstenite::Error> {
+        Self::open(url, self_id, auth, role, Vec::new()).await
+    }
+
+    async fn open(
+        url: &str,
+        self_id: Option<i64>,
+        auth: Auth,
+        role: Option<&str>,
+        history: Vec<Value>,
+    ) -> Result<FakeBot, tokio_tungstenite::tungstenite::Error> {
         let url = match &auth {
             Auth::Query(t) => format!("{url}?access_token={t}"),
             _ => url.to_string(),
@@ -149,10 +160,21 @@ impl FakeBot {
             Auth::None | Auth::Query(_) => {}
         }
         let (ws, _) = tokio_tungstenite::connect_async(req).await?;
-        Ok(Self::start(ws, self_id.unwrap_or(0)))
+        Ok(Self::start(ws, self_id.unwrap_or(0), history))
     }
 
-    fn start<S>(ws: WebSocketStream<S>, self_id: i64) -> FakeBot
+    /// Connects with history already present (what QQ received while the gateway was away),
+    /// so it is there when the gateway asks right after the handshake.
+    pub async fn connect_with_history(
+        url: &str,
+        self_id: i64,
+        auth: Auth,
+        history: Vec<Value>,
+    ) -> Result<FakeBot, tokio_tungstenite::tungstenite::Error> {
+        Self::open(url, Some(self_id), auth, Some("Universal"), history).await
+    }
+
+    fn start<S>(ws: WebSocketStream<S>, self_id: i64, history: Vec<Value>) -> FakeBot
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -161,7 +183,7 @@ impl FakeBot {
             next_id: AtomicI64::new(1_000_000),
             failures: Mutex::default(),
             messages: Mutex::default(),
-            history: Mutex::default(),
+            history: Mutex::new(history),
             history_ignores_seq: Default::default(),
             forwards: Mutex::default(),
         });
@@ -421,6 +443,26 @@ fn answer(state: &State, action: &Value) -> Option<Value> {
             let start = entries.len().saturating_sub(count);
             ok(json!({"messages": entries[start..].to_vec()}))
         }
+        "get_friend_msg_history" => {
+            let user = params["user_id"].as_i64().unwrap_or(0);
+            let count = params["count"].as_u64().unwrap_or(20) as usize;
+            let seq = params["message_seq"].as_i64();
+            let mut entries: Vec<Value> = state
+                .history
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|m| m["message_type"] == "private")
+                .filter(|m| {
+                    m["user_id"].as_i64() == Some(user) || m["target_id"].as_i64() == Some(user)
+                })
+                .filter(|m| seq.is_none_or(|s| m["message_seq"].as_i64().unwrap_or(0) <= s))
+                .cloned()
+                .collect();
+            entries.sort_by_key(|m| m["message_seq"].as_i64().unwrap_or(0));
+            let start = entries.len().saturating_sub(count);
+            ok(json!({"messages": entries[start..].to_vec()}))
+        }
         "get_forward_msg" => {
             let id = params["id"].as_str().unwrap_or("");
             match state.forwards.lock().unwrap().get(id) {
@@ -463,7 +505,7 @@ impl FakeServer {
             loop {
                 let (stream, _) = self.listener.accept().await.unwrap();
                 if let Some(ws) = self.handshake(stream).await {
-                    return FakeBot::start(ws, self.self_id);
+                    return FakeBot::start(ws, self.self_id, Vec::new());
                 }
             }
         })

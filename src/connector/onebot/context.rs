@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::config::GroupContext;
 use super::inbound::{hhmm, history_text};
+use super::link::Link;
 use super::wire::{HistoryData, MessageEvent};
 use super::{Inner, Runtime};
 use crate::text::truncate;
@@ -30,46 +31,50 @@ fn watermark_key(group_id: i64) -> String {
     format!("context_since:group:{group_id}")
 }
 
-/// The context block for an addressed message in `group_id`, or `None` when there is nothing
-/// to add or history is unavailable. Moves the watermark to the trigger either way.
-pub async fn group_context(
-    inner: &Inner,
-    rt: &Runtime,
-    self_id: i64,
-    group_id: i64,
-    trigger: &MessageEvent,
-    limits: &GroupContext,
-) -> Option<String> {
-    let key = watermark_key(group_id);
-    let since = rt.store.get(&key).and_then(|v| v.as_i64());
-    rt.store.put(&key, json!(trigger.time));
-    let link = inner.bots.get(self_id)?;
+/// Which conversation's history to page through.
+#[derive(Clone, Copy, Debug)]
+pub enum History {
+    Group(i64),
+    Friend(i64),
+}
 
+/// Messages of a conversation, newest first from `anchor` (a `message_seq`; `None`: the
+/// newest), paging backwards until `since` (epoch seconds) or `scan_limit` messages, with the
+/// pitfalls described at the top of this file handled. Each comes with its rendered text.
+/// Errors end the paging (logged): history is an optional extra, never a reason to fail.
+pub async fn fetch_history(
+    inner: &Inner,
+    link: &Link,
+    which: History,
+    anchor: Option<i64>,
+    since: Option<i64>,
+    scan_limit: usize,
+) -> Vec<(MessageEvent, String)> {
     let mut seen = HashSet::new();
     let mut collected: Vec<(MessageEvent, String)> = Vec::new();
-    let mut seq = trigger.message_seq.unwrap_or(trigger.message_id);
+    let mut seq = anchor;
     let mut last_seq = None;
-    while collected.len() < limits.scan_limit {
-        let params = json!({
-            "group_id": group_id,
-            "message_seq": seq,
-            "count": PAGE.min(limits.scan_limit),
-            "reverseOrder": true,
-        });
-        let page = match link
-            .call("get_group_msg_history", params, inner.cfg.action_timeout)
-            .await
-        {
+    while collected.len() < scan_limit {
+        let (action, mut params) = match which {
+            History::Group(id) => ("get_group_msg_history", json!({ "group_id": id })),
+            History::Friend(id) => ("get_friend_msg_history", json!({ "user_id": id })),
+        };
+        params["count"] = json!(PAGE.min(scan_limit));
+        params["reverseOrder"] = json!(true);
+        if let Some(seq) = seq {
+            params["message_seq"] = json!(seq);
+        }
+        let page = match link.call(action, params, inner.cfg.action_timeout).await {
             Ok(data) => serde_json::from_value::<HistoryData>(data).unwrap_or_default(),
             Err(e) => {
-                tracing::warn!(connector = %inner.name, group_id, error = %e, "group history unavailable; no context");
+                tracing::warn!(connector = %inner.name, ?which, error = %e, "history unavailable");
                 break;
             }
         };
         let mut added = 0;
         let mut oldest: Option<(i64, i64)> = None;
         for value in &page.messages {
-            let Some((m, text)) = history_text(value, self_id) else {
+            let Some((m, text)) = history_text(value, link.self_id) else {
                 continue;
             };
             let m_seq = m.message_seq.unwrap_or(m.message_id);
@@ -87,13 +92,39 @@ pub async fn group_context(
         if added == 0 || since.is_some_and(|s| oldest_time <= s) {
             break;
         }
-        if oldest_seq == 0 || last_seq == Some(oldest_seq) || oldest_seq == seq {
+        if oldest_seq == 0 || last_seq == Some(oldest_seq) || seq == Some(oldest_seq) {
             break;
         }
         last_seq = Some(oldest_seq);
-        seq = oldest_seq;
+        seq = Some(oldest_seq);
     }
+    collected
+}
 
+/// The context block for an addressed message in `group_id`, or `None` when there is nothing
+/// to add or history is unavailable. Moves the watermark to the trigger either way.
+pub async fn group_context(
+    inner: &Inner,
+    rt: &Runtime,
+    self_id: i64,
+    group_id: i64,
+    trigger: &MessageEvent,
+    limits: &GroupContext,
+) -> Option<String> {
+    let key = watermark_key(group_id);
+    let since = rt.store.get(&key).and_then(|v| v.as_i64());
+    rt.store.put(&key, json!(trigger.time));
+    let link = inner.bots.get(self_id)?;
+    let anchor = Some(trigger.message_seq.unwrap_or(trigger.message_id));
+    let mut collected = fetch_history(
+        inner,
+        &link,
+        History::Group(group_id),
+        anchor,
+        since,
+        limits.scan_limit,
+    )
+    .await;
     collected.retain(|(m, _)| {
         m.message_id != trigger.message_id
             && (trigger.time == 0 || m.time <= trigger.time)

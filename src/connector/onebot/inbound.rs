@@ -16,29 +16,46 @@ use tokio_util::sync::CancellationToken;
 use super::attach::Remote;
 use super::ratelimit::Verdict;
 use super::wire::{ForwardData, GetMsgData, MessageEvent, Segment};
-use super::{context, Chat, Inner};
+use super::{context, replay, Chat, Inner};
 use crate::connector::Acceptance;
 use crate::model::{InboundMessage, ReplyTarget, RoomRef, Sender};
 
 /// Forwarded messages shown at most when a `forward` segment is expanded.
 const FORWARD_NODES: usize = 50;
 
-pub async fn process(
-    inner: Arc<Inner>,
-    mut events: mpsc::Receiver<MessageEvent>,
-    cancel: CancellationToken,
-) {
+/// What a socket's event processor does next, in arrival order.
+#[derive(Debug)]
+pub enum Work {
+    Event(Box<MessageEvent>),
+    /// The bot (self id) just connected: catch up on what its rooms missed.
+    Replay(i64),
+}
+
+pub async fn process(inner: Arc<Inner>, mut work: mpsc::Receiver<Work>, cancel: CancellationToken) {
     loop {
-        let event = tokio::select! {
+        let item = tokio::select! {
             _ = cancel.cancelled() => return,
-            e = events.recv() => match e {
-                Some(e) => e,
+            w = work.recv() => match w {
+                Some(w) => w,
                 None => return,
             },
         };
+        let run = async {
+            match item {
+                Work::Event(event) => handle(&inner, *event).await,
+                Work::Replay(self_id) => {
+                    let Some(rt) = inner.runtime.get() else {
+                        return;
+                    };
+                    for event in replay::missed(&inner, rt, self_id).await {
+                        handle(&inner, event).await;
+                    }
+                }
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = handle(&inner, event) => {}
+            _ = run => {}
         }
     }
 }
@@ -76,6 +93,10 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
         return;
     }
     if !claim_room(inner, &room_id, self_id) {
+        return;
+    }
+    if replay::already_settled(rt, &room_id, ev.message_id) {
+        tracing::debug!(connector = %inner.name, room = %room_id, message = ev.message_id, "already delivered");
         return;
     }
 
@@ -147,6 +168,8 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
                         tracing::warn!(connector = %inner.name, room = %room_id, error = %e, "could not send the rate-limit notice");
                     }
                 }
+                // Settled (refused with a notice): a replay after a reconnect must not revive it.
+                replay::record(rt, &room_id, ev.time, ev.message_id);
                 return;
             }
         }
@@ -210,6 +233,9 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
         },
     };
     let verdict = rt.events.deliver(message).await;
+    if verdict.is_settled() {
+        replay::record(rt, &room_id, ev.time, ev.message_id);
+    }
     match &verdict {
         Acceptance::Queued | Acceptance::Handled => {
             tracing::debug!(connector = %inner.name, room = %room_id, message = ev.message_id, ?verdict, "delivered")

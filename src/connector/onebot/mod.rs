@@ -5,7 +5,8 @@
 //! watchdog), action calls correlated by `echo` (`link.rs`), events → [`InboundMessage`]
 //! (`inbound.rs`, with group context from history in `context.rs` and downloads in
 //! `attach.rs`), replies out (`outbound.rs`: quote + @, splitting, forward messages, images
-//! and files as `base64://`), the per-user rate limit (`ratelimit.rs`), wire types
+//! and files as `base64://`), catch-up after reconnects and restarts from history
+//! (`replay.rs`), the per-user rate limit (`ratelimit.rs`), wire types
 //! (`wire.rs`) and CQ codes (`cq.rs`).
 //! Must not import: `agent`, `room`, `dispatch` — it speaks `model` and the connector trait.
 //!
@@ -23,6 +24,7 @@ mod inbound;
 pub mod link;
 mod outbound;
 pub mod ratelimit;
+mod replay;
 mod server;
 mod session;
 pub mod wire;

@@ -17,9 +17,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use super::inbound::{self, Work};
 use super::link::Link;
-use super::wire::{self, Event, Frame, LoginInfo, MessageEvent};
-use super::{inbound, Inner};
+use super::wire::{self, Event, Frame, LoginInfo};
+use super::Inner;
 
 /// `X-Client-Role`: which traffic a socket carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +60,7 @@ where
     let (mut sink, mut stream) = ws.split();
     // Not a child of `cancel`: shutdown must not look like a replacement (close 1001, not 1000).
     let (link, mut out_rx) = Link::new(self_id.unwrap_or(0), CancellationToken::new());
-    let (ev_tx, ev_rx) = mpsc::channel::<MessageEvent>(EVENT_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel::<Work>(EVENT_QUEUE);
     tokio::spawn(inbound::process(inner.clone(), ev_rx, cancel.clone()));
 
     // The registered (action-capable) link: the same socket under the bot's self id.
@@ -67,6 +68,10 @@ where
     let register = |id: i64| -> Arc<Link> {
         let bound = link.rebind(id);
         inner.bots.insert(bound.clone());
+        // Queued before any event this socket delivers, so the catch-up comes first.
+        if ev_tx.try_send(Work::Replay(id)).is_err() {
+            tracing::error!(connector = %inner.name, self_id = id, "event queue full; no catch-up replay");
+        }
         bound
     };
     let mut identify: Option<tokio::task::JoinHandle<Result<i64, String>>> = None;
@@ -186,7 +191,7 @@ fn link_id(registered: &Option<Arc<Link>>, self_id: Option<i64>) -> i64 {
 fn handle_frame(
     inner: &Inner,
     link: &Link,
-    events: &mpsc::Sender<MessageEvent>,
+    events: &mpsc::Sender<Work>,
     watchdog: &mut Watchdog,
     self_id: Option<i64>,
     text: &str,
@@ -217,7 +222,7 @@ fn handle_frame(
             if m.self_id == 0 {
                 m.self_id = link.self_id.max(self_id.unwrap_or(0));
             }
-            if let Err(e) = events.try_send(m) {
+            if let Err(e) = events.try_send(Work::Event(Box::new(m))) {
                 tracing::error!(connector = %inner.name, error = %e, "event queue full; message dropped");
             }
         }
