@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::attach::Remote;
 use super::ratelimit::Verdict;
 use super::wire::{ForwardData, GetMsgData, MessageEvent, Segment};
-use super::{context, replay, Chat, Inner};
+use super::{context, replay, Chat, Inner, Runtime};
 use crate::connector::Acceptance;
-use crate::model::{InboundMessage, ReplyTarget, RoomRef, Sender};
+use crate::model::{Attachment, InboundMessage, ReplyTarget, RoomRef, Sender};
 
 /// Forwarded messages shown at most when a `forward` segment is expanded.
 const FORWARD_NODES: usize = 50;
@@ -145,34 +145,8 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
     // Approval commands are never rate limited: an owner answering a permission prompt must
     // not be told to wait while a turn hangs on that answer.
     let approval = looks_like_approval(&render_plain(&segments, self_id, true).text);
-    if triggers && !approval {
-        if let Some(limiter) = &inner.limiter {
-            if let Verdict::Limited {
-                notify,
-                retry_after,
-            } = limiter.check(ev.user_id, Instant::now())
-            {
-                tracing::info!(connector = %inner.name, room = %room_id, user = ev.user_id, notify, "rate limited");
-                if notify {
-                    let to = ReplyTarget {
-                        room: room_id.clone(),
-                        thread: None,
-                        reply_to: Some(ev.message_id.to_string()),
-                        mention: (!direct).then(|| sender.clone()),
-                    };
-                    let text = format!(
-                        "You are sending messages faster than I can take them. Please wait about {} s; messages until then are not processed.",
-                        retry_after.as_secs().max(1)
-                    );
-                    if let Err(e) = inner.post(&to, &text).await {
-                        tracing::warn!(connector = %inner.name, room = %room_id, error = %e, "could not send the rate-limit notice");
-                    }
-                }
-                // Settled (refused with a notice): a replay after a reconnect must not revive it.
-                replay::record(rt, &room_id, ev.time, ev.message_id);
-                return;
-            }
-        }
+    if triggers && !approval && rate_limited(inner, rt, &ev, &room_id, &sender, direct).await {
+        return;
     }
 
     let mut rendered = render(inner, self_id, &segments, true).await;
@@ -182,32 +156,11 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
             q.sender_name, q.text, rendered.text
         );
     }
-    let mut attachments = Vec::new();
-    let mut notes = Vec::new();
-    if triggers && !rendered.files.is_empty() {
-        match &cfg.attachments {
-            Some(limits) => {
-                for (i, remote) in rendered.files.iter().enumerate() {
-                    let prefix = format!("{}-{}", ev.message_id, i);
-                    match inner
-                        .downloader
-                        .fetch(remote, &rt.attachments_dir, &prefix, limits)
-                        .await
-                    {
-                        Ok(a) => attachments.push(a),
-                        Err(e) => {
-                            tracing::warn!(connector = %inner.name, room = %room_id, file = %remote.name, error = %e, "attachment skipped");
-                            notes.push(format!(
-                                "Attachment '{}' was not downloaded: {e}",
-                                remote.name
-                            ));
-                        }
-                    }
-                }
-            }
-            None => notes.push("Attachments are not downloaded on this connector.".into()),
-        }
-    }
+    let (attachments, notes) = if triggers && !rendered.files.is_empty() {
+        download_all(inner, rt, ev.message_id, &room_id, &rendered.files).await
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let mut text = rendered.text;
     if addressed {
         if let (Chat::Group(gid), Some(gc)) = (chat, &cfg.group_context) {
@@ -243,11 +196,87 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
         Acceptance::Ignored(why) => {
             tracing::debug!(connector = %inner.name, room = %room_id, message = ev.message_id, why, "not taken")
         }
-        // The dispatcher has told the sender; nothing to replay on QQ (no history watermark).
+        // The dispatcher has told the sender. Not recorded as settled: a replay after a
+        // reconnect may offer it again.
         Acceptance::Rejected(why) => {
             tracing::warn!(connector = %inner.name, room = %room_id, message = ev.message_id, why, "message rejected")
         }
     }
+}
+
+/// Applies the sender's rate limit; true when the message must not be delivered (the first
+/// such message of a window gets a notice).
+async fn rate_limited(
+    inner: &Inner,
+    rt: &Runtime,
+    ev: &MessageEvent,
+    room_id: &str,
+    sender: &Sender,
+    direct: bool,
+) -> bool {
+    let Some(limiter) = &inner.limiter else {
+        return false;
+    };
+    let Verdict::Limited {
+        notify,
+        retry_after,
+    } = limiter.check(ev.user_id, Instant::now())
+    else {
+        return false;
+    };
+    tracing::info!(connector = %inner.name, room = room_id, user = ev.user_id, notify, "rate limited");
+    if notify {
+        let to = ReplyTarget {
+            room: room_id.to_string(),
+            thread: None,
+            reply_to: Some(ev.message_id.to_string()),
+            mention: (!direct).then(|| sender.clone()),
+        };
+        let text = format!(
+            "You are sending messages faster than I can take them. Please wait about {} s; messages until then are not processed.",
+            retry_after.as_secs().max(1)
+        );
+        if let Err(e) = inner.post(&to, &text).await {
+            tracing::warn!(connector = %inner.name, room = room_id, error = %e, "could not send the rate-limit notice");
+        }
+    }
+    // Settled (refused with a notice): a replay after a reconnect must not revive it.
+    replay::record(rt, room_id, ev.time, ev.message_id);
+    true
+}
+
+/// Downloads a message's files; what could not be downloaded becomes a note for the agent.
+async fn download_all(
+    inner: &Inner,
+    rt: &Runtime,
+    message_id: i64,
+    room_id: &str,
+    files: &[Remote],
+) -> (Vec<Attachment>, Vec<String>) {
+    let mut attachments = Vec::new();
+    let mut notes = Vec::new();
+    let Some(limits) = &inner.cfg.attachments else {
+        notes.push("Attachments are not downloaded on this connector.".into());
+        return (attachments, notes);
+    };
+    for (i, remote) in files.iter().enumerate() {
+        let prefix = format!("{message_id}-{i}");
+        match inner
+            .downloader
+            .fetch(remote, &rt.attachments_dir, &prefix, limits)
+            .await
+        {
+            Ok(a) => attachments.push(a),
+            Err(e) => {
+                tracing::warn!(connector = %inner.name, room = room_id, file = %remote.name, error = %e, "attachment skipped");
+                notes.push(format!(
+                    "Attachment '{}' was not downloaded: {e}",
+                    remote.name
+                ));
+            }
+        }
+    }
+    (attachments, notes)
 }
 
 /// Binds a room to the bot that serves it. A second bot in the same room stays quiet while
