@@ -25,10 +25,10 @@ pub struct StreamParser {
     /// Main-agent assistant text blocks, in order.
     texts: Vec<String>,
     result: Option<wire::ResultLine>,
-    /// Set when a `rate_limit_event` said `rejected`.
-    rejected: Option<wire::RateLimitInfo>,
-    /// Last `rate_limit_event` seen, for the reset time when the result is a 429.
-    last_rate_limit: Option<(Option<u64>, String)>,
+    /// A `rate_limit_event` said `rejected`.
+    rejected: bool,
+    /// Reset time (epoch seconds) of the latest `rate_limit_event` that had one.
+    last_reset: Option<u64>,
     /// Lines that decoded as a JSON object with a `type`.
     understood_lines: usize,
     /// Lines that were not JSON at all.
@@ -39,7 +39,7 @@ pub struct StreamParser {
 #[derive(Debug, Clone)]
 pub struct ExitInfo {
     pub success: bool,
-    /// `exit status: 1`, `signal: 9 (SIGKILL)`, ….
+    /// `exit code 1`, `killed by signal 9`, ….
     pub status: String,
     pub stderr_tail: String,
 }
@@ -51,8 +51,8 @@ impl StreamParser {
             started: false,
             texts: Vec::new(),
             result: None,
-            rejected: None,
-            last_rate_limit: None,
+            rejected: false,
+            last_reset: None,
             understood_lines: 0,
             garbage_lines: 0,
         }
@@ -163,31 +163,26 @@ impl StreamParser {
 
     fn rate_limit(&mut self, info: wire::RateLimitInfo) -> Vec<AgentEvent> {
         let resets_at = info.resets_at.and_then(clamp_epoch_secs);
-        self.last_rate_limit = Some((resets_at, info.status.clone()));
-        let event = AgentEvent::RateLimit {
-            status: info.status.clone(),
+        self.last_reset = resets_at.or(self.last_reset);
+        self.rejected |= info.status == "rejected";
+        vec![AgentEvent::RateLimit {
+            status: info.status,
             resets_at,
-            kind: info.rate_limit_type.clone(),
-        };
-        if info.status == "rejected" {
-            self.rejected = Some(info);
-        }
-        vec![event]
+            kind: info.rate_limit_type,
+        }]
     }
 
     /// Decides the turn's fate from everything fed so far and how the process ended.
     pub fn finish(self, exit: &ExitInfo) -> Result<TurnOutcome, AgentError> {
         let session = self.session.as_str();
-        let rejected_reset = self
-            .rejected
-            .as_ref()
-            .map(|i| i.resets_at.and_then(clamp_epoch_secs));
         let Some(result) = self.result else {
             if exit.stderr_tail.contains(NO_CONVERSATION) {
                 return Err(AgentError::SessionNotFound(session.to_string()));
             }
-            if let Some(resets_at) = rejected_reset {
-                return Err(AgentError::RateLimited { resets_at });
+            if self.rejected {
+                return Err(AgentError::RateLimited {
+                    resets_at: self.last_reset,
+                });
             }
             if exit.success && self.understood_lines == 0 {
                 let what = if self.garbage_lines == 0 {
@@ -216,11 +211,10 @@ impl StreamParser {
             if errors.contains(NO_CONVERSATION) || exit.stderr_tail.contains(NO_CONVERSATION) {
                 return Err(AgentError::SessionNotFound(session.to_string()));
             }
-            if result.api_error_status == Some(429) || rejected_reset.is_some() {
-                let resets_at = rejected_reset
-                    .flatten()
-                    .or_else(|| self.last_rate_limit.as_ref().and_then(|(t, _)| *t));
-                return Err(AgentError::RateLimited { resets_at });
+            if result.api_error_status == Some(429) || self.rejected {
+                return Err(AgentError::RateLimited {
+                    resets_at: self.last_reset,
+                });
             }
             let message = result
                 .result
@@ -254,7 +248,7 @@ impl StreamParser {
         };
         let mut denied_tools: Vec<String> = Vec::new();
         for d in &result.permission_denials {
-            if !d.tool_name.is_empty() {
+            if !d.tool_name.is_empty() && !denied_tools.contains(&d.tool_name) {
                 denied_tools.push(d.tool_name.clone());
             }
         }
