@@ -173,6 +173,41 @@ impl FileStore {
     }
 }
 
+/// Files users sent (saved by the server as `<12 hex>-<name>` in the attachments folder) that
+/// are older than `max_age`: removed at start so the folder does not grow forever. Younger
+/// ones stay, as a message queued before a restart may still need its file. Returns how many
+/// went; a file that cannot be removed is logged and skipped.
+pub fn prune_attachments(dir: &Path, max_age: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.len() > 13
+            && name.as_bytes()[12] == b'-'
+            && name.bytes().take(12).all(|b| b.is_ascii_hexdigit());
+        let old = entry
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > max_age);
+        if ours && old {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "web chat: removing an old attachment failed")
+                }
+            }
+        }
+    }
+    removed
+}
+
 fn random_id() -> String {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -246,6 +281,26 @@ mod tests {
         assert_eq!(content_type("x.svg"), "application/octet-stream");
         assert_eq!(content_type("X.PNG"), "image/png");
         assert_eq!(content_type("noext"), "application/octet-stream");
+    }
+
+    #[test]
+    fn only_old_attachments_of_ours_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let week = std::time::Duration::from_secs(7 * 24 * 3600);
+        let make = |name: &str, age: std::time::Duration| {
+            let p = dir.path().join(name);
+            let f = std::fs::File::create(&p).unwrap();
+            f.set_modified(std::time::SystemTime::now() - age).unwrap();
+            p
+        };
+        let old_ours = make("0123456789ab-log.txt", week * 2);
+        let new_ours = make("0123456789ab-new.txt", week / 2);
+        let old_other = make("someone-else.txt", week * 2);
+        assert_eq!(prune_attachments(dir.path(), week), 1);
+        assert!(!old_ours.exists());
+        assert!(new_ours.exists());
+        assert!(old_other.exists());
+        assert_eq!(prune_attachments(&dir.path().join("missing"), week), 0);
     }
 
     #[tokio::test]

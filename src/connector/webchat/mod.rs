@@ -34,6 +34,10 @@ pub use hub::BOT_NAME;
 /// Rooms held in memory at once; beyond it the idlest room is forgotten.
 pub const MAX_ROOMS: usize = 64;
 
+/// Files users sent are kept this long for the agent (and queued messages) before start-up
+/// removes them.
+const ATTACHMENT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Longest text of one bot message; longer replies are split by `send_reply`.
 const MAX_MESSAGE_LEN: usize = 16_000;
 
@@ -208,6 +212,15 @@ impl Connector for WebchatConnector {
     }
 
     async fn run(self: Arc<Self>, ctx: ConnectorContext) -> anyhow::Result<()> {
+        let attachments = ctx.attachments_dir.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            files::prune_attachments(&attachments, ATTACHMENT_MAX_AGE)
+        })
+        .await
+        .unwrap_or(0);
+        if pruned > 0 {
+            tracing::info!(connector = %self.name, pruned, "web chat: removed old attachments");
+        }
         let prepared = self.lock_listener().take();
         let listener = match prepared {
             Some(l) => l,
