@@ -2,12 +2,12 @@
 //! single page (embedded, no external assets) plus a small JSON API and Server-Sent Events.
 //!
 //! Owns: the [`Connector`] implementation for `type: webchat` — login tokens ([`tokens`]),
-//! rooms and their bounded history ([`hub`]), the HTTP server ([`server`]), the page
-//! (`page.html`) and the API's wire types ([`wire`]).
+//! rooms and their bounded history ([`hub`]), files sent either way ([`files`]), the HTTP
+//! server ([`server`]), the page (`page.html`) and the API's wire types ([`wire`]).
 //! Users are the holders of the tokens; rooms are free-form names, all of kind `Group`; the
 //! bot is called [`BOT_NAME`] and a leading `@bot` addresses it.
 //! Must not import: `agent`, `room`, `dispatch` — messages go out through the event sink and
-//! replies come back through `post`/`edit`/`typing`.
+//! replies come back through `post`/`edit`/`typing`/`upload`.
 
 pub mod config;
 pub mod files;
