@@ -751,6 +751,24 @@ async fn heartbeat_loss_closes_the_socket() {
 }
 
 #[tokio::test]
+async fn qq_logout_reported_by_heartbeats_is_surfaced() {
+    let mut gw = gateway(|_| {}).await;
+    let bot = gw.bot(SELF).await;
+    bot.heartbeat(30_000);
+    let mut offline = fixture("heartbeat");
+    offline["status"]["online"] = json!(false);
+    bot.send_event(&offline);
+    bot.send_event(&offline);
+    let detail = gw.connection(true, "QQ").await;
+    assert_eq!(detail, "bot 2559840652 reports QQ offline (logged out?)");
+    // The second offline heartbeat is not reported again: the next report is the recovery.
+    bot.heartbeat(30_000);
+    let detail = gw.connection(true, "QQ").await;
+    assert_eq!(detail, "bot 2559840652 reports QQ back online");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn two_bots_serve_their_own_rooms_and_do_not_duplicate_shared_groups() {
     let mut gw = gateway(|_| {}).await;
     const OTHER: i64 = 10_000_002;

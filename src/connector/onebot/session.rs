@@ -104,6 +104,8 @@ where
 
     let replaced = link.replaced.clone();
     let mut watchdog = Watchdog::new(inner.cfg.heartbeat_timeout);
+    // QQ login state from heartbeats; a change to offline is reported once.
+    let mut qq_online: Option<bool> = None;
     let ended = loop {
         tokio::select! {
             _ = cancel.cancelled() => {
@@ -159,7 +161,15 @@ where
                     Some(Ok(_)) => continue,
                 };
                 watchdog.saw_traffic();
-                handle_frame(&inner, &link, &ev_tx, &mut watchdog, self_id, &text);
+                let bot_id = link_id(&registered, self_id);
+                if let Some(online) = handle_frame(&inner, &link, &ev_tx, &mut watchdog, bot_id, &text) {
+                    let before = qq_online.replace(online);
+                    if before != Some(online) && (before.is_some() || !online) {
+                        let state = if online { "back online" } else { "offline (logged out?)" };
+                        tracing::warn!(connector = %inner.name, self_id = bot_id, "OneBot reports QQ {state}");
+                        inner.report_connection(format!("bot {bot_id} reports QQ {state}")).await;
+                    }
+                }
             }
         }
     };
@@ -188,19 +198,21 @@ fn link_id(registered: &Option<Arc<Link>>, self_id: Option<i64>) -> i64 {
         .unwrap_or(0)
 }
 
+/// Routes one frame. Returns the QQ online state when the frame was a heartbeat.
+/// `bot_id` is the bot's QQ number when known (0 before `get_login_info` in forward mode).
 fn handle_frame(
     inner: &Inner,
     link: &Link,
     events: &mpsc::Sender<Work>,
     watchdog: &mut Watchdog,
-    self_id: Option<i64>,
+    bot_id: i64,
     text: &str,
-) {
+) -> Option<bool> {
     let frame = match wire::parse_frame(text) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(connector = %inner.name, error = %e, "unparseable OneBot frame dropped");
-            return;
+            return None;
         }
     };
     match frame {
@@ -211,16 +223,19 @@ fn handle_frame(
         }
         Frame::Event(Event::Heartbeat(h)) => {
             watchdog.heartbeat(Duration::from_millis(h.interval.max(0) as u64));
-            if h.status.as_ref().and_then(|s| s.online) == Some(false) {
-                tracing::warn!(connector = %inner.name, self_id = h.self_id, "OneBot reports QQ offline (logged out?)");
-            }
+            return Some(h.status.as_ref().and_then(|s| s.online) != Some(false));
         }
         Frame::Event(Event::Lifecycle { self_id, sub_type }) => {
             tracing::info!(connector = %inner.name, self_id, sub_type, "OneBot lifecycle event");
         }
         Frame::Event(Event::Message(mut m)) => {
-            if m.self_id == 0 {
-                m.self_id = link.self_id.max(self_id.unwrap_or(0));
+            // The socket's identity (X-Self-ID / get_login_info) wins over a missing or
+            // different `self_id` in the event: replies must go out through this bot.
+            if bot_id != 0 && m.self_id != bot_id {
+                if m.self_id != 0 {
+                    tracing::debug!(connector = %inner.name, event_self_id = m.self_id, bot_id, "event self_id differs from the socket's bot");
+                }
+                m.self_id = bot_id;
             }
             if let Err(e) = events.try_send(Work::Event(Box::new(m))) {
                 tracing::error!(connector = %inner.name, error = %e, "event queue full; message dropped");
@@ -233,6 +248,7 @@ fn handle_frame(
             tracing::debug!(connector = %inner.name, frame = %v, "unclassifiable OneBot frame dropped");
         }
     }
+    None
 }
 
 async fn close<S>(sink: &mut S, code: CloseCode, reason: &'static str)
