@@ -325,6 +325,25 @@ async fn thread_reply_goes_to_the_same_thread() {
 }
 
 #[tokio::test]
+async fn thread_reply_to_a_bot_message_addresses_the_bot() {
+    let fake = FakeRocketChat::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(config(&fake), fast(), &["#general"], dir.path()).await;
+    h.connected().await;
+    let ours = h.conn.post(&target("GENERAL"), "an answer").await.unwrap();
+    let id = fake.post_in_thread("GENERAL", "alice", "follow-up without a mention", &ours.id);
+    let m = h.expect_next(&id).await;
+    assert!(m.addressed);
+    assert_eq!(m.thread.as_deref(), Some(ours.id.as_str()));
+    // A thread on someone else's message still needs a mention.
+    let other = fake.post("GENERAL", "bob", "a topic");
+    h.expect_next(&other).await;
+    let id = fake.post_in_thread("GENERAL", "alice", "chatting in bob's thread", &other);
+    assert!(!h.expect_next(&id).await.addressed);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn reply_in_thread_opens_a_thread_on_the_trigger() {
     let fake = FakeRocketChat::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -515,6 +534,14 @@ async fn expired_token_logs_in_again_once() {
         assert_eq!(st.requests_to("/api/v1/login").len(), logins_before + 1);
         assert_eq!(st.posts().last().unwrap()["text"], json!("still works"));
     }
+    // The DDP session survives; a new socket resumes with the renewed token. And when the
+    // server forgets that one too, the connector logs in again before resuming.
+    fake.expire_tokens();
+    fake.drop_sockets();
+    h.connected().await;
+    let id = fake.post("GENERAL", "alice", "@bot after re-login");
+    h.expect_next(&id).await;
+    assert!(fake.state().requests_to("/api/v1/login").len() >= logins_before + 2);
     h.stop().await;
 }
 

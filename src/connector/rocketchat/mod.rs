@@ -477,6 +477,8 @@ struct Runner<'a> {
     /// Spec → room id, for specs that resolved.
     resolved: HashMap<String, String>,
     bot: Option<BotIdentity>,
+    /// Recent messages the bot posted: a thread reply to one of them addresses the bot.
+    own_posts: IdWindow,
 }
 
 macro_rules! or_cancel {
@@ -927,6 +929,9 @@ impl<'a> Runner<'a> {
         let settled = match normalize::skip_reason(&m, &bot) {
             Some(reason) => {
                 tracing::trace!(rid, id = %m.id, ?reason, "dropped");
+                if reason == normalize::Skip::Own {
+                    self.own_posts.insert(&m.id, m.ts.0);
+                }
                 true
             }
             None => {
@@ -938,6 +943,13 @@ impl<'a> Runner<'a> {
                     &bot,
                     self.conn.cfg.mention_all,
                 );
+                // Answering in the bot's thread is talking to the bot.
+                if m.tmid
+                    .as_deref()
+                    .is_some_and(|t| self.own_posts.contains(t))
+                {
+                    msg.addressed = true;
+                }
                 if msg.addressed || !self.conn.cfg.require_mention {
                     let files = normalize::files_of(&m);
                     tokio::select! {
@@ -1112,6 +1124,7 @@ impl Connector for RocketChatConnector {
             reported: HashSet::new(),
             resolved: HashMap::new(),
             bot: None,
+            own_posts: IdWindow::default(),
         };
         let mut backoff = Backoff::new(self.timings.reconnect_initial, self.timings.reconnect_max);
         loop {
