@@ -841,6 +841,61 @@ async fn rate_limits_and_server_errors_are_retried() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn attachment_download_timeout_becomes_a_note() {
+    let fake = FakeRocketChat::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&fake);
+    cfg.download_timeout = Duration::from_millis(300);
+    let mut h = Harness::start(cfg, fast(), &["#general"], dir.path()).await;
+    h.connected().await;
+    fake.stall_downloads();
+    let id = fake.post_file("GENERAL", "alice", "@bot read this", "notes.txt", b"hello");
+    let m = h.expect_next(&id).await;
+    assert!(m.attachments.is_empty());
+    assert_eq!(
+        m.notes,
+        vec![
+            "Attachment 'notes.txt' failed to download (timed out) — file not available"
+                .to_string()
+        ]
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(h.attachments.join("GENERAL"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn long_backlog_is_replayed_across_history_pages_in_order() {
+    let fake = FakeRocketChat::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::start(config(&fake), fast(), &["#general"], dir.path()).await;
+    h.connected().await;
+    h.stop().await;
+    // More than two pages of history (100 per page) arrive while the gateway is down.
+    let missed: Vec<String> = (0..250)
+        .map(|i| {
+            fake.post(
+                "GENERAL",
+                if i % 2 == 0 { "alice" } else { "bob" },
+                &format!("@bot backlog {i}"),
+            )
+        })
+        .collect();
+    let mut h = Harness::start(config(&fake), fast(), &["#general"], dir.path()).await;
+    for id in &missed {
+        h.expect_next(id).await;
+    }
+    h.connected().await;
+    let marker = fake.post("GENERAL", "alice", "marker");
+    h.expect_next(&marker).await;
+    let pages = fake.state().requests_to("/api/v1/channels.history").len();
+    assert!(pages >= 4, "{pages} history requests (baseline + 3 pages)");
+    h.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // End to end: fake Rocket.Chat → the real daemon (started with `start`) → the real Claude Code
 // CLI → the project's fake model API → the reply in the room; and an owner's `approve <id>`

@@ -104,6 +104,8 @@ pub struct State {
     conns: Vec<Conn>,
     /// Scripted failures: path → (status, Retry-After seconds) answered before routing.
     failures: HashMap<String, VecDeque<(u16, Option<u64>)>>,
+    /// File downloads never answer (to test the download timeout).
+    pub stall_downloads: bool,
     /// Successful DDP logins so far (a reconnect adds one).
     pub ddp_logins: usize,
     /// 401s answered so far.
@@ -366,6 +368,10 @@ impl FakeRocketChat {
     pub fn freeze_sockets(&self) {
         self.inner
             .update(|s| s.conns.iter_mut().for_each(|c| c.frozen = true));
+    }
+
+    pub fn stall_downloads(&self) {
+        self.inner.update(|s| s.stall_downloads = true);
     }
 
     pub fn set_version(&self, version: &str) {
@@ -704,6 +710,10 @@ async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>, cancel: Cancellat
         })
     });
     record_to_file(&method, &path, &query, &body);
+    if path.starts_with("/file-upload/") && inner.state().stall_downloads {
+        // Headers never come; the connection ends when the server stops.
+        std::future::pending::<()>().await;
+    }
     let scripted = inner.update(|s| s.failures.get_mut(&path).and_then(VecDeque::pop_front));
     if let Some((status, retry_after)) = scripted {
         let mut resp = reply(
