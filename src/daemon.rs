@@ -36,7 +36,9 @@ pub fn runtime_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("ACG_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(home);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".agent-chat-gateway")
 }
 
@@ -119,6 +121,8 @@ pub enum StartupReport {
     Terminal,
     /// Write to the pipe the parent reads.
     Pipe(File),
+    /// In-process: the notes, or the reason of failure.
+    Notify(tokio::sync::oneshot::Sender<Result<Vec<String>, String>>),
 }
 
 impl StartupReport {
@@ -135,12 +139,21 @@ impl StartupReport {
                 }
                 let _ = writeln!(f, "ok");
             }
+            StartupReport::Notify(tx) => {
+                let _ = tx.send(Ok(notes.to_vec()));
+            }
         }
     }
 
     fn failure(self, err: &anyhow::Error) {
-        if let StartupReport::Pipe(mut f) = self {
-            let _ = writeln!(f, "error: {err:#}");
+        match self {
+            StartupReport::Pipe(mut f) => {
+                let _ = writeln!(f, "error: {err:#}");
+            }
+            StartupReport::Notify(tx) => {
+                let _ = tx.send(Err(format!("{err:#}")));
+            }
+            StartupReport::Terminal => {}
         }
     }
 }
@@ -181,7 +194,8 @@ pub fn start_background(config: Config, runtime: PathBuf) -> anyhow::Result<Vec<
                 Ok(fork::Fork::Child) => {
                     detach_stdio();
                     let pipe = File::from(write_fd);
-                    let code = match run_process(config, runtime, false, StartupReport::Pipe(pipe)) {
+                    let code = match run_process(config, runtime, false, StartupReport::Pipe(pipe))
+                    {
                         Ok(()) => 0,
                         Err(_) => 1,
                     };
@@ -194,7 +208,11 @@ pub fn start_background(config: Config, runtime: PathBuf) -> anyhow::Result<Vec<
 }
 
 fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         use std::os::fd::AsRawFd;
         for fd in 0..=2 {
             let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
@@ -220,7 +238,7 @@ pub fn run_process(
         let outcome = rt.block_on(async {
             let shutdown = CancellationToken::new();
             spawn_signal_handler(shutdown.clone())?;
-            run(config, runtime.clone(), shutdown, report).await
+            run(config, runtime.clone(), shutdown, report, Connectors::new()).await
         });
         drop(pid);
         outcome
@@ -268,13 +286,15 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The daemon itself, usable in-process (tests): wires everything, reports start-up, runs
-/// until `shutdown` fires, then stops in two phases.
+/// The daemon itself, usable in-process (benchmarks, embedding): wires everything, reports
+/// start-up, runs until `shutdown` fires, then stops in two phases. `embedded` supplies the
+/// connectors of `type: embedded` sections by name.
 pub async fn run(
     config: Config,
     runtime: PathBuf,
     shutdown: CancellationToken,
     report: StartupReport,
+    embedded: Connectors,
 ) -> anyhow::Result<()> {
     let services = CancellationToken::new();
     let service_tasks = TaskTracker::new();
@@ -282,7 +302,20 @@ pub async fn run(
     let drain = CancellationToken::new();
     let kill = CancellationToken::new();
 
-    let started = start(&config, &runtime, &services, &service_tasks, &room_tasks, &drain, &kill, &shutdown).await;
+    let started = start(
+        &config,
+        &runtime,
+        embedded,
+        Tokens {
+            services: &services,
+            drain: &drain,
+            kill: &kill,
+            shutdown: &shutdown,
+        },
+        &service_tasks,
+        &room_tasks,
+    )
+    .await;
     let started = match started {
         Ok(s) => s,
         Err(e) => {
@@ -300,7 +333,10 @@ pub async fn run(
     info!("stopping: no new messages; waiting for running turns");
     drain.cancel();
     room_tasks.close();
-    if tokio::time::timeout(config.shutdown_grace, room_tasks.wait()).await.is_err() {
+    if tokio::time::timeout(config.shutdown_grace, room_tasks.wait())
+        .await
+        .is_err()
+    {
         warn!(grace = ?config.shutdown_grace, "turns still running after the grace period; stopping them");
     }
     kill.cancel();
@@ -325,21 +361,35 @@ struct Started {
     approvals: Option<Arc<Approvals>>,
 }
 
-#[allow(clippy::too_many_arguments)]
+struct Tokens<'a> {
+    services: &'a CancellationToken,
+    drain: &'a CancellationToken,
+    kill: &'a CancellationToken,
+    shutdown: &'a CancellationToken,
+}
+
 async fn start(
     config: &Config,
     runtime: &Path,
-    services: &CancellationToken,
+    mut embedded: Connectors,
+    tokens: Tokens<'_>,
     service_tasks: &TaskTracker,
     room_tasks: &TaskTracker,
-    drain: &CancellationToken,
-    kill: &CancellationToken,
-    shutdown: &CancellationToken,
 ) -> anyhow::Result<Started> {
+    let Tokens {
+        services,
+        drain,
+        kill,
+        shutdown,
+    } = tokens;
     ensure_runtime_dir(runtime)?;
     let control_listener = control::server::bind(&runtime.join(control::SOCKET_NAME)).await?;
 
-    let names: Vec<Arc<str>> = config.connectors.iter().map(|c| Arc::from(c.name.as_str())).collect();
+    let names: Vec<Arc<str>> = config
+        .connectors
+        .iter()
+        .map(|c| Arc::from(c.name.as_str()))
+        .collect();
     let (store, warnings) = StateStore::open(runtime, &names);
     for w in warnings {
         warn!("{w}");
@@ -348,9 +398,15 @@ async fn start(
     let mut connectors: Connectors = HashMap::new();
     let mut notes = Vec::new();
     for (name, cfg) in names.iter().zip(&config.connectors) {
-        let c = connector::build(cfg, runtime)
+        let c = match embedded.remove(name) {
+            Some(c) => c,
+            None => {
+                connector::build(cfg, runtime).with_context(|| format!("connector '{name}'"))?
+            }
+        };
+        c.prepare()
+            .await
             .with_context(|| format!("connector '{name}'"))?;
-        c.prepare().await.with_context(|| format!("connector '{name}'"))?;
         notes.extend(c.startup_notes());
         connectors.insert(name.clone(), c);
     }
@@ -367,7 +423,9 @@ async fn start(
     }
 
     let approvals = if config.agents.values().any(|a| a.permissions.enabled) {
-        let (listener, addr) = approval::hook::bind().await.context("cannot bind the hook server")?;
+        let (listener, addr) = approval::hook::bind()
+            .await
+            .context("cannot bind the hook server")?;
         let approvals = Approvals::new(
             format!("http://{addr}/hook"),
             runtime.to_path_buf(),
@@ -434,5 +492,9 @@ async fn start(
         kill: kill.clone(),
     });
     room_tasks.spawn(dispatcher.run(events_rx, control_rx));
-    Ok(Started { notes, store, approvals })
+    Ok(Started {
+        notes,
+        store,
+        approvals,
+    })
 }

@@ -22,7 +22,7 @@ use crate::agent::AgentBackend;
 use crate::approval::{self, Approvals};
 use crate::config::{AgentConfig, Config, ConnectorConfig, WatcherConfig};
 use crate::connector::{Acceptance, ConnectorEvent, Connectors};
-use crate::model::{InboundMessage, ReplyTarget, RoomKind, RoomRef, RoomKey};
+use crate::model::{InboundMessage, ReplyTarget, RoomKey, RoomKind, RoomRef};
 use crate::room::{self, QueuedMessage, RoomControl, RoomDeps, RoomHandle};
 use crate::state::StateStore;
 
@@ -118,6 +118,7 @@ pub struct Dispatcher {
     rooms: HashMap<RoomKey, RoomEntry>,
     connection: HashMap<Arc<str>, ConnectorStatus>,
     agent_configs: HashMap<String, Arc<AgentConfig>>,
+    turn_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Dispatcher {
@@ -145,6 +146,9 @@ impl Dispatcher {
             .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
             .collect();
         Dispatcher {
+            turn_slots: Arc::new(tokio::sync::Semaphore::new(
+                parts.config.max_concurrent_turns,
+            )),
             parts,
             watchers,
             rooms: HashMap::new(),
@@ -172,7 +176,11 @@ impl Dispatcher {
         // that replay), never silently dropped.
         events.close();
         while let Some((_, event)) = events.recv().await {
-            if let ConnectorEvent::Message { accepted: Some(ack), .. } = event {
+            if let ConnectorEvent::Message {
+                accepted: Some(ack),
+                ..
+            } = event
+            {
                 let _ = ack.send(Acceptance::Rejected("the gateway is shutting down".into()));
             }
         }
@@ -202,12 +210,15 @@ impl Dispatcher {
                     let message = p.to_message(&connector);
                     match cconf.users.role_of(&message.sender) {
                         Some(role) => restored.push(QueuedMessage { message, role }),
-                        None => warn!(sender = %p.sender_username, "pending message of a sender no longer allowed is dropped"),
+                        None => {
+                            warn!(sender = %p.sender_username, "pending message of a sender no longer allowed is dropped")
+                        }
                     }
                 }
                 let key = RoomKey::new(connector.clone(), room_id.as_str());
                 info!(room = %key, count = restored.len(), "re-queueing messages accepted before the restart");
-                if let Some(handle) = self.spawn_room(&key, state.room_name.clone(), widx, restored) {
+                if let Some(handle) = self.spawn_room(&key, state.room_name.clone(), widx, restored)
+                {
                     self.rooms.insert(
                         key,
                         RoomEntry {
@@ -270,7 +281,10 @@ impl Dispatcher {
         };
         let Some(role) = cconf.users.role_of(&message.sender) else {
             debug!(sender = %message.sender.username, "message from a sender who is neither owner nor guest ignored");
-            return verdict(ack, Acceptance::Ignored("sender is not an owner or guest".into()));
+            return verdict(
+                ack,
+                Acceptance::Ignored("sender is not an owner or guest".into()),
+            );
         };
         let Some(widx) = self.watcher_for(&message) else {
             return verdict(ack, Acceptance::Ignored("room is not watched".into()));
@@ -307,7 +321,10 @@ impl Dispatcher {
         if !self.rooms.contains_key(&key) {
             let Some(handle) = self.spawn_room(&key, message.room.name.clone(), widx, Vec::new())
             else {
-                return verdict(ack, Acceptance::Ignored("the watcher's agent is missing".into()));
+                return verdict(
+                    ack,
+                    Acceptance::Ignored("the watcher's agent is missing".into()),
+                );
             };
             self.rooms.insert(
                 key.clone(),
@@ -387,6 +404,7 @@ impl Dispatcher {
             agent_config,
             store: self.parts.store.clone(),
             max_queue_depth: self.parts.config.max_queue_depth,
+            turn_slots: self.turn_slots.clone(),
             tracker: self.parts.tracker.clone(),
             drain: self.parts.drain.clone(),
             kill: self.parts.kill.clone(),
@@ -438,7 +456,9 @@ impl Dispatcher {
                         always,
                         by: "admin (control socket)",
                     })),
-                    None => Err("no agent has permissions enabled, so nothing can be pending".into()),
+                    None => {
+                        Err("no agent has permissions enabled, so nothing can be pending".into())
+                    }
                 };
                 let _ = reply.send(result);
             }
@@ -448,11 +468,14 @@ impl Dispatcher {
                     .connectors
                     .keys()
                     .map(|name| {
-                        self.connection.get(name).cloned().unwrap_or(ConnectorStatus {
-                            name: name.to_string(),
-                            connected: false,
-                            detail: "no connection reported yet".into(),
-                        })
+                        self.connection
+                            .get(name)
+                            .cloned()
+                            .unwrap_or(ConnectorStatus {
+                                name: name.to_string(),
+                                connected: false,
+                                detail: "no connection reported yet".into(),
+                            })
                     })
                     .collect();
                 let _ = reply.send(StatusReport {
@@ -474,7 +497,11 @@ impl Dispatcher {
             .iter()
             .position(|w| w.config.name == name)
             .ok_or_else(|| {
-                let known: Vec<&str> = self.watchers.iter().map(|w| w.config.name.as_str()).collect();
+                let known: Vec<&str> = self
+                    .watchers
+                    .iter()
+                    .map(|w| w.config.name.as_str())
+                    .collect();
                 format!("unknown watcher '{name}' (known: {})", known.join(", "))
             })
     }
@@ -482,10 +509,16 @@ impl Dispatcher {
     fn set_paused(&mut self, name: &str, paused: bool) -> Result<String, String> {
         let widx = self.watcher_index(name)?;
         let connector = self.watchers[widx].connector.clone();
-        self.parts.store.set_watcher_paused(&connector, name, paused);
+        self.parts
+            .store
+            .set_watcher_paused(&connector, name, paused);
         for entry in self.rooms.values().filter(|e| e.watcher == widx) {
             let handle = entry.handle.clone();
-            let c = if paused { RoomControl::Pause } else { RoomControl::Resume };
+            let c = if paused {
+                RoomControl::Pause
+            } else {
+                RoomControl::Resume
+            };
             self.parts.tracker.spawn(async move {
                 handle.control(c).await;
             });
@@ -538,11 +571,23 @@ impl Dispatcher {
     fn list(&self, reply: oneshot::Sender<Vec<WatcherRow>>) {
         let mut rows: Vec<(WatcherRow, Option<RoomHandle>)> = Vec::new();
         for (widx, w) in self.watchers.iter().enumerate() {
-            let paused = self.parts.store.watcher_paused(&w.connector, &w.config.name);
+            let paused = self
+                .parts
+                .store
+                .watcher_paused(&w.connector, &w.config.name);
             let base_state = match (&w.failed, paused) {
                 (Some(e), _) => format!("failed: {e}"),
                 (None, true) => "paused".into(),
-                (None, false) if !w.is_wildcard() && w.resolved.is_none() && !self.rooms.keys().any(|k| k.connector == w.connector && *k.room == *w.config.room) => "waiting".into(),
+                (None, false)
+                    if !w.is_wildcard()
+                        && w.resolved.is_none()
+                        && !self
+                            .rooms
+                            .keys()
+                            .any(|k| k.connector == w.connector && *k.room == *w.config.room) =>
+                {
+                    "waiting".into()
+                }
                 _ => "active".into(),
             };
             let mut room_rows: Vec<(WatcherRow, Option<RoomHandle>)> = Vec::new();

@@ -224,6 +224,8 @@ pub struct Config {
     pub max_queue_depth: usize,
     /// How long SIGTERM waits for running turns before stopping them.
     pub shutdown_grace: Duration,
+    /// Agent processes running at once across all rooms; further turns wait their turn.
+    pub max_concurrent_turns: usize,
 }
 
 impl Config {
@@ -268,6 +270,9 @@ pub enum ConnectorKind {
     Webchat(webchat::config::WebchatConfig),
     RocketChat(rocketchat::config::RocketChatConfig),
     OneBot(onebot::config::OneBotConfig),
+    /// A connector supplied in-process by the program running the gateway (benchmarks,
+    /// embedding). Never produced from a file.
+    Embedded,
 }
 
 impl ConnectorKind {
@@ -276,6 +281,7 @@ impl ConnectorKind {
             ConnectorKind::Webchat(_) => "webchat",
             ConnectorKind::RocketChat(_) => "rocketchat",
             ConnectorKind::OneBot(_) => "onebot",
+            ConnectorKind::Embedded => "embedded",
         }
     }
 }
@@ -333,8 +339,12 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "watchers",
     "max_queue_depth",
     "shutdown_grace",
+    "max_concurrent_turns",
     "tool_presets",
 ];
+
+/// A Claude Code process holds a few hundred MB; sixteen at once suits a shared box.
+pub const DEFAULT_MAX_CONCURRENT_TURNS: usize = 16;
 
 /// Owners and guests as written in a connector section.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -577,7 +587,19 @@ fn validate_source(path: &Path, source: &str, v: &mut Validator) -> Option<Confi
         None => Duration::from_secs(30),
         Some(val) => Duration::from_secs(v.parse::<u64>("shutdown_grace", val).unwrap_or(30)),
     };
+    let max_concurrent_turns = match sections.remove("max_concurrent_turns") {
+        None => DEFAULT_MAX_CONCURRENT_TURNS,
+        Some(val) => match v.parse::<usize>("max_concurrent_turns", val) {
+            Some(0) => {
+                v.error("max_concurrent_turns", "must be at least 1");
+                DEFAULT_MAX_CONCURRENT_TURNS
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_CONCURRENT_TURNS,
+        },
+    };
     Some(Config {
+        max_concurrent_turns,
         path: path.to_path_buf(),
         connectors,
         agents,

@@ -224,7 +224,6 @@ pub fn build(
     runtime_dir: &Path,
 ) -> anyhow::Result<Arc<dyn Connector>> {
     use crate::config::ConnectorKind;
-    let _ = runtime_dir;
     match &config.kind {
         ConnectorKind::Webchat(c) => Ok(Arc::new(webchat::WebchatConnector::new(
             &config.name,
@@ -237,6 +236,10 @@ pub fn build(
             runtime_dir,
         )?)),
         ConnectorKind::OneBot(c) => Ok(Arc::new(onebot::OneBotConnector::new(&config.name, c, runtime_dir)?)),
+        ConnectorKind::Embedded => anyhow::bail!(
+            "connector '{}' is embedded: the program running the gateway must supply it",
+            config.name
+        ),
     }
 }
 

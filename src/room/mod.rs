@@ -36,8 +36,12 @@ pub enum RoomControl {
     Pause,
     Resume,
     /// Forget the session (the next turn starts a fresh one); stops a running turn.
-    Reset { done: oneshot::Sender<()> },
-    Status { reply: oneshot::Sender<RoomStatus> },
+    Reset {
+        done: oneshot::Sender<()>,
+    },
+    Status {
+        reply: oneshot::Sender<RoomStatus>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -48,7 +52,9 @@ pub struct RoomStatus {
     pub queued: usize,
 }
 
-type Offer = (QueuedMessage, oneshot::Sender<Acceptance>);
+/// Boxed so each slot of a room's hand-off channel stays small: a thousand idle rooms should
+/// not each hold a block of full messages.
+type Offer = (Box<QueuedMessage>, oneshot::Sender<Acceptance>);
 
 /// The dispatcher's handle to a room worker. Controls have their own channel so they never
 /// wait behind messages.
@@ -66,7 +72,7 @@ impl RoomHandle {
         message: QueuedMessage,
         ack: oneshot::Sender<Acceptance>,
     ) -> Result<(), (String, oneshot::Sender<Acceptance>)> {
-        match self.messages.try_send((message, ack)) {
+        match self.messages.try_send((Box::new(message), ack)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full((_, ack))) => {
                 Err(("too many messages are arriving at once".into(), ack))
@@ -93,6 +99,8 @@ pub struct RoomDeps {
     pub approvals: Option<Arc<Approvals>>,
     pub store: StateStore,
     pub max_queue_depth: usize,
+    /// Shared by every room: bounds agent processes running at once.
+    pub turn_slots: Arc<tokio::sync::Semaphore>,
     pub tracker: TaskTracker,
     /// Stop taking new turns (graceful shutdown: running turns may finish).
     pub drain: CancellationToken,
@@ -148,7 +156,11 @@ struct RoomWorker {
 
 impl RoomWorker {
     #[tracing::instrument(name = "room", skip_all, fields(room = %self.key))]
-    async fn run(mut self, mut rx: mpsc::Receiver<Offer>, mut controls: mpsc::Receiver<RoomControl>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Offer>,
+        mut controls: mpsc::Receiver<RoomControl>,
+    ) {
         self.persist_room_info();
         loop {
             self.maybe_start_turn();
@@ -164,7 +176,7 @@ impl RoomWorker {
                 }
                 offer = rx.recv(), if !draining => match offer {
                     Some((m, ack)) => {
-                        let verdict = self.accept(m);
+                        let verdict = self.accept(*m);
                         let _ = ack.send(verdict);
                     }
                     None => break,
@@ -215,7 +227,9 @@ impl RoomWorker {
             return Acceptance::Rejected(reason);
         }
         let pending = PendingMessage::from_message(&m.message);
-        self.deps.store.update_room(&self.key, |r| r.pending.push(pending));
+        self.deps
+            .store
+            .update_room(&self.key, |r| r.pending.push(pending));
         if self.paused && !self.paused_notice_sent {
             self.paused_notice_sent = true;
             self.notify(
@@ -242,7 +256,9 @@ impl RoomWorker {
                     self.finish_turn(report);
                 }
                 self.session_id = None;
-                self.deps.store.update_room(&self.key, |r| r.session_id = None);
+                self.deps
+                    .store
+                    .update_room(&self.key, |r| r.session_id = None);
                 info!("session reset");
                 let _ = done.send(());
             }
@@ -318,9 +334,12 @@ impl RoomWorker {
         let connector = self.deps.connector.clone();
         let key = self.key.clone();
         self.deps.tracker.spawn(async move {
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(30), connector.post(&to, &text))
-                .await
-                .unwrap_or_else(|_| Err(crate::connector::ConnectorError::Other("timed out".into())))
+            if let Err(e) =
+                tokio::time::timeout(Duration::from_secs(30), connector.post(&to, &text))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(crate::connector::ConnectorError::Other("timed out".into()))
+                    })
             {
                 warn!(room = %key, error = %e, "could not post a notice");
             }

@@ -47,13 +47,32 @@ impl TurnRunner {
             return TurnReport::default();
         };
         let target = anchor.message.reply_target();
-        let role = self.batch.iter().map(|q| q.role).min().unwrap_or(Role::Guest);
+        let role = self
+            .batch
+            .iter()
+            .map(|q| q.role)
+            .min()
+            .unwrap_or(Role::Guest);
         let prompt = prompt::build(&self.deps.platform, &self.batch);
         let connector = self.deps.connector.clone();
         let caps = connector.capabilities();
         best_effort(connector.typing(&target, true)).await;
+        // Wait for a free agent slot; a stop while waiting ends the turn unanswered, and its
+        // messages stay pending for the next start.
+        let slot = tokio::select! {
+            permit = self.deps.turn_slots.clone().acquire_owned() => permit.ok(),
+            _ = self.cancel.cancelled() => None,
+        };
+        let Some(_slot) = slot else {
+            best_effort(connector.typing(&target, false)).await;
+            return TurnReport {
+                message_ids: Vec::new(),
+                session_id: self.session_id.clone(),
+                session_changed: false,
+            };
+        };
 
-        let (events_tx, mut events_rx) = mpsc::channel::<AgentEvent>(256);
+        let (events_tx, mut events_rx) = mpsc::channel::<AgentEvent>(64);
         let binding = self.deps.approvals.as_ref().map(|a| {
             a.bind_turn(TurnBinding {
                 room: self.key.clone(),
@@ -106,7 +125,10 @@ impl TurnRunner {
                     info!(denied = ?outcome.denied_tools, "tools denied during turn");
                 }
                 reply.finish(&outcome.text).await;
-                info!(elapsed_ms = started.elapsed().as_millis() as u64, "turn finished");
+                info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "turn finished"
+                );
             }
             Err(e) => {
                 let reference = short_ref();
@@ -182,7 +204,12 @@ impl ReplyStream {
                     self.flush().await;
                 }
             }
-            AgentEvent::Retrying { attempt, max, error, .. } if !self.retry_noticed => {
+            AgentEvent::Retrying {
+                attempt,
+                max,
+                error,
+                ..
+            } if !self.retry_noticed => {
                 self.retry_noticed = true;
                 warn!(attempt, max, error = %error, "agent is retrying the model API");
                 let notice = format!("⏳ The model API is not answering ({error}); retrying…");
@@ -251,7 +278,9 @@ impl ReplyStream {
                     if result.is_err() {
                         break;
                     }
-                    result = with_timeout(self.connector.post(&self.target, part)).await.map(|_| ());
+                    result = with_timeout(self.connector.post(&self.target, part))
+                        .await
+                        .map(|_| ());
                 }
                 result
             }

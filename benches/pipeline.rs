@@ -1,0 +1,315 @@
+//! Pipeline benchmark: the whole gateway in-process (`daemon::run`: dispatcher, room workers,
+//! persisted queues, the Claude backend spawning a real child process per turn) with many
+//! rooms, driven through an embedded connector. Each room sends its next message when the
+//! previous reply arrived.
+//!
+//! `cargo bench --bench pipeline [-- --agent-command PATH] [--rooms N --turns-per-room K]`
+//!
+//! Prints one JSON object per configuration (1, 100 and 1000 rooms by default):
+//! turn latency p50/p99 (message in → reply delivered), the agent process's own time (the same
+//! executable spawned alone with the same prompt, measured before the run), the gateway overhead
+//! (latency − agent time, at p50 and p99), turns/s and the peak RSS of the gateway process
+//! (agent children are separate processes and not included). Each configuration runs in a
+//! fresh child process so peak RSS is its own.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use agent_chat_gateway::config::{
+    AgentConfig, AgentType, Config, ConnectorConfig, ConnectorKind, PermissionsConfig, UserRoles,
+    WatcherConfig,
+};
+use agent_chat_gateway::connector::{
+    Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, Connectors,
+    EventSink,
+};
+use agent_chat_gateway::daemon::{self, StartupReport};
+use agent_chat_gateway::model::{
+    InboundMessage, PostedMessage, ReplyTarget, RoomKind, RoomRef, Sender,
+};
+use agent_chat_gateway::policy::RuleSet;
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Records when a reply for a room arrives.
+struct BenchConnector {
+    sink: OnceLock<EventSink>,
+    ready: tokio::sync::Notify,
+    replies: mpsc::UnboundedSender<(String, Instant)>,
+}
+
+#[async_trait]
+impl Connector for BenchConnector {
+    fn name(&self) -> &str {
+        "bench"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_message_len: 1_000_000,
+            edit: false,
+            edit_interval: Duration::ZERO,
+        }
+    }
+
+    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> anyhow::Result<()> {
+        let _ = self.sink.set(ctx.events.clone());
+        self.ready.notify_one();
+        ctx.cancel.cancelled().await;
+        Ok(())
+    }
+
+    async fn post(&self, to: &ReplyTarget, _text: &str) -> Result<PostedMessage, ConnectorError> {
+        let _ = self.replies.send((to.room.clone(), Instant::now()));
+        Ok(PostedMessage { id: String::new() })
+    }
+
+    async fn resolve_room(&self, spec: &str) -> Result<RoomRef, ConnectorError> {
+        Ok(room(spec))
+    }
+}
+
+fn room(id: &str) -> RoomRef {
+    RoomRef {
+        id: id.to_string(),
+        name: id.to_string(),
+        kind: RoomKind::Group,
+    }
+}
+
+fn message(room_id: &str, n: usize) -> InboundMessage {
+    InboundMessage {
+        connector: "bench".into(),
+        room: room(room_id),
+        id: format!("{room_id}-{n}"),
+        thread: None,
+        sender: Sender {
+            id: "u".into(),
+            username: "u".into(),
+            display_name: "u".into(),
+        },
+        text: format!("benchmark message {n}"),
+        addressed: true,
+        attachments: vec![],
+        notes: vec![],
+        ts: std::time::SystemTime::now(),
+    }
+}
+
+fn config(agent: &Path, work: &Path) -> Config {
+    let mut agents = BTreeMap::new();
+    agents.insert(
+        "fake".to_string(),
+        AgentConfig {
+            name: "fake".into(),
+            kind: AgentType::Claude,
+            command: agent.display().to_string(),
+            args: vec![],
+            working_directory: work.to_path_buf(),
+            timeout: Duration::from_secs(120),
+            permissions: PermissionsConfig {
+                enabled: false,
+                timeout: Duration::from_secs(60),
+                skip_owner_approval: false,
+            },
+            owner_rules: RuleSet::default(),
+            guest_rules: RuleSet::default(),
+            env: vec![],
+            system_prompt: None,
+        },
+    );
+    Config {
+        path: work.join("bench.yaml"),
+        connectors: vec![ConnectorConfig {
+            name: "bench".into(),
+            users: UserRoles {
+                owners: HashSet::from(["u".to_string()]),
+                guests: HashSet::new(),
+                unknown: None,
+            },
+            require_mention: false,
+            kind: ConnectorKind::Embedded,
+        }],
+        agents,
+        default_agent: "fake".into(),
+        watchers: vec![WatcherConfig {
+            name: "all".into(),
+            connector: "bench".into(),
+            room: "*".into(),
+            agent: "fake".into(),
+        }],
+        max_queue_depth: 10,
+        max_concurrent_turns: agent_chat_gateway::config::DEFAULT_MAX_CONCURRENT_TURNS,
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The agent executable's own time for one turn: spawned alone, prompt on stdin, until exit.
+async fn agent_alone(agent: &Path, work: &Path, runs: usize) -> Vec<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(agent)
+            .args(["-p", "--output-format", "stream-json", "--verbose"])
+            .current_dir(work)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("agent starts");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(
+                format!("[Chat r | from: u | role: owner] benchmark message {i}\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        assert!(out.status.success(), "agent failed: {out:?}");
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn run_one(agent: PathBuf, rooms: usize, turns_per_room: usize) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let agent_times = agent_alone(&agent, &work, 200).await;
+
+    let (replies_tx, mut replies) = mpsc::unbounded_channel();
+    let connector = Arc::new(BenchConnector {
+        sink: OnceLock::new(),
+        ready: tokio::sync::Notify::new(),
+        replies: replies_tx,
+    });
+    let mut embedded: Connectors = HashMap::new();
+    embedded.insert("bench".into(), connector.clone());
+    let shutdown = CancellationToken::new();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let daemon = tokio::spawn(daemon::run(
+        config(&agent, &work),
+        dir.path().join("runtime"),
+        shutdown.clone(),
+        StartupReport::Notify(started_tx),
+        embedded,
+    ));
+    started_rx.await.unwrap().expect("gateway starts");
+    connector.ready.notified().await;
+    let sink = connector.sink.get().unwrap().clone();
+
+    let names: Vec<String> = (0..rooms).map(|i| format!("room-{i}")).collect();
+    let mut sent: HashMap<String, (Instant, usize)> = HashMap::new();
+    let started = Instant::now();
+    for name in &names {
+        sent.insert(name.clone(), (Instant::now(), 1));
+        let event = ConnectorEvent::Message {
+            message: message(name, 1),
+            accepted: None,
+        };
+        assert!(sink.send(event).await);
+    }
+    let total = rooms * turns_per_room;
+    let mut latencies = Vec::with_capacity(total);
+    while latencies.len() < total {
+        let (room_id, at) = replies.recv().await.expect("replies keep coming");
+        let (since, n) = sent[&room_id];
+        latencies.push(at.duration_since(since).as_secs_f64() * 1000.0);
+        if n < turns_per_room {
+            sent.insert(room_id.clone(), (Instant::now(), n + 1));
+            let event = ConnectorEvent::Message {
+                message: message(&room_id, n + 1),
+                accepted: None,
+            };
+            assert!(sink.send(event).await);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    daemon.await.unwrap().unwrap();
+
+    latencies.sort_by(f64::total_cmp);
+    let (l50, l99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    let (a50, a99) = (
+        percentile(&agent_times, 0.5),
+        percentile(&agent_times, 0.99),
+    );
+    serde_json::json!({
+        "rooms": rooms,
+        "turns": total,
+        "turns_per_sec": (total as f64 / elapsed).round(),
+        "latency_ms": {"p50": l50, "p99": l99},
+        "agent_alone_ms": {"p50": a50, "p99": a99},
+        "overhead_ms": {"p50": (l50 - a50).max(0.0), "p99": (l99 - a99).max(0.0)},
+        "peak_rss_mb": peak_rss_mb(),
+    })
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let agent = arg(&args, "--agent-command")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_acg-fake-agent")));
+    if let Some(rooms) = arg(&args, "--rooms") {
+        let rooms: usize = rooms.parse().expect("--rooms N");
+        let turns: usize = arg(&args, "--turns-per-room")
+            .map(|t| t.parse().expect("--turns-per-room K"))
+            .unwrap_or(5);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let result = rt.block_on(run_one(agent, rooms, turns));
+        println!("{result}");
+        return;
+    }
+    // One child process per configuration, so each peak RSS is its own.
+    let exe = std::env::current_exe().unwrap();
+    for (rooms, turns) in [(1, 1000), (100, 20), (1000, 5)] {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--rooms",
+                &rooms.to_string(),
+                "--turns-per-room",
+                &turns.to_string(),
+            ])
+            .arg("--agent-command")
+            .arg(&agent)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("bench child runs");
+        assert!(out.status.success(), "bench child failed");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
