@@ -392,7 +392,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         LineReader {
             // Small: a thousand rooms may each have a run in flight. Long lines still work,
             // they are assembled in `line` across reads.
-            inner: BufReader::with_capacity(8 * 1024, inner),
+            inner: BufReader::with_capacity(4 * 1024, inner),
             max,
             line: Vec::new(),
             discarding: false,
@@ -626,8 +626,9 @@ mod tests {
 
     #[tokio::test]
     async fn kill_reaches_descendants_in_their_own_session() {
-        // `setsid` leaves our process group, as Claude Code's Bash tool does.
-        let script = "setsid sleep 1000 & echo $!; wait";
+        // `setsid` leaves our process group, as Claude Code's Bash tool does; the pid is
+        // printed from inside the new session, so the check below cannot race the setsid.
+        let script = "setsid sh -c 'echo $$; exec sleep 1000' & wait";
         let mut p = AgentProcess::spawn(&spec(script)).unwrap();
         let escaped = grandchild_pid(&mut p).await;
         let witness = stdout_witness(&p);
@@ -642,7 +643,8 @@ mod tests {
 
     #[tokio::test]
     async fn drop_reaches_descendants_in_their_own_session() {
-        let mut p = AgentProcess::spawn(&spec("setsid sleep 1000 & echo $!; wait")).unwrap();
+        let script = "setsid sh -c 'echo $$; exec sleep 1000' & wait";
+        let mut p = AgentProcess::spawn(&spec(script)).unwrap();
         grandchild_pid(&mut p).await;
         let witness = stdout_witness(&p);
         drop(p);

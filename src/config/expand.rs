@@ -6,7 +6,12 @@ use serde_yaml::Value;
 /// Expands every string in `value` in place; returns `(key path, variable)` for unset ones.
 pub fn expand_env(value: &mut Value) -> Vec<(String, String)> {
     let mut missing = Vec::new();
-    walk(value, String::new(), &mut |s| std::env::var(s).ok(), &mut missing);
+    walk(
+        value,
+        String::new(),
+        &mut |s| std::env::var(s).ok(),
+        &mut missing,
+    );
     missing
 }
 
@@ -30,7 +35,11 @@ fn walk(
         Value::Mapping(map) => {
             for (k, item) in map.iter_mut() {
                 let key = k.as_str().unwrap_or("?");
-                let child = if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{path}.{key}")
+                };
                 walk(item, child, lookup, missing);
             }
         }
@@ -40,7 +49,10 @@ fn walk(
 }
 
 /// Expands `${NAME}` occurrences; returns the text and the names that were unset.
-pub fn expand_str(s: &str, lookup: &mut dyn FnMut(&str) -> Option<String>) -> (String, Vec<String>) {
+pub fn expand_str(
+    s: &str,
+    lookup: &mut dyn FnMut(&str) -> Option<String>,
+) -> (String, Vec<String>) {
     let mut out = String::with_capacity(s.len());
     let mut unset = Vec::new();
     let mut rest = s;
@@ -92,8 +104,12 @@ mod tests {
 
     #[test]
     fn reports_key_path() {
-        let mut v: Value = serde_yaml::from_str("a:\n  - {b: \"${ACG_TEST_SURELY_UNSET_1}\"}\n").unwrap();
+        let mut v: Value =
+            serde_yaml::from_str("a:\n  - {b: \"${ACG_TEST_SURELY_UNSET_1}\"}\n").unwrap();
         let missing = expand_env(&mut v);
-        assert_eq!(missing, vec![("a[0].b".to_string(), "ACG_TEST_SURELY_UNSET_1".to_string())]);
+        assert_eq!(
+            missing,
+            vec![("a[0].b".to_string(), "ACG_TEST_SURELY_UNSET_1".to_string())]
+        );
     }
 }

@@ -44,7 +44,10 @@ fn every_problem_is_reported_with_its_key_path() {
         .replace("max_queue_depth: 10", "max_queue_depth: 10\nbogus: 1");
     let err = check(&yaml).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("agents.assistant.type: unknown agent type 'claud' (supported: claude)"), "{text}");
+    assert!(
+        text.contains("agents.assistant.type: unknown agent type 'claud' (supported: claude)"),
+        "{text}"
+    );
     assert!(text.contains("watchers[0]"), "{text}");
     assert!(text.contains("unknown field `colour`"), "{text}");
     assert!(text.contains("bogus"), "{text}");
@@ -53,10 +56,14 @@ fn every_problem_is_reported_with_its_key_path() {
 
 #[test]
 fn unset_variable_is_named() {
-    let yaml = GOOD.replace("owners: [me]", "owners: [me]}, tokens: {me: \"${ACG_SURELY_UNSET_VAR}\"");
+    let yaml = GOOD.replace(
+        "owners: [me]",
+        "owners: [me]}, tokens: {me: \"${ACG_SURELY_UNSET_VAR}\"",
+    );
     let text = check(&yaml).unwrap_err().to_string();
     assert!(
-        text.contains("connectors[0].tokens.me") && text.contains("environment variable ACG_SURELY_UNSET_VAR is not set"),
+        text.contains("connectors[0].tokens.me")
+            && text.contains("environment variable ACG_SURELY_UNSET_VAR is not set"),
         "{text}"
     );
 }
