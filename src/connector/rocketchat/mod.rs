@@ -811,7 +811,7 @@ impl<'a> Runner<'a> {
             };
             let page = match page {
                 Ok(p) => p.messages,
-                Err(e) if e.is_transient() => return Err(self.lost(true, e)),
+                Err(e) if e.is_transient() => return Err(self.lost(false, e)),
                 Err(e) => {
                     tracing::warn!(connector = %self.conn.name, rid, error = %e, "replay skipped");
                     return Ok(());
