@@ -3,9 +3,11 @@
 //! reply to one of the bot's messages, checked with `get_msg`), segments rendered to text
 //! (leading reply/@bot removed, quotes and forwards expanded, unknown types as
 //! `[unknown:type]`), the per-user rate limit applied, attachments downloaded and group
-//! context prepended. Events of one socket are handled in order by one task, apart from the
-//! socket's reader (which must stay free to route the answers of the calls made here).
+//! context prepended. Events are handled in order per room, by one task per room, apart
+//! from the socket's reader (which must stay free to route the answers of the calls made
+//! here).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -31,7 +33,14 @@ pub enum Work {
     Replay(i64),
 }
 
+/// Events waiting in one room's queue.
+const ROOM_QUEUE: usize = 256;
+
+/// Routes a socket's work to one task per room: events of a room are handled in order, and
+/// rooms proceed independently, so a slow download or `get_msg` in one room never holds up
+/// another (an owner's `approve` elsewhere, say). Room tasks end with the socket.
 pub async fn process(inner: Arc<Inner>, mut work: mpsc::Receiver<Work>, cancel: CancellationToken) {
+    let mut rooms: HashMap<String, mpsc::Sender<MessageEvent>> = HashMap::new();
     loop {
         let item = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -40,23 +49,61 @@ pub async fn process(inner: Arc<Inner>, mut work: mpsc::Receiver<Work>, cancel: 
                 None => return,
             },
         };
-        let run = async {
-            match item {
-                Work::Event(event) => handle(&inner, *event).await,
-                Work::Replay(self_id) => {
-                    let Some(rt) = inner.runtime.get() else {
-                        return;
-                    };
-                    for event in replay::missed(&inner, rt, self_id).await {
-                        handle(&inner, event).await;
-                    }
+        let events = match item {
+            Work::Event(event) => vec![*event],
+            Work::Replay(self_id) => {
+                let Some(rt) = inner.runtime.get() else {
+                    continue;
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    missed = replay::missed(&inner, rt, self_id) => missed,
                 }
             }
         };
+        for event in events {
+            let key = room_of(&event).map(Chat::room_id).unwrap_or_default();
+            let tx = rooms.entry(key).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(ROOM_QUEUE);
+                tokio::spawn(room_loop(inner.clone(), rx, cancel.clone()));
+                tx
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                sent = tx.send(event) => if sent.is_err() {
+                    tracing::error!(connector = %inner.name, "room task gone; message dropped");
+                },
+            }
+        }
+    }
+}
+
+async fn room_loop(
+    inner: Arc<Inner>,
+    mut events: mpsc::Receiver<MessageEvent>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => return,
+            e = events.recv() => match e {
+                Some(e) => e,
+                None => return,
+            },
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = run => {}
+            _ = handle(&inner, event) => {}
         }
+    }
+}
+
+/// The room a message event belongs to, if it is a private or group message.
+fn room_of(ev: &MessageEvent) -> Option<Chat> {
+    match (ev.message_type.as_str(), ev.group_id) {
+        ("private", _) => Some(Chat::Private(ev.user_id)),
+        ("group", Some(gid)) => Some(Chat::Group(gid)),
+        _ => None,
     }
 }
 
@@ -68,13 +115,9 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
     if ev.user_id == self_id || ev.user_id == 0 {
         return;
     }
-    let chat = match (ev.message_type.as_str(), ev.group_id) {
-        ("private", _) => Chat::Private(ev.user_id),
-        ("group", Some(gid)) => Chat::Group(gid),
-        (other, _) => {
-            tracing::debug!(connector = %inner.name, message_type = other, "message type ignored");
-            return;
-        }
+    let Some(chat) = room_of(&ev) else {
+        tracing::debug!(connector = %inner.name, message_type = %ev.message_type, "message type ignored");
+        return;
     };
     let room_id = chat.room_id();
     let cfg = &inner.cfg;
