@@ -81,9 +81,11 @@ pub fn files_of(m: &WireMessage) -> Vec<FileRef> {
         if f.id.is_empty() || out.iter().any(|o| o.id == f.id) {
             continue;
         }
-        // Rocket.Chat adds thumbnails as extra `files[]` entries; they carry the same name
-        // prefixed `thumb-`. Only the original is worth fetching.
-        if f.name.starts_with("thumb-") && m.files.len() > 1 {
+        // Rocket.Chat adds image thumbnails as extra `files[]` entries (`typeGroup: thumb`,
+        // name prefixed `thumb-`). Only the original is worth fetching.
+        if f.type_group.as_deref() == Some("thumb")
+            || (f.name.starts_with("thumb-") && m.files.len() > 1)
+        {
             continue;
         }
         let name = if f.name.is_empty() {

@@ -167,6 +167,9 @@ pub struct WireFile {
     pub name: String,
     #[serde(default)]
     pub size: Option<u64>,
+    /// `thumb` marks a server-made thumbnail of another file.
+    #[serde(rename = "typeGroup", default)]
+    pub type_group: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -342,6 +345,65 @@ mod tests {
         let m: WireMessage = serde_json::from_value(args[0].clone()).unwrap();
         assert_eq!(m.ts, WireDate(1763712000000));
         assert_eq!(m.mentions[0].username.as_deref(), Some("bot"));
+    }
+
+    /// Recorded and edge-case server frames (tests/fixtures/rocketchat/server_frames.jsonl):
+    /// each parses to the expected kind, and every room message in them parses.
+    #[test]
+    fn fixture_frames_parse_to_their_kinds() {
+        let fixture = include_str!("../../../tests/fixtures/rocketchat/server_frames.jsonl");
+        let mut messages = 0;
+        for line in fixture.lines().filter(|l| !l.trim().is_empty()) {
+            let case: Value = serde_json::from_str(line).unwrap();
+            let frame = ServerFrame::parse(&case["frame"].to_string()).unwrap();
+            let kind = match &frame {
+                ServerFrame::Connected => "connected",
+                ServerFrame::Failed => "failed",
+                ServerFrame::Ping { .. } => "ping",
+                ServerFrame::Pong => "pong",
+                ServerFrame::Result { outcome: Ok(_), .. } => "result_ok",
+                ServerFrame::Result {
+                    outcome: Err(_), ..
+                } => "result_err",
+                ServerFrame::Ready { .. } => "ready",
+                ServerFrame::NoSub { .. } => "nosub",
+                ServerFrame::Changed { collection, .. } if collection == "stream-room-messages" => {
+                    "message"
+                }
+                ServerFrame::Changed { .. } => "event",
+                ServerFrame::Other(_) => "other",
+            };
+            assert_eq!(kind, case["kind"], "{line}");
+            if let ServerFrame::Changed {
+                collection, args, ..
+            } = frame
+            {
+                if collection == "stream-room-messages" {
+                    let m: WireMessage = serde_json::from_value(args[0].clone()).unwrap();
+                    assert!(m.ts.0 > 0, "{line}");
+                    messages += 1;
+                }
+            }
+        }
+        assert_eq!(messages, 5);
+    }
+
+    #[test]
+    fn fixture_history_page_parses_with_iso_dates() {
+        let fixture = include_str!("../../../tests/fixtures/rocketchat/history_page.json");
+        let page: HistoryResponse = serde_json::from_str(fixture).unwrap();
+        let msgs: Vec<WireMessage> = page
+            .messages
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect();
+        let ts: Vec<u64> = msgs.iter().map(|m| m.ts.0).collect();
+        assert_eq!(
+            ts,
+            vec![1763712002000, 1763712001500, 1763712001000],
+            "newest first"
+        );
+        assert_eq!(msgs[1].tmid.as_deref(), Some("h1"));
     }
 
     #[test]
