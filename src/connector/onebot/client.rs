@@ -14,6 +14,14 @@ use tokio_util::sync::CancellationToken;
 use super::session::{self, ClientRole, Ended};
 use super::Inner;
 
+/// The URL without its query string, for logs (a token may have been put there).
+pub(super) fn redact(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_string(),
+    }
+}
+
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,6 +30,7 @@ const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 pub async fn connect_loop(inner: Arc<Inner>, url: String, cancel: CancellationToken) {
     let mut backoff = FIRST_BACKOFF;
+    let shown = redact(&url);
     loop {
         let mut request = match url.as_str().into_client_request() {
             Ok(r) => r,
@@ -47,7 +56,7 @@ pub async fn connect_loop(inner: Arc<Inner>, url: String, cancel: CancellationTo
         };
         match attempt {
             Ok(Ok((ws, _response))) => {
-                tracing::info!(connector = %inner.name, %url, "connected to the OneBot implementation");
+                tracing::info!(connector = %inner.name, url = %shown, "connected to the OneBot implementation");
                 let started = Instant::now();
                 let ended = session::drive(
                     inner.clone(),
@@ -65,10 +74,10 @@ pub async fn connect_loop(inner: Arc<Inner>, url: String, cancel: CancellationTo
                 }
             }
             Ok(Err(e)) => {
-                tracing::warn!(connector = %inner.name, %url, error = %e, retry_in = ?backoff, "cannot connect to the OneBot implementation");
+                tracing::warn!(connector = %inner.name, url = %shown, error = %e, retry_in = ?backoff, "cannot connect to the OneBot implementation");
             }
             Err(_) => {
-                tracing::warn!(connector = %inner.name, %url, retry_in = ?backoff, "connecting to the OneBot implementation timed out");
+                tracing::warn!(connector = %inner.name, url = %shown, retry_in = ?backoff, "connecting to the OneBot implementation timed out");
             }
         }
         tokio::select! {
@@ -76,5 +85,14 @@ pub async fn connect_loop(inner: Arc<Inner>, url: String, cancel: CancellationTo
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_drops_the_query() {
+        assert_eq!(super::redact("ws://h:1/x?access_token=s"), "ws://h:1/x?…");
+        assert_eq!(super::redact("ws://h:1/x"), "ws://h:1/x");
     }
 }

@@ -243,7 +243,11 @@ impl Connector for OneBotConnector {
                 None => Vec::new(),
             },
             Mode::Connect { url } => {
-                vec![format!("onebot '{}': connecting to {url}", self.inner.name)]
+                vec![format!(
+                    "onebot '{}': connecting to {}",
+                    self.inner.name,
+                    client::redact(url)
+                )]
             }
         }
     }
