@@ -17,7 +17,11 @@ use crate::model::Role;
 use crate::policy;
 
 #[derive(Debug, Parser)]
-#[command(name = "agent-chat-gateway", version, about = "Bridge chat rooms to CLI coding agents")]
+#[command(
+    name = "agent-chat-gateway",
+    version,
+    about = "Bridge chat rooms to CLI coding agents"
+)]
 pub struct Cli {
     /// Configuration file (default: $ACG_CONFIG, else <runtime dir>/config.yaml).
     #[arg(long, global = true, value_name = "FILE")]
@@ -154,7 +158,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             let text = match text.as_deref() {
                 Some("-") => {
                     let mut s = String::new();
-                    std::io::stdin().read_to_string(&mut s).context("cannot read stdin")?;
+                    std::io::stdin()
+                        .read_to_string(&mut s)
+                        .context("cannot read stdin")?;
                     Some(s)
                 }
                 _ => text,
@@ -163,9 +169,19 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 bail!("nothing to send: give a text, '-' for stdin, or --attach FILE");
             }
             let attach = attach
-                .map(|p| std::path::absolute(&p).with_context(|| format!("bad path {}", p.display())))
+                .map(|p| {
+                    std::path::absolute(&p).with_context(|| format!("bad path {}", p.display()))
+                })
                 .transpose()?;
-            simple(&runtime, Request::Send { room, text, attach, connector })
+            simple(
+                &runtime,
+                Request::Send {
+                    room,
+                    text,
+                    attach,
+                    connector,
+                },
+            )
         }
         Command::Approve { id, always } => simple(&runtime, Request::Approve { id, always }),
         Command::Deny { id } => simple(&runtime, Request::Deny { id }),
@@ -207,14 +223,22 @@ fn start(config_file: &Path, runtime: &Path, foreground: bool) -> anyhow::Result
         bail!("the gateway is already running (pid {pid})");
     }
     if foreground {
-        daemon::run_process(config, runtime.to_path_buf(), true, daemon::StartupReport::Terminal)?;
+        daemon::run_process(
+            config,
+            runtime.to_path_buf(),
+            true,
+            daemon::StartupReport::Terminal,
+        )?;
         return Ok(0);
     }
     let notes = daemon::start_background(config, runtime.to_path_buf())?;
     let pid = daemon::running_pid(runtime)
         .map(|p| p.to_string())
         .unwrap_or_else(|| "?".into());
-    println!("Gateway started (pid {pid}); log: {}", runtime.join(daemon::LOG_FILE).display());
+    println!(
+        "Gateway started (pid {pid}); log: {}",
+        runtime.join(daemon::LOG_FILE).display()
+    );
     for n in notes {
         println!("{n}");
     }
@@ -226,8 +250,11 @@ fn stop(runtime: &Path) -> anyhow::Result<()> {
         println!("The gateway is not running.");
         return Ok(());
     };
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
-        .with_context(|| format!("cannot signal pid {pid}"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .with_context(|| format!("cannot signal pid {pid}"))?;
     // Running turns get the configured grace period; allow for it plus the final cleanup.
     if daemon::wait_for_exit(runtime, Duration::from_secs(120)) {
         println!("Gateway stopped (pid {pid}).");
@@ -277,12 +304,19 @@ fn status(runtime: &Path) -> anyhow::Result<i32> {
                     println!(
                         "  {}: {} ({})",
                         c["name"].as_str().unwrap_or("?"),
-                        if c["connected"] == Value::Bool(true) { "connected" } else { "not connected" },
+                        if c["connected"] == Value::Bool(true) {
+                            "connected"
+                        } else {
+                            "not connected"
+                        },
                         c["detail"].as_str().unwrap_or("")
                     );
                 }
             }
-            println!("  rooms: {}, pending approvals: {}", v["rooms"], v["pending_approvals"]);
+            println!(
+                "  rooms: {}, pending approvals: {}",
+                v["rooms"], v["pending_approvals"]
+            );
             Ok(0)
         }
         Ok(v) => {
@@ -337,11 +371,18 @@ fn policy_check(config_file: &Path, runtime: &Path, check: PolicyCheck) -> anyho
     let config = load_config(config_file)?;
     let Some(agent) = config.agents.get(&check.agent) else {
         let known: Vec<&str> = config.agents.keys().map(String::as_str).collect();
-        bail!("no agent named '{}' (known: {})", check.agent, known.join(", "));
+        bail!(
+            "no agent named '{}' (known: {})",
+            check.agent,
+            known.join(", ")
+        );
     };
     let input: Value = serde_json::from_str(&check.input)
         .with_context(|| format!("--input is not valid JSON: {}", check.input))?;
-    let cwd = check.cwd.clone().unwrap_or_else(|| agent.working_directory.clone());
+    let cwd = check
+        .cwd
+        .clone()
+        .unwrap_or_else(|| agent.working_directory.clone());
     let mut guard = crate::approval::self_protection(runtime);
     if let Some(room) = &check.room {
         guard = guard.with_own_room(None, room);
@@ -356,6 +397,10 @@ fn policy_check(config_file: &Path, runtime: &Path, check: PolicyCheck) -> anyho
         skip_owner_approval: agent.permissions.skip_owner_approval,
         guard: &guard,
     });
-    println!("{}", policy::render_check(&outcome, check.json));
+    let report = policy::render_check(&outcome, check.json);
+    print!("{report}");
+    if !report.ends_with('\n') {
+        println!();
+    }
     Ok(0)
 }

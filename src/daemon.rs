@@ -332,6 +332,11 @@ pub async fn run(
     shutdown.cancelled().await;
     info!("stopping: no new messages; waiting for running turns");
     drain.cancel();
+    // Nobody will answer a prompt now: pending approvals are denied at once (and later hook
+    // calls find no live turn), so running turns can finish instead of waiting out the grace.
+    if let Some(a) = &started.approvals {
+        a.shutdown();
+    }
     room_tasks.close();
     if tokio::time::timeout(config.shutdown_grace, room_tasks.wait())
         .await
@@ -340,9 +345,6 @@ pub async fn run(
         warn!(grace = ?config.shutdown_grace, "turns still running after the grace period; stopping them");
     }
     kill.cancel();
-    if let Some(a) = &started.approvals {
-        a.shutdown();
-    }
     let _ = tokio::time::timeout(Duration::from_secs(10), room_tasks.wait()).await;
     services.cancel();
     service_tasks.close();

@@ -450,12 +450,12 @@ impl Dispatcher {
                 reply,
             } => {
                 let result = match &self.parts.approvals {
-                    Some(a) => Ok(a.command_from_admin(approval::Command {
+                    Some(a) => a.command_from_admin(approval::Command {
                         approve,
                         id: &id,
                         always,
                         by: "admin (control socket)",
-                    })),
+                    }),
                     None => {
                         Err("no agent has permissions enabled, so nothing can be pending".into())
                     }

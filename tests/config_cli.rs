@@ -163,3 +163,59 @@ fn a_corrupt_state_file_is_moved_aside_and_the_daemon_still_starts() {
     assert!(moved);
     assert!(g.log().contains("is corrupt"), "{}", g.log());
 }
+
+#[test]
+fn policy_check_prints_the_decision_first_then_the_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        r#"connectors:
+  - {name: local, type: webchat, allowed_users: {owners: [me]}}
+agents:
+  assistant:
+    type: claude
+    working_directory: ./work
+    owner_allowed_tools: [{tool: Read}, {tool: Bash, params: "git (status|log|diff)( .*)?"}, {tool: Bash, params: "head( .*)?"}]
+    guest_allowed_tools: [{tool: Read}]
+watchers:
+  - {name: w, connector: local, room: "*"}
+"#,
+    )
+    .unwrap();
+    let check = |args: &[&str]| {
+        let out = Command::new(gateway_bin())
+            .args(["policy", "check", "--config"])
+            .arg(dir.path().join("c.yaml"))
+            .args(["--agent", "assistant"])
+            .args(args)
+            .env("ACG_HOME", dir.path().join("runtime"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        check(&["--role", "owner", "--tool", "Bash", "--input", r#"{"command":"git log --oneline | head -5"}"#]),
+        "allow: matches the owner allow-list: Bash(git (status|log|diff)( .*)?), Bash(head( .*)?)\n  git log --oneline\n  head -5\n"
+    );
+    assert_eq!(
+        check(&[
+            "--role",
+            "owner",
+            "--tool",
+            "Bash",
+            "--input",
+            r#"{"command":"git push origin main"}"#
+        ]),
+        "ask: not in the owner allow-list: `git push origin main`\n  git push origin main\n"
+    );
+    assert_eq!(
+        check(&["--role", "guest", "--tool", "Bash", "--json", "--input", r#"{"command":"echo $(cat ~/.ssh/id_rsa) > /tmp/x"}"#]),
+        "{\"decision\":\"deny\",\"reason\":\"guest: tool 'Bash' is not in the guest allow-list\",\"parameters\":[\"echo $(cat ~/.ssh/id_rsa)\",\"cat ~/.ssh/id_rsa\",\"write:/tmp/x\"]}\n"
+    );
+    assert_eq!(
+        check(&["--role", "owner", "--tool", "Bash", "--input", r#"{"command":"agent-chat-gateway approve a3k9"}"#]),
+        "deny: blocked: touches the gateway's control plane (runs `agent-chat-gateway`)\n  agent-chat-gateway approve a3k9\n"
+    );
+}

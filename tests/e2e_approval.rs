@@ -349,3 +349,89 @@ async fn a_broad_owner_rule_still_cannot_drive_the_gateway() {
     let (_, out, _) = s.gateway.cli_text(&["list"]);
     assert!(!out.contains("[paused]"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_always_from_the_box_remembers_the_exact_call() {
+    let Some(s) = setup(OWNER_TOUCH_LISTED, 60).await else {
+        return;
+    };
+    s.llm.set_script(json!({"scenarios": [{"match": "AP-ALWAYS", "turns": [
+        {"text": "One.", "tool_calls": [{"name": "Bash", "input": {"command": "touch again.txt"}}]},
+        {"text": "Two.", "tool_calls": [{"name": "Bash", "input": {"command": "touch again.txt"}}]},
+        {"text": "after"}
+    ]}]}));
+    let mut events = s.alice.events("r9").await;
+    s.alice.post("r9", "AP-ALWAYS go").await;
+    let id = prompt_id(&mut events).await;
+    let (code, out, err) = s.gateway.cli_text(&["approve", &id, "--always"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("✅ Permission `{id}` approved.").as_str()),
+        "{err}"
+    );
+    events
+        .until(Duration::from_secs(60), |e, d| {
+            e == "typing" && d["typing"] == false
+        })
+        .await;
+    // The second, identical call ran without a second prompt.
+    let prompts = s
+        .alice
+        .messages("r9")
+        .await
+        .into_iter()
+        .filter(|m| m.text.starts_with("🔐"))
+        .count();
+    assert_eq!(prompts, 1);
+    let decisions: Vec<(String, String)> = audit(&s.gateway)
+        .iter()
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap().to_string(),
+                r["by"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        vec![
+            ("allow".to_string(), "admin (control socket)".to_string()),
+            ("allow".to_string(), "always".to_string())
+        ]
+    );
+    let (code, _, err) = s.gateway.cli_text(&["deny", "zzzz"]);
+    assert_eq!(
+        (code, err.trim()),
+        (1, "error: ⚠️ No pending permission request with ID `zzzz`.")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_daemon_denies_a_pending_request() {
+    let Some(mut s) = setup(OWNER_TOUCH_LISTED, 60).await else {
+        return;
+    };
+    s.llm
+        .set_script(tool_script("AP-STOP", "touch stopped.txt"));
+    let mut events = s.alice.events("r10").await;
+    s.alice.post("r10", "AP-STOP go").await;
+    prompt_id(&mut events).await;
+    let started = std::time::Instant::now();
+    s.gateway.stop();
+    // Not the 30 s grace: the pending request was denied and the turn finished.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!s.gateway.work.join("stopped.txt").exists());
+    let last = audit(&s.gateway).pop().unwrap();
+    assert_eq!(last["decision"], "deny");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the gateway is stopping"),
+        "{last}"
+    );
+}

@@ -62,8 +62,13 @@ struct Pending {
 
 #[derive(Debug)]
 enum Verdict {
-    Approved { by: String, always: bool },
-    Denied { by: String },
+    Approved {
+        by: String,
+        always: bool,
+    },
+    Denied {
+        by: String,
+    },
     /// The turn or the daemon ended while waiting.
     Ended(&'static str),
 }
@@ -303,10 +308,7 @@ impl Approvals {
                 }
                 return (
                     Decision::Deny {
-                        reason: format!(
-                            "denied: no owner answered within {} s",
-                            timeout.as_secs()
-                        ),
+                        reason: format!("denied: no owner answered within {} s", timeout.as_secs()),
                     },
                     Some("timeout".into()),
                 );
@@ -317,7 +319,11 @@ impl Approvals {
                 Decision::Allow {
                     reason: format!(
                         "approved by {by}{}",
-                        if always { " (always, for this session)" } else { "" }
+                        if always {
+                            " (always, for this session)"
+                        } else {
+                            ""
+                        }
                     ),
                 },
                 Some(by),
@@ -366,48 +372,58 @@ impl Approvals {
                     _ => true,
                 }
         })
+        .unwrap_or_else(|notice| notice)
     }
 
-    /// An admin's command from the box (`agent-chat-gateway approve <id>`).
-    pub fn command_from_admin(&self, cmd: Command<'_>) -> String {
+    /// An admin's command from the box (`agent-chat-gateway approve <id>`): any room.
+    pub fn command_from_admin(&self, cmd: Command<'_>) -> Result<String, String> {
         self.resolve(cmd, |_| true)
     }
 
-    fn resolve(&self, cmd: Command<'_>, allowed: impl Fn(&Pending) -> bool) -> String {
+    /// Resolves a pending request; `Err` carries the notice for an id that resolves nothing.
+    fn resolve(
+        &self,
+        cmd: Command<'_>,
+        allowed: impl Fn(&Pending) -> bool,
+    ) -> Result<String, String> {
         let id = cmd.id.to_ascii_lowercase();
         if id.chars().count() != 4 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return format!(
+            return Err(format!(
                 "⚠️ Invalid ID `{}` — expected 4 characters (e.g. `approve a3k9`).",
                 text::truncate(cmd.id, 12)
-            );
+            ));
         }
         let mut state = self.state();
-        let Some(p) = state.pending.get(&id) else {
-            return format!("⚠️ No pending permission request with ID `{id}`.");
+        let Some(p) = state.pending.get(&id).filter(|p| allowed(p)) else {
+            return Err(format!("⚠️ No pending permission request with ID `{id}`."));
         };
-        if !allowed(p) {
-            return format!("⚠️ No pending permission request with ID `{id}`.");
-        }
         let p = state.pending.remove(&id).expect("present");
         if let Some(turn) = state.turns.get_mut(&p.secret) {
             turn.pending.remove(&id);
         }
         if cmd.approve && cmd.always {
-            state.always.entry(p.room.clone()).or_default().insert(p.exact.clone());
+            state
+                .always
+                .entry(p.room.clone())
+                .or_default()
+                .insert(p.exact.clone());
             info!(id = %id, tool = %p.tool, by = %cmd.by, "approved always for this session");
         }
         let by = cmd.by.to_string();
         let verdict = if cmd.approve {
-            Verdict::Approved { by, always: cmd.always }
+            Verdict::Approved {
+                by,
+                always: cmd.always,
+            }
         } else {
             Verdict::Denied { by }
         };
         let _ = p.answer.send(verdict);
-        if cmd.approve {
+        Ok(if cmd.approve {
             format!("✅ Permission `{id}` approved.")
         } else {
             format!("❌ Permission `{id}` denied.")
-        }
+        })
     }
 
     pub fn pending_count(&self) -> usize {
@@ -479,9 +495,18 @@ mod tests {
 
     #[test]
     fn parses_commands() {
-        assert_eq!(parse_command("approve a3k9"), Some((true, "a3k9".into(), false)));
-        assert_eq!(parse_command("  DENY   A3K9 "), Some((false, "A3K9".into(), false)));
-        assert_eq!(parse_command("approve a3k9 always"), Some((true, "a3k9".into(), true)));
+        assert_eq!(
+            parse_command("approve a3k9"),
+            Some((true, "a3k9".into(), false))
+        );
+        assert_eq!(
+            parse_command("  DENY   A3K9 "),
+            Some((false, "A3K9".into(), false))
+        );
+        assert_eq!(
+            parse_command("approve a3k9 always"),
+            Some((true, "a3k9".into(), true))
+        );
         assert_eq!(parse_command("deny a3k9 always"), None);
         assert_eq!(parse_command("approve"), None);
         assert_eq!(parse_command("please approve a3k9"), None);
@@ -492,7 +517,9 @@ mod tests {
         for _ in 0..100 {
             let id = random_id();
             assert_eq!(id.len(), 4);
-            assert!(id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+            assert!(id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
         }
     }
 }
