@@ -896,6 +896,46 @@ async fn long_backlog_is_replayed_across_history_pages_in_order() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn personal_access_token_works_and_is_never_renewed_by_login() {
+    let fake = FakeRocketChat::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&fake);
+    cfg.auth = RocketChatAuth::Token {
+        user_id: BOT_ID.into(),
+        auth_token: fake.personal_access_token(),
+    };
+    let mut h = Harness::start(cfg, fast(), &["#general"], dir.path()).await;
+    h.connected().await;
+    let id = fake.post("GENERAL", "alice", "@bot via token");
+    assert!(h.expect_next(&id).await.addressed);
+    fake.expire_tokens();
+    let err = h
+        .conn
+        .post(&target("GENERAL"), "no token")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not authorised"), "{err}");
+    assert!(fake.state().requests_to("/api/v1/login").is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn server_down_at_start_is_retried_until_it_comes_up() {
+    let fake = FakeRocketChat::start().await;
+    fake.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    // `prepare` does not fail for a server that is merely unreachable.
+    let mut h = Harness::start(config(&fake), fast(), &["#general"], dir.path()).await;
+    let detail = h.disconnected().await;
+    assert!(detail.contains("retrying"), "{detail}");
+    fake.restart().await;
+    h.connected().await;
+    let id = fake.post("GENERAL", "alice", "@bot finally");
+    h.expect_next(&id).await;
+    h.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // End to end: fake Rocket.Chat → the real daemon (started with `start`) → the real Claude Code
 // CLI → the project's fake model API → the reply in the room; and an owner's `approve <id>`

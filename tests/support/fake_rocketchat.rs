@@ -382,6 +382,15 @@ impl FakeRocketChat {
         self.inner.update(|s| s.max_len = n);
     }
 
+    /// Issues a token for the bot without a login, like a personal access token.
+    pub fn personal_access_token(&self) -> String {
+        self.inner.update(|s| {
+            let token = s.next_id("pat-");
+            s.tokens.insert(token.clone(), BOT_ID.to_string());
+            token
+        })
+    }
+
     /// Forgets every issued token: the next authenticated REST call gets a 401.
     pub fn expire_tokens(&self) {
         self.inner.update(|s| s.tokens.clear());
