@@ -155,3 +155,49 @@ async fn messages_during_a_turn_are_merged_and_a_full_queue_gets_a_busy_notice()
     let merged = bot.last().unwrap();
     assert!(merged.contains("queued 2"), "{merged}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_pending_at_a_restart_are_answered_after_it() {
+    let (mut g, alice) = setup();
+    let (code, _, _) = g.cli_text(&["pause", "all"]);
+    assert_eq!(code, 0);
+    let (status, body) = alice
+        .post("kept", "FAKE:slow=10 kept across the restart")
+        .await;
+    assert_eq!((status, body.get("ignored")), (202, None), "{body}");
+    // Accepted and persisted before the answer to the POST.
+    let state = std::fs::read_to_string(g.runtime.join("state.local.json")).unwrap_or_default();
+    g.stop();
+    let state_after = std::fs::read_to_string(g.runtime.join("state.local.json")).unwrap();
+    assert!(
+        state_after.contains("kept across the restart"),
+        "not persisted: before stop {state}, after {state_after}"
+    );
+
+    g.start_again();
+    let alice = WebClient::new(
+        alice.base.rsplit(':').next().unwrap().parse().unwrap(),
+        &alice.token,
+    );
+    let mut events = alice.events("kept").await;
+    let (code, _, _) = g.cli_text(&["resume", "all"]);
+    assert_eq!(code, 0);
+    events.turn_end().await;
+    let bot: Vec<String> = alice
+        .messages("kept")
+        .await
+        .into_iter()
+        .filter(|m| m.from == "bot")
+        .map(|m| m.text)
+        .collect();
+    assert!(
+        bot.iter().any(|t| t.contains("kept across the restart")),
+        "{bot:?}"
+    );
+    g.stop();
+    let state = std::fs::read_to_string(g.runtime.join("state.local.json")).unwrap();
+    assert!(
+        !state.contains("kept across the restart"),
+        "answered message still pending: {state}"
+    );
+}
