@@ -23,7 +23,7 @@ use crate::approval::{self, Approvals};
 use crate::config::{AgentConfig, Config, ConnectorConfig, WatcherConfig};
 use crate::connector::{Acceptance, ConnectorEvent, Connectors};
 use crate::model::{InboundMessage, ReplyTarget, RoomKey, RoomKind, RoomRef};
-use crate::room::{self, QueuedMessage, RoomControl, RoomDeps, RoomHandle};
+use crate::room::{self, IdleReport, QueuedMessage, RoomControl, RoomDeps, RoomHandle};
 use crate::state::StateStore;
 
 /// Admin operations, sent by the control server.
@@ -96,6 +96,9 @@ struct RoomEntry {
     handle: RoomHandle,
     watcher: usize,
     name: String,
+    /// Messages offered to this worker, to tell a truly idle worker from one with mail in
+    /// flight (see [`IdleReport`]).
+    offered: u64,
 }
 
 /// Everything the dispatcher is built from.
@@ -119,6 +122,8 @@ pub struct Dispatcher {
     connection: HashMap<Arc<str>, ConnectorStatus>,
     agent_configs: HashMap<String, Arc<AgentConfig>>,
     turn_slots: Arc<tokio::sync::Semaphore>,
+    idle_tx: mpsc::Sender<IdleReport>,
+    idle_rx: Option<mpsc::Receiver<IdleReport>>,
 }
 
 impl Dispatcher {
@@ -145,7 +150,10 @@ impl Dispatcher {
             .iter()
             .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
             .collect();
+        let (idle_tx, idle_rx) = mpsc::channel(64);
         Dispatcher {
+            idle_tx,
+            idle_rx: Some(idle_rx),
             turn_slots: Arc::new(tokio::sync::Semaphore::new(
                 parts.config.max_concurrent_turns,
             )),
@@ -165,10 +173,12 @@ impl Dispatcher {
     ) {
         self.restore_pending();
         let drain = self.parts.drain.clone();
+        let mut idle = self.idle_rx.take().expect("run is called once");
         loop {
             tokio::select! {
                 Some((connector, event)) = events.recv() => self.on_event(connector, event),
                 Some(request) = control.recv() => self.on_control(request),
+                Some(report) = idle.recv() => self.on_idle(report),
                 _ = drain.cancelled() => break,
             }
         }
@@ -225,10 +235,23 @@ impl Dispatcher {
                             handle,
                             watcher: widx,
                             name: state.room_name,
+                            offered: 0,
                         },
                     );
                 }
             }
+        }
+    }
+
+    /// Lets an idle worker go, unless a message reached it after it reported.
+    fn on_idle(&mut self, report: IdleReport) {
+        if self
+            .rooms
+            .get(&report.key)
+            .is_some_and(|e| e.offered == report.offers_seen)
+        {
+            debug!(room = %report.key, "idle room worker released");
+            self.rooms.remove(&report.key);
         }
     }
 
@@ -332,10 +355,12 @@ impl Dispatcher {
                     handle,
                     watcher: widx,
                     name: message.room.name.clone(),
+                    offered: 0,
                 },
             );
         }
-        let entry = &self.rooms[&key];
+        let entry = self.rooms.get_mut(&key).expect("inserted above");
+        entry.offered += 1;
         let target = message.reply_target();
         // The worker answers the connector directly; a message nobody waits on still needs a
         // sender for the worker to answer.
@@ -405,6 +430,8 @@ impl Dispatcher {
             store: self.parts.store.clone(),
             max_queue_depth: self.parts.config.max_queue_depth,
             turn_slots: self.turn_slots.clone(),
+            idle: self.idle_tx.clone(),
+            idle_after: self.parts.config.room_idle_eviction,
             tracker: self.parts.tracker.clone(),
             drain: self.parts.drain.clone(),
             kill: self.parts.kill.clone(),

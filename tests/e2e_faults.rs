@@ -201,3 +201,42 @@ async fn messages_pending_at_a_restart_are_answered_after_it() {
         "answered message still pending: {state}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_room_is_released_and_comes_back_with_its_session() {
+    let port = free_port();
+    let config = format!(
+        r#"
+connectors:
+  - {{name: local, type: webchat, listen: "127.0.0.1:{port}", allowed_users: {{owners: [alice]}}}}
+agents:
+  fake: {{type: claude, command: "{agent}", working_directory: "{{work}}"}}
+watchers:
+  - {{name: all, connector: local, room: "*", agent: fake}}
+room_idle_eviction: 1
+"#,
+        agent = fake_agent_bin()
+    );
+    let g = Gateway::start(&config);
+    let alice = WebClient::new(port, &g.token_for("alice"));
+    alice.ask("idle", "first").await;
+    let session = |g: &Gateway| {
+        let (_, out, _) = g.cli_text(&["list", "--json"]);
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        rows[0]["session_id"].as_str().unwrap().to_string()
+    };
+    let before = session(&g);
+    assert!(g.cli_text(&["status"]).1.contains("rooms: 1,"));
+    // Released after a second of idleness (the report travels through the dispatcher).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (_, status, _) = g.cli_text(&["status"]);
+    assert!(status.contains("rooms: 0,"), "{status}");
+    assert_eq!(
+        session(&g),
+        before,
+        "the session survives in the state file"
+    );
+    let replies = alice.ask("idle", "second").await;
+    assert!(replies[0].text.contains("second"), "{replies:?}");
+    assert_eq!(session(&g), before);
+}

@@ -394,9 +394,9 @@ impl Approvals {
             ));
         }
         let mut state = self.state();
-        let Some(p) = state.pending.get(&id).filter(|p| allowed(p)) else {
+        if !state.pending.get(&id).is_some_and(&allowed) {
             return Err(format!("⚠️ No pending permission request with ID `{id}`."));
-        };
+        }
         let p = state.pending.remove(&id).expect("present");
         if let Some(turn) = state.turns.get_mut(&p.secret) {
             turn.pending.remove(&id);

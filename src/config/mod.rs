@@ -226,6 +226,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Agent processes running at once across all rooms; further turns wait their turn.
     pub max_concurrent_turns: usize,
+    /// A room worker with nothing to do for this long is released (memory stays bounded
+    /// with `room: "*"`); the session id stays in the state file.
+    pub room_idle_eviction: Duration,
 }
 
 impl Config {
@@ -340,6 +343,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_queue_depth",
     "shutdown_grace",
     "max_concurrent_turns",
+    "room_idle_eviction",
     "tool_presets",
 ];
 
@@ -598,8 +602,20 @@ fn validate_source(path: &Path, source: &str, v: &mut Validator) -> Option<Confi
             None => DEFAULT_MAX_CONCURRENT_TURNS,
         },
     };
+    let room_idle_eviction = match sections.remove("room_idle_eviction") {
+        None => Duration::from_secs(600),
+        Some(val) => match v.parse::<u64>("room_idle_eviction", val) {
+            Some(0) => {
+                v.error("room_idle_eviction", "must be at least 1 second");
+                Duration::from_secs(600)
+            }
+            Some(n) => Duration::from_secs(n),
+            None => Duration::from_secs(600),
+        },
+    };
     Some(Config {
         max_concurrent_turns,
+        room_idle_eviction,
         path: path.to_path_buf(),
         connectors,
         agents,

@@ -30,6 +30,14 @@ use crate::state::{PendingMessage, StateStore};
 pub use prompt::QueuedMessage;
 use turn::{TurnReport, TurnRunner};
 
+/// "This room is idle and has received `offers_seen` messages in all." The dispatcher drops
+/// the room's handle only if it has offered exactly that many, so no message is in flight.
+#[derive(Debug)]
+pub struct IdleReport {
+    pub key: RoomKey,
+    pub offers_seen: u64,
+}
+
 /// Requests a room worker accepts besides messages.
 #[derive(Debug)]
 pub enum RoomControl {
@@ -101,6 +109,10 @@ pub struct RoomDeps {
     pub max_queue_depth: usize,
     /// Shared by every room: bounds agent processes running at once.
     pub turn_slots: Arc<tokio::sync::Semaphore>,
+    /// Where an idle worker offers to stop, after this long with nothing to do (the
+    /// dispatcher decides; see [`IdleReport`]).
+    pub idle: mpsc::Sender<IdleReport>,
+    pub idle_after: Duration,
     pub tracker: TaskTracker,
     /// Stop taking new turns (graceful shutdown: running turns may finish).
     pub drain: CancellationToken,
@@ -129,6 +141,7 @@ pub fn spawn(
         paused,
         paused_notice_sent: false,
         running: None,
+        offers_seen: 0,
         deps: deps.clone(),
     };
     deps.tracker.spawn(worker.run(rx, ctl_rx));
@@ -151,6 +164,7 @@ struct RoomWorker {
     paused: bool,
     paused_notice_sent: bool,
     running: Option<RunningTurn>,
+    offers_seen: u64,
     deps: RoomDeps,
 }
 
@@ -162,10 +176,13 @@ impl RoomWorker {
         mut controls: mpsc::Receiver<RoomControl>,
     ) {
         self.persist_room_info();
+        // Set once the dispatcher dropped our handle: finish what is here, then stop.
+        let mut closed = false;
         loop {
             self.maybe_start_turn();
             let draining = self.deps.drain.is_cancelled();
-            if draining && self.running.is_none() {
+            let idle = self.running.is_none() && self.pending.is_empty();
+            if (draining || closed) && idle || draining && self.running.is_none() {
                 break;
             }
             tokio::select! {
@@ -174,13 +191,18 @@ impl RoomWorker {
                     let report = self.report_of(joined, running);
                     self.finish_turn(report);
                 }
-                offer = rx.recv(), if !draining => match offer {
+                offer = rx.recv(), if !draining && !closed => match offer {
                     Some((m, ack)) => {
+                        self.offers_seen += 1;
                         let verdict = self.accept(*m);
                         let _ = ack.send(verdict);
                     }
-                    None => break,
+                    None => closed = true,
                 },
+                _ = tokio::time::sleep(self.deps.idle_after), if idle && !closed => {
+                    let report = IdleReport { key: self.key.clone(), offers_seen: self.offers_seen };
+                    let _ = self.deps.idle.try_send(report);
+                }
                 Some(c) = controls.recv() => self.control(c).await,
                 _ = self.deps.drain.cancelled(), if !draining => {}
                 _ = self.deps.kill.cancelled() => break,
