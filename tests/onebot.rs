@@ -1415,3 +1415,61 @@ async fn fake_onebot_speaks_v11_to_nonebot() {
     drop(app);
     drain.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_message_sent_while_the_daemon_was_down_is_answered_after_restart() {
+    // The fake model picks the scenario by the session's first message: the second turn is
+    // the answer to the replayed message, in the resumed session.
+    let script = json!({"scenarios": [{"match": "QQ-FIRST", "turns": [
+        {"text": "First answer."}, {"text": "Answer to the missed one."}
+    ]}]});
+    let Some(mut s) = e2e(script, "").await else {
+        return;
+    };
+    let now = fake_onebot::now_secs();
+    let timed = |id: i64, text: &str, time: i64| {
+        let mut m = at_bot(id, USER, text);
+        m["time"] = json!(time);
+        m
+    };
+    let first = timed(800, "QQ-FIRST hi", now - 30);
+    let bot = FakeBot::connect(&s.url, SELF, Auth::Bearer(TOKEN.into()))
+        .await
+        .unwrap();
+    bot.send_event(&first);
+    bot.wait_action_where("send_group_msg", TURN, |a| {
+        text_of(a).contains("First answer.")
+    })
+    .await;
+
+    s.gateway.stop();
+    assert_eq!(bot.closed().await.code, Some(1001), "stop closes with 1001");
+    // QQ got a message while the gateway was down; NapCat reconnects after the restart.
+    let missed = timed(801, "QQ-MISSED are you there?", now - 10);
+    s.gateway.start_again();
+    let again = FakeBot::connect_with_history(
+        &s.url,
+        SELF,
+        Auth::Bearer(TOKEN.into()),
+        vec![first, missed],
+    )
+    .await
+    .unwrap();
+    let answer = again
+        .wait_action_where("send_group_msg", TURN, |a| {
+            text_of(a).contains("Answer to the missed one.")
+        })
+        .await;
+    assert_eq!(
+        answer["params"]["message"][0],
+        json!({"type": "reply", "data": {"id": "801"}})
+    );
+    // Had message 800 been replayed, it would have taken that second turn (quoting 800).
+    let resent = again.drain_actions().await;
+    assert!(
+        resent
+            .iter()
+            .all(|a| a["params"]["message"][0]["data"]["id"] != "800"),
+        "the message answered before the restart was answered again: {resent:?}"
+    );
+}
