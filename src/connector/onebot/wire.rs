@@ -1,6 +1,6 @@
 //! OneBot V11 wire types: frames on the socket (events, action calls, action responses) and
 //! message segments. Only this file derives serde for OneBot; conversions into `model` types
-//! are written by hand in `event.rs`.
+//! are written by hand in `inbound.rs` and `outbound.rs`.
 //!
 //! Implementations disagree on small things (numbers sent as strings, `messages` vs
 //! `message`, missing fields in history entries), so fields are lenient and defaulted.
