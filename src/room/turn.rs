@@ -97,7 +97,8 @@ impl TurnRunner {
         let agent = self.deps.agent.clone();
         let run = agent.run_turn(request, ctx);
         tokio::pin!(run);
-        let mut reply = ReplyStream::new(connector.clone(), target.clone(), caps);
+        let mut reply =
+            ReplyStream::new(connector.clone(), target.clone(), caps, self.cancel.clone());
         let result = loop {
             tokio::select! {
                 result = &mut run => break result,
@@ -158,6 +159,45 @@ async fn best_effort(call: impl std::future::Future<Output = Result<(), Connecto
     }
 }
 
+/// Pauses between attempts at a final delivery: a platform that is reconnecting gets about
+/// half a minute before the answer is given up (and logged).
+const DELIVERY_RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+    Duration::from_secs(8),
+    Duration::from_secs(20),
+];
+
+/// Runs a final delivery, retrying transient failures (not connected, timeouts, transport
+/// errors) but not refusals, unless the turn is being stopped.
+async fn persistently<T, Fut>(
+    cancel: &CancellationToken,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T, ConnectorError>
+where
+    Fut: std::future::Future<Output = Result<T, ConnectorError>>,
+{
+    let mut delays = DELIVERY_RETRY_DELAYS.iter();
+    loop {
+        let e = match with_timeout(call()).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let transient = matches!(
+            e,
+            ConnectorError::NotConnected(_) | ConnectorError::Other(_)
+        );
+        let Some(delay) = delays.next().filter(|_| transient) else {
+            return Err(e);
+        };
+        warn!(error = %e, retry_in = ?delay, "delivery failed; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(*delay) => {}
+            _ = cancel.cancelled() => return Err(e),
+        }
+    }
+}
+
 async fn with_timeout<T>(
     call: impl std::future::Future<Output = Result<T, ConnectorError>>,
 ) -> Result<T, ConnectorError> {
@@ -177,10 +217,16 @@ struct ReplyStream {
     shown: String,
     last_flush: Option<Instant>,
     retry_noticed: bool,
+    cancel: CancellationToken,
 }
 
 impl ReplyStream {
-    fn new(connector: Arc<dyn Connector>, target: ReplyTarget, caps: Capabilities) -> Self {
+    fn new(
+        connector: Arc<dyn Connector>,
+        target: ReplyTarget,
+        caps: Capabilities,
+        cancel: CancellationToken,
+    ) -> Self {
         ReplyStream {
             connector,
             target,
@@ -190,6 +236,7 @@ impl ReplyStream {
             shown: String::new(),
             last_flush: None,
             retry_noticed: false,
+            cancel,
         }
     }
 
@@ -266,11 +313,12 @@ impl ReplyStream {
         } else {
             answer
         };
+        let (c, to, cancel) = (&self.connector, &self.target, &self.cancel);
         let delivered = match (&self.message, self.caps.edit) {
             (Some(m), true) => {
                 let parts = text::split_message(answer, self.caps.max_message_len);
                 let mut result = if parts[0] != self.shown {
-                    with_timeout(self.connector.edit(&self.target, m, &parts[0])).await
+                    persistently(cancel, || c.edit(to, m, &parts[0])).await
                 } else {
                     Ok(())
                 };
@@ -278,25 +326,24 @@ impl ReplyStream {
                     if result.is_err() {
                         break;
                     }
-                    result = with_timeout(self.connector.post(&self.target, part))
-                        .await
-                        .map(|_| ());
+                    result = persistently(cancel, || c.post(to, part)).await.map(|_| ());
                 }
                 result
             }
-            _ => with_timeout(self.connector.send_reply(&self.target, answer)).await,
+            _ => persistently(cancel, || c.send_reply(to, answer)).await,
         };
         if let Err(e) = delivered {
             error!(error = %e, "could not deliver the answer");
             let notice = "❌ The answer could not be delivered to this room. Please try again.";
-            if let Err(e) = with_timeout(self.connector.post(&self.target, notice)).await {
+            if let Err(e) = persistently(cancel, || c.post(to, notice)).await {
                 error!(error = %e, "could not report the failed delivery either");
             }
         }
     }
 
     async fn fail(&mut self, message: &str) {
-        if let Err(e) = with_timeout(self.connector.post(&self.target, message)).await {
+        let (c, to) = (&self.connector, &self.target);
+        if let Err(e) = persistently(&self.cancel, || c.post(to, message)).await {
             error!(error = %e, "could not post the failure notice");
         }
     }
