@@ -121,9 +121,18 @@ mod tests {
 
     #[test]
     fn redacts_credentials() {
-        assert_eq!(redact("curl -H 'Authorization: Bearer abc.def'"), "curl -H 'Authorization: Bearer [REDACTED]'");
-        assert_eq!(redact("export API_KEY=xyz123 && ls"), "export API_KEY=[REDACTED] && ls");
-        assert_eq!(redact("mysql --password=hunter2 db"), "mysql --password=[REDACTED] db");
+        assert_eq!(
+            redact("curl -H 'Authorization: Bearer abc.def'"),
+            "curl -H 'Authorization: Bearer [REDACTED]'"
+        );
+        assert_eq!(
+            redact("export API_KEY=xyz123 && ls"),
+            "export API_KEY=[REDACTED] && ls"
+        );
+        assert_eq!(
+            redact("mysql --password=hunter2 db"),
+            "mysql --password=[REDACTED] db"
+        );
         assert_eq!(redact("git log"), "git log");
     }
 }

@@ -82,7 +82,10 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     if req.method() != hyper::Method::POST || req.uri().path() != "/hook" {
-        return Ok(respond(StatusCode::NOT_FOUND, deny_body("blocked: unknown hook endpoint")));
+        return Ok(respond(
+            StatusCode::NOT_FOUND,
+            deny_body("blocked: unknown hook endpoint"),
+        ));
     }
     let secret = req
         .headers()
