@@ -195,16 +195,38 @@ pub struct Usage {
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentEvent {
     /// The session the agent is using (reported once, early).
-    SessionStarted { session_id: String },
+    SessionStarted {
+        session_id: String,
+    },
     /// A block of assistant text (complete block, not a delta).
-    Text { text: String },
-    Thinking { text: String },
-    ToolStart { id: String, name: String, input: String },
-    ToolResult { id: String, is_error: bool },
+    Text {
+        text: String,
+    },
+    Thinking {
+        text: String,
+    },
+    ToolStart {
+        id: String,
+        name: String,
+        input: String,
+    },
+    ToolResult {
+        id: String,
+        is_error: bool,
+    },
     /// The CLI is retrying a failed model call.
-    Retrying { attempt: u32, max: u32, delay_ms: u64, error: String },
+    Retrying {
+        attempt: u32,
+        max: u32,
+        delay_ms: u64,
+        error: String,
+    },
     /// Usage-limit state (subscription auth). `resets_at` is seconds since the epoch.
-    RateLimit { status: String, resets_at: Option<u64>, kind: Option<String> },
+    RateLimit {
+        status: String,
+        resets_at: Option<u64>,
+        kind: Option<String>,
+    },
     Usage(Usage),
 }
 

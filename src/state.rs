@@ -98,7 +98,11 @@ impl PendingMessage {
             room: RoomRef {
                 id: self.room_id.clone(),
                 name: self.room_name.clone(),
-                kind: if self.direct { RoomKind::Direct } else { RoomKind::Group },
+                kind: if self.direct {
+                    RoomKind::Direct
+                } else {
+                    RoomKind::Group
+                },
             },
             id: self.id.clone(),
             thread: self.thread.clone(),
@@ -176,7 +180,10 @@ impl StateStore {
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
                 Err(e) => {
-                    warnings.push(format!("cannot read {}: {e}; starting fresh", path.display()));
+                    warnings.push(format!(
+                        "cannot read {}: {e}; starting fresh",
+                        path.display()
+                    ));
                     StateFile::default()
                 }
             };
@@ -217,7 +224,12 @@ impl StateStore {
     pub fn rooms(&self, connector: &Arc<str>) -> Vec<(String, RoomState)> {
         self.files()
             .get(connector)
-            .map(|f| f.rooms.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|f| {
+                f.rooms
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -288,7 +300,9 @@ impl StateStore {
         for name in dirty {
             let bytes = {
                 let files = self.files();
-                let Some(file) = files.get(&name) else { continue };
+                let Some(file) = files.get(&name) else {
+                    continue;
+                };
                 let mut file = file.clone();
                 file.version = FORMAT_VERSION;
                 serde_json::to_vec_pretty(&file).expect("state serializes")
@@ -378,14 +392,21 @@ mod tests {
             r.watcher = "w".into();
         });
         store.set_watcher_paused(&names[0], "w", true);
-        store.connector_store(names[0].clone()).put("watermark:lobby", serde_json::json!(42));
+        store
+            .connector_store(names[0].clone())
+            .put("watermark:lobby", serde_json::json!(42));
         store.flush().unwrap();
 
         let (again, _) = StateStore::open(dir.path(), &names);
-        assert_eq!(again.room(&key()).unwrap().session_id.as_deref(), Some("s-1"));
+        assert_eq!(
+            again.room(&key()).unwrap().session_id.as_deref(),
+            Some("s-1")
+        );
         assert!(again.watcher_paused(&names[0], "w"));
         assert_eq!(
-            again.connector_store(names[0].clone()).get("watermark:lobby"),
+            again
+                .connector_store(names[0].clone())
+                .get("watermark:lobby"),
             Some(serde_json::json!(42))
         );
     }

@@ -16,7 +16,10 @@ pub fn split_message(text: &str, max_chars: usize) -> Vec<String> {
     // The fence opener (e.g. "```rust") carried into the next part.
     let mut reopen: Option<String> = None;
     while !rest.is_empty() {
-        let prefix = reopen.as_ref().map(|f| format!("{f}\n")).unwrap_or_default();
+        let prefix = reopen
+            .as_ref()
+            .map(|f| format!("{f}\n"))
+            .unwrap_or_default();
         let prefix_len = prefix.chars().count();
         // Room for a closing fence in case this part ends inside a block.
         let budget = max_chars.saturating_sub(prefix_len + 4).max(8);

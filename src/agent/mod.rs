@@ -53,7 +53,10 @@ pub enum AgentError {
     #[error("usage limit reached (resets at {resets_at:?})")]
     RateLimited { resets_at: Option<u64> },
     #[error("model API error {status:?}: {message}")]
-    Api { status: Option<u16>, message: String },
+    Api {
+        status: Option<u16>,
+        message: String,
+    },
     #[error("agent output could not be understood: {0}")]
     Protocol(String),
     #[error("session {0} could not be resumed")]

@@ -22,7 +22,11 @@ pub enum ClientError {
 }
 
 /// Sends one request and returns the response object (`ok` may be false).
-pub async fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, ClientError> {
+pub async fn request(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Value, ClientError> {
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|_| ClientError::NotRunning(socket.display().to_string()))?;

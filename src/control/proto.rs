@@ -11,9 +11,15 @@ use serde_json::{json, Value};
 pub enum Request {
     List,
     Status,
-    Pause { watcher: String },
-    Resume { watcher: String },
-    Reset { watcher: String },
+    Pause {
+        watcher: String,
+    },
+    Resume {
+        watcher: String,
+    },
+    Reset {
+        watcher: String,
+    },
     Send {
         room: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,7 +34,9 @@ pub enum Request {
         #[serde(default)]
         always: bool,
     },
-    Deny { id: String },
+    Deny {
+        id: String,
+    },
     /// Graceful stop, same as SIGTERM.
     Stop,
 }
@@ -52,10 +60,19 @@ mod tests {
     #[test]
     fn requests_have_stable_wire_forms() {
         let r: Request = serde_json::from_str(r#"{"cmd":"pause","watcher":"w"}"#).unwrap();
-        assert_eq!(r, Request::Pause { watcher: "w".into() });
-        let r: Request = serde_json::from_str(r#"{"cmd":"send","room":"lobby","text":"hi"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Pause {
+                watcher: "w".into()
+            }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"send","room":"lobby","text":"hi"}"#).unwrap();
         assert!(matches!(r, Request::Send { .. }));
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
-        assert_eq!(ok(json!({"message": "x"})), json!({"ok": true, "message": "x"}));
+        assert_eq!(
+            ok(json!({"message": "x"})),
+            json!({"ok": true, "message": "x"})
+        );
     }
 }

@@ -76,7 +76,10 @@ pub async fn serve(
         match stream.peer_cred() {
             Ok(cred) if cred.uid() == my_uid => {}
             Ok(cred) => {
-                warn!(uid = cred.uid(), "control connection from another user refused");
+                warn!(
+                    uid = cred.uid(),
+                    "control connection from another user refused"
+                );
                 continue;
             }
             Err(e) => {
@@ -96,52 +99,95 @@ pub async fn serve(
     }
 }
 
-async fn handle(stream: UnixStream, dispatcher: mpsc::Sender<ControlRequest>, stop: CancellationToken) {
+async fn handle(
+    stream: UnixStream,
+    dispatcher: mpsc::Sender<ControlRequest>,
+    stop: CancellationToken,
+) {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
-    let response = match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => proto::error("timed out waiting for the request line"),
-        Ok(Err(e)) => proto::error(format!("cannot read the request: {e}")),
-        Ok(Ok(_)) if line.len() > MAX_REQUEST => {
-            proto::error(format!("request too large (limit {MAX_REQUEST} bytes)"))
-        }
-        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-            Err(e) => proto::error(format!("bad request: {e}")),
-            Ok(req) => answer(req, &dispatcher, &stop).await,
-        },
-    };
+    let response =
+        match tokio::time::timeout(READ_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+            Err(_) => proto::error("timed out waiting for the request line"),
+            Ok(Err(e)) => proto::error(format!("cannot read the request: {e}")),
+            Ok(Ok(_)) if line.len() > MAX_REQUEST => {
+                proto::error(format!("request too large (limit {MAX_REQUEST} bytes)"))
+            }
+            Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+                Err(e) => proto::error(format!("bad request: {e}")),
+                Ok(req) => answer(req, &dispatcher, &stop).await,
+            },
+        };
     let mut out = response.to_string();
     out.push('\n');
     let _ = write.write_all(out.as_bytes()).await;
     let _ = write.shutdown().await;
 }
 
-async fn answer(req: Request, dispatcher: &mpsc::Sender<ControlRequest>, stop: &CancellationToken) -> Value {
+async fn answer(
+    req: Request,
+    dispatcher: &mpsc::Sender<ControlRequest>,
+    stop: &CancellationToken,
+) -> Value {
     match req {
         Request::Stop => {
             stop.cancel();
             proto::ok(json!({"message": "stopping"}))
         }
-        Request::List => ask(dispatcher, ControlRequest::List, |rows| {
-            proto::ok(json!({ "watchers": rows }))
-        })
-        .await,
-        Request::Status => ask(dispatcher, ControlRequest::Status, |s| {
-            proto::ok(serde_json::to_value(s).unwrap_or_default())
-        })
-        .await,
-        Request::Pause { watcher } => message(dispatcher, |tx| ControlRequest::Pause(watcher, tx)).await,
-        Request::Resume { watcher } => message(dispatcher, |tx| ControlRequest::Resume(watcher, tx)).await,
-        Request::Reset { watcher } => message(dispatcher, |tx| ControlRequest::Reset(watcher, tx)).await,
-        Request::Send { room, text, attach, connector } => {
-            message(dispatcher, |reply| ControlRequest::Send { room, text, attach, connector, reply }).await
+        Request::List => {
+            ask(dispatcher, ControlRequest::List, |rows| {
+                proto::ok(json!({ "watchers": rows }))
+            })
+            .await
+        }
+        Request::Status => {
+            ask(dispatcher, ControlRequest::Status, |s| {
+                proto::ok(serde_json::to_value(s).unwrap_or_default())
+            })
+            .await
+        }
+        Request::Pause { watcher } => {
+            message(dispatcher, |tx| ControlRequest::Pause(watcher, tx)).await
+        }
+        Request::Resume { watcher } => {
+            message(dispatcher, |tx| ControlRequest::Resume(watcher, tx)).await
+        }
+        Request::Reset { watcher } => {
+            message(dispatcher, |tx| ControlRequest::Reset(watcher, tx)).await
+        }
+        Request::Send {
+            room,
+            text,
+            attach,
+            connector,
+        } => {
+            message(dispatcher, |reply| ControlRequest::Send {
+                room,
+                text,
+                attach,
+                connector,
+                reply,
+            })
+            .await
         }
         Request::Approve { id, always } => {
-            message(dispatcher, |reply| ControlRequest::Approve { id, approve: true, always, reply }).await
+            message(dispatcher, |reply| ControlRequest::Approve {
+                id,
+                approve: true,
+                always,
+                reply,
+            })
+            .await
         }
         Request::Deny { id } => {
-            message(dispatcher, |reply| ControlRequest::Approve { id, approve: false, always: false, reply }).await
+            message(dispatcher, |reply| ControlRequest::Approve {
+                id,
+                approve: false,
+                always: false,
+                reply,
+            })
+            .await
         }
     }
 }
