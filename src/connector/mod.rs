@@ -235,7 +235,11 @@ pub fn build(
             c,
             runtime_dir,
         )?)),
-        ConnectorKind::OneBot(c) => Ok(Arc::new(onebot::OneBotConnector::new(&config.name, c, runtime_dir)?)),
+        ConnectorKind::OneBot(c) => Ok(Arc::new(onebot::OneBotConnector::new(
+            &config.name,
+            c,
+            runtime_dir,
+        )?)),
         ConnectorKind::Embedded => anyhow::bail!(
             "connector '{}' is embedded: the program running the gateway must supply it",
             config.name
