@@ -1099,3 +1099,62 @@ async fn e2e_owner_approves_a_tool_call_without_a_mention() {
     );
     drop(s.gateway);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_question_asked_while_the_server_was_down_is_answered_once() {
+    let script = json!({"scenarios": [{"match": "RC-DOWN", "turns": [
+        {"text": "Answer to the question asked during the outage."}
+    ]}], "default_text": "OK"});
+    let Some(s) = e2e(script, "").await else {
+        return;
+    };
+    // Live first (the start-up replay has run), so the question can only arrive through a
+    // new session after the outage.
+    s.fake
+        .wait_for("the daemon's start-up replay", TURN, |st| {
+            st.requests_to("/api/v1/channels.history")
+                .iter()
+                .any(|r| r.query.contains_key("oldest"))
+        })
+        .await;
+    s.fake.stop().await;
+    let asked = s
+        .fake
+        .post("GENERAL", "alice", "@bot RC-DOWN are you there?");
+    let logins = s.fake.state().ddp_logins;
+    s.fake.restart().await;
+    let reply = bot_message_containing(
+        &s.fake,
+        "GENERAL",
+        "Answer to the question asked during the outage.",
+    )
+    .await;
+    let now = s.fake.state().ddp_logins;
+    assert!(now > logins, "the daemon reconnected: {logins} -> {now}");
+    // A later question flushes anything still in flight: a duplicate delivery of the first
+    // one would have produced a turn (and an answer) before this one.
+    s.fake.post("GENERAL", "alice", "@bot RC-MARKER next");
+    bot_message_containing(&s.fake, "GENERAL", "OK").await;
+    let bot_texts: Vec<Value> = s
+        .fake
+        .state()
+        .messages
+        .iter()
+        .filter(|m| m["u"]["username"] == BOT_USER)
+        .map(|m| m["msg"].clone())
+        .collect();
+    assert_eq!(bot_texts, vec![reply["msg"].clone(), json!("OK")]);
+    let turns_for_question = s
+        .llm
+        .message_requests()
+        .iter()
+        .filter(|r| {
+            r.message_texts()
+                .last()
+                .is_some_and(|t| t.contains("RC-DOWN are you there?"))
+        })
+        .count();
+    assert_eq!(turns_for_question, 1);
+    let _ = asked;
+    drop(s.gateway);
+}
