@@ -7,7 +7,7 @@
 //! from the socket's reader (which must stay free to route the answers of the calls made
 //! here).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::attach::Remote;
+use super::config::OneBotConfig;
 use super::ratelimit::Verdict;
 use super::wire::{ForwardData, GetMsgData, MessageEvent, Segment};
 use super::{context, replay, Chat, Inner, Runtime};
@@ -61,8 +62,18 @@ pub async fn process(inner: Arc<Inner>, mut work: mpsc::Receiver<Work>, cancel: 
                 }
             }
         };
+        let Some(rt) = inner.runtime.get() else {
+            continue;
+        };
         for event in events {
-            let key = room_of(&event).map(Chat::room_id).unwrap_or_default();
+            // Cheap checks here, in arrival order, so no task is made for a room we ignore.
+            let key = match admit(&inner.cfg, rt.watch_all, &rt.watched, &event) {
+                Ok(chat) => chat.room_id(),
+                Err(why) => {
+                    tracing::debug!(connector = %inner.name, message = event.message_id, why, "message ignored");
+                    continue;
+                }
+            };
             let tx = rooms.entry(key).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(ROOM_QUEUE);
                 tokio::spawn(room_loop(inner.clone(), rx, cancel.clone()));
@@ -98,6 +109,32 @@ async fn room_loop(
     }
 }
 
+/// Whether a message event concerns the gateway at all: not the bot's own, a private or group
+/// message, inside the whitelists, in a watched room. `Err` says why not (for the log).
+pub fn admit(
+    cfg: &OneBotConfig,
+    watch_all: bool,
+    watched: &HashSet<String>,
+    ev: &MessageEvent,
+) -> Result<Chat, &'static str> {
+    if ev.user_id == ev.self_id || ev.user_id == 0 {
+        return Err("own message");
+    }
+    let chat = room_of(ev).ok_or("not a private or group message")?;
+    if let Chat::Group(gid) = chat {
+        if !cfg.group_whitelist.is_empty() && !cfg.group_whitelist.contains(&gid) {
+            return Err("group not in group_whitelist");
+        }
+    }
+    if !cfg.user_whitelist.is_empty() && !cfg.user_whitelist.contains(&ev.user_id) {
+        return Err("sender not in user_whitelist");
+    }
+    if !watch_all && !watched.contains(&chat.room_id()) {
+        return Err("room not watched");
+    }
+    Ok(chat)
+}
+
 /// The room a message event belongs to, if it is a private or group message.
 fn room_of(ev: &MessageEvent) -> Option<Chat> {
     match (ev.message_type.as_str(), ev.group_id) {
@@ -112,29 +149,12 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
         return;
     };
     let self_id = ev.self_id;
-    if ev.user_id == self_id || ev.user_id == 0 {
-        return;
-    }
+    // Admitted by `process` already; this cannot fail.
     let Some(chat) = room_of(&ev) else {
-        tracing::debug!(connector = %inner.name, message_type = %ev.message_type, "message type ignored");
         return;
     };
     let room_id = chat.room_id();
     let cfg = &inner.cfg;
-    if let Chat::Group(gid) = chat {
-        if !cfg.group_whitelist.is_empty() && !cfg.group_whitelist.contains(&gid) {
-            tracing::debug!(connector = %inner.name, room = %room_id, "group not in group_whitelist");
-            return;
-        }
-    }
-    if !cfg.user_whitelist.is_empty() && !cfg.user_whitelist.contains(&ev.user_id) {
-        tracing::debug!(connector = %inner.name, room = %room_id, user = ev.user_id, "sender not in user_whitelist");
-        return;
-    }
-    if !rt.watch_all && !rt.watched.contains(&room_id) {
-        tracing::debug!(connector = %inner.name, room = %room_id, "room not watched");
-        return;
-    }
     if !claim_room(inner, &room_id, self_id) {
         return;
     }
@@ -558,6 +578,61 @@ mod tests {
                 url: "http://127.0.0.1/x.png".into()
             }]
         );
+    }
+
+    #[test]
+    fn admission_table() {
+        let mut cfg = OneBotConfig::listening("127.0.0.1:1".parse().unwrap(), None);
+        cfg.group_whitelist = [10, 20].into_iter().collect();
+        cfg.user_whitelist = [7, 8].into_iter().collect();
+        let watched: HashSet<String> = ["group:10".to_string(), "private:7".to_string()].into();
+        let ev = |kind: &str, user: i64, group: Option<i64>| MessageEvent {
+            self_id: 1,
+            message_type: kind.into(),
+            user_id: user,
+            group_id: group,
+            ..serde_json::from_value(json!({})).unwrap()
+        };
+        let cases: &[(MessageEvent, bool, Result<Chat, &str>)] = &[
+            (ev("group", 7, Some(10)), false, Ok(Chat::Group(10))),
+            (ev("private", 7, None), false, Ok(Chat::Private(7))),
+            (ev("group", 1, Some(10)), false, Err("own message")),
+            (ev("group", 0, Some(10)), false, Err("own message")),
+            (
+                ev("guild", 7, None),
+                false,
+                Err("not a private or group message"),
+            ),
+            (
+                ev("group", 7, None),
+                false,
+                Err("not a private or group message"),
+            ),
+            (
+                ev("group", 7, Some(30)),
+                true,
+                Err("group not in group_whitelist"),
+            ),
+            (
+                ev("group", 9, Some(10)),
+                true,
+                Err("sender not in user_whitelist"),
+            ),
+            (
+                ev("private", 9, None),
+                true,
+                Err("sender not in user_whitelist"),
+            ),
+            (ev("group", 8, Some(20)), false, Err("room not watched")),
+            (ev("group", 8, Some(20)), true, Ok(Chat::Group(20))),
+        ];
+        for (event, watch_all, expected) in cases {
+            assert_eq!(
+                &admit(&cfg, *watch_all, &watched, event),
+                expected,
+                "{event:?}"
+            );
+        }
     }
 
     #[test]
