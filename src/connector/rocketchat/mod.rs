@@ -1103,6 +1103,8 @@ impl Connector for RocketChatConnector {
         match self.rest.auth().await {
             Ok(a) => {
                 tracing::info!(connector = %self.name, user = %a.username, "logged in to Rocket.Chat");
+                // So `capabilities()` reports the server's message limit from the start.
+                self.refresh_server_facts().await;
                 Ok(())
             }
             Err(RestError::Unauthorized { detail, .. }) => anyhow::bail!(
