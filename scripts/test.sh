@@ -7,6 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/install-test-deps.sh
 bash scripts/install-chromium.sh
+bash scripts/onebot-conformance/install.sh
 
 # Tests that start daemons and real CLIs are I/O bound; two threads per core keeps the
 # suite short without starving the agents.
