@@ -511,10 +511,7 @@ impl<'a> Runner<'a> {
             }
             Err(e) => return self.lost(false, e),
         };
-        self.bot = Some(BotIdentity {
-            user_id: auth.user_id.clone(),
-            username: auth.username.clone(),
-        });
+        self.bot = Some(BotIdentity::new(&auth.user_id, &auth.username));
         or_cancel!(ctx, conn.refresh_server_facts());
 
         let socket_cancel = ctx.cancel.child_token();

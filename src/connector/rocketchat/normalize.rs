@@ -16,6 +16,36 @@ use crate::model::{self, InboundMessage, RoomKind, RoomRef, Sender};
 pub struct BotIdentity {
     pub user_id: String,
     pub username: String,
+    /// A leading `@bot` mention, compiled once per login.
+    leading_mention: Regex,
+}
+
+impl BotIdentity {
+    pub fn new(user_id: &str, username: &str) -> BotIdentity {
+        BotIdentity {
+            user_id: user_id.to_string(),
+            username: username.to_string(),
+            leading_mention: leading_mention_regex(username),
+        }
+    }
+
+    /// Removes a leading `@bot` (with a following `:`/`,`/`-` and spaces), as people write
+    /// "@bot: do this". Mentions elsewhere in the text stay: they are part of the sentence.
+    /// `@botty` or `@bot.x` is someone else: the pattern needs a separator or the end.
+    pub fn strip_leading_mention(&self, text: &str) -> String {
+        match self.leading_mention.find(text) {
+            Some(m) => text[m.end()..].to_string(),
+            None => text.to_string(),
+        }
+    }
+}
+
+fn leading_mention_regex(username: &str) -> Regex {
+    Regex::new(&format!(
+        r"(?i)^\s*@{}(?:\s+|[:,\-]\s*|$)",
+        regex::escape(username)
+    ))
+    .expect("escaped username makes a valid regex")
 }
 
 /// Why a message never reaches the dispatcher.
@@ -48,21 +78,6 @@ pub fn is_addressed(m: &WireMessage, kind: RoomKind, bot: &BotIdentity, mention_
             || name == bot.username
             || (mention_all && matches!(name, "all" | "here"))
     })
-}
-
-/// Removes a leading `@bot` (with a following `:`/`,`/`-` and spaces), as people write
-/// "@bot: do this". Mentions elsewhere in the text stay: they are part of the sentence.
-pub fn strip_leading_mention(text: &str, bot_username: &str) -> String {
-    let re = Regex::new(&format!(
-        r"(?i)^\s*@{}(?:\s+|[:,\-]\s*|$)",
-        regex::escape(bot_username)
-    ))
-    .expect("escaped username makes a valid regex");
-    match re.find(text) {
-        // `@bot.x` or `@botty` is someone else: the pattern needs a separator or the end.
-        Some(m) => text[m.end()..].to_string(),
-        None => text.to_string(),
-    }
 }
 
 /// A file attached to a message.
@@ -151,11 +166,11 @@ pub fn to_inbound(
     mention_all: bool,
 ) -> InboundMessage {
     let username = m.u.username.clone().unwrap_or_else(|| m.u.id.clone());
-    let mut text = strip_leading_mention(&m.msg, &bot.username);
+    let mut text = bot.strip_leading_mention(&m.msg);
     if text.trim().is_empty() {
         // A pure upload carries its caption in the attachment description.
         if let Some(d) = m.attachments.iter().find_map(|a| a.description.clone()) {
-            text = strip_leading_mention(&d, &bot.username);
+            text = bot.strip_leading_mention(&d);
         }
     }
     InboundMessage {
@@ -203,10 +218,7 @@ mod tests {
     use serde_json::json;
 
     fn bot() -> BotIdentity {
-        BotIdentity {
-            user_id: "botuid".into(),
-            username: "bot".into(),
-        }
+        BotIdentity::new("botuid", "bot")
     }
 
     fn msg(v: serde_json::Value) -> WireMessage {
@@ -258,7 +270,7 @@ mod tests {
             ("@bot.x hello", "@bot.x hello"),
             ("hello @bot", "hello @bot"),
         ] {
-            assert_eq!(strip_leading_mention(input, "bot"), want, "{input}");
+            assert_eq!(bot().strip_leading_mention(input), want, "{input}");
         }
     }
 
