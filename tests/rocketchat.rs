@@ -772,6 +772,23 @@ async fn watch_all_follows_rooms_the_bot_joins() {
     let id = fake.post("LOUNGE", "alice", "@bot welcome");
     let m = h.expect_next(&id).await;
     assert_eq!(m.room.id, "LOUNGE");
+
+    // Removed from the room: nothing more from it, the other rooms keep working, and a
+    // reconnect does not try to resubscribe it.
+    fake.remove_bot_from("LOUNGE");
+    fake.post("LOUNGE", "alice", "@bot are you still here?");
+    let marker = fake.post("GENERAL", "alice", "marker");
+    h.expect_next(&marker).await;
+    fake.drop_sockets();
+    h.connected().await;
+    let subs_after: Vec<Value> = fake
+        .state()
+        .ddp_in
+        .iter()
+        .filter(|f| f["msg"] == "sub" && f["params"][0] == "LOUNGE")
+        .cloned()
+        .collect();
+    assert_eq!(subs_after.len(), 1, "LOUNGE resubscribed: {subs_after:?}");
     h.stop().await;
 }
 

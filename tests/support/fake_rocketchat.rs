@@ -497,6 +497,38 @@ impl FakeRocketChat {
         });
     }
 
+    /// Removes the bot from a room: its subscriptions to the room end (`nosub`) and it is told
+    /// through `<uid>/subscriptions-changed`.
+    pub fn remove_bot_from(&self, rid: &str) {
+        self.inner.update(|s| {
+            let room = s
+                .rooms
+                .iter_mut()
+                .find(|r| r.id == rid)
+                .expect("room exists");
+            room.members.retain(|m| m != BOT_USER);
+            let sub =
+                json!({"_id": format!("sub-{rid}"), "rid": rid, "name": room.name, "t": room.t});
+            for c in &mut s.conns {
+                let ended: Vec<String> = c
+                    .subs
+                    .iter()
+                    .filter(|(_, (stream, key))| stream == "stream-room-messages" && key == rid)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in ended {
+                    c.subs.remove(&id);
+                    let _ = c.out.send(json!({"msg": "nosub", "id": id}).to_string());
+                }
+            }
+            s.broadcast(
+                "stream-notify-user",
+                &format!("{BOT_ID}/subscriptions-changed"),
+                json!(["removed", sub]),
+            );
+        });
+    }
+
     /// Adds the bot to a room and tells it through `<uid>/subscriptions-changed`.
     pub fn add_bot_to(&self, rid: &str) {
         self.inner.update(|s| {
