@@ -134,9 +134,18 @@ impl TurnRunner {
             Err(e) => {
                 let reference = short_ref();
                 error!(reference = %reference, error = %e, "turn failed");
-                if let AgentError::SessionNotFound(_) = e {
-                    report.session_id = None;
-                    report.session_changed = true;
+                match (&e, reply.started_session.take()) {
+                    (AgentError::SessionNotFound(_), _) => {
+                        report.session_id = None;
+                        report.session_changed = true;
+                    }
+                    // A first turn that failed after its session was created: keep it, so
+                    // the conversation so far is not lost with the next message.
+                    (_, Some(created)) if self.session_id.is_none() => {
+                        report.session_id = Some(created);
+                        report.session_changed = true;
+                    }
+                    _ => {}
                 }
                 reply.fail(&e.user_message(&reference)).await;
             }
@@ -218,6 +227,8 @@ struct ReplyStream {
     last_flush: Option<Instant>,
     retry_noticed: bool,
     cancel: CancellationToken,
+    /// The session the agent reported, kept in case the turn fails.
+    started_session: Option<String>,
 }
 
 impl ReplyStream {
@@ -237,11 +248,13 @@ impl ReplyStream {
             last_flush: None,
             retry_noticed: false,
             cancel,
+            started_session: None,
         }
     }
 
     async fn on_event(&mut self, event: AgentEvent) {
         match event {
+            AgentEvent::SessionStarted { session_id } => self.started_session = Some(session_id),
             AgentEvent::Text { text } => {
                 if !self.text.is_empty() {
                     self.text.push('\n');
