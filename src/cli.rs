@@ -139,9 +139,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let config_file = daemon::config_path(cli.config.as_deref(), &runtime);
     match cli.command {
         Command::Start { foreground } => start(&config_file, &runtime, foreground),
-        Command::Stop => stop(&runtime).map(|_| 0),
+        Command::Stop => stop(&runtime, stop_wait(&config_file)).map(|_| 0),
         Command::Restart => {
-            stop(&runtime)?;
+            stop(&runtime, stop_wait(&config_file))?;
             start(&config_file, &runtime, false)
         }
         Command::Status => status(&runtime),
@@ -245,7 +245,16 @@ fn start(config_file: &Path, runtime: &Path, foreground: bool) -> anyhow::Result
     Ok(0)
 }
 
-fn stop(runtime: &Path) -> anyhow::Result<()> {
+/// How long `stop` waits: the configured grace for running turns plus the final clean-up (at
+/// least two minutes, also when the config cannot be read).
+fn stop_wait(config_file: &Path) -> Duration {
+    let grace = config::load(config_file)
+        .map(|c| c.shutdown_grace)
+        .unwrap_or(Duration::from_secs(90));
+    (grace + Duration::from_secs(30)).max(Duration::from_secs(120))
+}
+
+fn stop(runtime: &Path, wait: Duration) -> anyhow::Result<()> {
     let Some(pid) = daemon::running_pid(runtime) else {
         println!("The gateway is not running.");
         return Ok(());
@@ -255,12 +264,14 @@ fn stop(runtime: &Path) -> anyhow::Result<()> {
         nix::sys::signal::Signal::SIGTERM,
     )
     .with_context(|| format!("cannot signal pid {pid}"))?;
-    // Running turns get the configured grace period; allow for it plus the final cleanup.
-    if daemon::wait_for_exit(runtime, Duration::from_secs(120)) {
+    if daemon::wait_for_exit(runtime, wait) {
         println!("Gateway stopped (pid {pid}).");
         Ok(())
     } else {
-        bail!("the gateway (pid {pid}) did not stop within 120 s");
+        bail!(
+            "the gateway (pid {pid}) did not stop within {} s",
+            wait.as_secs()
+        );
     }
 }
 
@@ -383,7 +394,9 @@ fn policy_check(config_file: &Path, runtime: &Path, check: PolicyCheck) -> anyho
         .cwd
         .clone()
         .unwrap_or_else(|| agent.working_directory.clone());
-    let mut guard = crate::approval::self_protection(runtime);
+    let mut guard = crate::approval::self_protection(runtime).with_protected(
+        std::fs::canonicalize(config_file).unwrap_or_else(|_| config_file.to_path_buf()),
+    );
     if let Some(room) = &check.room {
         guard = guard.with_own_room(None, room);
     }

@@ -428,10 +428,13 @@ async fn start(
         let (listener, addr) = approval::hook::bind()
             .await
             .context("cannot bind the hook server")?;
+        let config_file = std::fs::canonicalize(&config.path).unwrap_or(config.path.clone());
         let approvals = Approvals::new(
             format!("http://{addr}/hook"),
             runtime.to_path_buf(),
+            &[config_file],
             AuditLog::open(&runtime.join("audit.jsonl")),
+            service_tasks.clone(),
         );
         service_tasks.spawn(approval::hook::serve(
             listener,

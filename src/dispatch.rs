@@ -99,6 +99,8 @@ struct RoomEntry {
     /// Messages offered to this worker, to tell a truly idle worker from one with mail in
     /// flight (see [`IdleReport`]).
     offered: u64,
+    /// Tells this worker from earlier ones of the same room.
+    generation: u64,
 }
 
 /// Everything the dispatcher is built from.
@@ -124,6 +126,7 @@ pub struct Dispatcher {
     turn_slots: Arc<tokio::sync::Semaphore>,
     idle_tx: mpsc::Sender<IdleReport>,
     idle_rx: Option<mpsc::Receiver<IdleReport>>,
+    generations: u64,
 }
 
 impl Dispatcher {
@@ -154,6 +157,7 @@ impl Dispatcher {
         Dispatcher {
             idle_tx,
             idle_rx: Some(idle_rx),
+            generations: 0,
             turn_slots: Arc::new(tokio::sync::Semaphore::new(
                 parts.config.max_concurrent_turns,
             )),
@@ -207,27 +211,37 @@ impl Dispatcher {
                 if state.pending.is_empty() {
                     continue;
                 }
+                let key = RoomKey::new(connector.clone(), room_id.as_str());
                 let Some(widx) = self
                     .watchers
                     .iter()
                     .position(|w| w.config.name == state.watcher)
                 else {
-                    warn!(room = %room_id, watcher = %state.watcher, "pending messages of a watcher that no longer exists are dropped");
+                    warn!(room = %room_id, watcher = %state.watcher, count = state.pending.len(), "pending messages of a watcher that no longer exists are dropped");
+                    self.parts.store.update_room(&key, |r| r.pending.clear());
                     continue;
                 };
                 let mut restored = Vec::new();
+                let mut dropped = Vec::new();
                 for p in &state.pending {
                     let message = p.to_message(&connector);
                     match cconf.users.role_of(&message.sender) {
                         Some(role) => restored.push(QueuedMessage { message, role }),
                         None => {
-                            warn!(sender = %p.sender_username, "pending message of a sender no longer allowed is dropped")
+                            warn!(sender = %p.sender_username, "pending message of a sender no longer allowed is dropped");
+                            dropped.push(p.id.clone());
                         }
                     }
                 }
-                let key = RoomKey::new(connector.clone(), room_id.as_str());
+                if !dropped.is_empty() {
+                    self.parts
+                        .store
+                        .update_room(&key, |r| r.pending.retain(|p| !dropped.contains(&p.id)));
+                }
                 info!(room = %key, count = restored.len(), "re-queueing messages accepted before the restart");
-                if let Some(handle) = self.spawn_room(&key, state.room_name.clone(), widx, restored)
+                let generation = self.next_generation();
+                if let Some(handle) =
+                    self.spawn_room(&key, state.room_name.clone(), widx, restored, generation)
                 {
                     self.rooms.insert(
                         key,
@@ -236,6 +250,7 @@ impl Dispatcher {
                             watcher: widx,
                             name: state.room_name,
                             offered: 0,
+                            generation,
                         },
                     );
                 }
@@ -243,12 +258,18 @@ impl Dispatcher {
         }
     }
 
-    /// Lets an idle worker go, unless a message reached it after it reported.
+    fn next_generation(&mut self) -> u64 {
+        self.generations += 1;
+        self.generations
+    }
+
+    /// Lets an idle worker go, unless a message reached it after it reported (or the report
+    /// comes from a worker that was already let go).
     fn on_idle(&mut self, report: IdleReport) {
         if self
             .rooms
             .get(&report.key)
-            .is_some_and(|e| e.offered == report.offers_seen)
+            .is_some_and(|e| e.generation == report.generation && e.offered == report.offers_seen)
         {
             debug!(room = %report.key, "idle room worker released");
             self.rooms.remove(&report.key);
@@ -342,8 +363,14 @@ impl Dispatcher {
             return verdict(ack, Acceptance::Ignored("the bot was not mentioned".into()));
         }
         if !self.rooms.contains_key(&key) {
-            let Some(handle) = self.spawn_room(&key, message.room.name.clone(), widx, Vec::new())
-            else {
+            let generation = self.next_generation();
+            let Some(handle) = self.spawn_room(
+                &key,
+                message.room.name.clone(),
+                widx,
+                Vec::new(),
+                generation,
+            ) else {
                 return verdict(
                     ack,
                     Acceptance::Ignored("the watcher's agent is missing".into()),
@@ -356,21 +383,24 @@ impl Dispatcher {
                     watcher: widx,
                     name: message.room.name.clone(),
                     offered: 0,
+                    generation,
                 },
             );
         }
         let entry = self.rooms.get_mut(&key).expect("inserted above");
-        entry.offered += 1;
         let target = message.reply_target();
         // The worker answers the connector directly; a message nobody waits on still needs a
         // sender for the worker to answer.
         let ack = ack.unwrap_or_else(|| oneshot::channel().0);
-        if let Err((why, ack)) = entry.handle.offer(QueuedMessage { message, role }, ack) {
-            let notice = format!(
+        match entry.handle.offer(QueuedMessage { message, role }, ack) {
+            Ok(()) => entry.offered += 1,
+            Err((why, ack)) => {
+                let notice = format!(
                 "⚠️ This room is busy ({why}); your message was not queued. Please send it again later."
             );
-            self.post_notice(&key, target, notice.clone());
-            let _ = ack.send(Acceptance::Rejected(notice));
+                self.post_notice(&key, target, notice.clone());
+                let _ = ack.send(Acceptance::Rejected(notice));
+            }
         }
     }
 
@@ -401,6 +431,7 @@ impl Dispatcher {
         name: String,
         widx: usize,
         restored: Vec<QueuedMessage>,
+        generation: u64,
     ) -> Option<RoomHandle> {
         let w = &self.watchers[widx];
         let connector = self.parts.connectors.get(&key.connector)?.clone();
@@ -436,7 +467,14 @@ impl Dispatcher {
             drain: self.parts.drain.clone(),
             kill: self.parts.kill.clone(),
         };
-        Some(room::spawn(key.clone(), name, deps, paused, restored))
+        Some(room::spawn(
+            key.clone(),
+            name,
+            deps,
+            paused,
+            restored,
+            generation,
+        ))
     }
 
     fn post_notice(&self, key: &RoomKey, to: ReplyTarget, text: String) {
@@ -540,15 +578,19 @@ impl Dispatcher {
             .store
             .set_watcher_paused(&connector, name, paused);
         for entry in self.rooms.values().filter(|e| e.watcher == widx) {
-            let handle = entry.handle.clone();
             let c = if paused {
                 RoomControl::Pause
             } else {
                 RoomControl::Resume
             };
-            self.parts.tracker.spawn(async move {
-                handle.control(c).await;
-            });
+            // Sent from here, in order, so `pause; resume` cannot arrive reversed. A full
+            // control channel (16 slots) falls back to a waiting send.
+            if let Err(c) = entry.handle.try_control(c) {
+                let handle = entry.handle.clone();
+                self.parts.tracker.spawn(async move {
+                    handle.control(c).await;
+                });
+            }
         }
         Ok(format!(
             "watcher '{name}' {}",

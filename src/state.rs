@@ -297,23 +297,25 @@ impl StateStore {
             .unwrap_or_else(|p| p.into_inner())
             .drain()
             .collect();
+        // Every dirty file gets its chance; a failed one is marked dirty again (retried on
+        // the next change and at the final flush) and the first error is returned.
+        let mut first_error = None;
         for name in dirty {
             let bytes = {
-                let files = self.files();
-                let Some(file) = files.get(&name) else {
+                let mut files = self.files();
+                let Some(file) = files.get_mut(&name) else {
                     continue;
                 };
-                let mut file = file.clone();
                 file.version = FORMAT_VERSION;
-                serde_json::to_vec_pretty(&file).expect("state serializes")
+                serde_json::to_vec_pretty(&*file).expect("state serializes")
             };
             let path = state_path(&self.inner.dir, &name);
             if let Err(source) = write_atomic(&path, &bytes) {
                 self.mark_dirty(&name);
-                return Err(StateError::Write { path, source });
+                first_error.get_or_insert(StateError::Write { path, source });
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 

@@ -23,7 +23,9 @@ async fn hook_server() -> (String, CancellationToken, tempfile::TempDir) {
     let approvals = Approvals::new(
         format!("http://{addr}/hook"),
         dir.path().to_path_buf(),
+        &[],
         AuditLog::open(&dir.path().join("audit.jsonl")),
+        TaskTracker::new(),
     );
     let cancel = CancellationToken::new();
     tokio::spawn(approval::hook::serve(

@@ -100,7 +100,7 @@ pub fn redact(s: &str) -> String {
     static PATTERNS: OnceLock<Vec<Regex>> = OnceLock::new();
     let patterns = PATTERNS.get_or_init(|| {
         [
-            r#"(?i)((?:api[_-]?key|token|secret|password|passwd|auth)[A-Za-z_]*\s*[=:]\s*["']?)[^\s"'&]+"#,
+            r#"(?i)((?:api[_-]?key|token|secret|password|passwd|auth)[A-Za-z_]*\s*[=:]\s*["']?(?:bearer\s+|basic\s+)?)[^\s"'&]+"#,
             r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+",
             r"(sk-[A-Za-z0-9_-]{4})[A-Za-z0-9_-]+",
         ]

@@ -79,6 +79,8 @@ struct State {
     turns: HashMap<String, LiveTurn>,
     /// Pending requests by id.
     pending: HashMap<String, Pending>,
+    /// The daemon is stopping: nobody will answer a prompt any more.
+    stopping: bool,
     /// `approve <id> always`: exact (tool, input) allowed for the rest of a room's session.
     always: HashMap<RoomKey, HashSet<String>>,
 }
@@ -90,6 +92,8 @@ pub struct Approvals {
     /// Self-protection of the runtime dir, built once; each call adds its own room.
     guard: policy::Guard,
     audit: AuditLog,
+    /// For notices posted after a decision was returned.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// Unbinds a turn when dropped; its pending requests are denied.
@@ -114,12 +118,24 @@ pub struct Command<'a> {
 }
 
 impl Approvals {
-    pub fn new(hook_url: String, runtime_dir: PathBuf, audit: AuditLog) -> Arc<Self> {
+    /// `protected` adds paths no agent may touch besides the runtime dir (the config file).
+    pub fn new(
+        hook_url: String,
+        runtime_dir: PathBuf,
+        protected: &[PathBuf],
+        audit: AuditLog,
+        tasks: tokio_util::task::TaskTracker,
+    ) -> Arc<Self> {
+        let mut guard = self_protection(&runtime_dir);
+        for p in protected {
+            guard = guard.with_protected(p.clone());
+        }
         Arc::new(Approvals {
             state: Mutex::new(State::default()),
             hook_url,
-            guard: self_protection(&runtime_dir),
+            guard,
             audit,
+            tasks,
         })
     }
 
@@ -162,13 +178,15 @@ impl Approvals {
         }
     }
 
-    /// Denies everything pending (daemon stop).
+    /// The daemon is stopping: everything pending is denied, and calls that would need an
+    /// owner's answer are denied from now on; calls the policy allows still run, so turns can
+    /// finish within the grace period.
     pub fn shutdown(&self) {
         let mut state = self.state();
+        state.stopping = true;
         for (_, p) in state.pending.drain() {
             let _ = p.answer.send(Verdict::Ended("the gateway is stopping"));
         }
-        state.turns.clear();
     }
 
     /// Forgets `approve … always` grants of a room (its session was reset).
@@ -205,6 +223,12 @@ impl Approvals {
         let params = outcome.parameters.clone();
         let exact = format!("{}\u{0}{}", call.tool_name, call.tool_input);
         let (decision, by) = match outcome.decision {
+            Decision::Ask { .. } if self.state().stopping => (
+                Decision::Deny {
+                    reason: "denied: the gateway is stopping, so no owner can be asked".into(),
+                },
+                None,
+            ),
             Decision::Ask { reason } => {
                 let remembered = self
                     .state()
@@ -281,8 +305,12 @@ impl Approvals {
         };
         let prompt = prompt_text(&id, &call.tool_name, params);
         info!(id = %id, tool = %call.tool_name, room = %binding.room, reason = %reason, "asking an owner");
+        // One deadline covers posting the prompt and waiting for the answer, so the decision
+        // always comes back before the CLI's hook timeout (approval timeout + margin).
+        let timeout = binding.agent.permissions.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let posted = tokio::time::timeout(
-            Duration::from_secs(30),
+            Duration::from_secs(30).min(timeout),
             binding.connector.post(&binding.target, &prompt),
         )
         .await;
@@ -296,16 +324,22 @@ impl Approvals {
                 None,
             );
         }
-        let timeout = binding.agent.permissions.timeout;
-        let verdict = match tokio::time::timeout(timeout, rx).await {
+        let verdict = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(v)) => v,
             Ok(Err(_)) => Verdict::Ended("the request was dropped"),
             Err(_) => {
                 self.remove_pending(&id);
+                // The deny goes back now; the notice follows on its own.
                 let notice = format!("⏱️ Permission `{id}` timed out — **auto-denied**.");
-                if let Err(e) = binding.connector.post(&binding.target, &notice).await {
-                    warn!(error = %e, "could not post the timeout notice");
-                }
+                let (connector, target) = (binding.connector.clone(), binding.target.clone());
+                self.tasks.spawn(async move {
+                    let post = connector.post(&target, &notice);
+                    match tokio::time::timeout(Duration::from_secs(30), post).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => warn!(error = %e, "could not post the timeout notice"),
+                        Err(_) => warn!("posting the timeout notice timed out"),
+                    }
+                });
                 return (
                     Decision::Deny {
                         reason: format!("denied: no owner answered within {} s", timeout.as_secs()),

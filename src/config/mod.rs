@@ -237,7 +237,9 @@ impl Config {
     }
 }
 
-/// Who is an owner or a guest of a connector. Matched by platform user id or username only.
+/// Who is an owner or a guest of a connector. An entry `id:<x>` matches the platform's user
+/// id; any other entry matches the username. The two are never compared across: on
+/// Rocket.Chat anyone can choose a username that looks like someone else's user id.
 #[derive(Clone, Debug, Default)]
 pub struct UserRoles {
     pub owners: HashSet<String>,
@@ -248,7 +250,10 @@ pub struct UserRoles {
 
 impl UserRoles {
     pub fn role_of(&self, sender: &Sender) -> Option<Role> {
-        let is = |set: &HashSet<String>| set.contains(&sender.id) || set.contains(&sender.username);
+        let is = |set: &HashSet<String>| {
+            (!sender.username.starts_with("id:") && set.contains(&sender.username))
+                || set.contains(&format!("id:{}", sender.id))
+        };
         if is(&self.owners) {
             Some(Role::Owner)
         } else if is(&self.guests) {

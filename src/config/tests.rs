@@ -45,7 +45,9 @@ fn every_problem_is_reported_with_its_key_path() {
     let err = check(&yaml).unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("agents.assistant.type: unknown agent type 'claud' (supported: claude)"),
+        text.contains(
+            "agents.assistant.type (line 6): unknown agent type 'claud' (supported: claude)"
+        ),
         "{text}"
     );
     assert!(text.contains("watchers[0]"), "{text}");
@@ -72,4 +74,32 @@ fn unset_variable_is_named() {
 fn syntax_error_has_a_line() {
     let err = check("connectors: [\n  {name: x\n").unwrap_err();
     assert!(err.issues[0].line.is_some(), "{err}");
+}
+
+#[test]
+fn roles_never_match_a_username_against_an_id_entry() {
+    use crate::model::{Role, Sender};
+    let roles = UserRoles {
+        owners: ["alice".to_string(), "id:XK3abc".to_string()]
+            .into_iter()
+            .collect(),
+        guests: ["bob".to_string()].into_iter().collect(),
+        unknown: None,
+    };
+    let sender = |id: &str, username: &str| Sender {
+        id: id.into(),
+        username: username.into(),
+        display_name: username.into(),
+    };
+    assert_eq!(roles.role_of(&sender("u1", "alice")), Some(Role::Owner));
+    assert_eq!(
+        roles.role_of(&sender("XK3abc", "renamed")),
+        Some(Role::Owner)
+    );
+    // A guest who renames themselves to an owner's id gains nothing.
+    assert_eq!(roles.role_of(&sender("u2", "XK3abc")), None);
+    assert_eq!(roles.role_of(&sender("u2", "id:XK3abc")), None);
+    // Nor does a user whose id equals an owner's username.
+    assert_eq!(roles.role_of(&sender("alice", "mallory")), None);
+    assert_eq!(roles.role_of(&sender("u3", "bob")), Some(Role::Guest));
 }

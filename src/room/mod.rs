@@ -35,6 +35,8 @@ use turn::{TurnReport, TurnRunner};
 #[derive(Debug)]
 pub struct IdleReport {
     pub key: RoomKey,
+    /// Which worker of this room reports (a released worker may still report once).
+    pub generation: u64,
     pub offers_seen: u64,
 }
 
@@ -91,6 +93,14 @@ impl RoomHandle {
         }
     }
 
+    /// Queues a control without waiting, in order with earlier ones; `Err` gives it back when
+    /// the channel is full or closed.
+    pub fn try_control(&self, c: RoomControl) -> Result<(), RoomControl> {
+        self.controls.try_send(c).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
+        })
+    }
+
     pub async fn control(&self, c: RoomControl) -> bool {
         self.controls.send(c).await.is_ok()
     }
@@ -127,6 +137,7 @@ pub fn spawn(
     deps: RoomDeps,
     paused: bool,
     restored: Vec<QueuedMessage>,
+    generation: u64,
 ) -> RoomHandle {
     // The hand-off channel only needs to absorb bursts between two polls of the worker; the
     // real bound is `max_queue_depth`, checked by the worker.
@@ -142,6 +153,7 @@ pub fn spawn(
         paused_notice_sent: false,
         running: None,
         offers_seen: 0,
+        generation,
         deps: deps.clone(),
     };
     deps.tracker.spawn(worker.run(rx, ctl_rx));
@@ -165,6 +177,7 @@ struct RoomWorker {
     paused_notice_sent: bool,
     running: Option<RunningTurn>,
     offers_seen: u64,
+    generation: u64,
     deps: RoomDeps,
 }
 
@@ -200,7 +213,11 @@ impl RoomWorker {
                     None => closed = true,
                 },
                 _ = tokio::time::sleep(self.deps.idle_after), if idle && !closed => {
-                    let report = IdleReport { key: self.key.clone(), offers_seen: self.offers_seen };
+                    let report = IdleReport {
+                        key: self.key.clone(),
+                        generation: self.generation,
+                        offers_seen: self.offers_seen,
+                    };
                     let _ = self.deps.idle.try_send(report);
                 }
                 Some(c) = controls.recv() => self.control(c).await,
@@ -234,6 +251,7 @@ impl RoomWorker {
                     message_ids: running.message_ids,
                     session_id: self.session_id.clone(),
                     session_changed: false,
+                    unstarted: Vec::new(),
                 }
             }
         }
@@ -327,6 +345,9 @@ impl RoomWorker {
     }
 
     fn finish_turn(&mut self, report: TurnReport) {
+        for q in report.unstarted.into_iter().rev() {
+            self.pending.push_front(q);
+        }
         if report.session_changed {
             self.session_id = report.session_id.clone();
         }

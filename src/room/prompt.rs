@@ -142,7 +142,7 @@ mod tests {
         let p = build("WebChat", &[msg("alice", "hello", Role::Owner)]);
         assert_eq!(
             p,
-            "[WebChat #lobby | from: alice | role: owner | day: Mon | ts: 2026-11-16T10:13:20Z] hello"
+            "[WebChat #lobby | from: alice | role: owner | day: Wed | ts: 2026-11-18T11:06:40Z] hello"
         );
     }
 
@@ -175,6 +175,6 @@ mod tests {
             p.contains("  [WebChat #lobby | from: bob | role: guest"),
             "{p}"
         );
-        assert!(p.ends_with("Latest message (respond to this):\n[WebChat #lobby | from: alice | role: owner | day: Mon | ts: 2026-11-16T10:13:20Z] second"), "{p}");
+        assert!(p.ends_with("Latest message (respond to this):\n[WebChat #lobby | from: alice | role: owner | day: Wed | ts: 2026-11-18T11:06:40Z] second"), "{p}");
     }
 }

@@ -29,6 +29,9 @@ pub struct TurnReport {
     pub session_id: Option<String>,
     /// `session_id` replaces the worker's (a new session, or a lost one cleared).
     pub session_changed: bool,
+    /// Messages of a turn cancelled before its agent started (waiting for a slot): they go
+    /// back to the front of the queue.
+    pub unstarted: Vec<QueuedMessage>,
 }
 
 pub struct TurnRunner {
@@ -69,6 +72,7 @@ impl TurnRunner {
                 message_ids: Vec::new(),
                 session_id: self.session_id.clone(),
                 session_changed: false,
+                unstarted: self.batch,
             };
         };
 
@@ -115,6 +119,7 @@ impl TurnRunner {
             message_ids,
             session_id: self.session_id.clone(),
             session_changed: false,
+            unstarted: Vec::new(),
         };
         match result {
             Ok(outcome) => {
