@@ -19,11 +19,17 @@ export ACG_RC_RECORD="$record/rocketchat-requests.jsonl"
 # Tests that start daemons and real CLIs are I/O bound; two threads per core keeps the
 # suite short without starving the agents.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
-cargo test --locked --no-fail-fast "$@"
+status=0
+cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$record/cargo-test.log" || status=$?
 
 if [ -s "$ACG_RC_RECORD" ]; then
-  node scripts/rc-typings/check.mjs .deps/rc-typings/rt "$ACG_RC_RECORD"
+  node scripts/rc-typings/check.mjs .deps/rc-typings/rt "$ACG_RC_RECORD" || status=1
 elif [ "$#" -eq 0 ]; then
   echo "error: the Rocket.Chat tests recorded no REST requests to validate" >&2
-  exit 1
+  status=1
 fi
+
+# One closing line for the whole suite (cargo's own last line is the empty doc-test run).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$record/cargo-test.log"
+exit "$status"
