@@ -187,6 +187,13 @@ async fn agent_alone(agent: &Path, work: &Path, runs: usize) -> Vec<f64> {
     times
 }
 
+/// User + system CPU time in milliseconds (of this process, or of its reaped children).
+fn cpu_ms(who: nix::sys::resource::UsageWho) -> f64 {
+    let u = nix::sys::resource::getrusage(who).expect("getrusage");
+    let ms = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1000.0 + t.tv_usec() as f64 / 1000.0;
+    ms(u.user_time()) + ms(u.system_time())
+}
+
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -223,6 +230,8 @@ async fn run_one(agent: PathBuf, rooms: usize, turns_per_room: usize) -> serde_j
     started_rx.await.unwrap().expect("gateway starts");
     connector.ready.notified().await;
     let sink = connector.sink.get().unwrap().clone();
+    let cpu_before = cpu_ms(nix::sys::resource::UsageWho::RUSAGE_SELF);
+    let agents_before = cpu_ms(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
 
     let names: Vec<String> = (0..rooms).map(|i| format!("room-{i}")).collect();
     let mut sent: HashMap<String, (Instant, usize)> = HashMap::new();
@@ -251,6 +260,8 @@ async fn run_one(agent: PathBuf, rooms: usize, turns_per_room: usize) -> serde_j
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let gateway_cpu = cpu_ms(nix::sys::resource::UsageWho::RUSAGE_SELF) - cpu_before;
+    let agents_cpu = cpu_ms(nix::sys::resource::UsageWho::RUSAGE_CHILDREN) - agents_before;
     shutdown.cancel();
     daemon.await.unwrap().unwrap();
 
@@ -268,6 +279,11 @@ async fn run_one(agent: PathBuf, rooms: usize, turns_per_room: usize) -> serde_j
         "agent_alone_ms": {"p50": a50, "p99": a99},
         "overhead_ms": {"p50": (l50 - a50).max(0.0), "p99": (l99 - a99).max(0.0)},
         "peak_rss_mb": peak_rss_mb(),
+        // CPU time per turn of the gateway process itself and of the agent processes it
+        // ran; with both on the same cores, turns/s is bounded by their sum.
+        "gateway_cpu_ms_per_turn": gateway_cpu / total as f64,
+        "agent_cpu_ms_per_turn": agents_cpu / total as f64,
+        "gateway_bound_turns_per_sec_2_cores": (2000.0 / (gateway_cpu / total as f64)).round(),
     })
 }
 
