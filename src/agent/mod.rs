@@ -90,6 +90,9 @@ impl AgentError {
                     "❌ The agent has reached its usage limit. Please try again later. (ref: {reference})"
                 ),
             },
+            AgentError::Api { message, .. } if is_auth_failure(message) => format!(
+                "❌ The agent is not logged in to its model API. An admin should set its API key (e.g. ANTHROPIC_API_KEY) or log the CLI in. (ref: {reference})"
+            ),
             AgentError::Api { status, .. } => match status {
                 Some(s) => format!("❌ The model API returned an error ({s}). Please try again. (ref: {reference})"),
                 None => format!("❌ The model API returned an error. Please try again. (ref: {reference})"),
@@ -108,6 +111,15 @@ impl AgentError {
     }
 }
 
+/// Whether a model API error says the CLI has no valid credentials (worth telling the room,
+/// since only an admin can fix it).
+fn is_auth_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("not logged in")
+        || m.contains("invalid api key")
+        || m.contains("authentication_error")
+}
+
 /// One agent CLI.
 #[async_trait]
 pub trait AgentBackend: Send + Sync + 'static {
@@ -121,4 +133,29 @@ pub trait AgentBackend: Send + Sync + 'static {
 
     /// Working directory the agent runs in (for policy path normalisation and attachments).
     fn working_directory(&self) -> &PathBuf;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_login_is_named_in_the_room() {
+        let e = AgentError::Api {
+            status: None,
+            message: "Not logged in · Please run /login".into(),
+        };
+        assert_eq!(
+            e.user_message("abcd1234"),
+            "❌ The agent is not logged in to its model API. An admin should set its API key (e.g. ANTHROPIC_API_KEY) or log the CLI in. (ref: abcd1234)"
+        );
+        let e = AgentError::Api {
+            status: Some(400),
+            message: "bad request".into(),
+        };
+        assert_eq!(
+            e.user_message("abcd1234"),
+            "❌ The model API returned an error (400). Please try again. (ref: abcd1234)"
+        );
+    }
 }
