@@ -177,38 +177,7 @@ impl Rest {
             action: action.to_string(),
             detail: transport_detail(&e),
         })?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| RestError::Transport {
-            action: action.to_string(),
-            detail: transport_detail(&e),
-        })?;
-        if status == StatusCode::UNAUTHORIZED
-            || status == StatusCode::FORBIDDEN && action == "login"
-        {
-            return Err(RestError::Unauthorized {
-                action: action.to_string(),
-                detail: error_detail(&text),
-            });
-        }
-        if !status.is_success() {
-            return Err(RestError::Status {
-                action: action.to_string(),
-                status: status.as_u16(),
-                detail: error_detail(&text),
-            });
-        }
-        let value: Value = serde_json::from_str(&text).map_err(|e| RestError::BadResponse {
-            action: action.to_string(),
-            detail: e.to_string(),
-        })?;
-        if value.get("success") == Some(&Value::Bool(false)) {
-            return Err(RestError::Status {
-                action: action.to_string(),
-                status: status.as_u16(),
-                detail: error_detail(&text),
-            });
-        }
-        Ok(value)
+        classify(action, resp).await
     }
 
     /// An authenticated call with the retry rules: a 401 logs in again once (password
@@ -262,35 +231,7 @@ impl Rest {
                     continue;
                 }
             }
-            let text = resp.text().await.map_err(|e| RestError::Transport {
-                action: action.to_string(),
-                detail: transport_detail(&e),
-            })?;
-            if status == StatusCode::UNAUTHORIZED {
-                return Err(RestError::Unauthorized {
-                    action: action.to_string(),
-                    detail: error_detail(&text),
-                });
-            }
-            if !status.is_success() {
-                return Err(RestError::Status {
-                    action: action.to_string(),
-                    status: status.as_u16(),
-                    detail: error_detail(&text),
-                });
-            }
-            let value: Value = serde_json::from_str(&text).map_err(|e| RestError::BadResponse {
-                action: action.to_string(),
-                detail: e.to_string(),
-            })?;
-            if value.get("success") == Some(&Value::Bool(false)) {
-                return Err(RestError::Status {
-                    action: action.to_string(),
-                    status: status.as_u16(),
-                    detail: error_detail(&text),
-                });
-            }
-            return Ok(value);
+            return classify(action, resp).await;
         }
     }
 
@@ -486,6 +427,38 @@ fn error_detail(text: &str) -> String {
         }
     }
     crate::text::truncate(text.trim(), 200)
+}
+
+/// Maps a response to its JSON body or a [`RestError`]: 401 (and 403 on `login`) is
+/// `Unauthorized`, other failures and `{"success": false}` bodies are `Status`.
+async fn classify(action: &str, resp: reqwest::Response) -> Result<Value, RestError> {
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| RestError::Transport {
+        action: action.to_string(),
+        detail: transport_detail(&e),
+    })?;
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN && action == "login" {
+        return Err(RestError::Unauthorized {
+            action: action.to_string(),
+            detail: error_detail(&text),
+        });
+    }
+    let failed = |status: StatusCode| RestError::Status {
+        action: action.to_string(),
+        status: status.as_u16(),
+        detail: error_detail(&text),
+    };
+    if !status.is_success() {
+        return Err(failed(status));
+    }
+    let value: Value = serde_json::from_str(&text).map_err(|e| RestError::BadResponse {
+        action: action.to_string(),
+        detail: e.to_string(),
+    })?;
+    if value.get("success") == Some(&Value::Bool(false)) {
+        return Err(failed(status));
+    }
+    Ok(value)
 }
 
 /// reqwest's error text can include the URL; ours never carries secrets in the URL, but keep
