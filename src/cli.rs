@@ -76,6 +76,8 @@ pub enum Command {
     },
     /// Deny a pending tool call.
     Deny { id: String },
+    /// Check the set-up: configuration, agent executables, runtime dir, the running daemon.
+    Doctor,
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -188,6 +190,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Config {
             command: ConfigCommand::Validate,
         } => validate(&config_file),
+        Command::Doctor => doctor(&config_file, &runtime),
         Command::Policy {
             command: PolicyCommand::Check(check),
         } => policy_check(&config_file, &runtime, check),
@@ -215,6 +218,101 @@ fn validate(path: &Path) -> anyhow::Result<i32> {
             Ok(1)
         }
     }
+}
+
+/// Prints one line per check (`ok`, `warn` or `FAIL`); exit 1 if any check failed.
+fn doctor(config_file: &Path, runtime: &Path) -> anyhow::Result<i32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut failed = false;
+    let mut report = |level: &str, what: String| {
+        failed |= level == "FAIL";
+        println!("{level:<4} {what}");
+    };
+    let config = match config::load(config_file) {
+        Ok(c) => {
+            report("ok", format!("config {} is valid", config_file.display()));
+            Some(c)
+        }
+        Err(e) => {
+            report("FAIL", format!("{e}"));
+            None
+        }
+    };
+    for agent in config.iter().flat_map(|c| c.agents.values()) {
+        let version = std::process::Command::new(&agent.command)
+            .arg("--version")
+            .env_remove("CLAUDECODE")
+            .output();
+        match version {
+            Ok(out) if out.status.success() => report(
+                "ok",
+                format!(
+                    "agent '{}': {} answers {}",
+                    agent.name,
+                    agent.command,
+                    String::from_utf8_lossy(&out.stdout).trim()
+                ),
+            ),
+            Ok(out) => report(
+                "FAIL",
+                format!(
+                    "agent '{}': `{} --version` failed ({}): {}",
+                    agent.name,
+                    agent.command,
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ),
+            Err(e) => report(
+                "FAIL",
+                format!(
+                    "agent '{}': cannot run `{}`: {e}",
+                    agent.name, agent.command
+                ),
+            ),
+        }
+        if !agent.permissions.enabled {
+            report(
+                "warn",
+                format!(
+                    "agent '{}': permissions are off: tools are limited to the allow-lists, with no approvals",
+                    agent.name
+                ),
+            );
+        }
+    }
+    match std::fs::metadata(runtime) {
+        Ok(m) if m.permissions().mode() & 0o077 == 0 => {
+            report("ok", format!("runtime dir {} is private", runtime.display()))
+        }
+        Ok(m) => report(
+            "FAIL",
+            format!(
+                "runtime dir {} has mode {:o}; it holds tokens and the control socket: chmod 700 it",
+                runtime.display(),
+                m.permissions().mode() & 0o777
+            ),
+        ),
+        Err(_) => report(
+            "ok",
+            format!("runtime dir {} will be created on start", runtime.display()),
+        ),
+    }
+    match daemon::running_pid(runtime) {
+        Some(pid) => match ask(runtime, &Request::Status) {
+            Ok(v) if v["ok"] == Value::Bool(true) => {
+                report("ok", format!("gateway running (pid {pid}) and answering"))
+            }
+            _ => report(
+                "FAIL",
+                format!(
+                    "gateway pid {pid} holds the pid file but its control socket does not answer"
+                ),
+            ),
+        },
+        None => report("ok", "gateway not running".to_string()),
+    }
+    Ok(if failed { 1 } else { 0 })
 }
 
 fn start(config_file: &Path, runtime: &Path, foreground: bool) -> anyhow::Result<i32> {

@@ -219,3 +219,37 @@ watchers:
         "deny: blocked: touches the gateway's control plane (runs `agent-chat-gateway`)\n  agent-chat-gateway approve a3k9\n"
     );
 }
+
+#[test]
+fn doctor_reports_each_check_and_fails_on_a_missing_agent() {
+    let port = free_port();
+    let good = MINIMAL
+        .replace("PORT", &port.to_string())
+        .replace("/bin/false", support::fake_agent_bin());
+    let g = Gateway::prepare(&good);
+    let (code, out, _) = g.cli_text(&["doctor"]);
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("ok   config ") && lines[0].ends_with(" is valid"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("ok   agent 'a': "), "{out}");
+    assert_eq!(
+        lines[2],
+        "warn agent 'a': permissions are off: tools are limited to the allow-lists, with no approvals"
+    );
+    assert_eq!(*lines.last().unwrap(), "ok   gateway not running");
+
+    let missing = Gateway::prepare(
+        &MINIMAL
+            .replace("PORT", &port.to_string())
+            .replace("/bin/false", "/nonexistent/agent"),
+    );
+    let (code, out, _) = missing.cli_text(&["doctor"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL agent 'a': cannot run `/nonexistent/agent`: No such file or directory"),
+        "{out}"
+    );
+}
