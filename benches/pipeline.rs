@@ -5,6 +5,12 @@
 //!
 //! `cargo bench --bench pipeline [-- --agent-command PATH] [--rooms N --turns-per-room K]`
 //!
+//! Without `--agent-command` it runs two fake agents: `acg-fake-agent` (a small Rust program)
+//! and `benches/nolibc_agent.c`, compiled here with `cc` into a static program without a C
+//! library. On virtual machines glibc's start-up `cpuid` probing traps to the hypervisor and
+//! costs about a millisecond of CPU per exec; the second agent shows the gateway's throughput
+//! without that.
+//!
 //! Prints one JSON object per configuration (1, 100 and 1000 rooms by default):
 //! turn latency p50/p99 (message in → reply delivered), the agent process's own time (the same
 //! executable spawned alone with the same prompt, measured before the run), the gateway overhead
@@ -205,6 +211,10 @@ fn peak_rss_mb() -> f64 {
 }
 
 async fn run_one(agent: PathBuf, rooms: usize, turns_per_room: usize) -> serde_json::Value {
+    let agent_name = agent
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -272,6 +282,7 @@ async fn run_one(agent: PathBuf, rooms: usize, turns_per_room: usize) -> serde_j
         percentile(&agent_times, 0.99),
     );
     serde_json::json!({
+        "agent": agent_name,
         "rooms": rooms,
         "turns": total,
         "turns_per_sec": (total as f64 / elapsed).round(),
@@ -293,10 +304,41 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// Compiles `benches/nolibc_agent.c` (x86-64 Linux only); `None` where that is not possible.
+fn nolibc_agent(dir: &Path) -> Option<PathBuf> {
+    if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        return None;
+    }
+    let out = dir.join("nolibc-agent");
+    let status = std::process::Command::new("cc")
+        .args([
+            "-O2",
+            "-static",
+            "-nostdlib",
+            "-ffreestanding",
+            "-fno-builtin",
+        ])
+        .args(["-fno-stack-protector", "-o"])
+        .arg(&out)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/nolibc_agent.c"
+        ))
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(out),
+        _ => {
+            eprintln!("note: could not build benches/nolibc_agent.c with cc; skipping that agent");
+            None
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let agent = arg(&args, "--agent-command")
-        .map(PathBuf::from)
+    let given = arg(&args, "--agent-command").map(PathBuf::from);
+    let agent = given
+        .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_acg-fake-agent")));
     if let Some(rooms) = arg(&args, "--rooms") {
         let rooms: usize = rooms.parse().expect("--rooms N");
@@ -311,22 +353,25 @@ fn main() {
         println!("{result}");
         return;
     }
+    let scratch = tempfile::tempdir().unwrap();
+    let mut agents = vec![agent];
+    if given.is_none() {
+        agents.extend(nolibc_agent(scratch.path()));
+    }
     // One child process per configuration, so each peak RSS is its own.
     let exe = std::env::current_exe().unwrap();
-    for (rooms, turns) in [(1, 1000), (100, 20), (1000, 5)] {
-        let out = std::process::Command::new(&exe)
-            .args([
-                "--rooms",
-                &rooms.to_string(),
-                "--turns-per-room",
-                &turns.to_string(),
-            ])
-            .arg("--agent-command")
-            .arg(&agent)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("bench child runs");
-        assert!(out.status.success(), "bench child failed");
-        print!("{}", String::from_utf8_lossy(&out.stdout));
+    for agent in &agents {
+        for (rooms, turns) in [(1, 1000), (100, 20), (1000, 5)] {
+            let out = std::process::Command::new(&exe)
+                .args(["--rooms", &rooms.to_string()])
+                .args(["--turns-per-room", &turns.to_string()])
+                .arg("--agent-command")
+                .arg(agent)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("bench child runs");
+            assert!(out.status.success(), "bench child failed");
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+        }
     }
 }
