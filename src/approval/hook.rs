@@ -58,7 +58,12 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
                 Err(e) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
                     warn!(error = %e, "hook accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                        _ = cancel.cancelled() => break,
+                    }
                     continue;
                 }
             },

@@ -67,7 +67,12 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
                     warn!(error = %e, "control accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = cancel.cancelled() => break,
+                    }
                     continue;
                 }
             },
