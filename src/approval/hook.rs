@@ -26,6 +26,10 @@ use crate::model::Decision;
 pub const SECRET_HEADER: &str = "x-acg-secret";
 /// Tool inputs can be large (a Write of a big file) but not unbounded.
 pub const MAX_BODY: usize = 10 * 1024 * 1024;
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 256;
+/// A client that does not send its request head within this time is dropped.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The fields of a PreToolUse body the gateway uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +57,9 @@ pub async fn serve(
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
+    // Each tool call holds a connection while it waits for an owner; far more than the
+    // agents can have in flight means something else is connecting, and it is turned away.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -69,11 +76,19 @@ pub async fn serve(
             },
             _ = cancel.cancelled() => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!("too many hook connections; closing a new one");
+            continue;
+        };
         let approvals = approvals.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| handle(approvals.clone(), req));
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 r = conn => if let Err(e) = r { debug!(error = %e, "hook connection ended") },
                 _ = cancel.cancelled() => {}
