@@ -199,6 +199,9 @@ impl RoomWorker {
                 break;
             }
             tokio::select! {
+                // A finished turn is recorded before anything else is looked at, so a status
+                // request that follows the end of a turn sees its session and queue.
+                biased;
                 joined = join_running(&mut self.running) => {
                     let running = self.running.take().expect("joined a running turn");
                     let report = self.report_of(joined, running);
