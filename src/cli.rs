@@ -137,8 +137,10 @@ impl clap::ValueEnum for Role {
 
 /// Runs a command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let runtime = daemon::runtime_dir();
-    let config_file = daemon::config_path(cli.config.as_deref(), &runtime);
+    // Absolute paths: the daemon changes to `/` after forking.
+    let runtime = std::path::absolute(daemon::runtime_dir()).context("bad runtime dir")?;
+    let config_file = std::path::absolute(daemon::config_path(cli.config.as_deref(), &runtime))
+        .context("bad config path")?;
     match cli.command {
         Command::Start { foreground } => start(&config_file, &runtime, foreground),
         Command::Stop => stop(&runtime, stop_wait(&config_file)).map(|_| 0),

@@ -192,6 +192,8 @@ pub fn start_background(config: Config, runtime: PathBuf) -> anyhow::Result<Vec<
             match fork::fork() {
                 Ok(fork::Fork::Parent(_)) => std::process::exit(0),
                 Ok(fork::Fork::Child) => {
+                    // Hold no directory busy (paths are absolute by now).
+                    let _ = std::env::set_current_dir("/");
                     detach_stdio();
                     let pipe = File::from(write_fd);
                     let code = match run_process(config, runtime, false, StartupReport::Pipe(pipe))

@@ -268,19 +268,31 @@ impl StateStore {
 
     /// Writes dirty files until cancelled, coalescing bursts; flushes once more at the end.
     pub async fn run_writer(self, cancel: CancellationToken) {
+        // After a failed write (disk full, folder removed) the next attempt waits longer each
+        // time, up to a minute, instead of retrying at the coalescing pace.
+        let mut failures = 0u32;
         loop {
             tokio::select! {
                 _ = self.inner.wake.notified() => {}
                 _ = cancel.cancelled() => break,
             }
+            let pause = if failures == 0 {
+                COALESCE
+            } else {
+                retry_pause(failures)
+            };
             tokio::select! {
-                _ = tokio::time::sleep(COALESCE) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = cancel.cancelled() => break,
             }
             let store = self.clone();
-            let result = tokio::task::spawn_blocking(move || store.flush()).await;
-            if let Ok(Err(e)) = result {
-                tracing::error!(error = %e, "state write failed; will retry on the next change");
+            match tokio::task::spawn_blocking(move || store.flush()).await {
+                Ok(Ok(())) => failures = 0,
+                Ok(Err(e)) => {
+                    failures += 1;
+                    tracing::error!(error = %e, retry_in = ?retry_pause(failures), "state write failed; retrying");
+                }
+                Err(e) => tracing::error!(error = %e, "state writer task failed"),
             }
         }
         if let Err(e) = self.flush() {
@@ -346,6 +358,11 @@ impl ConnectorStore {
         }
         self.store.mark_dirty(&self.connector);
     }
+}
+
+/// 2 s, 4 s, … up to a minute between attempts after consecutive failed writes.
+fn retry_pause(failures: u32) -> Duration {
+    Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60))
 }
 
 pub fn state_path(dir: &Path, connector: &str) -> PathBuf {
