@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::fake_llm::FakeLlm;
-use support::{claude_bin, free_port, EventStream, Gateway, WebClient};
+use support::{free_port, EventStream, Gateway, WebClient};
 
 struct Setup {
     gateway: Gateway,
@@ -20,10 +20,10 @@ struct Setup {
 
 /// Alice is an owner, Bob a guest. `rules` is YAML for the agent's allow-lists.
 async fn setup(rules: &str, approval_timeout: u64) -> Option<Setup> {
-    let claude = claude_bin()?;
-    let llm = FakeLlm::start(json!({"scenarios": [], "default_text": "OK"})).await;
+    let extra = format!("    permissions: {{enabled: true, timeout: {approval_timeout}}}\n{rules}");
+    let script = json!({"scenarios": [], "default_text": "OK"});
+    let (llm, agents, home) = support::claude_agent(script, &extra).await?;
     let port = free_port();
-    let home = tempfile::tempdir().unwrap();
     let config = format!(
         r#"
 connectors:
@@ -31,20 +31,10 @@ connectors:
     type: webchat
     listen: "127.0.0.1:{port}"
     allowed_users: {{owners: [alice], guests: [bob]}}
-agents:
-  assistant:
-    type: claude
-    command: "{claude}"
-    working_directory: "{{work}}"
-    timeout: 120
-    env: {env}
-    permissions: {{enabled: true, timeout: {approval_timeout}}}
-{rules}
+{agents}
 watchers:
   - {{name: all, connector: local, room: "*", agent: assistant}}
-"#,
-        claude = claude.display(),
-        env = support::claude_env_yaml(&llm, home.path()),
+"#
     );
     let gateway = Gateway::start(&config);
     let alice = WebClient::new(port, &gateway.token_for("alice"));

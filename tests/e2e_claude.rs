@@ -6,7 +6,7 @@ mod support;
 
 use serde_json::json;
 use support::fake_llm::FakeLlm;
-use support::{claude_bin, free_port, Gateway, WebClient};
+use support::{free_port, Gateway, WebClient};
 
 struct Setup {
     gateway: Gateway,
@@ -18,10 +18,8 @@ struct Setup {
 /// A gateway with one web chat connector and one Claude agent; `extra_agent` is YAML added to
 /// the agent (allow-lists, permissions).
 async fn setup(script: serde_json::Value, extra_agent: &str) -> Option<Setup> {
-    let claude = claude_bin()?;
-    let llm = FakeLlm::start(script).await;
+    let (llm, agents, home) = support::claude_agent(script, extra_agent).await?;
     let port = free_port();
-    let home = tempfile::tempdir().unwrap();
     let config = format!(
         r#"
 connectors:
@@ -29,20 +27,10 @@ connectors:
     type: webchat
     listen: "127.0.0.1:{port}"
     allowed_users: {{owners: [alice], guests: [bob]}}
-default_agent: assistant
-agents:
-  assistant:
-    type: claude
-    command: "{claude}"
-    working_directory: "{{work}}"
-    timeout: 120
-    env: {env}
-{extra_agent}
+{agents}
 watchers:
   - {{name: local-all, connector: local, room: "*", agent: assistant}}
-"#,
-        claude = claude.display(),
-        env = support::claude_env_yaml(&llm, home.path()),
+"#
     );
     let gateway = Gateway::start(&config);
     let alice = WebClient::new(port, &gateway.token_for("alice"));

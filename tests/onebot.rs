@@ -1157,7 +1157,7 @@ async fn forward_mode_connects_learns_the_bot_and_reconnects_after_heartbeat_los
 mod support;
 
 use support::fake_llm::FakeLlm;
-use support::{claude_bin, free_port};
+use support::free_port;
 
 /// Claude turns take seconds (CLI start-up); this bounds one of them.
 const TURN: Duration = Duration::from_secs(90);
@@ -1170,10 +1170,8 @@ struct E2e {
 }
 
 async fn e2e(script: Value, agent_extra: &str) -> Option<E2e> {
-    let claude = claude_bin()?;
-    let llm = FakeLlm::start(script).await;
+    let (llm, agents, home) = support::claude_agent(script, agent_extra).await?;
     let port = free_port();
-    let home = tempfile::tempdir().unwrap();
     let config = format!(
         r#"
 connectors:
@@ -1182,20 +1180,10 @@ connectors:
     listen: "127.0.0.1:{port}"
     access_token: "{TOKEN}"
     allowed_users: {{owners: ["{USER}"], guests: ["4242"]}}
-default_agent: assistant
-agents:
-  assistant:
-    type: claude
-    command: "{claude}"
-    working_directory: "{{work}}"
-    timeout: 120
-    env: {env}
-{agent_extra}
+{agents}
 watchers:
   - {{name: qq-group, connector: qq, room: "group:{GROUP}", agent: assistant}}
-"#,
-        claude = claude.display(),
-        env = support::claude_env_yaml(&llm, home.path()),
+"#
     );
     let gateway = support::Gateway::start(&config);
     assert!(gateway.notes.contains("onebot/v11/ws"), "{}", gateway.notes);

@@ -961,7 +961,6 @@ async fn server_down_at_start_is_retried_until_it_comes_up() {
 
 mod support;
 
-use support::claude_bin;
 use support::fake_llm::FakeLlm;
 
 /// Claude turns take seconds (CLI start-up); this bounds one of them.
@@ -975,10 +974,8 @@ struct E2e {
 }
 
 async fn e2e(script: Value, agent_extra: &str) -> Option<E2e> {
-    let claude = claude_bin()?;
-    let llm = FakeLlm::start(script).await;
+    let (llm, agents, home) = support::claude_agent(script, agent_extra).await?;
     let fake = FakeRocketChat::start().await;
-    let home = tempfile::tempdir().unwrap();
     let config = format!(
         r##"
 connectors:
@@ -988,21 +985,11 @@ connectors:
     username: {BOT_USER}
     password: "{BOT_PASSWORD}"
     allowed_users: {{owners: [alice], guests: [bob]}}
-default_agent: assistant
-agents:
-  assistant:
-    type: claude
-    command: "{claude}"
-    working_directory: "{{work}}"
-    timeout: 120
-    env: {env}
-{agent_extra}
+{agents}
 watchers:
   - {{name: rc-general, connector: rc, room: "#general", agent: assistant}}
 "##,
         url = fake.url(),
-        claude = claude.display(),
-        env = support::claude_env_yaml(&llm, home.path()),
     );
     let gateway = support::Gateway::start(&config);
     // Subscribed: from here a post is delivered live or by the replay that follows.

@@ -335,6 +335,25 @@ impl EventStream {
     }
 }
 
+/// A real Claude Code agent named `assistant`, pointed at a fresh fake model API with an
+/// isolated HOME: returns the fake, the `default_agent:` + `agents:` YAML for a test config
+/// (`extra` is appended to the agent's keys, 4-space indented; `{work}` is left for
+/// [`Gateway::prepare`]), and the HOME to keep alive. `None` when the CLI is missing.
+pub async fn claude_agent(
+    script: Value,
+    extra: &str,
+) -> Option<(fake_llm::FakeLlm, String, tempfile::TempDir)> {
+    let claude = claude_bin()?;
+    let llm = fake_llm::FakeLlm::start(script).await;
+    let home = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "default_agent: assistant\nagents:\n  assistant:\n    type: claude\n    command: \"{}\"\n    working_directory: \"{{work}}\"\n    timeout: 120\n    env: {}\n{extra}\n",
+        claude.display(),
+        claude_env_yaml(&llm, home.path()),
+    );
+    Some((llm, yaml, home))
+}
+
 /// Environment for a Claude Code child: the fake model API, no network side traffic, and an
 /// isolated HOME, rendered as a YAML flow map for an agent's `env:`.
 pub fn claude_env_yaml(llm: &fake_llm::FakeLlm, home: &Path) -> String {
