@@ -255,3 +255,33 @@ proptest! {
         }
     }
 }
+
+/// tree-sitter-bash's scanner once handed any code point to C `isdigit` after a `{`, which
+/// read far outside its table and crashed the process: the analyser must survive every
+/// character in that position, whatever the command around it.
+#[test]
+fn every_character_after_a_brace_is_analysed_without_crashing() {
+    let highest = char::MAX as u32;
+    let samples = (0x80..0x800)
+        .chain((0x800..=highest).step_by(0x3FF))
+        .chain([0xFFFF, 0x10000, highest]);
+    for code in samples.filter_map(char::from_u32) {
+        for script in [
+            format!("echo {{{code}"),
+            format!("echo a{{{code}..2}}"),
+            format!("{{{code}"),
+        ] {
+            let analysis = analyse_bash(&script, Path::new("/project"));
+            assert!(!analysis.params.is_empty(), "{script:?}");
+        }
+    }
+    // Non-ASCII text is still read from the real source.
+    let analysis = analyse_bash("echo é中 > ./日本.txt", Path::new("/project"));
+    let texts: Vec<&str> = analysis.params.iter().map(|p| p.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["echo é中", "write:/project/日本.txt"],
+        "{analysis:?}"
+    );
+    assert!(analysis.problems.is_empty(), "{analysis:?}");
+}

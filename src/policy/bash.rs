@@ -84,6 +84,43 @@ thread_local! {
     static PARSER: RefCell<Option<Parser>> = const { RefCell::new(None) };
 }
 
+/// The code point the parser sees for every non-ASCII character.
+///
+/// Why: tree-sitter-bash's scanner calls C `isdigit` on the lookahead, which indexes a
+/// 384-entry table, so a code point far above 255 after a `{` reads out of bounds and can
+/// crash the whole gateway (found by the fuzz test in `tests/policy_corpus.rs`). Bash itself
+/// only gives meaning to ASCII (its blanks and metacharacters are all ASCII; everything else
+/// is an ordinary word character), so feeding the grammar one Latin-1 letter in place of each
+/// non-ASCII character keeps the parse faithful, and byte offsets (hence all node text, which
+/// is read from the real source) are unchanged.
+const NON_ASCII_STAND_IN: i32 = 0xE9; // 'é'
+
+/// UTF-8 decoding for the bash parser that reports non-ASCII characters as
+/// [`NON_ASCII_STAND_IN`] while consuming their real length.
+struct BashBytes;
+
+impl tree_sitter::Decode for BashBytes {
+    fn decode(bytes: &[u8]) -> (i32, u32) {
+        let Some(&lead) = bytes.first() else {
+            return (-1, 0);
+        };
+        let len = match lead {
+            0x00..=0x7F => return (i32::from(lead), 1),
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            // A continuation byte cannot start a character of a `&str`; report a decode
+            // error (-1), as tree-sitter's own decoder does, and step over it.
+            _ => return (-1, 1),
+        };
+        if bytes.len() < len {
+            // Truncated: tree-sitter retries with a fresh chunk on a short error.
+            return (-1, bytes.len() as u32);
+        }
+        (NON_ASCII_STAND_IN, len as u32)
+    }
+}
+
 /// What a script does, as far as static analysis can tell.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Analysis {
@@ -216,7 +253,12 @@ impl Analyser<'_> {
                     .expect("tree-sitter-bash matches the linked tree-sitter ABI");
                 parser
             });
-            parser.parse(src, None)
+            let bytes = src.as_bytes();
+            parser.parse_custom_encoding::<BashBytes, _, _>(
+                &mut |offset, _| bytes.get(offset..).unwrap_or_default(),
+                None,
+                None,
+            )
         });
         let Some(tree) = tree else {
             self.problem("the bash parser gave up on this script".to_string());
