@@ -29,7 +29,7 @@ fn rate(budget: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 /// A realistic script of about 10 KB: functions, loops, pipelines, substitutions, heredocs.
-fn big_script() -> String {
+fn big_script(bytes: usize) -> String {
     let block = r#"
 build_one() {
   local crate="$1"
@@ -49,7 +49,7 @@ Everything built on $(date).
 NOTES
 "#;
     let mut s = String::new();
-    while s.len() < 10 * 1024 {
+    while s.len() < bytes {
         s.push_str(block);
     }
     s
@@ -70,7 +70,7 @@ fn main() {
     let guest = RuleSet::default();
     let guard = Guard::new("/home/agent/.agent-chat-gateway").with_own_room(Some("rc"), "GENERAL");
     let cwd = Path::new("/project");
-    let script = big_script();
+    let script = big_script(10 * 1024);
 
     let cases: Vec<(&str, &str, Value)> = vec![
         (
@@ -104,5 +104,23 @@ fn main() {
         report.insert(format!("{name}_decision"), json!(decision));
     }
     report.insert("bash_10kb_bytes".to_string(), json!(script.len()));
+    // The largest script the analyser accepts: how long one decision can take at worst.
+    for (name, bytes) in [("bash_64kb", 64 * 1024), ("bash_1mb", 1024 * 1024)] {
+        let input = json!({"command": big_script(bytes)});
+        let start = Instant::now();
+        let outcome = decide(&PolicyInput {
+            role: Role::Owner,
+            tool: "Bash",
+            input: &input,
+            cwd,
+            owner_rules: &owner,
+            guest_rules: &guest,
+            skip_owner_approval: false,
+            guard: &guard,
+        });
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        report.insert(format!("{name}_ms"), json!((ms * 10.0).round() / 10.0));
+        report.insert(format!("{name}_decision"), json!(outcome.decision.word()));
+    }
     println!("{}", Value::Object(report));
 }

@@ -513,12 +513,9 @@ async fn real_cli_unreachable_hook_denies_the_tool() {
         {"text": "Trying.", "tool_calls": [{"name": "Bash", "input": {"command": "touch hook-allowed.txt", "description": "create"}}]},
         {"text": "Tried."}]}]}))
     .await;
-    // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A free port outside the ephemeral range: nothing listens there, and no other test's
+    // server can land on it.
+    let port = support::free_port();
     let dirs = Dirs::new();
     let mut config = dirs.config(&claude, fake.claude_env());
     config.owner_rules = rules(&[("Bash", None)]);

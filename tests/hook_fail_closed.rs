@@ -121,10 +121,7 @@ async fn a_dead_hook_server_means_the_tool_is_denied() {
     };
     let backend = Arc::new(ClaudeBackend::new(&config, scratch.path().to_path_buf()));
     // A port nobody listens on: the hook server "stopped".
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     let (events, mut rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let outcome = backend

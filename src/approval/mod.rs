@@ -207,19 +207,21 @@ impl Approvals {
             return decision;
         };
         let secret = secret.unwrap_or_default().to_string();
-        let outcome = policy::decide(&policy::PolicyInput {
-            role: binding.role,
-            tool: &call.tool_name,
-            input: &call.tool_input,
-            cwd: &call.cwd,
-            owner_rules: &binding.agent.owner_rules,
-            guest_rules: &binding.agent.guest_rules,
-            skip_owner_approval: binding.agent.permissions.skip_owner_approval,
-            guard: &self
-                .guard
-                .clone()
-                .with_own_room(Some(&binding.room.connector), &binding.room.room),
-        });
+        let call = Arc::new(call);
+        let Some(outcome) = self.check_policy(&binding, &call).await else {
+            let decision = Decision::Deny {
+                reason: "blocked: the policy check failed unexpectedly".into(),
+            };
+            self.audit.append(&AuditRecord::decided(
+                &binding,
+                &call,
+                &[],
+                &decision,
+                None,
+                started.elapsed(),
+            ));
+            return decision;
+        };
         let params = outcome.parameters.clone();
         let exact = format!("{}\u{0}{}", call.tool_name, call.tool_input);
         let (decision, by) = match outcome.decision {
@@ -258,6 +260,41 @@ impl Approvals {
             started.elapsed(),
         ));
         decision
+    }
+
+    /// Runs the policy on a blocking thread: a large script takes a while to parse (about
+    /// 130 ms per MiB) and paths are resolved on the filesystem, neither of which may stall
+    /// the runtime that carries every room. `None` if the check panicked (the caller denies).
+    async fn check_policy(
+        &self,
+        binding: &TurnBinding,
+        call: &Arc<hook::ToolCall>,
+    ) -> Option<policy::PolicyOutcome> {
+        let guard = self
+            .guard
+            .clone()
+            .with_own_room(Some(&binding.room.connector), &binding.room.room);
+        let (agent, role, owned) = (Arc::clone(&binding.agent), binding.role, Arc::clone(call));
+        let checked = tokio::task::spawn_blocking(move || {
+            policy::decide(&policy::PolicyInput {
+                role,
+                tool: &owned.tool_name,
+                input: &owned.tool_input,
+                cwd: &owned.cwd,
+                owner_rules: &agent.owner_rules,
+                guest_rules: &agent.guest_rules,
+                skip_owner_approval: agent.permissions.skip_owner_approval,
+                guard: &guard,
+            })
+        })
+        .await;
+        match checked {
+            Ok(outcome) => Some(outcome),
+            Err(e) => {
+                warn!(tool = %call.tool_name, error = %e, "the policy check failed; denying");
+                None
+            }
+        }
     }
 
     async fn ask_owner(

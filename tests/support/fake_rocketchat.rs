@@ -299,9 +299,11 @@ impl FakeRocketChat {
             state: Mutex::new(state),
             changed: Notify::new(),
         });
-        let listener = TcpListener::bind("127.0.0.1:0")
+        // Not port 0: `restart` binds the same port again, and an ephemeral port could be
+        // taken by another test's bind(0) while this server is down.
+        let listener = TcpListener::bind(("127.0.0.1", crate::support::free_port()))
             .await
-            .expect("bind 127.0.0.1:0");
+            .expect("bind a free 127.0.0.1 port");
         let addr = listener.local_addr().unwrap();
         let running = serve(listener, inner.clone());
         FakeRocketChat {
