@@ -9,6 +9,9 @@
 
 #[path = "../tests/support/fake_rocketchat.rs"]
 mod fake_rocketchat;
+// The fake server takes its port from the test harness.
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
