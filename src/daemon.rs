@@ -30,6 +30,8 @@ use crate::state::StateStore;
 
 pub const PID_FILE: &str = "gateway.pid";
 pub const LOG_FILE: &str = "gateway.log";
+/// How long tasks left on the runtime after shutdown get to finish before they are dropped.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `$ACG_HOME`, else `~/.agent-chat-gateway`.
 pub fn runtime_dir() -> PathBuf {
@@ -229,26 +231,31 @@ pub fn run_process(
     foreground: bool,
     report: StartupReport,
 ) -> anyhow::Result<()> {
-    let result = (|| {
-        ensure_runtime_dir(&runtime)?;
-        let pid = lock_pid_file(&runtime)?;
-        let _log_guard = init_logging(&runtime, foreground)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        let outcome = rt.block_on(async {
-            let shutdown = CancellationToken::new();
-            spawn_signal_handler(shutdown.clone())?;
-            run(config, runtime.clone(), shutdown, report, Connectors::new()).await
+    ensure_runtime_dir(&runtime)?;
+    let pid = lock_pid_file(&runtime)?;
+    let log_guard = init_logging(&runtime, foreground)?;
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| {
+            let outcome = rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone())?;
+                run(config, runtime.clone(), shutdown, report, Connectors::new()).await
+            });
+            // Tasks still parked on the runtime hold sockets and ports; release them now.
+            rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+            outcome
         });
-        drop(pid);
-        outcome
-    })();
-    if let Err(e) = &result {
+    if let Err(e) = &outcome {
         error!("{e:#}");
     }
-    result
+    // `stop` returns as soon as the pid lock is free, so everything the process holds goes
+    // first: the log writer's last lines are flushed, then the lock is released.
+    drop(log_guard);
+    drop(pid);
+    outcome
 }
 
 fn init_logging(

@@ -152,6 +152,7 @@ pub fn spawn(
         paused,
         paused_notice_sent: false,
         running: None,
+        typing_off: None,
         offers_seen: 0,
         generation,
         deps: deps.clone(),
@@ -176,6 +177,8 @@ struct RoomWorker {
     paused: bool,
     paused_notice_sent: bool,
     running: Option<RunningTurn>,
+    /// The last turn's "stopped typing", still on its way (see `end_turn`).
+    typing_off: Option<JoinHandle<()>>,
     offers_seen: u64,
     generation: u64,
     deps: RoomDeps,
@@ -204,8 +207,7 @@ impl RoomWorker {
                 biased;
                 joined = join_running(&mut self.running) => {
                     let running = self.running.take().expect("joined a running turn");
-                    let report = self.report_of(joined, running);
-                    self.finish_turn(report);
+                    self.end_turn(joined, running);
                 }
                 offer = rx.recv(), if !draining && !closed => match offer {
                     Some((m, ack)) => {
@@ -231,9 +233,25 @@ impl RoomWorker {
         if let Some(mut running) = self.running.take() {
             running.cancel.cancel();
             let joined = (&mut running.task).await;
-            let report = self.report_of(joined, running);
-            self.finish_turn(report);
+            self.end_turn(joined, running);
         }
+    }
+
+    /// Records a joined turn, then tells the room the bot stopped typing. The order matters:
+    /// a client that takes "stopped typing" as "answer complete" and asks for the room's
+    /// status right away must see this turn's session.
+    fn end_turn(
+        &mut self,
+        joined: Result<TurnReport, tokio::task::JoinError>,
+        running: RunningTurn,
+    ) {
+        let target = running.target.clone();
+        let report = self.report_of(joined, running);
+        self.finish_turn(report);
+        let connector = self.deps.connector.clone();
+        self.typing_off = Some(self.deps.tracker.spawn(async move {
+            turn::best_effort(connector.typing(&target, false)).await;
+        }));
     }
 
     /// The report of a joined turn; a turn task that died is reported failed in the room.
@@ -295,8 +313,7 @@ impl RoomWorker {
                 if let Some(mut running) = self.running.take() {
                     running.cancel.cancel();
                     let joined = (&mut running.task).await;
-                    let report = self.report_of(joined, running);
-                    self.finish_turn(report);
+                    self.end_turn(joined, running);
                 }
                 self.session_id = None;
                 self.deps
@@ -337,6 +354,7 @@ impl RoomWorker {
             session_id: self.session_id.clone(),
             batch,
             cancel: cancel.clone(),
+            typing_off: self.typing_off.take(),
         };
         let task = self.deps.tracker.spawn(runner.run());
         self.running = Some(RunningTurn {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -40,6 +41,9 @@ pub struct TurnRunner {
     pub session_id: Option<String>,
     pub batch: Vec<QueuedMessage>,
     pub cancel: CancellationToken,
+    /// The previous turn's "stopped typing", awaited before this turn says it is typing, so
+    /// the two never arrive out of order.
+    pub typing_off: Option<JoinHandle<()>>,
 }
 
 impl TurnRunner {
@@ -59,6 +63,9 @@ impl TurnRunner {
         let prompt = prompt::build(&self.deps.platform, &self.batch);
         let connector = self.deps.connector.clone();
         let caps = connector.capabilities();
+        if let Some(previous) = self.typing_off {
+            let _ = previous.await;
+        }
         best_effort(connector.typing(&target, true)).await;
         // Wait for a free agent slot; a stop while waiting ends the turn unanswered, and its
         // messages stay pending for the next start.
@@ -67,7 +74,6 @@ impl TurnRunner {
             _ = self.cancel.cancelled() => None,
         };
         let Some(_slot) = slot else {
-            best_effort(connector.typing(&target, false)).await;
             return TurnReport {
                 message_ids: Vec::new(),
                 session_id: self.session_id.clone(),
@@ -155,7 +161,8 @@ impl TurnRunner {
                 reply.fail(&e.user_message(&reference)).await;
             }
         }
-        best_effort(connector.typing(&target, false)).await;
+        // "Stopped typing" (which a web chat reads as "answer complete") is sent by the
+        // worker once it has recorded this report: see `RoomWorker::end_turn`.
         report
     }
 }
@@ -165,7 +172,10 @@ fn short_ref() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
-async fn best_effort(call: impl std::future::Future<Output = Result<(), ConnectorError>>) {
+/// Runs a connector call that may fail without consequence (typing), bounded in time.
+pub(super) async fn best_effort(
+    call: impl std::future::Future<Output = Result<(), ConnectorError>>,
+) {
     match tokio::time::timeout(Duration::from_secs(10), call).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "best-effort connector call failed"),
