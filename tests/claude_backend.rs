@@ -553,8 +553,20 @@ async fn real_cli_timeout_kills_the_cli() {
         "{:?}",
         run.result
     );
-    // The CLI was reaped before run_turn returned; nothing else runs in its directory.
-    assert_eq!(processes_in(dirs.work.path()), Vec::<u32>::new());
+    // The CLI was reaped before run_turn returned and its process group was sent SIGKILL;
+    // children the kernel is still tearing down may linger for a moment, nothing more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_in(dirs.work.path());
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running in the agent's directory: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Watches a FIFO from a plain thread (opening it blocks until a writer appears): reports
@@ -975,11 +987,12 @@ async fn fake_agent_hang_times_out_and_the_whole_group_is_killed() {
         &fake_agent_bin(),
         vec![("ACG_FAKE_WITNESS".into(), fifo.display().to_string())],
     );
-    config.timeout = Duration::from_secs(2);
+    // Long enough for the fake agent to start and open the witness on a loaded machine.
+    config.timeout = Duration::from_secs(5);
     let backend = dirs.backend(&config);
     let run = run_turn(&backend, "FAKE:hang", None, Role::Owner, None).await;
     assert!(
-        matches!(run.result, Err(AgentError::Timeout(d)) if d == Duration::from_secs(2)),
+        matches!(run.result, Err(AgentError::Timeout(d)) if d == Duration::from_secs(5)),
         "{:?}",
         run.result
     );

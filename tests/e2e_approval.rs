@@ -34,6 +34,8 @@ connectors:
 {agents}
 watchers:
   - {{name: all, connector: local, room: "*", agent: assistant}}
+# Far above any test's run time: a stop that waited for it would be seen at once.
+shutdown_grace: 300
 "#
     );
     let gateway = Gateway::start(&config);
@@ -195,25 +197,18 @@ async fn no_answer_times_out_as_a_deny() {
     let mut events = s.alice.events("r4").await;
     s.alice.post("r4", "AP-TIMEOUT go").await;
     let id = prompt_id(&mut events).await;
+    // The notice is posted beside the turn, so it may come before or after the turn's end:
+    // wait for both.
+    let notice = format!("⏱️ Permission `{id}` timed out — **auto-denied**.");
+    let (mut noticed, mut ended) = (false, false);
     events
         .until(Duration::from_secs(60), |e, d| {
-            e == "typing" && d["typing"] == false
+            noticed |= e == "message" && d["text"] == notice.as_str();
+            ended |= e == "typing" && d["typing"] == false;
+            noticed && ended
         })
         .await;
     assert!(!s.gateway.work.join("late.txt").exists());
-    let texts: Vec<String> = s
-        .alice
-        .messages("r4")
-        .await
-        .into_iter()
-        .map(|m| m.text)
-        .collect();
-    assert!(
-        texts.contains(&format!(
-            "⏱️ Permission `{id}` timed out — **auto-denied**."
-        )),
-        "{texts:?}"
-    );
     // A late approve finds nothing.
     let (_, _) = s.alice.post("r4", &format!("approve {id}")).await;
     let notice = events
@@ -408,9 +403,9 @@ async fn stopping_the_daemon_denies_a_pending_request() {
     prompt_id(&mut events).await;
     let started = std::time::Instant::now();
     s.gateway.stop();
-    // Not the 30 s grace: the pending request was denied and the turn finished.
+    // Not the 300 s grace: the pending request was denied and the turn finished.
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        started.elapsed() < Duration::from_secs(120),
         "{:?}",
         started.elapsed()
     );

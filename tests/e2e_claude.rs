@@ -135,7 +135,9 @@ async fn a_daemon_restart_keeps_the_session() {
     // Tokens are kept in the runtime dir, so the same login works after the restart.
     assert_eq!(s.gateway.token_for("alice"), s.alice.token);
 
-    let replies = s.alice.ask("keep", "two").await;
+    // A new client: the old one's pooled connection died with the old daemon.
+    let alice = s.alice.fresh();
+    let replies = alice.ask("keep", "two").await;
     assert_eq!(replies.last().unwrap().text, "After the restart.");
     let texts = s
         .llm

@@ -6,14 +6,16 @@ mod support;
 
 use support::{fake_agent_bin, free_port, Gateway, WebClient};
 
-fn setup() -> (Gateway, WebClient) {
+/// A gateway on the fake agent. `timeout` is the agent's turn timeout: short only where a
+/// test waits for it to fire, since a loaded machine can make an ordinary turn slow.
+fn setup(timeout: u32) -> (Gateway, WebClient) {
     let port = free_port();
     let config = format!(
         r#"
 connectors:
   - {{name: local, type: webchat, listen: "127.0.0.1:{port}", allowed_users: {{owners: [alice], guests: [bob]}}}}
 agents:
-  fake: {{type: claude, command: "{agent}", working_directory: "{{work}}", timeout: 3}}
+  fake: {{type: claude, command: "{agent}", working_directory: "{{work}}", timeout: {timeout}}}
 watchers:
   - {{name: all, connector: local, room: "*", agent: fake}}
 max_queue_depth: 3
@@ -34,7 +36,9 @@ fn without_ref(text: &str) -> String {
 }
 
 async fn fault_then_recovery(room: &str, marker: &str, expected: &str) {
-    let (mut g, alice) = setup();
+    // The hang test waits for a 3 s timeout; the others must never meet theirs.
+    let timeout = if marker == "FAKE:hang" { 3 } else { 120 };
+    let (mut g, alice) = setup(timeout);
     let replies = alice.ask(room, &format!("please {marker}")).await;
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert_eq!(without_ref(&replies[0].text), expected);
@@ -101,7 +105,7 @@ async fn usage_limit_is_reported_and_the_room_keeps_working() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_output_line_does_not_break_the_turn() {
-    let (_g, alice) = setup();
+    let (_g, alice) = setup(120);
     let replies = alice.ask("huge", "FAKE:huge then answer").await;
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert!(
@@ -112,10 +116,18 @@ async fn a_huge_output_line_does_not_break_the_turn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_during_a_turn_are_merged_and_a_full_queue_gets_a_busy_notice() {
-    let (_g, alice) = setup();
+    let (g, alice) = setup(120);
     let mut events = alice.events("busy").await;
-    // A slow turn holds the room while more messages arrive.
-    let (status, _) = alice.post("busy", "FAKE:slow=1500 first").await;
+    // A turn held open by a gate keeps the room busy while more messages arrive.
+    let gate = g.dir.path().join("gate");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&gate)
+        .status()
+        .unwrap()
+        .success());
+    let (status, _) = alice
+        .post("busy", &format!("FAKE:gate={} first", gate.display()))
+        .await;
     assert_eq!(status, 202);
     events
         .until(std::time::Duration::from_secs(10), |e, d| {
@@ -133,6 +145,10 @@ async fn messages_during_a_turn_are_merged_and_a_full_queue_gets_a_busy_notice()
         body["error"],
         "⚠️ Too many messages are waiting in this room (limit 3); this one was not queued. Please send it again later."
     );
+    // Open the gate: opening the write end waits for the agent to open its end.
+    tokio::task::spawn_blocking(move || drop(std::fs::OpenOptions::new().write(true).open(gate)))
+        .await
+        .unwrap();
     // The first turn ends, then one more runs for the merged messages.
     events
         .until(std::time::Duration::from_secs(30), |e, d| {
@@ -158,7 +174,7 @@ async fn messages_during_a_turn_are_merged_and_a_full_queue_gets_a_busy_notice()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_pending_at_a_restart_are_answered_after_it() {
-    let (mut g, alice) = setup();
+    let (mut g, alice) = setup(120);
     let (code, _, _) = g.cli_text(&["pause", "all"]);
     assert_eq!(code, 0);
     let (status, body) = alice
@@ -175,10 +191,7 @@ async fn messages_pending_at_a_restart_are_answered_after_it() {
     );
 
     g.start_again();
-    let alice = WebClient::new(
-        alice.base.rsplit(':').next().unwrap().parse().unwrap(),
-        &alice.token,
-    );
+    let alice = alice.fresh();
     let mut events = alice.events("kept").await;
     let (code, _, _) = g.cli_text(&["resume", "all"]);
     assert_eq!(code, 0);
@@ -213,24 +226,36 @@ agents:
   fake: {{type: claude, command: "{agent}", working_directory: "{{work}}"}}
 watchers:
   - {{name: all, connector: local, room: "*", agent: fake}}
-room_idle_eviction: 1
+room_idle_eviction: 3
 "#,
         agent = fake_agent_bin()
     );
     let g = Gateway::start(&config);
     let alice = WebClient::new(port, &g.token_for("alice"));
     alice.ask("idle", "first").await;
+    // `status` counts rooms without touching them; `list` asks each room (which keeps it
+    // alive), so the count comes first.
+    assert!(g.cli_text(&["status"]).1.contains("rooms: 1,"));
     let session = |g: &Gateway| {
         let (_, out, _) = g.cli_text(&["list", "--json"]);
         let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
         rows[0]["session_id"].as_str().unwrap().to_string()
     };
     let before = session(&g);
-    assert!(g.cli_text(&["status"]).1.contains("rooms: 1,"));
-    // Released after a second of idleness (the report travels through the dispatcher).
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let (_, status, _) = g.cli_text(&["status"]);
-    assert!(status.contains("rooms: 0,"), "{status}");
+    // Released after three idle seconds (the report travels through the dispatcher);
+    // nothing announces it, so look again until it shows, within a generous bound.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let (_, status, _) = g.cli_text(&["status"]);
+        if status.contains("rooms: 0,") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never released: {status}"
+        );
+    }
     assert_eq!(
         session(&g),
         before,

@@ -2,6 +2,8 @@
 //! stream, the `done` rule, bounds, tokens and start-up failures. A test task stands in for
 //! the dispatcher: it records delivered messages and answers with scripted verdicts.
 
+mod support;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -677,7 +679,10 @@ async fn a_client_that_does_not_read_does_not_block_posting_and_is_resynced() {
 
 #[tokio::test]
 async fn cancellation_ends_event_streams_and_the_server() {
-    let h = Harness::start(config(loopback(), 5, false), &[]).await;
+    // A port below the ephemeral range, so no other test's server can take it once this
+    // one stops and answer the probe below.
+    let addr = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let h = Harness::start(config(addr, 5, false), &[]).await;
     let mut sse = h.events("lobby").await;
     sse.expect("typing").await;
     let base = h.base.clone();

@@ -12,7 +12,9 @@
 //! - `FAKE:garbage`   — non-JSON lines only, exit 0;
 //! - `FAKE:huge`      — one 20 MiB line, then a normal answer;
 //! - `FAKE:ratelimit` — a rejected `rate_limit_event` and an `is_error` 429 result, exit 1;
-//! - `FAKE:slow=<ms>` — waits that long before answering.
+//! - `FAKE:slow=<ms>` — waits that long before answering;
+//! - `FAKE:gate=<fifo>` — waits until a writer opens and closes that FIFO before answering
+//!   (a test holds a turn open for exactly as long as it needs, without guessing a time).
 //!
 //! With `ACG_FAKE_WITNESS=<fifo>` in the environment, `FAKE:hang` first writes
 //! `<own pid> <child pid>\n` to that FIFO and keeps it open in both processes, so a test can
@@ -83,6 +85,10 @@ fn run(session: &str, prompt: &str) -> io::Result<u8> {
     if let Some(ms) = slow_ms(prompt) {
         std::thread::sleep(Duration::from_millis(ms));
     }
+    if let Some(gate) = gate(prompt) {
+        // Opening blocks until the test opens the write end; reading ends when it closes it.
+        std::fs::File::open(gate)?.read_to_end(&mut Vec::new())?;
+    }
     if prompt.contains("FAKE:ratelimit") {
         return rate_limited(&mut out, session);
     }
@@ -146,6 +152,11 @@ fn slow_ms(prompt: &str) -> Option<u64> {
     let rest = &prompt[prompt.find("FAKE:slow=")? + "FAKE:slow=".len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+fn gate(prompt: &str) -> Option<&str> {
+    let rest = &prompt[prompt.find("FAKE:gate=")? + "FAKE:gate=".len()..];
+    rest.split_whitespace().next()
 }
 
 /// With `ACG_FAKE_WITNESS` set: opens the FIFO, starts a `sleep` child holding it too, and

@@ -221,6 +221,16 @@ impl WebClient {
         }
     }
 
+    /// The same user with no pooled connections (after a daemon restart, the old ones are
+    /// dead and the first request on one of them could fail).
+    pub fn fresh(&self) -> WebClient {
+        WebClient {
+            base: self.base.clone(),
+            token: self.token.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
     pub async fn post(&self, room: &str, text: &str) -> (u16, Value) {
         let r = self
             .http
