@@ -69,7 +69,7 @@ max_queue_depth: 0
     let base = dir.path().canonicalize().unwrap();
     let expected = format!(
         "{file} has 7 problems:
-  - connectors[0] (line 5): unknown field `colour`, expected one of `name`, `type`, `listen`, `tokens`, `allowed_users`, `require_mention`, `history_limit`
+  - connectors[0] (line 5): unknown field `colour`, expected one of `name`, `type`, `listen`, `tokens`, `allowed_users`, `require_mention`, `history_limit`, `persist_history`
   - agents.assistant.working_directory (line 9): {base}/missing does not exist or is not a directory
   - agents.assistant.timeout (line 10): must be longer than permissions.timeout (300 s), or a turn waiting for approval is cut off
   - agents.assistant.owner_allowed_tools[0] (line 12): tool regex 'Bash(' is invalid: unclosed group

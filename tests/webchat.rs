@@ -41,6 +41,7 @@ fn config(listen: SocketAddr, history_limit: usize, require_mention: bool) -> We
         tokens: BTreeMap::from([("bob".to_string(), BOB_TOKEN.to_string())]),
         users: vec!["alice".into(), "bob".into()],
         history_limit,
+        persist_history: true,
         require_mention,
     }
 }
@@ -68,7 +69,11 @@ struct Harness {
 
 impl Harness {
     async fn start(config: WebchatConfig, watched: &[&str]) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
+        Harness::start_in(tempfile::tempdir().unwrap(), config, watched).await
+    }
+
+    /// Starts on an existing runtime dir (a restart: tokens and history are there).
+    async fn start_in(dir: tempfile::TempDir, config: WebchatConfig, watched: &[&str]) -> Harness {
         let connector = Arc::new(WebchatConnector::new(NAME, &config, dir.path()).unwrap());
         connector.prepare().await.unwrap();
         let (tx, mut rx) = mpsc::channel::<(Arc<str>, ConnectorEvent)>(16);
@@ -204,6 +209,16 @@ impl Harness {
         let run = self.run.take().unwrap();
         within("the connector to stop", run).await.unwrap().unwrap();
         self.dispatcher.abort();
+    }
+
+    /// Stops and hands back the runtime dir for a restart.
+    async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
+        self.cancel.cancel();
+        let run = self.run.take().unwrap();
+        within("the connector to stop", run).await.unwrap().unwrap();
+        self.dispatcher.abort();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
     }
 }
 
@@ -1060,5 +1075,112 @@ async fn files_users_send_reach_the_agent_and_the_room() {
     assert_eq!(upload("?name=a.txt", b"x".to_vec(), None).await.0, 401);
     h.nothing_delivered();
     assert_eq!(h.messages("lobby").await.len(), 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn history_survives_a_restart_and_the_journal_stays_bounded() {
+    let h = Harness::start(config(loopback(), 3, false), &[]).await;
+    let to = ReplyTarget::room("lobby");
+    for i in 0..4 {
+        h.post("lobby", &h.alice, &format!("question {i}")).await;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let report = src.path().join("notes.txt");
+    std::fs::write(&report, "kept file").unwrap();
+    h.connector.upload(&to, &report, None).await.unwrap();
+    // A streamed answer is kept as it ended, not as it started.
+    h.connector.typing(&to, true).await.unwrap();
+    let posted = h.connector.post(&to, "Draft").await.unwrap();
+    h.connector
+        .edit(&to, &posted, "Final answer")
+        .await
+        .unwrap();
+    h.connector.typing(&to, false).await.unwrap();
+    // Still streaming when the gateway stops: not kept (its turn runs again after a restart).
+    h.connector.typing(&to, true).await.unwrap();
+    h.connector.post(&to, "half a thought").await.unwrap();
+    let before: Vec<(String, String)> = h
+        .messages("lobby")
+        .await
+        .iter()
+        .map(|m| {
+            (
+                m["from"].as_str().unwrap().into(),
+                m["text"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let last_id = h.messages("lobby").await.last().unwrap()["id"].clone();
+    let dir = h.stop_keeping_dir().await;
+    let journal = dir.path().join(format!("webchat-{NAME}.history.jsonl"));
+    let mode = std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let h = Harness::start_in(dir, config(loopback(), 3, false), &[]).await;
+    let after: Vec<(String, String)> = h
+        .messages("lobby")
+        .await
+        .iter()
+        .map(|m| {
+            (
+                m["from"].as_str().unwrap().into(),
+                m["text"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    // history_limit 3: the last three final messages.
+    assert_eq!(
+        after,
+        [
+            ("alice".to_string(), "question 3".to_string()),
+            ("bot".to_string(), "📎 notes.txt".to_string()),
+            ("bot".to_string(), "Final answer".to_string()),
+        ],
+        "before the restart: {before:?}"
+    );
+    // The file of a restored message is still served.
+    let restored = h.messages("lobby").await;
+    let url = restored[1]["file"]["url"].as_str().unwrap().to_string();
+    let body = h
+        .http
+        .get(h.url(&url))
+        .bearer_auth(&h.alice)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "kept file");
+    // New messages sort after the restored ones.
+    let (_, posted) = h.post("lobby", &h.alice, "after the restart").await;
+    assert!(
+        posted["id"].as_str().unwrap().parse::<u64>().unwrap()
+            > last_id.as_str().unwrap().parse::<u64>().unwrap(),
+        "{posted} vs {last_id}"
+    );
+    // Many more messages: the file is rewritten compacted instead of growing without bound.
+    for i in 0..600 {
+        h.post("lobby", &h.alice, &format!("flood {i}")).await;
+    }
+    let dir = h.stop_keeping_dir().await;
+    let journal = dir.path().join(format!("webchat-{NAME}.history.jsonl"));
+    let lines = std::fs::read_to_string(&journal).unwrap().lines().count();
+    assert!(lines <= 2 * 3 + 256 + 1, "{lines} lines in the journal");
+    // A torn last line (a crash mid-write) is skipped, the rest is read.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"{\"room\":\"lobby\",\"id\":").unwrap();
+    let h = Harness::start_in(dir, config(loopback(), 3, false), &[]).await;
+    let texts: Vec<String> = h
+        .messages("lobby")
+        .await
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["flood 597", "flood 598", "flood 599"]);
     h.stop().await;
 }

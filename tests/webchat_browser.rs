@@ -310,6 +310,7 @@ impl Gateway {
             tokens: BTreeMap::new(),
             users: vec!["alice".into()],
             history_limit: 100,
+            persist_history: true,
             require_mention: false,
         };
         let connector = Arc::new(WebchatConnector::new(NAME, &config, dir.path()).unwrap());

@@ -25,6 +25,12 @@ struct RawWebchat {
     require_mention: bool,
     #[serde(default = "default_history")]
     history_limit: usize,
+    #[serde(default = "default_true")]
+    persist_history: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_listen() -> String {
@@ -43,6 +49,8 @@ pub struct WebchatConfig {
     pub users: Vec<String>,
     /// Messages kept per room for the page and the JSON API.
     pub history_limit: usize,
+    /// Keep the rooms' history in the runtime dir across restarts.
+    pub persist_history: bool,
     /// Copied from the connector section: when false every message counts as addressed to
     /// the bot; when true only messages starting with `@bot` do.
     pub require_mention: bool,
@@ -108,6 +116,7 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
             tokens: raw.tokens,
             users,
             history_limit: raw.history_limit,
+            persist_history: raw.persist_history,
             require_mention: raw.require_mention,
         }),
     })

@@ -1,7 +1,8 @@
 //! Files the bot sends into the web chat (`Connector::upload`, `agent-chat-gateway send
 //! --attach`): copied into `<runtime_dir>/webchat-<name>.files/` and served to signed-in users.
 //!
-//! Owns: the copies on disk (mode 0600, folder 0700), their bounds (size of one file, number
+//! Owns: the copies on disk (mode 0600, folder 0700; those of messages restored from the
+//! history are kept across restarts, the rest removed at start), their bounds (size of one file, number
 //! and total size of all; the oldest go first), the names shown for them, and the content type
 //! they are served with.
 //! Must not import: the HTTP server; it serves bytes the server asks for.
@@ -78,24 +79,64 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// Starts empty: files of an earlier run belonged to messages that are gone (history
-    /// lives in memory), so the folder is emptied.
-    pub fn open(dir: PathBuf, limits: Limits) -> Result<FileStore, FileError> {
+    /// Opens the store with the files of an earlier run that `keep` names — `(id, name)` of
+    /// the files of messages restored from the history, oldest first — and removes every
+    /// other file in the folder (they belonged to messages that are gone).
+    pub fn open(
+        dir: PathBuf,
+        limits: Limits,
+        keep: &[(String, String)],
+    ) -> Result<FileStore, FileError> {
         let io = |source| FileError::Io {
             path: dir.clone(),
             source,
         };
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
         std::fs::create_dir_all(&dir).map_err(io)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        // Only ids this store could have made: the journal is ours, but a damaged or edited
+        // one must not name a path outside the folder.
+        let wanted: std::collections::HashSet<&str> = keep
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| valid_id(id))
+            .collect();
+        for entry in std::fs::read_dir(&dir).map_err(io)?.flatten() {
+            let name = entry.file_name();
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            if is_file && name.to_str().is_some_and(|n| wanted.contains(n)) {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if is_file {
+                std::fs::remove_file(&path)
+            } else {
+                std::fs::remove_dir_all(&path)
+            };
+            if let Err(e) = removed {
+                tracing::warn!(file = %path.display(), error = %e, "web chat: removing an old file failed");
+            }
+        }
+        let mut files = VecDeque::new();
+        for (id, name) in keep.iter().filter(|(id, _)| wanted.contains(id.as_str())) {
+            let path = dir.join(id);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if files.iter().any(|f: &StoredFile| &f.id == id) {
+                continue;
+            }
+            files.push_back(StoredFile {
+                id: id.clone(),
+                content_type: content_type(name),
+                name: name.clone(),
+                size: meta.len(),
+                path,
+            });
+        }
         Ok(FileStore {
             dir,
             limits,
-            files: Mutex::new(VecDeque::new()),
+            files: Mutex::new(files),
         })
     }
 
@@ -208,6 +249,14 @@ pub fn prune_attachments(dir: &Path, max_age: std::time::Duration) -> usize {
     removed
 }
 
+/// What [`random_id`] makes: 22 url-safe base64 characters.
+fn valid_id(id: &str) -> bool {
+    id.len() == 22
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 fn random_id() -> String {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -312,7 +361,7 @@ mod tests {
             max_total: 25,
             max_files: 2,
         };
-        let store = FileStore::open(dir.path().join("files"), limits).unwrap();
+        let store = FileStore::open(dir.path().join("files"), limits, &[]).unwrap();
         let write = |name: &str, len: usize| {
             let p = src.path().join(name);
             std::fs::write(&p, vec![b'x'; len]).unwrap();
@@ -332,9 +381,27 @@ mod tests {
         let not_file = store.store(src.path()).await.unwrap_err();
         assert!(matches!(not_file, FileError::NotAFile { .. }));
 
-        // A new store starts empty.
-        let again = FileStore::open(dir.path().join("files"), limits).unwrap();
-        assert!(again.get(&c.id).is_none());
+        // A new store keeps what the restored history names (here `c`, and an id that is not
+        // one of ours, which is ignored) and removes the rest.
+        std::fs::write(dir.path().join("outside"), "x").unwrap();
+        let keep = [
+            (c.id.clone(), c.name.clone()),
+            ("../outside".to_string(), "x".to_string()),
+        ];
+        let again = FileStore::open(dir.path().join("files"), limits, &keep).unwrap();
+        assert!(again.get(&b.id).is_none());
+        assert_eq!(again.get(&c.id).unwrap().size, 10);
+        assert_eq!(
+            again.read(&again.get(&c.id).unwrap()).await.unwrap().len(),
+            10
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("files")).unwrap().count(),
+            1
+        );
+        assert!(dir.path().join("outside").exists());
+        let empty = FileStore::open(dir.path().join("files"), limits, &[]).unwrap();
+        assert!(empty.get(&c.id).is_none());
         assert_eq!(
             std::fs::read_dir(dir.path().join("files")).unwrap().count(),
             0

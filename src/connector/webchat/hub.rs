@@ -3,14 +3,19 @@
 //!
 //! Owns: what a room holds and how it changes. Every change is published to the room's
 //! subscribers while the room lock is held, so subscribers see changes in the order they
-//! happened.
+//! happened. With a journal ([`Hub::with_history`]), every message that becomes final is
+//! handed to it, and the hub asks for a compacted rewrite once the file holds about twice
+//! what the rooms keep.
 //! Must not import: hyper or the dispatcher; the HTTP server and the connector call into it.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use tokio::sync::broadcast;
+
+use super::history;
 
 /// Events buffered per subscriber. A streaming reply edits often; a client that falls further
 /// behind than this gets a `resync` instead of the missed events.
@@ -89,6 +94,8 @@ struct Rooms {
     map: HashMap<String, Room>,
     next_id: u64,
     clock: u64,
+    /// Lines in the journal since it was last rewritten.
+    journal_lines: usize,
 }
 
 /// Summary of one room for the room list.
@@ -103,6 +110,7 @@ pub struct Hub {
     history_limit: usize,
     max_rooms: usize,
     rooms: Mutex<Rooms>,
+    journal: Option<history::Journal>,
 }
 
 impl Hub {
@@ -118,7 +126,80 @@ impl Hub {
                 map: HashMap::new(),
                 next_id: first_id,
                 clock: 0,
+                journal_lines: 0,
             }),
+            journal: None,
+        }
+    }
+
+    /// A hub that keeps its history in the journal at `path`: what it holds is loaded now
+    /// (within the limits) and every message that becomes final is appended.
+    pub fn with_history(
+        history_limit: usize,
+        max_rooms: usize,
+        path: PathBuf,
+    ) -> std::io::Result<Hub> {
+        let mut hub = Hub::new(history_limit, max_rooms);
+        let loaded = history::load(&path, hub.history_limit, hub.max_rooms)?;
+        if loaded.skipped > 0 {
+            tracing::warn!(path = %path.display(), lines = loaded.skipped, "web chat history: unreadable lines skipped");
+        }
+        let journal = history::Journal::start(path)?;
+        {
+            let rooms = hub.rooms.get_mut().unwrap_or_else(|p| p.into_inner());
+            rooms.next_id = rooms.next_id.max(loaded.max_id);
+            for (name, messages) in loaded.rooms {
+                rooms.clock += 1;
+                let mut room = Room::new(rooms.clock);
+                room.messages = messages.into();
+                rooms.map.insert(name, room);
+            }
+            // Start from a compact file: only what was loaded.
+            let lines = snapshot(rooms);
+            rooms.journal_lines = lines.len();
+            journal.rewrite(lines);
+        }
+        hub.journal = Some(journal);
+        Ok(hub)
+    }
+
+    /// `(id, name)` of every file of the messages held, oldest first.
+    pub fn file_refs(&self) -> Vec<(String, String)> {
+        let rooms = self.lock();
+        let mut refs: Vec<(u64, String, String)> = rooms
+            .map
+            .values()
+            .flat_map(|r| r.messages.iter())
+            .filter_map(|m| {
+                m.file
+                    .as_ref()
+                    .map(|f| (m.id, f.id.clone(), f.name.clone()))
+            })
+            .collect();
+        refs.sort_unstable();
+        refs.into_iter().map(|(_, id, name)| (id, name)).collect()
+    }
+
+    /// Waits until the journal has written everything handed to it so far.
+    pub async fn sync_history(&self) {
+        if let Some(journal) = &self.journal {
+            journal.sync().await;
+        }
+    }
+
+    /// Hands a final message to the journal; asks for a rewrite once the file holds about
+    /// twice what the rooms keep (so appends stay amortised O(1) and the file bounded).
+    fn record(&self, rooms: &mut Rooms, room: &str, message: &Message) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        journal.append(history::line(room, message));
+        rooms.journal_lines += 1;
+        let kept: usize = rooms.map.values().map(|r| r.messages.len()).sum();
+        if rooms.journal_lines > 2 * kept + 256 {
+            let lines = snapshot(rooms);
+            rooms.journal_lines = lines.len();
+            journal.rewrite(lines);
         }
     }
 
@@ -179,6 +260,9 @@ impl Hub {
             room.messages.pop_front();
         }
         room.publish(RoomEvent::Message(message.clone()));
+        if message.done {
+            self.record(rooms, room_name, &message);
+        }
         message
     }
 
@@ -225,6 +309,9 @@ impl Hub {
         message.done = !typing;
         let message = message.clone();
         room.publish(RoomEvent::Edit(message.clone()));
+        if message.done {
+            self.record(&mut rooms, room_name, &message);
+        }
         Ok(message)
     }
 
@@ -243,13 +330,21 @@ impl Hub {
                     m.clone()
                 })
                 .collect();
-            for m in finished {
-                room.publish(RoomEvent::Edit(m));
+            for m in &finished {
+                room.publish(RoomEvent::Edit(m.clone()));
             }
+            if room.typing {
+                room.typing = false;
+                room.publish(RoomEvent::Typing(false));
+            }
+            for m in &finished {
+                self.record(&mut rooms, room_name, m);
+            }
+            return;
         }
-        if room.typing != on {
-            room.typing = on;
-            room.publish(RoomEvent::Typing(on));
+        if !room.typing {
+            room.typing = true;
+            room.publish(RoomEvent::Typing(true));
         }
     }
 
@@ -298,6 +393,22 @@ impl Hub {
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
+}
+
+/// The journal lines for every final message the rooms hold, oldest first.
+fn snapshot(rooms: &Rooms) -> Vec<String> {
+    let mut all: Vec<(u64, String)> = rooms
+        .map
+        .iter()
+        .flat_map(|(name, room)| {
+            room.messages
+                .iter()
+                .filter(|m| m.done)
+                .map(move |m| (m.id, history::line(name, m)))
+        })
+        .collect();
+    all.sort_unstable_by_key(|(id, _)| *id);
+    all.into_iter().map(|(_, line)| line).collect()
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! single page (embedded, no external assets) plus a small JSON API and Server-Sent Events.
 //!
 //! Owns: the [`Connector`] implementation for `type: webchat` — login tokens ([`tokens`]),
-//! rooms and their bounded history ([`hub`]), files sent either way ([`files`]), the HTTP
+//! rooms and their bounded history ([`hub`], kept on disk by [`history`]), files sent either way ([`files`]), the HTTP
 //! server ([`server`]), the page (`page.html`) and the API's wire types ([`wire`]).
 //! Users are the holders of the tokens; rooms are free-form names, all of kind `Group`; the
 //! bot is called [`BOT_NAME`] and a leading `@bot` addresses it.
@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod files;
+pub mod history;
 pub mod hub;
 pub mod server;
 pub mod tokens;
@@ -85,16 +86,24 @@ impl WebchatConnector {
         let tokens =
             tokens::Tokens::load_or_generate(name, &config.tokens, &config.users, runtime_dir)
                 .with_context(|| format!("web chat {name}: login tokens"))?;
+        let hub = if config.persist_history {
+            let path = runtime_dir.join(format!("webchat-{name}.history.jsonl"));
+            hub::Hub::with_history(config.history_limit, MAX_ROOMS, path.clone())
+                .with_context(|| format!("web chat {name}: history {}", path.display()))?
+        } else {
+            hub::Hub::new(config.history_limit, MAX_ROOMS)
+        };
         let files = files::FileStore::open(
             runtime_dir.join(format!("webchat-{name}.files")),
             files::Limits::default(),
+            &hub.file_refs(),
         )
         .with_context(|| format!("web chat {name}: file store"))?;
         Ok(WebchatConnector {
             name: name.into(),
             listen: config.listen,
             require_mention: config.require_mention,
-            hub: Arc::new(hub::Hub::new(config.history_limit, MAX_ROOMS)),
+            hub: Arc::new(hub),
             files: Arc::new(files),
             tokens,
             listener: Mutex::new(None),
@@ -263,6 +272,8 @@ impl Connector for WebchatConnector {
             attachments_dir: ctx.attachments_dir.clone(),
         });
         server::serve(listener, shared).await;
+        // The last answers of a stopping gateway are on the page: keep them on disk too.
+        self.hub.sync_history().await;
         Ok(())
     }
 
