@@ -1184,3 +1184,15 @@ async fn history_survives_a_restart_and_the_journal_stays_bounded() {
     assert_eq!(texts, ["flood 597", "flood 598", "flood 599"]);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn an_unusable_history_journal_costs_the_history_not_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the journal should be: it can be neither read nor appended to.
+    std::fs::create_dir(dir.path().join(format!("webchat-{NAME}.history.jsonl"))).unwrap();
+    let h = Harness::start_in(dir, config(loopback(), 5, false), &[]).await;
+    let (status, _) = h.post("lobby", &h.alice, "still works").await;
+    assert_eq!(status, 202);
+    assert_eq!(h.messages("lobby").await.len(), 1);
+    h.stop().await;
+}

@@ -309,15 +309,24 @@ impl Approvals {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut state = self.state();
-            let Some(turn) = state.turns.get(secret) else {
+            if !state.turns.contains_key(secret) {
                 return (
                     Decision::Deny {
                         reason: "blocked: the turn ended before the call could be asked".into(),
                     },
                     None,
                 );
-            };
-            let _ = turn;
+            }
+            // Checked again under the lock that `shutdown` takes: a stop that began after
+            // the first check would otherwise leave this request waiting out its timeout.
+            if state.stopping {
+                return (
+                    Decision::Deny {
+                        reason: "denied: the gateway is stopping, so no owner can be asked".into(),
+                    },
+                    None,
+                );
+            }
             let id = loop {
                 let candidate = random_id();
                 if !state.pending.contains_key(&candidate) {

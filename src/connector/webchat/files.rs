@@ -125,10 +125,12 @@ impl FileStore {
             if files.iter().any(|f: &StoredFile| &f.id == id) {
                 continue;
             }
+            // Cleaned like a new file's name: it goes into headers.
+            let name = display_name(Path::new(name));
             files.push_back(StoredFile {
                 id: id.clone(),
-                content_type: content_type(name),
-                name: name.clone(),
+                content_type: content_type(&name),
+                name,
                 size: meta.len(),
                 path,
             });

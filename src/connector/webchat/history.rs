@@ -11,7 +11,7 @@
 //! would stall them. Lines go through a bounded channel instead; if the disk cannot keep up
 //! the line is dropped from the journal (never from the page) and a warning logged.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -80,25 +80,48 @@ pub struct Loaded {
 }
 
 /// Reads the journal at `path` (a missing file is an empty history), keeping the last
-/// `history_limit` messages of each of the `max_rooms` most recently active rooms.
+/// `history_limit` messages of each of the `max_rooms` most recently active rooms. A read
+/// error ends the reading (what was read is kept, the rest counted as skipped).
 pub fn load(path: &Path, history_limit: usize, max_rooms: usize) -> io::Result<Loaded> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::default()),
         Err(e) => return Err(e),
     };
-    let mut rooms: HashMap<String, VecDeque<Message>> = HashMap::new();
+    // Ids are made from the clock (ms × 1000, see `Hub::new`); one far in the future is
+    // damage, and trusting it could run the id counter to its end.
+    let id_ceiling = crate::model::epoch_ms(std::time::SystemTime::now())
+        .saturating_add(24 * 3600 * 1000)
+        .saturating_mul(1000);
+    // By id, not by line: a streamed answer is written when its turn ends, after messages
+    // that were posted while it streamed but have larger ids.
+    let mut rooms: HashMap<String, BTreeMap<u64, Message>> = HashMap::new();
     let mut loaded = Loaded::default();
     for raw in BufReader::new(file).split(b'\n') {
-        let raw = raw?;
+        let Ok(raw) = raw else {
+            loaded.skipped += 1;
+            break;
+        };
         if raw.is_empty() {
             continue;
         }
-        let Ok(r) = serde_json::from_slice::<Record>(&raw) else {
+        let record = serde_json::from_slice::<Record>(&raw)
+            .ok()
+            .filter(|r| r.id <= id_ceiling);
+        let Some(r) = record else {
             loaded.skipped += 1;
             continue;
         };
         loaded.max_id = loaded.max_id.max(r.id);
+        let messages = rooms.entry(r.room).or_default();
+        if messages.len() >= history_limit
+            && messages
+                .first_key_value()
+                .is_some_and(|(&oldest, _)| r.id < oldest)
+        {
+            // Older than everything kept: it would be cut anyway.
+            continue;
+        }
         let message = Message {
             id: r.id,
             from: r.from,
@@ -112,28 +135,18 @@ pub fn load(path: &Path, history_limit: usize, max_rooms: usize) -> io::Result<L
                 inline: f.inline,
             }),
         };
-        let messages = rooms.entry(r.room).or_default();
-        // Ids grow, so a line is either a new message or a rewrite of one kept already.
-        match messages.back() {
-            Some(last) if last.id >= message.id => {
-                if let Some(kept) = messages.iter_mut().find(|m| m.id == message.id) {
-                    *kept = message;
-                }
-            }
-            _ => {
-                messages.push_back(message);
-                if messages.len() > history_limit {
-                    messages.pop_front();
-                }
-            }
+        // A later line with the same id (an edit of a final message) replaces the earlier.
+        messages.insert(message.id, message);
+        if messages.len() > history_limit {
+            messages.pop_first();
         }
     }
     let mut rooms: Vec<(String, Vec<Message>)> = rooms
         .into_iter()
         .filter(|(_, m)| !m.is_empty())
-        .map(|(name, m)| (name, Vec::from(m)))
+        .map(|(name, m)| (name, m.into_values().collect()))
         .collect();
-    rooms.sort_by_key(|(_, m)| m.last().map(|m| m.id));
+    rooms.sort_by_key(|(_, m): &(String, Vec<Message>)| m.last().map(|m| m.id));
     let excess = rooms.len().saturating_sub(max_rooms);
     rooms.drain(..excess);
     loaded.rooms = rooms;
@@ -142,10 +155,15 @@ pub fn load(path: &Path, history_limit: usize, max_rooms: usize) -> io::Result<L
 
 enum Op {
     Append(String),
-    /// Replace the whole file with these lines.
-    Rewrite(Vec<String>),
     /// Answered once everything before it is on disk.
     Sync(oneshot::Sender<()>),
+}
+
+/// The bounds the journal is compacted to (the hub's).
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub history_limit: usize,
+    pub max_rooms: usize,
 }
 
 /// The writer thread's handle. Dropping it lets the thread write what is queued and end.
@@ -155,13 +173,23 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (creating, mode 0600) the journal for appending and starts its writer thread.
-    pub fn start(path: PathBuf) -> io::Result<Journal> {
+    /// Starts the writer thread for the journal at `path`. Its first act is a compacted
+    /// rewrite (so a start never inherits a long file); it compacts again whenever the file
+    /// holds about twice what the bounds keep. Fails if the journal cannot be opened for
+    /// appending.
+    pub fn start(path: PathBuf, bounds: Bounds) -> io::Result<Journal> {
         let file = open_append(&path)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let writer = Writer {
+            path,
+            file: Some(file),
+            bounds,
+            lines: 0,
+            kept: 0,
+        };
         std::thread::Builder::new()
             .name("webchat-history".into())
-            .spawn(move || Writer { path, file }.run(rx))?;
+            .spawn(move || writer.run(rx))?;
         Ok(Journal {
             tx,
             dropped: AtomicU64::new(0),
@@ -169,24 +197,8 @@ impl Journal {
     }
 
     pub fn append(&self, line: String) {
-        self.send(Op::Append(line));
-    }
-
-    pub fn rewrite(&self, lines: Vec<String>) {
-        self.send(Op::Rewrite(lines));
-    }
-
-    /// Waits until everything handed over so far is written.
-    pub async fn sync(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.try_send(Op::Sync(tx)).is_ok() {
-            let _ = rx.await;
-        }
-    }
-
-    fn send(&self, op: Op) {
-        match self.tx.try_send(op) {
-            Ok(()) => {}
+        match self.tx.try_send(Op::Append(line)) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => {
                 // Warn on the first loss and then every thousandth, not on each.
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +209,17 @@ impl Journal {
                     );
                 }
             }
-            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Waits until everything handed over so far is written (waiting for room in the queue
+    /// if it is full).
+    pub async fn sync(&self) {
+        let (ack, done) = oneshot::channel();
+        let tx = self.tx.clone();
+        let queued = tokio::task::spawn_blocking(move || tx.send(Op::Sync(ack)).is_ok()).await;
+        if matches!(queued, Ok(true)) {
+            let _ = done.await;
         }
     }
 }
@@ -213,11 +235,18 @@ fn open_append(path: &Path) -> io::Result<BufWriter<File>> {
 
 struct Writer {
     path: PathBuf,
-    file: BufWriter<File>,
+    /// `None` after a failed reopen; the next append tries again.
+    file: Option<BufWriter<File>>,
+    bounds: Bounds,
+    /// Lines in the file.
+    lines: usize,
+    /// Messages the last compaction kept.
+    kept: usize,
 }
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Op>) {
+        self.compact();
         // Write everything that is queued, then flush once: one write(2) per burst.
         while let Ok(op) = rx.recv() {
             let mut acks = Vec::new();
@@ -225,8 +254,11 @@ impl Writer {
             while let Ok(op) = rx.try_recv() {
                 self.handle(op, &mut acks);
             }
-            if let Err(e) = self.file.flush() {
-                tracing::warn!(path = %self.path.display(), error = %e, "web chat history: write failed");
+            if let Some(Err(e)) = self.file.as_mut().map(|f| f.flush()) {
+                self.warn("write failed", &e);
+            }
+            if self.lines > 2 * self.kept + 256 {
+                self.compact();
             }
             for ack in acks {
                 let _ = ack.send(());
@@ -235,45 +267,80 @@ impl Writer {
     }
 
     fn handle(&mut self, op: Op, acks: &mut Vec<oneshot::Sender<()>>) {
-        let result = match op {
-            Op::Append(line) => writeln!(self.file, "{line}"),
-            Op::Rewrite(lines) => self.rewrite(&lines),
-            Op::Sync(ack) => {
-                acks.push(ack);
-                Ok(())
+        match op {
+            Op::Append(line) => {
+                if self.file.is_none() {
+                    self.file = open_append(&self.path)
+                        .map_err(|e| self.warn("cannot open the journal", &e))
+                        .ok();
+                }
+                if let Some(file) = self.file.as_mut() {
+                    match writeln!(file, "{line}") {
+                        Ok(()) => self.lines += 1,
+                        Err(e) => self.warn("write failed", &e),
+                    }
+                }
             }
-        };
-        if let Err(e) = result {
-            tracing::warn!(path = %self.path.display(), error = %e, "web chat history: write failed");
+            Op::Sync(ack) => acks.push(ack),
         }
     }
 
-    /// Writes the lines to a temporary file and renames it over the journal, so a crash
-    /// leaves either the old journal or the new one.
-    fn rewrite(&mut self, lines: &[String]) -> io::Result<()> {
-        self.file.flush()?;
-        let tmp = self.path.with_extension("jsonl.tmp");
-        let mut out = BufWriter::new(
-            OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?,
-        );
-        for line in lines {
-            writeln!(out, "{line}")?;
+    /// Rewrites the journal with only what the bounds keep, through a fresh temporary file
+    /// renamed over it, so a crash leaves either the old journal or the new one.
+    fn compact(&mut self) {
+        if let Some(Err(e)) = self.file.as_mut().map(|f| f.flush()) {
+            self.warn("write failed", &e);
         }
-        out.flush()?;
-        std::fs::rename(&tmp, &self.path)?;
-        self.file = open_append(&self.path)?;
-        Ok(())
+        let loaded = match load(&self.path, self.bounds.history_limit, self.bounds.max_rooms) {
+            Ok(l) => l,
+            Err(e) => return self.warn("cannot read the journal to compact it", &e),
+        };
+        let mut all: Vec<(u64, String)> = loaded
+            .rooms
+            .iter()
+            .flat_map(|(room, messages)| messages.iter().map(move |m| (m.id, line(room, m))))
+            .collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let written = (|| {
+            // Never through something already there (a leftover, or a planted link).
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut out = BufWriter::new(
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?,
+            );
+            for (_, line) in &all {
+                writeln!(out, "{line}")?;
+            }
+            out.flush()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return self.warn("cannot compact the journal", &e);
+        }
+        self.kept = all.len();
+        self.lines = all.len();
+        self.file = open_append(&self.path)
+            .map_err(|e| self.warn("cannot open the journal", &e))
+            .ok();
+    }
+
+    fn warn(&self, what: &str, e: &io::Error) {
+        tracing::warn!(path = %self.path.display(), error = %e, "web chat history: {what}");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::time::SystemTime;
 
     fn message(id: u64, text: &str) -> Message {
@@ -285,6 +352,14 @@ mod tests {
             ts: SystemTime::now(),
             file: None,
         }
+    }
+
+    fn texts(loaded: &Loaded) -> Vec<(&str, Vec<&str>)> {
+        loaded
+            .rooms
+            .iter()
+            .map(|(n, m)| (n.as_str(), m.iter().map(|m| m.text.as_str()).collect()))
+            .collect()
     }
 
     #[test]
@@ -299,21 +374,69 @@ mod tests {
             line("mid", &message(2, "b edited")),
             "not json".to_string(),
             line("new", &message(4, "d")),
+            // Damage: an id far in the future is not trusted.
+            line("new", &message(u64::MAX, "bogus")),
         ];
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         let loaded = load(&path, 10, 2).unwrap();
-        assert_eq!(loaded.skipped, 1);
+        assert_eq!(loaded.skipped, 2);
         assert_eq!(loaded.max_id, 4);
-        let rooms: Vec<(&str, Vec<&str>)> = loaded
-            .rooms
-            .iter()
-            .map(|(n, m)| (n.as_str(), m.iter().map(|m| m.text.as_str()).collect()))
-            .collect();
         // Two rooms at most: the least recently active ("old") is left out.
-        assert_eq!(rooms, [("mid", vec!["b edited"]), ("new", vec!["c", "d"])]);
+        assert_eq!(
+            texts(&loaded),
+            [("mid", vec!["b edited"]), ("new", vec!["c", "d"])]
+        );
         assert!(load(&dir.path().join("missing"), 10, 2)
             .unwrap()
             .rooms
             .is_empty());
+    }
+
+    #[test]
+    fn a_streamed_answer_written_after_later_messages_takes_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.jsonl");
+        // The answer (101) streamed while a user posted (102); it was written when its
+        // turn ended, so after 102.
+        let lines = [
+            line("r", &message(100, "question")),
+            line("r", &message(102, "meanwhile")),
+            line("r", &message(101, "answer")),
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let loaded = load(&path, 10, 4).unwrap();
+        assert_eq!(
+            texts(&loaded),
+            [("r", vec!["question", "answer", "meanwhile"])]
+        );
+        // With room for two only, the two newest ids stay, whatever the line order.
+        let loaded = load(&path, 2, 4).unwrap();
+        assert_eq!(texts(&loaded), [("r", vec!["answer", "meanwhile"])]);
+    }
+
+    #[tokio::test]
+    async fn the_writer_compacts_at_start_and_when_the_file_doubles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.jsonl");
+        let old: Vec<String> = (1..=50).map(|i| line("r", &message(i, "old"))).collect();
+        std::fs::write(&path, old.join("\n") + "\n").unwrap();
+        let bounds = Bounds {
+            history_limit: 5,
+            max_rooms: 4,
+        };
+        let journal = Journal::start(path.clone(), bounds).unwrap();
+        journal.sync().await;
+        let count = || std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(count(), 5);
+        for i in 51..=400 {
+            journal.append(line("r", &message(i, "new")));
+        }
+        journal.sync().await;
+        assert!(count() <= 2 * 5 + 256 + 1, "{} lines", count());
+        let loaded = load(&path, 5, 4).unwrap();
+        let ids: Vec<u64> = loaded.rooms[0].1.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [396, 397, 398, 399, 400]);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -4,8 +4,7 @@
 //! Owns: what a room holds and how it changes. Every change is published to the room's
 //! subscribers while the room lock is held, so subscribers see changes in the order they
 //! happened. With a journal ([`Hub::with_history`]), every message that becomes final is
-//! handed to it, and the hub asks for a compacted rewrite once the file holds about twice
-//! what the rooms keep.
+//! handed to it (the journal's writer thread does the I/O and keeps the file compact).
 //! Must not import: hyper or the dispatcher; the HTTP server and the connector call into it.
 
 use std::collections::{HashMap, VecDeque};
@@ -94,8 +93,6 @@ struct Rooms {
     map: HashMap<String, Room>,
     next_id: u64,
     clock: u64,
-    /// Lines in the journal since it was last rewritten.
-    journal_lines: usize,
 }
 
 /// Summary of one room for the room list.
@@ -126,7 +123,6 @@ impl Hub {
                 map: HashMap::new(),
                 next_id: first_id,
                 clock: 0,
-                journal_lines: 0,
             }),
             journal: None,
         }
@@ -144,22 +140,19 @@ impl Hub {
         if loaded.skipped > 0 {
             tracing::warn!(path = %path.display(), lines = loaded.skipped, "web chat history: unreadable lines skipped");
         }
-        let journal = history::Journal::start(path)?;
-        {
-            let rooms = hub.rooms.get_mut().unwrap_or_else(|p| p.into_inner());
-            rooms.next_id = rooms.next_id.max(loaded.max_id);
-            for (name, messages) in loaded.rooms {
-                rooms.clock += 1;
-                let mut room = Room::new(rooms.clock);
-                room.messages = messages.into();
-                rooms.map.insert(name, room);
-            }
-            // Start from a compact file: only what was loaded.
-            let lines = snapshot(rooms);
-            rooms.journal_lines = lines.len();
-            journal.rewrite(lines);
+        let bounds = history::Bounds {
+            history_limit: hub.history_limit,
+            max_rooms: hub.max_rooms,
+        };
+        hub.journal = Some(history::Journal::start(path, bounds)?);
+        let rooms = hub.rooms.get_mut().unwrap_or_else(|p| p.into_inner());
+        rooms.next_id = rooms.next_id.max(loaded.max_id);
+        for (name, messages) in loaded.rooms {
+            rooms.clock += 1;
+            let mut room = Room::new(rooms.clock);
+            room.messages = messages.into();
+            rooms.map.insert(name, room);
         }
-        hub.journal = Some(journal);
         Ok(hub)
     }
 
@@ -187,19 +180,10 @@ impl Hub {
         }
     }
 
-    /// Hands a final message to the journal; asks for a rewrite once the file holds about
-    /// twice what the rooms keep (so appends stay amortised O(1) and the file bounded).
-    fn record(&self, rooms: &mut Rooms, room: &str, message: &Message) {
-        let Some(journal) = &self.journal else {
-            return;
-        };
-        journal.append(history::line(room, message));
-        rooms.journal_lines += 1;
-        let kept: usize = rooms.map.values().map(|r| r.messages.len()).sum();
-        if rooms.journal_lines > 2 * kept + 256 {
-            let lines = snapshot(rooms);
-            rooms.journal_lines = lines.len();
-            journal.rewrite(lines);
+    /// Hands a final message to the journal.
+    fn record(&self, room: &str, message: &Message) {
+        if let Some(journal) = &self.journal {
+            journal.append(history::line(room, message));
         }
     }
 
@@ -261,7 +245,7 @@ impl Hub {
         }
         room.publish(RoomEvent::Message(message.clone()));
         if message.done {
-            self.record(rooms, room_name, &message);
+            self.record(room_name, &message);
         }
         message
     }
@@ -310,7 +294,7 @@ impl Hub {
         let message = message.clone();
         room.publish(RoomEvent::Edit(message.clone()));
         if message.done {
-            self.record(&mut rooms, room_name, &message);
+            self.record(room_name, &message);
         }
         Ok(message)
     }
@@ -338,7 +322,7 @@ impl Hub {
                 room.publish(RoomEvent::Typing(false));
             }
             for m in &finished {
-                self.record(&mut rooms, room_name, m);
+                self.record(room_name, m);
             }
             return;
         }
@@ -393,22 +377,6 @@ impl Hub {
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
-}
-
-/// The journal lines for every final message the rooms hold, oldest first.
-fn snapshot(rooms: &Rooms) -> Vec<String> {
-    let mut all: Vec<(u64, String)> = rooms
-        .map
-        .iter()
-        .flat_map(|(name, room)| {
-            room.messages
-                .iter()
-                .filter(|m| m.done)
-                .map(move |m| (m.id, history::line(name, m)))
-        })
-        .collect();
-    all.sort_unstable_by_key(|(id, _)| *id);
-    all.into_iter().map(|(_, line)| line).collect()
 }
 
 #[cfg(test)]

@@ -88,8 +88,19 @@ impl WebchatConnector {
                 .with_context(|| format!("web chat {name}: login tokens"))?;
         let hub = if config.persist_history {
             let path = runtime_dir.join(format!("webchat-{name}.history.jsonl"));
-            hub::Hub::with_history(config.history_limit, MAX_ROOMS, path.clone())
-                .with_context(|| format!("web chat {name}: history {}", path.display()))?
+            // The history is a convenience: a journal that cannot be used costs the page
+            // its past, never the gateway its start.
+            hub::Hub::with_history(config.history_limit, MAX_ROOMS, path.clone()).unwrap_or_else(
+                |e| {
+                    tracing::warn!(
+                        connector = %name,
+                        path = %path.display(),
+                        error = %e,
+                        "web chat history cannot be used; keeping it in memory only"
+                    );
+                    hub::Hub::new(config.history_limit, MAX_ROOMS)
+                },
+            )
         } else {
             hub::Hub::new(config.history_limit, MAX_ROOMS)
         };
