@@ -204,11 +204,22 @@ impl Harness {
         }
     }
 
-    async fn stop(mut self) {
-        self.cancel.cancel();
-        let run = self.run.take().unwrap();
-        within("the connector to stop", run).await.unwrap().unwrap();
-        self.dispatcher.abort();
+    async fn stop(self) {
+        self.stop_keeping_dir().await;
+    }
+
+    /// (from, text) of the room's messages, oldest first.
+    async fn who_said(&self, room: &str) -> Vec<(String, String)> {
+        self.messages(room)
+            .await
+            .iter()
+            .map(|m| {
+                (
+                    m["from"].as_str().unwrap().to_string(),
+                    m["text"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
     }
 
     /// Stops and hands back the runtime dir for a restart.
@@ -1100,17 +1111,7 @@ async fn history_survives_a_restart_and_the_journal_stays_bounded() {
     // Still streaming when the gateway stops: not kept (its turn runs again after a restart).
     h.connector.typing(&to, true).await.unwrap();
     h.connector.post(&to, "half a thought").await.unwrap();
-    let before: Vec<(String, String)> = h
-        .messages("lobby")
-        .await
-        .iter()
-        .map(|m| {
-            (
-                m["from"].as_str().unwrap().into(),
-                m["text"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let before = h.who_said("lobby").await;
     let last_id = h.messages("lobby").await.last().unwrap()["id"].clone();
     let dir = h.stop_keeping_dir().await;
     let journal = dir.path().join(format!("webchat-{NAME}.history.jsonl"));
@@ -1118,17 +1119,7 @@ async fn history_survives_a_restart_and_the_journal_stays_bounded() {
     assert_eq!(mode, 0o600);
 
     let h = Harness::start_in(dir, config(loopback(), 3, false), &[]).await;
-    let after: Vec<(String, String)> = h
-        .messages("lobby")
-        .await
-        .iter()
-        .map(|m| {
-            (
-                m["from"].as_str().unwrap().into(),
-                m["text"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let after = h.who_said("lobby").await;
     // history_limit 3: the last three final messages.
     assert_eq!(
         after,
