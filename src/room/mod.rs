@@ -239,43 +239,37 @@ impl RoomWorker {
 
     /// Records a joined turn, then tells the room the bot stopped typing. The order matters:
     /// a client that takes "stopped typing" as "answer complete" and asks for the room's
-    /// status right away must see this turn's session.
+    /// status right away must see this turn's session. A turn task that died is reported
+    /// failed in the room, before the typing stops.
     fn end_turn(
         &mut self,
         joined: Result<TurnReport, tokio::task::JoinError>,
         running: RunningTurn,
     ) {
         let target = running.target.clone();
-        let report = self.report_of(joined, running);
-        self.finish_turn(report);
-        let connector = self.deps.connector.clone();
-        self.typing_off = Some(self.deps.tracker.spawn(async move {
-            turn::best_effort(connector.typing(&target, false)).await;
-        }));
-    }
-
-    /// The report of a joined turn; a turn task that died is reported failed in the room.
-    fn report_of(
-        &self,
-        joined: Result<TurnReport, tokio::task::JoinError>,
-        running: RunningTurn,
-    ) -> TurnReport {
-        match joined {
-            Ok(report) => report,
+        let (report, notice) = match joined {
+            Ok(report) => (report, None),
             Err(e) => {
                 tracing::error!(error = %e, "turn task died");
-                self.notify(
-                    running.target,
-                    "❌ The gateway failed while handling your message. Please try again.".into(),
-                );
-                TurnReport {
+                let report = TurnReport {
                     message_ids: running.message_ids,
                     session_id: self.session_id.clone(),
                     session_changed: false,
                     unstarted: Vec::new(),
-                }
+                };
+                let notice = "❌ The gateway failed while handling your message. Please try again.";
+                (report, Some(notice.to_string()))
             }
-        }
+        };
+        self.finish_turn(report);
+        let connector = self.deps.connector.clone();
+        let key = self.key.clone();
+        self.typing_off = Some(self.deps.tracker.spawn(async move {
+            if let Some(text) = notice {
+                post_notice(&*connector, &key, &target, &text).await;
+            }
+            turn::best_effort(connector.typing(&target, false)).await;
+        }));
     }
 
     fn accept(&mut self, m: QueuedMessage) -> Acceptance {
@@ -397,17 +391,19 @@ impl RoomWorker {
     fn notify(&self, to: ReplyTarget, text: String) {
         let connector = self.deps.connector.clone();
         let key = self.key.clone();
-        self.deps.tracker.spawn(async move {
-            if let Err(e) =
-                tokio::time::timeout(Duration::from_secs(30), connector.post(&to, &text))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(crate::connector::ConnectorError::Other("timed out".into()))
-                    })
-            {
-                warn!(room = %key, error = %e, "could not post a notice");
-            }
-        });
+        self.deps
+            .tracker
+            .spawn(async move { post_notice(&*connector, &key, &to, &text).await });
+    }
+}
+
+/// Posts a notice, bounded in time; a failure is logged (there is nobody else to tell).
+async fn post_notice(connector: &dyn Connector, key: &RoomKey, to: &ReplyTarget, text: &str) {
+    let posted = tokio::time::timeout(Duration::from_secs(30), connector.post(to, text)).await;
+    match posted {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(room = %key, error = %e, "could not post a notice"),
+        Err(_) => warn!(room = %key, "could not post a notice: timed out"),
     }
 }
 
