@@ -163,23 +163,12 @@ impl DdpClient {
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, DdpError> {
         let id = self.new_id("m");
         let frame = json!({"msg": "method", "method": method, "id": id, "params": params});
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Call {
-                id,
-                frame: frame.to_string(),
-                reply,
-            })
-            .await
-            .map_err(|_| DdpError::Closed)?;
-        match tokio::time::timeout(self.timings.call_timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(DdpError::Closed),
-            Err(_) => Err(DdpError::Timeout(
-                method.to_string(),
-                self.timings.call_timeout,
-            )),
-        }
+        self.round_trip(method, |reply| Command::Call {
+            id,
+            frame: frame.to_string(),
+            reply,
+        })
+        .await
     }
 
     /// Subscribes to a stream key and waits for `ready` (or `nosub`).
@@ -188,20 +177,31 @@ impl DdpClient {
         // The official ddp-client's parameter form (reference §1.4).
         let frame = json!({"msg": "sub", "id": id, "name": stream,
             "params": [key, {"useCollection": false, "args": []}]});
+        self.round_trip(&format!("{stream} {key}"), |reply| Command::Sub {
+            id,
+            frame: frame.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Hands a command to the session task and waits for its answer within the call timeout;
+    /// `what` names it in a timeout error.
+    async fn round_trip<T>(
+        &self,
+        what: &str,
+        command: impl FnOnce(oneshot::Sender<Result<T, DdpError>>) -> Command,
+    ) -> Result<T, DdpError> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Sub {
-                id,
-                frame: frame.to_string(),
-                reply,
-            })
+            .send(command(reply))
             .await
             .map_err(|_| DdpError::Closed)?;
         match tokio::time::timeout(self.timings.call_timeout, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(DdpError::Closed),
             Err(_) => Err(DdpError::Timeout(
-                format!("{stream} {key}"),
+                what.to_string(),
                 self.timings.call_timeout,
             )),
         }

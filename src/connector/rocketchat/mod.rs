@@ -413,15 +413,7 @@ impl Watermark {
     fn from_json(v: &Value) -> Option<Watermark> {
         Some(Watermark {
             ts: v.get("ts")?.as_u64()?,
-            ids: v
-                .get("ids")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            ids: wire::strings(v.get("ids")),
         })
     }
 

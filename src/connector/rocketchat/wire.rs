@@ -54,15 +54,7 @@ impl ServerFrame {
                 ServerFrame::Result { id, outcome }
             }
             Some("ready") => ServerFrame::Ready {
-                subs: v
-                    .get("subs")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                subs: strings(v.get("subs")),
             },
             Some("nosub") => ServerFrame::NoSub {
                 id: s("id").unwrap_or_default(),
@@ -310,6 +302,17 @@ pub struct SettingWire {
     pub id: String,
     #[serde(default)]
     pub value: Value,
+}
+
+/// The strings of a JSON array (other elements skipped); empty when it is not an array.
+pub fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
