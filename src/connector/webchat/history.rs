@@ -153,6 +153,17 @@ pub fn load(path: &Path, history_limit: usize, max_rooms: usize) -> io::Result<L
     Ok(loaded)
 }
 
+/// The journal lines of what was loaded, oldest id first.
+fn lines_of(loaded: &Loaded) -> Vec<String> {
+    let mut all: Vec<(u64, String)> = loaded
+        .rooms
+        .iter()
+        .flat_map(|(room, messages)| messages.iter().map(move |m| (m.id, line(room, m))))
+        .collect();
+    all.sort_unstable_by_key(|(id, _)| *id);
+    all.into_iter().map(|(_, line)| line).collect()
+}
+
 enum Op {
     Append(String),
     /// Answered once everything before it is on disk.
@@ -173,11 +184,12 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Starts the writer thread for the journal at `path`. Its first act is a compacted
-    /// rewrite (so a start never inherits a long file); it compacts again whenever the file
-    /// holds about twice what the bounds keep. Fails if the journal cannot be opened for
-    /// appending.
-    pub fn start(path: PathBuf, bounds: Bounds) -> io::Result<Journal> {
+    /// Starts the writer thread for the journal at `path`, whose content was just `loaded`.
+    /// Its first act is to rewrite the file with only that (so a start never inherits a long
+    /// file); it compacts again whenever the file holds about twice what the bounds keep.
+    /// Fails if the journal cannot be opened for appending.
+    pub fn start(path: PathBuf, bounds: Bounds, loaded: &Loaded) -> io::Result<Journal> {
+        let initial = lines_of(loaded);
         let file = open_append(&path)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let writer = Writer {
@@ -189,7 +201,7 @@ impl Journal {
         };
         std::thread::Builder::new()
             .name("webchat-history".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || writer.run(rx, initial))?;
         Ok(Journal {
             tx,
             dropped: AtomicU64::new(0),
@@ -245,8 +257,8 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Op>) {
-        self.compact();
+    fn run(mut self, rx: mpsc::Receiver<Op>, initial: Vec<String>) {
+        self.rewrite(&initial);
         // Write everything that is queued, then flush once: one write(2) per burst.
         while let Ok(op) = rx.recv() {
             let mut acks = Vec::new();
@@ -285,22 +297,20 @@ impl Writer {
         }
     }
 
-    /// Rewrites the journal with only what the bounds keep, through a fresh temporary file
-    /// renamed over it, so a crash leaves either the old journal or the new one.
+    /// Rewrites the journal with only what the bounds keep.
     fn compact(&mut self) {
         if let Some(Err(e)) = self.file.as_mut().map(|f| f.flush()) {
             self.warn("write failed", &e);
         }
-        let loaded = match load(&self.path, self.bounds.history_limit, self.bounds.max_rooms) {
-            Ok(l) => l,
-            Err(e) => return self.warn("cannot read the journal to compact it", &e),
-        };
-        let mut all: Vec<(u64, String)> = loaded
-            .rooms
-            .iter()
-            .flat_map(|(room, messages)| messages.iter().map(move |m| (m.id, line(room, m))))
-            .collect();
-        all.sort_unstable_by_key(|(id, _)| *id);
+        match load(&self.path, self.bounds.history_limit, self.bounds.max_rooms) {
+            Ok(loaded) => self.rewrite(&lines_of(&loaded)),
+            Err(e) => self.warn("cannot read the journal to compact it", &e),
+        }
+    }
+
+    /// Replaces the journal with `all`, through a fresh temporary file renamed over it, so a
+    /// crash leaves either the old journal or the new one.
+    fn rewrite(&mut self, all: &[String]) {
         let tmp = self.path.with_extension("jsonl.tmp");
         let written = (|| {
             // Never through something already there (a leftover, or a planted link).
@@ -315,7 +325,7 @@ impl Writer {
                     .mode(0o600)
                     .open(&tmp)?,
             );
-            for (_, line) in &all {
+            for line in all {
                 writeln!(out, "{line}")?;
             }
             out.flush()?;
@@ -424,7 +434,8 @@ mod tests {
             history_limit: 5,
             max_rooms: 4,
         };
-        let journal = Journal::start(path.clone(), bounds).unwrap();
+        let loaded = load(&path, bounds.history_limit, bounds.max_rooms).unwrap();
+        let journal = Journal::start(path.clone(), bounds, &loaded).unwrap();
         journal.sync().await;
         let count = || std::fs::read_to_string(&path).unwrap().lines().count();
         assert_eq!(count(), 5);

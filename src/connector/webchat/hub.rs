@@ -144,7 +144,7 @@ impl Hub {
             history_limit: hub.history_limit,
             max_rooms: hub.max_rooms,
         };
-        hub.journal = Some(history::Journal::start(path, bounds)?);
+        hub.journal = Some(history::Journal::start(path, bounds, &loaded)?);
         let rooms = hub.rooms.get_mut().unwrap_or_else(|p| p.into_inner());
         rooms.next_id = rooms.next_id.max(loaded.max_id);
         for (name, messages) in loaded.rooms {
