@@ -133,6 +133,10 @@ pub struct PolicyInput<'a> {
 pub struct PolicyOutcome {
     pub decision: Decision,
     pub parameters: Vec<String>,
+    /// The parameters no rule of the role matched, in order (empty when the decision was made
+    /// before the rules: guard, always-allowed tool, problems). An approval prompt shows these
+    /// first: they are what the owner is really asked about.
+    pub unmatched: Vec<String>,
 }
 
 /// Tools that are allowed for everyone: they read nothing but the agent's own tool list.
@@ -143,14 +147,21 @@ pub fn decide(input: &PolicyInput) -> PolicyOutcome {
     let tool_lower = input.tool.to_ascii_lowercase();
     let extraction = params::extract(input.tool, input.input, input.cwd);
     let parameters: Vec<String> = extraction.params.iter().map(|p| p.text.clone()).collect();
-    let decision = decide_on(input, &tool_lower, &extraction);
+    let mut unmatched = Vec::new();
+    let decision = decide_on(input, &tool_lower, &extraction, &mut unmatched);
     PolicyOutcome {
         decision,
         parameters,
+        unmatched,
     }
 }
 
-fn decide_on(input: &PolicyInput, tool_lower: &str, extraction: &Extraction) -> Decision {
+fn decide_on(
+    input: &PolicyInput,
+    tool_lower: &str,
+    extraction: &Extraction,
+    unmatched_out: &mut Vec<String>,
+) -> Decision {
     if let Some(reason) = input
         .guard
         .check(tool_lower, &extraction.params, input.input, input.cwd)
@@ -198,6 +209,7 @@ fn decide_on(input: &PolicyInput, tool_lower: &str, extraction: &Extraction) -> 
             None => unmatched.push(&param.text),
         }
     }
+    unmatched_out.extend(unmatched.iter().map(|p| p.to_string()));
     if unmatched.is_empty() && !tool_rules.is_empty() {
         return Decision::Allow {
             reason: format!("matches the {role} allow-list: {}", used.join(", ")),

@@ -439,6 +439,7 @@ fn render_check_plain_and_json() {
             reason: "not in the owner allow-list: `rm -rf /`".to_string(),
         },
         parameters: vec!["echo hi".to_string(), "python3 <<EOF\nx\nEOF".to_string()],
+        unmatched: vec!["python3 <<EOF\nx\nEOF".to_string()],
     };
     assert_eq!(
         render_check(&outcome, false),
