@@ -2,30 +2,51 @@
 //!
 //! Owns: walking the syntax tree and producing one [`Param`] per simple command (wherever it
 //! sits: lists, pipelines, subshells, `$(…)`, backticks, `<(…)`/`>(…)`, loops, conditionals,
-//! `case`, function bodies, heredoc bodies), per redirect target (`write:<path>` /
-//! `read:<path>`), per bare assignment or declaration, and per command run by another one
-//! (`sudo …`, `env …`, `timeout …`, `xargs …`, `find -exec … ;`, `coproc …`, `bash -c '…'`,
-//! `eval …`, `watch '…'`, `trap '…' SIG`, a shell fed a static heredoc or herestring). A command
-//! that runs another yields both, so `find . -exec rm {} \;` needs a rule for `rm {}` too.
-//! Test commands (`[ … ]`, `[[ … ]]`) and arithmetic are not parameters (they run nothing), but
-//! substitutions inside them are.
+//! `case`, function bodies, heredoc bodies, `${…}` operands), per redirect target
+//! (`write:<path>` / `read:<path>`), per assignment or declaration that needs a rule, and per
+//! command run by another one (`sudo …`, `env …`, `timeout …`, `xargs …`, `find -exec … ;`,
+//! `coproc …`, `bash -c '…'`, `eval …`, `watch '…'`, `trap '…' SIG`, a shell fed a static
+//! heredoc or herestring). A command that runs another yields both, so
+//! `find . -exec rm {} \;` needs a rule for `rm {}` too.
+//!
+//! The walk is closed-world: every node kind, in every position (statement, word, arithmetic,
+//! test), is on an explicit list with the way it is handled; anything else is a problem
+//! ("cannot check"), so a construct the analyser does not know can never be allowed. Why:
+//! bash has many places that *evaluate* text later — arithmetic (`(( ))`, `$(( ))`, array
+//! subscripts, substring offsets, `[[ … -eq … ]]`), `${x@P}`, `[[ -v … ]]`, `read`/`printf -v`
+//! names — and an open-world walker that skips what it does not know lets a substitution hide
+//! there. In those places only numbers and variables whose values this script sets to numbers
+//! are accepted; a quoted string, an expansion with an operator or a substitution is refused.
+//! Leaf text (words, pattern operands, unquoted heredoc bodies, string content) is scanned for
+//! a backtick or `$(` the grammar did not turn into a node.
 //!
 //! The parameter text of a command is its source text, with its env-prefix assignments
 //! (`FOO=x cmd`), arguments as written (substitutions stay in the text *and* are extracted as
 //! their own commands) and heredoc (`python3 <<'EOF'\n…\nEOF`) or herestring, but without
-//! file redirects, which become their own parameters.
+//! file redirects, which become their own parameters. Each command also carries what is known
+//! of its words ([`Arg`]: static value, pattern prefix, or run-time value with its static
+//! prefix; a variable this script assigns one static value is substituted) and the
+//! directories it may run in, tracked through `cd` (a failed `cd` leaves the old directory, so
+//! both are kept unless `&&` makes the new one certain).
+//!
+//! Assignments to lower-case names (`x=1; ls`) need no rule: they do not reach the environment
+//! of other programs (proxy variables excepted), and every later use of the value is checked
+//! where it matters. Upper-case ones (`PATH=…`) and declarations (`export …`) are parameters.
 //!
 //! Unsupported (reported as problems, so the decision is never Allow):
 //! - syntax errors (ERROR or MISSING nodes), nesting deeper than [`MAX_NODE_DEPTH`], and
 //!   source text that the grammar skipped (not covered by any node, so invisible to rules);
 //!   the one known harmless case, the `-` in `python3 - <<'EOF'`, is put back as an argument;
+//! - any node kind or `${…}` operator not on the lists below;
 //! - a command name that is not static text: `$CMD`, `${X}y`, `$(which rm)`, `$'rm'`, an
 //!   unquoted glob (`/bin/r?`) or brace expansion (`{rm,-rf,/}`);
 //! - a redirect target that is not static text (`> $OUT`, `> ~/x`, `> *.log`), or a relative
-//!   target in a script that changes directory (`cd`, `pushd`, `popd`);
+//!   target where the directory is unknown (after `cd "$x"`, `cd` in a loop or function);
 //! - `bash -c`/`eval`/`watch` strings, or heredocs fed to a shell, that contain expansions;
 //!   nesting of such strings deeper than [`MAX_SHELL_DEPTH`]; `env -S`;
-//! - indirect expansion `${!name}` (it can read any variable, see `guard`).
+//! - indirect expansion `${!name}`, `${x@P}`, `let`, `declare -i`/`-n`, a variable name with a
+//!   subscript (or only known at run time) given to `read`, `printf -v`, `mapfile`, `unset`,
+//!   `test -v` …, and arithmetic on anything but numbers and numeric variables of the script.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -34,7 +55,7 @@ use std::path::{Path, PathBuf};
 use tree_sitter::{Node, Parser};
 
 use super::paths;
-use super::{Param, ParamKind};
+use super::{Arg, Param, ParamKind};
 
 /// How many `bash -c`/`eval` strings may nest inside each other.
 pub const MAX_SHELL_DEPTH: usize = 4;
@@ -42,10 +63,12 @@ pub const MAX_SHELL_DEPTH: usize = 4;
 pub const MAX_NODE_DEPTH: usize = 100;
 /// How many wrappers (`sudo env timeout …`) one command may stack.
 const MAX_WRAPPERS: usize = 16;
+/// How many possible working directories are tracked before giving up on knowing it.
+const MAX_CWDS: usize = 8;
 
 /// Shells whose `-c` string, stdin heredoc or herestring is parsed as bash.
 const SHELLS: &[&str] = &["bash", "sh", "dash", "zsh", "ksh", "ash", "mksh"];
-/// Commands that change the shell's directory, so relative redirect targets stop being knowable.
+/// Commands that change the shell's directory.
 const DIR_CHANGERS: &[&str] = &["cd", "pushd", "popd"];
 /// Nodes whose children cover all their text except whitespace; anything else between the
 /// children is text the grammar skipped, which would otherwise be invisible to the rules.
@@ -75,9 +98,43 @@ const STRUCTURAL: &[&str] = &[
     "file_redirect",
     "herestring_redirect",
     "concatenation",
+    "test_command",
+    "binary_expression",
+    "unary_expression",
+    "arithmetic_expansion",
+    "subscript",
 ];
 /// Redirect targets that are harmless whatever the rules say.
 const HARMLESS_TARGETS: &[&str] = &["/dev/null", "/dev/stdout", "/dev/stderr", "/dev/stdin"];
+/// Anonymous tokens that may follow the subject of a `${…}` expansion.
+const EXPANSION_OPERATORS: &[&str] = &[
+    ":-", "-", ":=", "=", ":?", "?", ":+", "+", "#", "##", "%", "%%", "/", "//", "/#", "/%", "^",
+    "^^", ",", ",,", ":",
+];
+/// `${x@OP}` transformations that only quote or change case. `@P` is prompt expansion, which
+/// runs the command substitutions in the value.
+const SAFE_TRANSFORMS: &[&str] = &["Q", "E", "U", "u", "L", "a", "A", "K", "k"];
+/// Operators of `[[ ]]` whose operands bash evaluates as arithmetic.
+const ARITH_TEST_OPS: &[&str] = &["-eq", "-ne", "-lt", "-le", "-gt", "-ge"];
+/// Variables the shell itself keeps numeric.
+const NUMERIC_SPECIALS: &[&str] = &[
+    "RANDOM",
+    "SRANDOM",
+    "SECONDS",
+    "LINENO",
+    "BASHPID",
+    "PPID",
+    "UID",
+    "EUID",
+    "EPOCHSECONDS",
+    "OPTIND",
+    "HISTCMD",
+];
+/// Builtins whose operands are variable names: bash evaluates a subscript in such a name
+/// (`read 'a[$(id)]'` runs `id`).
+const VARNAME_BUILTINS: &[&str] = &["read", "mapfile", "readarray", "getopts", "unset", "wait"];
+/// Builtins that run code in the current shell: any variable may change.
+const CURRENT_SHELL_RUNNERS: &[&str] = &["eval", "source", ".", "trap"];
 
 thread_local! {
     // Building a parser allocates; reusing one per thread keeps a decision at a few µs.
@@ -130,25 +187,18 @@ pub struct Analysis {
     pub problems: Vec<String>,
 }
 
-/// Analyses `script` as run in `cwd` (used to resolve relative redirect targets).
+/// Analyses `script` as run in `cwd` (used to resolve relative paths).
 pub fn analyse(script: &str, cwd: &Path) -> Analysis {
     let mut analyser = Analyser {
-        cwd,
         params: Vec::new(),
         problems: Vec::new(),
-        changes_dir: false,
-        relative_targets: Vec::new(),
+        cwds: cwd.is_absolute().then(|| vec![cwd.to_path_buf()]),
+        last_cd: None,
         normalized: HashMap::new(),
         depth: 0,
+        scope: Scope::default(),
     };
     analyser.script(script, 0, 0);
-    if analyser.changes_dir {
-        if let Some(target) = analyser.relative_targets.first() {
-            let problem =
-                format!("relative redirect target `{target}` in a script that changes directory");
-            analyser.problem(problem);
-        }
-    }
     if analyser.params.is_empty() {
         // Nothing recognisable: the script itself must match a rule.
         analyser.params.push(Param {
@@ -169,16 +219,88 @@ pub fn analyse(script: &str, cwd: &Path) -> Analysis {
     }
 }
 
-struct Analyser<'c> {
-    cwd: &'c Path,
+struct Analyser {
     params: Vec<Param>,
     problems: Vec<String>,
-    changes_dir: bool,
-    relative_targets: Vec<String>,
+    /// The directories the next command may run in; `None` once that is unknowable.
+    cwds: Option<Vec<PathBuf>>,
+    /// Where the last `cd` leads, for the right side of `cd … && …`.
+    last_cd: Option<Option<Vec<PathBuf>>>,
     /// Depth of the node being walked (nested scripts continue from it).
     depth: usize,
-    /// Redirect targets already resolved in this script (loops repeat them).
-    normalized: HashMap<String, Option<PathBuf>>,
+    /// Relative paths already resolved against one directory (loops repeat them).
+    normalized: HashMap<(String, PathBuf), Option<PathBuf>>,
+    /// Variables of the script being walked.
+    scope: Scope,
+}
+
+/// What one script (the top level, or a `bash -c`/`eval` string) does to its variables,
+/// collected before the walk so a use is judged by every assignment, also later ones in a loop.
+#[derive(Default)]
+struct Scope {
+    vars: HashMap<String, VarInfo>,
+    /// Something (`eval`, `source`, `read $name` …) may set any variable.
+    taint_all: bool,
+    /// Variables evaluated as arithmetic, judged when the script is done.
+    arith_refs: Vec<String>,
+    /// The script has a `cd` inside a loop or function body, or a function and a `cd`: the
+    /// working directory of a command cannot be followed through the text.
+    cd_unfollowable: bool,
+    has_cd: bool,
+    has_function: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum VarInfo {
+    /// Assigned exactly this static value (everywhere it is assigned).
+    Static(String),
+    /// Assigned only by arithmetic.
+    Numeric,
+    /// Anything else.
+    Unknown,
+}
+
+impl Scope {
+    fn record(&mut self, name: &str, info: VarInfo) {
+        let numeric = |i: &VarInfo| match i {
+            VarInfo::Numeric => true,
+            VarInfo::Static(v) => is_number(v),
+            VarInfo::Unknown => false,
+        };
+        match self.vars.get_mut(name) {
+            Some(old) if *old != info && numeric(old) && numeric(&info) => *old = VarInfo::Numeric,
+            Some(old) if *old != info => *old = VarInfo::Unknown,
+            Some(_) => {}
+            None => {
+                self.vars.insert(name.to_string(), info);
+            }
+        }
+    }
+
+    /// The static value of `name`, when the script gives it one and nothing else can change it.
+    fn static_value(&self, name: &str) -> Option<&str> {
+        if self.taint_all {
+            return None;
+        }
+        match self.vars.get(name) {
+            Some(VarInfo::Static(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn is_numeric(&self, name: &str) -> bool {
+        if NUMERIC_SPECIALS.contains(&name) {
+            return true;
+        }
+        if self.taint_all {
+            return false;
+        }
+        match self.vars.get(name) {
+            Some(VarInfo::Numeric) => true,
+            Some(VarInfo::Static(v)) => is_number(v),
+            _ => false,
+        }
+    }
 }
 
 /// One word of a command line: its source text and, when it is static, its value after quote
@@ -189,6 +311,8 @@ struct Word {
     value: Option<String>,
     /// Unquoted glob or brace characters: the value is a pattern, not the final word.
     pattern: bool,
+    /// What the guard and the argument rules see (with script variables substituted).
+    arg: Arg,
 }
 
 /// What a redirect contributes to its command.
@@ -223,7 +347,7 @@ impl Cx<'_> {
     }
 }
 
-impl Analyser<'_> {
+impl Analyser {
     fn problem(&mut self, problem: String) {
         if !self.problems.contains(&problem) {
             self.problems.push(problem);
@@ -232,6 +356,15 @@ impl Analyser<'_> {
 
     fn push(&mut self, text: String, kind: ParamKind) {
         self.params.push(Param { text, kind });
+    }
+
+    /// A problem naming the construct, shortened to one readable line.
+    fn unsupported(&mut self, what: &str, node: Node, cx: Cx) {
+        let text = cx.text(node);
+        let near: String = text.chars().take(60).collect();
+        let near = near.replace('\n', "\\n");
+        let more = if text.chars().count() > 60 { "…" } else { "" };
+        self.problem(format!("{what} is not supported: `{near}{more}`"));
     }
 
     /// Parses and walks one script (the top level, or a `bash -c`/`eval` string).
@@ -267,59 +400,158 @@ impl Analyser<'_> {
         let root = tree.root_node();
         let before = self.problems.len();
         let cx = Cx { src, shell_depth };
+        let outer = std::mem::take(&mut self.scope);
+        prescan(&mut self.scope, root, cx, depth, false);
+        if self.scope.cd_unfollowable || (self.scope.has_function && self.scope.has_cd) {
+            self.cwds = None;
+        }
         self.walk(root, cx, depth);
+        let refs = std::mem::take(&mut self.scope.arith_refs);
+        for name in refs {
+            if !self.scope.is_numeric(&name) {
+                self.problem(format!(
+                    "`{name}` is evaluated as arithmetic, and its value is not a number this \
+                     script sets"
+                ));
+            }
+        }
+        self.scope = outer;
         if root.has_error() && self.problems.len() == before {
             self.problem("bash syntax error".to_string());
         }
     }
 
-    fn walk(&mut self, node: Node, cx: Cx, depth: usize) {
+    /// Checks common to every node; `false` when the node must not be looked into.
+    fn enter(&mut self, node: Node, cx: Cx, depth: usize) -> bool {
         self.depth = depth;
         if depth > MAX_NODE_DEPTH {
             self.problem(format!(
                 "script nests more than {MAX_NODE_DEPTH} levels deep"
             ));
-            return;
+            return false;
         }
         if node.is_error() {
             let near: String = cx.text(node).chars().take(40).collect();
             self.problem(format!("bash syntax error near `{}`", near.trim()));
-        } else if node.is_missing() {
+            return false;
+        }
+        if node.is_missing() {
             self.problem(format!("bash syntax error: missing `{}`", node.kind()));
+            return false;
         }
         if STRUCTURAL.contains(&node.kind()) {
             if let Some((_, gap)) = uncovered(node, cx).first() {
                 self.problem(format!("text the parser skipped: `{gap}`"));
             }
         }
+        true
+    }
+
+    /// A node in statement position.
+    fn walk(&mut self, node: Node, cx: Cx, depth: usize) {
+        if !self.enter(node, cx, depth) {
+            return;
+        }
         match node.kind() {
+            "program" | "do_group" | "if_statement" | "elif_clause" | "else_clause"
+            | "while_statement" | "negated_command" => self.walk_children(node, cx, depth),
+            "list" => self.list(node, &[], cx, depth),
+            "pipeline" => {
+                // Every part of a pipeline runs in a subshell: a `cd` there changes nothing after.
+                let mut cursor = node.walk();
+                for child in node.named_children(&mut cursor) {
+                    let saved = self.cwds.clone();
+                    self.walk(child, cx, depth + 1);
+                    self.cwds = saved;
+                }
+            }
+            "subshell" => {
+                let saved = self.cwds.clone();
+                self.walk_children(node, cx, depth);
+                self.cwds = saved;
+            }
+            "compound_statement" => {
+                if node.child(0).is_some_and(|c| c.kind() == "((") {
+                    self.arith_children(node, cx, depth);
+                } else {
+                    self.walk_children(node, cx, depth);
+                }
+            }
+            "comment" => {}
             "command" => self.command(node, &[], false, cx, depth),
             "redirected_statement" => self.redirected_statement(node, cx, depth),
-            "variable_assignment" | "variable_assignments" => {
-                // `PATH=/tmp/evil:$PATH` changes what later commands run: a rule must allow it.
-                self.push(cx.text(node), ParamKind::Other);
-                self.walk_children(node, cx, depth);
-            }
-            "declaration_command" | "unset_command" => {
-                let argv = declaration_argv(node, cx);
-                self.push(cx.text(node), ParamKind::Command { argv });
-                self.walk_operands(node, cx, depth);
-            }
-            // `for ((i=0; …))`: arithmetic, not a shell assignment.
-            "c_style_for_statement" => self.walk_operands(node, cx, depth),
+            "variable_assignment" | "variable_assignments" => self.assignments(node, cx, depth),
+            "declaration_command" | "unset_command" => self.declaration(node, cx, depth),
+            "for_statement"
+            | "c_style_for_statement"
+            | "case_statement"
+            | "case_item"
+            | "function_definition"
+            | "test_command" => self.compound(node, cx, depth),
             "file_redirect" | "heredoc_redirect" | "herestring_redirect" => {
-                self.redirect(node, cx, depth);
+                let mut parts = RedirectParts::default();
+                self.redirect_into(node, cx, depth, &mut parts);
             }
-            "expansion" => {
-                if cx.text(node).starts_with("${!") {
-                    self.problem(format!(
-                        "indirect expansion `{}` is not supported",
-                        cx.text(node)
-                    ));
+            _ => self.unsupported(&format!("`{}`", node.kind()), node, cx),
+        }
+    }
+
+    /// Loops, `case`, functions and tests: their parts are words, arithmetic or statements.
+    #[inline(never)]
+    fn compound(&mut self, node: Node, cx: Cx, depth: usize) {
+        match node.kind() {
+            "for_statement" => {
+                let mut cursor = node.walk();
+                for (i, child) in node.children(&mut cursor).enumerate() {
+                    match node.field_name_for_child(i as u32) {
+                        Some("variable") => {}
+                        Some("value") => self.word_parts(child, cx, depth + 1),
+                        _ if child.is_named() => self.walk(child, cx, depth + 1),
+                        _ => {}
+                    }
                 }
-                self.walk_children(node, cx, depth);
             }
-            _ => self.walk_children(node, cx, depth),
+            "c_style_for_statement" => {
+                let mut cursor = node.walk();
+                for (i, child) in node.children(&mut cursor).enumerate() {
+                    match node.field_name_for_child(i as u32) {
+                        Some("body") => self.walk(child, cx, depth + 1),
+                        _ if child.kind() == "do_group" || child.kind() == "compound_statement" => {
+                            self.walk(child, cx, depth + 1)
+                        }
+                        _ if child.is_named() => self.arith(child, cx, depth + 1),
+                        _ => {}
+                    }
+                }
+            }
+            "case_statement" | "case_item" => {
+                let mut cursor = node.walk();
+                for (i, child) in node.children(&mut cursor).enumerate() {
+                    match node.field_name_for_child(i as u32) {
+                        Some("value") => self.word_parts(child, cx, depth + 1),
+                        _ if child.is_named() => self.walk(child, cx, depth + 1),
+                        _ => {}
+                    }
+                }
+            }
+            "function_definition" => {
+                let mut cursor = node.walk();
+                for (i, child) in node.children(&mut cursor).enumerate() {
+                    match node.field_name_for_child(i as u32) {
+                        Some("name") => self.word_parts(child, cx, depth + 1),
+                        _ if child.is_named() => self.walk(child, cx, depth + 1),
+                        _ => {}
+                    }
+                }
+            }
+            "test_command" => {
+                let double = node.child(0).is_some_and(|c| c.kind() == "[[");
+                let mut cursor = node.walk();
+                for child in node.named_children(&mut cursor) {
+                    self.test_expr(child, double, cx, depth + 1);
+                }
+            }
+            _ => self.unsupported(&format!("`{}`", node.kind()), node, cx),
         }
     }
 
@@ -332,17 +564,436 @@ impl Analyser<'_> {
         }
     }
 
-    /// Children of a node whose assignments are part of it (`export A=1`, `for ((i=0;;))`):
-    /// only their values are looked into.
-    fn walk_operands(&mut self, node: Node, cx: Cx, depth: usize) {
+    /// `a && b`, `a || b`: a `cd` on the left of `&&` is certain on the right. `tail`: the
+    /// redirects tree-sitter put after the whole list, which bash gives to its last command.
+    fn list(&mut self, node: Node, tail: &[Node], cx: Cx, depth: usize) {
         let mut cursor = node.walk();
-        for child in node.children(&mut cursor) {
-            if child.kind() == "variable_assignment" {
-                self.walk_children(child, cx, depth + 1);
-            } else if child.is_named() || child.is_missing() {
-                self.walk(child, cx, depth + 1);
+        let children: Vec<Node> = node.children(&mut cursor).collect();
+        let and = children.iter().any(|c| c.kind() == "&&");
+        let named: Vec<Node> = children
+            .iter()
+            .copied()
+            .filter(|c| c.is_named() || c.is_missing())
+            .collect();
+        let before = self.cwds.clone();
+        for (i, child) in named.iter().enumerate() {
+            self.last_cd = None;
+            self.walk(*child, cx, depth + 1);
+            if and && i == 0 && child.kind() == "command" {
+                if let Some(after) = self.last_cd.take() {
+                    self.cwds = after;
+                }
             }
         }
+        for r in tail {
+            let mut parts = RedirectParts::default();
+            self.redirect_into(*r, cx, depth + 1, &mut parts);
+        }
+        if and && named.first().is_some_and(|c| c.kind() == "command") {
+            // The left side may have failed: both the old and the new directory are possible.
+            let now = self.cwds.take();
+            self.cwds = union(before, now);
+        }
+    }
+
+    /// A node in word position (command name, argument, value, pattern, operand).
+    fn word_parts(&mut self, node: Node, cx: Cx, depth: usize) {
+        if !self.enter(node, cx, depth) {
+            return;
+        }
+        match node.kind() {
+            "word" | "extglob_pattern" | "regex" | "string_content" | "heredoc_content" => {
+                self.leaf(node, cx)
+            }
+            "raw_string"
+            | "ansi_c_string"
+            | "variable_name"
+            | "special_variable_name"
+            | "file_descriptor"
+            | "brace_expression"
+            | "simple_expansion" => {}
+            "number" => self.word_children(node, cx, depth),
+            "string" | "translated_string" | "concatenation" | "array" | "command_name" => {
+                self.scan_gaps(node, cx);
+                self.word_children(node, cx, depth);
+            }
+            "expansion" => self.expansion(node, cx, depth),
+            "command_substitution" | "process_substitution" => {
+                // Runs in a subshell: its `cd` changes nothing outside.
+                let saved = self.cwds.clone();
+                self.walk_children(node, cx, depth);
+                self.cwds = saved;
+            }
+            "arithmetic_expansion" => self.arith_children(node, cx, depth),
+            "subscript" => self.subscript(node, false, cx, depth),
+            _ => self.unsupported(&format!("`{}` in a word", node.kind()), node, cx),
+        }
+    }
+
+    fn word_children(&mut self, node: Node, cx: Cx, depth: usize) {
+        let mut cursor = node.walk();
+        for child in node.children(&mut cursor) {
+            if child.is_named() || child.is_missing() {
+                self.word_parts(child, cx, depth + 1);
+            }
+        }
+    }
+
+    /// Leaf text must not hold a substitution the grammar did not make a node of.
+    fn leaf(&mut self, node: Node, cx: Cx) {
+        let text = cx.text(node);
+        if let Some(what) = hidden_expansion(&text) {
+            self.unsupported(&format!("{what} the parser did not recognise"), node, cx);
+        }
+    }
+
+    /// Text between the children of a word-like node (string quotes, operators) is checked like
+    /// a leaf.
+    fn scan_gaps(&mut self, node: Node, cx: Cx) {
+        for (_, gap) in uncovered(node, cx) {
+            if let Some(what) = hidden_expansion(&gap) {
+                self.problem(format!(
+                    "{what} the parser did not recognise is not supported: `{gap}`"
+                ));
+            }
+        }
+    }
+
+    /// `${…}`: the subject, then an operator from [`EXPANSION_OPERATORS`] and its operands.
+    fn expansion(&mut self, node: Node, cx: Cx, depth: usize) {
+        let text = cx.text(node);
+        if let Some(rest) = text.strip_prefix("${!") {
+            // `${!arr[@]}` lists keys and `${!pre*}` names: no value is read. Anything else is
+            // indirect (it can read any variable, the hook secret included).
+            let listing = ["[@]}", "[*]}", "*}", "@}"]
+                .iter()
+                .any(|e| rest.ends_with(e));
+            let plain = rest
+                .trim_end_matches(['}', '@', '*', ']', '['])
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !(listing && plain) {
+                self.problem(format!("indirect expansion `{text}` is not supported"));
+                return;
+            }
+        }
+        self.scan_gaps(node, cx);
+        let mut op: Option<String> = None;
+        let mut transform = false;
+        let mut cursor = node.walk();
+        for (i, child) in node.children(&mut cursor).enumerate() {
+            if !child.is_named() && !child.is_missing() {
+                let token = child.kind();
+                if transform {
+                    transform = false;
+                    if !SAFE_TRANSFORMS.contains(&token) {
+                        self.problem(format!(
+                            "the transformation `@{token}` in `{text}` is not supported"
+                        ));
+                    }
+                    continue;
+                }
+                match token {
+                    "${" | "}" => {}
+                    "!" | "#" if i == 1 => {}
+                    "@" if op.is_none() => {
+                        op = Some("@".to_string());
+                        transform = true;
+                    }
+                    t if EXPANSION_OPERATORS.contains(&t) => {
+                        if op.is_none() {
+                            op = Some(t.to_string());
+                        }
+                    }
+                    t => {
+                        self.problem(format!("the operator `{t}` in `{text}` is not supported"));
+                    }
+                }
+                continue;
+            }
+            match op.as_deref() {
+                None => match child.kind() {
+                    "variable_name" | "special_variable_name" => {}
+                    "subscript" => self.subscript(child, false, cx, depth + 1),
+                    _ => self.unsupported("this `${…}` subject", child, cx),
+                },
+                // `${x:offset:length}`: both are arithmetic.
+                Some(":") => self.arith(child, cx, depth + 1),
+                Some(_) => self.word_parts(child, cx, depth + 1),
+            }
+        }
+        if transform {
+            self.problem(format!("`{text}` is not supported"));
+        }
+    }
+
+    /// `name[index]`: the index of an indexed array is arithmetic (`@`, `*` are not).
+    /// `in_arith`: the element's value is evaluated too.
+    fn subscript(&mut self, node: Node, in_arith: bool, cx: Cx, depth: usize) {
+        if !self.enter(node, cx, depth) {
+            return;
+        }
+        if in_arith {
+            if let Some(name) = node.child_by_field_name("name") {
+                self.scope.arith_refs.push(cx.text(name));
+            }
+        }
+        if let Some(index) = node.child_by_field_name("index") {
+            let t = cx.text(index);
+            if !(t == "@" || t == "*") {
+                self.arith(index, cx, depth + 1);
+            }
+        }
+    }
+
+    fn arith_children(&mut self, node: Node, cx: Cx, depth: usize) {
+        let mut cursor = node.walk();
+        for child in node.named_children(&mut cursor) {
+            self.arith(child, cx, depth + 1);
+        }
+    }
+
+    /// A node bash evaluates as arithmetic. The values of variables are evaluated again, so a
+    /// variable must hold a number the script itself sets (see [`Scope::is_numeric`]).
+    fn arith(&mut self, node: Node, cx: Cx, depth: usize) {
+        if !self.enter(node, cx, depth) {
+            return;
+        }
+        let text = cx.text(node);
+        match node.kind() {
+            "number" if node.named_child_count() == 0 => {}
+            "variable_name" => self.scope.arith_refs.push(text),
+            "word" if is_number(&text) => {}
+            "word" if is_identifier(&text) => self.scope.arith_refs.push(text),
+            "simple_expansion" | "expansion" => match plain_expansion_name(node, cx) {
+                Some(name) if matches!(name.as_str(), "#" | "?" | "$" | "!") => {}
+                Some(name) if is_identifier(&name) => self.scope.arith_refs.push(name),
+                _ => self.unsupported("this expansion in arithmetic", node, cx),
+            },
+            "binary_expression" => {
+                let op = node
+                    .child_by_field_name("operator")
+                    .map(|o| cx.text(o))
+                    .unwrap_or_default();
+                let mut cursor = node.walk();
+                for (i, child) in node.children(&mut cursor).enumerate() {
+                    if !child.is_named() {
+                        continue;
+                    }
+                    let assigned = op == "="
+                        && node.field_name_for_child(i as u32) == Some("left")
+                        && matches!(child.kind(), "variable_name" | "word")
+                        && is_identifier(&cx.text(child));
+                    if !assigned {
+                        self.arith(child, cx, depth + 1);
+                    }
+                }
+            }
+            "unary_expression"
+            | "postfix_expression"
+            | "ternary_expression"
+            | "parenthesized_expression" => self.arith_children(node, cx, depth),
+            "variable_assignment" => {
+                if let Some(value) = node.child_by_field_name("value") {
+                    self.arith(value, cx, depth + 1);
+                }
+            }
+            "subscript" => self.subscript(node, true, cx, depth),
+            "comment" => {}
+            _ => self.unsupported("this in arithmetic", node, cx),
+        }
+    }
+
+    /// An operand of `[[ … -eq … ]]`: a number, or a variable holding one.
+    fn arith_operand(&mut self, node: Node, cx: Cx, depth: usize) {
+        let text = cx.text(node);
+        match node.kind() {
+            "string" => {
+                let mut cursor = node.walk();
+                let named: Vec<Node> = node.named_children(&mut cursor).collect();
+                match named.as_slice() {
+                    [only] if matches!(only.kind(), "simple_expansion" | "expansion") => {
+                        self.arith(*only, cx, depth + 1)
+                    }
+                    [only] if only.kind() == "string_content" && is_number(&cx.text(*only)) => {}
+                    _ => self.unsupported("this arithmetic operand", node, cx),
+                }
+            }
+            "raw_string" if is_number(strip_quotes(&text, 1)) => {}
+            "number" | "word" | "variable_name" | "simple_expansion" | "expansion" => {
+                self.arith(node, cx, depth)
+            }
+            _ => self.unsupported("this arithmetic operand", node, cx),
+        }
+    }
+
+    /// Inside `[ … ]` (`double` false) or `[[ … ]]`.
+    fn test_expr(&mut self, node: Node, double: bool, cx: Cx, depth: usize) {
+        if !self.enter(node, cx, depth) {
+            return;
+        }
+        match node.kind() {
+            "binary_expression" => {
+                let op = node
+                    .child_by_field_name("operator")
+                    .map(|o| cx.text(o))
+                    .unwrap_or_default();
+                let logical = matches!(op.as_str(), "&&" | "||" | "-a" | "-o");
+                let arith = double && ARITH_TEST_OPS.contains(&op.as_str());
+                let mut cursor = node.walk();
+                for (i, child) in node.children(&mut cursor).enumerate() {
+                    if !child.is_named() || node.field_name_for_child(i as u32) == Some("operator")
+                    {
+                        continue;
+                    }
+                    if arith {
+                        self.arith_operand(child, cx, depth + 1);
+                    } else if logical {
+                        self.test_expr(child, double, cx, depth + 1);
+                    } else {
+                        self.test_operand(child, double, cx, depth + 1);
+                    }
+                }
+            }
+            "unary_expression" => {
+                let op = node
+                    .child_by_field_name("operator")
+                    .map(|o| cx.text(o))
+                    .unwrap_or_default();
+                let mut cursor = node.walk();
+                for (i, child) in node.children(&mut cursor).enumerate() {
+                    if !child.is_named() || node.field_name_for_child(i as u32) == Some("operator")
+                    {
+                        continue;
+                    }
+                    match op.as_str() {
+                        "!" => self.test_expr(child, double, cx, depth + 1),
+                        "-v" | "-R" => {
+                            let name = static_value(child, cx);
+                            if !name.as_deref().is_some_and(is_identifier) {
+                                self.problem(format!(
+                                    "`{op}` evaluates `{}` as a variable name; only a plain \
+                                     name is supported",
+                                    cx.text(child)
+                                ));
+                            }
+                        }
+                        _ => self.test_operand(child, double, cx, depth + 1),
+                    }
+                }
+            }
+            "parenthesized_expression" => {
+                let mut cursor = node.walk();
+                for child in node.named_children(&mut cursor) {
+                    self.test_expr(child, double, cx, depth + 1);
+                }
+            }
+            "test_operator" => {}
+            // `[ a < b ]`: `<` is a redirect there.
+            "redirected_statement" if !double => self.walk(node, cx, depth),
+            _ => self.word_parts(node, cx, depth),
+        }
+    }
+
+    fn test_operand(&mut self, node: Node, double: bool, cx: Cx, depth: usize) {
+        match node.kind() {
+            "binary_expression" | "unary_expression" | "parenthesized_expression" => {
+                self.test_expr(node, double, cx, depth)
+            }
+            _ => self.word_parts(node, cx, depth),
+        }
+    }
+
+    /// Bare assignments (`x=1`, `PATH=…`): lower-case names need no rule (module comment).
+    fn assignments(&mut self, node: Node, cx: Cx, depth: usize) {
+        let single = [node];
+        let mut cursor = node.walk();
+        let list: Vec<Node> = if node.kind() == "variable_assignment" {
+            single.to_vec()
+        } else {
+            node.named_children(&mut cursor).collect()
+        };
+        let needs_rule = list.iter().any(|a| {
+            let name = a
+                .child_by_field_name("name")
+                .map(|n| cx.text(n))
+                .unwrap_or_default();
+            !is_private_name(&name)
+        });
+        if needs_rule {
+            self.push(cx.text(node), ParamKind::Other);
+        }
+        for a in list {
+            self.assignment_parts(a, cx, depth + 1);
+        }
+    }
+
+    /// The name (a subscript is arithmetic) and value of one assignment.
+    fn assignment_parts(&mut self, node: Node, cx: Cx, depth: usize) {
+        if !self.enter(node, cx, depth) {
+            return;
+        }
+        if node.kind() != "variable_assignment" {
+            self.word_parts(node, cx, depth);
+            return;
+        }
+        if let Some(name) = node.child_by_field_name("name") {
+            if name.kind() == "subscript" {
+                self.subscript(name, false, cx, depth + 1);
+            }
+        }
+        if let Some(value) = node.child_by_field_name("value") {
+            self.word_parts(value, cx, depth + 1);
+        }
+    }
+
+    /// `export`/`declare`/`local`/`readonly`/`typeset`/`unset` and their operands.
+    fn declaration(&mut self, node: Node, cx: Cx, depth: usize) {
+        let mark = self.params.len();
+        let argv = declaration_argv(node, cx);
+        let keyword = argv.first().cloned().flatten().unwrap_or_default();
+        let mut cursor = node.walk();
+        for child in node.named_children(&mut cursor) {
+            match child.kind() {
+                "variable_assignment" => self.assignment_parts(child, cx, depth + 1),
+                "variable_name" => {}
+                _ => {
+                    let value = static_value(child, cx);
+                    match value.as_deref() {
+                        // `declare -i`: every later assignment is evaluated as arithmetic;
+                        // `-n`: a name refers to another variable.
+                        Some(flag)
+                            if (flag.starts_with('-') || flag.starts_with('+'))
+                                && keyword != "unset"
+                                && keyword != "export"
+                                && flag.contains(['i', 'n']) =>
+                        {
+                            self.problem(format!("`{keyword} {flag}` is not supported"));
+                        }
+                        Some(v) if v.contains('[') => self.problem(format!(
+                            "`{keyword}` evaluates the subscript in `{}`",
+                            cx.text(child)
+                        )),
+                        None => self.problem(format!(
+                            "`{keyword}` operand `{}` is only known at run time",
+                            cx.text(child)
+                        )),
+                        Some(_) => {}
+                    }
+                    self.word_parts(child, cx, depth + 1);
+                }
+            }
+        }
+        let args = argv
+            .iter()
+            .map(|v| match v {
+                Some(v) => Arg::Static(v.clone()),
+                None => Arg::Dynamic(String::new()),
+            })
+            .collect();
+        let cwds = self.cwds.clone().unwrap_or_default();
+        self.push(cx.text(node), ParamKind::Command { argv, args, cwds });
+        self.params[mark..].rotate_right(1);
     }
 
     fn redirected_statement(&mut self, node: Node, cx: Cx, depth: usize) {
@@ -372,12 +1023,26 @@ impl Analyser<'_> {
             Some(body) if body.kind() == "command" => {
                 self.command(body, &redirects, dash_arg, cx, depth)
             }
+            Some(body)
+                if body.kind() == "list"
+                    && redirects.iter().all(|r| r.kind() == "file_redirect") =>
+            {
+                if self.enter(body, cx, depth + 1) {
+                    self.list(body, &redirects, cx, depth + 1);
+                }
+            }
             _ => {
                 if let Some(body) = body {
                     self.walk(body, cx, depth + 1);
                 }
                 for r in redirects {
-                    self.walk(r, cx, depth + 1);
+                    match r.kind() {
+                        "file_redirect" | "heredoc_redirect" | "herestring_redirect" => {
+                            let mut parts = RedirectParts::default();
+                            self.redirect_into(r, cx, depth + 1, &mut parts);
+                        }
+                        _ => self.walk(r, cx, depth + 1),
+                    }
                 }
             }
         }
@@ -385,6 +1050,9 @@ impl Analyser<'_> {
 
     /// A simple command with the redirects that tree-sitter put beside it (`outer`).
     fn command(&mut self, node: Node, outer: &[Node], dash_arg: bool, cx: Cx, depth: usize) {
+        if !self.enter(node, cx, depth) {
+            return;
+        }
         // Parameters of nested parts are found first; the command itself is moved before them.
         let mark = self.params.len();
         let mut argv: Vec<Word> = Vec::new();
@@ -415,20 +1083,23 @@ impl Analyser<'_> {
             }
             match field {
                 Some("name") => {
-                    let word = word(child, cx);
+                    let word = self.word(child, cx);
                     if word.value.is_none() || word.pattern {
                         name_problem = Some(word.text.clone());
                     }
                     argv.push(word);
+                    self.word_parts(child, cx, depth + 1);
                 }
-                Some("argument") => argv.push(word(child, cx)),
+                Some("argument") => {
+                    argv.push(self.word(child, cx));
+                    self.word_parts(child, cx, depth + 1);
+                }
+                _ if child.kind() == "variable_assignment" => {
+                    // An env prefix stays in the command's text; only look inside it.
+                    self.assignment_parts(child, cx, depth + 1);
+                }
+                _ if child.is_named() || child.is_missing() => self.walk(child, cx, depth + 1),
                 _ => {}
-            }
-            if child.kind() == "variable_assignment" {
-                // An env prefix stays in the command's text; only look inside its value.
-                self.walk_children(child, cx, depth + 1);
-            } else if child.is_named() || child.is_missing() {
-                self.walk(child, cx, depth + 1);
             }
         }
         let rest = cx.slice(last_end, node.end_byte());
@@ -444,6 +1115,7 @@ impl Analyser<'_> {
                 text: "-".to_string(),
                 value: Some("-".to_string()),
                 pattern: false,
+                arg: Arg::Static("-".to_string()),
             });
         }
         for r in outer {
@@ -484,7 +1156,16 @@ impl Analyser<'_> {
         wrappers: usize,
     ) {
         let values: Vec<Option<String>> = words.iter().map(|w| w.value.clone()).collect();
-        self.push(text, ParamKind::Command { argv: values });
+        let args: Vec<Arg> = words.iter().map(|w| w.arg.clone()).collect();
+        let cwds = self.cwds.clone().unwrap_or_default();
+        self.push(
+            text,
+            ParamKind::Command {
+                argv: values,
+                args,
+                cwds,
+            },
+        );
         let Some(first) = words.first() else { return };
         let Some(name) = first.value.as_deref() else {
             self.problem(format!("command name `{}` is not static text", first.text));
@@ -500,8 +1181,9 @@ impl Analyser<'_> {
         }
         let base = basename(name);
         if DIR_CHANGERS.contains(&base) {
-            self.changes_dir = true;
+            self.change_dir(base, words);
         }
+        self.variable_name_operands(base, words);
         if SHELLS.contains(&base) {
             self.shell(words, stdin, cx);
             return;
@@ -509,7 +1191,12 @@ impl Analyser<'_> {
         match base {
             "eval" => {
                 let script = join_static(&words[1..]);
+                let saved = self.cwds.clone();
                 self.nested_script("eval", script, cx);
+                // eval runs in this shell: a `cd` in it moves everything after.
+                if self.cwds != saved || script_may_cd(&words[1..]) {
+                    self.cwds = None;
+                }
             }
             // `trap 'cmd' SIGNAL…` runs its first argument later, as a script.
             "trap" => {
@@ -521,6 +1208,9 @@ impl Analyser<'_> {
                     }
                 }
             }
+            "let" => self.problem(
+                "`let` evaluates its arguments as arithmetic; `(( ))` can be checked".to_string(),
+            ),
             "watch" => {
                 // watch runs its arguments through `sh -c`, joined with spaces.
                 let start = skip_options(words, 1, &["-n", "--interval", "-q", "--equexit"]);
@@ -565,6 +1255,74 @@ impl Analyser<'_> {
         }
     }
 
+    /// `cd DIR`: where the following commands run (both directories stay possible: the `cd`
+    /// may fail; see [`Analyser::list`] for `cd DIR && …`).
+    fn change_dir(&mut self, base: &str, words: &[Word]) {
+        let start = skip_options(words, 1, &[]);
+        let target = match (base, &words[start.min(words.len())..]) {
+            ("cd", [w]) => match &w.arg {
+                Arg::Static(v) if v != "-" && !v.starts_with('~') && !v.is_empty() => {
+                    let v = v.clone();
+                    self.cwds.clone().map(|cwds| {
+                        cwds.iter()
+                            .filter_map(|c| self.resolve_in(&v, c))
+                            .collect::<Vec<_>>()
+                    })
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        self.last_cd = Some(target.clone());
+        let before = self.cwds.take();
+        self.cwds = union(before, target);
+    }
+
+    /// Operands that bash treats as variable names: a subscript in them is evaluated, and a
+    /// name only known at run time could carry one.
+    fn variable_name_operands(&mut self, base: &str, words: &[Word]) {
+        let names: Vec<&Word> = match base {
+            b if VARNAME_BUILTINS.contains(&b) => words[1..]
+                .iter()
+                .filter(|w| !w.value.as_deref().is_some_and(|v| v.starts_with('-')))
+                .collect(),
+            "printf" | "test" | "[" => {
+                let flags: &[&str] = if base == "printf" {
+                    &["-v"]
+                } else {
+                    &["-v", "-R"]
+                };
+                let mut out = Vec::new();
+                for (i, w) in words.iter().enumerate().skip(1) {
+                    if let Some(v) = w.value.as_deref() {
+                        if flags.contains(&v) {
+                            if let Some(next) = words.get(i + 1) {
+                                out.push(next);
+                            }
+                        }
+                        if base == "printf" && v.starts_with("-v") && v.len() > 2 {
+                            out.push(w);
+                        }
+                    }
+                }
+                out
+            }
+            _ => return,
+        };
+        for w in names {
+            match w.value.as_deref() {
+                Some(v) if v.contains('[') => {
+                    self.problem(format!("`{base}` evaluates the subscript in `{}`", w.text))
+                }
+                None => self.problem(format!(
+                    "`{base}` takes a variable name, and `{}` is only known at run time",
+                    w.text
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+
     /// `bash [options] -c SCRIPT`, `bash SCRIPT_FILE`, or `bash` reading a heredoc.
     fn shell(&mut self, words: &[Word], stdin: Option<Option<String>>, cx: Cx) {
         let mut i = 1;
@@ -602,6 +1360,8 @@ impl Analyser<'_> {
             }
             break;
         }
+        // A new process: a `cd` in it changes nothing here.
+        let saved = self.cwds.clone();
         if dash_c {
             match words.get(i) {
                 Some(w) => self.nested_script("shell -c", w.value.clone(), cx),
@@ -613,6 +1373,7 @@ impl Analyser<'_> {
                 self.nested_script("shell stdin", script, cx);
             }
         }
+        self.cwds = saved;
     }
 
     fn nested_script(&mut self, what: &str, script: Option<String>, cx: Cx) {
@@ -622,17 +1383,19 @@ impl Analyser<'_> {
         }
     }
 
-    /// A redirect that stands apart from any simple command (after a loop, a group, …).
-    fn redirect(&mut self, node: Node, cx: Cx, depth: usize) {
-        let mut parts = RedirectParts::default();
-        self.redirect_into(node, cx, depth, &mut parts);
-    }
-
     fn redirect_into(&mut self, node: Node, cx: Cx, depth: usize, parts: &mut RedirectParts) {
+        if !self.enter(node, cx, depth) {
+            return;
+        }
         match node.kind() {
             "file_redirect" => self.file_redirect(node, cx, depth, parts),
             "herestring_redirect" => {
-                self.walk_children(node, cx, depth);
+                let mut cursor = node.walk();
+                for child in node.named_children(&mut cursor) {
+                    if child.kind() != "file_descriptor" {
+                        self.word_parts(child, cx, depth + 1);
+                    }
+                }
                 parts.text.push(cx.text(node));
                 let mut cursor = node.walk();
                 let value = node
@@ -657,13 +1420,15 @@ impl Analyser<'_> {
                 operator.push_str(child.kind());
             }
             if child.is_named() || child.is_missing() {
-                self.walk(child, cx, depth + 1);
+                self.word_parts(child, cx, depth + 1);
             }
         }
         let Some((target, extra)) = destinations.split_first() else {
             return;
         };
-        parts.extra_args.extend(extra.iter().map(|d| word(*d, cx)));
+        parts
+            .extra_args
+            .extend(extra.iter().map(|d| self.word(*d, cx)));
         let write = match operator.as_str() {
             "<" => false,
             ">&" | "<&" | ">&-" | "<&-" if target.kind() == "number" || cx.text(*target) == "-" => {
@@ -677,10 +1442,10 @@ impl Analyser<'_> {
             // `done < <(find …)`: a pipe, not a file; its commands were walked above.
             return;
         }
-        let target = word(*target, cx);
+        let target = self.word(*target, cx);
         let access = if write { "write" } else { "read" };
-        let value = match target.value {
-            Some(v) if !target.pattern && !v.starts_with('~') => v,
+        let value = match &target.arg {
+            Arg::Static(v) if !v.starts_with('~') => v.clone(),
             _ => {
                 self.problem(format!(
                     "{access} redirect target `{}` is only known at run time",
@@ -694,35 +1459,48 @@ impl Analyser<'_> {
         if HARMLESS_TARGETS.contains(&value.as_str()) {
             return;
         }
-        if !Path::new(&value).is_absolute() {
-            self.relative_targets.push(value.clone());
-        }
-        let normalized = match self.normalized.get(&value) {
-            Some(cached) => cached.clone(),
-            None => {
-                let path = paths::normalize(&value, self.cwd);
-                self.normalized.insert(value.clone(), path.clone());
-                path
+        let targets: Vec<PathBuf> = if Path::new(&value).is_absolute() {
+            paths::normalize(&value, Path::new("/"))
+                .into_iter()
+                .collect()
+        } else {
+            match self.cwds.clone() {
+                Some(cwds) => cwds
+                    .iter()
+                    .filter_map(|c| self.resolve_in(&value, c))
+                    .collect(),
+                None => Vec::new(),
             }
         };
-        match normalized {
-            Some(path) => {
-                let text = format!("{access}:{}", path.display());
-                self.push(text, ParamKind::Redirect { path, write });
-            }
-            None => self.problem(format!(
-                "relative redirect target `{value}` without a working directory"
-            )),
+        if targets.is_empty() {
+            self.problem(format!(
+                "relative redirect target `{value}` where the working directory is not known"
+            ));
+            return;
         }
+        for path in targets {
+            let text = format!("{access}:{}", path.display());
+            self.push(text, ParamKind::Redirect { path, write });
+        }
+    }
+
+    /// `path` resolved against `cwd`, cached (loops and repeated redirects are common).
+    fn resolve_in(&mut self, path: &str, cwd: &Path) -> Option<PathBuf> {
+        let key = (path.to_string(), cwd.to_path_buf());
+        if let Some(cached) = self.normalized.get(&key) {
+            return cached.clone();
+        }
+        let resolved = paths::normalize(path, cwd);
+        self.normalized.insert(key, resolved.clone());
+        resolved
     }
 
     fn heredoc(&mut self, node: Node, cx: Cx, depth: usize, parts: &mut RedirectParts) {
         let mut start = String::new();
         // The source from `<<` to the end of the delimiter, spacing kept (`<< 'EOF'`).
         let mut header = String::from("<<");
-        let mut body = String::new();
+        let mut body_node = None;
         let mut end = String::new();
-        let mut body_is_static = true;
         let mut cursor = node.walk();
         for (i, child) in node.children(&mut cursor).enumerate() {
             let field = node.field_name_for_child(i as u32);
@@ -731,17 +1509,13 @@ impl Analyser<'_> {
                     start = cx.text(child);
                     header = cx.slice(node.start_byte(), child.end_byte());
                 }
-                ("heredoc_body", _) => {
-                    body = cx.text(child);
-                    let mut c = child.walk();
-                    body_is_static = child
-                        .named_children(&mut c)
-                        .all(|n| n.kind() == "heredoc_content");
-                    self.walk_children(child, cx, depth);
-                }
+                ("heredoc_body", _) => body_node = Some(child),
                 ("heredoc_end", _) => end = cx.text(child),
                 ("file_redirect", _) => self.file_redirect(child, cx, depth, parts),
-                (_, Some("argument")) => parts.extra_args.push(word(child, cx)),
+                (_, Some("argument")) => {
+                    parts.extra_args.push(self.word(child, cx));
+                    self.word_parts(child, cx, depth + 1);
+                }
                 _ => {
                     // `right` of `&&`/`||` and `| next` on the heredoc's line: more statements.
                     if child.is_named() || child.is_missing() {
@@ -752,9 +1526,345 @@ impl Analyser<'_> {
         }
         // A quoted delimiter turns expansion off: the body is literal.
         let quoted = start.contains(['\'', '"', '\\']);
+        let body = body_node.map(|b| cx.text(b)).unwrap_or_default();
+        let mut body_is_static = true;
+        if let (Some(b), false) = (body_node, quoted) {
+            // Unquoted: the body is expanded like a double-quoted string.
+            self.scan_gaps(b, cx);
+            let mut c = b.walk();
+            for child in b.named_children(&mut c) {
+                if child.kind() != "heredoc_content" {
+                    body_is_static = false;
+                }
+                self.word_parts(child, cx, depth + 1);
+            }
+        }
         parts.text.push(format!("{header}\n{body}{end}"));
         parts.stdin = Some((quoted || body_is_static).then_some(body));
     }
+
+    /// A command word with its static value (if any) and what the guard sees of it.
+    fn word(&self, node: Node, cx: Cx) -> Word {
+        let node = if node.kind() == "command_name" {
+            node.named_child(0).unwrap_or(node)
+        } else {
+            node
+        };
+        let value = static_value(node, cx);
+        let pattern = is_pattern(node, cx);
+        let arg = match (&value, pattern) {
+            (Some(v), false) => Arg::Static(v.clone()),
+            (Some(v), true) => {
+                let cut = v.find(['*', '?', '[', '{']).unwrap_or(v.len());
+                Arg::Pattern(v[..cut].to_string())
+            }
+            (None, _) => match plain_expansion_name(node, cx)
+                .and_then(|name| self.scope.static_value(&name).map(str::to_string))
+            {
+                Some(v) => Arg::Static(v),
+                None => Arg::Dynamic(static_prefix(node, cx)),
+            },
+        };
+        Word {
+            text: cx.text(node),
+            value,
+            pattern,
+            arg,
+        }
+    }
+}
+
+/// Both sets of possible directories (`None`: unknown); unknown once there are too many.
+fn union(a: Option<Vec<PathBuf>>, b: Option<Vec<PathBuf>>) -> Option<Vec<PathBuf>> {
+    let (mut a, b) = (a?, b?);
+    for p in b {
+        if !a.contains(&p) {
+            a.push(p);
+        }
+    }
+    (a.len() <= MAX_CWDS).then_some(a)
+}
+
+/// `eval` words that could change directory (checked on the text: the string is parsed later).
+fn script_may_cd(words: &[Word]) -> bool {
+    words.iter().any(|w| {
+        let t = w.value.as_deref().unwrap_or(&w.text);
+        DIR_CHANGERS.iter().any(|c| t.contains(c))
+    })
+}
+
+/// Collects what a script does to its variables (see [`Scope`]). Does not enter nested shell
+/// strings: they are scripts of their own.
+fn prescan(scope: &mut Scope, node: Node, cx: Cx, depth: usize, in_body: bool) {
+    if depth > MAX_NODE_DEPTH {
+        return;
+    }
+    match node.kind() {
+        "variable_assignment" => {
+            if let Some(name) = node.child_by_field_name("name") {
+                let appends = {
+                    let mut c = node.walk();
+                    let found = node.children(&mut c).any(|ch| ch.kind() == "+=");
+                    found
+                };
+                if name.kind() == "variable_name" {
+                    let value = match node.child_by_field_name("value") {
+                        Some(v) => static_value(v, cx),
+                        None => Some(String::new()),
+                    };
+                    let info = match value {
+                        Some(v) if !appends && !is_pattern_opt(node, cx) => VarInfo::Static(v),
+                        _ => VarInfo::Unknown,
+                    };
+                    scope.record(&cx.text(name), info);
+                } else if let Some(array) = name.child_by_field_name("name") {
+                    scope.record(&cx.text(array), VarInfo::Unknown);
+                }
+            }
+        }
+        "for_statement" => {
+            if let Some(var) = node.child_by_field_name("variable") {
+                scope.record(&cx.text(var), VarInfo::Unknown);
+            }
+        }
+        "binary_expression" | "postfix_expression" | "unary_expression" => {
+            // Arithmetic assignment (`(( i = 0 ))`, `i++`): the result is a number.
+            let mut c = node.walk();
+            let assigns = node.children(&mut c).any(|ch| {
+                !ch.is_named()
+                    && matches!(
+                        ch.kind(),
+                        "=" | "+="
+                            | "-="
+                            | "*="
+                            | "/="
+                            | "%="
+                            | "<<="
+                            | ">>="
+                            | "&="
+                            | "^="
+                            | "|="
+                            | "++"
+                            | "--"
+                    )
+            });
+            if assigns {
+                let target = node
+                    .child_by_field_name("left")
+                    .or_else(|| node.named_child(0));
+                if let Some(t) = target {
+                    if matches!(t.kind(), "variable_name" | "word") && is_identifier(&cx.text(t)) {
+                        scope.record(&cx.text(t), VarInfo::Numeric);
+                    }
+                }
+            }
+        }
+        "declaration_command" | "unset_command" => {
+            let mut c = node.walk();
+            for child in node.named_children(&mut c) {
+                if child.kind() != "variable_assignment" {
+                    match static_value(child, cx) {
+                        Some(v) if is_identifier(&v) => scope.record(&v, VarInfo::Unknown),
+                        Some(_) => {}
+                        None => scope.taint_all = true,
+                    }
+                }
+            }
+        }
+        "function_definition" => scope.has_function = true,
+        "command" => {
+            let mut c = node.walk();
+            let words: Vec<Option<String>> = node
+                .children(&mut c)
+                .enumerate()
+                .filter(|(i, _)| {
+                    matches!(
+                        node.field_name_for_child(*i as u32),
+                        Some("name") | Some("argument")
+                    )
+                })
+                .map(|(_, w)| static_value(w, cx))
+                .collect();
+            let mut at = 0;
+            while matches!(
+                words.get(at).cloned().flatten().as_deref(),
+                Some("builtin" | "command")
+            ) {
+                at += 1;
+            }
+            match words.get(at).cloned().flatten().as_deref().map(basename) {
+                Some(b) if DIR_CHANGERS.contains(&b) => {
+                    scope.has_cd = true;
+                    if in_body {
+                        scope.cd_unfollowable = true;
+                    }
+                }
+                Some(b) if CURRENT_SHELL_RUNNERS.contains(&b) => scope.taint_all = true,
+                Some(b)
+                    if VARNAME_BUILTINS.contains(&b)
+                        || matches!(b, "printf" | "declare" | "typeset" | "local") =>
+                {
+                    if b == "read" || b == "getopts" {
+                        scope.record("REPLY", VarInfo::Unknown);
+                        scope.record("OPTARG", VarInfo::Unknown);
+                    }
+                    for w in &words[at + 1..] {
+                        match w.as_deref() {
+                            Some(v) => {
+                                let name = v.split(['=', '[']).next().unwrap_or("");
+                                if is_identifier(name) {
+                                    scope.record(name, VarInfo::Unknown);
+                                }
+                            }
+                            None => scope.taint_all = true,
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => scope.taint_all = true,
+            }
+        }
+        _ => {}
+    }
+    let in_body = in_body
+        || matches!(
+            node.kind(),
+            "for_statement" | "c_style_for_statement" | "while_statement" | "function_definition"
+        );
+    let mut cursor = node.walk();
+    for child in node.named_children(&mut cursor) {
+        prescan(scope, child, cx, depth + 1, in_body);
+    }
+}
+
+/// The value node of an assignment is a pattern (`x=*`): assignments do not expand globs, but
+/// a later unquoted `$x` does, so the value is not one static word.
+fn is_pattern_opt(assignment: Node, cx: Cx) -> bool {
+    assignment
+        .child_by_field_name("value")
+        .is_some_and(|v| is_pattern(v, cx))
+}
+
+/// The name in `$name`, `${name}` or `"$name"` / `"${name}"`, when the word is only that.
+fn plain_expansion_name(node: Node, cx: Cx) -> Option<String> {
+    match node.kind() {
+        "simple_expansion" => {
+            let child = node.named_child(0)?;
+            (node.named_child_count() == 1).then(|| cx.text(child))
+        }
+        "expansion" => {
+            let text = cx.text(node);
+            let name = text.strip_prefix("${")?.strip_suffix('}')?;
+            (is_identifier(name) || matches!(name, "#" | "?" | "$" | "!")).then(|| name.to_string())
+        }
+        "string" => {
+            if node.named_child_count() != 1 {
+                return None;
+            }
+            let only = node.named_child(0)?;
+            let text = cx.text(node);
+            (text.len() == only.end_byte() - only.start_byte() + 2)
+                .then(|| plain_expansion_name(only, cx))
+                .flatten()
+        }
+        _ => None,
+    }
+}
+
+/// The static text of a word before its first expansion (`/tmp/$x` → `/tmp/`).
+fn static_prefix(node: Node, cx: Cx) -> String {
+    match node.kind() {
+        "concatenation" | "string" => {
+            let mut out = String::new();
+            let mut cursor = node.walk();
+            for child in node.children(&mut cursor) {
+                if !child.is_named() {
+                    if child.kind() == "\"" {
+                        continue;
+                    }
+                    out.push_str(&cx.text(child));
+                    continue;
+                }
+                let piece = if child.kind() == "string_content" {
+                    Some(unescape_double_quoted(&cx.text(child)))
+                } else {
+                    static_value(child, cx)
+                };
+                match piece {
+                    Some(p) => out.push_str(&p),
+                    None => {
+                        out.push_str(&static_prefix(child, cx));
+                        break;
+                    }
+                }
+            }
+            out
+        }
+        _ => String::new(),
+    }
+}
+
+/// A substitution or expansion left in leaf text: an unescaped backtick, or `$` followed by
+/// something bash expands.
+fn hidden_expansion(text: &str) -> Option<&'static str> {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '`' => return Some("a backtick"),
+            '$' => match chars.peek() {
+                Some(n)
+                    if n.is_ascii_alphanumeric()
+                        || matches!(
+                            n,
+                            '_' | '(' | '[' | '{' | '@' | '*' | '#' | '?' | '$' | '!' | '-'
+                        ) =>
+                {
+                    return Some("an expansion")
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A decimal, hex (`0x1f`), octal or `base#digits` integer, optionally signed.
+fn is_number(text: &str) -> bool {
+    let t = text.trim();
+    let t = t.strip_prefix(['-', '+']).unwrap_or(t);
+    if t.is_empty() {
+        return false;
+    }
+    if let Some((base, digits)) = t.split_once('#') {
+        return !base.is_empty()
+            && base.chars().all(|c| c.is_ascii_digit())
+            && !digits.is_empty()
+            && digits
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '@' || c == '_');
+    }
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit());
+    }
+    t.chars().all(|c| c.is_ascii_digit())
+}
+
+fn is_identifier(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A variable name that no other program reads: lower-case, and not a proxy setting
+/// (`http_proxy`, `no_proxy` … are read by curl, git, pip).
+fn is_private_name(name: &str) -> bool {
+    is_identifier(name) && !name.chars().any(|c| c.is_ascii_uppercase()) && !name.ends_with("proxy")
 }
 
 /// Non-blank text between the children of `node` (and its start and end), with its offset.
@@ -786,20 +1896,6 @@ fn uncovered(node: Node, cx: Cx) -> Vec<(usize, String)> {
         check(last, node.end_byte(), &mut gaps);
     }
     gaps
-}
-
-/// A command word with its static value (if any).
-fn word(node: Node, cx: Cx) -> Word {
-    let node = if node.kind() == "command_name" {
-        node.named_child(0).unwrap_or(node)
-    } else {
-        node
-    };
-    Word {
-        text: cx.text(node),
-        value: static_value(node, cx),
-        pattern: is_pattern(node, cx),
-    }
 }
 
 /// Unquoted glob (`*`, `?`, `[`) or brace (`{a,b}`, `{1..3}`) characters.
@@ -1090,7 +2186,7 @@ mod tests {
             "bash -c \"rm $X\"",
             "eval \"$X\"",
             "echo ${!name}",
-            "cd /etc && echo x > passwd",
+            "cd \"$d\" && echo x > passwd",
             "/bin/r? -rf /",
             "{rm,-rf,/}",
             "echo 'unterminated",

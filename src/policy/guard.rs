@@ -242,7 +242,7 @@ impl Inner {
             return Some("indirect expansion can read the hook secret".to_string());
         }
         let send_ok = match &param.kind {
-            ParamKind::Command { argv } => {
+            ParamKind::Command { argv, .. } => {
                 if let Some(why) = env_dump(argv) {
                     return Some(why);
                 }

@@ -103,14 +103,31 @@ pub struct Param {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ParamKind {
     /// A simple command; each word's value after quote removal, `None` where only the running
-    /// shell knows it (expansions, substitutions).
-    Command { argv: Vec<Option<String>> },
+    /// shell knows it (expansions, substitutions). `args` says the same per word with what is
+    /// known of the rest (a pattern's or expansion's static prefix), and `cwds` the directories
+    /// the command may run in (empty when a `cd` made it unknowable).
+    Command {
+        argv: Vec<Option<String>>,
+        args: Vec<Arg>,
+        cwds: Vec<PathBuf>,
+    },
     /// A bash redirect target (`write:<path>` / `read:<path>`), normalised.
     Redirect { path: PathBuf, write: bool },
     /// A file tool's path, normalised.
     Path(PathBuf),
     /// A URL, skill name, canonical JSON, bare assignment, …
     Other,
+}
+
+/// What static analysis knows about one word of a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// Its value after expansion and quote removal (a leading `~` is left for the guard).
+    Static(String),
+    /// An unquoted glob or brace pattern: the text before its first special character.
+    Pattern(String),
+    /// Only the running shell knows it: the static text before its first expansion.
+    Dynamic(String),
 }
 
 /// Everything one decision needs.
