@@ -256,6 +256,8 @@ enum VarInfo {
     Static(String),
     /// Assigned only by arithmetic.
     Numeric,
+    /// A `for` variable over these static words and patterns.
+    Words(Vec<Arg>),
     /// Anything else.
     Unknown,
 }
@@ -265,7 +267,7 @@ impl Scope {
         let numeric = |i: &VarInfo| match i {
             VarInfo::Numeric => true,
             VarInfo::Static(v) => is_number(v),
-            VarInfo::Unknown => false,
+            VarInfo::Unknown | VarInfo::Words(_) => false,
         };
         match self.vars.get_mut(name) {
             Some(old) if *old != info && numeric(old) && numeric(&info) => *old = VarInfo::Numeric,
@@ -277,14 +279,16 @@ impl Scope {
         }
     }
 
-    /// The static value of `name`, when the script gives it one and nothing else can change it.
-    fn static_value(&self, name: &str) -> Option<&str> {
+    /// What a plain `$name` stands for, when the script says.
+    fn arg_of(&self, name: &str) -> Option<Arg> {
         if self.taint_all {
             return None;
         }
-        match self.vars.get(name) {
-            Some(VarInfo::Static(v)) => Some(v),
-            _ => None,
+        match self.vars.get(name)? {
+            VarInfo::Static(v) => Some(Arg::Static(v.clone())),
+            VarInfo::Words(words) if words.len() == 1 => Some(words[0].clone()),
+            VarInfo::Words(words) => Some(Arg::OneOf(words.clone())),
+            VarInfo::Numeric | VarInfo::Unknown => None,
         }
     }
 
@@ -650,6 +654,11 @@ impl Analyser {
     /// Text between the children of a word-like node (string quotes, operators) is checked like
     /// a leaf.
     fn scan_gaps(&mut self, node: Node, cx: Cx) {
+        if node.child_count() == 0 {
+            // A heredoc body without any expansion node: all of it is text.
+            self.leaf(node, cx);
+            return;
+        }
         for (_, gap) in uncovered(node, cx) {
             if let Some(what) = hidden_expansion(&gap) {
                 self.problem(format!(
@@ -1558,10 +1567,8 @@ impl Analyser {
                 let cut = v.find(['*', '?', '[', '{']).unwrap_or(v.len());
                 Arg::Pattern(v[..cut].to_string())
             }
-            (None, _) => match plain_expansion_name(node, cx)
-                .and_then(|name| self.scope.static_value(&name).map(str::to_string))
-            {
-                Some(v) => Arg::Static(v),
+            (None, _) => match plain_expansion_name(node, cx).and_then(|n| self.scope.arg_of(&n)) {
+                Some(arg) => arg,
                 None => Arg::Dynamic(static_prefix(node, cx)),
             },
         };
@@ -1624,7 +1631,28 @@ fn prescan(scope: &mut Scope, node: Node, cx: Cx, depth: usize, in_body: bool) {
         }
         "for_statement" => {
             if let Some(var) = node.child_by_field_name("variable") {
-                scope.record(&cx.text(var), VarInfo::Unknown);
+                let mut words = Vec::new();
+                let mut known = true;
+                let mut c = node.walk();
+                for (i, child) in node.children(&mut c).enumerate() {
+                    if node.field_name_for_child(i as u32) != Some("value") {
+                        continue;
+                    }
+                    match static_value(child, cx) {
+                        Some(v) if is_pattern(child, cx) => {
+                            let cut = v.find(['*', '?', '[', '{']).unwrap_or(v.len());
+                            words.push(Arg::Pattern(v[..cut].to_string()));
+                        }
+                        Some(v) => words.push(Arg::Static(v)),
+                        None => known = false,
+                    }
+                }
+                let info = if known && !words.is_empty() {
+                    VarInfo::Words(words)
+                } else {
+                    VarInfo::Unknown
+                };
+                scope.record(&cx.text(var), info);
             }
         }
         "binary_expression" | "postfix_expression" | "unary_expression" => {
@@ -1914,9 +1942,23 @@ fn is_pattern(node: Node, cx: Cx) -> bool {
         }
         "brace_expression" | "extglob_pattern" => true,
         "concatenation" => {
+            // tree-sitter splits `a{b,c}d` into the words `a`, `{`, `b,c`, `}`, `d`.
             let mut cursor = node.walk();
-            let found = node.named_children(&mut cursor).any(|c| is_pattern(c, cx));
+            let mut unquoted = String::new();
+            let mut found = false;
+            for c in node.named_children(&mut cursor) {
+                found |= is_pattern(c, cx);
+                if c.kind() == "word" {
+                    unquoted.push_str(&cx.text(c));
+                } else {
+                    unquoted.push(' ');
+                }
+            }
             found
+                || unquoted.find('{').is_some_and(|open| {
+                    let after = &unquoted[open..];
+                    after.contains('}') && (after.contains(',') || after.contains(".."))
+                })
         }
         _ => false,
     }

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use super::bash::basename;
 use super::paths;
-use super::{Param, ParamKind};
+use super::{Arg, Param, ParamKind};
 
 /// The gateway's executable name.
 pub const GATEWAY_BIN: &str = "agent-chat-gateway";
@@ -80,7 +80,27 @@ struct Inner {
     readable: Vec<PathBuf>,
     own_room: Option<String>,
     own_connector: Option<String>,
+    /// The agent's home, for `~` in paths.
+    home: Option<PathBuf>,
 }
+
+/// What the guard makes of a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Reaches the gateway's own files or control plane: denied for everyone.
+    Deny(String),
+    /// A path that could reach them is only known at run time: cannot be checked (owners are
+    /// asked, guests denied), like an analysis problem.
+    Uncheckable(String),
+}
+
+/// Commands that never open their operands as files, so an operand only known at run time
+/// cannot reach a protected file through them.
+const NO_FILE_OPERANDS: &[&str] = &[
+    "echo", "printf", "true", "false", ":", "exit", "return", "shift", "sleep", "seq", "expr",
+    "basename", "dirname", "test", "[", "cd", "export", "declare", "local", "readonly", "typeset",
+    "unset",
+];
 
 impl Guard {
     /// No self-protection at all.
@@ -97,6 +117,7 @@ impl Guard {
             readable: Vec::new(),
             own_room: None,
             own_connector: None,
+            home: None,
         };
         if let Some(name) = runtime_dir.file_name().and_then(|n| n.to_str()) {
             // Only a distinctive name is a safe marker (`~/.agent-chat-gateway`, not `/srv/x`).
@@ -111,6 +132,7 @@ impl Guard {
     /// Also recognises the runtime dir written relative to `home` (`~/…`, `$HOME/…`).
     pub fn with_home(mut self, home: &Path) -> Guard {
         if let Some(inner) = &mut self.inner {
+            inner.home = home.is_absolute().then(|| home.to_path_buf());
             let mut forms = Vec::new();
             for dir in &inner.protected {
                 if let Ok(rel) = dir.strip_prefix(home) {
@@ -158,29 +180,42 @@ impl Guard {
         self.inner.is_none()
     }
 
-    /// `Some(reason)` when the call must be denied. `tool` is lower-case.
+    /// What the guard makes of a call: `None` when it has no objection. `tool` is lower-case.
     pub(crate) fn check(
         &self,
         tool: &str,
         params: &[Param],
         input: &serde_json::Value,
         cwd: &Path,
-    ) -> Option<String> {
+    ) -> Option<Verdict> {
         let inner = self.inner.as_ref()?;
         if cwd.is_absolute() && inner.is_protected(&paths::resolve(cwd)) {
-            return Some(format!("{REASON} (working directory {})", cwd.display()));
+            return Some(Verdict::Deny(format!(
+                "{REASON} (working directory {})",
+                cwd.display()
+            )));
         }
+        let mut uncheckable = None;
         for param in params {
             if let Some(why) = inner.check_param(tool, param) {
-                return Some(format!("{REASON} ({why})"));
+                return Some(Verdict::Deny(format!("{REASON} ({why})")));
+            }
+            if let ParamKind::Command { argv, args, cwds } = &param.kind {
+                match inner.check_args(argv, args, cwds) {
+                    Some(Verdict::Deny(why)) => {
+                        return Some(Verdict::Deny(format!("{REASON} ({why})")))
+                    }
+                    Some(v) if uncheckable.is_none() => uncheckable = Some(v),
+                    _ => {}
+                }
             }
         }
         if tool != "bash" {
             if let Some(why) = inner.check_path_fields(input, cwd) {
-                return Some(format!("{REASON} ({why})"));
+                return Some(Verdict::Deny(format!("{REASON} ({why})")));
             }
         }
-        None
+        uncheckable
     }
 }
 
@@ -206,7 +241,160 @@ impl Inner {
     }
 
     fn is_protected(&self, path: &Path) -> bool {
-        self.protected.iter().any(|d| paths::is_within(path, d))
+        self.protected.iter().any(|d| paths::is_within(path, d)) || paths::is_process_internal(path)
+    }
+
+    /// Every word of a command that could name a path, resolved where the command runs
+    /// (`cwds`) with `~` as the agent's home: a protected one is denied; a pattern or a
+    /// run-time value that could expand into a protected directory is denied too; any other
+    /// run-time value cannot be checked (it could hold `..`), unless the command never opens
+    /// its operands.
+    fn check_args(
+        &self,
+        argv: &[Option<String>],
+        args: &[Arg],
+        cwds: &[PathBuf],
+    ) -> Option<Verdict> {
+        let name = argv.first().cloned().flatten().unwrap_or_default();
+        let no_file = NO_FILE_OPERANDS.contains(&basename(&name));
+        let mut verdict = None;
+        for (i, arg) in args.iter().enumerate() {
+            // A command name without `/` is looked up in PATH, not opened here.
+            if i == 0 && matches!(arg, Arg::Static(v) if !v.contains('/')) {
+                continue;
+            }
+            match self.check_arg(arg, cwds, no_file) {
+                Some(Verdict::Deny(why)) => return Some(Verdict::Deny(why)),
+                Some(v) if verdict.is_none() => verdict = Some(v),
+                _ => {}
+            }
+        }
+        verdict
+    }
+
+    fn check_arg(&self, arg: &Arg, cwds: &[PathBuf], no_file: bool) -> Option<Verdict> {
+        match arg {
+            Arg::OneOf(each) => {
+                let mut verdict = None;
+                for a in each {
+                    match self.check_arg(a, cwds, no_file) {
+                        Some(Verdict::Deny(why)) => return Some(Verdict::Deny(why)),
+                        Some(v) if verdict.is_none() => verdict = Some(v),
+                        _ => {}
+                    }
+                }
+                verdict
+            }
+            Arg::Static(value) => {
+                for candidate in path_candidates(value) {
+                    match self.resolve_all(candidate, cwds) {
+                        Some(paths) => {
+                            if let Some(p) = paths.iter().find(|p| self.is_protected(p)) {
+                                return Some(Verdict::Deny(format!(
+                                    "path {} is protected",
+                                    p.display()
+                                )));
+                            }
+                        }
+                        None if no_file => {}
+                        None => {
+                            return Some(Verdict::Uncheckable(format!(
+                                "`{candidate}` is relative to a directory only known at run time"
+                            )))
+                        }
+                    }
+                }
+                None
+            }
+            Arg::Pattern(prefix) | Arg::Dynamic(prefix) => {
+                let dynamic = matches!(arg, Arg::Dynamic(_));
+                if dynamic && no_file {
+                    return None;
+                }
+                let candidates = path_candidates(prefix);
+                let candidates = if candidates.is_empty() {
+                    vec![""]
+                } else {
+                    candidates
+                };
+                for candidate in candidates {
+                    let (dir, rest) = match candidate.rfind('/') {
+                        Some(at) => (&candidate[..=at], &candidate[at + 1..]),
+                        None => ("", candidate),
+                    };
+                    let dirs = if dir.is_empty() {
+                        (!cwds.is_empty()).then(|| cwds.to_vec())
+                    } else {
+                        self.resolve_all(dir, cwds)
+                    };
+                    let Some(dirs) = dirs else {
+                        return Some(Verdict::Uncheckable(format!(
+                            "`{candidate}…` is relative to a directory only known at run time"
+                        )));
+                    };
+                    if let Some(d) = dirs.iter().find(|d| self.could_reach(d, rest, !dynamic)) {
+                        return Some(Verdict::Deny(format!(
+                            "`{candidate}…` could expand into a protected path under {}",
+                            d.display()
+                        )));
+                    }
+                }
+                dynamic.then(|| {
+                    Verdict::Uncheckable(format!(
+                        "`{prefix}…` is only known at run time and could name a protected path"
+                    ))
+                })
+            }
+        }
+    }
+
+    /// `value` as an absolute path for each possible working directory; `None` when it is
+    /// relative and the directory is unknown, or starts with `~` and the home is unknown.
+    fn resolve_all(&self, value: &str, cwds: &[PathBuf]) -> Option<Vec<PathBuf>> {
+        let expanded;
+        let value = if value == "~" || value.starts_with("~/") {
+            let home = self.home.as_ref()?;
+            expanded = format!("{}{}", home.display(), &value[1..]);
+            expanded.as_str()
+        } else if value.starts_with('~') {
+            return None;
+        } else {
+            value
+        };
+        if value.is_empty() {
+            return Some(Vec::new());
+        }
+        if Path::new(value).is_absolute() {
+            return Some(vec![paths::resolve(Path::new(value))]);
+        }
+        if cwds.is_empty() {
+            return None;
+        }
+        Some(
+            cwds.iter()
+                .filter_map(|c| paths::normalize(value, c))
+                .collect(),
+        )
+    }
+
+    /// A pattern whose literal part ends with `dir/rest` could match a protected path: `dir`
+    /// is protected or holds one whose next component starts with `rest`. `dots_literal`: a
+    /// glob (unlike a run-time value) never matches a leading `.` that it does not spell.
+    fn could_reach(&self, dir: &Path, rest: &str, dots_literal: bool) -> bool {
+        if self.is_protected(dir) || dir.starts_with("/proc") {
+            return true;
+        }
+        self.protected.iter().any(|p| {
+            let Ok(below) = p.strip_prefix(dir) else {
+                return false;
+            };
+            let Some(next) = below.components().next() else {
+                return false;
+            };
+            let next = next.as_os_str().to_string_lossy();
+            next.starts_with(rest)
+                && !(dots_literal && next.starts_with('.') && !rest.starts_with('.'))
+        })
     }
 
     fn is_readable(&self, path: &Path) -> bool {
@@ -339,6 +527,24 @@ impl Inner {
             }
         }
         None
+    }
+}
+
+/// The parts of a word that may be a path: the word, the value of `--opt=VALUE` or
+/// `key=VALUE` (`dd if=…`), and the value glued to a short option (`-f/path`).
+fn path_candidates(word: &str) -> Vec<&str> {
+    if let Some(option) = word.strip_prefix('-') {
+        if let Some((_, value)) = word.split_once('=') {
+            return vec![value];
+        }
+        if !option.starts_with('-') && option.len() > 1 && option[1..].contains('/') {
+            return vec![&option[1..]];
+        }
+        return Vec::new();
+    }
+    match word.split_once('=') {
+        Some((_, value)) => vec![word, value],
+        None => vec![word],
     }
 }
 

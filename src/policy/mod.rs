@@ -13,6 +13,7 @@
 //! regex matches the tool (different rules may cover different parameters). Guests get Allow
 //! or Deny (no prompt); owners get Allow, or Ask (Allow with `skip_owner_approval`).
 
+mod args;
 mod bash;
 mod guard;
 mod params;
@@ -24,6 +25,7 @@ use regex::{Regex, RegexBuilder};
 
 use crate::model::{Decision, Role};
 
+pub use args::{Finding, RULES as ARGUMENT_RULES};
 pub use bash::{analyse as analyse_bash, Analysis, MAX_NODE_DEPTH, MAX_SHELL_DEPTH};
 pub use guard::{Guard, CONTROL_SOCKET, GATEWAY_BIN, HOOK_SECRET_VAR};
 pub use params::{canonical_json, extract, Extraction};
@@ -128,6 +130,8 @@ pub enum Arg {
     Pattern(String),
     /// Only the running shell knows it: the static text before its first expansion.
     Dynamic(String),
+    /// One of these (a `for` loop variable over static words and patterns).
+    OneOf(Vec<Arg>),
 }
 
 /// Everything one decision needs.
@@ -179,11 +183,14 @@ fn decide_on(
     extraction: &Extraction,
     unmatched_out: &mut Vec<String>,
 ) -> Decision {
-    if let Some(reason) = input
+    let mut problems = extraction.problems.clone();
+    match input
         .guard
         .check(tool_lower, &extraction.params, input.input, input.cwd)
     {
-        return Decision::Deny { reason };
+        Some(guard::Verdict::Deny(reason)) => return Decision::Deny { reason },
+        Some(guard::Verdict::Uncheckable(why)) => problems.push(why),
+        None => {}
     }
     if ALWAYS_ALLOWED.contains(&tool_lower) {
         return Decision::Allow {
@@ -191,8 +198,8 @@ fn decide_on(
         };
     }
     let role = input.role;
-    if !extraction.problems.is_empty() {
-        let problems = extraction.problems.join("; ");
+    if !problems.is_empty() {
+        let problems = problems.join("; ");
         return match role {
             Role::Guest => Decision::Deny {
                 reason: format!("guest: cannot check this call: {problems}"),
@@ -200,6 +207,24 @@ fn decide_on(
             Role::Owner => Decision::Ask {
                 reason: format!("cannot check this call automatically: {problems}"),
             },
+        };
+    }
+    let findings = args::check(tool_lower, &extraction.params);
+    if !findings.is_empty() {
+        unmatched_out.extend(findings.iter().map(|f| f.param.clone()));
+        let why: Vec<String> = findings
+            .iter()
+            .map(|f| format!("built-in rule {}: {}", f.rule, f.why))
+            .collect();
+        let why = why.join("; ");
+        return match role {
+            Role::Guest => Decision::Deny {
+                reason: format!("guest: needs an owner: {why}"),
+            },
+            Role::Owner if input.skip_owner_approval => Decision::Allow {
+                reason: format!("owner approval skipped ({why})"),
+            },
+            Role::Owner => Decision::Ask { reason: why },
         };
     }
     let rules = match role {
@@ -214,10 +239,21 @@ fn decide_on(
     let mut used: Vec<&str> = Vec::new();
     let mut unmatched: Vec<&str> = Vec::new();
     for param in &extraction.params {
-        match tool_rules
+        if needs_no_rule(param) {
+            continue;
+        }
+        let alternative = matching_text(param);
+        let found = tool_rules
             .iter()
-            .find(|r| r.matches(input.tool, &param.text))
-        {
+            .find(|r| {
+                r.matches(input.tool, &param.text)
+                    || alternative
+                        .as_deref()
+                        .is_some_and(|alt| r.matches(input.tool, alt))
+            })
+            .copied()
+            .or_else(|| redirect_rule(rules, param));
+        match found {
             Some(rule) => {
                 if !used.contains(&rule.text.as_str()) {
                     used.push(&rule.text);
@@ -256,6 +292,60 @@ fn decide_on(
         },
         Role::Owner => Decision::Ask { reason: why },
     }
+}
+
+/// `cd DIR` only moves the shell: what then runs there is checked on its own (the guard and
+/// the redirect targets follow the directory).
+fn needs_no_rule(param: &Param) -> bool {
+    match &param.kind {
+        ParamKind::Command { argv, .. } => match argv.as_slice() {
+            [Some(cd)] | [Some(cd), Some(_)] if cd == "cd" => true,
+            [Some(t)] => matches!(t.as_str(), "true" | "false" | ":"),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Global options of git that change nothing it does (`git --no-pager log`): the command
+/// without them is matched too, so a rule written as `git log.*` covers it.
+const GIT_QUIET_GLOBALS: &[&str] = &[
+    "--no-pager",
+    "-P",
+    "--no-optional-locks",
+    "--literal-pathspecs",
+    "--no-replace-objects",
+    "--no-advice",
+];
+
+fn matching_text(param: &Param) -> Option<String> {
+    let ParamKind::Command { argv, .. } = &param.kind else {
+        return None;
+    };
+    let words: Vec<&str> = argv.iter().map(|w| w.as_deref()).collect::<Option<_>>()?;
+    let (first, rest) = words.split_first()?;
+    if *first != "git" || !rest.first().is_some_and(|w| GIT_QUIET_GLOBALS.contains(w)) {
+        return None;
+    }
+    let kept: Vec<&str> = rest
+        .iter()
+        .copied()
+        .skip_while(|w| GIT_QUIET_GLOBALS.contains(w))
+        .collect();
+    let text = param.text.strip_prefix("git")?;
+    // Only when the text is the plain words (no quoting to preserve).
+    (text.split_whitespace().collect::<Vec<_>>() == rest).then(|| format!("git {}", kept.join(" ")))
+}
+
+/// A `read:` redirect is what the role's `Read` rules allow, a `write:` one what its `Write`
+/// rules allow: `wc -l < f` needs no more than reading `f`.
+fn redirect_rule<'r>(rules: &'r RuleSet, param: &Param) -> Option<&'r Rule> {
+    let ParamKind::Redirect { path, write } = &param.kind else {
+        return None;
+    };
+    let tool = if *write { "Write" } else { "Read" };
+    let path = path.to_string_lossy();
+    rules.rules.iter().find(|r| r.matches(tool, &path))
 }
 
 /// A parameter shortened for a one-line reason.

@@ -51,6 +51,13 @@ pub fn resolve(absolute: &Path) -> PathBuf {
             continue;
         }
         let next = out.join(&component);
+        if in_process_dir(&next) {
+            // `/proc/self` is the *caller's* process, and `/proc/self/cwd` its directory: they
+            // mean the agent's when the agent opens them, never the daemon's. Kept lexical;
+            // the guard refuses what lies below (see `is_process_internal`).
+            out = next;
+            continue;
+        }
         if probing && hops < MAX_SYMLINK_HOPS {
             match fs::symlink_metadata(&next) {
                 Ok(meta) if meta.file_type().is_symlink() => {
@@ -83,6 +90,67 @@ fn push_components(pending: &mut Vec<OsString>, path: &Path) {
         })
         .collect();
     pending.extend(parts.into_iter().rev());
+}
+
+/// `/proc/self`, `/proc/thread-self` or `/proc/<pid>`.
+fn is_process_dir(path: &Path) -> bool {
+    let mut parts = path.components();
+    let (Some(Component::RootDir), Some(Component::Normal(proc)), Some(Component::Normal(who))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let who = who.to_string_lossy();
+    proc == "proc"
+        && parts.next().is_none()
+        && (who == "self" || who == "thread-self" || who.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// `path` is a process directory (see [`is_process_dir`]) or below one.
+fn in_process_dir(path: &Path) -> bool {
+    path.starts_with("/proc") && is_process_dir(&path.components().take(3).collect::<PathBuf>())
+}
+
+/// Files of a process that say nothing secret. Everything else below `/proc/<pid>` (its
+/// environment with the hook secret, memory, open files, `cwd`/`root` links into any
+/// directory) is treated as protected.
+const PROCESS_PUBLIC: &[&str] = &[
+    "stat",
+    "statm",
+    "status",
+    "comm",
+    "cmdline",
+    "limits",
+    "cgroup",
+    "io",
+    "oom_score",
+    "sched",
+    "schedstat",
+    "wchan",
+    "loginuid",
+    "sessionid",
+    "mountinfo",
+    "mounts",
+    "net",
+];
+
+/// A path inside `/proc/<pid|self|thread-self>/` that is not one of [`PROCESS_PUBLIC`].
+pub fn is_process_internal(path: &Path) -> bool {
+    let mut prefix = PathBuf::new();
+    let mut parts = path.components();
+    for _ in 0..3 {
+        match parts.next() {
+            Some(c) => prefix.push(c),
+            None => return false,
+        }
+    }
+    if !is_process_dir(&prefix) {
+        return false;
+    }
+    match parts.next() {
+        Some(Component::Normal(name)) => !PROCESS_PUBLIC.contains(&&*name.to_string_lossy()),
+        _ => false,
+    }
 }
 
 /// `path` is `dir` or inside it (component-wise, so `/a/bc` is not inside `/a/b`).
@@ -143,6 +211,25 @@ mod tests {
         assert_eq!(dangling, secret.join("new.txt"));
         let missing = normalize("nope/../link/a", &project).unwrap();
         assert_eq!(missing, secret.join("a"));
+    }
+
+    #[test]
+    fn proc_self_is_the_agent_not_the_daemon() {
+        // Not resolved through the daemon's own `/proc/self/cwd` link.
+        let got = normalize("/proc/self/cwd/../x", Path::new("/")).unwrap();
+        assert_eq!(got, Path::new("/proc/self/x"));
+        let got = normalize("/proc/self/cwd/secret", Path::new("/")).unwrap();
+        assert!(is_process_internal(&got), "{got:?}");
+        for private in [
+            "/proc/self/environ",
+            "/proc/1/environ",
+            "/proc/thread-self/fd/3",
+        ] {
+            assert!(is_process_internal(Path::new(private)), "{private}");
+        }
+        for public in ["/proc/self/status", "/proc/cpuinfo", "/proc/self", "/proc"] {
+            assert!(!is_process_internal(Path::new(public)), "{public}");
+        }
     }
 
     #[test]
