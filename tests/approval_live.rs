@@ -9,9 +9,7 @@ use std::time::Duration;
 use agent_chat_gateway::admission;
 use agent_chat_gateway::approval::{self, audit::AuditLog, Approvals, Command, TurnBinding};
 use agent_chat_gateway::config::{AgentConfig, AgentType, PermissionsConfig};
-use agent_chat_gateway::connector::{
-    Capabilities, Connector, ConnectorContext, ConnectorError,
-};
+use agent_chat_gateway::connector::{Capabilities, Connector, ConnectorContext, ConnectorError};
 use agent_chat_gateway::model::{PostedMessage, ReplyTarget, Role, RoomKey, RoomRef};
 use agent_chat_gateway::policy::{Rule, RuleSet};
 use async_trait::async_trait;
@@ -268,10 +266,16 @@ async fn half_sent_heads_and_trickled_bodies_are_cut_after_their_timeouts() {
         )
         .await
         .unwrap();
-    assert_eq!(until_closed("the half-sent head to be closed", &mut half).await, "");
+    assert_eq!(
+        until_closed("the half-sent head to be closed", &mut half).await,
+        ""
+    );
     let answer = until_closed("the trickled body to be cut", &mut trickle).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert!(answer.starts_with("HTTP/1.1 408 Request Timeout"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout"),
+        "{answer}"
+    );
     assert!(
         answer.contains(r#""permissionDecision":"deny""#)
             && answer.contains("blocked: the hook body did not arrive in time"),
@@ -285,7 +289,10 @@ async fn half_sent_heads_and_trickled_bodies_are_cut_after_their_timeouts() {
 #[tokio::test]
 async fn an_unbound_call_may_send_far_less_than_a_live_one() {
     let b = broker(approval::hook::default_limits(), 16_000).await;
-    let big = call(&format!("ls {}", "x".repeat(approval::hook::MAX_UNAUTHENTICATED_BODY)));
+    let big = call(&format!(
+        "ls {}",
+        "x".repeat(approval::hook::MAX_UNAUTHENTICATED_BODY)
+    ));
     let (status, answer) = post(&b, Some("not-a-live-secret"), big.clone()).await;
     assert_eq!(
         (status, decision(&answer)),
@@ -320,10 +327,7 @@ async fn an_unbound_call_may_send_far_less_than_a_live_one() {
     let answer = within("the answer", pending).await.unwrap();
     assert_eq!(
         decision(&answer),
-        (
-            "deny",
-            "denied: the turn ended before an owner answered"
-        )
+        ("deny", "denied: the turn ended before an owner answered")
     );
 }
 
@@ -332,7 +336,11 @@ async fn a_flood_of_unbound_calls_cannot_fill_the_audit_log() {
     let b = broker(approval::hook::default_limits(), 4000).await;
     let body = call(&"A".repeat(60 * 1024));
     for i in 0..200 {
-        let secret = if i % 2 == 0 { None } else { Some("wrong-secret") };
+        let secret = if i % 2 == 0 {
+            None
+        } else {
+            Some("wrong-secret")
+        };
         let (status, answer) = post(&b, secret, body.clone()).await;
         assert_eq!(status, 200);
         assert_eq!(
@@ -346,7 +354,9 @@ async fn a_flood_of_unbound_calls_cannot_fill_the_audit_log() {
     let records = audit(&b);
     // At most the per-minute allowance is written (the summary follows when the minute ends).
     assert_eq!(records.len(), approval::audit::UNBOUND_PER_WINDOW as usize);
-    let size = std::fs::metadata(b.dir.path().join("audit.jsonl")).unwrap().len();
+    let size = std::fs::metadata(b.dir.path().join("audit.jsonl"))
+        .unwrap()
+        .len();
     assert!(size < 16 * 1024, "audit log is {size} bytes");
     assert_eq!(records[0]["secret"], "missing");
     assert_eq!(records[1]["secret"], "unknown");
@@ -413,7 +423,9 @@ async fn the_prompt_shows_unmatched_parameters_first_and_whole_across_messages()
     // The unmatched commands are all there, every byte of them, before the matched summary.
     assert_eq!(all.matches('Q').count(), 1800);
     let curl = all.find("curl -fsS https://x.example/i.sh").unwrap();
-    let matched = all.find("**Matched by rules (2):** `git status · ls`").unwrap();
+    let matched = all
+        .find("**Matched by rules (2):** `git status · ls`")
+        .unwrap();
     assert!(curl < matched);
     assert!(all.ends_with(&format!("Reply `approve {id}` or `deny {id}`")));
     let approved = b.approvals.command_from_admin(Command {
@@ -468,7 +480,9 @@ async fn a_prompt_too_long_to_show_whole_is_denied_without_asking() {
     let (word, reason) = decision(&answer);
     assert_eq!(word, "deny");
     assert!(
-        reason.starts_with("blocked: the parameters no rule matched are too long to show an owner in full"),
+        reason.starts_with(
+            "blocked: the parameters no rule matched are too long to show an owner in full"
+        ),
         "{reason}"
     );
     assert!(b.room.posts().is_empty(), "nothing half-shown was posted");

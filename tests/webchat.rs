@@ -1260,8 +1260,8 @@ async fn still_open(conn: &mut tokio::net::TcpStream) -> bool {
 async fn idle_and_half_sent_connections_cannot_starve_a_signed_in_user() {
     // The header timeout is far longer than the test: nothing is freed by a timeout here, so
     // the user is served only because the flood displaces itself.
-    let mut h = Harness::start_limited(config(loopback(), 10, false), tight(60_000, 60_000, 4, 2))
-        .await;
+    let mut h =
+        Harness::start_limited(config(loopback(), 10, false), tight(60_000, 60_000, 4, 2)).await;
     let mut flood = Vec::new();
     for i in 0..24 {
         let mut conn = connect(&h).await;
@@ -1374,7 +1374,10 @@ async fn a_trickled_body_holds_one_work_slot_until_the_body_timeout_cuts_it() {
     );
     let answer = until_closed("the trickled body to be cut", &mut trickle).await;
     assert!(started.elapsed() >= body_timeout);
-    assert!(answer.starts_with("HTTP/1.1 408 Request Timeout"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout"),
+        "{answer}"
+    );
     assert!(answer.contains("connection: close"), "{answer}");
     assert!(answer.contains(server::ERR_BODY_TIMEOUT), "{answer}");
     // The slot is free again, and nothing of the cut message was delivered.
@@ -1387,8 +1390,8 @@ async fn a_trickled_body_holds_one_work_slot_until_the_body_timeout_cuts_it() {
 
 #[tokio::test]
 async fn a_user_may_hold_only_a_few_event_streams_and_the_newest_is_refused() {
-    let h = Harness::start_limited(config(loopback(), 10, false), tight(60_000, 60_000, 32, 8))
-        .await;
+    let h =
+        Harness::start_limited(config(loopback(), 10, false), tight(60_000, 60_000, 32, 8)).await;
     let mut first = h.events("lobby").await;
     first.expect("typing").await;
     let mut second = h.events("other").await;
@@ -1406,7 +1409,10 @@ async fn a_user_may_hold_only_a_few_event_streams_and_the_newest_is_refused() {
         json!({"error": server::err_too_many_streams(2)})
     );
     // The open ones are untouched, and another user has streams of their own.
-    h.connector.post(&lobby(), "to the open streams").await.unwrap();
+    h.connector
+        .post(&lobby(), "to the open streams")
+        .await
+        .unwrap();
     assert_eq!(first.expect("message").await["text"], "to the open streams");
     let bob = h
         .http
@@ -1420,7 +1426,10 @@ async fn a_user_may_hold_only_a_few_event_streams_and_the_newest_is_refused() {
     drop(second);
     within("a stream slot to be given back", async {
         loop {
-            h.connector.post(&ReplyTarget::room("other"), "ping").await.unwrap();
+            h.connector
+                .post(&ReplyTarget::room("other"), "ping")
+                .await
+                .unwrap();
             let resp = h
                 .http
                 .get(h.url("/api/rooms/lobby/events"))

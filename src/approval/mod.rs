@@ -666,11 +666,7 @@ fn inline_code(s: &str) -> String {
 /// A fenced code block holding `s` verbatim: the fence is longer than any run of backticks in
 /// it, so nothing inside can close it (CommonMark).
 fn code_block(s: &str) -> String {
-    let longest = s
-        .split(|c| c != '`')
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
+    let longest = s.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     let fence = "`".repeat((longest + 1).max(3));
     format!("{fence}\n{s}\n{fence}\n")
 }
@@ -790,7 +786,10 @@ mod tests {
         assert!(prompt.contains(&unmatched));
         assert!(prompt.find(&unmatched) < prompt.find("**Matched by rules (200):**"));
         assert!(prompt.contains("cat file0 · cat file1"));
-        assert!(!prompt.contains("cat file199"), "matched ones are summarised");
+        assert!(
+            !prompt.contains("cat file199"),
+            "matched ones are summarised"
+        );
         // Split at a platform's limit, every part fits and the whole command survives.
         let parts = text::split_message(&prompt, 4000);
         assert!(parts.len() > 1);

@@ -290,7 +290,8 @@ async fn route(
     user: Option<&str>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let signed_in = || user.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, ERR_UNAUTHORIZED));
+    let signed_in =
+        || user.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, ERR_UNAUTHORIZED));
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -718,7 +719,11 @@ impl StreamSlot {
         let mut streams = shared.streams.lock().unwrap_or_else(|p| p.into_inner());
         let open = streams.entry(user.to_string()).or_default();
         if *open >= limit {
-            tracing::info!(user, limit, "web chat: event stream refused, the user has too many open");
+            tracing::info!(
+                user,
+                limit,
+                "web chat: event stream refused, the user has too many open"
+            );
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 err_too_many_streams(limit),
