@@ -38,6 +38,7 @@ pub struct AuditLog {
 pub struct AuditRecord(serde_json::Value);
 
 /// The rate limit of unbound records. Time is tokio's, so tests can pause it.
+#[derive(Default)]
 struct UnboundWindow {
     started: Option<Instant>,
     written: u32,
@@ -83,15 +84,6 @@ impl UnboundWindow {
     }
 }
 
-impl Default for UnboundWindow {
-    fn default() -> Self {
-        UnboundWindow {
-            started: None,
-            written: 0,
-            suppressed: 0,
-        }
-    }
-}
 
 impl AuditLog {
     /// Opens (appending, mode 0600) the log; on failure decisions are still made and logged

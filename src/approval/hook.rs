@@ -158,8 +158,9 @@ async fn handle(
         ticket.authenticated();
         let Some(slot) = admission.try_work() else {
             warn!("all hook work slots are taken; denying a call");
+            // 200: an explicit deny the CLI honours, not an error it might fall through.
             return Ok(respond(
-                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::OK,
                 deny_body("blocked: too many tool calls in flight at the gateway"),
             ));
         };
