@@ -84,7 +84,6 @@ impl UnboundWindow {
     }
 }
 
-
 impl AuditLog {
     /// Opens (appending, mode 0600) the log; on failure decisions are still made and logged
     /// through tracing.
