@@ -75,6 +75,7 @@ impl Default for Limits {
         }
     }
 }
+
 /// A comment line on idle event streams: keeps proxies from closing them and lets a dead
 /// client be noticed when the write fails.
 const HEARTBEAT: Duration = Duration::from_secs(20);
