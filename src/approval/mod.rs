@@ -339,8 +339,12 @@ impl Approvals {
         // Sized before anything is registered: a prompt that cannot be shown whole is not
         // asked (the id in it does not matter for its length).
         let limit = binding.connector.capabilities().max_message_len;
-        let length = prompt_text("0000", &call.tool_name, shown).chars().count();
-        if length > limit.saturating_mul(MAX_PROMPT_PARTS) {
+        let draft = prompt_text("0000", &call.tool_name, shown);
+        let length = draft.chars().count();
+        // The length first: splitting a huge text costs time quadratic in its parts.
+        let too_long = length > limit.saturating_mul(MAX_PROMPT_PARTS)
+            || text::split_message(&draft, limit).len() > MAX_PROMPT_PARTS;
+        if too_long {
             warn!(tool = %call.tool_name, room = %binding.room, length, "approval prompt too long to show; denying");
             return (
                 Decision::Deny {
