@@ -16,7 +16,9 @@
 //! Around it: [`config`] (file → validated `Config`), [`state`] (atomic state files),
 //! [`control`] (Unix socket protocol), [`daemon`] (fork, pid file, signals, wiring) and
 //! [`cli`] (one function per subcommand). [`model`] is the vocabulary they share.
+//! [`admission`] bounds what unauthenticated clients may hold on the HTTP listeners.
 
+pub mod admission;
 pub mod agent;
 pub mod approval;
 pub mod cli;

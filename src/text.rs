@@ -1,5 +1,6 @@
-//! Text helpers shared by connectors and the turn runner: splitting long replies at a
-//! platform's limit without breaking code fences, and truncation on character boundaries.
+//! Text helpers shared by connectors, the turn runner and the approval prompt: splitting long
+//! replies at a platform's limit without breaking code fences, truncation on character
+//! boundaries, and making invisible characters visible.
 //!
 //! Owns: pure string functions. Knows nothing about platforms.
 
@@ -100,6 +101,61 @@ pub fn truncate(s: &str, max_chars: usize) -> String {
     }
 }
 
+/// Cuts `s` to at most `max_bytes` bytes (on a character boundary) and says how much was cut:
+/// `abc… [1234 more bytes]`. For records whose size an outsider controls.
+pub fn truncate_bytes(s: &str, max_bytes: usize) -> String {
+    if s.len() <= max_bytes {
+        return s.to_string();
+    }
+    let mut end = max_bytes;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} more bytes]", &s[..end], s.len() - end)
+}
+
+/// Whether `c` would be invisible or would change how the text around it is shown: C0
+/// controls but the newline (ESC starts ANSI sequences, CR rewinds a terminal line), DEL and
+/// C1 controls, bidi embeddings, overrides and isolates (the "Trojan Source" trick, CVE-2021-42574),
+/// zero-width and other format characters, line/paragraph separators, the BOM, and the tag
+/// characters (invisible ASCII look-alikes).
+pub fn is_hidden_char(c: char) -> bool {
+    matches!(c,
+        '\u{0}'..='\u{9}' | '\u{b}'..='\u{1f}' | '\u{7f}'..='\u{9f}'
+        | '\u{ad}'              // soft hyphen
+        | '\u{34f}'             // combining grapheme joiner
+        | '\u{61c}'             // Arabic letter mark (bidi)
+        | '\u{115f}' | '\u{1160}' | '\u{3164}' | '\u{ffa0}' // Hangul fillers (blank letters)
+        | '\u{180e}'            // Mongolian vowel separator
+        | '\u{200b}'..='\u{200f}' // zero-width space/joiners, LRM, RLM
+        | '\u{2028}' | '\u{2029}' // line and paragraph separators
+        | '\u{202a}'..='\u{202e}' // bidi embeddings and overrides
+        | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+        | '\u{2066}'..='\u{206f}' // bidi isolates, deprecated format characters
+        | '\u{feff}'            // BOM / zero-width no-break space
+        | '\u{fff9}'..='\u{fffb}' // interlinear annotation
+        | '\u{e0000}'..='\u{e007f}' // tag characters
+    )
+}
+
+/// `s` with every [hidden character](is_hidden_char) replaced by `<U+XXXX>`, so text shown to
+/// a person who decides on it (an approval prompt) reads the same as what will run. Newlines
+/// are kept: a multi-line command is shown on several lines.
+pub fn make_visible(s: &str) -> String {
+    if !s.chars().any(is_hidden_char) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if is_hidden_char(c) {
+            out.push_str(&format!("<U+{:04X}>", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +206,52 @@ mod tests {
     fn truncate_marks_cut() {
         assert_eq!(truncate("abcdef", 3), "abc…");
         assert_eq!(truncate("abc", 3), "abc");
+    }
+
+    #[test]
+    fn truncate_bytes_says_how_much_was_cut() {
+        assert_eq!(truncate_bytes("abcdef", 10), "abcdef");
+        assert_eq!(truncate_bytes("abcdef", 4), "abcd… [2 more bytes]");
+        // "é" is two bytes: the cut moves back to a character boundary.
+        assert_eq!(truncate_bytes("aé", 2), "a… [2 more bytes]");
+    }
+
+    #[test]
+    fn hidden_characters_are_made_visible() {
+        let cases = [
+            ("ls -la", "ls -la"),
+            ("line one\nline two", "line one\nline two"),
+            ("a\tb", "a<U+0009>b"),
+            ("ok\r", "ok<U+000D>"),
+            ("\u{1b}[31mred\u{1b}[0m", "<U+001B>[31mred<U+001B>[0m"),
+            (
+                "\u{0}\u{7f}\u{85}\u{9b}",
+                "<U+0000><U+007F><U+0085><U+009B>",
+            ),
+            ("rm -rf /\u{202e}txt.exe", "rm -rf /<U+202E>txt.exe"),
+            (
+                "\u{202a}\u{202b}\u{202c}\u{202d}",
+                "<U+202A><U+202B><U+202C><U+202D>",
+            ),
+            (
+                "\u{2066}\u{2067}\u{2068}\u{2069}",
+                "<U+2066><U+2067><U+2068><U+2069>",
+            ),
+            (
+                "a\u{200b}b\u{200c}\u{200d}\u{200e}\u{200f}",
+                "a<U+200B>b<U+200C><U+200D><U+200E><U+200F>",
+            ),
+            ("x\u{2028}y\u{2029}", "x<U+2028>y<U+2029>"),
+            ("\u{feff}echo", "<U+FEFF>echo"),
+            ("tag\u{e0041}", "tag<U+E0041>"),
+            // Visible non-ASCII text is left alone.
+            ("héllo 你好 ✅", "héllo 你好 ✅"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(make_visible(input), expected, "{input:?}");
+        }
+        for c in ['\n', 'a', ' ', 'é', '\u{a0}', '\u{2030}'] {
+            assert!(!is_hidden_char(c), "{c:?}");
+        }
     }
 }

@@ -60,20 +60,33 @@ fn tool_script(marker: &str, command: &str) -> Value {
 
 /// Waits for the approval prompt and returns its id.
 async fn prompt_id(events: &mut EventStream) -> String {
+    prompt(events).await.0
+}
+
+/// Waits for the approval prompt (one message here: the web chat's limit is far above these
+/// commands) and returns its id and the parameters it shows as not matched by any rule.
+async fn prompt(events: &mut EventStream) -> (String, Vec<String>, String) {
     let seen = events
         .until(Duration::from_secs(60), |e, d| {
             e == "message" && d["text"].as_str().is_some_and(|t| t.starts_with("🔐"))
         })
         .await;
     let text = seen.last().unwrap().1["text"].as_str().unwrap().to_string();
-    let re = regex::Regex::new(r"`\[([a-z0-9]{4})\]`").unwrap();
-    let id = re.captures(&text).unwrap()[1].to_string();
-    assert_eq!(
-        text,
-        format!("🔐 **Permission required** `[{id}]`\n**Tool:** `Bash`\n**Params:** `{}`\nReply `approve {id}` or `deny {id}`",
-            text.split("**Params:** `").nth(1).unwrap().split('`').next().unwrap())
-    );
-    id
+    let re = regex::Regex::new(
+        r"(?s)^🔐 \*\*Permission required\*\* `\[([a-z0-9]{4})\]`\n\*\*Tool:\*\* `Bash`\n\*\*Not matched by any rule \((\d+)\):\*\*\n((?:```\n[^`]*\n```\n)+)(.*)Reply `approve ([a-z0-9]{4})` or `deny ([a-z0-9]{4})`$",
+    )
+    .unwrap();
+    let c = re.captures(&text).unwrap_or_else(|| panic!("{text}"));
+    let id = c[1].to_string();
+    assert_eq!((&c[5], &c[6]), (id.as_str(), id.as_str()), "{text}");
+    let unmatched: Vec<String> = c[3]
+        .split("```\n")
+        .map(|b| b.trim_end_matches('\n'))
+        .filter(|b| !b.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(unmatched.len(), c[2].parse::<usize>().unwrap(), "{text}");
+    (id, unmatched, c[4].to_string())
 }
 
 fn audit(g: &Gateway) -> Vec<Value> {
@@ -111,12 +124,18 @@ async fn an_unlisted_owner_call_waits_for_approve_and_then_runs() {
     let Some(s) = setup(OWNER_TOUCH_LISTED, 60).await else {
         return;
     };
-    s.llm
-        .set_script(tool_script("AP-APPROVE", "touch approved.txt"));
+    s.llm.set_script(tool_script(
+        "AP-APPROVE",
+        "touch listed.txt && touch approved.txt",
+    ));
     let mut events = s.alice.events("r2").await;
     s.alice.post("r2", "AP-APPROVE go").await;
-    let id = prompt_id(&mut events).await;
+    // What the owner is asked about comes first; the listed part is only summarised.
+    let (id, unmatched, rest) = prompt(&mut events).await;
+    assert_eq!(unmatched, vec!["touch approved.txt".to_string()]);
+    assert_eq!(rest, "**Matched by rules (1):** `touch listed.txt`\n");
     assert!(!s.gateway.work.join("approved.txt").exists());
+    assert!(!s.gateway.work.join("listed.txt").exists());
 
     let (status, _) = s
         .alice
@@ -129,7 +148,7 @@ async fn an_unlisted_owner_call_waits_for_approve_and_then_runs() {
         })
         .await;
     assert!(
-        s.gateway.work.join("approved.txt").exists(),
+        s.gateway.work.join("approved.txt").exists() && s.gateway.work.join("listed.txt").exists(),
         "approved call did not run"
     );
     let texts: Vec<String> = s

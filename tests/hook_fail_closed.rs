@@ -81,9 +81,18 @@ async fn unbindable_malformed_and_oversized_calls_are_denied() {
         post(&format!("{base}/other"), None, CALL.into()).await,
         (404, deny("blocked: unknown hook endpoint"))
     );
-    // Unbound calls are audited too.
+    // Unbound calls are audited too, saying why they could not be bound.
     let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
-    assert_eq!(audit.lines().count(), 2, "{audit}");
+    let records: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{audit}");
+    assert_eq!(
+        (records[0]["secret"].as_str(), records[1]["secret"].as_str()),
+        (Some("missing"), Some("unknown"))
+    );
+    assert_eq!(records[0]["parameters"], json!([r#"{"command":"ls"}"#]));
     cancel.cancel();
 }
 

@@ -12,6 +12,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agent_chat_gateway::admission;
+use agent_chat_gateway::connector::webchat::server::{self, Limits};
 use agent_chat_gateway::connector::webchat::{WebchatConfig, WebchatConnector};
 use agent_chat_gateway::connector::{
     Acceptance, Connector, ConnectorContext, ConnectorEvent, EventSink,
@@ -72,9 +74,27 @@ impl Harness {
         Harness::start_in(tempfile::tempdir().unwrap(), config, watched).await
     }
 
+    /// Starts with other server bounds than the defaults.
+    async fn start_limited(config: WebchatConfig, limits: Limits) -> Harness {
+        Harness::start_in_with(tempfile::tempdir().unwrap(), config, &[], limits).await
+    }
+
     /// Starts on an existing runtime dir (a restart: tokens and history are there).
     async fn start_in(dir: tempfile::TempDir, config: WebchatConfig, watched: &[&str]) -> Harness {
-        let connector = Arc::new(WebchatConnector::new(NAME, &config, dir.path()).unwrap());
+        Harness::start_in_with(dir, config, watched, Limits::default()).await
+    }
+
+    async fn start_in_with(
+        dir: tempfile::TempDir,
+        config: WebchatConfig,
+        watched: &[&str],
+        limits: Limits,
+    ) -> Harness {
+        let connector = Arc::new(
+            WebchatConnector::new(NAME, &config, dir.path())
+                .unwrap()
+                .with_limits(limits),
+        );
         connector.prepare().await.unwrap();
         let (tx, mut rx) = mpsc::channel::<(Arc<str>, ConnectorEvent)>(16);
         let (inbox_tx, inbox) = mpsc::unbounded_channel();
@@ -1185,5 +1205,244 @@ async fn an_unusable_history_journal_costs_the_history_not_the_start() {
     let (status, _) = h.post("lobby", &h.alice, "still works").await;
     assert_eq!(status, 202);
     assert_eq!(h.messages("lobby").await.len(), 1);
+    h.stop().await;
+}
+
+// ---- Live-surface bounds (issue 9): idle, half-sent and trickled connections ----
+
+/// Short timeouts and small caps, so the bounds are reached quickly.
+fn tight(header_ms: u64, body_ms: u64, max_unauthenticated: usize, max_work: usize) -> Limits {
+    Limits {
+        http: admission::Limits {
+            header_timeout: Duration::from_millis(header_ms),
+            body_timeout: Duration::from_millis(body_ms),
+            max_unauthenticated,
+            max_work,
+            max_connections: 512,
+        },
+        streams_per_user: 2,
+    }
+}
+
+async fn connect(h: &Harness) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(h.connector.local_addr())
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection; what it sent before closing.
+async fn until_closed(what: &str, conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    within(what, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Whether the server still holds the connection open (nothing to read, no EOF) for a moment.
+async fn still_open(conn: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1];
+    tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf))
+        .await
+        .is_err()
+}
+
+#[tokio::test]
+async fn idle_and_half_sent_connections_cannot_starve_a_signed_in_user() {
+    // The header timeout is far longer than the test: nothing is freed by a timeout here, so
+    // the user is served only because the flood displaces itself.
+    let mut h =
+        Harness::start_limited(config(loopback(), 10, false), tight(60_000, 60_000, 4, 2)).await;
+    let mut flood = Vec::new();
+    for i in 0..24 {
+        let mut conn = connect(&h).await;
+        if i % 2 == 0 {
+            use tokio::io::AsyncWriteExt;
+            conn.write_all(b"GET /api/me HTTP/1.1\r\nHost: x\r\nAuthor")
+                .await
+                .unwrap();
+        }
+        flood.push(conn);
+    }
+    // Let the server accept all of them before the user comes.
+    for conn in flood.iter_mut().take(16) {
+        until_closed("an old flood connection to be closed", conn).await;
+    }
+    let (status, me) = h.get("/api/me", Some(&h.alice)).await;
+    assert_eq!((status, me["user"].as_str()), (200, Some("alice")));
+    let (status, _) = h.post("lobby", &h.alice, "still here").await;
+    assert_eq!(status, 202);
+    assert_eq!(h.next_delivered().await.text, "still here");
+    // The oldest of the flood made room; the newest are still held, within their cap.
+    let mut open = 0;
+    for conn in flood.iter_mut() {
+        if still_open(conn).await {
+            open += 1;
+        }
+    }
+    // The user's own connection took one place before it authenticated.
+    assert!(
+        (1..=4).contains(&open),
+        "{open} unauthenticated connections still open"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn half_sent_heads_and_idle_connections_are_closed_after_the_header_timeout() {
+    let header = Duration::from_millis(300);
+    let h = Harness::start_limited(config(loopback(), 10, false), tight(300, 60_000, 32, 8)).await;
+    use tokio::io::AsyncWriteExt;
+    let started = std::time::Instant::now();
+    let mut half = connect(&h).await;
+    half.write_all(b"POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: x\r\nContent-")
+        .await
+        .unwrap();
+    let mut idle = connect(&h).await;
+    // A signed-in keep-alive connection that goes quiet is closed the same way.
+    let mut kept = connect(&h).await;
+    kept.write_all(
+        format!("GET /api/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {BOB_TOKEN}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    until_closed("the half-sent head to be closed", &mut half).await;
+    until_closed("the idle connection to be closed", &mut idle).await;
+    let answered = until_closed("the quiet keep-alive connection to be closed", &mut kept).await;
+    assert!(answered.starts_with("HTTP/1.1 200 OK"), "{answered}");
+    assert!(answered.contains(r#"{"user":"bob""#), "{answered}");
+    // Not before the timeout: a timer never fires early.
+    assert!(started.elapsed() >= header, "{:?}", started.elapsed());
+    // The server still serves everyone else.
+    assert_eq!(h.get("/api/me", Some(&h.alice)).await.0, 200);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_trickled_body_holds_one_work_slot_until_the_body_timeout_cuts_it() {
+    let body_timeout = Duration::from_millis(400);
+    let mut h =
+        Harness::start_limited(config(loopback(), 10, false), tight(60_000, 400, 32, 1)).await;
+    use tokio::io::AsyncWriteExt;
+    // Unauthenticated connections hold no work slot: with one slot and idle strangers the
+    // user is still served.
+    let _strangers = [connect(&h).await, connect(&h).await, connect(&h).await];
+    assert_eq!(h.get("/api/me", Some(&h.alice)).await.0, 200);
+    let started = std::time::Instant::now();
+    let mut trickle = connect(&h).await;
+    trickle
+        .write_all(
+            format!(
+                "POST /api/rooms/lobby/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {BOB_TOKEN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"text\": \"h"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // While it trickles, it holds the only work slot: others are told the server is busy.
+    let busy = within("a busy answer", async {
+        loop {
+            let resp = h
+                .http
+                .get(h.url("/api/me"))
+                .bearer_auth(&h.alice)
+                .send()
+                .await
+                .unwrap();
+            if resp.status().as_u16() == 503 {
+                return resp;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(busy.headers()["retry-after"], "1");
+    assert_eq!(
+        busy.json::<Value>().await.unwrap(),
+        json!({"error": server::ERR_BUSY})
+    );
+    let answer = until_closed("the trickled body to be cut", &mut trickle).await;
+    assert!(started.elapsed() >= body_timeout);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout"),
+        "{answer}"
+    );
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains(server::ERR_BODY_TIMEOUT), "{answer}");
+    // The slot is free again, and nothing of the cut message was delivered.
+    let (status, _) = h.post("lobby", &h.alice, "after the trickle").await;
+    assert_eq!(status, 202);
+    assert_eq!(h.next_delivered().await.text, "after the trickle");
+    h.nothing_delivered();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_may_hold_only_a_few_event_streams_and_the_newest_is_refused() {
+    let h =
+        Harness::start_limited(config(loopback(), 10, false), tight(60_000, 60_000, 32, 8)).await;
+    let mut first = h.events("lobby").await;
+    first.expect("typing").await;
+    let mut second = h.events("other").await;
+    second.expect("typing").await;
+    let refused = h
+        .http
+        .get(h.url("/api/rooms/lobby/events"))
+        .query(&[("token", &h.alice)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap(),
+        json!({"error": server::err_too_many_streams(2)})
+    );
+    // The open ones are untouched, and another user has streams of their own.
+    h.connector
+        .post(&lobby(), "to the open streams")
+        .await
+        .unwrap();
+    assert_eq!(first.expect("message").await["text"], "to the open streams");
+    let bob = h
+        .http
+        .get(h.url("/api/rooms/lobby/events"))
+        .query(&[("token", BOB_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bob.status().as_u16(), 200);
+    // A closed stream gives its slot back (noticed at the latest when a write to it fails).
+    drop(second);
+    within("a stream slot to be given back", async {
+        loop {
+            h.connector
+                .post(&ReplyTarget::room("other"), "ping")
+                .await
+                .unwrap();
+            let resp = h
+                .http
+                .get(h.url("/api/rooms/lobby/events"))
+                .query(&[("token", &h.alice)])
+                .send()
+                .await
+                .unwrap();
+            if resp.status().as_u16() == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     h.stop().await;
 }

@@ -1,15 +1,23 @@
 //! The HTTP endpoint Claude Code's `type: "http"` PreToolUse hook posts to: 127.0.0.1 only,
 //! bounded bodies, one explicit `allow`/`deny` answer per call in the `hookSpecificOutput`
 //! form (the legacy top-level `{"decision":"allow"}` is not a decision in current CLIs).
+//!
+//! Owns: the listener's bounds ([`crate::admission`]): the secret header is checked against
+//! the live turns as soon as the request head is in, before anything scarce is held. A call
+//! with a live secret takes one of [`Limits::max_work`](crate::admission::Limits) slots (it
+//! may hold it for the whole approval wait) and may send up to [`MAX_BODY`]; anything else
+//! stays in the small capped set of unauthenticated connections (oldest closed to make room),
+//! may send at most [`MAX_UNAUTHENTICATED_BODY`], and is denied and audited in short. Heads
+//! and bodies must arrive within their timeouts. Every refusal is a deny.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -20,16 +28,31 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::Approvals;
+use crate::admission::{self, Admission, Ticket};
 use crate::model::Decision;
 
 /// Header carrying the per-run secret (`$ACG_HOOK_SECRET` in the generated settings).
 pub const SECRET_HEADER: &str = "x-acg-secret";
 /// Tool inputs can be large (a Write of a big file) but not unbounded.
 pub const MAX_BODY: usize = 10 * 1024 * 1024;
-/// Connections served at once.
-const MAX_CONNECTIONS: usize = 256;
-/// A client that does not send its request head within this time is dropped.
-const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A call without a live secret is denied whatever it says; it is read only to be audited (in
+/// short), so it gets far less.
+pub const MAX_UNAUTHENTICATED_BODY: usize = 64 * 1024;
+
+/// The hook listener's bounds in production.
+pub fn default_limits() -> admission::Limits {
+    admission::Limits {
+        // The CLI sends its head at once on a local socket.
+        header_timeout: Duration::from_secs(10),
+        // A 10 MiB Write over loopback takes milliseconds; this only cuts a trickle.
+        body_timeout: Duration::from_secs(30),
+        max_unauthenticated: 16,
+        // Each tool call holds a slot while it waits for an owner; far more than the agents
+        // can have in flight.
+        max_work: 256,
+        max_connections: 512,
+    }
+}
 
 /// The fields of a PreToolUse body the gateway uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,16 +73,25 @@ pub async fn bind() -> std::io::Result<(TcpListener, SocketAddr)> {
     Ok((listener, addr))
 }
 
-/// Serves hook calls until cancelled.
+/// Serves hook calls until cancelled, with the [default limits](default_limits).
 pub async fn serve(
     listener: TcpListener,
     approvals: Arc<Approvals>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
-    // Each tool call holds a connection while it waits for an owner; far more than the
-    // agents can have in flight means something else is connecting, and it is turned away.
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    serve_with_limits(listener, approvals, tracker, cancel, default_limits()).await
+}
+
+/// Serves hook calls until cancelled.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    approvals: Arc<Approvals>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    limits: admission::Limits,
+) {
+    let admission = Admission::new(limits);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -68,7 +100,7 @@ pub async fn serve(
                     // Typically EMFILE: back off instead of spinning on the error.
                     warn!(error = %e, "hook accept failed");
                     tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         _ = cancel.cancelled() => break,
                     }
                     continue;
@@ -76,21 +108,26 @@ pub async fn serve(
             },
             _ = cancel.cancelled() => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(ticket) = admission.admit() else {
             warn!("too many hook connections; closing a new one");
             continue;
         };
-        let approvals = approvals.clone();
-        let cancel = cancel.clone();
+        let (approvals, admission, cancel) = (approvals.clone(), admission.clone(), cancel.clone());
         tracker.spawn(async move {
-            let _slot = slot;
-            let service = service_fn(move |req| handle(approvals.clone(), req));
-            let conn = http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+            let builder = admission.http1();
+            let for_service = ticket.clone();
+            let service = service_fn(move |req| {
+                handle(
+                    approvals.clone(),
+                    admission.clone(),
+                    for_service.clone(),
+                    req,
+                )
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 r = conn => if let Err(e) = r { debug!(error = %e, "hook connection ended") },
+                _ = ticket.evicted() => debug!("closed an unauthenticated hook connection to make room"),
                 _ = cancel.cancelled() => {}
             }
         });
@@ -99,6 +136,8 @@ pub async fn serve(
 
 async fn handle(
     approvals: Arc<Approvals>,
+    admission: Arc<Admission>,
+    ticket: Arc<Ticket>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     if req.method() != hyper::Method::POST || req.uri().path() != "/hook" {
@@ -113,19 +152,53 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .filter(|s| !s.is_empty())
         .map(str::to_string);
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    // Checked from the head: only a live turn's call may hold a work slot or send a big body.
+    let live = secret.as_deref().is_some_and(|s| approvals.is_live(s));
+    let (_work, limit) = if live {
+        ticket.authenticated();
+        let Some(slot) = admission.try_work() else {
+            warn!("all hook work slots are taken; denying a call");
+            // 200: an explicit deny the CLI honours, not an error it might fall through.
+            return Ok(respond(
+                StatusCode::OK,
+                deny_body("blocked: too many tool calls in flight at the gateway"),
+            ));
+        };
+        (Some(slot), MAX_BODY)
+    } else {
+        (None, MAX_UNAUTHENTICATED_BODY)
+    };
+    let collect = Limited::new(req.into_body(), limit).collect();
+    let body = match tokio::time::timeout(admission.limits().body_timeout, collect).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             return Ok(respond(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 deny_body("blocked: hook body too large"),
             ))
         }
+        Err(_) => {
+            debug!("a hook body did not arrive in time");
+            let mut resp = respond(
+                StatusCode::REQUEST_TIMEOUT,
+                deny_body("blocked: the hook body did not arrive in time"),
+            );
+            resp.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            return Ok(resp);
+        }
     };
     let call: ToolCall = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
-            warn!(error = %e, "malformed hook body denied");
+            // Not logged per call when unauthenticated: that would be a flood of its own.
+            if live {
+                warn!(error = %e, "malformed hook body denied");
+            } else {
+                debug!(error = %e, "malformed unauthenticated hook body denied");
+            }
             return Ok(respond(
                 StatusCode::OK,
                 deny_body("blocked: malformed hook body — tool denied as a safe default"),

@@ -28,11 +28,18 @@ use crate::connector::Connector;
 use crate::model::{Decision, ReplyTarget, Role, RoomKey};
 use crate::policy;
 use crate::text;
-use audit::{AuditLog, AuditRecord};
+use audit::{AuditLog, AuditRecord, UnboundSecret};
 
 /// The hook's timeout is the approval timeout plus this margin, so the CLI never gives up on
 /// a call the gateway is still deciding (it would fall through to the permission mode).
 const HOOK_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+
+/// An approval prompt is split into at most this many messages of the platform's length; a
+/// call whose unmatched parameters need more is denied without asking, as they could not be
+/// shown in full (and hundreds of messages would bury the room).
+pub const MAX_PROMPT_PARTS: usize = 10;
+/// Characters of the matched parameters' one-line summary.
+const MATCHED_SUMMARY_CHARS: usize = 300;
 
 /// What the broker needs to know about a running turn.
 #[derive(Clone)]
@@ -194,6 +201,12 @@ impl Approvals {
         self.state().always.remove(room);
     }
 
+    /// Whether `secret` is a live turn's: the hook server asks from the request head, before
+    /// it lets the call hold anything scarce.
+    pub fn is_live(&self, secret: &str) -> bool {
+        self.state().turns.contains_key(secret)
+    }
+
     /// Decides one hook call. Never returns Ask: an Ask is resolved by a human or a timeout.
     pub async fn decide(&self, secret: Option<&str>, call: hook::ToolCall) -> Decision {
         let started = Instant::now();
@@ -202,8 +215,20 @@ impl Approvals {
             let decision = Decision::Deny {
                 reason: "blocked: this tool call cannot be bound to a live gateway turn".into(),
             };
-            self.audit.append(&AuditRecord::unbound(&call, &decision));
-            warn!(tool = %call.tool_name, "hook call with unknown or missing secret denied");
+            let why = match secret {
+                None => UnboundSecret::Missing,
+                Some(_) => UnboundSecret::Unknown,
+            };
+            // Rate-limited with the audit record: these come from outside, in any number.
+            if self
+                .audit
+                .append_unbound(&AuditRecord::unbound(&call, why, &decision))
+            {
+                warn!(
+                    tool = %text::truncate(&call.tool_name, 64),
+                    "hook call with unknown or missing secret denied"
+                );
+            }
             return decision;
         };
         let secret = secret.unwrap_or_default().to_string();
@@ -223,6 +248,7 @@ impl Approvals {
             return decision;
         };
         let params = outcome.parameters.clone();
+        let unmatched = outcome.unmatched.clone();
         let exact = format!("{}\u{0}{}", call.tool_name, call.tool_input);
         let (decision, by) = match outcome.decision {
             Decision::Ask { .. } if self.state().stopping => (
@@ -245,7 +271,11 @@ impl Approvals {
                         Some("always".to_string()),
                     )
                 } else {
-                    self.ask_owner(&secret, &binding, &call, &params, exact, reason)
+                    let shown = Shown {
+                        params: &params,
+                        unmatched: &unmatched,
+                    };
+                    self.ask_owner(&secret, &binding, &call, shown, exact, reason)
                         .await
                 }
             }
@@ -302,10 +332,29 @@ impl Approvals {
         secret: &str,
         binding: &TurnBinding,
         call: &hook::ToolCall,
-        params: &[String],
+        shown: Shown<'_>,
         exact: String,
         reason: String,
     ) -> (Decision, Option<String>) {
+        // Sized before anything is registered: a prompt that cannot be shown whole is not
+        // asked (the id in it does not matter for its length).
+        let limit = binding.connector.capabilities().max_message_len;
+        let draft = prompt_text("0000", &call.tool_name, shown);
+        let length = draft.chars().count();
+        // The length first: splitting a huge text costs time quadratic in its parts.
+        let too_long = length > limit.saturating_mul(MAX_PROMPT_PARTS)
+            || text::split_message(&draft, limit).len() > MAX_PROMPT_PARTS;
+        if too_long {
+            warn!(tool = %call.tool_name, room = %binding.room, length, "approval prompt too long to show; denying");
+            return (
+                Decision::Deny {
+                    reason: format!(
+                        "blocked: the parameters no rule matched are too long to show an owner in full ({length} characters), so no owner was asked"
+                    ),
+                },
+                None,
+            );
+        }
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut state = self.state();
@@ -349,15 +398,17 @@ impl Approvals {
             }
             id
         };
-        let prompt = prompt_text(&id, &call.tool_name, params);
+        let prompt = prompt_text(&id, &call.tool_name, shown);
         info!(id = %id, tool = %call.tool_name, room = %binding.room, reason = %reason, "asking an owner");
         // One deadline covers posting the prompt and waiting for the answer, so the decision
         // always comes back before the CLI's hook timeout (approval timeout + margin).
         let timeout = binding.agent.permissions.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
+        // `send_reply` splits a long prompt at the platform's limit (code blocks closed and
+        // reopened), so nothing of it is cut.
         let posted = tokio::time::timeout(
             Duration::from_secs(30).min(timeout),
-            binding.connector.post(&binding.target, &prompt),
+            binding.connector.send_reply(&binding.target, &prompt),
         )
         .await;
         if !matches!(posted, Ok(Ok(_))) {
@@ -470,7 +521,7 @@ impl Approvals {
         if id.chars().count() != 4 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(format!(
                 "⚠️ Invalid ID `{}` — expected 4 characters (e.g. `approve a3k9`).",
-                text::truncate(cmd.id, 12)
+                text::make_visible(&text::truncate(cmd.id, 12))
             ));
         }
         let mut state = self.state();
@@ -542,16 +593,86 @@ pub fn parse_command(text: &str) -> Option<(bool, String, bool)> {
     Some((approve, id, always))
 }
 
-fn prompt_text(id: &str, tool: &str, params: &[String]) -> String {
-    let summary = if params.is_empty() {
-        "(none)".to_string()
+/// The parameters an approval prompt shows.
+#[derive(Clone, Copy)]
+struct Shown<'a> {
+    /// Every parameter of the call, in order.
+    params: &'a [String],
+    /// Those no rule matched: what the owner is really asked about.
+    unmatched: &'a [String],
+}
+
+/// The approval prompt. The parameters no rule matched come first, each whole in its own code
+/// block (the prompt may then span several messages, never cut); the matched ones follow as
+/// a short one-line summary. When the policy named none unmatched (it decided before the
+/// rules, e.g. a call it could not check), every parameter is shown whole. Hidden characters
+/// (controls, bidi overrides, zero-width…) are shown as `<U+XXXX>` so a command cannot be
+/// disguised.
+fn prompt_text(id: &str, tool: &str, shown: Shown<'_>) -> String {
+    let tool = inline_code(&text::make_visible(tool));
+    let mut out = format!("🔐 **Permission required** `[{id}]`\n**Tool:** {tool}\n");
+    let (whole, rest): (&[String], Vec<&String>) = if shown.unmatched.is_empty() {
+        (shown.params, Vec::new())
     } else {
-        text::truncate(&params.join(" · "), 300)
+        (shown.unmatched, matched_ones(shown.params, shown.unmatched))
     };
-    let summary = summary.replace('`', "'");
-    format!(
-        "🔐 **Permission required** `[{id}]`\n**Tool:** `{tool}`\n**Params:** `{summary}`\nReply `approve {id}` or `deny {id}`"
-    )
+    if whole.is_empty() {
+        out.push_str("**Params:** (none)\n");
+    } else {
+        let title = if shown.unmatched.is_empty() {
+            "Params"
+        } else {
+            "Not matched by any rule"
+        };
+        out.push_str(&format!("**{title} ({}):**\n", whole.len()));
+        for param in whole {
+            out.push_str(&code_block(&text::make_visible(param)));
+        }
+    }
+    if !rest.is_empty() {
+        let summary = rest
+            .iter()
+            .map(|p| text::make_visible(p))
+            .collect::<Vec<_>>()
+            .join(" · ");
+        out.push_str(&format!(
+            "**Matched by rules ({}):** {}\n",
+            rest.len(),
+            inline_code(&text::truncate(&summary, MATCHED_SUMMARY_CHARS))
+        ));
+    }
+    out.push_str(&format!("Reply `approve {id}` or `deny {id}`"));
+    out
+}
+
+/// `params` without one occurrence of each of `unmatched`, in order.
+fn matched_ones<'a>(params: &'a [String], unmatched: &[String]) -> Vec<&'a String> {
+    let mut left: Vec<&String> = unmatched.iter().collect();
+    params
+        .iter()
+        .filter(|p| match left.iter().position(|u| u == p) {
+            Some(i) => {
+                left.swap_remove(i);
+                false
+            }
+            None => true,
+        })
+        .collect()
+}
+
+/// One line of inline code. A backtick would end it early and let the rest pass as
+/// formatting, so it is shown as `<U+0060>` (never silently turned into another quote, which
+/// would make command substitution look like a string); line breaks are shown as `⏎`.
+fn inline_code(s: &str) -> String {
+    format!("`{}`", s.replace('`', "<U+0060>").replace('\n', "⏎"))
+}
+
+/// A fenced code block holding `s` verbatim: the fence is longer than any run of backticks in
+/// it, so nothing inside can close it (CommonMark).
+fn code_block(s: &str) -> String {
+    let longest = s.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat((longest + 1).max(3));
+    format!("{fence}\n{s}\n{fence}\n")
 }
 
 /// 4 characters from `[a-z0-9]`, from the OS CSPRNG.
@@ -601,5 +722,130 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
         }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_prompt_shows_unmatched_parameters_first_and_whole() {
+        let params = strings(&["git status", "curl https://x.example/a.sh", "ls", "sh"]);
+        let unmatched = strings(&["curl https://x.example/a.sh", "sh"]);
+        let prompt = prompt_text(
+            "a3k9",
+            "Bash",
+            Shown {
+                params: &params,
+                unmatched: &unmatched,
+            },
+        );
+        assert_eq!(
+            prompt,
+            "🔐 **Permission required** `[a3k9]`\n**Tool:** `Bash`\n\
+             **Not matched by any rule (2):**\n```\ncurl https://x.example/a.sh\n```\n```\nsh\n```\n\
+             **Matched by rules (2):** `git status · ls`\n\
+             Reply `approve a3k9` or `deny a3k9`"
+        );
+    }
+
+    #[test]
+    fn without_unmatched_parameters_every_one_is_shown_whole() {
+        let long = "x".repeat(1000);
+        let params = vec![long.clone()];
+        let prompt = prompt_text(
+            "a3k9",
+            "Bash",
+            Shown {
+                params: &params,
+                unmatched: &[],
+            },
+        );
+        assert!(prompt.contains(&format!("**Params (1):**\n```\n{long}\n```\n")));
+        let none = prompt_text(
+            "a3k9",
+            "Read",
+            Shown {
+                params: &[],
+                unmatched: &[],
+            },
+        );
+        assert!(none.contains("**Params:** (none)\n"), "{none}");
+    }
+
+    #[test]
+    fn a_long_unmatched_parameter_is_never_cut_but_matched_ones_are_summarised() {
+        let unmatched = format!("echo {} && rm -rf ~/important", "A".repeat(20_000));
+        let matched: Vec<String> = (0..200).map(|i| format!("cat file{i}")).collect();
+        let mut params = matched.clone();
+        params.push(unmatched.clone());
+        let prompt = prompt_text(
+            "a3k9",
+            "Bash",
+            Shown {
+                params: &params,
+                unmatched: std::slice::from_ref(&unmatched),
+            },
+        );
+        assert!(prompt.contains(&unmatched));
+        assert!(prompt.find(&unmatched) < prompt.find("**Matched by rules (200):**"));
+        assert!(prompt.contains("cat file0 · cat file1"));
+        assert!(
+            !prompt.contains("cat file199"),
+            "matched ones are summarised"
+        );
+        // Split at a platform's limit, every part fits and the whole command survives.
+        let parts = text::split_message(&prompt, 4000);
+        assert!(parts.len() > 1);
+        assert!(parts.iter().all(|p| p.chars().count() <= 4000));
+        let joined: String = parts.concat();
+        assert!(joined.contains("rm -rf ~/important"));
+        let a_count: usize = parts.iter().map(|p| p.matches('A').count()).sum();
+        assert!(a_count >= 20_000, "{a_count}");
+    }
+
+    #[test]
+    fn hidden_characters_and_backticks_cannot_disguise_a_command() {
+        let evil = "echo safe\u{202e}\u{1b}[2K`rm -rf /`\u{200b}";
+        let params = vec![evil.to_string(), "ls `x`".to_string()];
+        let unmatched = vec![evil.to_string()];
+        let prompt = prompt_text(
+            "a3k9",
+            "Ba\u{202e}sh",
+            Shown {
+                params: &params,
+                unmatched: &unmatched,
+            },
+        );
+        assert!(prompt.contains("**Tool:** `Ba<U+202E>sh`"), "{prompt}");
+        // Verbatim in a block (backticks kept: they are the command substitution)...
+        assert!(
+            prompt.contains("```\necho safe<U+202E><U+001B>[2K`rm -rf /`<U+200B>\n```"),
+            "{prompt}"
+        );
+        // ...and inline code cannot be closed early.
+        assert!(prompt.contains("`ls <U+0060>x<U+0060>`"), "{prompt}");
+        for c in prompt.chars() {
+            assert!(c == '\n' || !text::is_hidden_char(c), "{c:?} in {prompt:?}");
+        }
+    }
+
+    #[test]
+    fn a_code_block_fence_outgrows_the_backticks_inside() {
+        assert_eq!(code_block("ls"), "```\nls\n```\n");
+        assert_eq!(
+            code_block("```\nnot the end\n```"),
+            "````\n```\nnot the end\n```\n````\n"
+        );
+        assert_eq!(code_block("a ````` b"), "``````\na ````` b\n``````\n");
+    }
+
+    #[test]
+    fn matched_ones_remove_one_occurrence_per_unmatched() {
+        let params = strings(&["ls", "rm x", "ls", "rm x"]);
+        assert_eq!(
+            matched_ones(&params, &strings(&["rm x"])),
+            vec!["ls", "ls", "rm x"]
+        );
     }
 }

@@ -60,6 +60,7 @@ pub struct WebchatConnector {
     /// Bound by `prepare`, taken by `run`.
     listener: Mutex<Option<TcpListener>>,
     bound: OnceLock<SocketAddr>,
+    limits: server::Limits,
 }
 
 impl WebchatConnector {
@@ -119,7 +120,14 @@ impl WebchatConnector {
             tokens,
             listener: Mutex::new(None),
             bound: OnceLock::new(),
+            limits: server::Limits::default(),
         })
+    }
+
+    /// Other server bounds than the defaults (tests use short timeouts and small caps).
+    pub fn with_limits(mut self, limits: server::Limits) -> WebchatConnector {
+        self.limits = limits;
+        self
     }
 
     /// The address the server listens on: the real port once bound.
@@ -281,6 +289,8 @@ impl Connector for WebchatConnector {
             events: ctx.events.clone(),
             cancel: ctx.cancel.clone(),
             attachments_dir: ctx.attachments_dir.clone(),
+            limits: self.limits.clone(),
+            streams: Arc::default(),
         });
         server::serve(listener, shared).await;
         // The last answers of a stopping gateway are on the page: keep them on disk too.

@@ -1,14 +1,26 @@
 //! The web chat's HTTP server (hyper 1, HTTP/1.1): the page, the JSON API and the
 //! Server-Sent Events stream of a room.
 //!
-//! Owns: routing, bearer-token authentication, request limits (body size, header timeout,
-//! concurrent connections), conversion between [`hub`](super::hub) values and the
-//! [`wire`](super::wire) types, and connection shutdown on cancellation.
+//! Owns: routing, bearer-token authentication, request limits, conversion between
+//! [`hub`](super::hub) values and the [`wire`](super::wire) types, and connection shutdown on
+//! cancellation.
+//!
+//! Limits ([`Limits`]), so idle, half-sent or trickled connections cannot starve the users:
+//! the token is checked from the request head, before anything scarce is taken; a connection
+//! that has not sent an authenticated request is one of a small capped set where the oldest
+//! makes room for a newcomer ([`crate::admission`]); the head must arrive within the header
+//! timeout and a body within the body timeout (408, connection closed), bodies are bounded;
+//! authenticated requests share a fixed number of work slots (503 when all are taken), and
+//! each user may hold a few event streams at once — a further one is refused with 429 (the
+//! newest is refused, not the oldest evicted: `EventSource` reconnects a closed stream by
+//! itself, so evicting would make two tabs take turns knocking each other off, while a
+//! refused 429 makes it stop and the page say so).
 //! Must not import: the dispatcher or any agent; user messages leave through the
 //! [`EventSink`].
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,13 +29,12 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -31,16 +42,40 @@ use super::files::FileStore;
 use super::hub::{self, Hub, RoomEvent};
 use super::tokens::Tokens;
 use super::wire;
+use crate::admission::{self, Admission, Ticket};
 use crate::connector::{Acceptance, EventSink};
 use crate::model::{Attachment, InboundMessage, RoomKind, RoomRef, Sender};
 
 /// Largest accepted request body. A chat message is far smaller; this bounds memory per
 /// request.
 pub const MAX_BODY: usize = 64 * 1024;
-/// Connections served at once; beyond it new connections are closed at once.
-const MAX_CONNECTIONS: usize = 256;
-/// A client must send its request headers within this time (slow-loris guard).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// The bounds of the server; [`Limits::default`] in production, short timeouts in tests.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub http: admission::Limits,
+    /// Event streams one user may hold open at once (browser tabs).
+    pub streams_per_user: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            http: admission::Limits {
+                // A browser sends its head at once; this is the slow-loris guard and the
+                // longest a keep-alive connection idles.
+                header_timeout: Duration::from_secs(10),
+                // Room for the largest upload on a slow link (10 MiB at ~200 KiB/s).
+                body_timeout: Duration::from_secs(60),
+                // A browser opens about six connections per origin before it authenticates.
+                max_unauthenticated: 32,
+                max_work: 64,
+                max_connections: 512,
+            },
+            streams_per_user: 8,
+        }
+    }
+}
+
 /// A comment line on idle event streams: keeps proxies from closing them and lets a dead
 /// client be noticed when the write fails.
 const HEARTBEAT: Duration = Duration::from_secs(20);
@@ -58,6 +93,14 @@ pub const ERR_EMPTY_TEXT: &str = "\"text\" is empty";
 pub const ERR_ROOM_NAME: &str = "invalid room name: use 1 to 64 characters among A-Z a-z 0-9 _ . -";
 pub const ERR_FILE_GONE: &str = "file not found (the web chat keeps a bounded number of files)";
 pub const ERR_AFTER: &str = "invalid \"after\": expected a message id";
+pub const ERR_BUSY: &str = "the web chat is busy: too many requests at once; retry shortly";
+pub const ERR_BODY_TIMEOUT: &str = "the request body did not arrive in time";
+
+pub fn err_too_many_streams(limit: usize) -> String {
+    format!(
+        "too many open event streams for this user (limit {limit}): close another tab of the web chat"
+    )
+}
 
 /// Largest file a user may send with `POST /api/rooms/{room}/files`.
 pub const MAX_UPLOAD: usize = 10 * 1024 * 1024;
@@ -86,13 +129,16 @@ pub struct Shared {
     pub cancel: CancellationToken,
     /// Where files users send are saved for the agent.
     pub attachments_dir: std::path::PathBuf,
+    pub limits: Limits,
+    /// Open event streams by user.
+    pub streams: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 /// Accepts and serves connections until `shared.cancel` fires, then lets open connections
 /// finish (event streams end at once) for up to [`DRAIN`] and cuts the rest.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let cancel = shared.cancel.clone();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new(shared.limits.http.clone());
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -104,11 +150,16 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    let Some(ticket) = admission.admit() else {
                         tracing::warn!(%peer, "web chat: too many connections; closing a new one");
                         continue;
                     };
-                    connections.spawn(serve_connection(stream, shared.clone(), slot));
+                    connections.spawn(serve_connection(
+                        stream,
+                        shared.clone(),
+                        admission.clone(),
+                        ticket,
+                    ));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning on the error.
@@ -135,20 +186,27 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, _slot: OwnedSemaphorePermit) {
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    admission: Arc<Admission>,
+    ticket: Arc<Ticket>,
+) {
     let cancel = shared.cancel.clone();
+    let builder = admission.http1();
+    let for_service = ticket.clone();
     let service = service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+        let (shared, admission, ticket) = (shared.clone(), admission.clone(), for_service.clone());
+        async move { Ok::<_, Infallible>(handle(&shared, &admission, &ticket, req).await) }
     });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        _ = ticket.evicted() => {
+            tracing::debug!("web chat: closed an unauthenticated connection to make room");
+            return;
+        }
         _ = cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.as_mut().await
@@ -188,17 +246,53 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
 
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
-    route(shared, req)
+/// Authenticates from the head, then takes a work slot for an authenticated request; the
+/// slot is held until the response head is ready (an event stream holds a stream slot
+/// instead).
+async fn handle(
+    shared: &Shared,
+    admission: &Admission,
+    ticket: &Ticket,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let user = authenticate(shared, &req).ok().map(str::to_string);
+    let _work = match &user {
+        None => None,
+        Some(_) => {
+            ticket.authenticated();
+            match admission.try_work() {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::warn!("web chat: all work slots taken; answering busy");
+                    let mut resp =
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ERR_BUSY).into_response();
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return resp;
+                }
+            }
+        }
+    };
+    route(shared, user.as_deref(), req)
         .await
         .unwrap_or_else(ApiError::into_response)
 }
 
-async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(
+    shared: &Shared,
+    user: Option<&str>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let signed_in =
+        || user.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, ERR_UNAUTHORIZED));
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -213,7 +307,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         }
         ["api", "me"] => {
             allow(&method, &[Method::GET])?;
-            let user = authenticate(shared, &req)?;
+            let user = signed_in()?;
             Ok(json(
                 StatusCode::OK,
                 &wire::Me {
@@ -225,7 +319,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         }
         ["api", "rooms"] => {
             allow(&method, &[Method::GET])?;
-            authenticate(shared, &req)?;
+            signed_in()?;
             let rooms = shared
                 .hub
                 .rooms()
@@ -240,30 +334,31 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         }
         ["api", "rooms", room, "messages"] => {
             allow(&method, &[Method::GET, Method::POST])?;
-            let user = authenticate(shared, &req)?.to_string();
+            let user = signed_in()?;
             let room = checked_room(room)?;
             if method == Method::POST {
-                post_message(shared, &user, &room, req).await
+                post_message(shared, user, &room, req).await
             } else {
                 list_messages(shared, &room, &req)
             }
         }
         ["api", "rooms", room, "files"] => {
             allow(&method, &[Method::POST])?;
-            let user = authenticate(shared, &req)?.to_string();
+            let user = signed_in()?;
             let room = checked_room(room)?;
-            post_file(shared, &user, &room, req).await
+            post_file(shared, user, &room, req).await
         }
         ["api", "files", id] => {
             allow(&method, &[Method::GET])?;
-            authenticate(shared, &req)?;
+            signed_in()?;
             serve_file(shared, id).await
         }
         ["api", "rooms", room, "events"] => {
             allow(&method, &[Method::GET])?;
-            authenticate(shared, &req)?;
+            let user = signed_in()?;
             let room = checked_room(room)?;
-            Ok(event_stream(shared, &room))
+            let slot = StreamSlot::take(shared, user)?;
+            Ok(event_stream(shared, &room, slot))
         }
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not found")),
     }
@@ -313,7 +408,7 @@ async fn post_message(
     room: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let body = read_body(req, MAX_BODY, err_too_large).await?;
+    let body = read_body(shared, req, MAX_BODY, err_too_large).await?;
     // A map, not a struct: serde would accept `["hi"]` for a one-field struct.
     let mut parsed: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&body).map_err(|_| ApiError::bad_request(ERR_BAD_JSON))?;
@@ -357,7 +452,7 @@ async fn post_file(
         .filter(|n| !n.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request(ERR_UPLOAD_NAME))?;
     let caption = query_param(query.as_deref(), "text").unwrap_or_default();
-    let body = read_body(req, MAX_UPLOAD, err_upload_too_large).await?;
+    let body = read_body(shared, req, MAX_UPLOAD, err_upload_too_large).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request(ERR_UPLOAD_EMPTY));
     }
@@ -477,8 +572,10 @@ async fn deliver(
 }
 
 /// The whole body, refusing more than `limit` bytes (by `Content-Length` up front, or while
-/// reading a chunked body).
+/// reading a chunked body) and a body that does not arrive within the body timeout (408; the
+/// connection is closed, as the rest of the body would be read as the next request).
 async fn read_body(
+    shared: &Shared,
     req: Request<Incoming>,
     limit: usize,
     too_large: fn() -> String,
@@ -491,7 +588,12 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::bad_request(too_large()));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    let collect = Limited::new(req.into_body(), limit).collect();
+    let Ok(collected) = tokio::time::timeout(shared.limits.http.body_timeout, collect).await else {
+        tracing::debug!("web chat: a request body did not arrive in time");
+        return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, ERR_BODY_TIMEOUT));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::bad_request(too_large()))
@@ -605,11 +707,54 @@ fn room_event_frame(event: &RoomEvent) -> Bytes {
     }
 }
 
+/// One of a user's [`Limits::streams_per_user`] event streams; given back when the stream's
+/// body is dropped (the client went away, the room was evicted or the gateway stops).
+struct StreamSlot {
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl StreamSlot {
+    fn take(shared: &Shared, user: &str) -> Result<StreamSlot, ApiError> {
+        let limit = shared.limits.streams_per_user;
+        let mut streams = shared.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let open = streams.entry(user.to_string()).or_default();
+        if *open >= limit {
+            tracing::info!(
+                user,
+                limit,
+                "web chat: event stream refused, the user has too many open"
+            );
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                err_too_many_streams(limit),
+            ));
+        }
+        *open += 1;
+        Ok(StreamSlot {
+            streams: shared.streams.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = streams.get_mut(&self.user) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// `message`, `edit` and `typing` events of one room. Starts with the current typing state. A
 /// client that falls behind the broadcast buffer gets `resync` (it should refetch the room)
 /// and continues from the newest events; the stream ends when the gateway stops or the room
 /// is evicted.
-fn event_stream(shared: &Shared, room: &str) -> Response<Body> {
+fn event_stream(shared: &Shared, room: &str, slot: StreamSlot) -> Response<Body> {
     let (rx, typing) = shared.hub.subscribe(room);
     let first = sse_frame("typing", &wire::Typing { typing });
     struct State {
@@ -617,6 +762,7 @@ fn event_stream(shared: &Shared, room: &str) -> Response<Body> {
         cancel: CancellationToken,
         heartbeat: tokio::time::Interval,
         first: Option<Bytes>,
+        _slot: StreamSlot,
     }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -625,6 +771,7 @@ fn event_stream(shared: &Shared, room: &str) -> Response<Body> {
         cancel: shared.cancel.clone(),
         heartbeat,
         first: Some(first),
+        _slot: slot,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         if let Some(first) = st.first.take() {
