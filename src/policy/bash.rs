@@ -728,6 +728,9 @@ impl Analyser {
                 },
                 // `${x:offset:length}`: both are arithmetic.
                 Some(":") => self.arith(child, cx, depth + 1),
+                // Inside `"${x:-'…'}"` single quotes are literal characters, and what they
+                // hold is expanded: scanned like any leaf.
+                Some(_) if child.kind() == "raw_string" => self.leaf(child, cx),
                 Some(_) => self.word_parts(child, cx, depth + 1),
             }
         }
