@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 const CORPUS: &str = include_str!("data/bash_corpus.yaml");
+const HARMLESS: &str = include_str!("data/harmless.yaml");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +165,52 @@ fn corpus() {
         errors.len(),
         errors.join("\n")
     );
+}
+
+/// Over-strictness, counted: every harmless command of `data/harmless.yaml` must be allowed
+/// for a guest whose allow-list names the programs (with the guard on, in a real work dir
+/// under a home that holds the runtime dir).
+#[test]
+fn harmless_commands_are_allowed() {
+    let commands: Vec<String> = serde_yaml::from_str(HARMLESS).expect("harmless list parses");
+    let programs =
+        "ls|cat|grep|head|tail|wc|git (status|log|diff|show|branch)|echo|printf|sort|uniq|\
+                    cut|tr|find|sed|awk|cargo (build|test|check)|python3|mkdir|touch|cp|mv|diff|\
+                    pwd|du|tree|rg|jq|xargs|time|timeout";
+    let rules = RuleSet::new(vec![
+        rule(&format!("Bash(({programs})( .*)?)")),
+        rule("Read(/home/agent/work/.*)"),
+        rule("Write(/home/agent/work/.*)"),
+    ]);
+    let guard = Guard::new("/home/agent/.agent-chat-gateway").with_home(Path::new("/home/agent"));
+    let mut refused = Vec::new();
+    for command in &commands {
+        let input = json!({ "command": command });
+        let outcome = decide(&PolicyInput {
+            role: Role::Guest,
+            tool: "Bash",
+            input: &input,
+            cwd: Path::new("/home/agent/work"),
+            owner_rules: &rules,
+            guest_rules: &rules,
+            skip_owner_approval: false,
+            guard: &guard,
+        });
+        if outcome.decision.word() != "allow" {
+            refused.push(format!("{command:?}: {}", outcome.decision.reason()));
+        }
+    }
+    println!(
+        "over-strict: {} of {} harmless commands refused",
+        refused.len(),
+        commands.len()
+    );
+    assert!(
+        commands.len() >= 60,
+        "only {} harmless commands",
+        commands.len()
+    );
+    assert!(refused.is_empty(), "over-strict:\n{}", refused.join("\n"));
 }
 
 #[test]

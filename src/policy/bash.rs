@@ -1565,6 +1565,9 @@ impl Analyser {
         let value = static_value(node, cx);
         let pattern = is_pattern(node, cx);
         let arg = match (&value, pattern) {
+            // `<(cmd)` becomes a pipe's `/dev/fd/N`: no path of the agent's (its commands are
+            // parameters of their own).
+            _ if node.kind() == "process_substitution" => Arg::Static(String::new()),
             (Some(v), false) => Arg::Static(v.clone()),
             (Some(v), true) => {
                 let cut = v.find(['*', '?', '[', '{']).unwrap_or(v.len());

@@ -296,13 +296,38 @@ fn decide_on(
 
 /// `cd DIR` only moves the shell: what then runs there is checked on its own (the guard and
 /// the redirect targets follow the directory).
+/// So do `test`, `read` into plain names (it only sets variables, which the analysis follows) and
+/// `set` with option flags only (`set -euo pipefail`).
 fn needs_no_rule(param: &Param) -> bool {
-    match &param.kind {
-        ParamKind::Command { argv, .. } => match argv.as_slice() {
-            [Some(cd)] | [Some(cd), Some(_)] if cd == "cd" => true,
-            [Some(t)] => matches!(t.as_str(), "true" | "false" | ":"),
-            _ => false,
-        },
+    let ParamKind::Command { argv, .. } = &param.kind else {
+        return false;
+    };
+    let Some(words) = argv
+        .iter()
+        .map(|w| w.as_deref())
+        .collect::<Option<Vec<&str>>>()
+    else {
+        return false;
+    };
+    let plain_name = |w: &str| {
+        w.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match words.as_slice() {
+        ["cd"] | ["cd", _] => true,
+        ["true" | "false" | ":"] => true,
+        // Like `[ … ]`, which is not a parameter at all: it only looks at files.
+        ["test" | "[", ..] => true,
+        ["read", rest @ ..] => rest
+            .iter()
+            .all(|w| matches!(*w, "-r" | "-s" | "-e") || plain_name(w)),
+        ["set", first, rest @ ..] => {
+            let flag =
+                |w: &&str| (w.starts_with('-') || w.starts_with('+')) && w.len() > 1 && *w != "--";
+            flag(first) && rest.iter().all(|w| flag(w) || plain_name(w))
+        }
         _ => false,
     }
 }
