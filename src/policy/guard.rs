@@ -384,6 +384,10 @@ impl Inner {
         if self.is_protected(dir) || dir.starts_with("/proc") {
             return true;
         }
+        // `/pro?/self/environ`: the process files are protected too.
+        if dir == Path::new("/") && "proc".starts_with(rest) {
+            return true;
+        }
         self.protected.iter().any(|p| {
             let Ok(below) = p.strip_prefix(dir) else {
                 return false;
