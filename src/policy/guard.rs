@@ -256,12 +256,31 @@ impl Inner {
         cwds: &[PathBuf],
     ) -> Option<Verdict> {
         let name = argv.first().cloned().flatten().unwrap_or_default();
-        let no_file = NO_FILE_OPERANDS.contains(&basename(&name));
+        let name = basename(&name);
+        let no_file = NO_FILE_OPERANDS.contains(&name);
+        let walks = walks_directories(name, argv);
+        if walks {
+            // `grep -r x`, `find`, `rg x` walk the working directory when given none.
+            if let Some(dir) = cwds.iter().find(|c| self.holds_protected(c)) {
+                return Some(Verdict::Deny(format!(
+                    "`{name}` may walk the working directory {}, which holds protected paths",
+                    dir.display()
+                )));
+            }
+        }
         let mut verdict = None;
         for (i, arg) in args.iter().enumerate() {
             // A command name without `/` is looked up in PATH, not opened here.
             if i == 0 && matches!(arg, Arg::Static(v) if !v.contains('/')) {
                 continue;
+            }
+            if walks {
+                if let Some(dir) = self.walked_into(arg, cwds) {
+                    return Some(Verdict::Deny(format!(
+                        "`{name}` may walk {}, which holds protected paths",
+                        dir.display()
+                    )));
+                }
             }
             match self.check_arg(arg, cwds, no_file) {
                 Some(Verdict::Deny(why)) => return Some(Verdict::Deny(why)),
@@ -270,6 +289,35 @@ impl Inner {
             }
         }
         verdict
+    }
+
+    /// `dir` is above a protected path: `/`, `/proc`, a process directory, or an ancestor of
+    /// the runtime dir.
+    fn holds_protected(&self, dir: &Path) -> bool {
+        dir == Path::new("/")
+            || dir == Path::new("/proc")
+            || (paths::is_process_internal(&dir.join("environ"))
+                && !paths::is_process_internal(dir))
+            || self
+                .protected
+                .iter()
+                .any(|d| d != dir && d.starts_with(dir))
+    }
+
+    /// A static operand naming a directory above a protected path (`grep -r x ..` from a
+    /// project next to the runtime dir, `find /`).
+    fn walked_into(&self, arg: &Arg, cwds: &[PathBuf]) -> Option<PathBuf> {
+        let Arg::Static(value) = arg else {
+            return None;
+        };
+        for candidate in path_candidates(value) {
+            for p in self.resolve_all(candidate, cwds).unwrap_or_default() {
+                if self.holds_protected(&p) {
+                    return Some(p);
+                }
+            }
+        }
+        None
     }
 
     fn check_arg(&self, arg: &Arg, cwds: &[PathBuf], no_file: bool) -> Option<Verdict> {
@@ -531,6 +579,35 @@ impl Inner {
             }
         }
         None
+    }
+}
+
+/// Commands that open a directory operand without descending into it (or do not open it at
+/// all). Any other command might walk it: `grep -r`, `find`, `rg`, `tar`, `cp -r`, `du` …
+const NON_RECURSIVE: &[&str] = &[
+    "cat", "head", "tail", "wc", "file", "stat", "echo", "printf", "test", "[", "cd", "basename",
+    "dirname", "realpath", "readlink", "mkdir", "touch", "git", "pwd", "true", "false", ":",
+    "sleep", "export", "declare", "local", "readonly", "typeset", "unset", "read", "set",
+];
+
+/// `name` run with `argv` may descend into a directory operand.
+fn walks_directories(name: &str, argv: &[Option<String>]) -> bool {
+    if NON_RECURSIVE.contains(&name) {
+        return false;
+    }
+    let flags = || argv[1..].iter().flatten().filter(|a| a.starts_with('-'));
+    match name {
+        "ls" => flags().any(|a| a == "--recursive" || (!a.starts_with("--") && a.contains('R'))),
+        "grep" | "egrep" | "fgrep" => {
+            flags().any(|a| {
+                a.starts_with("--recursive")
+                    || a.starts_with("--dereference-recursive")
+                    || a.starts_with("--directories")
+                    || a == "-d"
+                    || (!a.starts_with("--") && a.contains(['r', 'R']))
+            }) || argv[1..].iter().any(|a| a.is_none())
+        }
+        _ => true,
     }
 }
 
