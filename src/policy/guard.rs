@@ -1,20 +1,35 @@
 //! Self-protection: tool calls that reach the gateway's own control plane are denied whatever
 //! the allow-lists say (even `Bash(.*)`), because the agent runs as the same Unix user as the
-//! daemon and could otherwise stop it, approve its own requests or read its secrets.
+//! daemon (unless `run_as` is set) and could otherwise stop it, approve its own requests or
+//! read its secrets. OS confinement (`agent::confine`) enforces the same boundary underneath;
+//! this check makes the refusal early, explained, and independent of the kernel.
 //!
 //! Owns: the [`Guard`] value (built once per turn by the caller) and its check over the
-//! parameters that [`super::decide`] extracted. Denied:
+//! parameters that [`super::decide`] extracted, giving a [`Verdict`]. Denied:
 //! - running `agent-chat-gateway` (any path, also behind `env`, `exec`, `command`, `sudo`,
 //!   `xargs`, `find -exec`, `bash -c`, `eval` …, and any parameter that names it as a word),
 //!   except `agent-chat-gateway send <own room> …` as a plain command, with `--connector`, if
 //!   given, naming the turn's own connector;
-//! - any parameter mentioning the runtime dir (as given, canonical, `~/…`/`$HOME/…` forms, its
-//!   name when it is the default `.agent-chat-gateway`), an extra protected path, the control
-//!   socket's file name, or `ACG_HOME`; a file-tool path, redirect target or tool `path` field
-//!   that resolves inside them; any call made while the agent's cwd is inside them;
-//! - reading the hook secret: a parameter mentioning `ACG_HOOK_SECRET`, `env`/`printenv` with
-//!   nothing to run, `set` without arguments, `export`/`declare`/`typeset` listing variables,
-//!   BSD-style `ps e`, `/proc/…/environ`, indirect expansion `${!…}`.
+//! - a path that *resolves* into the runtime dir or an extra protected path: file-tool paths,
+//!   redirect targets, tool `path` fields, and every word of a command that could be a path
+//!   (the word, `--opt=VALUE`, `key=VALUE`, `-fVALUE`), resolved where the command runs (the
+//!   analyser follows `cd`), `~` as the agent's home, symlinks followed; `/proc/self`,
+//!   `/proc/thread-self` and `/proc/<pid>` mean the agent's processes and everything below
+//!   them but a few harmless files (`status`, `cmdline` …) is protected (`environ` holds the
+//!   hook secret); any call made while the agent's cwd is inside a protected dir;
+//! - a glob or brace pattern, or a run-time value, whose static prefix could expand into a
+//!   protected path (`~/.agent-chat-*/x`, `/proc/self/envi*`, `${x:-/proc/self/env}iron`);
+//! - a command that walks directories (`grep -r`, `find`, `rg`, `tar`, `du` …) pointed at, or
+//!   run in, a directory above a protected path, `/proc` or `/`;
+//! - as a second net on the text: any parameter mentioning the runtime dir (as given,
+//!   canonical, `~/…`/`$HOME/…` forms, its name when it is the default
+//!   `.agent-chat-gateway`), the control socket's file name, `ACG_HOME` or `ACG_HOOK_SECRET`;
+//!   `env`/`printenv` with nothing to run, `set` without arguments, `export`/`declare`/
+//!   `typeset` listing variables, BSD-style `ps e`, `/proc/…/environ`, `${!…}`.
+//!
+//! Uncheckable (owners asked, guests denied): any other word only known at run time given to
+//! a command that may open files (it could hold `..`), and a relative path where the working
+//! directory is unknown.
 //!
 //! Naming the gateway is fine in the input of tools that run nothing (WebSearch, Grep, …); the
 //! runtime-dir and secret checks apply to every tool.
@@ -22,13 +37,12 @@
 //! Read (only Read) may open files under directories declared readable (the attachments the
 //! gateway downloads for the agent live in the runtime dir).
 //!
-//! Residual risks (why running agents as a separate Unix user is the stronger option): an
-//! interpreter can build names at run time (`python3 -c "import os; os.system('agent-'+'chat…')"`,
-//! `os.environ`), a relative path after `cd` into a custom runtime dir whose name is not
-//! distinctive is not recognised, a copy or hard link of a protected file made earlier is not
-//! recognised. False positives, on the safe side: a directory named `agent-chat-gateway`
-//! referred to by that name (`cd ~/src/agent-chat-gateway`), a bash argument that mentions the
-//! name as a word (`git commit -m "fix agent-chat-gateway send"`), files named `control.sock`.
+//! Residual risks (why confinement and `run_as` matter): an interpreter can build names at run
+//! time (`python3 -c "open('/home/a/.agent-chat-'+'gateway/x')"`), and a hard link made
+//! earlier is not recognised. False positives, on the safe side: a directory named
+//! `agent-chat-gateway` referred to by that name (`cd ~/src/agent-chat-gateway`), a bash
+//! argument that mentions the name as a word (`git commit -m "fix agent-chat-gateway send"`),
+//! files named `control.sock`.
 
 use std::path::{Path, PathBuf};
 
