@@ -192,7 +192,14 @@ pub fn analyse(script: &str, cwd: &Path) -> Analysis {
     let mut analyser = Analyser {
         params: Vec::new(),
         problems: Vec::new(),
-        cwds: cwd.is_absolute().then(|| vec![cwd.to_path_buf()]),
+        // An empty path stands for "the agent's directory, not told": relative paths then
+        // resolve to nothing (no redirect target can be checked, but a word is not refused
+        // for it), unlike a directory lost to `cd "$x"`, which makes them uncheckable.
+        cwds: Some(vec![if cwd.is_absolute() {
+            cwd.to_path_buf()
+        } else {
+            PathBuf::new()
+        }]),
         last_cd: None,
         normalized: HashMap::new(),
         depth: 0,

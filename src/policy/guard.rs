@@ -273,7 +273,7 @@ impl Inner {
         let name = basename(&name);
         let no_file = NO_FILE_OPERANDS.contains(&name);
         let walks = walks_directories(name, argv);
-        if walks {
+        if walks && DEFAULTS_TO_CWD.contains(&name) {
             // `grep -r x`, `find`, `rg x` walk the working directory when given none.
             if let Some(dir) = cwds.iter().find(|c| self.holds_protected(c)) {
                 return Some(Verdict::Deny(format!(
@@ -604,6 +604,11 @@ const NON_RECURSIVE: &[&str] = &[
     "sleep", "export", "declare", "local", "readonly", "typeset", "unset", "read", "set",
 ];
 
+/// Walkers that walk the working directory when given no directory.
+const DEFAULTS_TO_CWD: &[&str] = &[
+    "find", "grep", "egrep", "fgrep", "rg", "ag", "ack", "fd", "fdfind", "du", "tree", "ls",
+];
+
 /// `name` run with `argv` may descend into a directory operand.
 fn walks_directories(name: &str, argv: &[Option<String>]) -> bool {
     if NON_RECURSIVE.contains(&name) {
@@ -628,6 +633,10 @@ fn walks_directories(name: &str, argv: &[Option<String>]) -> bool {
 /// The parts of a word that may be a path: the word, the value of `--opt=VALUE` or
 /// `key=VALUE` (`dd if=…`), and the value glued to a short option (`-f/path`).
 fn path_candidates(word: &str) -> Vec<&str> {
+    if word.contains("://") {
+        // A URL names no local path.
+        return Vec::new();
+    }
     if let Some(option) = word.strip_prefix('-') {
         if let Some((_, value)) = word.split_once('=') {
             return vec![value];
