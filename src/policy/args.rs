@@ -139,6 +139,21 @@ fn finding(rule: &'static str, param: &Param, why: String) -> Finding {
     }
 }
 
+/// `w` is the long option `--name` or an abbreviation of it (GNU getopt and git accept any
+/// unambiguous prefix: `--outp=x` is `--output=x`), with or without `=VALUE`.
+pub(crate) fn long(w: &str, name: &str) -> bool {
+    let Some(given) = w.strip_prefix("--") else {
+        return false;
+    };
+    let given = given.split('=').next().unwrap_or(given);
+    !given.is_empty() && name.starts_with(given)
+}
+
+/// `w` is a cluster of short options (`-uo`) that holds `letter`.
+fn short(w: &str, letter: char) -> bool {
+    w.len() > 1 && w.starts_with('-') && !w.starts_with("--") && w[1..].contains(letter)
+}
+
 /// A word as far as it is known: `Some` for a static value.
 fn known(arg: &Arg) -> Option<&str> {
     match arg {
@@ -157,7 +172,7 @@ fn command(param: &Param, args: &[Arg], cwds: &[std::path::PathBuf], out: &mut V
     let rule = match name {
         "git" => Some(git(rest)),
         "cargo" => Some(options(rest, "cargo-config", |w| {
-            (w == "--config" || w.starts_with("--config=") || w.starts_with("-Z"))
+            (long(w, "config") || w.starts_with("-Z"))
                 .then(|| format!("`{w}` can make cargo run any program"))
         })),
         "find" => Some(options(rest, "find-exec", |w| {
@@ -221,10 +236,10 @@ fn git(args: &[Arg]) -> Option<(&'static str, String)> {
             return Some(("git-config", "an argument is only known at run time".into()));
         };
         if w == "-c"
-            || w.starts_with("--config-env")
-            || w.starts_with("--exec-path")
-            || w.starts_with("--git-dir")
-            || w.starts_with("--work-tree")
+            || long(w, "config-env")
+            || long(w, "exec-path")
+            || long(w, "git-dir")
+            || long(w, "work-tree")
             || (w.starts_with("-c") && w.len() > 2 && !w.starts_with("--"))
         {
             return Some((
@@ -284,14 +299,14 @@ fn git(args: &[Arg]) -> Option<(&'static str, String)> {
     }
     let fetches = matches!(sub, "fetch" | "pull" | "clone" | "ls-remote" | "archive");
     for w in words.iter().flatten() {
-        let exec = w.starts_with("--output")
-            || w.starts_with("--ext-diff")
-            || w.starts_with("--upload-pack")
-            || w.starts_with("--receive-pack")
-            || w.starts_with("--exec")
-            || w.starts_with("--open-files-in-pager")
-            || w.starts_with("--extcmd")
-            || w.starts_with("--remote")
+        let exec = long(w, "output")
+            || long(w, "ext-diff")
+            || long(w, "upload-pack")
+            || long(w, "receive-pack")
+            || long(w, "exec")
+            || long(w, "open-files-in-pager")
+            || long(w, "extcmd")
+            || long(w, "remote")
             || (fetches && (*w == "-u" || w.starts_with("-u")))
             || (sub == "rebase" && (*w == "-x" || w.starts_with("-x")))
             || (sub == "grep" && w.starts_with("-O"))
@@ -313,24 +328,34 @@ fn sed(args: &[Arg]) -> Option<(&'static str, String)> {
         let Some(w) = known(&args[i]) else {
             return Some(("sed-write", "an argument is only known at run time".into()));
         };
-        if w.starts_with("--in-place")
-            || (w.starts_with('-') && !w.starts_with("--") && w.contains('i'))
-        {
+        if long(w, "in-place") || short(w, 'i') {
             return Some(("sed-write", format!("`sed {w}` rewrites files")));
         }
-        if w == "-f" || w.starts_with("--file") || (w.starts_with("-f") && !w.starts_with("--")) {
+        if long(w, "file") || short(w, 'f') {
             return Some(("sed-write", "`sed -f` runs a script file".into()));
         }
-        let script = if w == "-e" || w == "--expression" {
-            i += 1;
-            args.get(i).and_then(known)
-        } else if let Some(s) = w.strip_prefix("--expression=") {
-            Some(s)
-        } else if !w.starts_with('-') && !script_given {
-            Some(w)
-        } else {
-            None
-        };
+        let script =
+            if (short(w, 'e') && w.ends_with('e')) || (long(w, "expression") && !w.contains('=')) {
+                i += 1;
+                match args.get(i) {
+                    Some(a) => match known(a) {
+                        Some(s) => Some(s),
+                        None => {
+                            return Some(("sed-write", "a script is only known at run time".into()))
+                        }
+                    },
+                    None => None,
+                }
+            } else if long(w, "expression") {
+                w.split_once('=').map(|(_, s)| s)
+            } else if short(w, 'e') {
+                // `-es/a/b/`: the script is glued to the option.
+                w.split_once('e').map(|(_, s)| s)
+            } else if !w.starts_with('-') && !script_given {
+                Some(w)
+            } else {
+                None
+            };
         if let Some(script) = script {
             script_given = true;
             if let Some(why) = sed_script(script) {
@@ -452,11 +477,11 @@ fn awk(args: &[Arg]) -> Option<(&'static str, String)> {
         let Some(w) = known(&args[i]) else {
             return Some(("awk-exec", "an argument is only known at run time".into()));
         };
-        if matches!(w, "-f" | "-i" | "-l" | "-E")
-            || w.starts_with("--file")
-            || w.starts_with("--include")
-            || w.starts_with("--load")
-            || w.starts_with("--exec")
+        if ["-f", "-i", "-l", "-E"].iter().any(|o| w.starts_with(o))
+            || long(w, "file")
+            || long(w, "include")
+            || long(w, "load")
+            || long(w, "exec")
         {
             return Some(("awk-exec", format!("`awk {w}` loads code from a file")));
         }
@@ -464,7 +489,7 @@ fn awk(args: &[Arg]) -> Option<(&'static str, String)> {
             i += 2;
             continue;
         }
-        if w == "-e" || w == "--source" {
+        if w == "-e" || long(w, "source") {
             if let Some(program) = args.get(i + 1).and_then(known) {
                 if let Some(why) = awk_program(program) {
                     return Some(("awk-exec", why));
@@ -513,17 +538,17 @@ fn exec_options(name: &str, args: &[Arg]) -> Option<(&'static str, String)> {
     let bad = |w: &str| -> bool {
         match name {
             "tar" => {
-                w.starts_with("--to-command")
-                    || w.starts_with("--use-compress-program")
-                    || w.starts_with("--checkpoint-action")
-                    || w.starts_with("--info-script")
-                    || w.starts_with("--new-volume-script")
-                    || w.starts_with("--rsh-command")
+                long(w, "to-command")
+                    || long(w, "use-compress-program")
+                    || long(w, "checkpoint-action")
+                    || long(w, "info-script")
+                    || long(w, "new-volume-script")
+                    || long(w, "rsh-command")
                     || w == "-I"
                     || w == "-F"
                     || (w.starts_with('-') && !w.starts_with("--") && w.contains(['I', 'F']))
             }
-            "rsync" => w == "-e" || w.starts_with("--rsh") || w.starts_with("--rsync-path"),
+            "rsync" => short(w, 'e') || long(w, "rsh") || long(w, "rsync-path"),
             "ssh" | "scp" => {
                 let lower = w.to_ascii_lowercase();
                 lower.contains("proxycommand")
@@ -531,8 +556,8 @@ fn exec_options(name: &str, args: &[Arg]) -> Option<(&'static str, String)> {
                     || lower.contains("permitlocalcommand")
                     || (name == "scp" && w == "-S")
             }
-            "sort" => w == "-o" || w.starts_with("--output") || w.starts_with("--compress-program"),
-            "zip" => w == "-T" || w == "-TT" || w.starts_with("--unzip-command"),
+            "sort" => short(w, 'o') || long(w, "output") || long(w, "compress-program"),
+            "zip" => short(w, 'T') || long(w, "unzip-command"),
             _ => false,
         }
     };

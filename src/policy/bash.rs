@@ -410,6 +410,18 @@ impl Analyser {
         };
         let root = tree.root_node();
         let before = self.problems.len();
+        if let Some(at) = continuation_inside_word(src) {
+            // bash joins `gate\<newline>way` into one word (also `$\<newline>(id)`), but the
+            // grammar may split it: refused rather than guessed.
+            let near: String = src[at.saturating_sub(20)..]
+                .chars()
+                .take(40)
+                .collect::<String>()
+                .replace('\n', "\\n");
+            self.problem(format!(
+                "a line continuation inside a word is not supported: `{near}`"
+            ));
+        }
         let cx = Cx { src, shell_depth };
         let outer = std::mem::take(&mut self.scope);
         prescan(&mut self.scope, root, cx, depth, false);
@@ -1281,11 +1293,22 @@ impl Analyser {
         let target = match (base, &words[start.min(words.len())..]) {
             ("cd", [w]) => match &w.arg {
                 Arg::Static(v) if v != "-" && !v.starts_with('~') && !v.is_empty() => {
+                    // bash's `cd` is logical (`docs/..` is here even when `docs` is a
+                    // link elsewhere), what the kernel then opens is physical: keep both.
                     let v = v.clone();
                     self.cwds.clone().map(|cwds| {
-                        cwds.iter()
-                            .filter_map(|c| self.resolve_in(&v, c))
-                            .collect::<Vec<_>>()
+                        let mut out = Vec::new();
+                        for c in &cwds {
+                            for p in [paths::lexical(&v, c), self.resolve_in(&v, c)]
+                                .into_iter()
+                                .flatten()
+                            {
+                                if !out.contains(&p) {
+                                    out.push(p);
+                                }
+                            }
+                        }
+                        out
                     })
                 }
                 _ => None,
@@ -1578,7 +1601,13 @@ impl Analyser {
             (Some(v), false) => Arg::Static(v.clone()),
             (Some(v), true) => {
                 let cut = v.find(['*', '?', '[', '{']).unwrap_or(v.len());
-                Arg::Pattern(v[..cut].to_string())
+                if v[cut..].split('/').any(|c| c == "..") {
+                    // `~/*/../.agent*`: after climbing back, a leading dot is spelled again,
+                    // so the pattern is judged like a run-time value.
+                    Arg::Dynamic(v[..cut].to_string())
+                } else {
+                    Arg::Pattern(v[..cut].to_string())
+                }
             }
             (None, _) => match plain_expansion_name(node, cx).and_then(|n| self.scope.arg_of(&n)) {
                 Some(arg) => arg,
@@ -1843,6 +1872,17 @@ fn static_prefix(node: Node, cx: Cx) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// Where `\<newline>` joins two non-blank characters (a continuation inside a word).
+fn continuation_inside_word(src: &str) -> Option<usize> {
+    let b = src.as_bytes();
+    (1..b.len().saturating_sub(2)).find(|&i| {
+        b[i] == b'\\'
+            && b[i + 1] == b'\n'
+            && !b[i - 1].is_ascii_whitespace()
+            && !b[i + 2].is_ascii_whitespace()
+    })
 }
 
 /// A substitution or expansion left in leaf text: an unescaped backtick, or `$` followed by

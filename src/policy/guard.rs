@@ -46,6 +46,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::args::long;
 use super::bash::basename;
 use super::paths;
 use super::{Arg, Param, ParamKind};
@@ -273,6 +274,11 @@ impl Inner {
         let name = basename(&name);
         let no_file = NO_FILE_OPERANDS.contains(&name);
         let walks = walks_directories(name, argv);
+        if walks && follows_links(name, argv) {
+            return Some(Verdict::Uncheckable(format!(
+                "`{name}` follows symbolic links while it walks directories"
+            )));
+        }
         if walks && DEFAULTS_TO_CWD.contains(&name) {
             // `grep -r x`, `find`, `rg x` walk the working directory when given none.
             if let Some(dir) = cwds.iter().find(|c| self.holds_protected(c)) {
@@ -615,18 +621,41 @@ fn walks_directories(name: &str, argv: &[Option<String>]) -> bool {
         return false;
     }
     let flags = || argv[1..].iter().flatten().filter(|a| a.starts_with('-'));
+    let short = |a: &str, letters: &[char]| !a.starts_with("--") && a[1..].contains(letters);
     match name {
-        "ls" => flags().any(|a| a == "--recursive" || (!a.starts_with("--") && a.contains('R'))),
+        "ls" => flags().any(|a| long(a, "recursive") || short(a, &['R'])),
         "grep" | "egrep" | "fgrep" => {
             flags().any(|a| {
-                a.starts_with("--recursive")
-                    || a.starts_with("--dereference-recursive")
-                    || a.starts_with("--directories")
-                    || a == "-d"
-                    || (!a.starts_with("--") && a.contains(['r', 'R']))
+                long(a, "recursive")
+                    || long(a, "dereference-recursive")
+                    || long(a, "directories")
+                    || short(a, &['r', 'R', 'd'])
             }) || argv[1..].iter().any(|a| a.is_none())
         }
         _ => true,
+    }
+}
+
+/// A walker told to follow symbolic links (`find -L`, `grep -R`, `rg -L`, `cp -L` …): a link
+/// anywhere below can lead into a protected directory, which no path check sees.
+fn follows_links(name: &str, argv: &[Option<String>]) -> bool {
+    let flags = || argv[1..].iter().flatten().filter(|a| a.starts_with('-'));
+    let short = |a: &str, letters: &[char]| !a.starts_with("--") && a[1..].contains(letters);
+    match name {
+        "find" => flags().any(|a| matches!(a.as_str(), "-L" | "-follow" | "-H")),
+        "grep" | "egrep" | "fgrep" => {
+            flags().any(|a| long(a, "dereference-recursive") || short(a, &['R']))
+        }
+        "rg" | "fd" | "fdfind" | "ag" => flags().any(|a| long(a, "follow") || short(a, &['L'])),
+        "tree" => flags().any(|a| short(a, &['l'])),
+        "ls" | "du" | "cp" | "rsync" | "chmod" | "chown" => flags().any(|a| {
+            long(a, "dereference")
+                || long(a, "copy-links")
+                || long(a, "dereference-args")
+                || short(a, &['L'])
+        }),
+        "tar" => flags().any(|a| long(a, "dereference") || short(a, &['h'])),
+        _ => false,
     }
 }
 

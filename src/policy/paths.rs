@@ -34,6 +34,30 @@ pub fn normalize(path: &str, cwd: &Path) -> Option<PathBuf> {
     Some(resolve(&absolute))
 }
 
+/// `path` joined to `cwd` with `.` and `..` resolved on the text alone, as bash's `cd` does
+/// by default (`cd link/..` goes back to where it started, wherever `link` points).
+pub fn lexical(path: &str, cwd: &Path) -> Option<PathBuf> {
+    let p = Path::new(path);
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else if cwd.is_absolute() {
+        cwd.join(p)
+    } else {
+        return None;
+    };
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(s) => out.push(s),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Some(out)
+}
+
 /// Lexical-plus-symlink resolution of an absolute path (see [`normalize`]).
 pub fn resolve(absolute: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
