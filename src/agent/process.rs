@@ -7,6 +7,10 @@
 //! timeout, cancellation or drop — always reaping the child.
 //! Knows nothing about: any particular agent CLI or its output format.
 //!
+//! Every agent process is started here, so OS confinement lives here too: the spec's
+//! [`Sandbox`] is turned into a Landlock ruleset (and a `run_as` user into ids) before fork,
+//! and the child only enters it in `pre_exec` (see `confine`).
+//!
 //! The process group is not enough on its own: Claude Code 2.1.197 runs each Bash tool
 //! command in a new session (`setsid`), so a group signal misses a hung `sleep 300` the
 //! agent started. Kills therefore also signal every descendant found in `/proc` (checked by
@@ -17,6 +21,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
@@ -29,6 +34,8 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
+
+use super::confine::{Prepared, Sandbox};
 
 /// Longest stdout line kept. Claude Code prints whole tool results on one line; big ones
 /// broke a 1 MiB reader in practice, so the limit is generous. Longer lines are skipped.
@@ -55,6 +62,33 @@ pub struct ProcessSpec {
     pub env: Vec<(String, String)>,
     /// Written to the child's stdin, which is then closed.
     pub stdin: Vec<u8>,
+    /// OS confinement; `None` only where a caller deliberately runs a trusted helper.
+    pub sandbox: Option<Sandbox>,
+    /// A descriptor the child inherits under its own number (see [`read_once_fd`]).
+    pub inherit_fd: Option<Arc<OwnedFd>>,
+}
+
+/// The most a [`read_once_fd`] pipe holds: written whole before the child starts, so it must
+/// fit the pipe buffer without a reader (`PIPE_BUF`, the atomic minimum).
+pub const READ_ONCE_MAX: usize = 4096;
+
+/// A pipe holding `data` and then end-of-file, for a CLI that reads a file once at start-up
+/// (`--settings /dev/fd/N`). Once read, nobody can read it again: not the CLI's tools, which
+/// inherit the descriptor, nor anyone opening `/proc/<pid>/fd/N`. Nothing touches the disk.
+pub fn read_once_fd(data: &[u8]) -> io::Result<OwnedFd> {
+    if data.len() > READ_ONCE_MAX {
+        return Err(io::Error::other(format!(
+            "{} bytes do not fit a read-once pipe ({READ_ONCE_MAX})",
+            data.len()
+        )));
+    }
+    // Close-on-exec until `spawn` clears it for the one child meant to inherit it.
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let mut write = std::fs::File::from(write);
+    std::io::Write::write_all(&mut write, data)?;
+    // Dropping the write end now: the reader sees end-of-file right after the data.
+    drop(write);
+    Ok(read)
 }
 
 /// A running child process. Dropping it kills the whole process group and reaps the child.
@@ -86,6 +120,33 @@ impl AgentProcess {
         }
         for (k, v) in &spec.env {
             cmd.env(k, v);
+        }
+        let prepared: Option<Prepared> = match &spec.sandbox {
+            Some(sandbox) => Some(sandbox.prepare().map_err(io::Error::other)?),
+            None => None,
+        };
+        let inherit = spec.inherit_fd.as_ref().map(|fd| fd.as_raw_fd());
+        if prepared.is_some() || inherit.is_some() {
+            // Keeps the ruleset fd open until the child has entered it; dropped with `cmd`.
+            let prepared = prepared.map(Arc::new);
+            let hold_fd = spec.inherit_fd.clone();
+            // SAFETY: the closure runs in the forked child before exec. It only makes raw
+            // syscalls (fcntl, setgroups/setgid/setuid, prctl, landlock_restrict_self) on
+            // values prepared before the fork: no allocation, no locks.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let _ = &hold_fd;
+                    if let Some(fd) = inherit {
+                        if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    match &prepared {
+                        Some(p) => p.enter(),
+                        None => Ok(()),
+                    }
+                });
+            }
         }
         let mut child = cmd.spawn()?;
         let pid = child

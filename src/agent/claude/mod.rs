@@ -1,7 +1,8 @@
 //! Claude Code backend: one `claude -p` process per turn.
 //!
 //! Owns: argv (session, permission and prompt flags), the child environment, the per-run
-//! hook settings file, the resume rules, and driving one run to an outcome. The stream-json
+//! hook settings (handed over on a read-once pipe), what the CLI must be able to write under
+//! confinement (its state under `$HOME`), the resume rules, and driving one run to an outcome. The stream-json
 //! wire types live in `wire.rs`, their conversion into `model` events in `stream.rs`.
 //! Must not import: `connector`.
 //!
@@ -9,6 +10,12 @@
 //! every later turn resumes exactly that id. The id the CLI prints is never stored: some
 //! versions print a fresh per-invocation id on resume that has no transcript, and resuming
 //! that fails with "No conversation found" (anthropics/claude-code #58760, #8069).
+//!
+//! The hook secret: it is written literally into the hook's `headers` of a settings document
+//! that reaches the CLI as `--settings /dev/fd/N`, a pipe the CLI drains at start-up. It is
+//! never in the CLI's environment (which every Bash tool inherits and `/proc/<pid>/environ`
+//! shows) nor in any file. What is left: the CLI's own memory, which its tools (same user,
+//! same Landlock domain) could read through `/proc/<cli>/mem` (see ARCHITECTURE.md).
 
 mod stream;
 mod wire;
@@ -17,21 +24,22 @@ pub use stream::{ExitInfo, StreamParser};
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::process::{AgentProcess, ProcessSpec, KILL_GRACE};
+use super::confine::Sandbox;
+use super::process::{read_once_fd, AgentProcess, ProcessSpec, KILL_GRACE};
 use super::{AgentBackend, AgentError, HookBinding, TurnContext};
 use crate::config::AgentConfig;
 use crate::model::{AgentEvent, Role, TurnOutcome, TurnRequest};
 use crate::policy::{Rule, RuleSet};
 
-/// Environment variable the hook header is filled from (see `wire::HttpHook::headers`).
+/// Environment variable an older gateway filled the hook header from. Never set now, and
+/// removed from the inherited environment so it cannot leak from the daemon's own.
 pub const HOOK_SECRET_ENV: &str = "ACG_HOOK_SECRET";
 /// Header carrying the per-run secret to the gateway's hook server.
 pub const HOOK_SECRET_HEADER: &str = "X-ACG-Secret";
@@ -89,12 +97,12 @@ pub struct ClaudeBackend {
     system_prompt: Option<String>,
     owner_tools: Vec<String>,
     guest_tools: Vec<String>,
-    /// Private per-agent directory for generated settings files.
-    scratch_dir: PathBuf,
+    /// The OS confinement every run gets, before the CLI's own writable state is added.
+    sandbox: Option<Sandbox>,
 }
 
 impl ClaudeBackend {
-    pub fn new(config: &AgentConfig, scratch_dir: PathBuf) -> ClaudeBackend {
+    pub fn new(config: &AgentConfig) -> ClaudeBackend {
         ClaudeBackend {
             name: config.name.clone(),
             command: config.command.clone(),
@@ -108,8 +116,84 @@ impl ClaudeBackend {
                 .filter(|s| !s.trim().is_empty()),
             owner_tools: allowed_tools(&config.owner_rules),
             guest_tools: allowed_tools(&config.guest_rules),
-            scratch_dir,
+            sandbox: None,
         }
+    }
+
+    /// Confines every run: `base` carries the protected paths, the private tmp and the user;
+    /// each run adds the working directory and the CLI's state under `$HOME`.
+    pub fn with_sandbox(mut self, base: Sandbox) -> ClaudeBackend {
+        self.sandbox = Some(base);
+        self
+    }
+
+    /// The `HOME` the CLI runs with: the agent's `env`, else the `run_as` user's, else ours.
+    fn home(&self) -> Option<PathBuf> {
+        if let Some((_, h)) = self.env.iter().rev().find(|(k, _)| k == "HOME") {
+            return Some(PathBuf::from(h));
+        }
+        if let Some(user) = self.sandbox.as_ref().and_then(|s| s.user.as_ref()) {
+            return Some(user.home.clone());
+        }
+        std::env::var_os("HOME").map(PathBuf::from)
+    }
+
+    /// The run's sandbox and the environment it needs (`TMPDIR`, the user's identity, and
+    /// `CLAUDE_CONFIG_DIR` when `$HOME` itself cannot be writable).
+    ///
+    /// Claude Code 2.1.197 writes `~/.claude/…` and rewrites `~/.claude.json` by creating
+    /// `~/.claude.json.tmp.<pid>.<rand>` plus a `~/.claude.json.lock` directory in `$HOME` and
+    /// renaming (strace). Landlock can only grant `$HOME` whole, so `$HOME` is writable only
+    /// when it holds nothing protected; otherwise `CLAUDE_CONFIG_DIR=~/.claude` moves the
+    /// CLI's whole state (`.claude.json` included) into `~/.claude`, which is granted alone.
+    fn run_sandbox(&self) -> Result<Option<(Sandbox, Vec<(String, String)>)>, AgentError> {
+        let Some(base) = &self.sandbox else {
+            return Ok(None);
+        };
+        let mut sandbox = base.clone();
+        let mut env = Vec::new();
+        sandbox.writable.push(self.working_directory.clone());
+        if let Some(tmp) = &sandbox.private_tmp {
+            env.push(("TMPDIR".to_string(), tmp.display().to_string()));
+        }
+        if let Some(user) = &sandbox.user {
+            env.push(("USER".to_string(), user.name.clone()));
+            env.push(("LOGNAME".to_string(), user.name.clone()));
+            if !self.env.iter().any(|(k, _)| k == "HOME") {
+                env.push(("HOME".to_string(), user.home.display().to_string()));
+            }
+        }
+        let configured = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "CLAUDE_CONFIG_DIR")
+            .map(|(_, v)| PathBuf::from(v));
+        let home = self.home();
+        let state_dir = match (&configured, &home) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, Some(home)) => {
+                let real = super::confine::real_path(home);
+                let holds_protected = base
+                    .protected
+                    .iter()
+                    .any(|p| super::confine::real_path(p).starts_with(&real));
+                if holds_protected {
+                    let dir = home.join(".claude");
+                    env.push(("CLAUDE_CONFIG_DIR".to_string(), dir.display().to_string()));
+                    Some(dir)
+                } else {
+                    sandbox.writable.push(home.clone());
+                    None
+                }
+            }
+            (None, None) => None,
+        };
+        if let Some(dir) = state_dir {
+            ensure_state_dir(&dir, sandbox.user.as_ref())?;
+            sandbox.writable.push(dir);
+        }
+        Ok(Some((sandbox, env)))
     }
 
     /// The argv after the program name, for one turn.
@@ -152,17 +236,15 @@ impl ClaudeBackend {
         argv
     }
 
-    fn child_env(&self, hook: Option<&HookBinding>) -> (Vec<String>, Vec<(String, String)>) {
+    /// The secret is never part of it (see the module doc), even if `env` names it.
+    fn child_env(&self) -> (Vec<String>, Vec<(String, String)>) {
         let remove = vec![NESTED_SESSION_ENV.to_string(), HOOK_SECRET_ENV.to_string()];
-        let mut env: Vec<(String, String)> = self
+        let env: Vec<(String, String)> = self
             .env
             .iter()
             .filter(|(k, _)| k != HOOK_SECRET_ENV)
             .cloned()
             .collect();
-        if let Some(h) = hook {
-            env.push((HOOK_SECRET_ENV.to_string(), h.secret.clone()));
-        }
         (remove, env)
     }
 
@@ -187,26 +269,40 @@ impl ClaudeBackend {
         resume: bool,
     ) -> Result<TurnOutcome, AgentError> {
         let settings = match &ctx.hook {
-            Some(hook) => Some(SettingsFile::write(&self.scratch_dir, hook)?),
+            Some(hook) => {
+                let fd = read_once_fd(&settings_json(hook)?).map_err(|e| {
+                    AgentError::Setup(format!("could not hand over the hook settings: {e}"))
+                })?;
+                Some(std::sync::Arc::new(fd))
+            }
             None => None,
         };
+        let settings_path = settings.as_ref().map(|fd| {
+            use std::os::fd::AsRawFd;
+            PathBuf::from(format!("/dev/fd/{}", fd.as_raw_fd()))
+        });
         let session_arg = if resume {
             SessionArg::Resume(session)
         } else {
             SessionArg::Create(session)
         };
-        let (env_remove, env) = self.child_env(ctx.hook.as_ref());
+        let (env_remove, mut env) = self.child_env();
+        let sandbox = match self.run_sandbox()? {
+            Some((sandbox, extra)) => {
+                env.extend(extra);
+                Some(sandbox)
+            }
+            None => None,
+        };
         let spec = ProcessSpec {
             program: self.command.clone(),
-            args: self.argv(
-                &session_arg,
-                turn.role,
-                settings.as_ref().map(|s| s.path.as_path()),
-            ),
+            args: self.argv(&session_arg, turn.role, settings_path.as_deref()),
             cwd: self.working_directory.clone(),
             env_remove,
             env,
             stdin: turn.prompt.as_bytes().to_vec(),
+            sandbox,
+            inherit_fd: settings,
         };
         let mut child = AgentProcess::spawn(&spec).map_err(|source| AgentError::Spawn {
             command: self.command.clone(),
@@ -233,8 +329,6 @@ impl ClaudeBackend {
             }
             _ => {}
         }
-        // `settings` is dropped (file removed) here, after the process is gone.
-        drop(settings);
         result
     }
 
@@ -348,63 +442,48 @@ impl AgentBackend for ClaudeBackend {
     }
 }
 
-/// A 0600 settings file in the private scratch dir, removed on drop. It holds the hook URL
-/// and the *name* of the secret's environment variable, never the secret itself.
-struct SettingsFile {
-    path: PathBuf,
-}
-
-impl SettingsFile {
-    fn write(dir: &Path, hook: &HookBinding) -> Result<SettingsFile, AgentError> {
-        let setup = |what: &str, path: &Path, e: std::io::Error| {
-            AgentError::Setup(format!("{what} {}: {e}", path.display()))
-        };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| setup("could not create", dir, e))?;
-        let settings = wire::Settings {
-            hooks: wire::Hooks {
-                pre_tool_use: vec![wire::HookMatcher {
-                    // Every tool, including read-only ones, MCP tools and sub-agent calls.
-                    matcher: ".*".into(),
-                    hooks: vec![wire::HttpHook {
-                        kind: "http",
-                        url: hook.url.clone(),
-                        timeout: hook.timeout.as_secs().max(1),
-                        headers: BTreeMap::from([(
-                            HOOK_SECRET_HEADER.to_string(),
-                            format!("${HOOK_SECRET_ENV}"),
-                        )]),
-                        allowed_env_vars: vec![HOOK_SECRET_ENV.to_string()],
-                    }],
+/// The hook settings for one run, secret included: they travel on a read-once pipe (see the
+/// module doc), so the secret is a literal header value, not an environment reference.
+fn settings_json(hook: &HookBinding) -> Result<Vec<u8>, AgentError> {
+    let settings = wire::Settings {
+        hooks: wire::Hooks {
+            pre_tool_use: vec![wire::HookMatcher {
+                // Every tool, including read-only ones, MCP tools and sub-agent calls.
+                matcher: ".*".into(),
+                hooks: vec![wire::HttpHook {
+                    kind: "http",
+                    url: hook.url.clone(),
+                    timeout: hook.timeout.as_secs().max(1),
+                    headers: BTreeMap::from([(
+                        HOOK_SECRET_HEADER.to_string(),
+                        hook.secret.clone(),
+                    )]),
                 }],
-            },
-        };
-        let body = serde_json::to_vec_pretty(&settings)
-            .map_err(|e| AgentError::Setup(format!("could not encode hook settings: {e}")))?;
-        let path = dir.join(format!("hook-settings-{}.json", uuid::Uuid::new_v4()));
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| setup("could not create", &path, e))?;
-        let guard = SettingsFile { path };
-        file.write_all(&body)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| setup("could not write", &guard.path, e))?;
-        Ok(guard)
-    }
+            }],
+        },
+    };
+    serde_json::to_vec(&settings)
+        .map_err(|e| AgentError::Setup(format!("could not encode hook settings: {e}")))
 }
 
-impl Drop for SettingsFile {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_file(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not remove hook settings file");
-        }
+/// Creates the CLI's state dir (0700, owned by the `run_as` user) so Landlock has an inode to
+/// grant before the CLI first runs.
+fn ensure_state_dir(dir: &Path, user: Option<&super::confine::RunAs>) -> Result<(), AgentError> {
+    if dir.is_dir() {
+        return Ok(());
     }
+    let setup = |e: std::io::Error| {
+        AgentError::Setup(format!("could not create {}: {e}", dir.display()))
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(setup)?;
+    if let Some(u) = user {
+        std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid)).map_err(setup)?;
+    }
+    Ok(())
 }
 
 /// Maps allow-list rules to `--allowedTools` entries, keeping only those the CLI's syntax
@@ -572,7 +651,7 @@ mod tests {
     #[test]
     fn argv_for_first_turn_and_resume() {
         let dir = std::env::temp_dir();
-        let b = ClaudeBackend::new(&config(&dir), dir.clone());
+        let b = ClaudeBackend::new(&config(&dir));
         let first = b.argv(&SessionArg::Create("id1"), Role::Guest, None);
         assert_eq!(
             first.join(" "),
@@ -603,7 +682,7 @@ mod tests {
         // Nothing listed: no tools at all, not even read-only ones.
         let mut c = config(&dir);
         c.guest_rules = RuleSet::default();
-        let b = ClaudeBackend::new(&c, dir.clone());
+        let b = ClaudeBackend::new(&c);
         let bare = b.argv(&SessionArg::Create("id2"), Role::Guest, None);
         assert!(bare.ends_with(&["--tools".into(), String::new()]));
         assert!(!bare.contains(&"--allowedTools".to_string()));
@@ -612,7 +691,7 @@ mod tests {
     #[test]
     fn secret_only_comes_from_the_hook_binding() {
         let dir = std::env::temp_dir();
-        let b = ClaudeBackend::new(&config(&dir), dir.clone());
+        let b = ClaudeBackend::new(&config(&dir));
         let (remove, env) = b.child_env(None);
         assert!(remove.contains(&"CLAUDECODE".to_string()));
         assert!(remove.contains(&HOOK_SECRET_ENV.to_string()));
@@ -664,10 +743,10 @@ mod tests {
         let dir = std::env::temp_dir();
         let mut c = config(&dir);
         c.args = vec!["--dangerously-skip-permissions".into()];
-        let b = ClaudeBackend::new(&c, dir.clone());
+        let b = ClaudeBackend::new(&c);
         assert!(matches!(b.check_args(), Err(AgentError::Setup(_))));
         c.args = vec!["--permission-mode=bypassPermissions".into()];
-        let b = ClaudeBackend::new(&c, dir);
+        let b = ClaudeBackend::new(&c);
         assert!(matches!(b.check_args(), Err(AgentError::Setup(_))));
     }
 }

@@ -215,9 +215,8 @@ pub struct HttpHook {
     pub url: String,
     /// Seconds.
     pub timeout: u64,
-    /// Values may name environment variables (`$ACG_HOOK_SECRET`) listed in
-    /// `allowed_env_vars`; the CLI substitutes them, so the secret never touches the disk.
+    /// Literal values: the settings reach the CLI on a read-once pipe, never on disk, so the
+    /// secret need not (and must not) live in the CLI's environment. No `allowedEnvVars`: the
+    /// CLI then substitutes no `$VAR` at all.
     pub headers: BTreeMap<String, String>,
-    #[serde(rename = "allowedEnvVars")]
-    pub allowed_env_vars: Vec<String>,
 }
