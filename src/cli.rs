@@ -380,6 +380,7 @@ fn confinement_checks(
         protected: vec![runtime.to_path_buf(), config_file.to_path_buf()],
         writable,
         private_tmp: None,
+        readable_files: Vec::new(),
         user,
     };
     match sandbox.plan() {

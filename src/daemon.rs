@@ -401,6 +401,7 @@ pub fn agent_sandbox(cfg: &AgentConfig, config_file: &Path, runtime: &Path) -> a
         protected: vec![runtime.to_path_buf(), config_file.to_path_buf()],
         writable: cfg.sandbox.writable_paths.clone(),
         private_tmp: Some(private_tmp),
+        readable_files: Vec::new(),
         user,
     };
     if sandbox.mode != ConfinementMode::Off {
@@ -496,11 +497,12 @@ async fn start(
 
     let mut agents: HashMap<String, Arc<dyn AgentBackend>> = HashMap::new();
     for (name, cfg) in &config.agents {
+        let scratch = runtime.join("agents").join(name);
         let sandbox = agent_sandbox(cfg, &config.path, runtime)
             .with_context(|| format!("agent '{name}'"))?;
         log_confinement(cfg, &sandbox);
         let backend: Arc<dyn AgentBackend> = match cfg.kind {
-            AgentType::Claude => Arc::new(ClaudeBackend::new(cfg).with_sandbox(sandbox)),
+            AgentType::Claude => Arc::new(ClaudeBackend::new(cfg, scratch.clone()).with_sandbox(sandbox)),
         };
         agents.insert(name.clone(), backend);
     }

@@ -74,7 +74,7 @@ impl Dirs {
     }
 
     fn backend(&self, config: &AgentConfig) -> ClaudeBackend {
-        ClaudeBackend::new(config)
+        ClaudeBackend::new(config, self.scratch.path().join("claude"))
     }
 }
 
@@ -496,6 +496,13 @@ async fn real_cli_tool_calls_go_through_the_http_hook_with_the_run_secret() {
         .flat_map(|r| r.message_texts())
         .any(|t| t.contains("test hook says deny"));
     assert!(denied_reply, "the model saw the hook's reason");
+    let leftovers: Vec<_> = std::fs::read_dir(dirs.scratch.path().join("claude"))
+        .unwrap()
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "settings files are removed: {leftovers:?}"
+    );
 }
 
 #[tokio::test]

@@ -108,6 +108,7 @@ async fn a_dead_hook_server_means_the_tool_is_denied() {
     .await;
     let work = tempfile::tempdir().unwrap();
     let home = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
     let mut env = llm.claude_env();
     env.push(("HOME".into(), home.path().display().to_string()));
     let config = AgentConfig {
@@ -128,7 +129,7 @@ async fn a_dead_hook_server_means_the_tool_is_denied() {
         system_prompt: None,
         sandbox: Default::default(),
     };
-    let backend = Arc::new(ClaudeBackend::new(&config));
+    let backend = Arc::new(ClaudeBackend::new(&config, scratch.path().to_path_buf()));
     // A port nobody listens on: the hook server "stopped".
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     let (events, mut rx) = tokio::sync::mpsc::channel(64);

@@ -66,6 +66,9 @@ pub struct Sandbox {
     /// The per-agent private tmp (exported as `TMPDIR`); the one writable tree allowed inside
     /// a protected one (it lives in the runtime dir next to nothing else).
     pub private_tmp: Option<PathBuf>,
+    /// Single files granted read-only even inside a protected tree: a run's own hook settings,
+    /// which only that run's domain can open (each run gets its own ruleset).
+    pub readable_files: Vec<PathBuf>,
     /// Run as this user instead of the daemon's.
     pub user: Option<RunAs>,
 }
@@ -307,7 +310,16 @@ impl Sandbox {
             }
             writable.push(real);
         }
-        let read = read_roots(&protected)?;
+        let mut read = read_roots(&protected)?;
+        for f in &self.readable_files {
+            if !f.is_file() {
+                return Err(ConfineError::Rules(format!(
+                    "{} is not a file; only single files may be granted inside protected paths",
+                    f.display()
+                )));
+            }
+            read.push(f.clone());
+        }
         let devices = WRITABLE_DEVICES
             .iter()
             .map(PathBuf::from)
@@ -501,6 +513,7 @@ mod tests {
             protected: vec![base.join("runtime")],
             writable,
             private_tmp: tmp,
+            readable_files: vec![],
             user: None,
         };
         // The parent of the runtime dir as a work dir would make it writable.
@@ -536,6 +549,7 @@ mod tests {
             protected: vec![],
             writable: vec![],
             private_tmp: None,
+            readable_files: vec![],
             user: None,
         };
         assert!(!s.prepare().unwrap().confined());

@@ -21,7 +21,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
@@ -64,31 +63,6 @@ pub struct ProcessSpec {
     pub stdin: Vec<u8>,
     /// OS confinement; `None` only where a caller deliberately runs a trusted helper.
     pub sandbox: Option<Sandbox>,
-    /// A descriptor the child inherits under its own number (see [`read_once_fd`]).
-    pub inherit_fd: Option<Arc<OwnedFd>>,
-}
-
-/// The most a [`read_once_fd`] pipe holds: written whole before the child starts, so it must
-/// fit the pipe buffer without a reader (`PIPE_BUF`, the atomic minimum).
-pub const READ_ONCE_MAX: usize = 4096;
-
-/// A pipe holding `data` and then end-of-file, for a CLI that reads a file once at start-up
-/// (`--settings /dev/fd/N`). Once read, nobody can read it again: not the CLI's tools, which
-/// inherit the descriptor, nor anyone opening `/proc/<pid>/fd/N`. Nothing touches the disk.
-pub fn read_once_fd(data: &[u8]) -> io::Result<OwnedFd> {
-    if data.len() > READ_ONCE_MAX {
-        return Err(io::Error::other(format!(
-            "{} bytes do not fit a read-once pipe ({READ_ONCE_MAX})",
-            data.len()
-        )));
-    }
-    // Close-on-exec until `spawn` clears it for the one child meant to inherit it.
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
-    let mut write = std::fs::File::from(write);
-    std::io::Write::write_all(&mut write, data)?;
-    // Dropping the write end now: the reader sees end-of-file right after the data.
-    drop(write);
-    Ok(read)
 }
 
 /// A running child process. Dropping it kills the whole process group and reaps the child.
@@ -125,27 +99,14 @@ impl AgentProcess {
             Some(sandbox) => Some(sandbox.prepare().map_err(io::Error::other)?),
             None => None,
         };
-        let inherit = spec.inherit_fd.as_ref().map(|fd| fd.as_raw_fd());
-        if prepared.is_some() || inherit.is_some() {
-            // Keeps the ruleset fd open until the child has entered it; dropped with `cmd`.
-            let prepared = prepared.map(Arc::new);
-            let hold_fd = spec.inherit_fd.clone();
-            // SAFETY: the closure runs in the forked child before exec. It only makes raw
-            // syscalls (fcntl, setgroups/setgid/setuid, prctl, landlock_restrict_self) on
-            // values prepared before the fork: no allocation, no locks.
+        if let Some(prepared) = prepared {
+            // The closure owns the ruleset fd, so it stays open until the child has entered
+            // it; it is closed when `cmd` is dropped.
+            // SAFETY: the closure runs in the forked child before exec and only makes raw
+            // syscalls (setgroups/setgid/setuid, prctl, landlock_restrict_self) on values
+            // prepared before the fork: no allocation, no locks.
             unsafe {
-                cmd.pre_exec(move || {
-                    let _ = &hold_fd;
-                    if let Some(fd) = inherit {
-                        if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) != 0 {
-                            return Err(io::Error::last_os_error());
-                        }
-                    }
-                    match &prepared {
-                        Some(p) => p.enter(),
-                        None => Ok(()),
-                    }
-                });
+                cmd.pre_exec(move || prepared.enter());
             }
         }
         let mut child = cmd.spawn()?;

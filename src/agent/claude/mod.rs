@@ -11,11 +11,14 @@
 //! versions print a fresh per-invocation id on resume that has no transcript, and resuming
 //! that fails with "No conversation found" (anthropics/claude-code #58760, #8069).
 //!
-//! The hook secret: it is written literally into the hook's `headers` of a settings document
-//! that reaches the CLI as `--settings /dev/fd/N`, a pipe the CLI drains at start-up. It is
-//! never in the CLI's environment (which every Bash tool inherits and `/proc/<pid>/environ`
-//! shows) nor in any file. What is left: the CLI's own memory, which its tools (same user,
-//! same Landlock domain) could read through `/proc/<cli>/mem` (see ARCHITECTURE.md).
+//! The hook secret is written literally into the hook's `headers` in a per-run settings file
+//! (0600, in the gateway's protected scratch dir). Under confinement only that run's Landlock
+//! domain may read that one file, and the file is deleted as soon as the CLI prints its first
+//! line — it has read its settings by then, and no tool can have run yet. The secret is never
+//! in the CLI's environment, which every Bash tool inherits and `/proc/<pid>/environ` shows.
+//! (A pipe, `--settings /dev/fd/N`, was tried first: 2.1.197 resolves the path and refuses
+//! `pipe:[…]` as "Settings file not found".) What is left: the CLI's own memory, which its
+//! tools (same user, same Landlock domain) could read through `/proc/<cli>/mem`.
 
 mod stream;
 mod wire;
@@ -24,7 +27,8 @@ pub use stream::{ExitInfo, StreamParser};
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,7 +36,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::confine::Sandbox;
-use super::process::{read_once_fd, AgentProcess, ProcessSpec, KILL_GRACE};
+use super::process::{AgentProcess, ProcessSpec, KILL_GRACE};
 use super::{AgentBackend, AgentError, HookBinding, TurnContext};
 use crate::config::AgentConfig;
 use crate::model::{AgentEvent, Role, TurnOutcome, TurnRequest};
@@ -97,12 +101,14 @@ pub struct ClaudeBackend {
     system_prompt: Option<String>,
     owner_tools: Vec<String>,
     guest_tools: Vec<String>,
+    /// Private per-agent directory for the per-run settings files.
+    scratch_dir: PathBuf,
     /// The OS confinement every run gets, before the CLI's own writable state is added.
     sandbox: Option<Sandbox>,
 }
 
 impl ClaudeBackend {
-    pub fn new(config: &AgentConfig) -> ClaudeBackend {
+    pub fn new(config: &AgentConfig, scratch_dir: PathBuf) -> ClaudeBackend {
         ClaudeBackend {
             name: config.name.clone(),
             command: config.command.clone(),
@@ -116,6 +122,7 @@ impl ClaudeBackend {
                 .filter(|s| !s.trim().is_empty()),
             owner_tools: allowed_tools(&config.owner_rules),
             guest_tools: allowed_tools(&config.guest_rules),
+            scratch_dir,
             sandbox: None,
         }
     }
@@ -268,19 +275,11 @@ impl ClaudeBackend {
         session: &str,
         resume: bool,
     ) -> Result<TurnOutcome, AgentError> {
-        let settings = match &ctx.hook {
-            Some(hook) => {
-                let fd = read_once_fd(&settings_json(hook)?).map_err(|e| {
-                    AgentError::Setup(format!("could not hand over the hook settings: {e}"))
-                })?;
-                Some(std::sync::Arc::new(fd))
-            }
+        let mut settings = match &ctx.hook {
+            Some(hook) => Some(SettingsFile::write(&self.scratch_dir, hook)?),
             None => None,
         };
-        let settings_path = settings.as_ref().map(|fd| {
-            use std::os::fd::AsRawFd;
-            PathBuf::from(format!("/dev/fd/{}", fd.as_raw_fd()))
-        });
+        let settings_path = settings.as_ref().map(|s| s.path.clone());
         let session_arg = if resume {
             SessionArg::Resume(session)
         } else {
@@ -288,8 +287,9 @@ impl ClaudeBackend {
         };
         let (env_remove, mut env) = self.child_env();
         let sandbox = match self.run_sandbox()? {
-            Some((sandbox, extra)) => {
+            Some((mut sandbox, extra)) => {
                 env.extend(extra);
+                sandbox.readable_files.extend(settings_path.clone());
                 Some(sandbox)
             }
             None => None,
@@ -302,7 +302,6 @@ impl ClaudeBackend {
             env,
             stdin: turn.prompt.as_bytes().to_vec(),
             sandbox,
-            inherit_fd: settings,
         };
         let mut child = AgentProcess::spawn(&spec).map_err(|source| AgentError::Spawn {
             command: self.command.clone(),
@@ -311,7 +310,9 @@ impl ClaudeBackend {
         tracing::debug!(agent = %self.name, room = %turn.room, session, resume, pid = child.pid(), "claude started");
         let started = Instant::now();
         let deadline = started + self.timeout;
-        let result = self.drive(&mut child, ctx, session, deadline).await;
+        let result = self
+            .drive(&mut child, ctx, session, deadline, &mut settings)
+            .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(out) => {
@@ -329,6 +330,8 @@ impl ClaudeBackend {
             }
             _ => {}
         }
+        // A run that printed nothing still has its file: removed here, after the process.
+        drop(settings);
         result
     }
 
@@ -339,6 +342,7 @@ impl ClaudeBackend {
         ctx: &TurnContext,
         session: &str,
         deadline: Instant,
+        settings: &mut Option<SettingsFile>,
     ) -> Result<TurnOutcome, AgentError> {
         let mut parser = StreamParser::new(session);
         loop {
@@ -348,6 +352,9 @@ impl ClaudeBackend {
                 _ = tokio::time::sleep_until(deadline) => return Err(AgentError::Timeout(self.timeout)),
                 line = child.next_line() => line,
             };
+            // Any output means the CLI is past loading its settings, and no tool has run yet
+            // (that needs a model answer first): the secret's file goes now (see module doc).
+            drop(settings.take());
             let line = match line {
                 Ok(Some(line)) => line,
                 Ok(None) => break,
@@ -442,28 +449,63 @@ impl AgentBackend for ClaudeBackend {
     }
 }
 
-/// The hook settings for one run, secret included: they travel on a read-once pipe (see the
-/// module doc), so the secret is a literal header value, not an environment reference.
-fn settings_json(hook: &HookBinding) -> Result<Vec<u8>, AgentError> {
-    let settings = wire::Settings {
-        hooks: wire::Hooks {
-            pre_tool_use: vec![wire::HookMatcher {
-                // Every tool, including read-only ones, MCP tools and sub-agent calls.
-                matcher: ".*".into(),
-                hooks: vec![wire::HttpHook {
-                    kind: "http",
-                    url: hook.url.clone(),
-                    timeout: hook.timeout.as_secs().max(1),
-                    headers: BTreeMap::from([(
-                        HOOK_SECRET_HEADER.to_string(),
-                        hook.secret.clone(),
-                    )]),
+/// A 0600 settings file in the private scratch dir, removed on drop. It holds the hook URL
+/// and the run's secret as a literal header value (see the module doc for why that is safer
+/// than an environment variable).
+struct SettingsFile {
+    path: PathBuf,
+}
+
+impl SettingsFile {
+    fn write(dir: &Path, hook: &HookBinding) -> Result<SettingsFile, AgentError> {
+        let setup = |what: &str, path: &Path, e: std::io::Error| {
+            AgentError::Setup(format!("{what} {}: {e}", path.display()))
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| setup("could not create", dir, e))?;
+        let settings = wire::Settings {
+            hooks: wire::Hooks {
+                pre_tool_use: vec![wire::HookMatcher {
+                    // Every tool, including read-only ones, MCP tools and sub-agent calls.
+                    matcher: ".*".into(),
+                    hooks: vec![wire::HttpHook {
+                        kind: "http",
+                        url: hook.url.clone(),
+                        timeout: hook.timeout.as_secs().max(1),
+                        headers: BTreeMap::from([(
+                            HOOK_SECRET_HEADER.to_string(),
+                            hook.secret.clone(),
+                        )]),
+                    }],
                 }],
-            }],
-        },
-    };
-    serde_json::to_vec(&settings)
-        .map_err(|e| AgentError::Setup(format!("could not encode hook settings: {e}")))
+            },
+        };
+        let body = serde_json::to_vec_pretty(&settings)
+            .map_err(|e| AgentError::Setup(format!("could not encode hook settings: {e}")))?;
+        let path = dir.join(format!("hook-settings-{}.json", uuid::Uuid::new_v4()));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| setup("could not create", &path, e))?;
+        let guard = SettingsFile { path };
+        file.write_all(&body)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| setup("could not write", &guard.path, e))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for SettingsFile {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove hook settings file");
+        }
+    }
 }
 
 /// Creates the CLI's state dir (0700, owned by the `run_as` user) so Landlock has an inode to
@@ -645,13 +687,14 @@ mod tests {
                 (HOOK_SECRET_ENV.into(), "leak".into()),
             ],
             system_prompt: Some("be nice".into()),
+            sandbox: Default::default(),
         }
     }
 
     #[test]
     fn argv_for_first_turn_and_resume() {
         let dir = std::env::temp_dir();
-        let b = ClaudeBackend::new(&config(&dir));
+        let b = ClaudeBackend::new(&config(&dir), dir.clone());
         let first = b.argv(&SessionArg::Create("id1"), Role::Guest, None);
         assert_eq!(
             first.join(" "),
@@ -682,32 +725,25 @@ mod tests {
         // Nothing listed: no tools at all, not even read-only ones.
         let mut c = config(&dir);
         c.guest_rules = RuleSet::default();
-        let b = ClaudeBackend::new(&c);
+        let b = ClaudeBackend::new(&c, dir.clone());
         let bare = b.argv(&SessionArg::Create("id2"), Role::Guest, None);
         assert!(bare.ends_with(&["--tools".into(), String::new()]));
         assert!(!bare.contains(&"--allowedTools".to_string()));
     }
 
     #[test]
-    fn secret_only_comes_from_the_hook_binding() {
+    fn the_secret_is_never_in_the_cli_environment() {
         let dir = std::env::temp_dir();
-        let b = ClaudeBackend::new(&config(&dir));
-        let (remove, env) = b.child_env(None);
+        let b = ClaudeBackend::new(&config(&dir), dir.clone());
+        let (remove, env) = b.child_env();
         assert!(remove.contains(&"CLAUDECODE".to_string()));
+        // Removed even when the daemon's own environment has it, and dropped from `env`.
         assert!(remove.contains(&HOOK_SECRET_ENV.to_string()));
         assert_eq!(env, vec![("X".to_string(), "1".to_string())]);
-        let hook = HookBinding {
-            url: "http://127.0.0.1:1/hook".into(),
-            secret: "s3cret".into(),
-            timeout: Duration::from_secs(310),
-        };
-        let (_, env) = b.child_env(Some(&hook));
-        assert!(env.contains(&(HOOK_SECRET_ENV.to_string(), "s3cret".to_string())));
-        assert!(!env.iter().any(|(_, v)| v == "leak"));
     }
 
     #[test]
-    fn settings_file_is_private_has_no_secret_and_is_removed() {
+    fn settings_file_is_private_carries_the_secret_literally_and_is_removed() {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("scratch");
@@ -724,15 +760,15 @@ mod tests {
             0o700
         );
         let text = fs::read_to_string(&file.path).unwrap();
-        assert!(!text.contains("s3cret"));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let h = &v["hooks"]["PreToolUse"][0];
         assert_eq!(h["matcher"], ".*");
         assert_eq!(h["hooks"][0]["type"], "http");
         assert_eq!(h["hooks"][0]["url"], "http://127.0.0.1:9/hook");
         assert_eq!(h["hooks"][0]["timeout"], 310);
-        assert_eq!(h["hooks"][0]["headers"]["X-ACG-Secret"], "$ACG_HOOK_SECRET");
-        assert_eq!(h["hooks"][0]["allowedEnvVars"][0], "ACG_HOOK_SECRET");
+        assert_eq!(h["hooks"][0]["headers"]["X-ACG-Secret"], "s3cret");
+        // No environment interpolation at all: the CLI's environment holds no secret.
+        assert!(h["hooks"][0].get("allowedEnvVars").is_none(), "{text}");
         let path = file.path.clone();
         drop(file);
         assert!(!path.exists());
@@ -743,10 +779,10 @@ mod tests {
         let dir = std::env::temp_dir();
         let mut c = config(&dir);
         c.args = vec!["--dangerously-skip-permissions".into()];
-        let b = ClaudeBackend::new(&c);
+        let b = ClaudeBackend::new(&c, dir.clone());
         assert!(matches!(b.check_args(), Err(AgentError::Setup(_))));
         c.args = vec!["--permission-mode=bypassPermissions".into()];
-        let b = ClaudeBackend::new(&c);
+        let b = ClaudeBackend::new(&c, dir.clone());
         assert!(matches!(b.check_args(), Err(AgentError::Setup(_))));
     }
 }
