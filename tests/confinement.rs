@@ -1,0 +1,236 @@
+//! OS confinement of agent processes, through the one spawn path every backend uses
+//! (`AgentProcess::spawn` with a `Sandbox` in its spec): a confined shell cannot read or write
+//! the protected runtime dir, cannot write outside its work dir and private tmp, cannot signal
+//! or inspect the gateway, and still works normally where it is allowed to.
+//!
+//! These need Landlock (ABI 6 or later for the signal scope). Without it they fail rather than
+//! pass vacuously: the machines this project runs its tests on have it.
+
+use std::path::{Path, PathBuf};
+
+use agent_chat_gateway::agent::confine::{self, ConfinementMode, RunAs, Sandbox};
+use agent_chat_gateway::agent::process::{AgentProcess, ProcessSpec};
+
+struct Layout {
+    _dir: tempfile::TempDir,
+    runtime: PathBuf,
+    token: PathBuf,
+    work: PathBuf,
+    tmp: PathBuf,
+    outside: PathBuf,
+}
+
+fn layout() -> Layout {
+    assert!(
+        confine::abi() >= 6,
+        "these tests need Landlock ABI 6+; this kernel reports {}",
+        confine::abi()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let base = confine::real_path(dir.path());
+    let runtime = base.join("runtime");
+    let work = base.join("work");
+    let tmp = runtime.join("agents/a/tmp");
+    let outside = base.join("outside");
+    for d in [&work, &tmp, &outside] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let token = runtime.join("webchat-tokens.json");
+    std::fs::write(&token, "TOKEN-SECRET").unwrap();
+    std::fs::write(outside.join("notes.txt"), "readable notes").unwrap();
+    Layout {
+        _dir: dir,
+        runtime,
+        token,
+        work,
+        tmp,
+        outside,
+    }
+}
+
+fn sandbox(l: &Layout) -> Sandbox {
+    Sandbox {
+        mode: ConfinementMode::Required,
+        protected: vec![l.runtime.clone()],
+        writable: vec![l.work.clone()],
+        private_tmp: Some(l.tmp.clone()),
+        readable_files: vec![],
+        user: None,
+    }
+}
+
+/// Runs `script` under `sh -c` in the work dir; returns (exit code, stdout, stderr).
+async fn run(l: &Layout, sandbox: Option<Sandbox>, script: &str) -> (i32, String, String) {
+    let spec = ProcessSpec {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        cwd: l.work.clone(),
+        env: vec![("TMPDIR".into(), l.tmp.display().to_string())],
+        sandbox,
+        ..Default::default()
+    };
+    let mut p = AgentProcess::spawn(&spec).expect("spawn");
+    let mut out = Vec::new();
+    while let Some(line) = p.next_line().await.unwrap() {
+        out.push(line);
+    }
+    let status = p.wait().await.unwrap();
+    (status.code().unwrap_or(-1), out.join("\n"), p.stderr_tail())
+}
+
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display())
+}
+
+#[tokio::test]
+async fn the_protected_runtime_dir_can_be_neither_read_nor_written() {
+    let l = layout();
+    // Unconfined, the same commands work: the test proves the denial comes from confinement.
+    let (code, out, _) = run(&l, None, &format!("cat {}", q(&l.token))).await;
+    assert_eq!((code, out.as_str()), (0, "TOKEN-SECRET"));
+
+    let s = || Some(sandbox(&l));
+    let (code, out, err) = run(&l, s(), &format!("cat {}", q(&l.token))).await;
+    assert_ne!(code, 0);
+    assert!(!out.contains("TOKEN-SECRET"), "{out}");
+    assert!(err.contains("Permission denied"), "{err}");
+
+    let (code, _, err) = run(&l, s(), &format!("ls {}", q(&l.runtime))).await;
+    assert_ne!(code, 0, "listing the runtime dir");
+    assert!(err.contains("Permission denied"), "{err}");
+
+    let planted = l.runtime.join("planted.txt");
+    let (code, _, err) = run(&l, s(), &format!("echo x > {}", q(&planted))).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(!planted.exists());
+
+    // Nor by renaming a file out of it, nor through a symlink made in the work dir.
+    let (code, _, _) = run(
+        &l,
+        s(),
+        &format!("mv {} stolen; ln -s {} link; cat link", q(&l.token), q(&l.token)),
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(l.token.exists(), "the token file was moved");
+    assert!(!l.work.join("stolen").exists());
+}
+
+#[tokio::test]
+async fn writes_go_only_to_the_work_dir_the_private_tmp_and_devices() {
+    let l = layout();
+    let s = || Some(sandbox(&l));
+    let script = format!(
+        "echo w > in-work.txt && mkdir -p sub/deep && echo t > \"$TMPDIR/t.txt\" \
+         && echo n > /dev/null && cat {} && cat /etc/hostname > /dev/null && echo done",
+        q(&l.outside.join("notes.txt"))
+    );
+    let (code, out, err) = run(&l, s(), &script).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("readable notes") && out.ends_with("done"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(l.work.join("in-work.txt")).unwrap(),
+        "w\n"
+    );
+    assert!(l.tmp.join("t.txt").exists());
+
+    // Readable is not writable: the rest of the system is read-only.
+    let target = l.outside.join("written.txt");
+    let (code, _, err) = run(&l, s(), &format!("echo x > {}", q(&target))).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(!target.exists());
+    let (code, _, _) = run(&l, s(), "touch /tmp/acg-confinement-escape-$$").await;
+    assert_ne!(code, 0, "the shared /tmp is not writable");
+    let (code, _, _) = run(&l, s(), &format!("rm {}", q(&l.outside.join("notes.txt")))).await;
+    assert_ne!(code, 0);
+    assert!(l.outside.join("notes.txt").exists());
+}
+
+#[tokio::test]
+async fn the_gateway_cannot_be_signalled_or_inspected() {
+    let l = layout();
+    let me = std::process::id();
+    // The test process stands in for the gateway: it is outside the agent's domain.
+    let (code, _, _) = run(&l, Some(sandbox(&l)), &format!("kill -0 {me}")).await;
+    assert_ne!(code, 0, "a confined agent could signal the gateway");
+    // Its memory (ptrace "attach" access) is out of reach; so are its open files through
+    // /proc, since Landlock checks the file itself, not the path used to reach it.
+    let (code, _, err) = run(&l, Some(sandbox(&l)), &format!("head -c1 /proc/{me}/mem")).await;
+    assert_ne!(code, 0, "read the gateway's memory");
+    assert!(err.contains("Permission denied"), "{err}");
+    let held = std::fs::File::open(&l.token).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
+    let (code, out, _) = run(&l, Some(sandbox(&l)), &format!("cat /proc/{me}/fd/{fd}")).await;
+    assert_ne!(code, 0, "read the token through the gateway's fd: {out}");
+    assert!(!out.contains("TOKEN-SECRET"));
+    drop(held);
+    // Its own children remain its business.
+    let (code, out, err) = run(&l, Some(sandbox(&l)), "sleep 5 & kill $! && echo ok").await;
+    assert_eq!((code, out.as_str()), (0, "ok"), "{err}");
+}
+
+#[tokio::test]
+async fn a_granted_file_inside_the_runtime_dir_is_readable_and_nothing_beside_it() {
+    let l = layout();
+    let settings = l.runtime.join("agents/a/hook-settings-1.json");
+    std::fs::write(&settings, "{\"run\":1}").unwrap();
+    let other = l.runtime.join("agents/a/hook-settings-2.json");
+    std::fs::write(&other, "{\"run\":2}").unwrap();
+    let mut s = sandbox(&l);
+    s.readable_files = vec![settings.clone()];
+    let (code, out, err) = run(&l, Some(s.clone()), &format!("cat {}", q(&settings))).await;
+    assert_eq!((code, out.as_str()), (0, "{\"run\":1}"), "{err}");
+    let (code, out, _) = run(&l, Some(s.clone()), &format!("cat {}", q(&other))).await;
+    assert_ne!(code, 0, "{out}");
+    let (code, _, _) = run(&l, Some(s), &format!("echo x >> {}", q(&settings))).await;
+    assert_ne!(code, 0, "a granted file is read-only");
+}
+
+#[tokio::test]
+async fn a_work_dir_holding_the_runtime_dir_is_refused() {
+    let l = layout();
+    let mut s = sandbox(&l);
+    s.writable = vec![l.runtime.parent().unwrap().to_path_buf()];
+    let spec = ProcessSpec {
+        program: "/bin/true".into(),
+        cwd: l.work.clone(),
+        sandbox: Some(s),
+        ..Default::default()
+    };
+    let err = AgentProcess::spawn(&spec).err().expect("refused");
+    assert!(err.to_string().contains("overlaps"), "{err}");
+}
+
+#[tokio::test]
+async fn run_as_drops_to_the_user_with_its_groups() {
+    let l = layout();
+    let user = match RunAs::resolve("nobody") {
+        Ok(u) => u,
+        Err(e) => {
+            // Not root: the refusal must say how to do it instead.
+            assert!(!nix::unistd::geteuid().is_root(), "{e}");
+            assert!(e.to_string().contains("sudo"), "{e}");
+            return;
+        }
+    };
+    // `nobody` must be able to enter the work dir.
+    use std::os::unix::fs::PermissionsExt;
+    for d in [l.work.as_path(), l.work.parent().unwrap()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let mut s = sandbox(&l);
+    s.user = Some(user.clone());
+    let (code, out, err) = run(&l, Some(s), "id -u; id -g; id -G").await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], user.uid.to_string());
+    assert_eq!(lines[1], user.gid.to_string());
+    let groups: Vec<u32> = lines[2]
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    assert!(!groups.contains(&0), "root's groups were kept: {groups:?}");
+    assert!(RunAs::resolve("root").is_err(), "run_as root is refused");
+}
