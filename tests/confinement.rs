@@ -3,13 +3,20 @@
 //! the protected runtime dir, cannot write outside its work dir and private tmp, cannot signal
 //! or inspect the gateway, and still works normally where it is allowed to.
 //!
+//! The acceptance test at the end goes through the real daemon and the real Claude Code CLI:
+//! tool calls the allow-list permits (and whose paths are hex-encoded, so no string analysis
+//! can see them) still cannot read the web chat token file or write into the runtime dir.
+//!
 //! These need Landlock (ABI 6 or later for the signal scope). Without it they fail rather than
 //! pass vacuously: the machines this project runs its tests on have it.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 
 use agent_chat_gateway::agent::confine::{self, ConfinementMode, RunAs, Sandbox};
 use agent_chat_gateway::agent::process::{AgentProcess, ProcessSpec};
+use serde_json::{json, Value};
 
 struct Layout {
     _dir: tempfile::TempDir,
@@ -233,4 +240,124 @@ async fn run_as_drops_to_the_user_with_its_groups() {
         .collect();
     assert!(!groups.contains(&0), "root's groups were kept: {groups:?}");
     assert!(RunAs::resolve("root").is_err(), "run_as root is refused");
+}
+
+/// A Python one-liner opening a path the policy cannot read in the command text.
+fn py_hidden(path: &Path, body: &str) -> String {
+    let hex: String = path
+        .display()
+        .to_string()
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("python3 -c \"p=bytes.fromhex('{hex}').decode(); {body}\"")
+}
+
+/// Every `tool_result` the CLI sent back to the model, in order: (is_error, text).
+fn tool_results(llm: &support::fake_llm::FakeLlm) -> Vec<(bool, String)> {
+    let last = llm.message_requests().pop().expect("a model call");
+    last.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .filter(|b| b["type"] == "tool_result")
+        .map(|b| {
+            (
+                b["is_error"].as_bool().unwrap_or(false),
+                support::fake_llm::text_of(&b["content"]),
+            )
+        })
+        .collect()
+}
+
+/// `home_holds_runtime`: the agent's HOME contains the gateway's runtime dir and config (the
+/// default layout, `~/.agent-chat-gateway`), so HOME cannot be writable and the CLI's state
+/// moves into `~/.claude` (`CLAUDE_CONFIG_DIR`).
+async fn allowed_calls_cannot_reach_the_runtime_dir(home_holds_runtime: bool) {
+    assert!(confine::abi() >= 1, "Landlock is needed for this test");
+    let rules = r#"    permissions: {enabled: true, timeout: 60}
+    owner_allowed_tools: [{tool: Bash, params: "python3 .*"}]
+    confinement: required"#;
+    let script = json!({"scenarios": [], "default_text": "OK"});
+    let Some((llm, mut agents, _home)) = support::claude_agent(script, rules).await else {
+        return;
+    };
+    if home_holds_runtime {
+        // The gateway's temp dir holds runtime/, config.yaml and work/: make it the HOME.
+        let start = agents.find("HOME: \"").unwrap();
+        let end = start + agents[start..].find("\"}").unwrap();
+        agents.replace_range(start..end, "HOME: \"{work}/..");
+    }
+    let port = support::free_port();
+    let config = format!(
+        r#"
+connectors:
+  - name: local
+    type: webchat
+    listen: "127.0.0.1:{port}"
+    allowed_users: {{owners: [alice]}}
+{agents}
+watchers:
+  - {{name: all, connector: local, room: "*", agent: assistant}}
+"#
+    );
+    let gateway = support::Gateway::start(&config);
+    let alice = support::WebClient::new(port, &gateway.token_for("alice"));
+    let token_file = gateway.runtime.join("webchat-local.tokens.json");
+    assert!(token_file.exists(), "the web chat token file is where the test expects it");
+    let planted = gateway.runtime.join("planted-by-agent.txt");
+    let call = |cmd: String| json!({"text": "Running.", "tool_calls": [{"name": "Bash", "input": {"command": cmd}}]});
+    llm.set_script(json!({"scenarios": [{"match": "CONFINE", "turns": [
+        call(py_hidden(&token_file, "print('LEAKED', open(p).read())")),
+        call(py_hidden(&planted, "open(p, 'w').write('x'); print('PLANTED')")),
+        call("python3 -c \"open('work-ok.txt', 'w').write('fine'); print('WORK', open('work-ok.txt').read())\"".into()),
+        {"text": "after"}
+    ]}], "default_text": "OK"}));
+
+    let replies = alice.ask("r1", "CONFINE go").await;
+    assert_eq!(replies.last().unwrap().text.lines().last(), Some("after"), "{replies:?}");
+    let results = tool_results(&llm);
+    assert_eq!(results.len(), 3, "{results:?}");
+    let (read_err, read) = &results[0];
+    assert!(*read_err && read.contains("PermissionError"), "token read: {read}");
+    assert!(!read.contains("LEAKED"), "{read}");
+    let (write_err, write) = &results[1];
+    assert!(*write_err && write.contains("PermissionError"), "runtime write: {write}");
+    assert!(!planted.exists(), "the agent wrote into the runtime dir");
+    let (work_err, work) = &results[2];
+    assert!(!*work_err && work.contains("WORK fine"), "work dir: {work}");
+    assert!(gateway.work.join("work-ok.txt").exists());
+    // The calls really were allowed: the policy said yes, the kernel said no.
+    let audit = std::fs::read_to_string(gateway.runtime.join("audit.jsonl")).unwrap();
+    let decisions: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(decisions.len(), 3, "{audit}");
+    assert!(decisions.iter().all(|d| d["decision"] == "allow"), "{audit}");
+    // Start-up said what is enforced.
+    assert!(
+        gateway.log().contains("agent confinement (Landlock)"),
+        "{}",
+        gateway.log()
+    );
+    if home_holds_runtime {
+        assert!(
+            gateway.dir.path().join(".claude").is_dir(),
+            "the CLI state went to ~/.claude"
+        );
+        assert!(!gateway.dir.path().join(".claude.json").exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_cli_allowed_calls_cannot_read_the_token_file_or_write_the_runtime_dir() {
+    allowed_calls_cannot_reach_the_runtime_dir(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_cli_confined_with_the_runtime_dir_inside_its_home() {
+    allowed_calls_cannot_reach_the_runtime_dir(true).await;
 }
