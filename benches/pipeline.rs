@@ -25,8 +25,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use agent_chat_gateway::config::{
-    AgentConfig, AgentType, Config, ConfinementMode, ConnectorConfig, ConnectorKind, PermissionsConfig, UserRoles,
-    SandboxConfig, WatcherConfig,
+    AgentConfig, AgentType, Config, ConfinementMode, ConnectorConfig, ConnectorKind,
+    PermissionsConfig, SandboxConfig, UserRoles, WatcherConfig,
 };
 use agent_chat_gateway::connector::{
     Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, Connectors,

@@ -341,13 +341,21 @@ fn confinement_checks(
         _ => "ok",
     };
     let status = match mode {
-        ConfinementMode::Off => "off: the agent can read the gateway's tokens and state".to_string(),
+        ConfinementMode::Off => {
+            "off: the agent can read the gateway's tokens and state".to_string()
+        }
         _ => format!("Landlock ABI {abi}: {}", enforcement.describe()),
     };
-    out.push((level, format!("agent '{name}': confinement {} — {status}", mode.as_str())));
+    out.push((
+        level,
+        format!("agent '{name}': confinement {} — {status}", mode.as_str()),
+    ));
     let user = match &agent.sandbox.run_as {
         None => {
-            out.push(("ok", format!("agent '{name}': run_as not set: runs as the gateway's user")));
+            out.push((
+                "ok",
+                format!("agent '{name}': run_as not set: runs as the gateway's user"),
+            ));
             None
         }
         Some(u) => match RunAs::resolve(u) {
@@ -372,6 +380,15 @@ fn confinement_checks(
     };
     if mode == ConfinementMode::Off {
         return out;
+    }
+    for p in agent.sandbox.writable_paths.iter().filter(|p| !p.exists()) {
+        out.push((
+            "warn",
+            format!(
+                "agent '{name}': writable path {} does not exist; it is not granted until it does",
+                p.display()
+            ),
+        ));
     }
     let mut writable = agent.sandbox.writable_paths.clone();
     writable.push(agent.working_directory.clone());

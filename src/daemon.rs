@@ -371,7 +371,11 @@ pub async fn run(
 /// protected, the agent's `writable_paths` and a private tmp are writable, and a `run_as`
 /// user is resolved (refused unless the daemon is root). Checked here, at start, so a config
 /// that cannot be confined fails before any message is taken.
-pub fn agent_sandbox(cfg: &AgentConfig, config_file: &Path, runtime: &Path) -> anyhow::Result<Sandbox> {
+pub fn agent_sandbox(
+    cfg: &AgentConfig,
+    config_file: &Path,
+    runtime: &Path,
+) -> anyhow::Result<Sandbox> {
     let user = match &cfg.sandbox.run_as {
         Some(name) => Some(RunAs::resolve(name)?),
         None => None,
@@ -384,8 +388,9 @@ pub fn agent_sandbox(cfg: &AgentConfig, config_file: &Path, runtime: &Path) -> a
         // handed to that user.
         Some(u) => {
             let template = std::env::temp_dir().join(format!("acg-{}-XXXXXX", cfg.name));
-            let dir = nix::unistd::mkdtemp(&template)
-                .with_context(|| format!("cannot create a private tmp in {}", template.display()))?;
+            let dir = nix::unistd::mkdtemp(&template).with_context(|| {
+                format!("cannot create a private tmp in {}", template.display())
+            })?;
             std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid))
                 .with_context(|| format!("cannot hand {} to {}", dir.display(), u.name))?;
             dir
@@ -421,7 +426,11 @@ pub fn agent_sandbox(cfg: &AgentConfig, config_file: &Path, runtime: &Path) -> a
 /// nothing is.
 fn log_confinement(cfg: &AgentConfig, sandbox: &Sandbox) {
     let abi = confine::abi();
-    let run_as = sandbox.user.as_ref().map(|u| u.name.as_str()).unwrap_or("(the gateway's user)");
+    let run_as = sandbox
+        .user
+        .as_ref()
+        .map(|u| u.name.as_str())
+        .unwrap_or("(the gateway's user)");
     match (sandbox.mode, Enforcement::for_abi(abi)) {
         (ConfinementMode::Off, _) => warn!(
             agent = %cfg.name, run_as,
@@ -498,11 +507,13 @@ async fn start(
     let mut agents: HashMap<String, Arc<dyn AgentBackend>> = HashMap::new();
     for (name, cfg) in &config.agents {
         let scratch = runtime.join("agents").join(name);
-        let sandbox = agent_sandbox(cfg, &config.path, runtime)
-            .with_context(|| format!("agent '{name}'"))?;
+        let sandbox =
+            agent_sandbox(cfg, &config.path, runtime).with_context(|| format!("agent '{name}'"))?;
         log_confinement(cfg, &sandbox);
         let backend: Arc<dyn AgentBackend> = match cfg.kind {
-            AgentType::Claude => Arc::new(ClaudeBackend::new(cfg, scratch.clone()).with_sandbox(sandbox)),
+            AgentType::Claude => {
+                Arc::new(ClaudeBackend::new(cfg, scratch.clone()).with_sandbox(sandbox))
+            }
         };
         agents.insert(name.clone(), backend);
     }

@@ -116,7 +116,11 @@ async fn the_protected_runtime_dir_can_be_neither_read_nor_written() {
     let (code, _, _) = run(
         &l,
         s(),
-        &format!("mv {} stolen; ln -s {} link; cat link", q(&l.token), q(&l.token)),
+        &format!(
+            "mv {} stolen; ln -s {} link; cat link",
+            q(&l.token),
+            q(&l.token)
+        ),
     )
     .await;
     assert_ne!(code, 0);
@@ -135,7 +139,10 @@ async fn writes_go_only_to_the_work_dir_the_private_tmp_and_devices() {
     );
     let (code, out, err) = run(&l, s(), &script).await;
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("readable notes") && out.ends_with("done"), "{out}");
+    assert!(
+        out.contains("readable notes") && out.ends_with("done"),
+        "{out}"
+    );
     assert_eq!(
         std::fs::read_to_string(l.work.join("in-work.txt")).unwrap(),
         "w\n"
@@ -306,7 +313,10 @@ watchers:
     let gateway = support::Gateway::start(&config);
     let alice = support::WebClient::new(port, &gateway.token_for("alice"));
     let token_file = gateway.runtime.join("webchat-local.tokens.json");
-    assert!(token_file.exists(), "the web chat token file is where the test expects it");
+    assert!(
+        token_file.exists(),
+        "the web chat token file is where the test expects it"
+    );
     let planted = gateway.runtime.join("planted-by-agent.txt");
     let call = |cmd: String| json!({"text": "Running.", "tool_calls": [{"name": "Bash", "input": {"command": cmd}}]});
     llm.set_script(json!({"scenarios": [{"match": "CONFINE", "turns": [
@@ -317,14 +327,24 @@ watchers:
     ]}], "default_text": "OK"}));
 
     let replies = alice.ask("r1", "CONFINE go").await;
-    assert_eq!(replies.last().unwrap().text.lines().last(), Some("after"), "{replies:?}");
+    assert_eq!(
+        replies.last().unwrap().text.lines().last(),
+        Some("after"),
+        "{replies:?}"
+    );
     let results = tool_results(&llm);
     assert_eq!(results.len(), 3, "{results:?}");
     let (read_err, read) = &results[0];
-    assert!(*read_err && read.contains("PermissionError"), "token read: {read}");
+    assert!(
+        *read_err && read.contains("PermissionError"),
+        "token read: {read}"
+    );
     assert!(!read.contains("LEAKED"), "{read}");
     let (write_err, write) = &results[1];
-    assert!(*write_err && write.contains("PermissionError"), "runtime write: {write}");
+    assert!(
+        *write_err && write.contains("PermissionError"),
+        "runtime write: {write}"
+    );
     assert!(!planted.exists(), "the agent wrote into the runtime dir");
     let (work_err, work) = &results[2];
     assert!(!*work_err && work.contains("WORK fine"), "work dir: {work}");
@@ -336,7 +356,10 @@ watchers:
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(decisions.len(), 3, "{audit}");
-    assert!(decisions.iter().all(|d| d["decision"] == "allow"), "{audit}");
+    assert!(
+        decisions.iter().all(|d| d["decision"] == "allow"),
+        "{audit}"
+    );
     // Start-up said what is enforced.
     assert!(
         gateway.log().contains("agent confinement (Landlock)"),
@@ -360,4 +383,64 @@ async fn real_cli_allowed_calls_cannot_read_the_token_file_or_write_the_runtime_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_cli_confined_with_the_runtime_dir_inside_its_home() {
     allowed_calls_cannot_reach_the_runtime_dir(true).await;
+}
+
+#[test]
+fn doctor_reports_the_abi_the_grants_and_what_cannot_be_confined() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = confine::real_path(dir.path());
+    std::fs::create_dir_all(base.join("work")).unwrap();
+    let config = base.join("config.yaml");
+    std::fs::write(
+        &config,
+        r#"
+connectors:
+  - {name: local, type: webchat, listen: "127.0.0.1:0", allowed_users: {owners: [me]}}
+agents:
+  assistant: {type: claude, command: /bin/true, working_directory: ./work, confinement: required}
+  sloppy: {type: claude, command: /bin/true, working_directory: ., writable_paths: [./missing]}
+default_agent: assistant
+watchers:
+  - {name: all, connector: local, room: "*", agent: assistant}
+"#,
+    )
+    .unwrap();
+    let runtime = base.join("runtime");
+    let out = std::process::Command::new(support::gateway_bin())
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .env("ACG_HOME", &runtime)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let abi = confine::abi();
+    assert!(
+        text.contains(&format!(
+            "ok   agent 'assistant': confinement required — Landlock ABI {abi}: "
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "agent 'assistant': denied: {}, {} (read and write)",
+            runtime.display(),
+            config.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "agent 'assistant': writable: {}",
+            base.join("work").display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("agent 'assistant': run_as not set"), "{text}");
+    // A working directory holding the runtime dir and the config cannot be confined.
+    assert!(
+        text.contains("FAIL agent 'sloppy': cannot confine the agent: writable path"),
+        "{text}"
+    );
+    assert!(text.contains("missing does not exist"), "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
 }

@@ -104,7 +104,9 @@ impl RunAs {
             .map_err(|e| err(format!("lookup failed: {e}")))?
             .ok_or_else(|| err("no such user".into()))?;
         if user.uid.is_root() {
-            return Err(err("is root: running agents as root is what run_as avoids".into()));
+            return Err(err(
+                "is root: running agents as root is what run_as avoids".into()
+            ));
         }
         let cname = CString::new(name).map_err(|_| err("contains a NUL byte".into()))?;
         let groups = nix::unistd::getgrouplist(&cname, user.gid)
@@ -415,9 +417,7 @@ fn descend(dir: &Path, protected: &[PathBuf], out: &mut Vec<PathBuf>) -> Result<
         // Unlistable: granting the directory whole would grant the protected path in it.
         ConfineError::Rules(format!("cannot list {}: {e}", dir.display()))
     })?;
-    let mut names: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     names.sort();
     for path in names {
         let Ok(real) = std::fs::canonicalize(&path) else {
@@ -487,7 +487,9 @@ mod tests {
         }
         // The ancestors themselves are not granted (that would grant all below them).
         assert!(!roots.contains(&base.join("a")));
-        assert!(!roots.iter().any(|r| r == Path::new("/tmp") && base.starts_with("/tmp")));
+        assert!(!roots
+            .iter()
+            .any(|r| r == Path::new("/tmp") && base.starts_with("/tmp")));
     }
 
     #[test]

@@ -898,7 +898,10 @@ fn validate_sandbox(
             && u.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !ok {
-            v.error(format!("{path}.run_as"), format!("'{u}' is not a user name"));
+            v.error(
+                format!("{path}.run_as"),
+                format!("'{u}' is not a user name"),
+            );
         }
         ok
     });

@@ -126,7 +126,10 @@ fn confinement_run_as_and_writable_paths_are_read() {
     assert!(s.writable_paths[0].is_absolute() && s.writable_paths[0].ends_with("cache"));
     assert_eq!(s.writable_paths[1], Path::new("/srv/x"));
     let off = check(&GOOD.replace("timeout: 600,", "timeout: 600, confinement: off,")).unwrap();
-    assert_eq!(off.agents["assistant"].sandbox.confinement, ConfinementMode::Off);
+    assert_eq!(
+        off.agents["assistant"].sandbox.confinement,
+        ConfinementMode::Off
+    );
 }
 
 #[test]

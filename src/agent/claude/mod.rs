@@ -91,6 +91,9 @@ const KNOWN_TOOLS: &[&str] = &[
     "Write",
 ];
 
+/// Environment variables as (name, value) pairs, in the order they are set.
+type Env = Vec<(String, String)>;
+
 pub struct ClaudeBackend {
     name: String,
     command: String,
@@ -153,7 +156,7 @@ impl ClaudeBackend {
     /// renaming (strace). Landlock can only grant `$HOME` whole, so `$HOME` is writable only
     /// when it holds nothing protected; otherwise `CLAUDE_CONFIG_DIR=~/.claude` moves the
     /// CLI's whole state (`.claude.json` included) into `~/.claude`, which is granted alone.
-    fn run_sandbox(&self) -> Result<Option<(Sandbox, Vec<(String, String)>)>, AgentError> {
+    fn run_sandbox(&self) -> Result<Option<(Sandbox, Env)>, AgentError> {
         let Some(base) = &self.sandbox else {
             return Ok(None);
         };
@@ -514,9 +517,8 @@ fn ensure_state_dir(dir: &Path, user: Option<&super::confine::RunAs>) -> Result<
     if dir.is_dir() {
         return Ok(());
     }
-    let setup = |e: std::io::Error| {
-        AgentError::Setup(format!("could not create {}: {e}", dir.display()))
-    };
+    let setup =
+        |e: std::io::Error| AgentError::Setup(format!("could not create {}: {e}", dir.display()));
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
