@@ -370,29 +370,34 @@ pub async fn run(
 /// The confinement shared by every run of one agent: the runtime dir and the config file are
 /// protected, the agent's `writable_paths` and a private tmp are writable, and a `run_as`
 /// user is resolved (refused unless the daemon is root). Checked here, at start, so a config
-/// that cannot be confined fails before any message is taken.
+/// that cannot be confined fails before any message is taken. Also returns the agent's
+/// scratch dir for per-run settings files.
 pub fn agent_sandbox(
     cfg: &AgentConfig,
     config_file: &Path,
     runtime: &Path,
-) -> anyhow::Result<Sandbox> {
+) -> anyhow::Result<(Sandbox, PathBuf)> {
     let user = match &cfg.sandbox.run_as {
         Some(name) => Some(RunAs::resolve(name)?),
         None => None,
     };
-    let scratch = runtime.join("agents").join(&cfg.name);
+    let mut scratch = runtime.join("agents").join(&cfg.name);
     ensure_runtime_dir(&scratch)?;
     let private_tmp = match &user {
         // The runtime dir is 0700: another user cannot even traverse it, so its tmp lives in
         // the system tmp, under a fresh random name (mkdtemp: never a pre-made path), and is
         // handed to that user.
         Some(u) => {
-            let template = std::env::temp_dir().join(format!("acg-{}-XXXXXX", cfg.name));
-            let dir = nix::unistd::mkdtemp(&template).with_context(|| {
-                format!("cannot create a private tmp in {}", template.display())
-            })?;
+            use std::os::unix::fs::PermissionsExt;
+            let dir = mkdtemp_in(&format!("acg-{}-XXXXXX", cfg.name))?;
             std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid))
                 .with_context(|| format!("cannot hand {} to {}", dir.display(), u.name))?;
+            // Settings files must be readable by that user too: a root-owned 0711 dir lets it
+            // open a file whose random name it is told, but list nothing; each file is 0600,
+            // its own, and granted by Landlock to its run alone.
+            scratch = mkdtemp_in(&format!("acg-{}-settings-XXXXXX", cfg.name))?;
+            std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o711))
+                .with_context(|| format!("cannot set the mode of {}", scratch.display()))?;
             dir
         }
         None => {
@@ -419,7 +424,14 @@ pub fn agent_sandbox(
             ));
         }
     }
-    Ok(sandbox)
+    Ok((sandbox, scratch))
+}
+
+/// A fresh directory under the system tmp (mode 0700, a random name nobody could pre-make).
+fn mkdtemp_in(template: &str) -> anyhow::Result<PathBuf> {
+    let template = std::env::temp_dir().join(template);
+    nix::unistd::mkdtemp(&template)
+        .with_context(|| format!("cannot create a directory like {}", template.display()))
 }
 
 /// One start-up line per agent saying what the OS actually enforces; a loud `warn!` when
@@ -506,14 +518,11 @@ async fn start(
 
     let mut agents: HashMap<String, Arc<dyn AgentBackend>> = HashMap::new();
     for (name, cfg) in &config.agents {
-        let scratch = runtime.join("agents").join(name);
-        let sandbox =
+        let (sandbox, scratch) =
             agent_sandbox(cfg, &config.path, runtime).with_context(|| format!("agent '{name}'"))?;
         log_confinement(cfg, &sandbox);
         let backend: Arc<dyn AgentBackend> = match cfg.kind {
-            AgentType::Claude => {
-                Arc::new(ClaudeBackend::new(cfg, scratch.clone()).with_sandbox(sandbox))
-            }
+            AgentType::Claude => Arc::new(ClaudeBackend::new(cfg, scratch).with_sandbox(sandbox)),
         };
         agents.insert(name.clone(), backend);
     }

@@ -444,3 +444,84 @@ watchers:
     assert!(text.contains("missing does not exist"), "{text}");
     assert_eq!(out.status.code(), Some(1), "{text}");
 }
+
+/// `run_as` end to end, as root: the CLI and its tools run as `nobody`, the hook (whose
+/// settings file that user must be able to read) still decides, and the runtime dir stays shut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_cli_run_as_runs_the_agent_as_that_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(nobody) = RunAs::resolve("nobody") else {
+        // Only root may switch users; the refusal itself is tested above.
+        assert!(!nix::unistd::geteuid().is_root());
+        return;
+    };
+    let rules = r#"    permissions: {enabled: true, timeout: 60}
+    owner_allowed_tools: [{tool: Bash, params: "python3 .*"}]
+    run_as: nobody"#;
+    let script = json!({"scenarios": [], "default_text": "OK"});
+    let Some((llm, agents, home)) = support::claude_agent(script, rules).await else {
+        return;
+    };
+    let port = support::free_port();
+    let config = format!(
+        r#"
+connectors:
+  - name: local
+    type: webchat
+    listen: "127.0.0.1:{port}"
+    allowed_users: {{owners: [alice]}}
+{agents}
+watchers:
+  - {{name: all, connector: local, room: "*", agent: assistant}}
+"#
+    );
+    let mut gateway = support::Gateway::prepare(&config);
+    // What an admin does for a separate agent user: it owns its HOME and work dir, and can
+    // traverse (not list) the folder above them.
+    std::os::unix::fs::chown(home.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
+    std::os::unix::fs::chown(&gateway.work, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    std::fs::set_permissions(gateway.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    gateway.start_again();
+    let alice = support::WebClient::new(port, &gateway.token_for("alice"));
+    let token_file = gateway.runtime.join("webchat-local.tokens.json");
+    let call = |cmd: String| json!({"text": "Running.", "tool_calls": [{"name": "Bash", "input": {"command": cmd}}]});
+    llm.set_script(json!({"scenarios": [{"match": "RUN-AS", "turns": [
+        call("python3 -c \"import os; open('mine.txt', 'w').write('x'); print('UID', os.getuid(), os.getgroups())\"".into()),
+        call(py_hidden(&token_file, "print('LEAKED', open(p).read())")),
+        {"text": "after"}
+    ]}], "default_text": "OK"}));
+
+    let replies = alice.ask("r1", "RUN-AS go").await;
+    assert_eq!(
+        replies.last().unwrap().text.lines().last(),
+        Some("after"),
+        "{replies:?}"
+    );
+    let results = tool_results(&llm);
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(
+        !results[0].0 && results[0].1.contains(&format!("UID {}", nobody.uid)),
+        "{results:?}"
+    );
+    assert!(
+        !results[0].1.contains("[0"),
+        "root's groups kept: {results:?}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(gateway.work.join("mine.txt"))
+            .unwrap()
+            .uid(),
+        nobody.uid
+    );
+    assert!(
+        results[1].0 && !results[1].1.contains("LEAKED"),
+        "{results:?}"
+    );
+    let audit = std::fs::read_to_string(gateway.runtime.join("audit.jsonl")).unwrap();
+    assert_eq!(
+        audit.lines().count(),
+        2,
+        "the hook decided both calls: {audit}"
+    );
+}

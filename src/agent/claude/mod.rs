@@ -1,9 +1,8 @@
 //! Claude Code backend: one `claude -p` process per turn.
 //!
 //! Owns: argv (session, permission and prompt flags), the child environment, the per-run
-//! hook settings (handed over on a read-once pipe), what the CLI must be able to write under
-//! confinement (its state under `$HOME`), the resume rules, and driving one run to an outcome. The stream-json
-//! wire types live in `wire.rs`, their conversion into `model` events in `stream.rs`.
+//! hook settings file, what the CLI must be able to write under confinement (its state under
+//! `$HOME`), the resume rules, and driving one run to an outcome. The stream-json wire types live in `wire.rs`, their conversion into `model` events in `stream.rs`.
 //! Must not import: `connector`.
 //!
 //! Resume rule: a first turn chooses its session id up front (`--session-id <uuid>`) and
@@ -279,7 +278,11 @@ impl ClaudeBackend {
         resume: bool,
     ) -> Result<TurnOutcome, AgentError> {
         let mut settings = match &ctx.hook {
-            Some(hook) => Some(SettingsFile::write(&self.scratch_dir, hook)?),
+            Some(hook) => Some(SettingsFile::write(
+                &self.scratch_dir,
+                hook,
+                self.sandbox.as_ref().and_then(|s| s.user.as_ref()),
+            )?),
             None => None,
         };
         let settings_path = settings.as_ref().map(|s| s.path.clone());
@@ -460,7 +463,13 @@ struct SettingsFile {
 }
 
 impl SettingsFile {
-    fn write(dir: &Path, hook: &HookBinding) -> Result<SettingsFile, AgentError> {
+    /// `owner`: a `run_as` user, who must be able to read the file (the daemon makes
+    /// `scratch_dir` traversable for it; see `daemon::agent_sandbox`).
+    fn write(
+        dir: &Path,
+        hook: &HookBinding,
+        owner: Option<&super::confine::RunAs>,
+    ) -> Result<SettingsFile, AgentError> {
         let setup = |what: &str, path: &Path, e: std::io::Error| {
             AgentError::Setup(format!("{what} {}: {e}", path.display()))
         };
@@ -496,6 +505,10 @@ impl SettingsFile {
             .open(&path)
             .map_err(|e| setup("could not create", &path, e))?;
         let guard = SettingsFile { path };
+        if let Some(u) = owner {
+            std::os::unix::fs::chown(&guard.path, Some(u.uid), Some(u.gid))
+                .map_err(|e| setup("could not hand over", &guard.path, e))?;
+        }
         file.write_all(&body)
             .and_then(|()| file.sync_all())
             .map_err(|e| setup("could not write", &guard.path, e))?;
@@ -516,6 +529,13 @@ impl Drop for SettingsFile {
 fn ensure_state_dir(dir: &Path, user: Option<&super::confine::RunAs>) -> Result<(), AgentError> {
     if dir.is_dir() {
         return Ok(());
+    }
+    // Never create a missing HOME (`nobody`'s is `/nonexistent`): that is the admin's call.
+    if !dir.parent().is_some_and(Path::is_dir) {
+        return Err(AgentError::Setup(format!(
+            "cannot create the CLI state dir {}: its parent does not exist",
+            dir.display()
+        )));
     }
     let setup =
         |e: std::io::Error| AgentError::Setup(format!("could not create {}: {e}", dir.display()));
@@ -754,7 +774,7 @@ mod tests {
             secret: "s3cret".into(),
             timeout: Duration::from_secs(310),
         };
-        let file = SettingsFile::write(&dir, &hook).unwrap();
+        let file = SettingsFile::write(&dir, &hook, None).unwrap();
         let meta = fs::metadata(&file.path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(
