@@ -363,6 +363,11 @@ pub async fn run(
         error!(error = %e, "final state write failed");
     }
     let _ = std::fs::remove_file(runtime.join(control::SOCKET_NAME));
+    for dir in &started.temporary {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            warn!(dir = %dir.display(), error = %e, "could not remove an agent's temporary dir");
+        }
+    }
     info!("gateway stopped");
     Ok(())
 }
@@ -371,17 +376,18 @@ pub async fn run(
 /// protected, the agent's `writable_paths` and a private tmp are writable, and a `run_as`
 /// user is resolved (refused unless the daemon is root). Checked here, at start, so a config
 /// that cannot be confined fails before any message is taken. Also returns the agent's
-/// scratch dir for per-run settings files.
+/// scratch dir for per-run settings files, and the dirs to remove when the daemon stops.
 pub fn agent_sandbox(
     cfg: &AgentConfig,
     config_file: &Path,
     runtime: &Path,
-) -> anyhow::Result<(Sandbox, PathBuf)> {
+) -> anyhow::Result<(Sandbox, PathBuf, Vec<PathBuf>)> {
     let user = match &cfg.sandbox.run_as {
         Some(name) => Some(RunAs::resolve(name)?),
         None => None,
     };
     let mut scratch = runtime.join("agents").join(&cfg.name);
+    let mut temporary = Vec::new();
     ensure_runtime_dir(&scratch)?;
     let private_tmp = match &user {
         // The runtime dir is 0700: another user cannot even traverse it, so its tmp lives in
@@ -395,7 +401,9 @@ pub fn agent_sandbox(
             // Settings files must be readable by that user too: a root-owned 0711 dir lets it
             // open a file whose random name it is told, but list nothing; each file is 0600,
             // its own, and granted by Landlock to its run alone.
+            temporary.push(dir.clone());
             scratch = mkdtemp_in(&format!("acg-{}-settings-XXXXXX", cfg.name))?;
+            temporary.push(scratch.clone());
             std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o711))
                 .with_context(|| format!("cannot set the mode of {}", scratch.display()))?;
             dir
@@ -424,7 +432,7 @@ pub fn agent_sandbox(
             ));
         }
     }
-    Ok((sandbox, scratch))
+    Ok((sandbox, scratch, temporary))
 }
 
 /// A fresh directory under the system tmp (mode 0700, a random name nobody could pre-make).
@@ -463,6 +471,8 @@ struct Started {
     notes: Vec<String>,
     store: StateStore,
     approvals: Option<Arc<Approvals>>,
+    /// `run_as` agents' private tmp and settings dirs under the system tmp.
+    temporary: Vec<PathBuf>,
 }
 
 struct Tokens<'a> {
@@ -517,9 +527,11 @@ async fn start(
     let connectors = Arc::new(connectors);
 
     let mut agents: HashMap<String, Arc<dyn AgentBackend>> = HashMap::new();
+    let mut temporary = Vec::new();
     for (name, cfg) in &config.agents {
-        let (sandbox, scratch) =
+        let (sandbox, scratch, dirs) =
             agent_sandbox(cfg, &config.path, runtime).with_context(|| format!("agent '{name}'"))?;
+        temporary.extend(dirs);
         log_confinement(cfg, &sandbox);
         let backend: Arc<dyn AgentBackend> = match cfg.kind {
             AgentType::Claude => Arc::new(ClaudeBackend::new(cfg, scratch).with_sandbox(sandbox)),
@@ -601,6 +613,7 @@ async fn start(
     });
     room_tasks.spawn(dispatcher.run(events_rx, control_rx));
     Ok(Started {
+        temporary,
         notes,
         store,
         approvals,

@@ -486,7 +486,7 @@ watchers:
     let token_file = gateway.runtime.join("webchat-local.tokens.json");
     let call = |cmd: String| json!({"text": "Running.", "tool_calls": [{"name": "Bash", "input": {"command": cmd}}]});
     llm.set_script(json!({"scenarios": [{"match": "RUN-AS", "turns": [
-        call("python3 -c \"import os; open('mine.txt', 'w').write('x'); print('UID', os.getuid(), os.getgroups())\"".into()),
+        call("python3 -c \"import os; open('mine.txt', 'w').write('x'); print('UID', os.getuid(), os.getgroups(), 'TMP', os.environ['TMPDIR'])\"".into()),
         call(py_hidden(&token_file, "print('LEAKED', open(p).read())")),
         {"text": "after"}
     ]}], "default_text": "OK"}));
@@ -524,4 +524,11 @@ watchers:
         2,
         "the hook decided both calls: {audit}"
     );
+    // Its private tmp is outside the runtime dir (it could not traverse it), its own, and
+    // removed when the daemon stops.
+    let tmp = PathBuf::from(results[0].1.split("TMP ").nth(1).unwrap().trim());
+    assert!(!tmp.starts_with(&gateway.runtime), "{}", tmp.display());
+    assert_eq!(std::fs::metadata(&tmp).unwrap().uid(), nobody.uid);
+    gateway.stop();
+    assert!(!tmp.exists(), "{} is left behind", tmp.display());
 }
