@@ -134,7 +134,8 @@ async fn writes_go_only_to_the_work_dir_the_private_tmp_and_devices() {
     let s = || Some(sandbox(&l));
     let script = format!(
         "echo w > in-work.txt && mkdir -p sub/deep && echo t > \"$TMPDIR/t.txt\" \
-         && echo n > /dev/null && cat {} && cat /etc/hostname > /dev/null && echo done",
+         && echo n > /dev/null && touch /dev/shm/acg-$$ && rm /dev/shm/acg-$$ \
+         && cat {} && cat /etc/hostname > /dev/null && echo done",
         q(&l.outside.join("notes.txt"))
     );
     let (code, out, err) = run(&l, s(), &script).await;

@@ -51,8 +51,11 @@ const WRITABLE_DEVICES: &[&str] = &[
     "/dev/tty",
     "/dev/ptmx",
     "/dev/pts",
-    "/dev/shm",
 ];
+
+/// Shared memory (POSIX semaphores and `shm_open`, e.g. Python's multiprocessing) needs files
+/// created and removed there; the gateway keeps nothing in it.
+const SHARED_MEMORY: &str = "/dev/shm";
 
 /// What the OS enforces on one agent process. Built by a backend, carried in `ProcessSpec`.
 #[derive(Clone, Debug)]
@@ -302,6 +305,9 @@ impl Sandbox {
                 writable.push(real);
             }
         }
+        if Path::new(SHARED_MEMORY).is_dir() {
+            writable.push(PathBuf::from(SHARED_MEMORY));
+        }
         if let Some(tmp) = &self.private_tmp {
             let real = real_path(tmp);
             if protected.iter().any(|p| p.starts_with(&real)) {
@@ -529,7 +535,10 @@ mod tests {
         let plan = sandbox(vec![], Some(base.join("runtime/agents/a/tmp")))
             .plan()
             .unwrap();
-        assert_eq!(plan.writable, vec![base.join("runtime/agents/a/tmp")]);
+        assert_eq!(
+            plan.writable.last(),
+            Some(&base.join("runtime/agents/a/tmp"))
+        );
         assert!(plan.devices.contains(&PathBuf::from("/dev/null")));
     }
 
