@@ -215,8 +215,9 @@ pub struct HttpHook {
     pub url: String,
     /// Seconds.
     pub timeout: u64,
-    /// Literal values: the settings reach the CLI on a read-once pipe, never on disk, so the
-    /// secret need not (and must not) live in the CLI's environment. No `allowedEnvVars`: the
-    /// CLI then substitutes no `$VAR` at all.
+    /// Literal values, the run's secret included: the settings file is readable only by its
+    /// run's Landlock domain and deleted once the CLI has loaded it, so the secret need not
+    /// (and must not) live in the CLI's environment, which its tools inherit. No
+    /// `allowedEnvVars`: the CLI then substitutes no `$VAR` at all.
     pub headers: BTreeMap<String, String>,
 }
