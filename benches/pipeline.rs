@@ -25,8 +25,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use agent_chat_gateway::config::{
-    AgentConfig, AgentType, Config, ConnectorConfig, ConnectorKind, PermissionsConfig, UserRoles,
-    WatcherConfig,
+    AgentConfig, AgentType, Config, ConfinementMode, ConnectorConfig, ConnectorKind,
+    PermissionsConfig, SandboxConfig, UserRoles, WatcherConfig,
 };
 use agent_chat_gateway::connector::{
     Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, Connectors,
@@ -127,6 +127,11 @@ fn config(agent: &Path, work: &Path) -> Config {
             guest_rules: RuleSet::default(),
             env: vec![],
             system_prompt: None,
+            // The bench's config path lies inside the work dir, which confinement refuses.
+            sandbox: SandboxConfig {
+                confinement: ConfinementMode::Off,
+                ..Default::default()
+            },
         },
     );
     Config {

@@ -282,6 +282,9 @@ fn doctor(config_file: &Path, runtime: &Path) -> anyhow::Result<i32> {
                 ),
             );
         }
+        for (level, line) in confinement_checks(agent, config_file, runtime) {
+            report(level, line);
+        }
     }
     match std::fs::metadata(runtime) {
         Ok(m) if m.permissions().mode() & 0o077 == 0 => {
@@ -315,6 +318,117 @@ fn doctor(config_file: &Path, runtime: &Path) -> anyhow::Result<i32> {
         None => report("ok", "gateway not running".to_string()),
     }
     Ok(if failed { 1 } else { 0 })
+}
+
+/// What the OS will enforce on one agent's processes: the kernel's Landlock ABI and how much
+/// of the ruleset it enforces, what is granted and denied, and the `run_as` status. Creates
+/// nothing (the daemon makes the private tmp when it starts).
+fn confinement_checks(
+    agent: &config::AgentConfig,
+    config_file: &Path,
+    runtime: &Path,
+) -> Vec<(&'static str, String)> {
+    use crate::agent::confine::{self, ConfinementMode, Enforcement, RunAs, Sandbox};
+    let name = &agent.name;
+    let mut out = Vec::new();
+    let abi = confine::abi();
+    let enforcement = Enforcement::for_abi(abi);
+    let mode = agent.sandbox.confinement;
+    let level = match (mode, &enforcement) {
+        (ConfinementMode::Off, _) => "warn",
+        (ConfinementMode::Required, Enforcement::NotEnforced) => "FAIL",
+        (_, Enforcement::NotEnforced) => "warn",
+        _ => "ok",
+    };
+    let status = match mode {
+        ConfinementMode::Off => {
+            "off: the agent can read the gateway's tokens and state".to_string()
+        }
+        _ => format!("Landlock ABI {abi}: {}", enforcement.describe()),
+    };
+    out.push((
+        level,
+        format!("agent '{name}': confinement {} — {status}", mode.as_str()),
+    ));
+    let user = match &agent.sandbox.run_as {
+        None => {
+            out.push((
+                "ok",
+                format!("agent '{name}': run_as not set: runs as the gateway's user"),
+            ));
+            None
+        }
+        Some(u) => match RunAs::resolve(u) {
+            Ok(user) => {
+                out.push((
+                    "ok",
+                    format!(
+                        "agent '{name}': runs as '{}' (uid {}, gid {}, home {})",
+                        user.name,
+                        user.uid,
+                        user.gid,
+                        user.home.display()
+                    ),
+                ));
+                Some(user)
+            }
+            Err(e) => {
+                out.push(("FAIL", format!("agent '{name}': {e}")));
+                None
+            }
+        },
+    };
+    if mode == ConfinementMode::Off {
+        return out;
+    }
+    for p in agent.sandbox.writable_paths.iter().filter(|p| !p.exists()) {
+        out.push((
+            "warn",
+            format!(
+                "agent '{name}': writable path {} does not exist; it is not granted until it does",
+                p.display()
+            ),
+        ));
+    }
+    let mut writable = agent.sandbox.writable_paths.clone();
+    writable.push(agent.working_directory.clone());
+    let sandbox = Sandbox {
+        mode,
+        protected: vec![runtime.to_path_buf(), config_file.to_path_buf()],
+        writable,
+        private_tmp: None,
+        readable_files: Vec::new(),
+        user,
+    };
+    match sandbox.plan() {
+        Ok(plan) => {
+            let list = |paths: &[PathBuf]| {
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.push((
+                "ok",
+                format!(
+                    "agent '{name}': denied: {} (read and write); readable: the rest of the system ({} trees)",
+                    list(&plan.protected),
+                    plan.read.len()
+                ),
+            ));
+            out.push((
+                "ok",
+                format!(
+                    "agent '{name}': writable: {}, its private tmp, its CLI state under $HOME, and devices ({})",
+                    list(&plan.writable),
+                    list(&plan.devices)
+                ),
+            ));
+        }
+        Err(e) => out.push(("FAIL", format!("agent '{name}': {e}"))),
+    }
+    out
 }
 
 fn start(config_file: &Path, runtime: &Path, foreground: bool) -> anyhow::Result<i32> {

@@ -20,9 +20,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::agent::claude::ClaudeBackend;
+use crate::agent::confine::{self, ConfinementMode, Enforcement, RunAs, Sandbox};
 use crate::agent::AgentBackend;
 use crate::approval::{self, audit::AuditLog, Approvals};
-use crate::config::{AgentType, Config};
+use crate::config::{AgentConfig, AgentType, Config};
 use crate::connector::{self, ConnectorContext, Connectors, EventSink};
 use crate::control;
 use crate::dispatch::{Dispatcher, DispatcherParts};
@@ -362,14 +363,116 @@ pub async fn run(
         error!(error = %e, "final state write failed");
     }
     let _ = std::fs::remove_file(runtime.join(control::SOCKET_NAME));
+    for dir in &started.temporary {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            warn!(dir = %dir.display(), error = %e, "could not remove an agent's temporary dir");
+        }
+    }
     info!("gateway stopped");
     Ok(())
+}
+
+/// The confinement shared by every run of one agent: the runtime dir and the config file are
+/// protected, the agent's `writable_paths` and a private tmp are writable, and a `run_as`
+/// user is resolved (refused unless the daemon is root). Checked here, at start, so a config
+/// that cannot be confined fails before any message is taken. Also returns the agent's
+/// scratch dir for per-run settings files, and the dirs to remove when the daemon stops.
+pub fn agent_sandbox(
+    cfg: &AgentConfig,
+    config_file: &Path,
+    runtime: &Path,
+) -> anyhow::Result<(Sandbox, PathBuf, Vec<PathBuf>)> {
+    let user = match &cfg.sandbox.run_as {
+        Some(name) => Some(RunAs::resolve(name)?),
+        None => None,
+    };
+    let mut scratch = runtime.join("agents").join(&cfg.name);
+    let mut temporary = Vec::new();
+    ensure_runtime_dir(&scratch)?;
+    let private_tmp = match &user {
+        // The runtime dir is 0700: another user cannot even traverse it, so its tmp lives in
+        // the system tmp, under a fresh random name (mkdtemp: never a pre-made path), and is
+        // handed to that user.
+        Some(u) => {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = mkdtemp_in(&format!("acg-{}-XXXXXX", cfg.name))?;
+            std::os::unix::fs::chown(&dir, Some(u.uid), Some(u.gid))
+                .with_context(|| format!("cannot hand {} to {}", dir.display(), u.name))?;
+            // Settings files must be readable by that user too: a root-owned 0711 dir lets it
+            // open a file whose random name it is told, but list nothing; each file is 0600,
+            // its own, and granted by Landlock to its run alone.
+            temporary.push(dir.clone());
+            scratch = mkdtemp_in(&format!("acg-{}-settings-XXXXXX", cfg.name))?;
+            temporary.push(scratch.clone());
+            std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o711))
+                .with_context(|| format!("cannot set the mode of {}", scratch.display()))?;
+            dir
+        }
+        None => {
+            let dir = scratch.join("tmp");
+            ensure_runtime_dir(&dir)?;
+            dir
+        }
+    };
+    let sandbox = Sandbox {
+        mode: cfg.sandbox.confinement,
+        protected: vec![runtime.to_path_buf(), config_file.to_path_buf()],
+        writable: cfg.sandbox.writable_paths.clone(),
+        private_tmp: Some(private_tmp),
+        readable_files: Vec::new(),
+        user,
+    };
+    if sandbox.mode != ConfinementMode::Off {
+        let mut check = sandbox.clone();
+        check.writable.push(cfg.working_directory.clone());
+        check.plan()?;
+        if sandbox.mode == ConfinementMode::Required && confine::abi() < 1 {
+            bail!(confine::ConfineError::Unavailable(
+                "Landlock is missing or disabled".into()
+            ));
+        }
+    }
+    Ok((sandbox, scratch, temporary))
+}
+
+/// A fresh directory under the system tmp (mode 0700, a random name nobody could pre-make).
+fn mkdtemp_in(template: &str) -> anyhow::Result<PathBuf> {
+    let template = std::env::temp_dir().join(template);
+    nix::unistd::mkdtemp(&template)
+        .with_context(|| format!("cannot create a directory like {}", template.display()))
+}
+
+/// One start-up line per agent saying what the OS actually enforces; a loud `warn!` when
+/// nothing is.
+fn log_confinement(cfg: &AgentConfig, sandbox: &Sandbox) {
+    let abi = confine::abi();
+    let run_as = sandbox
+        .user
+        .as_ref()
+        .map(|u| u.name.as_str())
+        .unwrap_or("(the gateway's user)");
+    match (sandbox.mode, Enforcement::for_abi(abi)) {
+        (ConfinementMode::Off, _) => warn!(
+            agent = %cfg.name, run_as,
+            "confinement is off: the agent can read the gateway's tokens and state; only the tool policy stands in its way"
+        ),
+        (_, Enforcement::NotEnforced) => warn!(
+            agent = %cfg.name, abi, run_as,
+            "Landlock is unavailable on this kernel: the agent runs UNCONFINED (confinement: best_effort); set `confinement: required` to refuse this"
+        ),
+        (mode, enforcement) => info!(
+            agent = %cfg.name, abi, mode = mode.as_str(), run_as,
+            "agent confinement (Landlock): {}", enforcement.describe()
+        ),
+    }
 }
 
 struct Started {
     notes: Vec<String>,
     store: StateStore,
     approvals: Option<Arc<Approvals>>,
+    /// `run_as` agents' private tmp and settings dirs under the system tmp.
+    temporary: Vec<PathBuf>,
 }
 
 struct Tokens<'a> {
@@ -424,11 +527,14 @@ async fn start(
     let connectors = Arc::new(connectors);
 
     let mut agents: HashMap<String, Arc<dyn AgentBackend>> = HashMap::new();
+    let mut temporary = Vec::new();
     for (name, cfg) in &config.agents {
-        let scratch = runtime.join("agents").join(name);
-        ensure_runtime_dir(&scratch)?;
+        let (sandbox, scratch, dirs) =
+            agent_sandbox(cfg, &config.path, runtime).with_context(|| format!("agent '{name}'"))?;
+        temporary.extend(dirs);
+        log_confinement(cfg, &sandbox);
         let backend: Arc<dyn AgentBackend> = match cfg.kind {
-            AgentType::Claude => Arc::new(ClaudeBackend::new(cfg, scratch)),
+            AgentType::Claude => Arc::new(ClaudeBackend::new(cfg, scratch).with_sandbox(sandbox)),
         };
         agents.insert(name.clone(), backend);
     }
@@ -507,6 +613,7 @@ async fn start(
     });
     room_tasks.spawn(dispatcher.run(events_rx, control_rx));
     Ok(Started {
+        temporary,
         notes,
         store,
         approvals,

@@ -158,6 +158,7 @@ fn binding(b: &Broker) -> TurnBinding {
             guest_rules: RuleSet::default(),
             env: vec![],
             system_prompt: None,
+            sandbox: Default::default(),
         }),
         connector: b.room.clone(),
     }

@@ -69,6 +69,7 @@ impl Dirs {
             guest_rules: RuleSet::default(),
             env,
             system_prompt: None,
+            sandbox: Default::default(),
         }
     }
 

@@ -127,6 +127,7 @@ async fn a_dead_hook_server_means_the_tool_is_denied() {
         guest_rules: RuleSet::default(),
         env,
         system_prompt: None,
+        sandbox: Default::default(),
     };
     let backend = Arc::new(ClaudeBackend::new(&config, scratch.path().to_path_buf()));
     // A port nobody listens on: the hook server "stopped".

@@ -6,6 +6,7 @@
 //! Must not import: `connector` — no platform name appears here.
 
 pub mod claude;
+pub mod confine;
 pub mod process;
 
 use std::path::PathBuf;

@@ -7,6 +7,10 @@
 //! timeout, cancellation or drop — always reaping the child.
 //! Knows nothing about: any particular agent CLI or its output format.
 //!
+//! Every agent process is started here, so OS confinement lives here too: the spec's
+//! [`Sandbox`] is turned into a Landlock ruleset (and a `run_as` user into ids) before fork,
+//! and the child only enters it in `pre_exec` (see `confine`).
+//!
 //! The process group is not enough on its own: Claude Code 2.1.197 runs each Bash tool
 //! command in a new session (`setsid`), so a group signal misses a hung `sleep 300` the
 //! agent started. Kills therefore also signal every descendant found in `/proc` (checked by
@@ -29,6 +33,8 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
+
+use super::confine::{Prepared, Sandbox};
 
 /// Longest stdout line kept. Claude Code prints whole tool results on one line; big ones
 /// broke a 1 MiB reader in practice, so the limit is generous. Longer lines are skipped.
@@ -55,6 +61,8 @@ pub struct ProcessSpec {
     pub env: Vec<(String, String)>,
     /// Written to the child's stdin, which is then closed.
     pub stdin: Vec<u8>,
+    /// OS confinement; `None` only where a caller deliberately runs a trusted helper.
+    pub sandbox: Option<Sandbox>,
 }
 
 /// A running child process. Dropping it kills the whole process group and reaps the child.
@@ -86,6 +94,20 @@ impl AgentProcess {
         }
         for (k, v) in &spec.env {
             cmd.env(k, v);
+        }
+        let prepared: Option<Prepared> = match &spec.sandbox {
+            Some(sandbox) => Some(sandbox.prepare().map_err(io::Error::other)?),
+            None => None,
+        };
+        if let Some(prepared) = prepared {
+            // The closure owns the ruleset fd, so it stays open until the child has entered
+            // it; it is closed when `cmd` is dropped.
+            // SAFETY: the closure runs in the forked child before exec and only makes raw
+            // syscalls (setgroups/setgid/setuid, prctl, landlock_restrict_self) on values
+            // prepared before the fork: no allocation, no locks.
+            unsafe {
+                cmd.pre_exec(move || prepared.enter());
+            }
         }
         let mut child = cmd.spawn()?;
         let pid = child

@@ -325,6 +325,41 @@ pub struct AgentConfig {
     pub env: Vec<(String, String)>,
     /// Appended to the agent's system prompt (identity, house rules).
     pub system_prompt: Option<String>,
+    /// What the operating system enforces on the agent's processes.
+    pub sandbox: SandboxConfig,
+}
+
+/// How hard the gateway insists on OS confinement (Landlock) of an agent's processes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConfinementMode {
+    /// Refuse to start the agent when the kernel cannot confine it.
+    Required,
+    /// Confine when the kernel can; otherwise run unconfined and say so loudly.
+    #[default]
+    BestEffort,
+    /// Never confine (the tool policy is then the only guard).
+    Off,
+}
+
+impl ConfinementMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfinementMode::Required => "required",
+            ConfinementMode::BestEffort => "best_effort",
+            ConfinementMode::Off => "off",
+        }
+    }
+}
+
+/// The per-agent OS-level settings: `confinement`, `run_as`, `writable_paths`.
+#[derive(Clone, Debug, Default)]
+pub struct SandboxConfig {
+    pub confinement: ConfinementMode,
+    /// Unix user the agent runs as (the daemon must run as root to switch).
+    pub run_as: Option<String>,
+    /// Extra trees the agent may write besides its working directory, its own state and its
+    /// private tmp (a cache, a second checkout).
+    pub writable_paths: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -446,6 +481,12 @@ struct RawAgent {
     env: BTreeMap<String, String>,
     #[serde(default)]
     system_prompt: Option<String>,
+    #[serde(default)]
+    confinement: Option<String>,
+    #[serde(default)]
+    run_as: Option<String>,
+    #[serde(default)]
+    writable_paths: Vec<String>,
 }
 
 fn default_agent_timeout() -> u64 {
@@ -810,6 +851,7 @@ fn validate_agents(
         if command.trim().is_empty() {
             v.error(format!("{path}.command"), "must not be empty");
         }
+        let sandbox = validate_sandbox(&path, &raw.confinement, raw.run_as, &raw.writable_paths, v);
         out.insert(
             name.clone(),
             AgentConfig {
@@ -824,10 +866,65 @@ fn validate_agents(
                 guest_rules: RuleSet::new(guest_rules),
                 env: raw.env.into_iter().collect(),
                 system_prompt: raw.system_prompt,
+                sandbox,
             },
         );
     }
     out
+}
+
+fn validate_sandbox(
+    path: &str,
+    confinement: &Option<String>,
+    run_as: Option<String>,
+    writable_paths: &[String],
+    v: &mut Validator,
+) -> SandboxConfig {
+    let confinement = match confinement.as_deref() {
+        None | Some("best_effort") => ConfinementMode::BestEffort,
+        Some("required") => ConfinementMode::Required,
+        Some("off") => ConfinementMode::Off,
+        Some(other) => {
+            v.error(
+                format!("{path}.confinement"),
+                format!("'{other}' is not valid: use 'required', 'best_effort' or 'off'"),
+            );
+            ConfinementMode::Required
+        }
+    };
+    let run_as = run_as.filter(|u| {
+        // A user name, never a path or a uid: the lookup must name exactly one account.
+        let ok = !u.is_empty()
+            && u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            v.error(
+                format!("{path}.run_as"),
+                format!("'{u}' is not a user name"),
+            );
+        }
+        ok
+    });
+    let writable_paths = writable_paths
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let resolved = v.resolve_path(p);
+            if resolved == Path::new("/") {
+                v.error(
+                    format!("{path}.writable_paths[{i}]"),
+                    "'/' would make the whole system writable",
+                );
+                return None;
+            }
+            Some(resolved)
+        })
+        .collect();
+    SandboxConfig {
+        confinement,
+        run_as,
+        writable_paths,
+    }
 }
 
 /// The `name`s of a list section, including entries that fail to validate, so references to

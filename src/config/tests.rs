@@ -103,3 +103,46 @@ fn roles_never_match_a_username_against_an_id_entry() {
     assert_eq!(roles.role_of(&sender("alice", "mallory")), None);
     assert_eq!(roles.role_of(&sender("u3", "bob")), Some(Role::Guest));
 }
+
+#[test]
+fn confinement_defaults_to_best_effort_without_run_as() {
+    let c = check(GOOD).unwrap();
+    let s = &c.agents["assistant"].sandbox;
+    assert_eq!(s.confinement, ConfinementMode::BestEffort);
+    assert_eq!(s.run_as, None);
+    assert!(s.writable_paths.is_empty());
+}
+
+#[test]
+fn confinement_run_as_and_writable_paths_are_read() {
+    let yaml = GOOD.replace(
+        "timeout: 600,",
+        "timeout: 600, confinement: required, run_as: agent-bot, writable_paths: [./cache, /srv/x],",
+    );
+    let c = check(&yaml).unwrap();
+    let s = &c.agents["assistant"].sandbox;
+    assert_eq!(s.confinement, ConfinementMode::Required);
+    assert_eq!(s.run_as.as_deref(), Some("agent-bot"));
+    assert!(s.writable_paths[0].is_absolute() && s.writable_paths[0].ends_with("cache"));
+    assert_eq!(s.writable_paths[1], Path::new("/srv/x"));
+    let off = check(&GOOD.replace("timeout: 600,", "timeout: 600, confinement: off,")).unwrap();
+    assert_eq!(
+        off.agents["assistant"].sandbox.confinement,
+        ConfinementMode::Off
+    );
+}
+
+#[test]
+fn bad_confinement_settings_are_errors() {
+    let yaml = GOOD.replace(
+        "timeout: 600,",
+        "timeout: 600, confinement: sometimes, run_as: \"../root\", writable_paths: [/],",
+    );
+    let text = check(&yaml).unwrap_err().to_string();
+    assert!(
+        text.contains("agents.assistant.confinement") && text.contains("'sometimes' is not valid"),
+        "{text}"
+    );
+    assert!(text.contains("'../root' is not a user name"), "{text}");
+    assert!(text.contains("whole system writable"), "{text}");
+}

@@ -1,14 +1,23 @@
 //! Claude Code backend: one `claude -p` process per turn.
 //!
 //! Owns: argv (session, permission and prompt flags), the child environment, the per-run
-//! hook settings file, the resume rules, and driving one run to an outcome. The stream-json
-//! wire types live in `wire.rs`, their conversion into `model` events in `stream.rs`.
+//! hook settings file, what the CLI must be able to write under confinement (its state under
+//! `$HOME`), the resume rules, and driving one run to an outcome. The stream-json wire types live in `wire.rs`, their conversion into `model` events in `stream.rs`.
 //! Must not import: `connector`.
 //!
 //! Resume rule: a first turn chooses its session id up front (`--session-id <uuid>`) and
 //! every later turn resumes exactly that id. The id the CLI prints is never stored: some
 //! versions print a fresh per-invocation id on resume that has no transcript, and resuming
 //! that fails with "No conversation found" (anthropics/claude-code #58760, #8069).
+//!
+//! The hook secret is written literally into the hook's `headers` in a per-run settings file
+//! (0600, in the gateway's protected scratch dir). Under confinement only that run's Landlock
+//! domain may read that one file, and the file is deleted as soon as the CLI prints its first
+//! line — it has read its settings by then, and no tool can have run yet. The secret is never
+//! in the CLI's environment, which every Bash tool inherits and `/proc/<pid>/environ` shows.
+//! (A pipe, `--settings /dev/fd/N`, was tried first: 2.1.197 resolves the path and refuses
+//! `pipe:[…]` as "Settings file not found".) What is left: the CLI's own memory, which its
+//! tools (same user, same Landlock domain) could read through `/proc/<cli>/mem`.
 
 mod stream;
 mod wire;
@@ -25,13 +34,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::confine::Sandbox;
 use super::process::{AgentProcess, ProcessSpec, KILL_GRACE};
 use super::{AgentBackend, AgentError, HookBinding, TurnContext};
 use crate::config::AgentConfig;
 use crate::model::{AgentEvent, Role, TurnOutcome, TurnRequest};
 use crate::policy::{Rule, RuleSet};
 
-/// Environment variable the hook header is filled from (see `wire::HttpHook::headers`).
+/// Environment variable an older gateway filled the hook header from. Never set now, and
+/// removed from the inherited environment so it cannot leak from the daemon's own.
 pub const HOOK_SECRET_ENV: &str = "ACG_HOOK_SECRET";
 /// Header carrying the per-run secret to the gateway's hook server.
 pub const HOOK_SECRET_HEADER: &str = "X-ACG-Secret";
@@ -79,6 +90,9 @@ const KNOWN_TOOLS: &[&str] = &[
     "Write",
 ];
 
+/// Environment variables as (name, value) pairs, in the order they are set.
+type Env = Vec<(String, String)>;
+
 pub struct ClaudeBackend {
     name: String,
     command: String,
@@ -89,8 +103,10 @@ pub struct ClaudeBackend {
     system_prompt: Option<String>,
     owner_tools: Vec<String>,
     guest_tools: Vec<String>,
-    /// Private per-agent directory for generated settings files.
+    /// Private per-agent directory for the per-run settings files.
     scratch_dir: PathBuf,
+    /// The OS confinement every run gets, before the CLI's own writable state is added.
+    sandbox: Option<Sandbox>,
 }
 
 impl ClaudeBackend {
@@ -109,7 +125,84 @@ impl ClaudeBackend {
             owner_tools: allowed_tools(&config.owner_rules),
             guest_tools: allowed_tools(&config.guest_rules),
             scratch_dir,
+            sandbox: None,
         }
+    }
+
+    /// Confines every run: `base` carries the protected paths, the private tmp and the user;
+    /// each run adds the working directory and the CLI's state under `$HOME`.
+    pub fn with_sandbox(mut self, base: Sandbox) -> ClaudeBackend {
+        self.sandbox = Some(base);
+        self
+    }
+
+    /// The `HOME` the CLI runs with: the agent's `env`, else the `run_as` user's, else ours.
+    fn home(&self) -> Option<PathBuf> {
+        if let Some((_, h)) = self.env.iter().rev().find(|(k, _)| k == "HOME") {
+            return Some(PathBuf::from(h));
+        }
+        if let Some(user) = self.sandbox.as_ref().and_then(|s| s.user.as_ref()) {
+            return Some(user.home.clone());
+        }
+        std::env::var_os("HOME").map(PathBuf::from)
+    }
+
+    /// The run's sandbox and the environment it needs (`TMPDIR`, the user's identity, and
+    /// `CLAUDE_CONFIG_DIR` when `$HOME` itself cannot be writable).
+    ///
+    /// Claude Code 2.1.197 writes `~/.claude/…` and rewrites `~/.claude.json` by creating
+    /// `~/.claude.json.tmp.<pid>.<rand>` plus a `~/.claude.json.lock` directory in `$HOME` and
+    /// renaming (strace). Landlock can only grant `$HOME` whole, so `$HOME` is writable only
+    /// when it holds nothing protected; otherwise `CLAUDE_CONFIG_DIR=~/.claude` moves the
+    /// CLI's whole state (`.claude.json` included) into `~/.claude`, which is granted alone.
+    fn run_sandbox(&self) -> Result<Option<(Sandbox, Env)>, AgentError> {
+        let Some(base) = &self.sandbox else {
+            return Ok(None);
+        };
+        let mut sandbox = base.clone();
+        let mut env = Vec::new();
+        sandbox.writable.push(self.working_directory.clone());
+        if let Some(tmp) = &sandbox.private_tmp {
+            env.push(("TMPDIR".to_string(), tmp.display().to_string()));
+        }
+        if let Some(user) = &sandbox.user {
+            env.push(("USER".to_string(), user.name.clone()));
+            env.push(("LOGNAME".to_string(), user.name.clone()));
+            if !self.env.iter().any(|(k, _)| k == "HOME") {
+                env.push(("HOME".to_string(), user.home.display().to_string()));
+            }
+        }
+        let configured = self
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "CLAUDE_CONFIG_DIR")
+            .map(|(_, v)| PathBuf::from(v));
+        let home = self.home();
+        let state_dir = match (&configured, &home) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, Some(home)) => {
+                let real = super::confine::real_path(home);
+                let holds_protected = base
+                    .protected
+                    .iter()
+                    .any(|p| super::confine::real_path(p).starts_with(&real));
+                if holds_protected {
+                    let dir = home.join(".claude");
+                    env.push(("CLAUDE_CONFIG_DIR".to_string(), dir.display().to_string()));
+                    Some(dir)
+                } else {
+                    sandbox.writable.push(home.clone());
+                    None
+                }
+            }
+            (None, None) => None,
+        };
+        if let Some(dir) = state_dir {
+            ensure_state_dir(&dir, sandbox.user.as_ref())?;
+            sandbox.writable.push(dir);
+        }
+        Ok(Some((sandbox, env)))
     }
 
     /// The argv after the program name, for one turn.
@@ -152,17 +245,15 @@ impl ClaudeBackend {
         argv
     }
 
-    fn child_env(&self, hook: Option<&HookBinding>) -> (Vec<String>, Vec<(String, String)>) {
+    /// The secret is never part of it (see the module doc), even if `env` names it.
+    fn child_env(&self) -> (Vec<String>, Vec<(String, String)>) {
         let remove = vec![NESTED_SESSION_ENV.to_string(), HOOK_SECRET_ENV.to_string()];
-        let mut env: Vec<(String, String)> = self
+        let env: Vec<(String, String)> = self
             .env
             .iter()
             .filter(|(k, _)| k != HOOK_SECRET_ENV)
             .cloned()
             .collect();
-        if let Some(h) = hook {
-            env.push((HOOK_SECRET_ENV.to_string(), h.secret.clone()));
-        }
         (remove, env)
     }
 
@@ -186,27 +277,37 @@ impl ClaudeBackend {
         session: &str,
         resume: bool,
     ) -> Result<TurnOutcome, AgentError> {
-        let settings = match &ctx.hook {
-            Some(hook) => Some(SettingsFile::write(&self.scratch_dir, hook)?),
+        let mut settings = match &ctx.hook {
+            Some(hook) => Some(SettingsFile::write(
+                &self.scratch_dir,
+                hook,
+                self.sandbox.as_ref().and_then(|s| s.user.as_ref()),
+            )?),
             None => None,
         };
+        let settings_path = settings.as_ref().map(|s| s.path.clone());
         let session_arg = if resume {
             SessionArg::Resume(session)
         } else {
             SessionArg::Create(session)
         };
-        let (env_remove, env) = self.child_env(ctx.hook.as_ref());
+        let (env_remove, mut env) = self.child_env();
+        let sandbox = match self.run_sandbox()? {
+            Some((mut sandbox, extra)) => {
+                env.extend(extra);
+                sandbox.readable_files.extend(settings_path.clone());
+                Some(sandbox)
+            }
+            None => None,
+        };
         let spec = ProcessSpec {
             program: self.command.clone(),
-            args: self.argv(
-                &session_arg,
-                turn.role,
-                settings.as_ref().map(|s| s.path.as_path()),
-            ),
+            args: self.argv(&session_arg, turn.role, settings_path.as_deref()),
             cwd: self.working_directory.clone(),
             env_remove,
             env,
             stdin: turn.prompt.as_bytes().to_vec(),
+            sandbox,
         };
         let mut child = AgentProcess::spawn(&spec).map_err(|source| AgentError::Spawn {
             command: self.command.clone(),
@@ -215,7 +316,9 @@ impl ClaudeBackend {
         tracing::debug!(agent = %self.name, room = %turn.room, session, resume, pid = child.pid(), "claude started");
         let started = Instant::now();
         let deadline = started + self.timeout;
-        let result = self.drive(&mut child, ctx, session, deadline).await;
+        let result = self
+            .drive(&mut child, ctx, session, deadline, &mut settings)
+            .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(out) => {
@@ -233,7 +336,7 @@ impl ClaudeBackend {
             }
             _ => {}
         }
-        // `settings` is dropped (file removed) here, after the process is gone.
+        // A run that printed nothing still has its file: removed here, after the process.
         drop(settings);
         result
     }
@@ -245,6 +348,7 @@ impl ClaudeBackend {
         ctx: &TurnContext,
         session: &str,
         deadline: Instant,
+        settings: &mut Option<SettingsFile>,
     ) -> Result<TurnOutcome, AgentError> {
         let mut parser = StreamParser::new(session);
         loop {
@@ -254,6 +358,9 @@ impl ClaudeBackend {
                 _ = tokio::time::sleep_until(deadline) => return Err(AgentError::Timeout(self.timeout)),
                 line = child.next_line() => line,
             };
+            // Any output means the CLI is past loading its settings, and no tool has run yet
+            // (that needs a model answer first): the secret's file goes now (see module doc).
+            drop(settings.take());
             let line = match line {
                 Ok(Some(line)) => line,
                 Ok(None) => break,
@@ -349,13 +456,20 @@ impl AgentBackend for ClaudeBackend {
 }
 
 /// A 0600 settings file in the private scratch dir, removed on drop. It holds the hook URL
-/// and the *name* of the secret's environment variable, never the secret itself.
+/// and the run's secret as a literal header value (see the module doc for why that is safer
+/// than an environment variable).
 struct SettingsFile {
     path: PathBuf,
 }
 
 impl SettingsFile {
-    fn write(dir: &Path, hook: &HookBinding) -> Result<SettingsFile, AgentError> {
+    /// `owner`: a `run_as` user, who must be able to read the file (the daemon makes
+    /// `scratch_dir` traversable for it; see `daemon::agent_sandbox`).
+    fn write(
+        dir: &Path,
+        hook: &HookBinding,
+        owner: Option<&super::confine::RunAs>,
+    ) -> Result<SettingsFile, AgentError> {
         let setup = |what: &str, path: &Path, e: std::io::Error| {
             AgentError::Setup(format!("{what} {}: {e}", path.display()))
         };
@@ -375,9 +489,8 @@ impl SettingsFile {
                         timeout: hook.timeout.as_secs().max(1),
                         headers: BTreeMap::from([(
                             HOOK_SECRET_HEADER.to_string(),
-                            format!("${HOOK_SECRET_ENV}"),
+                            hook.secret.clone(),
                         )]),
-                        allowed_env_vars: vec![HOOK_SECRET_ENV.to_string()],
                     }],
                 }],
             },
@@ -392,6 +505,10 @@ impl SettingsFile {
             .open(&path)
             .map_err(|e| setup("could not create", &path, e))?;
         let guard = SettingsFile { path };
+        if let Some(u) = owner {
+            std::os::unix::fs::chown(&guard.path, Some(u.uid), Some(u.gid))
+                .map_err(|e| setup("could not hand over", &guard.path, e))?;
+        }
         file.write_all(&body)
             .and_then(|()| file.sync_all())
             .map_err(|e| setup("could not write", &guard.path, e))?;
@@ -405,6 +522,32 @@ impl Drop for SettingsFile {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove hook settings file");
         }
     }
+}
+
+/// Creates the CLI's state dir (0700, owned by the `run_as` user) so Landlock has an inode to
+/// grant before the CLI first runs.
+fn ensure_state_dir(dir: &Path, user: Option<&super::confine::RunAs>) -> Result<(), AgentError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    // Never create a missing HOME (`nobody`'s is `/nonexistent`): that is the admin's call.
+    if !dir.parent().is_some_and(Path::is_dir) {
+        return Err(AgentError::Setup(format!(
+            "cannot create the CLI state dir {}: its parent does not exist",
+            dir.display()
+        )));
+    }
+    let setup =
+        |e: std::io::Error| AgentError::Setup(format!("could not create {}: {e}", dir.display()));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(setup)?;
+    if let Some(u) = user {
+        std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid)).map_err(setup)?;
+    }
+    Ok(())
 }
 
 /// Maps allow-list rules to `--allowedTools` entries, keeping only those the CLI's syntax
@@ -566,6 +709,7 @@ mod tests {
                 (HOOK_SECRET_ENV.into(), "leak".into()),
             ],
             system_prompt: Some("be nice".into()),
+            sandbox: Default::default(),
         }
     }
 
@@ -610,25 +754,18 @@ mod tests {
     }
 
     #[test]
-    fn secret_only_comes_from_the_hook_binding() {
+    fn the_secret_is_never_in_the_cli_environment() {
         let dir = std::env::temp_dir();
         let b = ClaudeBackend::new(&config(&dir), dir.clone());
-        let (remove, env) = b.child_env(None);
+        let (remove, env) = b.child_env();
         assert!(remove.contains(&"CLAUDECODE".to_string()));
+        // Removed even when the daemon's own environment has it, and dropped from `env`.
         assert!(remove.contains(&HOOK_SECRET_ENV.to_string()));
         assert_eq!(env, vec![("X".to_string(), "1".to_string())]);
-        let hook = HookBinding {
-            url: "http://127.0.0.1:1/hook".into(),
-            secret: "s3cret".into(),
-            timeout: Duration::from_secs(310),
-        };
-        let (_, env) = b.child_env(Some(&hook));
-        assert!(env.contains(&(HOOK_SECRET_ENV.to_string(), "s3cret".to_string())));
-        assert!(!env.iter().any(|(_, v)| v == "leak"));
     }
 
     #[test]
-    fn settings_file_is_private_has_no_secret_and_is_removed() {
+    fn settings_file_is_private_carries_the_secret_literally_and_is_removed() {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("scratch");
@@ -637,7 +774,7 @@ mod tests {
             secret: "s3cret".into(),
             timeout: Duration::from_secs(310),
         };
-        let file = SettingsFile::write(&dir, &hook).unwrap();
+        let file = SettingsFile::write(&dir, &hook, None).unwrap();
         let meta = fs::metadata(&file.path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(
@@ -645,15 +782,15 @@ mod tests {
             0o700
         );
         let text = fs::read_to_string(&file.path).unwrap();
-        assert!(!text.contains("s3cret"));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let h = &v["hooks"]["PreToolUse"][0];
         assert_eq!(h["matcher"], ".*");
         assert_eq!(h["hooks"][0]["type"], "http");
         assert_eq!(h["hooks"][0]["url"], "http://127.0.0.1:9/hook");
         assert_eq!(h["hooks"][0]["timeout"], 310);
-        assert_eq!(h["hooks"][0]["headers"]["X-ACG-Secret"], "$ACG_HOOK_SECRET");
-        assert_eq!(h["hooks"][0]["allowedEnvVars"][0], "ACG_HOOK_SECRET");
+        assert_eq!(h["hooks"][0]["headers"]["X-ACG-Secret"], "s3cret");
+        // No environment interpolation at all: the CLI's environment holds no secret.
+        assert!(h["hooks"][0].get("allowedEnvVars").is_none(), "{text}");
         let path = file.path.clone();
         drop(file);
         assert!(!path.exists());
@@ -667,7 +804,7 @@ mod tests {
         let b = ClaudeBackend::new(&c, dir.clone());
         assert!(matches!(b.check_args(), Err(AgentError::Setup(_))));
         c.args = vec!["--permission-mode=bypassPermissions".into()];
-        let b = ClaudeBackend::new(&c, dir);
+        let b = ClaudeBackend::new(&c, dir.clone());
         assert!(matches!(b.check_args(), Err(AgentError::Setup(_))));
     }
 }

@@ -215,9 +215,9 @@ pub struct HttpHook {
     pub url: String,
     /// Seconds.
     pub timeout: u64,
-    /// Values may name environment variables (`$ACG_HOOK_SECRET`) listed in
-    /// `allowed_env_vars`; the CLI substitutes them, so the secret never touches the disk.
+    /// Literal values, the run's secret included: the settings file is readable only by its
+    /// run's Landlock domain and deleted once the CLI has loaded it, so the secret need not
+    /// (and must not) live in the CLI's environment, which its tools inherit. No
+    /// `allowedEnvVars`: the CLI then substitutes no `$VAR` at all.
     pub headers: BTreeMap<String, String>,
-    #[serde(rename = "allowedEnvVars")]
-    pub allowed_env_vars: Vec<String>,
 }
