@@ -306,6 +306,12 @@ pub async fn run(
     report: StartupReport,
     embedded: Connectors,
 ) -> anyhow::Result<()> {
+    // Not dumpable: `/proc/<daemon>/environ` and `mem` become readable by root only, so an
+    // agent of the same user cannot read the secrets given to the config through `${VAR}`.
+    // Agents are unaffected (execve resets the flag).
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot make the daemon non-dumpable");
+    }
     let services = CancellationToken::new();
     let service_tasks = TaskTracker::new();
     let room_tasks = TaskTracker::new();

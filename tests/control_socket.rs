@@ -96,3 +96,50 @@ fn a_stale_socket_file_is_replaced_at_start() {
     let v = ask(&g, b"{\"cmd\":\"status\"}\n");
     assert_eq!(v["ok"], true, "{v}");
 }
+
+/// What a peer with `no_new_privs` (every confined agent and its children) gets back.
+fn ask_as_confined(g: &Gateway, line: &str) -> serde_json::Value {
+    let script = "import socket,sys\n\
+                  s=socket.socket(socket.AF_UNIX)\n\
+                  s.connect(sys.argv[1])\n\
+                  s.sendall(sys.argv[2].encode()+b'\\n')\n\
+                  print(s.makefile().readline(),end='')";
+    let out = std::process::Command::new("setpriv")
+        .args(["--no-new-privs", "python3", "-c", script])
+        .arg(g.runtime.join("control.sock"))
+        .arg(line)
+        .output()
+        .expect("setpriv (util-linux) and python3 run");
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_confined_agent_process_may_only_send() {
+    let g = Gateway::start(&config());
+    for line in [
+        r#"{"cmd":"stop"}"#,
+        r#"{"cmd":"approve","id":"a3k9"}"#,
+        r#"{"cmd":"pause","watcher":"all"}"#,
+        r#"{"cmd":"list"}"#,
+    ] {
+        let v = ask_as_confined(&g, line);
+        assert_eq!(v["ok"], false, "{line}: {v}");
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("confined agent process"),
+            "{line}: {v}"
+        );
+    }
+    // `send` passes the gate (and is then judged like any other send).
+    let v = ask_as_confined(&g, r#"{"cmd":"send","room":"lobby"}"#);
+    assert_eq!(
+        v,
+        serde_json::json!({"ok": false, "error": "nothing to send: give a text or --attach"})
+    );
+    // The daemon did not stop, and an admin still gets every request.
+    let v = ask(&g, b"{\"cmd\":\"status\"}\n");
+    assert_eq!(v["ok"], true, "{v}");
+}

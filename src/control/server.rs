@@ -1,4 +1,14 @@
 //! The control socket server.
+//!
+//! Owns: binding the socket (0600, stale ones replaced), accepting only the daemon's own uid,
+//! reading one request line per connection and answering it through the dispatcher.
+//!
+//! Agents run as the same uid (unless `run_as`), and on kernels before Landlock ABI 9 their
+//! confinement cannot stop them connecting to a socket by path. So a peer whose process has
+//! `no_new_privs` set while the daemon's has not — every confined agent and everything it
+//! starts, since the flag is inherited and can never be cleared — is an agent: it may only
+//! `send` (what `agent-chat-gateway send` from a tool call uses; the tool policy limits it to
+//! the turn's own room). `approve`, `stop`, `pause` … from it are refused and logged.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,6 +72,14 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let my_uid = nix::unistd::getuid().as_raw();
+    // Only a daemon without `no_new_privs` can tell its agents from its admins by that flag.
+    let daemon_free = !has_no_new_privs("self");
+    if !daemon_free {
+        warn!(
+            "the daemon runs with no_new_privs, so the control socket cannot tell confined \
+             agents from admins: every same-user peer gets every request"
+        );
+    }
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -78,8 +96,8 @@ pub async fn serve(
             },
             _ = cancel.cancelled() => break,
         };
-        match stream.peer_cred() {
-            Ok(cred) if cred.uid() == my_uid => {}
+        let confined = match stream.peer_cred() {
+            Ok(cred) if cred.uid() == my_uid => daemon_free && peer_is_confined(cred.pid()),
             Ok(cred) => {
                 warn!(
                     uid = cred.uid(),
@@ -91,16 +109,35 @@ pub async fn serve(
                 warn!(error = %e, "cannot read control peer credentials; refused");
                 continue;
             }
-        }
+        };
         let dispatcher = dispatcher.clone();
         let stop = stop.clone();
         let cancel = cancel.clone();
         tracker.spawn(async move {
             tokio::select! {
-                _ = handle(stream, dispatcher, stop) => {}
+                _ = handle(stream, dispatcher, stop, confined) => {}
                 _ = cancel.cancelled() => {}
             }
         });
+    }
+}
+
+/// `NoNewPrivs: 1` in `/proc/<pid>/status`; a peer whose status cannot be read counts as
+/// confined (fail closed).
+fn peer_is_confined(pid: Option<i32>) -> bool {
+    match pid {
+        Some(pid) => has_no_new_privs(&pid.to_string()),
+        None => true,
+    }
+}
+
+fn has_no_new_privs(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => status
+            .lines()
+            .find_map(|l| l.strip_prefix("NoNewPrivs:"))
+            .is_none_or(|v| v.trim() != "0"),
+        Err(_) => true,
     }
 }
 
@@ -108,6 +145,7 @@ async fn handle(
     stream: UnixStream,
     dispatcher: mpsc::Sender<ControlRequest>,
     stop: CancellationToken,
+    confined: bool,
 ) {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
@@ -121,6 +159,16 @@ async fn handle(
             }
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
                 Err(e) => proto::error(format!("bad request: {e}")),
+                Ok(req) if confined && !matches!(req, Request::Send { .. }) => {
+                    warn!(
+                        ?req,
+                        "control request from a confined agent process refused"
+                    );
+                    proto::error(
+                        "refused: this connection comes from a confined agent process, which \
+                         may only `send`",
+                    )
+                }
                 Ok(req) => answer(req, &dispatcher, &stop).await,
             },
         };
