@@ -209,6 +209,9 @@ pub struct Prepared {
     /// `None` when Landlock is off or unavailable (best effort).
     ruleset: Option<OwnedFd>,
     ids: Option<Ids>,
+    /// Set `no_new_privs` even without a ruleset (unless confinement is `off`): it marks the
+    /// process tree as an agent's for the control socket, which then only lets it `send`.
+    no_new_privs: bool,
 }
 
 #[derive(Debug)]
@@ -239,12 +242,15 @@ impl Prepared {
                 }
             }
         }
+        if self.no_new_privs || self.ruleset.is_some() {
+            // SAFETY: a documented prctl call with constant arguments.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         if let Some(fd) = &self.ruleset {
-            // SAFETY: documented prctl and landlock_restrict_self calls on an open ruleset fd.
+            // SAFETY: a documented landlock_restrict_self call on an open ruleset fd.
             unsafe {
-                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
                 if libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) != 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -263,7 +269,11 @@ impl Sandbox {
             groups: u.groups.clone(),
         });
         if self.mode == ConfinementMode::Off {
-            return Ok(Prepared { ruleset: None, ids });
+            return Ok(Prepared {
+                ruleset: None,
+                ids,
+                no_new_privs: false,
+            });
         }
         let level = abi();
         if level < 1 {
@@ -273,7 +283,11 @@ impl Sandbox {
                 )),
                 _ => {
                     tracing::debug!("Landlock unavailable; agent runs unconfined (best effort)");
-                    Ok(Prepared { ruleset: None, ids })
+                    Ok(Prepared {
+                        ruleset: None,
+                        ids,
+                        no_new_privs: true,
+                    })
                 }
             };
         }
@@ -282,6 +296,7 @@ impl Sandbox {
         Ok(Prepared {
             ruleset: Some(ruleset),
             ids,
+            no_new_privs: true,
         })
     }
 
