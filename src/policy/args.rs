@@ -54,6 +54,11 @@ pub const RULES: &[(&str, &str)] = &[
          --compress-program, zip -T/--unzip-command",
     ),
     (
+        "names-from-input",
+        "options that read the names of files to open from a file or stdin: wc/du/sort \
+         --files0-from, tar -T/--files-from, rsync --files-from, cpio",
+    ),
+    (
         "sensitive-write",
         "writing (redirect, file tool, or a writing command's operand) to .git/config, \
          .git/hooks/, ~/.gitconfig, ~/.config/git/, ~/.ssh/, shell rc files, .cargo/config*, \
@@ -194,6 +199,10 @@ fn command(param: &Param, args: &[Arg], cwds: &[std::path::PathBuf], out: &mut V
         "awk" | "gawk" | "mawk" | "nawk" => Some(awk(rest)),
         "tar" | "rsync" | "ssh" | "scp" | "sort" | "zip" => Some(exec_options(name, rest)),
         _ => None,
+    };
+    let rule = match rule {
+        Some(Some(found)) => Some(Some(found)),
+        _ => Some(names_from_input(name, rest)),
     };
     if let Some(Some((rule, why))) = rule {
         hit(rule, why);
@@ -579,6 +588,24 @@ fn exec_options(name: &str, args: &[Arg]) -> Option<(&'static str, String)> {
         }
     }
     None
+}
+
+/// Options that take the list of files to open from a file or stdin: the names are in no
+/// parameter, so the guard never sees them.
+fn names_from_input(name: &str, args: &[Arg]) -> Option<(&'static str, String)> {
+    let bad = |w: &str| match name {
+        "wc" | "du" | "sort" => long(w, "files0-from"),
+        "tar" => w == "-T" || long(w, "files-from") || short(w, 'T'),
+        "rsync" => long(w, "files-from") || long(w, "include-from") || long(w, "exclude-from"),
+        "cpio" => true,
+        _ => false,
+    };
+    args.iter().filter_map(known).find(|w| bad(w)).map(|w| {
+        (
+            "names-from-input",
+            format!("`{name} {w}` opens files named in its input"),
+        )
+    })
 }
 
 /// A file whose content decides what later commands run (see the `sensitive-write` rule).

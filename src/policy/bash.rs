@@ -1279,8 +1279,19 @@ impl Analyser {
             },
             _ => {
                 if let Some(i) = wrapper_inner(base, words) {
-                    let inner = &words[i..];
-                    self.argv(join_text(inner), inner, stdin, cx, wrappers + 1);
+                    let mut inner = words[i..].to_vec();
+                    if base == "xargs" {
+                        // xargs adds words read from its input: the guard must see that the
+                        // command gets arguments nobody wrote (`echo ~/.x* | xargs cat`).
+                        inner.push(Word {
+                            text: String::new(),
+                            value: None,
+                            pattern: false,
+                            arg: Arg::Dynamic(String::new()),
+                        });
+                    }
+                    let text = join_text(&words[i..]);
+                    self.argv(text, &inner, stdin, cx, wrappers + 1);
                 }
             }
         }
