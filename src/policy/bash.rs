@@ -201,6 +201,7 @@ pub fn analyse(script: &str, cwd: &Path) -> Analysis {
             PathBuf::new()
         }]),
         last_cd: None,
+        env_prefix: false,
         normalized: HashMap::new(),
         depth: 0,
         scope: Scope::default(),
@@ -233,6 +234,8 @@ struct Analyser {
     cwds: Option<Vec<PathBuf>>,
     /// Where the last `cd` leads, for the right side of `cd … && …`.
     last_cd: Option<Option<Vec<PathBuf>>>,
+    /// The command being recorded has env-prefix assignments (`CDPATH=… cd x`).
+    env_prefix: bool,
     /// Depth of the node being walked (nested scripts continue from it).
     depth: usize,
     /// Relative paths already resolved against one directory (loops repeat them).
@@ -524,15 +527,49 @@ impl Analyser {
     fn compound(&mut self, node: Node, cx: Cx, depth: usize) {
         match node.kind() {
             "for_statement" => {
+                // The word list is expanded by bash itself (a glob opens its directory): it
+                // becomes a parameter the guard checks, needing no rule (`for f in *.rs`).
+                let mark = self.params.len();
+                let mut words = vec![Word {
+                    text: "for".to_string(),
+                    value: Some("for".to_string()),
+                    pattern: false,
+                    arg: Arg::Static("for".to_string()),
+                }];
+                let mut text = String::new();
                 let mut cursor = node.walk();
                 for (i, child) in node.children(&mut cursor).enumerate() {
                     match node.field_name_for_child(i as u32) {
-                        Some("variable") => {}
-                        Some("value") => self.word_parts(child, cx, depth + 1),
+                        Some("variable") => {
+                            let name = cx.text(child);
+                            if !is_private_name(&name) {
+                                self.problem(format!(
+                                    "`for` sets the shell variable `{name}`; only lower-case \
+                                     names can be checked"
+                                ));
+                            }
+                            text = format!("for {name} in");
+                        }
+                        Some("value") => {
+                            words.push(self.word(child, cx));
+                            text.push(' ');
+                            text.push_str(&cx.text(child));
+                            self.word_parts(child, cx, depth + 1);
+                        }
                         _ if child.is_named() => self.walk(child, cx, depth + 1),
                         _ => {}
                     }
                 }
+                let argv = words.iter().map(|w| w.value.clone()).collect();
+                let args = words.into_iter().map(|w| w.arg).collect();
+                let cwds = self.cwds.clone().unwrap_or_default();
+                self.params.insert(
+                    mark,
+                    Param {
+                        text,
+                        kind: ParamKind::Command { argv, args, cwds },
+                    },
+                );
             }
             "c_style_for_statement" => {
                 let mut cursor = node.walk();
@@ -731,6 +768,14 @@ impl Analyser {
                     t if EXPANSION_OPERATORS.contains(&t) => {
                         if op.is_none() {
                             op = Some(t.to_string());
+                            let subject =
+                                node.named_child(0).map(|n| cx.text(n)).unwrap_or_default();
+                            if matches!(t, ":=" | "=") && !is_private_name(&subject) {
+                                self.problem(format!(
+                                    "`{text}` sets the shell variable `{subject}`; only \
+                                     lower-case names can be checked"
+                                ));
+                            }
                         }
                     }
                     t => {
@@ -1084,6 +1129,10 @@ impl Analyser {
         if !self.enter(node, cx, depth) {
             return;
         }
+        let mut c = node.walk();
+        self.env_prefix = node
+            .children(&mut c)
+            .any(|ch| ch.kind() == "variable_assignment");
         // Parameters of nested parts are found first; the command itself is moved before them.
         let mark = self.params.len();
         let mut argv: Vec<Word> = Vec::new();
@@ -1302,6 +1351,8 @@ impl Analyser {
     fn change_dir(&mut self, base: &str, words: &[Word]) {
         let start = skip_options(words, 1, &[]);
         let target = match (base, &words[start.min(words.len())..]) {
+            // `CDPATH=/proc cd self`: the prefix steers where it goes.
+            _ if self.env_prefix => None,
             ("cd", [w]) => match &w.arg {
                 Arg::Static(v) if v != "-" && !v.starts_with('~') && !v.is_empty() => {
                     // bash's `cd` is logical (`docs/..` is here even when `docs` is a
@@ -1362,6 +1413,18 @@ impl Analyser {
             }
             _ => return,
         };
+        for w in &names {
+            let v = w.value.as_deref().unwrap_or("");
+            let name = v.split('[').next().unwrap_or(v);
+            if base != "unset" && is_identifier(name) && !is_private_name(name) {
+                // `read CDPATH`, `printf -v HOME …`: variables bash itself uses (CDPATH, HOME,
+                // TMPDIR, PATH, IFS …) change what later commands do, with no assignment to see.
+                self.problem(format!(
+                    "`{base}` sets the shell variable `{name}`; only lower-case names can be \
+                     checked"
+                ));
+            }
+        }
         for w in names {
             match w.value.as_deref() {
                 Some(v) if v.contains('[') => {

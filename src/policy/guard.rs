@@ -114,7 +114,7 @@ pub(crate) enum Verdict {
 const NO_FILE_OPERANDS: &[&str] = &[
     "echo", "printf", "true", "false", ":", "exit", "return", "shift", "sleep", "seq", "expr",
     "basename", "dirname", "test", "[", "cd", "export", "declare", "local", "readonly", "typeset",
-    "unset",
+    "unset", "for",
 ];
 
 impl Guard {
@@ -606,7 +606,7 @@ impl Inner {
 /// all). Any other command might walk it: `grep -r`, `find`, `rg`, `tar`, `cp -r`, `du` …
 const NON_RECURSIVE: &[&str] = &[
     "cat", "head", "tail", "wc", "file", "stat", "echo", "printf", "test", "[", "cd", "basename",
-    "dirname", "realpath", "readlink", "mkdir", "touch", "git", "pwd", "true", "false", ":",
+    "dirname", "realpath", "readlink", "mkdir", "touch", "pwd", "true", "false", ":", "for",
     "sleep", "export", "declare", "local", "readonly", "typeset", "unset", "read", "set",
 ];
 
@@ -623,6 +623,16 @@ fn walks_directories(name: &str, argv: &[Option<String>]) -> bool {
     let flags = || argv[1..].iter().flatten().filter(|a| a.starts_with('-'));
     let short = |a: &str, letters: &[char]| !a.starts_with("--") && a[1..].contains(letters);
     match name {
+        // `git diff` compares two directory trees when a path lies outside the work tree
+        // (`--no-index` is implied), and `git grep --no-index` searches one.
+        "git" => {
+            let sub = argv[1..]
+                .iter()
+                .flatten()
+                .find(|a| !a.starts_with('-'))
+                .map(String::as_str);
+            matches!(sub, Some("diff" | "grep")) || argv[1..].iter().any(|a| a.is_none())
+        }
         "ls" => flags().any(|a| long(a, "recursive") || short(a, &['R'])),
         "grep" | "egrep" | "fgrep" => {
             flags().any(|a| {

@@ -302,6 +302,10 @@ fn needs_no_rule(param: &Param) -> bool {
     let ParamKind::Command { argv, .. } = &param.kind else {
         return false;
     };
+    // `for` only names the words bash expands (checked by the guard), whatever they are.
+    if argv.first().is_some_and(|w| w.as_deref() == Some("for")) && param.text.starts_with("for ") {
+        return true;
+    }
     let Some(words) = argv
         .iter()
         .map(|w| w.as_deref())
@@ -309,6 +313,10 @@ fn needs_no_rule(param: &Param) -> bool {
     else {
         return false;
     };
+    // An env prefix (`CDPATH=/proc cd self`) steers the command: it needs a rule.
+    if !words.first().is_some_and(|w| param.text.starts_with(w)) {
+        return false;
+    }
     let plain_name = |w: &str| {
         w.chars()
             .next()
