@@ -18,10 +18,11 @@
 //!   by the shell itself, or any file created, removed, renamed, linked or chmod-ed (the only
 //!   exceptions, each spelled out in [`is_noise`]: git's index refresh and bash's heredoc temp
 //!   files);
-//! - any open of a path inside the runtime dir, or of a `/proc/…/environ` file;
+//! - any open of a path inside the runtime dir, or of a `/proc/…/environ` file, and any
+//!   attempt to connect to a socket in the runtime dir;
 //! - a planted secret appearing in the command's output or in a file of the scratch tree.
 //!
-//! Only successful system calls count: a failed attempt did nothing.
+//! Only successful system calls count (a failed attempt did nothing), except `connect`.
 //!
 //! Inputs: the `bash:` cases of `tests/data/bash_corpus.yaml`, the attack corpus
 //! `tests/data/bypass_corpus.yaml` (paths written with `{HOME}`, `{WORK}`, `{RT}`), and a
@@ -81,7 +82,7 @@ const GENERATED: usize = 1200;
 /// The system calls traced: programs run, files opened, and every way to change a file.
 const TRACED: &str = "execve,execveat,open,openat,openat2,creat,truncate,rename,renameat,\
 renameat2,link,linkat,symlink,symlinkat,unlink,unlinkat,mkdir,mkdirat,chmod,fchmod,fchmodat,\
-chown,fchown,lchown,fchownat,mknod,mknodat,chdir,fchdir,clone,clone3,fork,vfork";
+chown,fchown,lchown,fchownat,mknod,mknodat,chdir,fchdir,connect,clone,clone3,fork,vfork";
 
 // ---- tools --------------------------------------------------------------------------------
 
@@ -634,6 +635,8 @@ enum Act {
         paths: Vec<String>,
         image: String,
     },
+    /// A connection attempt to a Unix socket path (successful or not).
+    Connect { path: String, image: String },
 }
 
 /// The acts of the traced command, in per-process order: from bash's start, through every
@@ -679,6 +682,21 @@ fn acts(run: &Run, work: &str) -> Result<Vec<Act>, String> {
             if forks.contains(&name) {
                 if let Some(child) = c.ret_number() {
                     queue.push((child, image.clone(), cwd.clone()));
+                }
+                continue;
+            }
+            if name == "connect" {
+                // Counted even when it fails: the control socket here is a stand-in file, so
+                // the attempt is all there is to see (against the daemon it would connect).
+                let path = c.args.get(1).and_then(|a| {
+                    let at = a.find("sun_path=")? + "sun_path=".len();
+                    decode_str(&a[at..]).map(|(p, _)| lexical(&p, &cwd))
+                });
+                if let Some(path) = path {
+                    out.push(Act::Connect {
+                        path,
+                        image: image.clone(),
+                    });
                 }
                 continue;
             }
@@ -882,6 +900,11 @@ fn judge(s: &Scratch, params: &[Param], run: &Run) -> Vec<String> {
                     note(format!("wrote {path} ({} {flags})", base(image)));
                 }
             }
+            Act::Connect { path, image } => {
+                if within(path, &s.runtime) {
+                    note(format!("connected to {path} ({})", base(image)));
+                }
+            }
             Act::Change { call, paths, image } => {
                 if paths.iter().any(|p| within(p, &s.runtime)) {
                     note(format!(
@@ -940,6 +963,19 @@ fn files_containing(dir: &Path, skip: &Path, needle: &str) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// The kind of a finding, for the summary.
+fn finding_kind(finding: &str) -> &'static str {
+    match finding.split(' ').next().unwrap_or("") {
+        "ran" => "ran a program",
+        "wrote" => "wrote a file",
+        "opened" if finding.contains("process environment") => "read an environment",
+        "opened" => "opened the runtime dir",
+        "printed" | "left" => "leaked a secret",
+        "connected" => "reached the control socket",
+        _ => "changed a file",
+    }
 }
 
 /// A command as shown in reports: escaped, and cut when long (heredoc tests are 100 KB).
@@ -1396,6 +1432,19 @@ fn allowed_bash_does_only_what_the_policy_saw() {
             by_origin("bypass_corpus"),
             by_origin("generated"),
         ));
+        let mut kinds: Vec<(&str, usize)> = Vec::new();
+        for f in bypasses.iter().flat_map(|o| &o.findings) {
+            let kind = finding_kind(f);
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((kind, 1)),
+            }
+        }
+        let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        summary.push(format!("  findings ({role}): {}", kinds.join(", ")));
+        for o in allowed.iter().filter(|o| o.timed_out) {
+            report.push_str(&format!("TIMEOUT ({role}) {}\n", clip(&o.input.command)));
+        }
         total_bypasses += bypasses.len();
         for o in bypasses {
             report.push_str(&format!(
@@ -1414,6 +1463,37 @@ fn allowed_bash_does_only_what_the_policy_saw() {
                 o.findings.join("; ")
             ));
         }
+    }
+    let mut classes: Vec<&str> = Vec::new();
+    for o in &outcomes {
+        if let Some(class) = o.input.origin.strip_prefix("bypass_corpus:") {
+            if !classes.contains(&class) {
+                classes.push(class);
+            }
+        }
+    }
+    summary
+        .push("  bypass corpus by class (guest allowed/bypasses, owner allowed/bypasses):".into());
+    for class in classes {
+        let origin = format!("bypass_corpus:{class}");
+        let of_class: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.input.origin == origin)
+            .collect();
+        let count = |r: usize, bypass: bool| {
+            of_class
+                .iter()
+                .filter(|o| o.allowed[r] && (!bypass || !o.findings.is_empty()))
+                .count()
+        };
+        summary.push(format!(
+            "    {class}: {} inputs; guest {}/{}, owner {}/{}",
+            of_class.len(),
+            count(0, false),
+            count(0, true),
+            count(1, false),
+            count(1, true)
+        ));
     }
     eprintln!("{report}");
     for line in &summary {
@@ -1487,6 +1567,11 @@ fn the_oracle_sees_what_the_parameters_miss() {
             "printed the web chat token",
         ),
         ("ls -la {RT}", "ls -la x", "opened {RT} (ls"),
+        (
+            "python3 -c \"import socket; socket.socket(socket.AF_UNIX).connect('{RT}/control.sock')\"",
+            "python3 -c x",
+            "connected to {RT}/control.sock (python3",
+        ),
         ("cat /proc/self/environ", "cat x", "a process environment"),
         ("echo $ACG_HOOK_SECRET", "echo x", "printed the hook secret"),
         (
