@@ -826,7 +826,7 @@ fn is_noise(s: &Scratch, image: &str, call: &str, paths: &[String]) -> bool {
 /// Whether some command parameter names the program `path` (started in `cwd`).
 fn named(params: &[Param], path: &str, cwd: &str) -> bool {
     params.iter().any(|p| {
-        let ParamKind::Command { argv } = &p.kind else {
+        let ParamKind::Command { argv, .. } = &p.kind else {
             return false;
         };
         let Some(Some(name)) = argv.first() else {
