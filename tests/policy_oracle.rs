@@ -930,6 +930,13 @@ fn judge(s: &Scratch, params: &[Param], run: &Run) -> Vec<String> {
             note(format!("left the {what} in {}", file.display()));
         }
     }
+    // `find . -delete` alone removes every file: the first ones say enough.
+    const SHOWN: usize = 12;
+    if findings.len() > SHOWN {
+        let more = findings.len() - SHOWN;
+        findings.truncate(SHOWN);
+        findings.push(format!("… and {more} more"));
+    }
     findings
 }
 
@@ -1161,7 +1168,7 @@ fn dangerous(g: &mut Gen, head: &str, owner: bool) -> String {
     let op = g.pick(&[
         ":-", ":=", "-", "=", "#", "##", "%", "%%", ":+", "+", "^^", ",,", "^", ",",
     ]);
-    match g.below(22) {
+    match g.below(25) {
         0 => format!("{head} ${{x{op}{s}}}"),
         1 => format!("{head} \"${{x{op}{s}}}\""),
         2 => format!("{head} ${{x/{s}/y}}"),
@@ -1177,14 +1184,16 @@ fn dangerous(g: &mut Gen, head: &str, owner: bool) -> String {
         11 => format!("{head} \"${{PS4@P}}\" \"${{x@P}}\""),
         12 => {
             let reader = g.pick(STDIN_READERS);
-            let delim = g.pick(&["EOF", "'EOF'", "\"EOF\"", "\\EOF", "E"]);
-            let end = delim.trim_matches(['\'', '"', '\\']);
+            let delim = g.pick(&["EOF", "'EOF'", "\"EOF\"", "\\EOF", "E", "-EOF", "-'EOF'"]);
+            // `<<-` strips leading tabs from the body and the delimiter line.
+            let tab = if delim.starts_with('-') { "\t" } else { "" };
+            let end = delim.trim_matches(['\'', '"', '\\', '-']);
             let body = match g.below(3) {
                 0 => format!("line {s}"),
                 1 => format!("`{p}`"),
                 _ => format!("${{x:-{s}}}"),
             };
-            format!("{reader} <<{delim}\n{body}\n{end}\n{head}")
+            format!("{reader} <<{delim}\n{tab}{body}\n{tab}{end}\n{head}")
         }
         13 => format!("{} <<< \"${{x:-{s}}}\"", g.pick(STDIN_READERS)),
         14 => format!("{head} | {}", g.pick(STDIN_READERS)),
@@ -1216,6 +1225,8 @@ fn dangerous(g: &mut Gen, head: &str, owner: bool) -> String {
         18 if owner => g
             .pick(&[
                 "find . -delete",
+                "find . -name '*.md' -exec id \\;",
+                "find . -execdir uname {} +",
                 "find . -name notes.txt -fprint x.txt",
                 "sed -i s/a/b/ notes.txt",
                 "sed -n 'w y.txt' notes.txt",
@@ -1261,6 +1272,23 @@ fn dangerous(g: &mut Gen, head: &str, owner: bool) -> String {
             let op = g.pick(&[">", ">>", "&>", "<>", ">|", "2>", "1>", "3>", ">&"]);
             format!("{head} {op} {target}")
         }
+        22 => match g.below(3) {
+            // Quotes inside an operand: literal inside "…", quote removal outside.
+            0 => format!("{head} \"${{x{op}'{s}'}}\""),
+            1 => format!("{head} ${{x{op}\"{s}\"}}"),
+            _ => format!("{head} \"${{x{op}\\\"{s}\\\"}}\""),
+        },
+        23 => match g.below(3) {
+            0 => format!("{head} <({p})"),
+            1 => format!("{head} > >({p})"),
+            _ => format!("cat <(ls) <({p}) | {head}"),
+        },
+        // Shapes that only look dangerous (literal text): the oracle must stay quiet on them.
+        24 => match g.below(3) {
+            0 => format!("{head} ${{x{op}$'\\x24({p})'}}"),
+            1 => format!("{head} '$({p})' \\`{p}\\`"),
+            _ => format!("{head} \"\\$({p})\""),
+        },
         _ => {
             // An assignment whose value bash evaluates later.
             let q = arith_operand(g, p);
