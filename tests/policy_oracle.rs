@@ -265,8 +265,9 @@ impl Scratch {
 }
 
 /// The HOME every case starts from: a git repo with two commits and an uncommitted change as
-/// the work dir (so `git status/log/diff` have something to do), two symlinks in it (`docs` to
-/// the runtime dir, `me` to `/proc/self`), and the runtime dir.
+/// the work dir (so `git status/log/diff` have something to do), symlinks in it (`docs` to the
+/// runtime dir, `me` to `/proc/self`, `link.txt` to `.git/config`, `new.txt` to a missing
+/// `~/.bashrc`), and the runtime dir.
 fn make_template(dir: &Path) -> PathBuf {
     let home = dir.join("template-home");
     let work = home.join("work");
@@ -324,6 +325,8 @@ fn make_template(dir: &Path) -> PathBuf {
     // tree is at the same path on the host.
     std::os::unix::fs::symlink(format!("../{RUNTIME_NAME}"), work.join("docs")).unwrap();
     std::os::unix::fs::symlink("/proc/self", work.join("me")).unwrap();
+    std::os::unix::fs::symlink(".git/config", work.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink("../.bashrc", work.join("new.txt")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).unwrap();
     home
