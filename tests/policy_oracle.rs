@@ -230,7 +230,13 @@ impl Scratch {
     /// Back to the template's state: nothing one case did is seen by the next.
     fn reset(&self) {
         for dir in [&self.home, &self.trace] {
-            if dir.exists() {
+            if dir.exists() && fs::remove_dir_all(dir).is_err() {
+                // A case may have taken permissions away (`chmod 000` on a directory).
+                let _ = Command::new("chmod")
+                    .arg("-R")
+                    .arg("u+rwX")
+                    .arg(dir)
+                    .status();
                 fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
             }
         }
@@ -906,7 +912,9 @@ fn judge(s: &Scratch, params: &[Param], run: &Run) -> Vec<String> {
     let redirect_targets: Vec<String> = params
         .iter()
         .filter_map(|p| match &p.kind {
-            ParamKind::Redirect { path, write: true } => Some(path.display().to_string()),
+            ParamKind::Redirect {
+                path, write: true, ..
+            } => Some(path.display().to_string()),
             _ => None,
         })
         .collect();
