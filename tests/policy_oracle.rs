@@ -1711,6 +1711,11 @@ fn harmless_commands_have_no_findings() {
         "diff <(ls) <(ls src) || true; tee >(wc -l) < notes.txt".to_string(),
         "find . -name '*.md' -exec cat {} \\; ; timeout 2 ls; env ls; xargs ls < /dev/null"
             .to_string(),
+        // The owner set's commands that the generator builds around.
+        "echo hi; printf '%s\\n' x; sed -n 1p README.md; awk 'NR==1' README.md; sort notes.txt"
+            .to_string(),
+        "find . -maxdepth 1 -name '*.md'; git show --stat HEAD; python3 -c 'print(1)'; cd src; ls"
+            .to_string(),
     ];
     let mut errors = Vec::new();
     for command in &cases {
