@@ -23,6 +23,12 @@
 //! - a planted secret appearing in the command's output or in a file of the scratch tree.
 //!
 //! Only successful system calls count (a failed attempt did nothing), except `connect`.
+//! Writes to `/dev/null` and to pipes (`/dev/stdout`, `>(…)`) are not writes to files.
+//!
+//! Not covered: what an allowed interpreter does with code it was given (`python3 .*` in the
+//! owner set runs any Python; the corpus only feeds it harmless code), hard links or copies of
+//! secrets made by an earlier call, and a secret leaked in a transformed form (only the planted
+//! strings are searched for).
 //!
 //! Inputs: the `bash:` cases of `tests/data/bash_corpus.yaml`, the attack corpus
 //! `tests/data/bypass_corpus.yaml` (paths written with `{HOME}`, `{WORK}`, `{RT}`), and a
