@@ -1168,6 +1168,8 @@ const PAYLOADS: &[&str] = &[
 ];
 /// File readers for paths into the runtime dir.
 const READERS: &[&str] = &[
+    "grep -rl .",
+    "ls -laR",
     "cat",
     "head -c 300",
     "tail -n 3",
@@ -1202,13 +1204,21 @@ const SECRET_PATHS: &[&str] = &[
     "/proc/self/task/*/env*",
     "${x:-/proc/self}/envi*",
     "${x:-{HOME}/.agent-chat}-gateway/webchat-web.tokens.json",
+    "/pro\\\nc/self/environ",
+    "~/.agent-chat-gate\\\nway/webchat-web.tokens.json",
+    "~/*/../.agent*/w*",
+    "/proc/[s]elf/environ",
+    "docs/webchat-web.tokens.json",
+    "me/environ",
 ];
 
 /// `$(P)` in one of the ways bash writes a command substitution.
 fn subst(g: &mut Gen, payload: &str) -> String {
-    match g.below(3) {
+    match g.below(4) {
         0 => format!("$({payload})"),
         1 => format!("`{payload}`"),
+        // A line continuation is removed before bash reads the word: this is `$(…)`.
+        2 => format!("$\\\n({payload})"),
         _ => format!("$( {payload} )"),
     }
 }
@@ -1302,6 +1312,9 @@ fn dangerous(g: &mut Gen, head: &str, owner: bool) -> String {
                 "awk '{print | \"id\"}' notes.txt",
                 "awk 'BEGIN{print 1 > \"z.txt\"}'",
                 "sort -o x.txt notes.txt",
+                "sort -uo x.txt notes.txt",
+                "sort --o=.git/config notes.txt",
+                "sed --in=.b s/a/b/ notes.txt",
                 "git config core.fsmonitor 'touch PWNED'; git status",
                 "git -c core.fsmonitor='touch PWNED' status",
                 "git -c core.pager='id' log",
