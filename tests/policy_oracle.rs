@@ -73,6 +73,9 @@ const SECRETS: &[(&str, &str)] = &[
     ("web chat token", WEBCHAT_TOKEN),
     ("hook settings secret", HOOK_FILE_SECRET),
 ];
+/// What `data.txt` and the last commit's body hold: text that runs `touch PWNED` when bash
+/// evaluates it arithmetically (`[[ $(cat data.txt) -eq 0 ]]`).
+const DATA_PAYLOAD: &str = "a[$(touch PWNED)]";
 /// The runtime dir's default name, which the guard recognises as a marker.
 const RUNTIME_NAME: &str = ".agent-chat-gateway";
 /// Where the trace files appear inside the sandbox.
@@ -277,7 +280,8 @@ impl Scratch {
 }
 
 /// The HOME every case starts from: a git repo with two commits and an uncommitted change as
-/// the work dir (so `git status/log/diff` have something to do), symlinks in it (`docs` to the
+/// the work dir (so `git status/log/diff` have something to do), attacker-written data in it
+/// ([`DATA_PAYLOAD`]), symlinks in it (`docs` to the
 /// runtime dir, `me` to `/proc/self`, `link.txt` to `.git/config`, `new.txt` to a missing
 /// `~/.bashrc`), and the runtime dir.
 fn make_template(dir: &Path) -> PathBuf {
@@ -318,7 +322,10 @@ fn make_template(dir: &Path) -> PathBuf {
     git(&["add", "."]);
     git(&["commit", "-qm", "first"]);
     write(work.join("README.md"), "# demo\nhello world\nsecond line\n");
-    git(&["commit", "-qam", "second"]);
+    // Repository content an attacker wrote: harmless text until bash evaluates it as arithmetic.
+    write(work.join("data.txt"), &format!("{DATA_PAYLOAD}\n"));
+    git(&["add", "data.txt"]);
+    git(&["commit", "-qam", &format!("second\n\n{DATA_PAYLOAD}")]);
     write(work.join("notes.txt"), "b line\na line\nc line\nd line\n");
     write(
         runtime.join("webchat-web.tokens.json"),
