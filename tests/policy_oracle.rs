@@ -1332,9 +1332,21 @@ fn dangerous(g: &mut Gen, head: &str, owner: bool) -> String {
             "{head} {}",
             g.pick(&["--output=x.txt", "-c core.pager=id", "--ext-diff"])
         ),
-        19 if owner => {
+        19 if owner || g.chance(50) => {
             let path = g.pick(SECRET_PATHS);
-            let to = g.pick(&["..", "~", "/proc/self", "{HOME}", "src/..", "${x:-..}"]);
+            // bash's `cd` is logical (`docs/..` is the work dir again, whatever `docs` is).
+            let to = g.pick(&[
+                "..",
+                "~",
+                "/proc/self",
+                "{HOME}",
+                "src/..",
+                "${x:-..}",
+                "docs/..",
+                "me/cwd/..",
+                "-P docs",
+                "docs",
+            ]);
             format!(
                 "cd {to} && {} {}",
                 g.pick(READERS),
