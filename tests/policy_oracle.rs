@@ -281,7 +281,7 @@ impl Scratch {
 
 /// The HOME every case starts from: a git repo with two commits and an uncommitted change as
 /// the work dir (so `git status/log/diff` have something to do), attacker-written data in it
-/// ([`DATA_PAYLOAD`]), symlinks in it (`docs` to the
+/// ([`DATA_PAYLOAD`], a file named `--output=PWNED`), symlinks in it (`docs` to the
 /// runtime dir, `me` to `/proc/self`, `link.txt` to `.git/config`, `new.txt` to a missing
 /// `~/.bashrc`), and the runtime dir.
 fn make_template(dir: &Path) -> PathBuf {
@@ -327,6 +327,8 @@ fn make_template(dir: &Path) -> PathBuf {
     git(&["add", "data.txt"]);
     git(&["commit", "-qam", &format!("second\n\n{DATA_PAYLOAD}")]);
     write(work.join("notes.txt"), "b line\na line\nc line\nd line\n");
+    // A file name an attacker chose: `git diff *` turns it into an option that writes a file.
+    write(work.join("--output=PWNED"), "x\n");
     write(
         runtime.join("webchat-web.tokens.json"),
         &format!("{{\"alice\": \"{WEBCHAT_TOKEN}\"}}\n"),
@@ -1307,6 +1309,7 @@ fn dangerous(g: &mut Gen, head: &str, owner: bool) -> String {
             ]);
             format!("{cmd} --output={path}; git status")
         }
+        17 if g.chance(30) => format!("git {} *", g.pick(&["diff", "log -1", "diff --stat"])),
         17 => {
             let sub = g.pick(&["diff", "log -p"]);
             format!("git {sub} --no-index {} /dev/null", g.pick(SECRET_PATHS))
