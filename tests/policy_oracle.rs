@@ -30,7 +30,8 @@
 //! secrets made by an earlier call, and a secret leaked in a transformed form (only the planted
 //! strings are searched for).
 //!
-//! Inputs: the `bash:` cases of `tests/data/bash_corpus.yaml`, the attack corpus
+//! Inputs: the `bash:` cases of `tests/data/bash_corpus.yaml`, the everyday commands of
+//! `tests/data/harmless.yaml`, the attack corpus
 //! `tests/data/bypass_corpus.yaml` (paths written with `{HOME}`, `{WORK}`, `{RT}`), and a
 //! deterministic generator ([`generated`]). Each input is decided for a guest and an owner rule
 //! set ([`RuleSets`]); one that either allows is run once and judged for every set that allows
@@ -62,6 +63,7 @@ use serde_json::json;
 
 const BASH_CORPUS: &str = include_str!("data/bash_corpus.yaml");
 const BYPASS_CORPUS: &str = include_str!("data/bypass_corpus.yaml");
+const HARMLESS: &str = include_str!("data/harmless.yaml");
 
 /// The planted secrets: the hook secret (in bash's environment, as the gateway sets it for the
 /// agent), the web chat token and the hook settings file's secret (files in the runtime dir).
@@ -1105,6 +1107,11 @@ fn corpus_inputs() -> Vec<Input> {
             command: b.to_string(),
         })
         .collect();
+    let harmless: Vec<String> = serde_yaml::from_str(HARMLESS).expect("harmless list parses");
+    out.extend(harmless.into_iter().map(|command| Input {
+        origin: "harmless".to_string(),
+        command,
+    }));
     let bypass: Vec<BypassCase> =
         serde_yaml::from_str(BYPASS_CORPUS).expect("bypass corpus parses");
     out.extend(bypass.into_iter().map(|c| Input {
@@ -1559,11 +1566,12 @@ fn allowed_bash_does_only_what_the_policy_saw() {
         };
         summary.push(format!(
             "oracle ({role}): {} inputs, {} allowed and executed, {} bypasses \
-             [allowed/bypasses: {}, {}, {}; {timeouts} timed out]",
+             [allowed/bypasses: {}, {}, {}, {}; {timeouts} timed out]",
             outcomes.len(),
             allowed.len(),
             bypasses.len(),
             by_origin("bash_corpus"),
+            by_origin("harmless"),
             by_origin("bypass_corpus"),
             by_origin("generated"),
         ));
