@@ -1317,6 +1317,22 @@ fn dangerous(g: &mut Gen, head: &str, owner: bool) -> String {
             format!("{cmd} --output={path}; git status")
         }
         17 if g.chance(30) => format!("git {} *", g.pick(&["diff", "log -1", "diff --stat"])),
+        // Two directories, one outside the work tree: git diff compares the trees (--no-index
+        // is implied), reading every file of both.
+        17 if g.chance(30) => {
+            let dirs = [
+                ".",
+                "..",
+                "~",
+                "src",
+                "~/work",
+                "{HOME}",
+                "/proc/self/cwd/..",
+            ];
+            let (a, b) = (g.pick(&dirs), g.pick(&dirs));
+            let no_index = if g.chance(50) { " --no-index" } else { "" };
+            format!("git diff{no_index} {a} {b}")
+        }
         17 => {
             let sub = g.pick(&["diff", "log -p"]);
             format!("git {sub} --no-index {} /dev/null", g.pick(SECRET_PATHS))
