@@ -1107,10 +1107,18 @@ fn corpus_inputs() -> Vec<Input> {
             command: b.to_string(),
         })
         .collect();
-    let harmless: Vec<String> = serde_yaml::from_str(HARMLESS).expect("harmless list parses");
-    out.extend(harmless.into_iter().map(|command| Input {
-        origin: "harmless".to_string(),
-        command,
+    // Entries are commands, or `{bash: …, over_strict: why}` for the known over-strict ones.
+    let harmless: Vec<serde_yaml::Value> =
+        serde_yaml::from_str(HARMLESS).expect("harmless list parses");
+    out.extend(harmless.iter().map(|entry| {
+        let command = entry
+            .as_str()
+            .or_else(|| entry.get("bash").and_then(|b| b.as_str()))
+            .expect("a harmless entry is a command or has `bash`");
+        Input {
+            origin: "harmless".to_string(),
+            command: command.to_string(),
+        }
     }));
     let bypass: Vec<BypassCase> =
         serde_yaml::from_str(BYPASS_CORPUS).expect("bypass corpus parses");
