@@ -32,7 +32,8 @@
 //!
 //! Inputs: the `bash:` cases of `tests/data/bash_corpus.yaml`, the everyday commands of
 //! `tests/data/harmless.yaml`, the attack corpus
-//! `tests/data/bypass_corpus.yaml` (paths written with `{HOME}`, `{WORK}`, `{RT}`), and a
+//! `tests/data/bypass_corpus.yaml` (paths written with `{HOME}`, `{WORK}`, `{RT}`; `{BIG}` is a
+//! heredoc body bigger than a pipe buffer), and a
 //! deterministic generator ([`generated`]). Each input is decided for a guest and an owner rule
 //! set ([`RuleSets`]); one that either allows is run once and judged for every set that allows
 //! it (the judgement depends only on the parameters, which are the same for both).
@@ -265,9 +266,11 @@ impl Scratch {
         Guard::new(&self.runtime).with_home(&self.home)
     }
 
-    /// `{HOME}`, `{WORK}`, `{RT}` in an input, replaced by this tree's paths.
+    /// `{HOME}`, `{WORK}`, `{RT}` in an input, replaced by this tree's paths, and `{BIG}` by
+    /// text longer than a pipe buffer (bash then writes a heredoc to a temp file in `$TMPDIR`).
     fn fill(&self, template: &str) -> String {
         template
+            .replace("{BIG}", &"x".repeat(70_000))
             .replace("{HOME}", &self.home.display().to_string())
             .replace("{WORK}", &self.work.display().to_string())
             .replace("{RT}", &self.runtime.display().to_string())
