@@ -1277,7 +1277,7 @@ fn dangerous(g: &mut Gen, head: &str, owner: bool) -> String {
     let op = g.pick(&[
         ":-", ":=", "-", "=", "#", "##", "%", "%%", ":+", "+", "^^", ",,", "^", ",",
     ]);
-    match g.below(25) {
+    match g.below(26) {
         0 => format!("{head} ${{x{op}{s}}}"),
         1 => format!("{head} \"${{x{op}{s}}}\""),
         2 => format!("{head} ${{x/{s}/y}}"),
@@ -1430,6 +1430,24 @@ fn dangerous(g: &mut Gen, head: &str, owner: bool) -> String {
             1 => format!("{head} '$({p})' \\`{p}\\`"),
             _ => format!("{head} \"\\$({p})\""),
         },
+        // Variables bash consults on its own (`~`, `cd`), set without a plain assignment.
+        25 => {
+            let reader = g.pick(READERS);
+            let (var, value, then) = match g.below(3) {
+                0 => ("HOME", "/proc/self", format!("{reader} ~/environ")),
+                1 => ("CDPATH", "/proc", format!("cd self && {reader} environ")),
+                _ => (
+                    "HOME",
+                    "{WORK}/docs",
+                    format!("{reader} ~/webchat-web.tokens.json"),
+                ),
+            };
+            match g.below(3) {
+                0 => format!("read {var} <<< {value}; {then}"),
+                1 => format!("for {var} in {value}; do {then}; done"),
+                _ => format!("{var}={value} {then}"),
+            }
+        }
         _ => {
             // An assignment whose value bash evaluates later.
             let q = arith_operand(g, p);
