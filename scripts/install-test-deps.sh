@@ -2,6 +2,8 @@
 # Installs what the test suite needs into ignored folders of the repo, idempotently:
 #   .deps/node/      pinned agent CLIs from npm (Claude Code first)
 #   .deps/venv/      a Python venv with the `openai` SDK (client-side tests)
+#   strace, bwrap    (Linux only, Debian packages `strace` and `bubblewrap`) for the bash policy
+#                    oracle, tests/policy_oracle.rs, which runs allowed commands in a sandbox
 # Safe to run repeatedly: a pinned version already present is not reinstalled.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,4 +40,31 @@ if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
     "$deps/venv/bin/pip" install --quiet "openai==1.*"
   fi
 fi
+# The bash policy oracle (tests/policy_oracle.rs) traces real bash in a bubblewrap sandbox.
+# System packages from the configured apt mirrors; `apt-get update` only when one is missing.
+if [ "$(uname -s)" = Linux ]; then
+  missing=()
+  command -v strace >/dev/null 2>&1 || missing+=(strace)
+  command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+      echo "apt-get not found: install ${missing[*]} yourself (needed by tests/policy_oracle.rs)" >&2
+      exit 1
+    fi
+    as_root=()
+    if [ "$(id -u)" != 0 ]; then
+      if command -v sudo >/dev/null 2>&1; then
+        as_root=(sudo)
+      else
+        echo "need root (or sudo) to apt-get install ${missing[*]}" >&2
+        exit 1
+      fi
+    fi
+    echo "installing ${missing[*]} with apt-get" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
 echo "test dependencies ready in $deps" >&2
