@@ -416,7 +416,11 @@ impl Analyser {
         if let Some(at) = continuation_inside_word(src) {
             // bash joins `gate\<newline>way` into one word (also `$\<newline>(id)`), but the
             // grammar may split it: refused rather than guessed.
-            let near: String = src[at.saturating_sub(20)..]
+            let mut from = at.saturating_sub(20);
+            while !src.is_char_boundary(from) {
+                from -= 1;
+            }
+            let near: String = src[from..]
                 .chars()
                 .take(40)
                 .collect::<String>()
@@ -2364,6 +2368,13 @@ mod tests {
             let (_, problems) = texts(script);
             assert!(!problems.is_empty(), "{script} should be unsupported");
         }
+    }
+
+    #[test]
+    fn a_continuation_next_to_wide_characters_is_reported_not_a_panic() {
+        // The backslash sits 3k + 3 bytes in: 20 bytes before it is inside a character.
+        let (_, problems) = texts("中文中文中文中文中文中文中文 ab\\\nc");
+        assert!(problems[0].contains("line continuation"), "{problems:?}");
     }
 
     #[test]
