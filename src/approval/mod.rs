@@ -12,6 +12,8 @@
 //! cannot be posted, a timeout, or a turn/daemon that ends while waiting is a deny.
 
 pub mod audit;
+#[cfg(test)]
+mod gate_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -854,10 +854,9 @@ fn validate_agents(
         // The common keys go to `RawAgent`; the rest belong to the agent type.
         let (common, own) = match item {
             Value::Mapping(map) => {
-                let (common, own): (serde_yaml::Mapping, serde_yaml::Mapping) =
-                    map.into_iter().partition(|(k, _)| {
-                        k.as_str().is_some_and(|k| COMMON_AGENT_KEYS.contains(&k))
-                    });
+                let (common, own): (serde_yaml::Mapping, serde_yaml::Mapping) = map
+                    .into_iter()
+                    .partition(|(k, _)| k.as_str().is_some_and(|k| COMMON_AGENT_KEYS.contains(&k)));
                 (Value::Mapping(common), own)
             }
             other => (other, serde_yaml::Mapping::new()),
