@@ -178,7 +178,9 @@ async fn an_acp_style_agent_is_allowed_what_the_policy_allows() {
     let s = setup();
     let (ticket, _turn) = s.approvals.bind_turn(binding(&s, Role::Owner));
     let a = agent(&s, ticket);
-    let answer = a.request_permission(&permission_request("git status")).await;
+    let answer = a
+        .request_permission(&permission_request("git status"))
+        .await;
     assert_eq!(chosen(&answer), "allow");
     assert!(s.room.posts.lock().unwrap().is_empty(), "no owner asked");
 }
@@ -190,7 +192,10 @@ async fn an_acp_style_agent_is_denied_what_a_guest_may_not_do() {
     let a = agent(&s, ticket);
     let answer = a.request_permission(&permission_request("rm -rf x")).await;
     assert_eq!(chosen(&answer), "reject");
-    assert!(s.room.posts.lock().unwrap().is_empty(), "guests are never asked");
+    assert!(
+        s.room.posts.lock().unwrap().is_empty(),
+        "guests are never asked"
+    );
 }
 
 #[tokio::test]
@@ -267,6 +272,8 @@ async fn a_call_with_an_ended_turns_ticket_is_denied() {
     drop(turn);
     assert!(!s.approvals.is_live(&ticket.secret));
     let a = agent(&s, ticket);
-    let answer = a.request_permission(&permission_request("git status")).await;
+    let answer = a
+        .request_permission(&permission_request("git status"))
+        .await;
     assert_eq!(chosen(&answer), "reject");
 }

@@ -657,7 +657,7 @@ fn validate_source(path: &Path, source: &str, v: &mut Validator) -> Option<Confi
             .collect(),
         _ => Vec::new(),
     };
-    let agents = validate_agents(sections.remove("agents"), &presets, v);
+    let agents = validate_agents(sections.remove("agents"), &presets, registry::AGENTS, v);
     let default_agent = match sections.remove("default_agent") {
         Some(Value::String(s)) => {
             if !declared_agents.contains(&s) {
@@ -831,9 +831,11 @@ fn validate_connectors(section: Option<Value>, v: &mut Validator) -> Vec<Connect
     out
 }
 
+/// `types`: the agent types a section may name ([`registry::AGENTS`] outside tests).
 fn validate_agents(
     section: Option<Value>,
     presets: &BTreeMap<String, Vec<Rule>>,
+    types: &[registry::AgentType],
     v: &mut Validator,
 ) -> BTreeMap<String, AgentConfig> {
     let mut out = BTreeMap::new();
@@ -864,13 +866,14 @@ fn validate_agents(
         let Some(raw) = v.parse::<RawAgent>(&path, common) else {
             continue;
         };
-        let Some(agent_type) = registry::find(&raw.kind) else {
+        let Some(agent_type) = types.iter().find(|t| t.name == raw.kind) else {
+            let names: Vec<&str> = types.iter().map(|t| t.name).collect();
             v.error(
                 format!("{path}.type"),
                 format!(
                     "unknown agent type '{}' (supported: {})",
                     raw.kind,
-                    registry::names().join(", ")
+                    names.join(", ")
                 ),
             );
             continue;

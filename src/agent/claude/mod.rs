@@ -77,8 +77,9 @@ fn build(ctx: BuildContext<'_>) -> anyhow::Result<Arc<dyn AgentBackend>> {
 }
 
 /// Environment variable an older gateway filled the hook header from. Never set now, and
-/// removed from the inherited environment so it cannot leak from the daemon's own.
-pub const HOOK_SECRET_ENV: &str = "ACG_HOOK_SECRET";
+/// removed from the inherited environment so it cannot leak from the daemon's own. The
+/// policy's guard knows the same name (it denies tool calls that read it).
+pub const HOOK_SECRET_ENV: &str = crate::policy::HOOK_SECRET_VAR;
 
 /// Set inside a running Claude Code session; a child that inherits it believes it is nested.
 const NESTED_SESSION_ENV: &str = "CLAUDECODE";
