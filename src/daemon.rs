@@ -3,7 +3,11 @@
 //!
 //! Shutdown is two-phase: first stop taking messages and let running turns finish (up to
 //! `shutdown_grace`), then cancel what is left (agents are killed, pending approvals denied),
-//! then stop the services (connectors, hook and control servers) and flush state.
+//! then stop the services (connectors, agents' own endpoints such as Claude's hook server,
+//! the control server) and flush state.
+//!
+//! Agents are built through `agent::registry` (no agent is named here); the approval broker
+//! is handed to each permission-enabled agent as its `ToolGate`.
 
 use std::collections::HashMap;
 use std::fs::File;
