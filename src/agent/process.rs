@@ -857,4 +857,139 @@ mod tests {
         s.program = "/nonexistent/agent-binary".into();
         assert!(AgentProcess::spawn(&s).is_err());
     }
+
+    /// The smallest agent: every line is a text event, the outcome counts them.
+    struct Echo {
+        lines: usize,
+    }
+
+    impl LineProtocol for Echo {
+        fn feed(&mut self, line: &str) -> Vec<AgentEvent> {
+            self.lines += 1;
+            vec![AgentEvent::Text {
+                text: line.to_string(),
+            }]
+        }
+
+        fn finish(self, exit: &ExitInfo) -> Result<TurnOutcome, AgentError> {
+            if !exit.success {
+                return Err(AgentError::Crashed {
+                    status: exit.status.clone(),
+                    stderr_tail: exit.stderr_tail.clone(),
+                });
+            }
+            Ok(TurnOutcome {
+                text: format!("{} lines", self.lines),
+                ..TurnOutcome::default()
+            })
+        }
+    }
+
+    fn sh(script: &str) -> ProcessSpec {
+        ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: std::env::temp_dir(),
+            stdin: b"prompt".to_vec(),
+            ..ProcessSpec::default()
+        }
+    }
+
+    async fn run_sh(
+        script: &str,
+        timeout: Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> (Result<TurnOutcome, AgentError>, Vec<AgentEvent>, usize) {
+        let spec = sh(script);
+        let (events, mut rx) = tokio::sync::mpsc::channel(1);
+        let ctx = TurnContext {
+            events,
+            cancel,
+            gate: None,
+        };
+        // The turn owns the context, so the event channel closes when the run ends.
+        let turn = async move {
+            let mut outputs = 0;
+            let run = Run {
+                agent: "test",
+                spec: &spec,
+                timeout,
+            };
+            let result = super::run(run, &ctx, Echo { lines: 0 }, || outputs += 1).await;
+            (result, outputs)
+        };
+        let collect = async {
+            let mut got = Vec::new();
+            while let Some(e) = rx.recv().await {
+                got.push(e);
+            }
+            got
+        };
+        let ((result, outputs), got) = tokio::join!(turn, collect);
+        (result, got, outputs)
+    }
+
+    #[tokio::test]
+    async fn the_run_loop_streams_lines_and_ends_with_the_protocols_outcome() {
+        let (result, events, outputs) = run_sh(
+            "read p; echo \"got $p\"; echo two",
+            Duration::from_secs(10),
+            Default::default(),
+        )
+        .await;
+        assert_eq!(result.unwrap().text, "2 lines");
+        assert_eq!(
+            events,
+            vec![
+                AgentEvent::Text {
+                    text: "got prompt".into()
+                },
+                AgentEvent::Text { text: "two".into() }
+            ]
+        );
+        // Once per line and once for the end of output.
+        assert_eq!(outputs, 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_exit_reaches_the_protocol_with_its_stderr() {
+        let (result, _, _) = run_sh(
+            "echo oops >&2; exit 3",
+            Duration::from_secs(10),
+            Default::default(),
+        )
+        .await;
+        match result {
+            Err(AgentError::Crashed {
+                status,
+                stderr_tail,
+            }) => {
+                assert_eq!(status, "exit code 3");
+                assert_eq!(stderr_tail, "oops");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_agent_times_out_and_a_cancelled_one_stops() {
+        let started = std::time::Instant::now();
+        let (result, _, _) = run_sh(
+            "echo started; exec sleep 300",
+            Duration::from_millis(300),
+            Default::default(),
+        )
+        .await;
+        assert!(matches!(result, Err(AgentError::Timeout(_))), "{result:?}");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let (result, _, _) = run_sh("exec sleep 300", Duration::from_secs(60), cancel).await;
+        assert!(matches!(result, Err(AgentError::Cancelled)), "{result:?}");
+        // Both runs were killed, not waited out.
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
 }

@@ -14,11 +14,13 @@
 //! Knows nothing about: the policy, owners, rooms — all of that is behind the gate.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -208,7 +210,17 @@ async fn handle(
             ));
         }
     };
-    let decision = gate.decide(secret.as_deref(), call).await;
+    // Fail closed: a gate that fails instead of answering is an explicit deny, not a broken
+    // connection the CLI might treat as a non-blocking hook error.
+    let asked = AssertUnwindSafe(gate.decide(secret.as_deref(), call))
+        .catch_unwind()
+        .await;
+    let decision = asked.unwrap_or_else(|_| {
+        warn!("the tool gate failed while deciding a call; denying");
+        Decision::Deny {
+            reason: "blocked: the gateway could not decide this tool call".into(),
+        }
+    });
     Ok(respond(StatusCode::OK, decision_body(&decision)))
 }
 
@@ -241,4 +253,102 @@ pub fn decision_body(decision: &Decision) -> serde_json::Value {
             "permissionDecisionReason": decision.reason(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// Records the neutral calls it is asked; allows `ls`, leaks an Ask for anything else
+    /// (which the adapter must still answer as a deny), and panics on `boom`.
+    #[derive(Default)]
+    struct FakeGate {
+        calls: Mutex<Vec<(Option<String>, ToolCall)>>,
+    }
+
+    #[async_trait]
+    impl ToolGate for FakeGate {
+        fn is_live(&self, secret: &str) -> bool {
+            secret == "live"
+        }
+
+        async fn decide(&self, secret: Option<&str>, call: ToolCall) -> Decision {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((secret.map(str::to_string), call.clone()));
+            match call.input["command"].as_str() {
+                Some("ls") => Decision::Allow {
+                    reason: "listed".into(),
+                },
+                Some("boom") => panic!("the gate broke"),
+                _ => Decision::Ask {
+                    reason: "would ask".into(),
+                },
+            }
+        }
+    }
+
+    async fn ask(base: &str, command: &str) -> Value {
+        let body = json!({"session_id": "s", "cwd": "/w", "hook_event_name": "PreToolUse",
+            "tool_name": "Bash", "tool_input": {"command": command}});
+        reqwest::Client::new()
+            .post(format!("{base}/hook"))
+            // Another case than the constant: header names are case-insensitive.
+            .header(SECRET_HEADER.to_ascii_lowercase(), "live")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    fn word(answer: &Value) -> &str {
+        answer["hookSpecificOutput"]["permissionDecision"]
+            .as_str()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_hook_maps_a_body_onto_the_gate_and_its_answer_back() {
+        let gate = Arc::new(FakeGate::default());
+        let (listener, addr) = bind().unwrap();
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            gate.clone(),
+            TaskTracker::new(),
+            cancel.clone(),
+        ));
+        let base = format!("http://{addr}");
+        assert_eq!(word(&ask(&base, "ls").await), "allow");
+        assert_eq!(word(&ask(&base, "rm x").await), "deny", "an Ask is a deny");
+        let broken = ask(&base, "boom").await;
+        assert_eq!(word(&broken), "deny");
+        assert_eq!(
+            broken["hookSpecificOutput"]["permissionDecisionReason"],
+            "blocked: the gateway could not decide this tool call"
+        );
+        let calls = gate.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 3);
+        assert_eq!(
+            calls[0],
+            (
+                Some("live".to_string()),
+                ToolCall {
+                    tool: "Bash".into(),
+                    input: json!({"command": "ls"}),
+                    cwd: PathBuf::from("/w"),
+                }
+            )
+        );
+        cancel.cancel();
+    }
 }
