@@ -25,8 +25,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use agent_chat_gateway::config::{
-    AgentConfig, AgentType, Config, ConfinementMode, ConnectorConfig, ConnectorKind,
-    PermissionsConfig, SandboxConfig, UserRoles, WatcherConfig,
+    AgentConfig, Config, ConfinementMode, ConnectorConfig, ConnectorKind, PermissionsConfig,
+    SandboxConfig, UserRoles, WatcherConfig,
 };
 use agent_chat_gateway::connector::{
     Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, Connectors,
@@ -113,7 +113,8 @@ fn config(agent: &Path, work: &Path) -> Config {
         "fake".to_string(),
         AgentConfig {
             name: "fake".into(),
-            kind: AgentType::Claude,
+            kind: "claude".into(),
+            settings: Default::default(),
             command: agent.display().to_string(),
             args: vec![],
             working_directory: work.to_path_buf(),

@@ -3,7 +3,11 @@
 //!
 //! Shutdown is two-phase: first stop taking messages and let running turns finish (up to
 //! `shutdown_grace`), then cancel what is left (agents are killed, pending approvals denied),
-//! then stop the services (connectors, hook and control servers) and flush state.
+//! then stop the services (connectors, agents' own endpoints such as Claude's hook server,
+//! the control server) and flush state.
+//!
+//! Agents are built through `agent::registry` (no agent is named here); the approval broker
+//! is handed to each permission-enabled agent as its `ToolGate`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,11 +23,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::agent::claude::ClaudeBackend;
 use crate::agent::confine::{self, ConfinementMode, Enforcement, RunAs, Sandbox};
+use crate::agent::gate::ToolGate;
+use crate::agent::registry::{self, BuildContext};
 use crate::agent::AgentBackend;
-use crate::approval::{self, audit::AuditLog, Approvals};
-use crate::config::{AgentConfig, AgentType, Config};
+use crate::approval::{audit::AuditLog, Approvals};
+use crate::config::{AgentConfig, Config};
 use crate::connector::{self, ConnectorContext, Connectors, EventSink};
 use crate::control;
 use crate::dispatch::{Dispatcher, DispatcherParts};
@@ -532,6 +537,18 @@ async fn start(
     }
     let connectors = Arc::new(connectors);
 
+    let approvals = if config.agents.values().any(|a| a.permissions.enabled) {
+        let config_file = std::fs::canonicalize(&config.path).unwrap_or(config.path.clone());
+        Some(Approvals::new(
+            runtime.to_path_buf(),
+            &[config_file],
+            AuditLog::open(&runtime.join("audit.jsonl")),
+            service_tasks.clone(),
+        ))
+    } else {
+        None
+    };
+
     let mut agents: HashMap<String, Arc<dyn AgentBackend>> = HashMap::new();
     let mut temporary = Vec::new();
     for (name, cfg) in &config.agents {
@@ -539,35 +556,23 @@ async fn start(
             agent_sandbox(cfg, &config.path, runtime).with_context(|| format!("agent '{name}'"))?;
         temporary.extend(dirs);
         log_confinement(cfg, &sandbox);
-        let backend: Arc<dyn AgentBackend> = match cfg.kind {
-            AgentType::Claude => Arc::new(ClaudeBackend::new(cfg, scratch).with_sandbox(sandbox)),
+        let agent_type = registry::find(&cfg.kind)
+            .with_context(|| format!("agent '{name}': unknown type '{}'", cfg.kind))?;
+        let gate = match &approvals {
+            Some(a) if cfg.permissions.enabled => Some(a.clone() as Arc<dyn ToolGate>),
+            _ => None,
         };
+        let backend = (agent_type.build)(BuildContext {
+            config: cfg,
+            sandbox,
+            scratch,
+            gate,
+            tracker: service_tasks,
+            cancel: services,
+        })
+        .with_context(|| format!("agent '{name}'"))?;
         agents.insert(name.clone(), backend);
     }
-
-    let approvals = if config.agents.values().any(|a| a.permissions.enabled) {
-        let (listener, addr) = approval::hook::bind()
-            .await
-            .context("cannot bind the hook server")?;
-        let config_file = std::fs::canonicalize(&config.path).unwrap_or(config.path.clone());
-        let approvals = Approvals::new(
-            format!("http://{addr}/hook"),
-            runtime.to_path_buf(),
-            &[config_file],
-            AuditLog::open(&runtime.join("audit.jsonl")),
-            service_tasks.clone(),
-        );
-        service_tasks.spawn(approval::hook::serve(
-            listener,
-            approvals.clone(),
-            service_tasks.clone(),
-            services.clone(),
-        ));
-        info!(%addr, "hook server listening");
-        Some(approvals)
-    } else {
-        None
-    };
 
     service_tasks.spawn(store.clone().run_writer(services.clone()));
 

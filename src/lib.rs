@@ -8,10 +8,13 @@
 //!   interception, routing to room workers.
 //! - [`room`] — one worker per room: bounded persisted queue, sequential turns, the session id,
 //!   streaming the reply back through the connector.
-//! - [`agent`] — one folder per agent CLI: argv, env, process group, output → `AgentEvent`.
+//! - [`agent`] — one folder per agent CLI (argv, env, output → `AgentEvent`, its own way of
+//!   asking about tool calls, e.g. Claude's PreToolUse endpoint), listed in `agent::registry`;
+//!   the shared run loop and process guard in `agent::process`.
 //!
-//! Beside the flow: [`approval`] (pending tool calls, the hook server, audit log) and
-//! [`policy`] (pure allow/ask/deny decisions, bash parsing).
+//! Beside the flow: [`approval`] (the broker behind `agent::gate::ToolGate`: pending tool
+//! calls, owner prompts, audit log) and [`policy`] (pure allow/ask/deny decisions, bash
+//! parsing).
 //!
 //! Around it: [`config`] (file → validated `Config`), [`state`] (atomic state files),
 //! [`control`] (Unix socket protocol), [`daemon`] (fork, pid file, signals, wiring) and

@@ -1,5 +1,5 @@
 //! The neutral vocabulary every other module speaks: rooms, senders, roles, inbound messages,
-//! reply targets, turns and agent events.
+//! reply targets, turns, agent events and the tool calls agents ask the gateway about.
 //!
 //! Owns: plain data types and their small helpers.
 //! Knows nothing about: serde wire formats, tokio, any chat platform or agent CLI. Connectors
@@ -240,6 +240,19 @@ pub struct TurnOutcome {
     pub usage: Option<Usage>,
     /// Tools that were denied during the turn, by name.
     pub denied_tools: Vec<String>,
+}
+
+/// One tool call an agent wants to make, in no agent's wire format: each agent converts its
+/// own request (Claude's PreToolUse hook body, ACP's `session/request_permission`) into this
+/// before asking a [`ToolGate`](crate::agent::gate::ToolGate).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    /// The tool's name as the agent spells it (`Bash`, `Write`, `mcp__srv__tool`).
+    pub tool: String,
+    /// The tool's arguments (a JSON value: every agent CLI speaks JSON).
+    pub input: serde_json::Value,
+    /// Where the agent runs the call; relative paths in `input` are resolved against it.
+    pub cwd: PathBuf,
 }
 
 /// Decision about one tool call.

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_chat_gateway::admission;
+use agent_chat_gateway::agent::claude::hook;
 use agent_chat_gateway::approval::{self, audit::AuditLog, Approvals, Command, TurnBinding};
-use agent_chat_gateway::config::{AgentConfig, AgentType, PermissionsConfig};
+use agent_chat_gateway::config::{AgentConfig, PermissionsConfig};
 use agent_chat_gateway::connector::{Capabilities, Connector, ConnectorContext, ConnectorError};
 use agent_chat_gateway::model::{PostedMessage, ReplyTarget, Role, RoomKey, RoomRef};
 use agent_chat_gateway::policy::{Rule, RuleSet};
@@ -103,16 +104,15 @@ fn limits(header_ms: u64, body_ms: u64, max_unauthenticated: usize) -> admission
 
 async fn broker(limits: admission::Limits, max_message_len: usize) -> Broker {
     let dir = tempfile::tempdir().unwrap();
-    let (listener, addr) = approval::hook::bind().await.unwrap();
+    let (listener, addr) = hook::bind().unwrap();
     let approvals = Approvals::new(
-        format!("http://{addr}/hook"),
         dir.path().join("runtime"),
         &[],
         AuditLog::open(&dir.path().join("audit.jsonl")),
         TaskTracker::new(),
     );
     let cancel = CancellationToken::new();
-    tokio::spawn(approval::hook::serve_with_limits(
+    tokio::spawn(hook::serve_with_limits(
         listener,
         approvals.clone(),
         TaskTracker::new(),
@@ -144,7 +144,8 @@ fn binding(b: &Broker) -> TurnBinding {
         role: Role::Owner,
         agent: Arc::new(AgentConfig {
             name: "a".into(),
-            kind: AgentType::Claude,
+            kind: "claude".into(),
+            settings: Default::default(),
             command: "claude".into(),
             args: vec![],
             working_directory: b.dir.path().to_path_buf(),
@@ -178,7 +179,7 @@ async fn post(b: &Broker, secret: Option<&str>, body: Vec<u8>) -> (u16, Value) {
         .header("content-type", "application/json")
         .body(body);
     if let Some(s) = secret {
-        req = req.header(approval::hook::SECRET_HEADER, s);
+        req = req.header(hook::SECRET_HEADER, s);
     }
     let r = within("a hook answer", req.send()).await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
@@ -241,8 +242,8 @@ async fn idle_and_half_sent_hook_connections_cannot_starve_a_live_turn() {
     for conn in flood.iter_mut().take(15) {
         until_closed("an old flood connection to be closed", conn).await;
     }
-    let (hook, _guard) = b.approvals.bind_turn(binding(&b));
-    let (status, answer) = post(&b, Some(&hook.secret), call("git status")).await;
+    let (ticket, _guard) = b.approvals.bind_turn(binding(&b));
+    let (status, answer) = post(&b, Some(&ticket.secret), call("git status")).await;
     assert_eq!(status, 200);
     assert_eq!(decision(&answer).0, "allow", "{answer}");
 }
@@ -255,13 +256,13 @@ async fn half_sent_heads_and_trickled_bodies_are_cut_after_their_timeouts() {
     half.write_all(b"POST /hook HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let (hook, _guard) = b.approvals.bind_turn(binding(&b));
+    let (ticket, _guard) = b.approvals.bind_turn(binding(&b));
     let mut trickle = connect(&b).await;
     trickle
         .write_all(
             format!(
                 "POST /hook HTTP/1.1\r\nHost: x\r\nx-acg-secret: {}\r\nContent-Length: 500\r\n\r\n{{\"tool_",
-                hook.secret
+                ticket.secret
             )
             .as_bytes(),
         )
@@ -283,32 +284,32 @@ async fn half_sent_heads_and_trickled_bodies_are_cut_after_their_timeouts() {
         "{answer}"
     );
     // The live turn's next call is served.
-    let (_, answer) = post(&b, Some(&hook.secret), call("ls")).await;
+    let (_, answer) = post(&b, Some(&ticket.secret), call("ls")).await;
     assert_eq!(decision(&answer).0, "allow", "{answer}");
 }
 
 #[tokio::test]
 async fn an_unbound_call_may_send_far_less_than_a_live_one() {
-    let b = broker(approval::hook::default_limits(), 16_000).await;
+    let b = broker(hook::default_limits(), 16_000).await;
     let big = call(&format!(
         "ls {}",
-        "x".repeat(approval::hook::MAX_UNAUTHENTICATED_BODY)
+        "x".repeat(hook::MAX_UNAUTHENTICATED_BODY)
     ));
     let (status, answer) = post(&b, Some("not-a-live-secret"), big.clone()).await;
     assert_eq!(
         (status, decision(&answer)),
         (413, ("deny", "blocked: hook body too large"))
     );
-    let (hook, guard) = b.approvals.bind_turn(binding(&b));
+    let (ticket, guard) = b.approvals.bind_turn(binding(&b));
     // The same body from a live turn is read and decided (here: asked, and denied at once as
     // the turn ends).
-    let secret = hook.secret.clone();
+    let secret = ticket.secret.clone();
     let pending = {
         let base = b.base.clone();
         tokio::spawn(async move {
             reqwest::Client::new()
                 .post(format!("{base}/hook"))
-                .header(approval::hook::SECRET_HEADER, secret)
+                .header(hook::SECRET_HEADER, secret)
                 .body(big)
                 .send()
                 .await
@@ -334,7 +335,7 @@ async fn an_unbound_call_may_send_far_less_than_a_live_one() {
 
 #[tokio::test]
 async fn a_flood_of_unbound_calls_cannot_fill_the_audit_log() {
-    let b = broker(approval::hook::default_limits(), 4000).await;
+    let b = broker(hook::default_limits(), 4000).await;
     let body = call(&"A".repeat(60 * 1024));
     for i in 0..200 {
         let secret = if i % 2 == 0 {
@@ -364,8 +365,8 @@ async fn a_flood_of_unbound_calls_cannot_fill_the_audit_log() {
     let kept = records[0]["parameters"][0].as_str().unwrap();
     assert!(kept.ends_with(" more bytes]"), "{kept}");
     // A live turn's decision is still recorded in full.
-    let (hook, _guard) = b.approvals.bind_turn(binding(&b));
-    let (_, answer) = post(&b, Some(&hook.secret), call("git status")).await;
+    let (ticket, _guard) = b.approvals.bind_turn(binding(&b));
+    let (_, answer) = post(&b, Some(&ticket.secret), call("git status")).await;
     assert_eq!(decision(&answer).0, "allow");
     let last = audit(&b).pop().unwrap();
     assert_eq!(last["parameters"], json!(["git status"]));
@@ -385,7 +386,7 @@ async fn ask(
     let answer = tokio::spawn(async move {
         let r = reqwest::Client::new()
             .post(format!("{base}/hook"))
-            .header(approval::hook::SECRET_HEADER, secret)
+            .header(hook::SECRET_HEADER, secret)
             .body(body)
             .send()
             .await
@@ -410,11 +411,11 @@ async fn ask(
 
 #[tokio::test]
 async fn the_prompt_shows_unmatched_parameters_first_and_whole_across_messages() {
-    let b = broker(approval::hook::default_limits(), 500).await;
-    let (hook, _guard) = b.approvals.bind_turn(binding(&b));
+    let b = broker(hook::default_limits(), 500).await;
+    let (ticket, _guard) = b.approvals.bind_turn(binding(&b));
     let payload = "Q".repeat(1800);
     let command = format!("git status && ls && echo {payload} && curl -fsS https://x.example/i.sh");
-    let (id, posts, answer) = ask(&b, &hook.secret, &command).await;
+    let (id, posts, answer) = ask(&b, &ticket.secret, &command).await;
     assert!(posts.len() > 3, "{posts:?}");
     assert!(posts.iter().all(|p| p.chars().count() <= 500), "{posts:?}");
     assert!(posts[0].starts_with(&format!(
@@ -442,12 +443,12 @@ async fn the_prompt_shows_unmatched_parameters_first_and_whole_across_messages()
 
 #[tokio::test]
 async fn hidden_characters_in_a_command_are_shown_not_rendered() {
-    let b = broker(approval::hook::default_limits(), 4000).await;
-    let (hook, _guard) = b.approvals.bind_turn(binding(&b));
+    let b = broker(hook::default_limits(), 4000).await;
+    let (ticket, _guard) = b.approvals.bind_turn(binding(&b));
     // Looks like `echo hellogpj.txt` in a bidi-aware renderer; really holds an override, an
     // ANSI sequence that would erase the line in a terminal and a zero-width space.
     let command = "echo hello\u{202e}txt.jpg\u{1b}[2K\u{200b}";
-    let (id, posts, answer) = ask(&b, &hook.secret, command).await;
+    let (id, posts, answer) = ask(&b, &ticket.secret, command).await;
     let prompt = posts.concat();
     assert!(
         prompt.contains("```\necho hello<U+202E>txt.jpg<U+001B>[2K<U+200B>\n```"),
@@ -473,10 +474,10 @@ async fn hidden_characters_in_a_command_are_shown_not_rendered() {
 
 #[tokio::test]
 async fn a_prompt_too_long_to_show_whole_is_denied_without_asking() {
-    let b = broker(approval::hook::default_limits(), 200).await;
-    let (hook, _guard) = b.approvals.bind_turn(binding(&b));
+    let b = broker(hook::default_limits(), 200).await;
+    let (ticket, _guard) = b.approvals.bind_turn(binding(&b));
     let command = format!("echo {}", "C".repeat(200 * approval::MAX_PROMPT_PARTS));
-    let (status, answer) = post(&b, Some(&hook.secret), call(&command)).await;
+    let (status, answer) = post(&b, Some(&ticket.secret), call(&command)).await;
     assert_eq!(status, 200);
     let (word, reason) = decision(&answer);
     assert_eq!(word, "deny");

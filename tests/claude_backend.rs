@@ -7,9 +7,11 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use agent_chat_gateway::agent::claude::{ClaudeBackend, ExitInfo, StreamParser};
-use agent_chat_gateway::agent::{AgentBackend, AgentError, HookBinding, TurnContext};
-use agent_chat_gateway::config::{AgentConfig, AgentType, PermissionsConfig};
+use agent_chat_gateway::agent::claude::{ClaudeBackend, StreamParser};
+use agent_chat_gateway::agent::gate::GateTicket;
+use agent_chat_gateway::agent::process::ExitInfo;
+use agent_chat_gateway::agent::{AgentBackend, AgentError, TurnContext};
+use agent_chat_gateway::config::{AgentConfig, PermissionsConfig};
 use agent_chat_gateway::model::{AgentEvent, Role, RoomKey, TurnOutcome, TurnRequest};
 use agent_chat_gateway::policy::{Rule, RuleSet};
 use serde_json::json;
@@ -55,7 +57,8 @@ impl Dirs {
         env.push(("HOME".into(), self.home.path().display().to_string()));
         AgentConfig {
             name: "test".into(),
-            kind: AgentType::Claude,
+            kind: "claude".into(),
+            settings: Default::default(),
             command: command.display().to_string(),
             args: Vec::new(),
             working_directory: self.work.path().to_path_buf(),
@@ -88,7 +91,7 @@ async fn run_turn(
     prompt: &str,
     session: Option<String>,
     role: Role,
-    hook: Option<HookBinding>,
+    hook: Option<GateTicket>,
 ) -> Run {
     run_turn_with(
         backend,
@@ -108,7 +111,7 @@ async fn run_turn_with(
     prompt: &str,
     session: Option<String>,
     role: Role,
-    hook: Option<HookBinding>,
+    hook: Option<GateTicket>,
     cancel: CancellationToken,
     mut on_event: impl FnMut(&AgentEvent),
 ) -> Run {
@@ -123,7 +126,7 @@ async fn run_turn_with(
     let ctx = TurnContext {
         events: tx,
         cancel,
-        hook,
+        gate: hook,
     };
     let collect = async {
         let mut events = Vec::new();
@@ -452,9 +455,8 @@ async fn real_cli_tool_calls_go_through_the_http_hook_with_the_run_secret() {
     let mut config = dirs.config(&claude, fake.claude_env());
     // The static allow-list must play no part when a hook decides.
     config.owner_rules = rules(&[("Bash", Some("touch hook-denied.*"))]);
-    let backend = dirs.backend(&config);
-    let hook = HookBinding {
-        url: hook_server.url.clone(),
+    let backend = dirs.backend(&config).with_hook_url(hook_server.url.clone());
+    let hook = GateTicket {
         secret: "per-run-secret-1".into(),
         timeout: Duration::from_secs(30),
     };
@@ -520,9 +522,10 @@ async fn real_cli_unreachable_hook_denies_the_tool() {
     let dirs = Dirs::new();
     let mut config = dirs.config(&claude, fake.claude_env());
     config.owner_rules = rules(&[("Bash", None)]);
-    let backend = dirs.backend(&config);
-    let hook = HookBinding {
-        url: format!("http://127.0.0.1:{port}/hook"),
+    let backend = dirs
+        .backend(&config)
+        .with_hook_url(format!("http://127.0.0.1:{port}/hook"));
+    let hook = GateTicket {
         secret: "s".into(),
         timeout: Duration::from_secs(5),
     };
@@ -607,8 +610,7 @@ async fn real_cli_cancel_during_a_tool_kills_the_tool_and_the_session_resumes() 
         {"text": "Resumed fine."}]}]}))
     .await;
     let hook_server = HookServer::start().await;
-    let hook = HookBinding {
-        url: hook_server.url.clone(),
+    let hook = GateTicket {
         secret: "s".into(),
         timeout: Duration::from_secs(30),
     };
@@ -620,7 +622,9 @@ async fn real_cli_cancel_during_a_tool_kills_the_tool_and_the_session_resumes() 
     )
     .unwrap();
     let (started, gone) = watch_fifo(fifo);
-    let backend = dirs.backend(&dirs.config(&claude, fake.claude_env()));
+    let backend = dirs
+        .backend(&dirs.config(&claude, fake.claude_env()))
+        .with_hook_url(hook_server.url.clone());
     let cancel = CancellationToken::new();
     let (first, ()) = tokio::join!(
         run_turn_with(

@@ -7,10 +7,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_chat_gateway::agent::claude::ClaudeBackend;
-use agent_chat_gateway::agent::{AgentBackend, HookBinding, TurnContext};
-use agent_chat_gateway::approval::{self, audit::AuditLog, Approvals};
-use agent_chat_gateway::config::{AgentConfig, AgentType, PermissionsConfig};
+use agent_chat_gateway::agent::claude::{hook, ClaudeBackend};
+use agent_chat_gateway::agent::gate::GateTicket;
+use agent_chat_gateway::agent::{AgentBackend, TurnContext};
+use agent_chat_gateway::approval::{audit::AuditLog, Approvals};
+use agent_chat_gateway::config::{AgentConfig, PermissionsConfig};
 use agent_chat_gateway::model::{Role, RoomKey, TurnRequest};
 use agent_chat_gateway::policy::RuleSet;
 use serde_json::{json, Value};
@@ -19,16 +20,15 @@ use tokio_util::task::TaskTracker;
 
 async fn hook_server() -> (String, CancellationToken, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let (listener, addr) = approval::hook::bind().await.unwrap();
+    let (listener, addr) = hook::bind().unwrap();
     let approvals = Approvals::new(
-        format!("http://{addr}/hook"),
         dir.path().to_path_buf(),
         &[],
         AuditLog::open(&dir.path().join("audit.jsonl")),
         TaskTracker::new(),
     );
     let cancel = CancellationToken::new();
-    tokio::spawn(approval::hook::serve(
+    tokio::spawn(hook::serve(
         listener,
         approvals,
         TaskTracker::new(),
@@ -43,7 +43,7 @@ async fn post(url: &str, secret: Option<&str>, body: Vec<u8>) -> (u16, Value) {
         .header("content-type", "application/json")
         .body(body);
     if let Some(s) = secret {
-        req = req.header("X-ACG-Secret", s);
+        req = req.header(hook::SECRET_HEADER, s);
     }
     let r = req.send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
@@ -72,7 +72,7 @@ async fn unbindable_malformed_and_oversized_calls_are_denied() {
             deny("blocked: malformed hook body — tool denied as a safe default")
         )
     );
-    let huge = vec![b' '; approval::hook::MAX_BODY + 1];
+    let huge = vec![b' '; hook::MAX_BODY + 1];
     assert_eq!(
         post(&hook, Some("x"), huge).await,
         (413, deny("blocked: hook body too large"))
@@ -113,7 +113,8 @@ async fn a_dead_hook_server_means_the_tool_is_denied() {
     env.push(("HOME".into(), home.path().display().to_string()));
     let config = AgentConfig {
         name: "a".into(),
-        kind: AgentType::Claude,
+        kind: "claude".into(),
+        settings: Default::default(),
         command: claude.display().to_string(),
         args: vec![],
         working_directory: work.path().to_path_buf(),
@@ -129,9 +130,12 @@ async fn a_dead_hook_server_means_the_tool_is_denied() {
         system_prompt: None,
         sandbox: Default::default(),
     };
-    let backend = Arc::new(ClaudeBackend::new(&config, scratch.path().to_path_buf()));
     // A port nobody listens on: the hook server "stopped".
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let backend = Arc::new(
+        ClaudeBackend::new(&config, scratch.path().to_path_buf())
+            .with_hook_url(format!("http://{dead}/hook")),
+    );
     let (events, mut rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let outcome = backend
@@ -145,8 +149,7 @@ async fn a_dead_hook_server_means_the_tool_is_denied() {
             TurnContext {
                 events,
                 cancel: CancellationToken::new(),
-                hook: Some(HookBinding {
-                    url: format!("http://{dead}/hook"),
+                gate: Some(GateTicket {
                     secret: "s".into(),
                     timeout: Duration::from_secs(15),
                 }),

@@ -1,13 +1,19 @@
 //! Agent backends: one folder per agent CLI. Each turns a [`TurnRequest`] into a child process
 //! (argv, env, working directory, resume rules) and its output into [`AgentEvent`]s.
 //!
-//! Owns: the [`AgentBackend`] trait, the error type rooms turn into chat messages, and the
-//! subprocess guard in `process`.
+//! Owns: the [`AgentBackend`] trait, the error type rooms turn into chat messages, the
+//! [`ToolGate`](gate::ToolGate) seam every agent asks about tool calls (`gate`), the list of
+//! agent types (`registry`), and the subprocess guard and NDJSON run loop in `process`.
 //! Must not import: `connector` — no platform name appears here.
+//!
+//! Adding an agent: a folder `agent/<name>/` with its backend (and its config section, its
+//! wire types) plus one line in [`registry::AGENTS`]; see `docs/ARCHITECTURE.md`.
 
 pub mod claude;
 pub mod confine;
+pub mod gate;
 pub mod process;
+pub mod registry;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,25 +23,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{AgentEvent, TurnOutcome, TurnRequest};
-
-/// How a run's tool calls reach the gateway's approval broker (Claude's http PreToolUse hook).
-#[derive(Clone, Debug)]
-pub struct HookBinding {
-    /// `http://127.0.0.1:<port>/hook`.
-    pub url: String,
-    /// Per-run secret the CLI sends back in a header; binds each call to this turn.
-    pub secret: String,
-    /// Hook timeout: longer than the human approval timeout, so a pending approval is never
-    /// cut short by the CLI (which would fall through to the permission mode).
-    pub timeout: Duration,
-}
+use gate::GateTicket;
 
 /// Per-turn plumbing handed to a backend.
 pub struct TurnContext {
     pub events: mpsc::Sender<AgentEvent>,
     pub cancel: CancellationToken,
-    /// `Some` when the approval broker decides this run's tool calls.
-    pub hook: Option<HookBinding>,
+    /// `Some` when the gateway's [`ToolGate`](gate::ToolGate) decides this run's tool calls:
+    /// every call must then be asked with this ticket, and the agent must deny what it cannot
+    /// ask.
+    pub gate: Option<GateTicket>,
 }
 
 /// Why a turn failed. `user_message` is what the room sees; details go to the log.

@@ -1,11 +1,14 @@
 //! The agent subprocess guard: one child process per turn, in its own process group, that
-//! never outlives its owner.
+//! never outlives its owner — and [`run`], the NDJSON run loop every pipe-style agent (one
+//! process per turn, one JSON object per stdout line) reuses.
 //!
 //! Owns: spawning (new process group, piped stdio, prompt written to stdin then closed),
 //! reading stdout line by line with a bounded line size, keeping a bounded tail of stderr
 //! for error messages, and killing the whole group (SIGTERM, short grace, SIGKILL) on
-//! timeout, cancellation or drop — always reaping the child.
-//! Knows nothing about: any particular agent CLI or its output format.
+//! timeout, cancellation or drop — always reaping the child; driving one run to its end
+//! (deadline, cancellation, events sent without blocking past either, exit info).
+//! Knows nothing about: any particular agent CLI or its output format (an agent maps lines
+//! through its [`LineProtocol`]).
 //!
 //! Every agent process is started here, so OS confinement lives here too: the spec's
 //! [`Sandbox`] is turned into a Landlock ruleset (and a `run_as` user into ids) before fork,
@@ -34,7 +37,11 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWri
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
+use tokio::time::Instant;
+
 use super::confine::{Prepared, Sandbox};
+use super::{AgentError, TurnContext};
+use crate::model::{AgentEvent, TurnOutcome};
 
 /// Longest stdout line kept. Claude Code prints whole tool results on one line; big ones
 /// broke a 1 MiB reader in practice, so the limit is generous. Longer lines are skipped.
@@ -48,6 +55,143 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// After the child exits, how long to wait for the stderr reader to see end-of-file.
 const STDERR_DRAIN: Duration = Duration::from_secs(1);
+
+/// How a run ended, for the agent's [`LineProtocol::finish`].
+#[derive(Debug, Clone)]
+pub struct ExitInfo {
+    pub success: bool,
+    /// `exit code 1`, `killed by signal 9`, ….
+    pub status: String,
+    pub stderr_tail: String,
+}
+
+/// An agent's mapping of its stdout lines: events while the run goes, an outcome at the end.
+pub trait LineProtocol: Send {
+    /// Consumes one stdout line; returns the events it carries (often none). A line it does
+    /// not understand is logged and skipped, never an error of its own.
+    fn feed(&mut self, line: &str) -> Vec<AgentEvent>;
+    /// The turn's outcome once stdout closed and the process exited. Every run ends here
+    /// (unless it timed out or was cancelled), so an agent whose CLI ends without a final
+    /// line still produces exactly one outcome.
+    fn finish(self, exit: &ExitInfo) -> Result<TurnOutcome, AgentError>;
+}
+
+/// One run of a pipe-style agent.
+pub struct Run<'a> {
+    /// The agent's name, for logs.
+    pub agent: &'a str,
+    pub spec: &'a ProcessSpec,
+    /// The whole run, from spawn to exit.
+    pub timeout: Duration,
+}
+
+/// Spawns `run.spec` (confined by its sandbox, like every agent process), feeds every stdout
+/// line to `protocol` and sends the events on, and ends the turn: the outcome from
+/// [`LineProtocol::finish`], or [`AgentError::Timeout`] / [`AgentError::Cancelled`] with the
+/// process tree killed. `on_output` runs before each line is handled (Claude removes its
+/// secret's settings file at the first one).
+pub async fn run<P: LineProtocol>(
+    run: Run<'_>,
+    ctx: &TurnContext,
+    protocol: P,
+    mut on_output: impl FnMut() + Send,
+) -> Result<TurnOutcome, AgentError> {
+    let mut child = AgentProcess::spawn(run.spec).map_err(|source| AgentError::Spawn {
+        command: run.spec.program.clone(),
+        source,
+    })?;
+    tracing::debug!(agent = %run.agent, pid = child.pid(), "agent process started");
+    let deadline = Instant::now() + run.timeout;
+    let result = drive(&run, &mut child, ctx, protocol, deadline, &mut on_output).await;
+    if let Err(AgentError::Timeout(_) | AgentError::Cancelled) = &result {
+        child.kill(KILL_GRACE).await;
+    }
+    result
+}
+
+/// Reads the run to its end. On timeout or cancellation returns at once; the caller kills.
+async fn drive<P: LineProtocol>(
+    run: &Run<'_>,
+    child: &mut AgentProcess,
+    ctx: &TurnContext,
+    mut protocol: P,
+    deadline: Instant,
+    on_output: &mut (impl FnMut() + Send),
+) -> Result<TurnOutcome, AgentError> {
+    let timeout = run.timeout;
+    loop {
+        let line = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => return Err(AgentError::Cancelled),
+            _ = tokio::time::sleep_until(deadline) => return Err(AgentError::Timeout(timeout)),
+            line = child.next_line() => line,
+        };
+        on_output();
+        let line = match line {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(agent = %run.agent, error = %e, "reading agent output failed");
+                break;
+            }
+        };
+        for event in protocol.feed(&line) {
+            emit(ctx, event, deadline, timeout).await?;
+        }
+    }
+    let status = tokio::select! {
+        biased;
+        _ = ctx.cancel.cancelled() => return Err(AgentError::Cancelled),
+        _ = tokio::time::sleep_until(deadline) => return Err(AgentError::Timeout(timeout)),
+        status = child.wait() => status,
+    };
+    let exit = match status {
+        Ok(s) => ExitInfo {
+            success: s.success(),
+            status: describe_status(&s),
+            stderr_tail: child.stderr_tail(),
+        },
+        Err(e) => ExitInfo {
+            success: false,
+            status: format!("wait failed: {e}"),
+            stderr_tail: child.stderr_tail(),
+        },
+    };
+    if child.skipped_lines() > 0 {
+        tracing::warn!(agent = %run.agent, skipped = child.skipped_lines(), "the agent printed over-long lines that were skipped");
+    }
+    protocol.finish(&exit)
+}
+
+/// Sends an event without ever blocking past the turn's deadline or its cancellation. A
+/// closed receiver is not an error: the turn still produces its outcome.
+async fn emit(
+    ctx: &TurnContext,
+    event: AgentEvent,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(), AgentError> {
+    tokio::select! {
+        biased;
+        _ = ctx.cancel.cancelled() => Err(AgentError::Cancelled),
+        _ = tokio::time::sleep_until(deadline) => Err(AgentError::Timeout(timeout)),
+        sent = ctx.events.send(event) => {
+            if sent.is_err() {
+                tracing::debug!("agent event receiver is gone; dropping event");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn describe_status(s: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => s.to_string(),
+    }
+}
 
 /// What to run.
 #[derive(Clone, Debug, Default)]
@@ -712,5 +856,140 @@ mod tests {
         let mut s = spec("true");
         s.program = "/nonexistent/agent-binary".into();
         assert!(AgentProcess::spawn(&s).is_err());
+    }
+
+    /// The smallest agent: every line is a text event, the outcome counts them.
+    struct Echo {
+        lines: usize,
+    }
+
+    impl LineProtocol for Echo {
+        fn feed(&mut self, line: &str) -> Vec<AgentEvent> {
+            self.lines += 1;
+            vec![AgentEvent::Text {
+                text: line.to_string(),
+            }]
+        }
+
+        fn finish(self, exit: &ExitInfo) -> Result<TurnOutcome, AgentError> {
+            if !exit.success {
+                return Err(AgentError::Crashed {
+                    status: exit.status.clone(),
+                    stderr_tail: exit.stderr_tail.clone(),
+                });
+            }
+            Ok(TurnOutcome {
+                text: format!("{} lines", self.lines),
+                ..TurnOutcome::default()
+            })
+        }
+    }
+
+    fn sh(script: &str) -> ProcessSpec {
+        ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: std::env::temp_dir(),
+            stdin: b"prompt".to_vec(),
+            ..ProcessSpec::default()
+        }
+    }
+
+    async fn run_sh(
+        script: &str,
+        timeout: Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> (Result<TurnOutcome, AgentError>, Vec<AgentEvent>, usize) {
+        let spec = sh(script);
+        let (events, mut rx) = tokio::sync::mpsc::channel(1);
+        let ctx = TurnContext {
+            events,
+            cancel,
+            gate: None,
+        };
+        // The turn owns the context, so the event channel closes when the run ends.
+        let turn = async move {
+            let mut outputs = 0;
+            let run = Run {
+                agent: "test",
+                spec: &spec,
+                timeout,
+            };
+            let result = super::run(run, &ctx, Echo { lines: 0 }, || outputs += 1).await;
+            (result, outputs)
+        };
+        let collect = async {
+            let mut got = Vec::new();
+            while let Some(e) = rx.recv().await {
+                got.push(e);
+            }
+            got
+        };
+        let ((result, outputs), got) = tokio::join!(turn, collect);
+        (result, got, outputs)
+    }
+
+    #[tokio::test]
+    async fn the_run_loop_streams_lines_and_ends_with_the_protocols_outcome() {
+        let (result, events, outputs) = run_sh(
+            "read p; echo \"got $p\"; echo two",
+            Duration::from_secs(10),
+            Default::default(),
+        )
+        .await;
+        assert_eq!(result.unwrap().text, "2 lines");
+        assert_eq!(
+            events,
+            vec![
+                AgentEvent::Text {
+                    text: "got prompt".into()
+                },
+                AgentEvent::Text { text: "two".into() }
+            ]
+        );
+        // Once per line and once for the end of output.
+        assert_eq!(outputs, 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_exit_reaches_the_protocol_with_its_stderr() {
+        let (result, _, _) = run_sh(
+            "echo oops >&2; exit 3",
+            Duration::from_secs(10),
+            Default::default(),
+        )
+        .await;
+        match result {
+            Err(AgentError::Crashed {
+                status,
+                stderr_tail,
+            }) => {
+                assert_eq!(status, "exit code 3");
+                assert_eq!(stderr_tail, "oops");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_agent_times_out_and_a_cancelled_one_stops() {
+        let started = std::time::Instant::now();
+        let (result, _, _) = run_sh(
+            "echo started; exec sleep 300",
+            Duration::from_millis(300),
+            Default::default(),
+        )
+        .await;
+        assert!(matches!(result, Err(AgentError::Timeout(_))), "{result:?}");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let (result, _, _) = run_sh("exec sleep 300", Duration::from_secs(60), cancel).await;
+        assert!(matches!(result, Err(AgentError::Cancelled)), "{result:?}");
+        // Both runs were killed, not waited out.
+        assert!(started.elapsed() < Duration::from_secs(20));
     }
 }

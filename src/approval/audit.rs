@@ -19,9 +19,8 @@ use tokio::time::Instant;
 use regex::Regex;
 use serde_json::json;
 
-use super::hook::ToolCall;
 use super::TurnBinding;
-use crate::model::Decision;
+use crate::model::{Decision, ToolCall};
 
 /// Unbound calls written in full-ish (cut) per window; beyond it they are only counted.
 pub const UNBOUND_PER_WINDOW: u32 = 20;
@@ -172,7 +171,7 @@ impl AuditRecord {
             "sender": binding.target.mention.as_ref().map(|s| s.username.clone()),
             "role": binding.role.as_str(),
             "agent": binding.agent.name,
-            "tool": call.tool_name,
+            "tool": call.tool,
             "parameters": params.iter().map(|p| redact(p)).collect::<Vec<_>>(),
             "decision": decision.word(),
             "reason": decision.reason(),
@@ -185,12 +184,12 @@ impl AuditRecord {
     /// are cut to a few hundred bytes (redaction runs first, so a cut cannot leave half a
     /// secret unrecognised).
     pub fn unbound(call: &ToolCall, secret: UnboundSecret, decision: &Decision) -> Self {
-        let input = redact(&call.tool_input.to_string());
+        let input = redact(&call.input.to_string());
         AuditRecord(json!({
             "ts": crate::timefmt::rfc3339(std::time::SystemTime::now()),
             "room": null,
             "secret": secret.word(),
-            "tool": crate::text::truncate_bytes(&call.tool_name, UNBOUND_TOOL_BYTES),
+            "tool": crate::text::truncate_bytes(&call.tool, UNBOUND_TOOL_BYTES),
             "parameters": [crate::text::truncate_bytes(&input, UNBOUND_INPUT_BYTES)],
             "input_bytes": input.len(),
             "decision": decision.word(),
@@ -268,10 +267,9 @@ mod tests {
 
     fn unbound_call(input_len: usize) -> ToolCall {
         ToolCall {
-            tool_name: "Bash".repeat(100),
-            tool_input: json!({ "command": "x".repeat(input_len) }),
+            tool: "Bash".repeat(100),
+            input: json!({ "command": "x".repeat(input_len) }),
             cwd: "/".into(),
-            session_id: String::new(),
         }
     }
 

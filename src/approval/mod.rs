@@ -1,38 +1,42 @@
-//! Approvals: every tool call of a permission-enabled agent comes here through Claude Code's
-//! http PreToolUse hook, is bound to the live turn that made it (by a per-run secret), decided
-//! by [`crate::policy`], and — when the policy says Ask — waits for an owner of the same room to
-//! answer `approve <id>` or `deny <id>`.
+//! Approvals: the broker behind [`ToolGate`]. Every tool call of a permission-enabled agent
+//! comes here as a neutral [`ToolCall`] (whatever way its agent asked: Claude Code's http
+//! PreToolUse hook, an ACP agent's `session/request_permission`), is bound to the live turn
+//! that made it (by a per-run secret), decided by [`crate::policy`], and — when the policy
+//! says Ask — waits for an owner of the same room to answer `approve <id>` or `deny <id>`.
 //!
-//! Owns: turn bindings, pending requests and their ids, timeouts, the hook server
-//! ([`hook`]), and the audit log.
-//! Must not import: platform wire formats; it asks rooms through `dyn Connector`.
+//! Owns: turn bindings, pending requests and their ids, timeouts, and the audit log.
+//! Knows nothing about: HTTP or any agent's wire format (the agents' adapters convert into
+//! [`ToolCall`]); platform wire formats (it asks rooms through `dyn Connector`).
 //!
-//! Fail closed: a call that cannot be bound to a live turn, a malformed body, a wrong secret,
-//! a prompt that cannot be posted, a timeout, or a turn/daemon that ends while waiting is a deny.
+//! Fail closed: a call that cannot be bound to a live turn, a wrong secret, a prompt that
+//! cannot be posted, a timeout, or a turn/daemon that ends while waiting is a deny.
 
 pub mod audit;
-pub mod hook;
+#[cfg(test)]
+mod gate_tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use rand::Rng;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::agent::HookBinding;
+use crate::agent::gate::{GateTicket, ToolGate};
 use crate::config::AgentConfig;
 use crate::connector::Connector;
-use crate::model::{Decision, ReplyTarget, Role, RoomKey};
+use crate::model::{Decision, ReplyTarget, Role, RoomKey, ToolCall};
 use crate::policy;
 use crate::text;
 use audit::{AuditLog, AuditRecord, UnboundSecret};
 
-/// The hook's timeout is the approval timeout plus this margin, so the CLI never gives up on
-/// a call the gateway is still deciding (it would fall through to the permission mode).
-const HOOK_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+/// An agent's wait for an answer is the approval timeout plus this margin, so the CLI never
+/// gives up on a call the gateway is still deciding (it would fall through to its permission
+/// mode).
+const GATE_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
 
 /// An approval prompt is split into at most this many messages of the platform's length; a
 /// call whose unmatched parameters need more is denied without asking, as they could not be
@@ -95,7 +99,6 @@ struct State {
 /// The approval broker of the daemon.
 pub struct Approvals {
     state: Mutex<State>,
-    hook_url: String,
     /// Self-protection of the runtime dir, built once; each call adds its own room.
     guard: policy::Guard,
     audit: AuditLog,
@@ -127,7 +130,6 @@ pub struct Command<'a> {
 impl Approvals {
     /// `protected` adds paths no agent may touch besides the runtime dir (the config file).
     pub fn new(
-        hook_url: String,
         runtime_dir: PathBuf,
         protected: &[PathBuf],
         audit: AuditLog,
@@ -139,7 +141,6 @@ impl Approvals {
         }
         Arc::new(Approvals {
             state: Mutex::new(State::default()),
-            hook_url,
             guard,
             audit,
             tasks,
@@ -150,10 +151,10 @@ impl Approvals {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a turn; hand the binding to the agent and keep the guard for the turn's life.
-    pub fn bind_turn(self: &Arc<Self>, binding: TurnBinding) -> (HookBinding, TurnGuard) {
+    /// Registers a turn; hand the ticket to the agent and keep the guard for the turn's life.
+    pub fn bind_turn(self: &Arc<Self>, binding: TurnBinding) -> (GateTicket, TurnGuard) {
         let secret = random_secret();
-        let timeout = binding.agent.permissions.timeout + HOOK_TIMEOUT_MARGIN;
+        let timeout = binding.agent.permissions.timeout + GATE_TIMEOUT_MARGIN;
         self.state().turns.insert(
             secret.clone(),
             LiveTurn {
@@ -162,8 +163,7 @@ impl Approvals {
             },
         );
         (
-            HookBinding {
-                url: self.hook_url.clone(),
+            GateTicket {
                 secret: secret.clone(),
                 timeout,
             },
@@ -201,14 +201,14 @@ impl Approvals {
         self.state().always.remove(room);
     }
 
-    /// Whether `secret` is a live turn's: the hook server asks from the request head, before
-    /// it lets the call hold anything scarce.
+    /// Whether `secret` is a live turn's: a listener asks from the request head, before it
+    /// lets the call hold anything scarce.
     pub fn is_live(&self, secret: &str) -> bool {
         self.state().turns.contains_key(secret)
     }
 
-    /// Decides one hook call. Never returns Ask: an Ask is resolved by a human or a timeout.
-    pub async fn decide(&self, secret: Option<&str>, call: hook::ToolCall) -> Decision {
+    /// Decides one tool call. Never returns Ask: an Ask is resolved by a human or a timeout.
+    pub async fn decide(&self, secret: Option<&str>, call: ToolCall) -> Decision {
         let started = Instant::now();
         let binding = secret.and_then(|s| self.state().turns.get(s).map(|t| t.binding.clone()));
         let Some(binding) = binding else {
@@ -225,8 +225,8 @@ impl Approvals {
                 .append_unbound(&AuditRecord::unbound(&call, why, &decision))
             {
                 warn!(
-                    tool = %text::truncate(&call.tool_name, 64),
-                    "hook call with unknown or missing secret denied"
+                    tool = %text::truncate(&call.tool, 64),
+                    "tool call with unknown or missing secret denied"
                 );
             }
             return decision;
@@ -249,7 +249,7 @@ impl Approvals {
         };
         let params = outcome.parameters.clone();
         let unmatched = outcome.unmatched.clone();
-        let exact = format!("{}\u{0}{}", call.tool_name, call.tool_input);
+        let exact = format!("{}\u{0}{}", call.tool, call.input);
         let (decision, by) = match outcome.decision {
             Decision::Ask { .. } if self.state().stopping => (
                 Decision::Deny {
@@ -298,7 +298,7 @@ impl Approvals {
     async fn check_policy(
         &self,
         binding: &TurnBinding,
-        call: &Arc<hook::ToolCall>,
+        call: &Arc<ToolCall>,
     ) -> Option<policy::PolicyOutcome> {
         let guard = self
             .guard
@@ -308,8 +308,8 @@ impl Approvals {
         let checked = tokio::task::spawn_blocking(move || {
             policy::decide(&policy::PolicyInput {
                 role,
-                tool: &owned.tool_name,
-                input: &owned.tool_input,
+                tool: &owned.tool,
+                input: &owned.input,
                 cwd: &owned.cwd,
                 owner_rules: &agent.owner_rules,
                 guest_rules: &agent.guest_rules,
@@ -321,7 +321,7 @@ impl Approvals {
         match checked {
             Ok(outcome) => Some(outcome),
             Err(e) => {
-                warn!(tool = %call.tool_name, error = %e, "the policy check failed; denying");
+                warn!(tool = %call.tool, error = %e, "the policy check failed; denying");
                 None
             }
         }
@@ -331,7 +331,7 @@ impl Approvals {
         &self,
         secret: &str,
         binding: &TurnBinding,
-        call: &hook::ToolCall,
+        call: &ToolCall,
         shown: Shown<'_>,
         exact: String,
         reason: String,
@@ -339,13 +339,13 @@ impl Approvals {
         // Sized before anything is registered: a prompt that cannot be shown whole is not
         // asked (the id in it does not matter for its length).
         let limit = binding.connector.capabilities().max_message_len;
-        let draft = prompt_text("0000", &call.tool_name, shown);
+        let draft = prompt_text("0000", &call.tool, shown);
         let length = draft.chars().count();
         // The length first: splitting a huge text costs time quadratic in its parts.
         let too_long = length > limit.saturating_mul(MAX_PROMPT_PARTS)
             || text::split_message(&draft, limit).len() > MAX_PROMPT_PARTS;
         if too_long {
-            warn!(tool = %call.tool_name, room = %binding.room, length, "approval prompt too long to show; denying");
+            warn!(tool = %call.tool, room = %binding.room, length, "approval prompt too long to show; denying");
             return (
                 Decision::Deny {
                     reason: format!(
@@ -389,7 +389,7 @@ impl Approvals {
                     thread: binding.target.thread.clone(),
                     secret: secret.to_string(),
                     exact,
-                    tool: call.tool_name.clone(),
+                    tool: call.tool.clone(),
                     answer: tx,
                 },
             );
@@ -398,10 +398,11 @@ impl Approvals {
             }
             id
         };
-        let prompt = prompt_text(&id, &call.tool_name, shown);
-        info!(id = %id, tool = %call.tool_name, room = %binding.room, reason = %reason, "asking an owner");
+        let prompt = prompt_text(&id, &call.tool, shown);
+        info!(id = %id, tool = %call.tool, room = %binding.room, reason = %reason, "asking an owner");
         // One deadline covers posting the prompt and waiting for the answer, so the decision
-        // always comes back before the CLI's hook timeout (approval timeout + margin).
+        // always comes back before the agent stops waiting (the ticket's timeout: approval
+        // timeout + margin).
         let timeout = binding.agent.permissions.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         // `send_reply` splits a long prompt at the platform's limit (code blocks closed and
@@ -559,6 +560,17 @@ impl Approvals {
 
     pub fn pending_count(&self) -> usize {
         self.state().pending.len()
+    }
+}
+
+#[async_trait]
+impl ToolGate for Approvals {
+    fn is_live(&self, secret: &str) -> bool {
+        Approvals::is_live(self, secret)
+    }
+
+    async fn decide(&self, secret: Option<&str>, call: ToolCall) -> Decision {
+        Approvals::decide(self, secret, call).await
     }
 }
 

@@ -5,19 +5,24 @@
 //! validated types the rest of the daemon is built from.
 //! Must not import: runtime modules (`room`, `dispatch`, `daemon`). Connector-specific
 //! sections live beside their connector (`connector/<name>/config.rs`) and are validated
-//! through [`Validator`].
+//! through [`Validator`]. Agents: this module parses only the keys every agent has
+//! ([`COMMON_AGENT_KEYS`]); the `type` names an entry of [`crate::agent::registry`], which
+//! says what else that agent's section may hold and validates it. No agent is named here.
 
 mod expand;
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::agent::registry;
 use crate::connector::{onebot, rocketchat, webchat};
 use crate::model::{Role, Sender};
 use crate::policy::{Rule, RuleSet};
@@ -91,6 +96,21 @@ impl Validator {
             path,
             line,
             message: message.into(),
+        });
+    }
+
+    /// Records a key that the section at `path` does not know, the way serde words it.
+    pub fn unknown_key(&mut self, path: &str, key: &str, expected: &[&str]) {
+        let expected: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();
+        let line = locate_line(&self.source, &format!("{path}.{key}"))
+            .or_else(|| locate_line(&self.source, path));
+        self.issues.push(ConfigIssue {
+            path: path.to_string(),
+            line,
+            message: format!(
+                "unknown field `{key}`, expected one of {}",
+                expected.join(", ")
+            ),
         });
     }
 
@@ -294,9 +314,30 @@ impl ConnectorKind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AgentType {
-    Claude,
+/// What an agent type's own section parser made of the keys only that type knows (see
+/// [`crate::agent::registry`]). Opaque here: only that agent's `build` reads it back.
+#[derive(Clone, Default)]
+pub struct AgentSettings(Option<Arc<dyn Any + Send + Sync>>);
+
+impl AgentSettings {
+    pub fn new<T: Any + Send + Sync>(settings: T) -> AgentSettings {
+        AgentSettings(Some(Arc::new(settings)))
+    }
+
+    /// The settings as the agent type stored them; `None` if it stored none or another type.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_deref().and_then(|s| s.downcast_ref())
+    }
+}
+
+impl fmt::Debug for AgentSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "AgentSettings(..)"
+        } else {
+            "AgentSettings(none)"
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -312,7 +353,10 @@ pub struct PermissionsConfig {
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub name: String,
-    pub kind: AgentType,
+    /// The `type` key: the name of an entry of [`crate::agent::registry::AGENTS`].
+    pub kind: String,
+    /// The keys only this agent type knows, as its section parser validated them.
+    pub settings: AgentSettings,
     pub command: String,
     /// Extra arguments for every run (e.g. `--model`).
     pub args: Vec<String>,
@@ -459,6 +503,25 @@ enum RawRule {
     },
 }
 
+/// The keys every agent section may hold, in the order they are listed in messages; any
+/// other key belongs to the agent type (its registry entry's `keys`) or is an error.
+pub const COMMON_AGENT_KEYS: &[&str] = &[
+    "type",
+    "command",
+    "args",
+    "working_directory",
+    "timeout",
+    "permissions",
+    "owner_allowed_tools",
+    "guest_allowed_tools",
+    "env",
+    "system_prompt",
+    "confinement",
+    "run_as",
+    "writable_paths",
+];
+
+/// The common keys of an agent section ([`COMMON_AGENT_KEYS`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAgent {
@@ -594,7 +657,7 @@ fn validate_source(path: &Path, source: &str, v: &mut Validator) -> Option<Confi
             .collect(),
         _ => Vec::new(),
     };
-    let agents = validate_agents(sections.remove("agents"), &presets, v);
+    let agents = validate_agents(sections.remove("agents"), &presets, registry::AGENTS, v);
     let default_agent = match sections.remove("default_agent") {
         Some(Value::String(s)) => {
             if !declared_agents.contains(&s) {
@@ -768,9 +831,11 @@ fn validate_connectors(section: Option<Value>, v: &mut Validator) -> Vec<Connect
     out
 }
 
+/// `types`: the agent types a section may name ([`registry::AGENTS`] outside tests).
 fn validate_agents(
     section: Option<Value>,
     presets: &BTreeMap<String, Vec<Rule>>,
+    types: &[registry::AgentType],
     v: &mut Validator,
 ) -> BTreeMap<String, AgentConfig> {
     let mut out = BTreeMap::new();
@@ -788,18 +853,49 @@ fn validate_agents(
     for (k, item) in items {
         let name = k.as_str().unwrap_or_default().to_string();
         let path = format!("agents.{name}");
-        let Some(raw) = v.parse::<RawAgent>(&path, item) else {
+        // The common keys go to `RawAgent`; the rest belong to the agent type.
+        let (common, own) = match item {
+            Value::Mapping(map) => {
+                let (common, own): (serde_yaml::Mapping, serde_yaml::Mapping) = map
+                    .into_iter()
+                    .partition(|(k, _)| k.as_str().is_some_and(|k| COMMON_AGENT_KEYS.contains(&k)));
+                (Value::Mapping(common), own)
+            }
+            other => (other, serde_yaml::Mapping::new()),
+        };
+        let Some(raw) = v.parse::<RawAgent>(&path, common) else {
             continue;
         };
-        let kind = match raw.kind.as_str() {
-            "claude" => AgentType::Claude,
-            other => {
-                v.error(
-                    format!("{path}.type"),
-                    format!("unknown agent type '{other}' (supported: claude)"),
-                );
-                continue;
+        let Some(agent_type) = types.iter().find(|t| t.name == raw.kind) else {
+            let names: Vec<&str> = types.iter().map(|t| t.name).collect();
+            v.error(
+                format!("{path}.type"),
+                format!(
+                    "unknown agent type '{}' (supported: {})",
+                    raw.kind,
+                    names.join(", ")
+                ),
+            );
+            continue;
+        };
+        let mut foreign = false;
+        for key in own.keys() {
+            let key = key.as_str().unwrap_or_default();
+            if !agent_type.keys.contains(&key) {
+                let expected: Vec<&str> = COMMON_AGENT_KEYS
+                    .iter()
+                    .chain(agent_type.keys)
+                    .copied()
+                    .collect();
+                v.unknown_key(&path, key, &expected);
+                foreign = true;
             }
+        }
+        if foreign {
+            continue;
+        }
+        let Some(settings) = (agent_type.parse)(&path, Value::Mapping(own), v) else {
+            continue;
         };
         let working_directory = v.resolve_path(&raw.working_directory);
         if !working_directory.is_dir() {
@@ -847,7 +943,9 @@ fn validate_agents(
             presets,
             v,
         );
-        let command = raw.command.unwrap_or_else(|| "claude".to_string());
+        let command = raw
+            .command
+            .unwrap_or_else(|| agent_type.default_command.to_string());
         if command.trim().is_empty() {
             v.error(format!("{path}.command"), "must not be empty");
         }
@@ -856,7 +954,8 @@ fn validate_agents(
             name.clone(),
             AgentConfig {
                 name,
-                kind,
+                kind: raw.kind,
+                settings,
                 command,
                 args: raw.args,
                 working_directory,

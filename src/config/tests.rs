@@ -146,3 +146,109 @@ fn bad_confinement_settings_are_errors() {
     assert!(text.contains("'../root' is not a user name"), "{text}");
     assert!(text.contains("whole system writable"), "{text}");
 }
+
+#[test]
+fn an_agent_key_no_agent_type_knows_is_named_with_its_line() {
+    let yaml = GOOD.replace("command: claude,", "command: claude, colour: red,");
+    let err = check(&yaml).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "agents.assistant (line 6): unknown field `colour`, expected one of `type`, `command`, `args`, `working_directory`"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_default_command_comes_from_the_agent_type() {
+    let yaml = GOOD.replace("command: claude, ", "");
+    let c = check(&yaml).unwrap();
+    let a = &c.agents["assistant"];
+    assert_eq!(a.kind, "claude");
+    assert_eq!(
+        a.command,
+        crate::agent::registry::find("claude")
+            .unwrap()
+            .default_command
+    );
+}
+
+/// An agent type with a key of its own, as a new agent would bring.
+mod own_section {
+    use super::*;
+    use crate::agent::registry::AgentType;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ModelSection {
+        model: String,
+    }
+
+    fn parse_model(path: &str, own: Value, v: &mut Validator) -> Option<AgentSettings> {
+        let section: ModelSection = v.parse(path, own)?;
+        if section.model.is_empty() {
+            v.error(format!("{path}.model"), "must not be empty");
+            return None;
+        }
+        Some(AgentSettings::new(section))
+    }
+
+    fn never_built(
+        _: crate::agent::registry::BuildContext<'_>,
+    ) -> anyhow::Result<Arc<dyn crate::agent::AgentBackend>> {
+        anyhow::bail!("not in this test")
+    }
+
+    const WITH_MODEL: AgentType = AgentType {
+        name: "modelled",
+        default_command: "modelled-cli",
+        keys: &["model"],
+        parse: parse_model,
+        build: never_built,
+    };
+
+    fn agents(yaml: &str) -> (BTreeMap<String, AgentConfig>, Vec<ConfigIssue>) {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = yaml.replace("WORK", &dir.path().display().to_string());
+        let mut v = Validator::new(dir.path().to_path_buf(), yaml.clone());
+        let section: Value = serde_yaml::from_str(&yaml).unwrap();
+        let out = validate_agents(
+            section.get("agents").cloned(),
+            &BTreeMap::new(),
+            &[WITH_MODEL],
+            &mut v,
+        );
+        (out, v.issues)
+    }
+
+    #[test]
+    fn the_agent_type_parses_its_own_keys_and_the_daemon_can_read_them_back() {
+        let (out, issues) =
+            agents("agents:\n  m: {type: modelled, model: big, working_directory: WORK}\n");
+        assert!(issues.is_empty(), "{issues:?}");
+        let m = &out["m"];
+        assert_eq!(m.command, "modelled-cli");
+        assert_eq!(m.settings.get::<ModelSection>().unwrap().model, "big");
+    }
+
+    #[test]
+    fn its_own_problems_and_foreign_keys_are_reported_under_the_agent() {
+        let (out, issues) = agents(
+            "agents:\n  m: {type: modelled, model: '', working_directory: WORK}\n  n: {type: modelled, model: x, colour: red, working_directory: WORK}\n",
+        );
+        assert!(out.is_empty());
+        let text: Vec<String> = issues.iter().map(|i| i.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("agents.m.model") && t.ends_with("must not be empty")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.starts_with("agents.n")
+                && t.contains("unknown field `colour`")
+                && t.ends_with("`writable_paths`, `model`")),
+            "{text:?}"
+        );
+    }
+}

@@ -95,7 +95,7 @@ impl TurnRunner {
         let ctx = TurnContext {
             events: events_tx,
             cancel: self.cancel.clone(),
-            hook: binding.as_ref().map(|(hook, _)| hook.clone()),
+            gate: binding.as_ref().map(|(ticket, _)| ticket.clone()),
         };
         let request = TurnRequest {
             room: self.key.clone(),

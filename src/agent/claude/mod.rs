@@ -2,8 +2,11 @@
 //!
 //! Owns: argv (session, permission and prompt flags), the child environment, the per-run
 //! hook settings file, what the CLI must be able to write under confinement (its state under
-//! `$HOME`), the resume rules, and driving one run to an outcome. The stream-json wire types live in `wire.rs`, their conversion into `model` events in `stream.rs`.
-//! Must not import: `connector`.
+//! `$HOME`), the resume rules, and its registry entry ([`AGENT_TYPE`]). The stream-json wire
+//! types live in `wire.rs`, their conversion into `model` events in `stream.rs`, the
+//! PreToolUse endpoint that turns hook calls into [`ToolGate`] questions in `hook.rs`; the
+//! generic run loop (spawn, read lines, deadline, cancel, exit) is `agent::process::run`.
+//! Must not import: `connector`, `approval` (the broker is only a [`ToolGate`] here).
 //!
 //! Resume rule: a first turn chooses its session id up front (`--session-id <uuid>`) and
 //! every later turn resumes exactly that id. The id the CLI prints is never stored: some
@@ -19,33 +22,64 @@
 //! `pipe:[…]` as "Settings file not found".) What is left: the CLI's own memory, which its
 //! tools (same user, same Landlock domain) could read through `/proc/<cli>/mem`.
 
+pub mod hook;
 mod stream;
 mod wire;
 
-pub use stream::{ExitInfo, StreamParser};
+pub use stream::StreamParser;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::confine::Sandbox;
-use super::process::{AgentProcess, ProcessSpec, KILL_GRACE};
-use super::{AgentBackend, AgentError, HookBinding, TurnContext};
+use super::gate::GateTicket;
+use super::process::{self, ProcessSpec};
+use super::registry::{self, AgentType, BuildContext};
+use super::{AgentBackend, AgentError, TurnContext};
 use crate::config::AgentConfig;
-use crate::model::{AgentEvent, Role, TurnOutcome, TurnRequest};
+use crate::model::{Role, TurnOutcome, TurnRequest};
 use crate::policy::{Rule, RuleSet};
 
+/// Claude Code in the [agent registry](super::registry): no keys beyond the common ones.
+pub const AGENT_TYPE: AgentType = AgentType {
+    name: "claude",
+    default_command: "claude",
+    keys: &[],
+    parse: registry::no_own_keys,
+    build,
+};
+
+/// A gated agent gets its own PreToolUse endpoint (127.0.0.1, a random port) in front of the
+/// gate, stopped with the daemon's services.
+fn build(ctx: BuildContext<'_>) -> anyhow::Result<Arc<dyn AgentBackend>> {
+    let mut backend = ClaudeBackend::new(ctx.config, ctx.scratch).with_sandbox(ctx.sandbox);
+    if let Some(gate) = ctx.gate {
+        let (listener, addr) = hook::bind().context("cannot bind the hook server")?;
+        ctx.tracker.spawn(hook::serve(
+            listener,
+            gate,
+            ctx.tracker.clone(),
+            ctx.cancel.clone(),
+        ));
+        tracing::info!(agent = %ctx.config.name, %addr, "hook server listening");
+        backend = backend.with_hook_url(format!("http://{addr}/hook"));
+    }
+    Ok(Arc::new(backend))
+}
+
 /// Environment variable an older gateway filled the hook header from. Never set now, and
-/// removed from the inherited environment so it cannot leak from the daemon's own.
-pub const HOOK_SECRET_ENV: &str = "ACG_HOOK_SECRET";
-/// Header carrying the per-run secret to the gateway's hook server.
-pub const HOOK_SECRET_HEADER: &str = "X-ACG-Secret";
+/// removed from the inherited environment so it cannot leak from the daemon's own. The
+/// policy's guard knows the same name (it denies tool calls that read it).
+pub const HOOK_SECRET_ENV: &str = crate::policy::HOOK_SECRET_VAR;
 
 /// Set inside a running Claude Code session; a child that inherits it believes it is nested.
 const NESTED_SESSION_ENV: &str = "CLAUDECODE";
@@ -107,6 +141,8 @@ pub struct ClaudeBackend {
     scratch_dir: PathBuf,
     /// The OS confinement every run gets, before the CLI's own writable state is added.
     sandbox: Option<Sandbox>,
+    /// `http://127.0.0.1:<port>/hook`: where the PreToolUse hook of a gated run posts.
+    hook_url: Option<String>,
 }
 
 impl ClaudeBackend {
@@ -126,7 +162,15 @@ impl ClaudeBackend {
             guest_tools: allowed_tools(&config.guest_rules),
             scratch_dir,
             sandbox: None,
+            hook_url: None,
         }
+    }
+
+    /// Where the PreToolUse hook of a gated run posts (the endpoint of [`hook::serve`]).
+    /// A turn with a gate ticket but no hook URL is refused: its calls could not be asked.
+    pub fn with_hook_url(mut self, url: String) -> ClaudeBackend {
+        self.hook_url = Some(url);
+        self
     }
 
     /// Confines every run: `base` carries the protected paths, the private tmp and the user;
@@ -277,13 +321,21 @@ impl ClaudeBackend {
         session: &str,
         resume: bool,
     ) -> Result<TurnOutcome, AgentError> {
-        let mut settings = match &ctx.hook {
-            Some(hook) => Some(SettingsFile::write(
+        let mut settings = match (&ctx.gate, &self.hook_url) {
+            (Some(ticket), Some(url)) => Some(SettingsFile::write(
                 &self.scratch_dir,
-                hook,
+                url,
+                ticket,
                 self.sandbox.as_ref().and_then(|s| s.user.as_ref()),
             )?),
-            None => None,
+            // Fail closed: running without the hook would leave the calls to the allow-list.
+            (Some(_), None) => {
+                return Err(AgentError::Setup(format!(
+                    "agent '{}': its tool calls must be asked, but it has no hook endpoint",
+                    self.name
+                )))
+            }
+            (None, _) => None,
         };
         let settings_path = settings.as_ref().map(|s| s.path.clone());
         let session_arg = if resume {
@@ -309,16 +361,18 @@ impl ClaudeBackend {
             stdin: turn.prompt.as_bytes().to_vec(),
             sandbox,
         };
-        let mut child = AgentProcess::spawn(&spec).map_err(|source| AgentError::Spawn {
-            command: self.command.clone(),
-            source,
-        })?;
-        tracing::debug!(agent = %self.name, room = %turn.room, session, resume, pid = child.pid(), "claude started");
         let started = Instant::now();
-        let deadline = started + self.timeout;
-        let result = self
-            .drive(&mut child, ctx, session, deadline, &mut settings)
-            .await;
+        let run = process::Run {
+            agent: &self.name,
+            spec: &spec,
+            timeout: self.timeout,
+        };
+        // Any output means the CLI is past loading its settings, and no tool has run yet
+        // (that needs a model answer first): the secret's file goes now (see module doc).
+        let result = process::run(run, ctx, StreamParser::new(session), || {
+            drop(settings.take())
+        })
+        .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(out) => {
@@ -330,101 +384,9 @@ impl ClaudeBackend {
                 error = %e, "claude turn failed")
             }
         }
-        match &result {
-            Err(AgentError::Timeout(_)) | Err(AgentError::Cancelled) => {
-                child.kill(KILL_GRACE).await
-            }
-            _ => {}
-        }
         // A run that printed nothing still has its file: removed here, after the process.
         drop(settings);
         result
-    }
-
-    /// Reads the run to its end. On timeout or cancellation returns at once; the caller kills.
-    async fn drive(
-        &self,
-        child: &mut AgentProcess,
-        ctx: &TurnContext,
-        session: &str,
-        deadline: Instant,
-        settings: &mut Option<SettingsFile>,
-    ) -> Result<TurnOutcome, AgentError> {
-        let mut parser = StreamParser::new(session);
-        loop {
-            let line = tokio::select! {
-                biased;
-                _ = ctx.cancel.cancelled() => return Err(AgentError::Cancelled),
-                _ = tokio::time::sleep_until(deadline) => return Err(AgentError::Timeout(self.timeout)),
-                line = child.next_line() => line,
-            };
-            // Any output means the CLI is past loading its settings, and no tool has run yet
-            // (that needs a model answer first): the secret's file goes now (see module doc).
-            drop(settings.take());
-            let line = match line {
-                Ok(Some(line)) => line,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(agent = %self.name, error = %e, "reading claude output failed");
-                    break;
-                }
-            };
-            for event in parser.feed(&line) {
-                emit(ctx, event, deadline, self.timeout).await?;
-            }
-        }
-        let status = tokio::select! {
-            biased;
-            _ = ctx.cancel.cancelled() => return Err(AgentError::Cancelled),
-            _ = tokio::time::sleep_until(deadline) => return Err(AgentError::Timeout(self.timeout)),
-            status = child.wait() => status,
-        };
-        let exit = match status {
-            Ok(s) => ExitInfo {
-                success: s.success(),
-                status: describe_status(&s),
-                stderr_tail: child.stderr_tail(),
-            },
-            Err(e) => ExitInfo {
-                success: false,
-                status: format!("wait failed: {e}"),
-                stderr_tail: child.stderr_tail(),
-            },
-        };
-        if child.skipped_lines() > 0 {
-            tracing::warn!(agent = %self.name, skipped = child.skipped_lines(), "claude printed over-long lines that were skipped");
-        }
-        parser.finish(&exit)
-    }
-}
-
-/// Sends an event without ever blocking past the turn's deadline or its cancellation. A
-/// closed receiver is not an error: the turn still produces its outcome.
-async fn emit(
-    ctx: &TurnContext,
-    event: AgentEvent,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<(), AgentError> {
-    tokio::select! {
-        biased;
-        _ = ctx.cancel.cancelled() => Err(AgentError::Cancelled),
-        _ = tokio::time::sleep_until(deadline) => Err(AgentError::Timeout(timeout)),
-        sent = ctx.events.send(event) => {
-            if sent.is_err() {
-                tracing::debug!("agent event receiver is gone; dropping event");
-            }
-            Ok(())
-        }
-    }
-}
-
-fn describe_status(s: &std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (s.code(), s.signal()) {
-        (Some(code), _) => format!("exit code {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => s.to_string(),
     }
 }
 
@@ -467,7 +429,8 @@ impl SettingsFile {
     /// `scratch_dir` traversable for it; see `daemon::agent_sandbox`).
     fn write(
         dir: &Path,
-        hook: &HookBinding,
+        url: &str,
+        ticket: &GateTicket,
         owner: Option<&super::confine::RunAs>,
     ) -> Result<SettingsFile, AgentError> {
         let setup = |what: &str, path: &Path, e: std::io::Error| {
@@ -485,11 +448,11 @@ impl SettingsFile {
                     matcher: ".*".into(),
                     hooks: vec![wire::HttpHook {
                         kind: "http",
-                        url: hook.url.clone(),
-                        timeout: hook.timeout.as_secs().max(1),
+                        url: url.to_string(),
+                        timeout: ticket.timeout.as_secs().max(1),
                         headers: BTreeMap::from([(
-                            HOOK_SECRET_HEADER.to_string(),
-                            hook.secret.clone(),
+                            hook::SECRET_HEADER.to_string(),
+                            ticket.secret.clone(),
                         )]),
                     }],
                 }],
@@ -692,7 +655,8 @@ mod tests {
     fn config(dir: &Path) -> AgentConfig {
         AgentConfig {
             name: "a".into(),
-            kind: crate::config::AgentType::Claude,
+            kind: "claude".into(),
+            settings: Default::default(),
             command: "claude".into(),
             args: vec!["--model".into(), "m".into()],
             working_directory: dir.to_path_buf(),
@@ -769,12 +733,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("scratch");
-        let hook = HookBinding {
-            url: "http://127.0.0.1:9/hook".into(),
+        let ticket = GateTicket {
             secret: "s3cret".into(),
             timeout: Duration::from_secs(310),
         };
-        let file = SettingsFile::write(&dir, &hook, None).unwrap();
+        let file = SettingsFile::write(&dir, "http://127.0.0.1:9/hook", &ticket, None).unwrap();
         let meta = fs::metadata(&file.path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(

@@ -7,6 +7,7 @@
 use serde_json::Value;
 
 use super::wire::{self, Block, Line};
+use crate::agent::process::{ExitInfo, LineProtocol};
 use crate::agent::AgentError;
 use crate::model::{AgentEvent, TurnOutcome, Usage};
 
@@ -33,15 +34,6 @@ pub struct StreamParser {
     understood_lines: usize,
     /// Lines that were not JSON at all.
     garbage_lines: usize,
-}
-
-/// How the process ended.
-#[derive(Debug, Clone)]
-pub struct ExitInfo {
-    pub success: bool,
-    /// `exit code 1`, `killed by signal 9`, ….
-    pub status: String,
-    pub stderr_tail: String,
 }
 
 impl StreamParser {
@@ -258,6 +250,16 @@ impl StreamParser {
             usage,
             denied_tools,
         })
+    }
+}
+
+impl LineProtocol for StreamParser {
+    fn feed(&mut self, line: &str) -> Vec<AgentEvent> {
+        StreamParser::feed(self, line)
+    }
+
+    fn finish(self, exit: &ExitInfo) -> Result<TurnOutcome, AgentError> {
+        StreamParser::finish(self, exit)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Claude Code `--output-format stream-json` lines as serde types (CLI 2.1.197).
 //!
-//! Owns: the shapes of the NDJSON lines and of the hook settings file, nothing else.
+//! Owns: the shapes of the NDJSON lines, of the hook settings file and of the PreToolUse body
+//! the hook posts, nothing else.
 //! Every field the gateway does not strictly need is optional, and unknown line types,
 //! subtypes and content blocks decode to catch-all variants: the CLI adds fields often,
 //! and a new one must never break a turn. Conversion into `model` types lives in
@@ -220,4 +221,15 @@ pub struct HttpHook {
     /// (and must not) live in the CLI's environment, which its tools inherit. No
     /// `allowedEnvVars`: the CLI then substitutes no `$VAR` at all.
     pub headers: BTreeMap<String, String>,
+}
+
+/// The fields of a PreToolUse hook body the gateway uses (converted into `model::ToolCall` by
+/// `hook.rs`). Claude Code also sends `session_id`, `transcript_path`, `hook_event_name`, …
+#[derive(Debug, Deserialize)]
+pub struct PreToolUseCall {
+    pub tool_name: String,
+    #[serde(default)]
+    pub tool_input: Value,
+    #[serde(default)]
+    pub cwd: String,
 }

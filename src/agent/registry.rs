@@ -1,0 +1,96 @@
+//! The list of agent types: the one place that names every agent the gateway can run.
+//!
+//! Owns: [`AGENTS`] (type name → its own config keys and their parser, default command,
+//! construction) and the [`BuildContext`] a backend is built from.
+//! Knows nothing about: any agent's argv, wire format or config keys (each entry points into
+//! its folder), chat platforms.
+//!
+//! Adding an agent: write `agent/<name>/` with a backend and a `pub const AGENT_TYPE:
+//! AgentType`, then add one line to [`AGENTS`]. `config` validates the agent's section through
+//! the entry (`COMMON_AGENT_KEYS` plus the entry's `keys`), the daemon builds it through
+//! `build`; neither names an agent.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_yaml::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::confine::Sandbox;
+use super::gate::ToolGate;
+use super::{claude, AgentBackend};
+use crate::config::{AgentConfig, AgentSettings, Validator};
+
+/// Every agent type, by the name its config sections give as `type`.
+pub const AGENTS: &[AgentType] = &[claude::AGENT_TYPE];
+
+/// One agent type.
+pub struct AgentType {
+    /// The `type` of its config sections.
+    pub name: &'static str,
+    /// The program run when the section names no `command`.
+    pub default_command: &'static str,
+    /// Keys its sections may hold besides `config::COMMON_AGENT_KEYS`.
+    pub keys: &'static [&'static str],
+    /// Validates those keys (a mapping holding only them), reporting problems under `path`.
+    /// `None` when a problem was reported.
+    pub parse: fn(path: &str, own: Value, v: &mut Validator) -> Option<AgentSettings>,
+    /// Builds the backend; may start the agent's own services (Claude's hook endpoint) under
+    /// the context's tracker and token.
+    pub build: fn(BuildContext<'_>) -> anyhow::Result<Arc<dyn AgentBackend>>,
+}
+
+/// What the daemon hands an agent type to build one backend.
+pub struct BuildContext<'a> {
+    pub config: &'a AgentConfig,
+    /// The confinement every run of this agent gets (see `daemon::agent_sandbox`).
+    pub sandbox: Sandbox,
+    /// The agent's private scratch dir (per-run files such as Claude's settings).
+    pub scratch: PathBuf,
+    /// `Some` when the agent's permissions are enabled: every tool call must be asked here
+    /// (with the turn's [`GateTicket`](super::gate::GateTicket)), and what cannot be asked is
+    /// denied.
+    pub gate: Option<Arc<dyn ToolGate>>,
+    /// For services the agent starts (stopped with the daemon's other services).
+    pub tracker: &'a TaskTracker,
+    pub cancel: &'a CancellationToken,
+}
+
+/// The entry named `name`.
+pub fn find(name: &str) -> Option<&'static AgentType> {
+    AGENTS.iter().find(|a| a.name == name)
+}
+
+/// Every type name, for messages.
+pub fn names() -> Vec<&'static str> {
+    AGENTS.iter().map(|a| a.name).collect()
+}
+
+/// For agent types whose sections hold nothing beyond the common keys.
+pub fn no_own_keys(_path: &str, _own: Value, _v: &mut Validator) -> Option<AgentSettings> {
+    Some(AgentSettings::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_commands_set() {
+        let mut names = names();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), AGENTS.len());
+        for a in AGENTS {
+            assert!(!a.default_command.is_empty(), "{}", a.name);
+            for k in a.keys {
+                assert!(
+                    !crate::config::COMMON_AGENT_KEYS.contains(k),
+                    "{}: `{k}` is a common key",
+                    a.name
+                );
+            }
+        }
+    }
+}
