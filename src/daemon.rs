@@ -240,6 +240,20 @@ pub fn run_process(
     ensure_runtime_dir(&runtime)?;
     let pid = lock_pid_file(&runtime)?;
     let log_guard = init_logging(&runtime, foreground)?;
+    // Success is passed on at once; a failure only once the pid lock is released below, so a
+    // `status` right after a refused `start` never finds a dying daemon holding the lock.
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<Vec<String>, String>>();
+    let forward = std::thread::spawn(move || match rx.blocking_recv() {
+        Ok(Ok(notes)) => {
+            report.success(&notes);
+            None
+        }
+        Ok(Err(why)) => Some((report, why)),
+        Err(_) => Some((
+            report,
+            "the daemon stopped before it finished starting".to_string(),
+        )),
+    });
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -248,7 +262,8 @@ pub fn run_process(
             let outcome = rt.block_on(async {
                 let shutdown = CancellationToken::new();
                 spawn_signal_handler(shutdown.clone())?;
-                run(config, runtime.clone(), shutdown, report, Connectors::new()).await
+                let notify = StartupReport::Notify(tx);
+                run(config, runtime.clone(), shutdown, notify, Connectors::new()).await
             });
             // Tasks still parked on the runtime hold sockets and ports; release them now.
             rt.shutdown_timeout(RUNTIME_SHUTDOWN);
@@ -261,6 +276,9 @@ pub fn run_process(
     // first: the log writer's last lines are flushed, then the lock is released.
     drop(log_guard);
     drop(pid);
+    if let Ok(Some((report, why))) = forward.join() {
+        report.failure(&anyhow::anyhow!(why));
+    }
     outcome
 }
 
