@@ -588,26 +588,9 @@ impl Analyser {
                     }
                 }
             }
-            "case_statement" | "case_item" => {
-                let mut cursor = node.walk();
-                for (i, child) in node.children(&mut cursor).enumerate() {
-                    match node.field_name_for_child(i as u32) {
-                        Some("value") => self.word_parts(child, cx, depth + 1),
-                        _ if child.is_named() => self.walk(child, cx, depth + 1),
-                        _ => {}
-                    }
-                }
-            }
-            "function_definition" => {
-                let mut cursor = node.walk();
-                for (i, child) in node.children(&mut cursor).enumerate() {
-                    match node.field_name_for_child(i as u32) {
-                        Some("name") => self.word_parts(child, cx, depth + 1),
-                        _ if child.is_named() => self.walk(child, cx, depth + 1),
-                        _ => {}
-                    }
-                }
-            }
+            // Patterns of `case` and the name of a function are words; the rest statements.
+            "case_statement" | "case_item" => self.words_then_statements(node, "value", cx, depth),
+            "function_definition" => self.words_then_statements(node, "name", cx, depth),
             "test_command" => {
                 let double = node.child(0).is_some_and(|c| c.kind() == "[[");
                 let mut cursor = node.walk();
@@ -616,6 +599,18 @@ impl Analyser {
                 }
             }
             _ => self.unsupported(&format!("`{}`", node.kind()), node, cx),
+        }
+    }
+
+    /// The children in field `words` are words, every other named child a statement.
+    fn words_then_statements(&mut self, node: Node, words: &str, cx: Cx, depth: usize) {
+        let mut cursor = node.walk();
+        for (i, child) in node.children(&mut cursor).enumerate() {
+            if node.field_name_for_child(i as u32) == Some(words) {
+                self.word_parts(child, cx, depth + 1);
+            } else if child.is_named() {
+                self.walk(child, cx, depth + 1);
+            }
         }
     }
 

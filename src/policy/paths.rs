@@ -20,31 +20,27 @@ const MAX_SYMLINK_HOPS: usize = 40;
 /// `None` when the path is empty, or relative while `cwd` is not absolute: there is no honest
 /// answer then, and callers treat that as "cannot be checked".
 pub fn normalize(path: &str, cwd: &Path) -> Option<PathBuf> {
-    if path.is_empty() {
-        return None;
-    }
+    Some(resolve(&absolute(path, cwd)?))
+}
+
+/// `path` made absolute against `cwd`; `None` when empty, or relative without an absolute cwd.
+fn absolute(path: &str, cwd: &Path) -> Option<PathBuf> {
     let p = Path::new(path);
-    let absolute = if p.is_absolute() {
-        p.to_path_buf()
+    if path.is_empty() {
+        None
+    } else if p.is_absolute() {
+        Some(p.to_path_buf())
     } else if cwd.is_absolute() {
-        cwd.join(p)
+        Some(cwd.join(p))
     } else {
-        return None;
-    };
-    Some(resolve(&absolute))
+        None
+    }
 }
 
 /// `path` joined to `cwd` with `.` and `..` resolved on the text alone, as bash's `cd` does
 /// by default (`cd link/..` goes back to where it started, wherever `link` points).
 pub fn lexical(path: &str, cwd: &Path) -> Option<PathBuf> {
-    let p = Path::new(path);
-    let joined = if p.is_absolute() {
-        p.to_path_buf()
-    } else if cwd.is_absolute() {
-        cwd.join(p)
-    } else {
-        return None;
-    };
+    let joined = absolute(path, cwd)?;
     let mut out = PathBuf::from("/");
     for c in joined.components() {
         match c {
