@@ -200,11 +200,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn load_config(path: &Path) -> anyhow::Result<config::Config> {
-    config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+    read_config(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The configuration file, with the connector types this program was built with.
+fn read_config(path: &Path) -> Result<config::Config, config::ConfigError> {
+    config::load(path, &crate::connector::registry::PLATFORMS)
 }
 
 fn validate(path: &Path) -> anyhow::Result<i32> {
-    match config::load(path) {
+    match read_config(path) {
         Ok(c) => {
             println!(
                 "{} is valid: {} connector(s), {} agent(s), {} watcher(s)",
@@ -230,7 +235,7 @@ fn doctor(config_file: &Path, runtime: &Path) -> anyhow::Result<i32> {
         failed |= level == "FAIL";
         println!("{level:<4} {what}");
     };
-    let config = match config::load(config_file) {
+    let config = match read_config(config_file) {
         Ok(c) => {
             report("ok", format!("config {} is valid", config_file.display()));
             Some(c)
@@ -462,7 +467,7 @@ fn start(config_file: &Path, runtime: &Path, foreground: bool) -> anyhow::Result
 /// How long `stop` waits: the configured grace for running turns plus the final clean-up (at
 /// least two minutes, also when the config cannot be read).
 fn stop_wait(config_file: &Path) -> Duration {
-    let grace = config::load(config_file)
+    let grace = read_config(config_file)
         .map(|c| c.shutdown_grace)
         .unwrap_or(Duration::from_secs(90));
     (grace + Duration::from_secs(30)).max(Duration::from_secs(120))

@@ -441,7 +441,7 @@ impl Dispatcher {
             .parts
             .config
             .connector(&key.connector)
-            .map(platform_label)
+            .map(crate::connector::registry::label)
             .unwrap_or("Chat");
         let paused = self
             .parts
@@ -801,14 +801,4 @@ impl Dispatcher {
 
 fn require_mention(c: &ConnectorConfig) -> bool {
     c.require_mention
-}
-
-/// The platform name agents see in prompt headers.
-fn platform_label(c: &ConnectorConfig) -> &'static str {
-    match c.kind.type_name() {
-        "webchat" => "WebChat",
-        "rocketchat" => "Rocket.Chat",
-        "onebot" => "QQ",
-        _ => "Chat",
-    }
 }

@@ -982,7 +982,12 @@ async fn the_registry_builds_a_webchat_connector_from_configuration() {
     let yaml = "connectors:\n  - {name: web, type: webchat, listen: \"127.0.0.1:0\", allowed_users: {owners: [alice]}}\n\
                 agents:\n  a: {type: claude, working_directory: /tmp}\n\
                 watchers:\n  - {name: w, connector: web, room: lobby}\n";
-    let config = agent_chat_gateway::config::parse(&dir.path().join("config.yaml"), yaml).unwrap();
+    let config = agent_chat_gateway::config::parse(
+        &dir.path().join("config.yaml"),
+        yaml,
+        &agent_chat_gateway::connector::registry::PLATFORMS,
+    )
+    .unwrap();
     let connector =
         agent_chat_gateway::connector::build(&config.connectors[0], dir.path()).unwrap();
     assert_eq!(connector.name(), "web");

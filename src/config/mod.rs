@@ -3,11 +3,13 @@
 //! Owns: loading, `${VAR}` expansion, path resolution, validation that reports every problem
 //! at once (each with its key path, and its line where the YAML parser knows it), and the
 //! validated types the rest of the daemon is built from.
-//! Must not import: runtime modules (`room`, `dispatch`, `daemon`). Connector-specific
-//! sections live beside their connector (`connector/<name>/config.rs`) and are validated
-//! through [`Validator`]. Agents: this module parses only the keys every agent has
-//! ([`COMMON_AGENT_KEYS`]); the `type` names an entry of [`crate::agent::registry`], which
-//! says what else that agent's section may hold and validates it. No agent is named here.
+//! Must not import: runtime modules (`room`, `dispatch`, `daemon`) nor `connector`: no
+//! platform is named here. Each connector type's section lives beside its connector
+//! (`connector/<name>/config.rs`); the caller passes the list of types ([`ConnectorTypes`],
+//! `connector::registry::PLATFORMS`) and those sections report through [`Validator`].
+//! Agents: this module parses only the keys every agent has ([`COMMON_AGENT_KEYS`]); the
+//! `type` names an entry of [`crate::agent::registry`], which says what else that agent's
+//! section may hold and validates it. No agent is named here.
 
 mod expand;
 
@@ -23,7 +25,6 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use crate::agent::registry;
-use crate::connector::{onebot, rocketchat, webchat};
 use crate::model::{Role, Sender};
 use crate::policy::{Rule, RuleSet};
 
@@ -259,7 +260,7 @@ impl Config {
 
 /// Who is an owner or a guest of a connector. An entry `id:<x>` matches the platform's user
 /// id; any other entry matches the username. The two are never compared across: on
-/// Rocket.Chat anyone can choose a username that looks like someone else's user id.
+/// some platforms anyone can choose a username that looks like someone else's user id.
 #[derive(Clone, Debug, Default)]
 pub struct UserRoles {
     pub owners: HashSet<String>,
@@ -295,9 +296,8 @@ pub struct ConnectorConfig {
 
 #[derive(Clone, Debug)]
 pub enum ConnectorKind {
-    Webchat(webchat::config::WebchatConfig),
-    RocketChat(rocketchat::config::RocketChatConfig),
-    OneBot(onebot::config::OneBotConfig),
+    /// A section from the file, validated by its platform (see [`ConnectorTypes`]).
+    Platform(PlatformSettings),
     /// A connector supplied in-process by the program running the gateway (benchmarks,
     /// embedding). Never produced from a file.
     Embedded,
@@ -306,12 +306,68 @@ pub enum ConnectorKind {
 impl ConnectorKind {
     pub fn type_name(&self) -> &'static str {
         match self {
-            ConnectorKind::Webchat(_) => "webchat",
-            ConnectorKind::RocketChat(_) => "rocketchat",
-            ConnectorKind::OneBot(_) => "onebot",
+            ConnectorKind::Platform(s) => s.type_name,
             ConnectorKind::Embedded => "embedded",
         }
     }
+
+    /// The platform's own validated settings, when they are of type `T`.
+    pub fn settings<T: Any>(&self) -> Option<&T> {
+        match self {
+            ConnectorKind::Platform(s) => s.get(),
+            ConnectorKind::Embedded => None,
+        }
+    }
+}
+
+/// One platform's validated section, carried opaquely: only the platform that made it reads
+/// it (by downcasting to its own config type), so `config` needs to know no platform.
+#[derive(Clone, Debug)]
+pub struct PlatformSettings {
+    type_name: &'static str,
+    value: Arc<dyn PlatformConfig>,
+}
+
+impl PlatformSettings {
+    pub fn new<T: PlatformConfig>(type_name: &'static str, value: T) -> Self {
+        PlatformSettings {
+            type_name,
+            value: Arc::new(value),
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        // `*`: the `Arc` itself is a `PlatformConfig` too (blanket impl); ask what it holds.
+        (*self.value).as_any().downcast_ref()
+    }
+}
+
+/// A platform's validated config type. Implemented for every fitting type.
+pub trait PlatformConfig: Any + fmt::Debug + Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Any + fmt::Debug + Send + Sync> PlatformConfig for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Validates one connector section (the whole list item, `name` and `type` included).
+pub type SectionParser =
+    fn(path: &str, section: Value, v: &mut Validator) -> Option<ConnectorConfig>;
+
+/// The connector types a program knows. `config` is handed this list instead of importing
+/// it, so that platforms may build on `config` without a cycle.
+pub trait ConnectorTypes {
+    /// Every `type:` value, in the order error messages list them.
+    fn type_names(&self) -> Vec<&'static str>;
+    /// The parser of one `type:`, if it is known.
+    fn parser(&self, type_name: &str) -> Option<SectionParser>;
 }
 
 /// What an agent type's own section parser made of the keys only that type knows (see
@@ -570,8 +626,9 @@ struct RawWatcher {
 // Loading
 // ---------------------------------------------------------------------------------------------
 
-/// Reads and validates a configuration file.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+/// Reads and validates a configuration file; `types` are the connector types it may use
+/// (`connector::registry::PLATFORMS`).
+pub fn load(path: &Path, types: &dyn ConnectorTypes) -> Result<Config, ConfigError> {
     let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         issues: vec![ConfigIssue {
@@ -580,11 +637,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             message: format!("cannot read the file: {e}"),
         }],
     })?;
-    parse(path, &source)
+    parse(path, &source, types)
 }
 
 /// Validates configuration text as if it were the file at `path`.
-pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
+pub fn parse(path: &Path, source: &str, types: &dyn ConnectorTypes) -> Result<Config, ConfigError> {
     let base_dir = path
         .parent()
         .map(|p| {
@@ -598,7 +655,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
         .to_path_buf();
     let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
     let mut v = Validator::new(base_dir, source.to_string());
-    let config = validate_source(path, source, &mut v);
+    let config = validate_source(path, source, types, &mut v);
     match config {
         Some(c) if v.issues.is_empty() => Ok(c),
         _ => Err(ConfigError {
@@ -608,7 +665,12 @@ pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
     }
 }
 
-fn validate_source(path: &Path, source: &str, v: &mut Validator) -> Option<Config> {
+fn validate_source(
+    path: &Path,
+    source: &str,
+    types: &dyn ConnectorTypes,
+    v: &mut Validator,
+) -> Option<Config> {
     let mut root: Value = match serde_yaml::from_str(source) {
         Ok(Value::Null) => {
             v.error("", "the file is empty");
@@ -649,7 +711,7 @@ fn validate_source(path: &Path, source: &str, v: &mut Validator) -> Option<Confi
 
     let presets = validate_presets(sections.remove("tool_presets"), v);
     let declared_connectors = declared_names(sections.get("connectors"));
-    let connectors = validate_connectors(sections.remove("connectors"), v);
+    let connectors = validate_connectors(sections.remove("connectors"), types, v);
     let declared_agents: Vec<String> = match sections.get("agents") {
         Some(Value::Mapping(m)) => m
             .keys()
@@ -774,7 +836,11 @@ fn compile_rules(
     out
 }
 
-fn validate_connectors(section: Option<Value>, v: &mut Validator) -> Vec<ConnectorConfig> {
+fn validate_connectors(
+    section: Option<Value>,
+    types: &dyn ConnectorTypes,
+    v: &mut Validator,
+) -> Vec<ConnectorConfig> {
     let mut out: Vec<ConnectorConfig> = Vec::new();
     let items = match section {
         Some(Value::Sequence(items)) => items,
@@ -790,24 +856,20 @@ fn validate_connectors(section: Option<Value>, v: &mut Validator) -> Vec<Connect
     for (i, item) in items.into_iter().enumerate() {
         let path = format!("connectors[{i}]");
         let kind = item.get("type").and_then(Value::as_str).map(str::to_string);
+        let expected = || or_list(&types.type_names());
         let parsed = match kind.as_deref() {
-            Some("webchat") => webchat::config::validate(&path, item, v),
-            Some("rocketchat") => rocketchat::config::validate(&path, item, v),
-            Some("onebot") => onebot::config::validate(&path, item, v),
-            Some(other) => {
-                v.error(
-                    format!("{path}.type"),
-                    format!(
-                        "unknown connector type '{other}' (expected webchat, rocketchat or onebot)"
-                    ),
-                );
-                None
-            }
+            Some(name) => match types.parser(name) {
+                Some(parse) => parse(&path, item, v),
+                None => {
+                    v.error(
+                        format!("{path}.type"),
+                        format!("unknown connector type '{name}' (expected {})", expected()),
+                    );
+                    None
+                }
+            },
             None => {
-                v.error(
-                    format!("{path}.type"),
-                    "missing (webchat, rocketchat or onebot)",
-                );
+                v.error(format!("{path}.type"), format!("missing ({})", expected()));
                 None
             }
         };
@@ -1023,6 +1085,15 @@ fn validate_sandbox(
         confinement,
         run_as,
         writable_paths,
+    }
+}
+
+/// `a, b or c`, as error messages list choices.
+fn or_list(names: &[&str]) -> String {
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
     }
 }
 

@@ -7,7 +7,8 @@ fn check(yaml: &str) -> Result<Config, ConfigError> {
     std::fs::create_dir(dir.path().join("work")).unwrap();
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let result = load(&path);
+    // The real platform list: these tests check the file as users write it.
+    let result = load(&path, &crate::connector::registry::PLATFORMS);
     // Keep the dir alive until the result has been produced.
     drop(dir);
     result

@@ -2,13 +2,16 @@
 //! [`ConnectorEvent`]s for the dispatcher and carries replies back out (post, edit, typing,
 //! upload).
 //!
-//! Owns: the [`Connector`] trait, the event sink connectors deliver into, and the registry
-//! that builds connectors from configuration.
+//! Owns: the [`Connector`] trait, the event sink connectors deliver into, and the platform
+//! list (`registry.rs`) that parses, builds and labels connectors.
 //! Must not import: `agent`, `room`, `approval` — connectors and agents meet only in `model`.
 
 pub mod onebot;
+pub mod registry;
 pub mod rocketchat;
 pub mod webchat;
+
+pub use registry::build;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -215,36 +218,6 @@ pub trait Connector: Send + Sync + 'static {
 
     /// Resolves `#channel`, a group name, `@user` (opening a DM) or a raw room id.
     async fn resolve_room(&self, spec: &str) -> Result<RoomRef, ConnectorError>;
-}
-
-/// Builds the connector a configuration section describes. `runtime_dir` is where it may keep
-/// files of its own (generated tokens, downloads).
-pub fn build(
-    config: &crate::config::ConnectorConfig,
-    runtime_dir: &Path,
-) -> anyhow::Result<Arc<dyn Connector>> {
-    use crate::config::ConnectorKind;
-    match &config.kind {
-        ConnectorKind::Webchat(c) => Ok(Arc::new(webchat::WebchatConnector::new(
-            &config.name,
-            c,
-            runtime_dir,
-        )?)),
-        ConnectorKind::RocketChat(c) => Ok(Arc::new(rocketchat::RocketChatConnector::new(
-            &config.name,
-            c,
-            runtime_dir,
-        )?)),
-        ConnectorKind::OneBot(c) => Ok(Arc::new(onebot::OneBotConnector::new(
-            &config.name,
-            c,
-            runtime_dir,
-        )?)),
-        ConnectorKind::Embedded => anyhow::bail!(
-            "connector '{}' is embedded: the program running the gateway must supply it",
-            config.name
-        ),
-    }
 }
 
 /// All connectors of the running daemon, by name.

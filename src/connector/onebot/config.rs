@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::config::{ConnectorConfig, ConnectorKind, RawAllowedUsers, Validator};
+use crate::config::{ConnectorConfig, ConnectorKind, PlatformSettings, RawAllowedUsers, Validator};
 
 /// The path NapCat, NoneBot and agentgate use for reverse WebSocket connections.
 pub const DEFAULT_PATH: &str = "/onebot/v11/ws";
@@ -354,27 +354,30 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
         name: raw.name,
         users,
         require_mention: raw.require_mention,
-        kind: ConnectorKind::OneBot(OneBotConfig {
-            mode,
-            access_token,
-            require_mention: raw.require_mention,
-            group_whitelist: raw.group_whitelist.into_iter().collect(),
-            user_whitelist: raw.user_whitelist.into_iter().collect(),
-            max_message_length: raw.max_message_length,
-            forward_threshold: raw.forward_threshold,
-            rate_limit,
-            group_context,
-            attachments,
-            action_timeout: Duration::from_secs(raw.action_timeout_secs),
-            heartbeat_timeout: raw.heartbeat_timeout_secs.map(Duration::from_secs),
-        }),
+        kind: ConnectorKind::Platform(PlatformSettings::new(
+            super::TYPE,
+            OneBotConfig {
+                mode,
+                access_token,
+                require_mention: raw.require_mention,
+                group_whitelist: raw.group_whitelist.into_iter().collect(),
+                user_whitelist: raw.user_whitelist.into_iter().collect(),
+                max_message_length: raw.max_message_length,
+                forward_threshold: raw.forward_threshold,
+                rate_limit,
+                group_context,
+                attachments,
+                action_timeout: Duration::from_secs(raw.action_timeout_secs),
+                heartbeat_timeout: raw.heartbeat_timeout_secs.map(Duration::from_secs),
+            },
+        )),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, ConnectorKind};
+    use crate::connector::registry::PLATFORMS;
     use std::path::Path;
 
     fn config(section: &str) -> Result<OneBotConfig, Vec<String>> {
@@ -389,10 +392,10 @@ watchers:
   - {{name: w, connector: qq, room: "*", agent: a}}
 "#
         );
-        match parse(Path::new("/tmp/config.yaml"), &yaml) {
-            Ok(c) => match &c.connectors[0].kind {
-                ConnectorKind::OneBot(o) => Ok(o.clone()),
-                other => panic!("{other:?}"),
+        match crate::config::parse(Path::new("/tmp/config.yaml"), &yaml, &PLATFORMS) {
+            Ok(c) => match c.connectors[0].kind.settings::<OneBotConfig>() {
+                Some(o) => Ok(o.clone()),
+                None => panic!("{:?}", c.connectors[0].kind),
             },
             Err(e) => Err(e.issues.iter().map(|i| i.to_string()).collect()),
         }

@@ -18,6 +18,9 @@
 pub mod attach;
 mod client;
 pub mod config;
+
+/// The `type:` of this platform's connector sections (`connector::registry`).
+pub const TYPE: &str = "onebot";
 mod context;
 pub mod cq;
 mod inbound;

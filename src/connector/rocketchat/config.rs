@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::config::{ConnectorConfig, ConnectorKind, RawAllowedUsers, Validator};
+use crate::config::{ConnectorConfig, ConnectorKind, PlatformSettings, RawAllowedUsers, Validator};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,16 +161,19 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
         name: raw.name,
         users,
         require_mention: raw.require_mention,
-        kind: ConnectorKind::RocketChat(RocketChatConfig {
-            server: server?,
-            auth: auth?,
-            mention_all: raw.mention_all,
-            reply_in_thread: raw.reply_in_thread,
-            require_mention: raw.require_mention,
-            max_file_size,
-            download_timeout: Duration::from_secs(raw.attachments.download_timeout.max(1)),
-            edit_interval: Duration::from_millis(raw.edit_interval_ms),
-        }),
+        kind: ConnectorKind::Platform(PlatformSettings::new(
+            super::TYPE,
+            RocketChatConfig {
+                server: server?,
+                auth: auth?,
+                mention_all: raw.mention_all,
+                reply_in_thread: raw.reply_in_thread,
+                require_mention: raw.require_mention,
+                max_file_size,
+                download_timeout: Duration::from_secs(raw.attachments.download_timeout.max(1)),
+                edit_interval: Duration::from_millis(raw.edit_interval_ms),
+            },
+        )),
     })
 }
 
@@ -229,11 +232,13 @@ mod tests {
         let yaml = format!(
             "connectors:\n  - name: rc\n    type: rocketchat\n{section}\nagents:\n  a:\n    type: claude\n    working_directory: /tmp\nwatchers:\n  - name: w\n    connector: rc\n    room: '#general'\n"
         );
-        match config::parse(Path::new("/tmp/config.yaml"), &yaml) {
-            Ok(c) => match &c.connectors[0].kind {
-                ConnectorKind::RocketChat(rc) => Ok(rc.clone()),
-                _ => unreachable!(),
-            },
+        let platforms = &crate::connector::registry::PLATFORMS;
+        match config::parse(Path::new("/tmp/config.yaml"), &yaml, platforms) {
+            Ok(c) => Ok(c.connectors[0]
+                .kind
+                .settings::<RocketChatConfig>()
+                .unwrap()
+                .clone()),
             Err(e) => Err(e.to_string()),
         }
     }

@@ -20,6 +20,9 @@
 //!   while we were away) is delivered once, with its current text.
 
 pub mod config;
+
+/// The `type:` of this platform's connector sections (`connector::registry`).
+pub const TYPE: &str = "rocketchat";
 mod ddp;
 mod normalize;
 mod rest;

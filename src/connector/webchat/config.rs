@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::config::{ConnectorConfig, ConnectorKind, RawAllowedUsers, Validator};
+use crate::config::{ConnectorConfig, ConnectorKind, PlatformSettings, RawAllowedUsers, Validator};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,21 +111,30 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
         name: raw.name,
         users: users_cfg,
         require_mention: raw.require_mention,
-        kind: ConnectorKind::Webchat(WebchatConfig {
-            listen,
-            tokens: raw.tokens,
-            users,
-            history_limit: raw.history_limit,
-            persist_history: raw.persist_history,
-            require_mention: raw.require_mention,
-        }),
+        kind: ConnectorKind::Platform(PlatformSettings::new(
+            super::TYPE,
+            WebchatConfig {
+                listen,
+                tokens: raw.tokens,
+                users,
+                history_limit: raw.history_limit,
+                persist_history: raw.persist_history,
+                require_mention: raw.require_mention,
+            },
+        )),
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{parse, ConnectorKind};
+    use super::WebchatConfig;
+    use crate::config::Config;
+    use crate::connector::registry::PLATFORMS;
     use std::path::Path;
+
+    fn parse(path: &Path, yaml: &str) -> Result<Config, crate::config::ConfigError> {
+        crate::config::parse(path, yaml, &PLATFORMS)
+    }
 
     fn config(connector: &str) -> String {
         format!(
@@ -139,7 +148,7 @@ mod tests {
     fn webchat_section_validates_with_defaults() {
         let yaml = config("{name: web, type: webchat, allowed_users: {owners: [alice]}, tokens: {bob: bob-token-0123456789}}");
         let c = parse(Path::new("/tmp/config.yaml"), &yaml).unwrap();
-        let ConnectorKind::Webchat(w) = &c.connectors[0].kind else {
+        let Some(w) = c.connectors[0].kind.settings::<WebchatConfig>() else {
             panic!("not webchat")
         };
         assert_eq!(w.listen.to_string(), "127.0.0.1:8790");
@@ -155,7 +164,7 @@ mod tests {
             "{name: web, type: webchat, require_mention: true, allowed_users: {owners: [alice]}}",
         );
         let c = parse(Path::new("/tmp/config.yaml"), &yaml).unwrap();
-        let ConnectorKind::Webchat(w) = &c.connectors[0].kind else {
+        let Some(w) = c.connectors[0].kind.settings::<WebchatConfig>() else {
             panic!("not webchat")
         };
         assert!(w.require_mention);

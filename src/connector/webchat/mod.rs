@@ -10,6 +10,9 @@
 //! replies come back through `post`/`edit`/`typing`/`upload`.
 
 pub mod config;
+
+/// The `type:` of this platform's connector sections (`connector::registry`).
+pub const TYPE: &str = "webchat";
 pub mod files;
 pub mod history;
 pub mod hub;

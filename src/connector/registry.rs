@@ -1,0 +1,121 @@
+//! The platform list: the one place that names every connector type.
+//!
+//! Owns: for each `type:` of a connector section, its config parser, how to build the
+//! connector from the validated section, and the label prompts use for it ("Rocket.Chat").
+//! Knows nothing about: the platforms' internals (each folder exports a `config::validate`
+//! and a constructor). Adding a platform is one folder under `connector/` plus one entry here.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{ConnectorConfig, ConnectorKind, ConnectorTypes, SectionParser};
+
+use super::{onebot, rocketchat, webchat, Connector};
+
+/// Builds a connector from its name, its platform's validated settings and the runtime dir.
+pub type Builder = fn(&str, &ConnectorKind, &Path) -> anyhow::Result<Arc<dyn Connector>>;
+
+/// One connector type.
+pub struct Platform {
+    /// The `type:` value in the file (also the `type_name` of its [`ConnectorKind`]).
+    pub type_name: &'static str,
+    /// How prompts name the platform to the agent.
+    pub label: &'static str,
+    pub parse: SectionParser,
+    pub build: Builder,
+}
+
+/// Every platform the gateway knows.
+pub struct Platforms(&'static [Platform]);
+
+pub static PLATFORMS: Platforms = Platforms(&[
+    Platform {
+        type_name: webchat::TYPE,
+        label: "WebChat",
+        parse: webchat::config::validate,
+        build: |name, kind, dir| {
+            Ok(Arc::new(webchat::WebchatConnector::new(
+                name,
+                settings(name, kind)?,
+                dir,
+            )?))
+        },
+    },
+    Platform {
+        type_name: rocketchat::TYPE,
+        label: "Rocket.Chat",
+        parse: rocketchat::config::validate,
+        build: |name, kind, dir| {
+            Ok(Arc::new(rocketchat::RocketChatConnector::new(
+                name,
+                settings(name, kind)?,
+                dir,
+            )?))
+        },
+    },
+    Platform {
+        type_name: onebot::TYPE,
+        label: "QQ",
+        parse: onebot::config::validate,
+        build: |name, kind, dir| {
+            Ok(Arc::new(onebot::OneBotConnector::new(
+                name,
+                settings(name, kind)?,
+                dir,
+            )?))
+        },
+    },
+]);
+
+impl Platforms {
+    pub fn get(&self, type_name: &str) -> Option<&Platform> {
+        self.0.iter().find(|p| p.type_name == type_name)
+    }
+}
+
+impl ConnectorTypes for Platforms {
+    fn type_names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|p| p.type_name).collect()
+    }
+
+    fn parser(&self, type_name: &str) -> Option<SectionParser> {
+        self.get(type_name).map(|p| p.parse)
+    }
+}
+
+/// The platform's settings as its own type; a mismatch means a section was validated by one
+/// platform and built by another, which only a bug can do.
+fn settings<'a, T: 'static>(name: &str, kind: &'a ConnectorKind) -> anyhow::Result<&'a T> {
+    kind.settings::<T>().ok_or_else(|| {
+        anyhow::anyhow!(
+            "connector '{name}': settings of type '{}' do not fit its platform",
+            kind.type_name()
+        )
+    })
+}
+
+/// Builds the connector a configuration section describes. `runtime_dir` is where it may keep
+/// files of its own (generated tokens, downloads).
+pub fn build(config: &ConnectorConfig, runtime_dir: &Path) -> anyhow::Result<Arc<dyn Connector>> {
+    match &config.kind {
+        ConnectorKind::Embedded => anyhow::bail!(
+            "connector '{}' is embedded: the program running the gateway must supply it",
+            config.name
+        ),
+        kind => match PLATFORMS.get(kind.type_name()) {
+            Some(p) => (p.build)(&config.name, kind, runtime_dir),
+            None => anyhow::bail!(
+                "connector '{}' has type '{}', which no platform provides",
+                config.name,
+                kind.type_name()
+            ),
+        },
+    }
+}
+
+/// How prompts name a connector's platform ("Chat" for embedded connectors).
+pub fn label(config: &ConnectorConfig) -> &'static str {
+    PLATFORMS
+        .get(config.kind.type_name())
+        .map_or("Chat", |p| p.label)
+}
