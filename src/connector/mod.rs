@@ -8,6 +8,7 @@
 
 pub mod onebot;
 pub mod registry;
+pub mod replay;
 pub mod rocketchat;
 pub mod webchat;
 

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::{self, ClientRole, Ended};
 use super::Inner;
+use crate::connector::replay::Backoff;
 
 /// The URL without its query string, for logs (a token may have been put there).
 pub(super) fn redact(url: &str) -> String {
@@ -29,7 +30,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 pub async fn connect_loop(inner: Arc<Inner>, url: String, cancel: CancellationToken) {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::exact(FIRST_BACKOFF, MAX_BACKOFF);
     let shown = redact(&url);
     loop {
         let mut request = match url.as_str().into_client_request() {
@@ -70,21 +71,20 @@ pub async fn connect_loop(inner: Arc<Inner>, url: String, cancel: CancellationTo
                     return;
                 }
                 if started.elapsed() >= STABLE_AFTER {
-                    backoff = FIRST_BACKOFF;
+                    backoff.reset();
                 }
             }
             Ok(Err(e)) => {
-                tracing::warn!(connector = %inner.name, url = %shown, error = %e, retry_in = ?backoff, "cannot connect to the OneBot implementation");
+                tracing::warn!(connector = %inner.name, url = %shown, error = %e, retry_in = ?backoff.upcoming(), "cannot connect to the OneBot implementation");
             }
             Err(_) => {
-                tracing::warn!(connector = %inner.name, url = %shown, retry_in = ?backoff, "connecting to the OneBot implementation timed out");
+                tracing::warn!(connector = %inner.name, url = %shown, retry_in = ?backoff.upcoming(), "connecting to the OneBot implementation timed out");
             }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.step()) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::context::{fetch_history, History};
 use super::wire::MessageEvent;
 use super::{Chat, Inner, Runtime};
+use crate::connector::replay::IdWindow;
 
 /// Messages older than this are not replayed.
 const MAX_AGE: Duration = Duration::from_secs(3600);
@@ -27,21 +28,39 @@ fn key(room: &str) -> String {
     format!("replay:{room}")
 }
 
-#[derive(Debug, Default, PartialEq)]
-struct Watermark {
+/// A room's replay state as stored: `{"time", "ids"}`, the time of the newest settled message
+/// (seconds) and the last [`ID_WINDOW`] settled ids, whatever their time.
+#[derive(Debug)]
+struct RoomReplay {
     time: i64,
-    ids: Vec<i64>,
+    ids: IdWindow<i64>,
 }
 
-fn load(rt: &Runtime, room: &str) -> Option<Watermark> {
+impl Default for RoomReplay {
+    fn default() -> Self {
+        RoomReplay {
+            time: 0,
+            ids: IdWindow::new(ID_WINDOW),
+        }
+    }
+}
+
+fn load(rt: &Runtime, room: &str) -> Option<RoomReplay> {
     let v = rt.store.get(&key(room))?;
-    Some(Watermark {
+    let mut ids = IdWindow::new(ID_WINDOW);
+    for id in v
+        .get("ids")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_i64)
+    {
+        // OneBot windows are by count only; the floor is not used.
+        ids.insert(id, 0);
+    }
+    Some(RoomReplay {
         time: v.get("time")?.as_i64()?,
-        ids: v
-            .get("ids")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_i64).collect())
-            .unwrap_or_default(),
+        ids,
     })
 }
 
@@ -49,13 +68,10 @@ fn load(rt: &Runtime, room: &str) -> Option<Watermark> {
 pub fn record(rt: &Runtime, room: &str, time: i64, message_id: i64) {
     let mut w = load(rt, room).unwrap_or_default();
     w.time = w.time.max(time);
-    if !w.ids.contains(&message_id) {
-        w.ids.push(message_id);
-    }
-    let excess = w.ids.len().saturating_sub(ID_WINDOW);
-    w.ids.drain(..excess);
+    w.ids.insert(message_id, 0);
+    let ids: Vec<i64> = w.ids.ids().copied().collect();
     rt.store
-        .put(&key(room), json!({ "time": w.time, "ids": w.ids }));
+        .put(&key(room), json!({ "time": w.time, "ids": ids }));
     let mut rooms: Vec<String> = rt
         .store
         .get(ROOMS_KEY)

@@ -28,7 +28,7 @@ mod normalize;
 mod rest;
 mod wire;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,9 +46,13 @@ use self::wire::{
     HistoryResponse, MediaResponse, PostMessageResponse, SettingsResponse, SubscriptionsResponse,
     WireMessage, WireRoom,
 };
+use crate::connector::replay::{self, Backoff};
 use crate::connector::{
     Acceptance, Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent,
 };
+
+type IdWindow = replay::IdWindow<String>;
+type Watermark = replay::Watermark<String>;
 use crate::model::{Attachment, InboundMessage, PostedMessage, ReplyTarget, RoomKind, RoomRef};
 
 /// Rocket.Chat's default `Message_MaxAllowedSize`; read from the server when it says.
@@ -378,60 +382,16 @@ fn guess_mime(path: &Path) -> &'static str {
 // Dedup window and watermark
 // ---------------------------------------------------------------------------------------------
 
-/// Recently seen message ids of one room, oldest first.
-#[derive(Default)]
-struct IdWindow {
-    ids: HashSet<String>,
-    order: VecDeque<(String, u64)>,
-    /// Newest `ts` evicted: a message older than this may have been seen and forgotten.
-    floor: u64,
+/// Persisted as `{"ts", "ids"}` (the state file format of earlier versions).
+fn watermark_from_json(v: &Value) -> Option<Watermark> {
+    Some(Watermark {
+        ts: v.get("ts")?.as_u64()?,
+        ids: wire::strings(v.get("ids")),
+    })
 }
 
-impl IdWindow {
-    fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
-    }
-
-    fn insert(&mut self, id: &str, ts: u64) {
-        if self.ids.insert(id.to_string()) {
-            self.order.push_back((id.to_string(), ts));
-        }
-        while self.order.len() > DEDUP_WINDOW {
-            if let Some((old, old_ts)) = self.order.pop_front() {
-                self.ids.remove(&old);
-                self.floor = self.floor.max(old_ts);
-            }
-        }
-    }
-}
-
-/// "Every message before `ts`, and those listed at `ts`, is settled."
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Watermark {
-    ts: u64,
-    ids: Vec<String>,
-}
-
-impl Watermark {
-    fn from_json(v: &Value) -> Option<Watermark> {
-        Some(Watermark {
-            ts: v.get("ts")?.as_u64()?,
-            ids: wire::strings(v.get("ids")),
-        })
-    }
-
-    fn to_json(&self) -> Value {
-        json!({"ts": self.ts, "ids": self.ids})
-    }
-
-    fn advance(&mut self, ts: u64, id: &str) {
-        if ts > self.ts {
-            self.ts = ts;
-            self.ids = vec![id.to_string()];
-        } else if ts == self.ts && !self.ids.iter().any(|i| i == id) {
-            self.ids.push(id.to_string());
-        }
-    }
+fn watermark_to_json(w: &Watermark) -> Value {
+    json!({"ts": w.ts, "ids": w.ids})
 }
 
 /// One room being watched, with its delivery state (kept across reconnects).
@@ -685,11 +645,11 @@ impl<'a> Runner<'a> {
             .ctx
             .store
             .get(&watermark_key(&rid))
-            .and_then(|v| Watermark::from_json(&v));
-        let mut window = IdWindow::default();
+            .and_then(|v| watermark_from_json(&v));
+        let mut window = IdWindow::new(DEDUP_WINDOW);
         let watermark = stored.unwrap_or_default();
         for id in &watermark.ids {
-            window.insert(id, watermark.ts);
+            window.insert(id.clone(), watermark.ts);
         }
         window.floor = watermark.ts;
         self.rooms.insert(
@@ -768,13 +728,13 @@ impl<'a> Runner<'a> {
             return Ok(());
         };
         if let Some(m) = newest.and_then(|v| serde_json::from_value::<WireMessage>(v).ok()) {
-            room.window.insert(&m.id, m.ts.0);
+            room.window.insert(m.id.clone(), m.ts.0);
             room.window.floor = room.window.floor.max(m.ts.0);
             room.watermark.advance(m.ts.0, &m.id);
         }
         self.ctx
             .store
-            .put(&watermark_key(rid), room.watermark.to_json());
+            .put(&watermark_key(rid), watermark_to_json(&room.watermark));
         Ok(())
     }
 
@@ -922,7 +882,7 @@ impl<'a> Runner<'a> {
             Some(reason) => {
                 tracing::trace!(rid, id = %m.id, ?reason, "dropped");
                 if reason == normalize::Skip::Own {
-                    self.own_posts.insert(&m.id, m.ts.0);
+                    self.own_posts.insert(m.id.clone(), m.ts.0);
                 }
                 true
             }
@@ -963,7 +923,7 @@ impl<'a> Runner<'a> {
             return Ok(());
         };
         if settled {
-            room.window.insert(&m.id, m.ts.0);
+            room.window.insert(m.id.clone(), m.ts.0);
             if !room.frozen {
                 room.watermark.advance(m.ts.0, &m.id);
             }
@@ -978,7 +938,7 @@ impl<'a> Runner<'a> {
         }
         self.ctx
             .store
-            .put(&watermark_key(rid), room.watermark.to_json());
+            .put(&watermark_key(rid), watermark_to_json(&room.watermark));
         Ok(())
     }
 
@@ -1046,35 +1006,6 @@ impl<'a> Runner<'a> {
     }
 }
 
-/// Exponential backoff with jitter: 1 s, 2 s, 4 s … capped, each ±25 %.
-struct Backoff {
-    next: Duration,
-    initial: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Backoff {
-            next: initial,
-            initial,
-            max,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
-
-    fn step(&mut self) -> Duration {
-        use rand::Rng;
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let factor = rand::thread_rng().gen_range(0.75..=1.25);
-        base.mul_f64(factor).min(self.max)
-    }
-}
-
 #[async_trait]
 impl Connector for RocketChatConnector {
     fn name(&self) -> &str {
@@ -1118,7 +1049,7 @@ impl Connector for RocketChatConnector {
             reported: HashSet::new(),
             resolved: HashMap::new(),
             bot: None,
-            own_posts: IdWindow::default(),
+            own_posts: IdWindow::new(DEDUP_WINDOW),
         };
         let mut backoff = Backoff::new(self.timings.reconnect_initial, self.timings.reconnect_max);
         loop {
@@ -1296,43 +1227,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn window_forgets_oldest_and_raises_floor() {
-        let mut w = IdWindow::default();
-        for i in 0..(DEDUP_WINDOW as u64 + 5) {
-            w.insert(&format!("m{i}"), i);
-        }
-        assert!(!w.contains("m0"));
-        assert!(w.contains(&format!("m{}", DEDUP_WINDOW + 4)));
-        assert_eq!(w.floor, 4);
-    }
-
-    #[test]
-    fn watermark_keeps_ids_at_its_timestamp() {
+    fn watermark_keeps_its_stored_format() {
         let mut wm = Watermark::default();
-        wm.advance(10, "a");
-        wm.advance(10, "b");
-        wm.advance(9, "old");
-        assert_eq!(
-            wm,
-            Watermark {
-                ts: 10,
-                ids: vec!["a".into(), "b".into()]
-            }
-        );
-        wm.advance(11, "c");
-        assert_eq!(Watermark::from_json(&wm.to_json()), Some(wm));
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        let steps: Vec<Duration> = (0..10).map(|_| b.step()).collect();
-        assert!(steps[0] >= Duration::from_millis(750) && steps[0] <= Duration::from_millis(1250));
-        assert!(steps[3] >= Duration::from_secs(6) && steps[3] <= Duration::from_secs(10));
-        assert!(steps.iter().all(|d| *d <= Duration::from_secs(60)));
-        assert!(steps[9] >= Duration::from_secs(45));
-        b.reset();
-        assert!(b.step() <= Duration::from_millis(1250));
+        wm.advance(10, &"a".to_string());
+        wm.advance(10, &"b".to_string());
+        let json = watermark_to_json(&wm);
+        assert_eq!(json, json!({"ts": 10, "ids": ["a", "b"]}));
+        assert_eq!(watermark_from_json(&json), Some(wm));
     }
 
     #[test]

@@ -1,0 +1,193 @@
+//! What every replaying platform needs to deliver each message exactly once across
+//! reconnects: a bounded window of recently seen ids, a per-room watermark, and the reconnect
+//! backoff.
+//!
+//! Owns: [`IdWindow`], [`Watermark`], [`Backoff`] — plain data, persisted by the platforms in
+//! their own formats (their state files must keep loading).
+//! Knows nothing about: any platform's wire types, the state store, time sources.
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::Hash;
+use std::time::Duration;
+
+/// Recently seen message ids of one room, oldest first, at most `capacity` of them.
+#[derive(Clone, Debug)]
+pub struct IdWindow<Id> {
+    ids: HashSet<Id>,
+    order: VecDeque<(Id, u64)>,
+    capacity: usize,
+    /// Newest timestamp evicted: a message older than this may have been seen and forgotten.
+    pub floor: u64,
+}
+
+impl<Id: Clone + Eq + Hash> IdWindow<Id> {
+    pub fn new(capacity: usize) -> Self {
+        IdWindow {
+            ids: HashSet::new(),
+            order: VecDeque::new(),
+            capacity,
+            floor: 0,
+        }
+    }
+
+    pub fn contains<Q: Eq + Hash + ?Sized>(&self, id: &Q) -> bool
+    where
+        Id: std::borrow::Borrow<Q>,
+    {
+        self.ids.contains(id)
+    }
+
+    /// Remembers `id` (seen at `ts`); the oldest id goes when the window is full.
+    pub fn insert(&mut self, id: Id, ts: u64) {
+        if self.ids.insert(id.clone()) {
+            self.order.push_back((id, ts));
+        }
+        while self.order.len() > self.capacity {
+            if let Some((old, old_ts)) = self.order.pop_front() {
+                self.ids.remove(&old);
+                self.floor = self.floor.max(old_ts);
+            }
+        }
+    }
+
+    /// The remembered ids, oldest first (what a platform persists).
+    pub fn ids(&self) -> impl Iterator<Item = &Id> {
+        self.order.iter().map(|(id, _)| id)
+    }
+}
+
+/// "Every message before `ts`, and those listed at `ts`, is settled."
+#[derive(Clone, Debug, PartialEq)]
+pub struct Watermark<Id> {
+    pub ts: u64,
+    pub ids: Vec<Id>,
+}
+
+impl<Id> Default for Watermark<Id> {
+    fn default() -> Self {
+        Watermark {
+            ts: 0,
+            ids: Vec::new(),
+        }
+    }
+}
+
+impl<Id: Clone + PartialEq> Watermark<Id> {
+    /// Moves past a settled message; an older one changes nothing.
+    pub fn advance(&mut self, ts: u64, id: &Id) {
+        if ts > self.ts {
+            self.ts = ts;
+            self.ids = vec![id.clone()];
+        } else if ts == self.ts && !self.ids.contains(id) {
+            self.ids.push(id.clone());
+        }
+    }
+}
+
+/// Exponential reconnect backoff: `initial`, doubling to `max`; optionally each wait ±25 %
+/// so that many gateways restarted together do not reconnect in lockstep.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+    initial: Duration,
+    max: Duration,
+    jitter: bool,
+}
+
+impl Backoff {
+    /// With jitter.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            next: initial,
+            initial,
+            max,
+            jitter: true,
+        }
+    }
+
+    /// Exact waits (platforms whose documented retry timing users rely on).
+    pub fn exact(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            jitter: false,
+            ..Backoff::new(initial, max)
+        }
+    }
+
+    /// Starts over after a healthy connection.
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    /// The next wait before jitter (for logs).
+    pub fn upcoming(&self) -> Duration {
+        self.next
+    }
+
+    /// The wait before the next attempt; later waits grow.
+    pub fn step(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        if !self.jitter {
+            return base;
+        }
+        use rand::Rng;
+        let factor = rand::thread_rng().gen_range(0.75..=1.25);
+        base.mul_f64(factor).min(self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_forgets_oldest_and_raises_floor() {
+        let mut w = IdWindow::new(10);
+        for i in 0..15u64 {
+            w.insert(format!("m{i}"), i);
+        }
+        assert!(!w.contains("m0"));
+        assert!(w.contains("m14"));
+        assert_eq!(w.floor, 4);
+        assert_eq!(w.ids().next(), Some(&"m5".to_string()));
+    }
+
+    #[test]
+    fn watermark_keeps_ids_at_its_timestamp() {
+        let mut wm = Watermark::default();
+        wm.advance(10, &"a");
+        wm.advance(10, &"b");
+        wm.advance(9, &"old");
+        assert_eq!(
+            wm,
+            Watermark {
+                ts: 10,
+                ids: vec!["a", "b"]
+            }
+        );
+        wm.advance(11, &"c");
+        assert_eq!(wm.ids, ["c"]);
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let steps: Vec<Duration> = (0..10).map(|_| b.step()).collect();
+        assert!(steps[0] >= Duration::from_millis(750) && steps[0] <= Duration::from_millis(1250));
+        assert!(steps[3] >= Duration::from_secs(6) && steps[3] <= Duration::from_secs(10));
+        assert!(steps.iter().all(|d| *d <= Duration::from_secs(60)));
+        assert!(steps[9] >= Duration::from_secs(45));
+        b.reset();
+        assert!(b.step() <= Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn exact_backoff_has_no_jitter() {
+        let mut b = Backoff::exact(Duration::from_millis(500), Duration::from_secs(60));
+        let steps: Vec<u128> = (0..9).map(|_| b.step().as_millis()).collect();
+        assert_eq!(
+            steps,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
+    }
+}
