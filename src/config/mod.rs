@@ -12,6 +12,9 @@
 //! section may hold and validates it. No agent is named here.
 
 mod expand;
+mod file_size;
+
+pub use file_size::{MaxFileSize, RawMaxFileSize, DEFAULT_MAX_FILE_SIZE_MB};
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashSet};

@@ -8,7 +8,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::config::{ConnectorConfig, ConnectorKind, PlatformSettings, RawAllowedUsers, Validator};
+use crate::config::{
+    ConnectorConfig, ConnectorKind, MaxFileSize, PlatformSettings, RawAllowedUsers, RawMaxFileSize,
+    Validator,
+};
 
 /// The path NapCat, NoneBot and agentgate use for reverse WebSocket connections.
 pub const DEFAULT_PATH: &str = "/onebot/v11/ws";
@@ -78,8 +81,8 @@ struct RawGroupContext {
 struct RawAttachments {
     #[serde(default = "default_true")]
     enabled: bool,
-    #[serde(default = "default_max_file_mb")]
-    max_file_size_mb: u64,
+    #[serde(default)]
+    max_file_size_mb: RawMaxFileSize,
     #[serde(default = "default_download_timeout")]
     download_timeout: u64,
 }
@@ -108,8 +111,9 @@ fn default_context_chars() -> usize {
 fn default_context_scan() -> usize {
     200
 }
-fn default_max_file_mb() -> u64 {
-    20
+/// `max_bytes` of a limit: "no limit" is a limit nothing reaches.
+fn max_bytes(limit: MaxFileSize) -> u64 {
+    limit.bytes().unwrap_or(u64::MAX)
 }
 fn default_download_timeout() -> u64 {
     60
@@ -196,7 +200,7 @@ impl OneBotConfig {
             }),
             group_context: None,
             attachments: Some(AttachmentLimits {
-                max_bytes: default_max_file_mb() * 1024 * 1024,
+                max_bytes: max_bytes(MaxFileSize::default()),
                 download_timeout: Duration::from_secs(default_download_timeout()),
             }),
             action_timeout: Duration::from_secs(default_action_timeout()),
@@ -324,19 +328,24 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
     let attachments = match raw.attachments {
         Some(a) if !a.enabled => None,
         Some(a) => {
-            if a.max_file_size_mb == 0 || a.download_timeout == 0 {
+            let limit = MaxFileSize::validate(
+                a.max_file_size_mb,
+                &format!("{path}.attachments.max_file_size_mb"),
+                v,
+            );
+            if a.download_timeout == 0 {
                 v.error(
-                    format!("{path}.attachments"),
-                    "max_file_size_mb and download_timeout must be at least 1 (or set enabled: false)",
+                    format!("{path}.attachments.download_timeout"),
+                    "must be at least 1 second (or set enabled: false)",
                 );
             }
             Some(AttachmentLimits {
-                max_bytes: a.max_file_size_mb * 1024 * 1024,
+                max_bytes: max_bytes(limit),
                 download_timeout: Duration::from_secs(a.download_timeout),
             })
         }
         None => Some(AttachmentLimits {
-            max_bytes: default_max_file_mb() * 1024 * 1024,
+            max_bytes: max_bytes(MaxFileSize::default()),
             download_timeout: Duration::from_secs(default_download_timeout()),
         }),
     };

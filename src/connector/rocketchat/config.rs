@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::config::{ConnectorConfig, ConnectorKind, PlatformSettings, RawAllowedUsers, Validator};
+use crate::config::{
+    ConnectorConfig, ConnectorKind, MaxFileSize, PlatformSettings, RawAllowedUsers, RawMaxFileSize,
+    Validator,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,8 +46,8 @@ struct RawRocketChat {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAttachments {
-    #[serde(default = "default_max_file_size_mb")]
-    max_file_size_mb: f64,
+    #[serde(default)]
+    max_file_size_mb: RawMaxFileSize,
     #[serde(default = "default_download_timeout")]
     download_timeout: u64,
 }
@@ -52,7 +55,7 @@ struct RawAttachments {
 impl Default for RawAttachments {
     fn default() -> Self {
         RawAttachments {
-            max_file_size_mb: default_max_file_size_mb(),
+            max_file_size_mb: RawMaxFileSize::default(),
             download_timeout: default_download_timeout(),
         }
     }
@@ -64,10 +67,6 @@ fn default_true() -> bool {
 
 fn default_edit_interval_ms() -> u64 {
     1000
-}
-
-fn default_max_file_size_mb() -> f64 {
-    10.0
 }
 
 fn default_download_timeout() -> u64 {
@@ -143,20 +142,18 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
         Some(s) => Some(s.trim_end_matches('/').to_string()),
     };
     let auth = validate_auth(path, &raw, v);
-    if !(raw.attachments.max_file_size_mb >= 0.0 && raw.attachments.max_file_size_mb.is_finite()) {
-        v.error(
-            format!("{path}.attachments.max_file_size_mb"),
-            "must be a number of megabytes, 0 for no limit",
-        );
-    }
+    let max_file_size = MaxFileSize::validate(
+        raw.attachments.max_file_size_mb,
+        &format!("{path}.attachments.max_file_size_mb"),
+        v,
+    )
+    .bytes();
     if raw.attachments.download_timeout == 0 {
         v.error(
             format!("{path}.attachments.download_timeout"),
             "must be at least 1 second",
         );
     }
-    let max_file_size = (raw.attachments.max_file_size_mb > 0.0)
-        .then_some((raw.attachments.max_file_size_mb * 1024.0 * 1024.0) as u64);
     Some(ConnectorConfig {
         name: raw.name,
         users,
@@ -250,7 +247,7 @@ mod tests {
                 .unwrap();
         assert_eq!(rc.server, "https://chat.example.com");
         assert!(matches!(rc.auth, RocketChatAuth::Password { .. }));
-        assert_eq!(rc.max_file_size, Some(10 * 1024 * 1024));
+        assert_eq!(rc.max_file_size, Some(20 * 1024 * 1024));
         assert_eq!(rc.download_timeout, Duration::from_secs(30));
         assert_eq!(rc.edit_interval, Duration::from_secs(1));
         assert!(!rc.mention_all && !rc.reply_in_thread && rc.require_mention);
