@@ -30,7 +30,7 @@ use agent_chat_gateway::config::{
 };
 use agent_chat_gateway::connector::{
     Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, Connectors,
-    EventSink,
+    EventSink, RunError,
 };
 use agent_chat_gateway::daemon::{self, StartupReport};
 use agent_chat_gateway::model::{
@@ -63,7 +63,7 @@ impl Connector for BenchConnector {
         }
     }
 
-    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> anyhow::Result<()> {
+    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> Result<(), RunError> {
         let _ = self.sink.set(ctx.events.clone());
         self.ready.notify_one();
         ctx.cancel.cancelled().await;

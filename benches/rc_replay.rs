@@ -43,7 +43,7 @@ fn proc_status_kib(key: &str) -> u64 {
 
 struct Running {
     cancel: CancellationToken,
-    run: tokio::task::JoinHandle<anyhow::Result<()>>,
+    run: tokio::task::JoinHandle<Result<(), agent_chat_gateway::connector::RunError>>,
     /// Message ids delivered, and "connected" notices.
     messages: mpsc::UnboundedReceiver<String>,
     connected: mpsc::UnboundedReceiver<()>,

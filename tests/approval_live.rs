@@ -10,7 +10,9 @@ use agent_chat_gateway::admission;
 use agent_chat_gateway::agent::claude::hook;
 use agent_chat_gateway::approval::{self, audit::AuditLog, Approvals, Command, TurnBinding};
 use agent_chat_gateway::config::{AgentConfig, PermissionsConfig};
-use agent_chat_gateway::connector::{Capabilities, Connector, ConnectorContext, ConnectorError};
+use agent_chat_gateway::connector::{
+    Capabilities, Connector, ConnectorContext, ConnectorError, RunError,
+};
 use agent_chat_gateway::model::{PostedMessage, ReplyTarget, Role, RoomKey, RoomRef};
 use agent_chat_gateway::policy::{Rule, RuleSet};
 use async_trait::async_trait;
@@ -48,7 +50,7 @@ impl Connector for Room {
         }
     }
 
-    async fn run(self: Arc<Self>, _ctx: ConnectorContext) -> anyhow::Result<()> {
+    async fn run(self: Arc<Self>, _ctx: ConnectorContext) -> Result<(), RunError> {
         Ok(())
     }
 

@@ -89,7 +89,7 @@ struct Gateway {
     conn: Arc<OneBotConnector>,
     rx: mpsc::Receiver<(Arc<str>, ConnectorEvent)>,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), agent_chat_gateway::connector::RunError>>,
     url: String,
     dir: tempfile::TempDir,
     /// Non-message events seen while waiting for something else.

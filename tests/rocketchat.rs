@@ -74,7 +74,7 @@ enum Other {
 struct Harness {
     conn: Arc<RocketChatConnector>,
     cancel: CancellationToken,
-    run: Option<JoinHandle<anyhow::Result<()>>>,
+    run: Option<JoinHandle<Result<(), agent_chat_gateway::connector::RunError>>>,
     dispatcher: JoinHandle<()>,
     inbox: mpsc::UnboundedReceiver<InboundMessage>,
     others: mpsc::UnboundedReceiver<Other>,

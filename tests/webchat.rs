@@ -58,7 +58,7 @@ struct Harness {
     alice: String,
     http: reqwest::Client,
     cancel: CancellationToken,
-    run: Option<JoinHandle<anyhow::Result<()>>>,
+    run: Option<JoinHandle<Result<(), agent_chat_gateway::connector::RunError>>>,
     dispatcher: JoinHandle<()>,
     /// Messages the connector delivered, in order.
     inbox: mpsc::UnboundedReceiver<InboundMessage>,

@@ -295,7 +295,7 @@ impl Cdp {
 struct Gateway {
     connector: Arc<WebchatConnector>,
     cancel: CancellationToken,
-    run: tokio::task::JoinHandle<anyhow::Result<()>>,
+    run: tokio::task::JoinHandle<Result<(), agent_chat_gateway::connector::RunError>>,
     inbox: mpsc::UnboundedReceiver<InboundMessage>,
     /// Verdicts for the next messages, in order; `Queued` when empty.
     verdicts: Arc<Mutex<VecDeque<Acceptance>>>,

@@ -13,7 +13,7 @@ use super::audit::AuditLog;
 use super::{Approvals, Command, TurnBinding};
 use crate::agent::gate::{self, GateTicket, ToolGate};
 use crate::config::{AgentConfig, PermissionsConfig};
-use crate::connector::{Capabilities, Connector, ConnectorContext, ConnectorError};
+use crate::connector::{Capabilities, Connector, ConnectorContext, ConnectorError, RunError};
 use crate::model::{PostedMessage, ReplyTarget, Role, RoomKey, RoomRef, ToolCall};
 use crate::policy::{Rule, RuleSet};
 
@@ -38,7 +38,7 @@ impl Connector for Room {
         }
     }
 
-    async fn run(self: Arc<Self>, _ctx: ConnectorContext) -> anyhow::Result<()> {
+    async fn run(self: Arc<Self>, _ctx: ConnectorContext) -> Result<(), RunError> {
         Ok(())
     }
 

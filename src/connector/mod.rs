@@ -62,6 +62,37 @@ pub enum ConnectorError {
     Other(String),
 }
 
+/// Why a connector could not start, or had to stop: faults that retrying cannot fix. The
+/// daemon reports them and stops (at start-up, before it says it started).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listening address could not be bound (`who` names the connector for the user).
+    #[error("{who}: cannot listen on {addr}: {}", listen_reason(.error))]
+    Listen {
+        who: String,
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
+    /// The platform refused the bot's credentials (the message never holds a secret).
+    #[error("{0}")]
+    Credentials(String),
+    /// `run` was called twice on one connector.
+    #[error("connector '{0}' is already running")]
+    AlreadyRunning(String),
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
+}
+
+fn listen_reason(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        "the address is already in use (another program is listening there; change `listen` in \
+         its config section)"
+            .into()
+    } else {
+        e.to_string()
+    }
+}
+
 /// What a connector tells the dispatcher. Messages are by far the most frequent variant, so
 /// boxing them would only add an allocation per message.
 #[derive(Debug)]
@@ -166,7 +197,7 @@ pub trait Connector: Send + Sync + 'static {
     /// Work that must succeed before the daemon reports a successful start (bind a listening
     /// port, check credentials that cannot change). Transient faults (a server that is down)
     /// belong in `run`'s reconnect loop instead.
-    async fn prepare(&self) -> anyhow::Result<()> {
+    async fn prepare(&self) -> Result<(), RunError> {
         Ok(())
     }
 
@@ -177,7 +208,7 @@ pub trait Connector: Send + Sync + 'static {
 
     /// Connects and delivers events until `ctx.cancel` fires. Reconnects by itself; returns
     /// an error only for faults that retrying cannot fix (bad credentials, port in use).
-    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> anyhow::Result<()>;
+    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> Result<(), RunError>;
 
     async fn post(&self, to: &ReplyTarget, text: &str) -> Result<PostedMessage, ConnectorError>;
 

@@ -45,7 +45,7 @@ use self::config::{Mode, OneBotConfig};
 use self::link::Bots;
 use self::ratelimit::RateLimiter;
 use crate::connector::{
-    Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, EventSink,
+    Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, EventSink, RunError,
 };
 use crate::model::{PostedMessage, ReplyTarget, RoomKind, RoomRef};
 use crate::state::ConnectorStore;
@@ -183,7 +183,7 @@ impl OneBotConnector {
         self.inner.bots.connected()
     }
 
-    async fn bind(&self) -> anyhow::Result<()> {
+    async fn bind(&self) -> Result<(), RunError> {
         let Mode::Listen { addr, .. } = &self.inner.cfg.mode else {
             return Ok(());
         };
@@ -195,13 +195,18 @@ impl OneBotConnector {
         {
             return Ok(());
         }
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            anyhow::anyhow!(
-                "onebot connector '{}': cannot listen on {addr}: {e}",
-                self.inner.name
-            )
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|error| RunError::Listen {
+                who: format!("onebot connector '{}'", self.inner.name),
+                addr: *addr,
+                error,
+            })?;
+        let bound = listener.local_addr().map_err(|error| RunError::Io {
+            what: "reading the bound address".into(),
+            error,
         })?;
-        *self.local_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener.local_addr()?);
+        *self.local_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(bound);
         *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
         Ok(())
     }
@@ -232,7 +237,7 @@ impl Connector for OneBotConnector {
         }
     }
 
-    async fn prepare(&self) -> anyhow::Result<()> {
+    async fn prepare(&self) -> Result<(), RunError> {
         self.bind().await
     }
 
@@ -255,7 +260,7 @@ impl Connector for OneBotConnector {
         }
     }
 
-    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> anyhow::Result<()> {
+    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> Result<(), RunError> {
         let watch_all = ctx.watches_all();
         let mut watched = HashSet::new();
         for spec in ctx.watched.iter().filter(|s| s.as_str() != "*") {
@@ -283,17 +288,20 @@ impl Connector for OneBotConnector {
             watch_all,
         };
         if self.inner.runtime.set(runtime).is_err() {
-            anyhow::bail!("onebot connector '{}' is already running", self.inner.name);
+            return Err(RunError::AlreadyRunning(self.inner.name.to_string()));
         }
         match self.inner.cfg.mode.clone() {
             Mode::Listen { path, .. } => {
                 self.bind().await?;
-                let listener = self
+                // `bind` just stored it and `runtime.set` above lets only one `run` get here.
+                let Some(listener) = self
                     .listener
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .take()
-                    .ok_or_else(|| anyhow::anyhow!("listener already taken"))?;
+                else {
+                    return Err(RunError::AlreadyRunning(self.inner.name.to_string()));
+                };
                 server::serve(self.inner.clone(), listener, path, ctx.cancel).await;
             }
             Mode::Connect { url } => {

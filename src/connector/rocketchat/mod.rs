@@ -48,7 +48,7 @@ use self::wire::{
 };
 use crate::connector::replay::{self, Backoff};
 use crate::connector::{
-    Acceptance, Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent,
+    Acceptance, Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, RunError,
 };
 
 type IdWindow = replay::IdWindow<String>;
@@ -419,7 +419,7 @@ enum SessionEnd {
         was_up: bool,
         reason: String,
     },
-    Fatal(anyhow::Error),
+    Fatal(RunError),
 }
 
 /// Delivery state that outlives one connection.
@@ -459,10 +459,10 @@ impl<'a> Runner<'a> {
         let auth = match or_cancel!(ctx, conn.rest.auth()) {
             Ok(a) => a,
             Err(RestError::Unauthorized { detail, .. }) => {
-                return SessionEnd::Fatal(anyhow::anyhow!(
+                return SessionEnd::Fatal(RunError::Credentials(format!(
                     "Rocket.Chat at {} rejected the bot's credentials: {detail}",
                     conn.cfg.server
-                ))
+                )))
             }
             Err(e) => return self.lost(false, e),
         };
@@ -510,9 +510,9 @@ impl<'a> Runner<'a> {
                     login = or_cancel!(ctx, ddp.call("login", json!([{"resume": a.token}])));
                 }
                 Err(RestError::Unauthorized { detail, .. }) => {
-                    return SessionEnd::Fatal(anyhow::anyhow!(
+                    return SessionEnd::Fatal(RunError::Credentials(format!(
                         "Rocket.Chat rejected the bot's credentials: {detail}"
-                    ))
+                    )))
                 }
                 Err(e) => return self.lost(false, e),
             }
@@ -1022,7 +1022,7 @@ impl Connector for RocketChatConnector {
 
     /// Checks the credentials once, so a wrong password fails `start` instead of looping.
     /// A server that cannot be reached is left to `run`'s reconnect loop.
-    async fn prepare(&self) -> anyhow::Result<()> {
+    async fn prepare(&self) -> Result<(), RunError> {
         match self.rest.auth().await {
             Ok(a) => {
                 tracing::info!(connector = %self.name, user = %a.username, "logged in to Rocket.Chat");
@@ -1030,10 +1030,10 @@ impl Connector for RocketChatConnector {
                 self.refresh_server_facts().await;
                 Ok(())
             }
-            Err(RestError::Unauthorized { detail, .. }) => anyhow::bail!(
+            Err(RestError::Unauthorized { detail, .. }) => Err(RunError::Credentials(format!(
                 "Rocket.Chat at {} rejected the bot's credentials ({detail})",
                 self.cfg.server
-            ),
+            ))),
             Err(e) => {
                 tracing::warn!(connector = %self.name, error = %e, "Rocket.Chat not reachable yet; will keep trying");
                 Ok(())
@@ -1041,7 +1041,7 @@ impl Connector for RocketChatConnector {
         }
     }
 
-    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> anyhow::Result<()> {
+    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> Result<(), RunError> {
         let mut runner = Runner {
             conn: &self,
             ctx: &ctx,

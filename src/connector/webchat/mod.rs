@@ -29,7 +29,9 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use tokio::net::TcpListener;
 
-use crate::connector::{Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent};
+use crate::connector::{
+    Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, RunError,
+};
 use crate::model::{PostedMessage, ReplyTarget, RoomKind, RoomRef};
 
 pub use config::WebchatConfig;
@@ -143,24 +145,18 @@ impl WebchatConnector {
         self.tokens.entries()
     }
 
-    async fn bind(&self) -> anyhow::Result<TcpListener> {
-        let listener = TcpListener::bind(self.listen).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                anyhow::anyhow!(
-                    "web chat {}: cannot listen on {}: the address is already in use \
-                     (another program is listening there; change `listen` in its config section)",
-                    self.name,
-                    self.listen
-                )
-            } else {
-                anyhow::anyhow!(
-                    "web chat {}: cannot listen on {}: {e}",
-                    self.name,
-                    self.listen
-                )
-            }
+    async fn bind(&self) -> Result<TcpListener, RunError> {
+        let listener = TcpListener::bind(self.listen)
+            .await
+            .map_err(|error| RunError::Listen {
+                who: format!("web chat {}", self.name),
+                addr: self.listen,
+                error,
+            })?;
+        let addr = listener.local_addr().map_err(|error| RunError::Io {
+            what: "reading the bound address".into(),
+            error,
         })?;
-        let addr = listener.local_addr().context("reading the bound address")?;
         let _ = self.bound.set(addr);
         Ok(listener)
     }
@@ -223,7 +219,7 @@ impl Connector for WebchatConnector {
         }
     }
 
-    async fn prepare(&self) -> anyhow::Result<()> {
+    async fn prepare(&self) -> Result<(), RunError> {
         if self.lock_listener().is_some() {
             return Ok(());
         }
@@ -242,7 +238,7 @@ impl Connector for WebchatConnector {
             .collect()
     }
 
-    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> anyhow::Result<()> {
+    async fn run(self: Arc<Self>, ctx: ConnectorContext) -> Result<(), RunError> {
         let attachments = ctx.attachments_dir.clone();
         let pruned = tokio::task::spawn_blocking(move || {
             files::prune_attachments(&attachments, ATTACHMENT_MAX_AGE)
