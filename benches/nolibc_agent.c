@@ -5,7 +5,7 @@
  * of an ordinary program cost about a millisecond of CPU; this agent skips that, so the
  * benchmark measures the gateway rather than the C library.
  *
- * It reads the prompt from stdin and prints the same three lines as src/bin/acg-fake-agent.rs
+ * It reads the prompt from stdin and prints the same three lines as examples/acg-fake-agent.rs
  * in its normal mode: system/init (with the --session-id / --resume id), one assistant text
  * quoting the prompt's last line, and a success result.
  *

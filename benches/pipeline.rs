@@ -5,7 +5,8 @@
 //!
 //! `cargo bench --bench pipeline [-- --agent-command PATH] [--rooms N --turns-per-room K]`
 //!
-//! Without `--agent-command` it runs two fake agents: `acg-fake-agent` (a small Rust program)
+//! Without `--agent-command` it runs two fake agents: `acg-fake-agent` (a small Rust program,
+//! `examples/acg-fake-agent.rs`, built here on first use)
 //! and `benches/nolibc_agent.c`, compiled here with `cc` into a static program without a C
 //! library. On virtual machines glibc's start-up `cpuid` probing traps to the hypervisor and
 //! costs about a millisecond of CPU per exec; the second agent shows the gateway's throughput
@@ -17,6 +18,9 @@
 //! (latency − agent time, at p50 and p99), turns/s and the peak RSS of the gateway process
 //! (agent children are separate processes and not included). Each configuration runs in a
 //! fresh child process so peak RSS is its own.
+
+#[path = "../tests/support/fake_agent.rs"]
+mod fake_agent;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -345,7 +349,7 @@ fn main() {
     let given = arg(&args, "--agent-command").map(PathBuf::from);
     let agent = given
         .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_acg-fake-agent")));
+        .unwrap_or_else(|| PathBuf::from(fake_agent::path()));
     if let Some(rooms) = arg(&args, "--rooms") {
         let rooms: usize = rooms.parse().expect("--rooms N");
         let turns: usize = arg(&args, "--turns-per-room")

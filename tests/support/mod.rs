@@ -3,6 +3,7 @@
 //! agent CLIs.
 #![allow(dead_code)]
 
+mod fake_agent;
 pub mod fake_llm;
 
 use std::path::{Path, PathBuf};
@@ -40,8 +41,9 @@ pub fn gateway_bin() -> &'static str {
     env!("CARGO_BIN_EXE_agent-chat-gateway")
 }
 
+/// The stand-in agent CLI (see `fake_agent.rs`).
 pub fn fake_agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_acg-fake-agent")
+    fake_agent::path()
 }
 
 /// A free 127.0.0.1 port for a server the test starts later (a gateway's `listen`).
