@@ -449,7 +449,8 @@ impl Dispatcher {
             .watcher_paused(&key.connector, &w.config.name);
         let deps = RoomDeps {
             watcher: w.config.name.as_str().into(),
-            connector,
+            outbox: crate::outbox::of(connector.clone()),
+            broker_connector: connector,
             platform: platform.into(),
             agent,
             approvals: agent_config

@@ -7,7 +7,7 @@
 //! - [`dispatch`] — sender → role, watcher lookup, mention gate, `approve`/`deny`
 //!   interception, routing to room workers.
 //! - [`room`] — one worker per room: bounded persisted queue, sequential turns, the session id,
-//!   streaming the reply back through the connector.
+//!   streaming the reply back through the platform's [`outbox`].
 //! - [`agent`] — one folder per agent CLI (argv, env, output → `AgentEvent`, its own way of
 //!   asking about tool calls, e.g. Claude's PreToolUse endpoint), listed in `agent::registry`;
 //!   the shared run loop and process guard in `agent::process`.
@@ -31,6 +31,7 @@ pub mod control;
 pub mod daemon;
 pub mod dispatch;
 pub mod model;
+pub mod outbox;
 pub mod policy;
 pub mod room;
 pub mod state;

@@ -4,8 +4,8 @@
 //!
 //! Owns: the room's queue (bounded, persisted so a restart loses nothing), pause/resume/reset,
 //! the session id (the worker is its only writer), and running turns through [`turn`].
-//! Must not import: platform or agent wire formats — it talks to `dyn Connector` and
-//! `dyn AgentBackend` only.
+//! Must not import: platform or agent wire formats — it answers through `dyn Outbox` and runs
+//! turns through `dyn AgentBackend` only.
 
 pub mod prompt;
 mod turn;
@@ -25,6 +25,7 @@ use crate::approval::Approvals;
 use crate::config::AgentConfig;
 use crate::connector::{Acceptance, Connector};
 use crate::model::{ReplyTarget, RoomKey};
+use crate::outbox::Outbox;
 use crate::state::{PendingMessage, StateStore};
 
 pub use prompt::QueuedMessage;
@@ -110,7 +111,11 @@ impl RoomHandle {
 #[derive(Clone)]
 pub struct RoomDeps {
     pub watcher: Arc<str>,
-    pub connector: Arc<dyn Connector>,
+    /// Where the room's replies, notices and typing go.
+    pub outbox: Arc<dyn Outbox>,
+    /// Only for the approval broker, whose `TurnBinding` still takes the whole connector
+    /// (`approval/` is being reworked separately; then it takes the outbox and this goes).
+    pub broker_connector: Arc<dyn Connector>,
     pub platform: Arc<str>,
     pub agent: Arc<dyn AgentBackend>,
     pub agent_config: Arc<AgentConfig>,
@@ -262,13 +267,13 @@ impl RoomWorker {
             }
         };
         self.finish_turn(report);
-        let connector = self.deps.connector.clone();
+        let outbox = self.deps.outbox.clone();
         let key = self.key.clone();
         self.typing_off = Some(self.deps.tracker.spawn(async move {
             if let Some(text) = notice {
-                post_notice(&*connector, &key, &target, &text).await;
+                post_notice(&*outbox, &key, &target, &text).await;
             }
-            turn::best_effort(connector.typing(&target, false)).await;
+            turn::best_effort(outbox.typing(&target, false)).await;
         }));
     }
 
@@ -389,17 +394,17 @@ impl RoomWorker {
 
     /// Posts a short notice without blocking the worker.
     fn notify(&self, to: ReplyTarget, text: String) {
-        let connector = self.deps.connector.clone();
+        let outbox = self.deps.outbox.clone();
         let key = self.key.clone();
         self.deps
             .tracker
-            .spawn(async move { post_notice(&*connector, &key, &to, &text).await });
+            .spawn(async move { post_notice(&*outbox, &key, &to, &text).await });
     }
 }
 
 /// Posts a notice, bounded in time; a failure is logged (there is nobody else to tell).
-async fn post_notice(connector: &dyn Connector, key: &RoomKey, to: &ReplyTarget, text: &str) {
-    let posted = tokio::time::timeout(Duration::from_secs(30), connector.post(to, text)).await;
+async fn post_notice(outbox: &dyn Outbox, key: &RoomKey, to: &ReplyTarget, text: &str) {
+    let posted = tokio::time::timeout(Duration::from_secs(30), outbox.post(to, text)).await;
     match posted {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => warn!(room = %key, error = %e, "could not post a notice"),

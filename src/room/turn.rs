@@ -14,8 +14,9 @@ use tracing::{error, info, warn};
 use super::{prompt, QueuedMessage, RoomDeps};
 use crate::agent::{AgentError, TurnContext};
 use crate::approval::TurnBinding;
-use crate::connector::{Capabilities, Connector, ConnectorError};
+use crate::connector::{Capabilities, ConnectorError};
 use crate::model::{AgentEvent, PostedMessage, ReplyTarget, Role, RoomKey, TurnRequest};
+use crate::outbox::Outbox;
 use crate::text;
 
 /// Connector calls that hang must not hold a room forever.
@@ -61,12 +62,12 @@ impl TurnRunner {
             .min()
             .unwrap_or(Role::Guest);
         let prompt = prompt::build(&self.deps.platform, &self.batch);
-        let connector = self.deps.connector.clone();
-        let caps = connector.capabilities();
+        let outbox = self.deps.outbox.clone();
+        let caps = outbox.capabilities();
         if let Some(previous) = self.typing_off {
             let _ = previous.await;
         }
-        best_effort(connector.typing(&target, true)).await;
+        best_effort(outbox.typing(&target, true)).await;
         // Wait for a free agent slot; a stop while waiting ends the turn unanswered, and its
         // messages stay pending for the next start.
         let slot = tokio::select! {
@@ -89,7 +90,7 @@ impl TurnRunner {
                 target: target.clone(),
                 role,
                 agent: self.deps.agent_config.clone(),
-                connector: connector.clone(),
+                connector: self.deps.broker_connector.clone(),
             })
         });
         let ctx = TurnContext {
@@ -107,8 +108,7 @@ impl TurnRunner {
         let agent = self.deps.agent.clone();
         let run = agent.run_turn(request, ctx);
         tokio::pin!(run);
-        let mut reply =
-            ReplyStream::new(connector.clone(), target.clone(), caps, self.cancel.clone());
+        let mut reply = ReplyStream::new(outbox.clone(), target.clone(), caps, self.cancel.clone());
         let result = loop {
             tokio::select! {
                 result = &mut run => break result,
@@ -233,7 +233,7 @@ async fn with_timeout<T>(
 /// Streams an answer into the room: on platforms that can edit, one message grows as text
 /// blocks arrive (edits rate-limited); elsewhere the whole answer is sent at the end.
 struct ReplyStream {
-    connector: Arc<dyn Connector>,
+    outbox: Arc<dyn Outbox>,
     target: ReplyTarget,
     caps: Capabilities,
     text: String,
@@ -248,13 +248,13 @@ struct ReplyStream {
 
 impl ReplyStream {
     fn new(
-        connector: Arc<dyn Connector>,
+        outbox: Arc<dyn Outbox>,
         target: ReplyTarget,
         caps: Capabilities,
         cancel: CancellationToken,
     ) -> Self {
         ReplyStream {
-            connector,
+            outbox,
             target,
             caps,
             text: String::new(),
@@ -288,7 +288,7 @@ impl ReplyStream {
                 self.retry_noticed = true;
                 warn!(attempt, max, error = %error, "agent is retrying the model API");
                 let notice = format!("⏳ The model API is not answering ({error}); retrying…");
-                if let Err(e) = with_timeout(self.connector.post(&self.target, &notice)).await {
+                if let Err(e) = with_timeout(self.outbox.post(&self.target, &notice)).await {
                     warn!(error = %e, "could not post retry notice");
                 }
             }
@@ -324,10 +324,10 @@ impl ReplyStream {
         }
         self.last_flush = Some(Instant::now());
         let result = match &self.message {
-            None => with_timeout(self.connector.post(&self.target, &view))
+            None => with_timeout(self.outbox.post(&self.target, &view))
                 .await
                 .map(|m| self.message = Some(m)),
-            Some(m) => with_timeout(self.connector.edit(&self.target, m, &view)).await,
+            Some(m) => with_timeout(self.outbox.edit(&self.target, m, &view)).await,
         };
         match result {
             Ok(()) => self.shown = view,
@@ -341,7 +341,7 @@ impl ReplyStream {
         } else {
             answer
         };
-        let (c, to, cancel) = (&self.connector, &self.target, &self.cancel);
+        let (c, to, cancel) = (&self.outbox, &self.target, &self.cancel);
         let delivered = match (&self.message, self.caps.edit) {
             (Some(m), true) => {
                 let parts = text::split_message(answer, self.caps.max_message_len);
@@ -370,7 +370,7 @@ impl ReplyStream {
     }
 
     async fn fail(&mut self, message: &str) {
-        let (c, to) = (&self.connector, &self.target);
+        let (c, to) = (&self.outbox, &self.target);
         if let Err(e) = persistently(&self.cancel, || c.post(to, message)).await {
             error!(error = %e, "could not post the failure notice");
         }
