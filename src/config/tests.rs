@@ -253,3 +253,24 @@ mod own_section {
         );
     }
 }
+
+#[test]
+fn unknown_and_missing_connector_types_list_every_registered_type() {
+    let text = check(&GOOD.replace("type: webchat", "type: irc"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains(
+            "connectors[0].type (line 3): unknown connector type 'irc' (expected webchat, rocketchat or onebot)"
+        ),
+        "{text}"
+    );
+    let text = check(&GOOD.replace("type: webchat, ", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("connectors[0].type")
+            && text.contains("missing (webchat, rocketchat or onebot)"),
+        "{text}"
+    );
+}

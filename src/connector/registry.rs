@@ -119,3 +119,36 @@ pub fn label(config: &ConnectorConfig) -> &'static str {
         .get(config.kind.type_name())
         .map_or("Chat", |p| p.label)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_platform_is_listed_once_with_its_label() {
+        let listed: Vec<(&str, &str)> =
+            PLATFORMS.0.iter().map(|p| (p.type_name, p.label)).collect();
+        assert_eq!(
+            listed,
+            [
+                ("webchat", "WebChat"),
+                ("rocketchat", "Rocket.Chat"),
+                ("onebot", "QQ")
+            ]
+        );
+        assert!(PLATFORMS.parser("irc").is_none());
+    }
+
+    #[test]
+    fn an_embedded_connector_is_not_built_from_configuration() {
+        let config = ConnectorConfig {
+            name: "bench".into(),
+            users: Default::default(),
+            require_mention: false,
+            kind: ConnectorKind::Embedded,
+        };
+        let err = build(&config, Path::new("/tmp")).err().unwrap().to_string();
+        assert!(err.contains("embedded"), "{err}");
+        assert_eq!(label(&config), "Chat");
+    }
+}
