@@ -449,8 +449,7 @@ impl Dispatcher {
             .watcher_paused(&key.connector, &w.config.name);
         let deps = RoomDeps {
             watcher: w.config.name.as_str().into(),
-            outbox: crate::outbox::of(connector.clone()),
-            broker_connector: connector,
+            outbox: crate::outbox::of(connector),
             platform: platform.into(),
             agent,
             approvals: agent_config

@@ -163,7 +163,7 @@ fn binding(b: &Broker) -> TurnBinding {
             system_prompt: None,
             sandbox: Default::default(),
         }),
-        connector: b.room.clone(),
+        outbox: agent_chat_gateway::outbox::of(b.room.clone()),
     }
 }
 

@@ -161,7 +161,7 @@ fn binding(s: &Setup, role: Role) -> TurnBinding {
             system_prompt: None,
             sandbox: Default::default(),
         }),
-        connector: s.room.clone(),
+        outbox: crate::outbox::of(s.room.clone()),
     }
 }
 

@@ -27,8 +27,8 @@ use tracing::{info, warn};
 
 use crate::agent::gate::{GateTicket, ToolGate};
 use crate::config::AgentConfig;
-use crate::connector::Connector;
 use crate::model::{Decision, ReplyTarget, Role, RoomKey, ToolCall};
+use crate::outbox::Outbox;
 use crate::policy;
 use crate::text;
 use audit::{AuditLog, AuditRecord, UnboundSecret};
@@ -54,7 +54,8 @@ pub struct TurnBinding {
     /// The lowest role among the turn's senders.
     pub role: Role,
     pub agent: Arc<AgentConfig>,
-    pub connector: Arc<dyn Connector>,
+    /// Where the owner prompt and notices go.
+    pub outbox: Arc<dyn Outbox>,
 }
 
 struct LiveTurn {
@@ -338,7 +339,7 @@ impl Approvals {
     ) -> (Decision, Option<String>) {
         // Sized before anything is registered: a prompt that cannot be shown whole is not
         // asked (the id in it does not matter for its length).
-        let limit = binding.connector.capabilities().max_message_len;
+        let limit = binding.outbox.capabilities().max_message_len;
         let draft = prompt_text("0000", &call.tool, shown);
         let length = draft.chars().count();
         // The length first: splitting a huge text costs time quadratic in its parts.
@@ -409,7 +410,7 @@ impl Approvals {
         // reopened), so nothing of it is cut.
         let posted = tokio::time::timeout(
             Duration::from_secs(30).min(timeout),
-            binding.connector.send_reply(&binding.target, &prompt),
+            binding.outbox.send_reply(&binding.target, &prompt),
         )
         .await;
         if !matches!(posted, Ok(Ok(_))) {
@@ -429,9 +430,9 @@ impl Approvals {
                 self.remove_pending(&id);
                 // The deny goes back now; the notice follows on its own.
                 let notice = format!("⏱️ Permission `{id}` timed out — **auto-denied**.");
-                let (connector, target) = (binding.connector.clone(), binding.target.clone());
+                let (outbox, target) = (binding.outbox.clone(), binding.target.clone());
                 self.tasks.spawn(async move {
-                    let post = connector.post(&target, &notice);
+                    let post = outbox.post(&target, &notice);
                     match tokio::time::timeout(Duration::from_secs(30), post).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => warn!(error = %e, "could not post the timeout notice"),

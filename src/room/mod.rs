@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::agent::AgentBackend;
 use crate::approval::Approvals;
 use crate::config::AgentConfig;
-use crate::connector::{Acceptance, Connector};
+use crate::connector::Acceptance;
 use crate::model::{ReplyTarget, RoomKey};
 use crate::outbox::Outbox;
 use crate::state::{PendingMessage, StateStore};
@@ -113,9 +113,6 @@ pub struct RoomDeps {
     pub watcher: Arc<str>,
     /// Where the room's replies, notices and typing go.
     pub outbox: Arc<dyn Outbox>,
-    /// Only for the approval broker, whose `TurnBinding` still takes the whole connector
-    /// (`approval/` is being reworked separately; then it takes the outbox and this goes).
-    pub broker_connector: Arc<dyn Connector>,
     pub platform: Arc<str>,
     pub agent: Arc<dyn AgentBackend>,
     pub agent_config: Arc<AgentConfig>,

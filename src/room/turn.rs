@@ -90,7 +90,7 @@ impl TurnRunner {
                 target: target.clone(),
                 role,
                 agent: self.deps.agent_config.clone(),
-                connector: self.deps.broker_connector.clone(),
+                outbox: self.deps.outbox.clone(),
             })
         });
         let ctx = TurnContext {
