@@ -154,9 +154,9 @@ pub(crate) fn long(w: &str, name: &str) -> bool {
     !given.is_empty() && name.starts_with(given)
 }
 
-/// `w` is a cluster of short options (`-uo`) that holds `letter`.
-fn short(w: &str, letter: char) -> bool {
-    w.len() > 1 && w.starts_with('-') && !w.starts_with("--") && w[1..].contains(letter)
+/// `w` is a cluster of short options (`-uo`) that holds one of `letters`.
+pub(crate) fn short(w: &str, letters: &[char]) -> bool {
+    w.len() > 1 && w.starts_with('-') && !w.starts_with("--") && w[1..].contains(letters)
 }
 
 /// A word as far as it is known: `Some` for a static value.
@@ -337,34 +337,35 @@ fn sed(args: &[Arg]) -> Option<(&'static str, String)> {
         let Some(w) = known(&args[i]) else {
             return Some(("sed-write", "an argument is only known at run time".into()));
         };
-        if long(w, "in-place") || short(w, 'i') {
+        if long(w, "in-place") || short(w, &['i']) {
             return Some(("sed-write", format!("`sed {w}` rewrites files")));
         }
-        if long(w, "file") || short(w, 'f') {
+        if long(w, "file") || short(w, &['f']) {
             return Some(("sed-write", "`sed -f` runs a script file".into()));
         }
-        let script =
-            if (short(w, 'e') && w.ends_with('e')) || (long(w, "expression") && !w.contains('=')) {
-                i += 1;
-                match args.get(i) {
-                    Some(a) => match known(a) {
-                        Some(s) => Some(s),
-                        None => {
-                            return Some(("sed-write", "a script is only known at run time".into()))
-                        }
-                    },
-                    None => None,
-                }
-            } else if long(w, "expression") {
-                w.split_once('=').map(|(_, s)| s)
-            } else if short(w, 'e') {
-                // `-es/a/b/`: the script is glued to the option.
-                w.split_once('e').map(|(_, s)| s)
-            } else if !w.starts_with('-') && !script_given {
-                Some(w)
-            } else {
-                None
-            };
+        let script = if (short(w, &['e']) && w.ends_with('e'))
+            || (long(w, "expression") && !w.contains('='))
+        {
+            i += 1;
+            match args.get(i) {
+                Some(a) => match known(a) {
+                    Some(s) => Some(s),
+                    None => {
+                        return Some(("sed-write", "a script is only known at run time".into()))
+                    }
+                },
+                None => None,
+            }
+        } else if long(w, "expression") {
+            w.split_once('=').map(|(_, s)| s)
+        } else if short(w, &['e']) {
+            // `-es/a/b/`: the script is glued to the option.
+            w.split_once('e').map(|(_, s)| s)
+        } else if !w.starts_with('-') && !script_given {
+            Some(w)
+        } else {
+            None
+        };
         if let Some(script) = script {
             script_given = true;
             if let Some(why) = sed_script(script) {
@@ -557,7 +558,7 @@ fn exec_options(name: &str, args: &[Arg]) -> Option<(&'static str, String)> {
                     || w == "-F"
                     || (w.starts_with('-') && !w.starts_with("--") && w.contains(['I', 'F']))
             }
-            "rsync" => short(w, 'e') || long(w, "rsh") || long(w, "rsync-path"),
+            "rsync" => short(w, &['e']) || long(w, "rsh") || long(w, "rsync-path"),
             "ssh" | "scp" => {
                 let lower = w.to_ascii_lowercase();
                 lower.contains("proxycommand")
@@ -565,8 +566,8 @@ fn exec_options(name: &str, args: &[Arg]) -> Option<(&'static str, String)> {
                     || lower.contains("permitlocalcommand")
                     || (name == "scp" && w == "-S")
             }
-            "sort" => short(w, 'o') || long(w, "output") || long(w, "compress-program"),
-            "zip" => short(w, 'T') || long(w, "unzip-command"),
+            "sort" => short(w, &['o']) || long(w, "output") || long(w, "compress-program"),
+            "zip" => short(w, &['T']) || long(w, "unzip-command"),
             _ => false,
         }
     };
@@ -595,7 +596,7 @@ fn exec_options(name: &str, args: &[Arg]) -> Option<(&'static str, String)> {
 fn names_from_input(name: &str, args: &[Arg]) -> Option<(&'static str, String)> {
     let bad = |w: &str| match name {
         "wc" | "du" | "sort" => long(w, "files0-from"),
-        "tar" => w == "-T" || long(w, "files-from") || short(w, 'T'),
+        "tar" => w == "-T" || long(w, "files-from") || short(w, &['T']),
         "rsync" => long(w, "files-from") || long(w, "include-from") || long(w, "exclude-from"),
         "cpio" => true,
         _ => false,

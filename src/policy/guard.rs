@@ -46,7 +46,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::args::long;
+use super::args::{long, short};
 use super::bash::basename;
 use super::paths;
 use super::{Arg, Param, ParamKind};
@@ -294,15 +294,8 @@ impl Inner {
             if i == 0 && matches!(arg, Arg::Static(v) if !v.contains('/')) {
                 continue;
             }
-            if walks {
-                if let Some(dir) = self.walked_into(arg, cwds) {
-                    return Some(Verdict::Deny(format!(
-                        "`{name}` may walk {}, which holds protected paths",
-                        dir.display()
-                    )));
-                }
-            }
-            match self.check_arg(arg, cwds, no_file) {
+            let walker = walks.then_some(name);
+            match self.check_arg(arg, cwds, no_file, walker) {
                 Some(Verdict::Deny(why)) => return Some(Verdict::Deny(why)),
                 Some(v) if verdict.is_none() => verdict = Some(v),
                 _ => {}
@@ -324,28 +317,21 @@ impl Inner {
                 .any(|d| d != dir && d.starts_with(dir))
     }
 
-    /// A static operand naming a directory above a protected path (`grep -r x ..` from a
-    /// project next to the runtime dir, `find /`).
-    fn walked_into(&self, arg: &Arg, cwds: &[PathBuf]) -> Option<PathBuf> {
-        let Arg::Static(value) = arg else {
-            return None;
-        };
-        for candidate in path_candidates(value) {
-            for p in self.resolve_all(candidate, cwds).unwrap_or_default() {
-                if self.holds_protected(&p) {
-                    return Some(p);
-                }
-            }
-        }
-        None
-    }
-
-    fn check_arg(&self, arg: &Arg, cwds: &[PathBuf], no_file: bool) -> Option<Verdict> {
+    /// `walker`: the command may descend into a directory operand, so a static one above a
+    /// protected path (`grep -r x ..` from a project beside the runtime dir, `find /`, also
+    /// through a `for` variable) is denied too.
+    fn check_arg(
+        &self,
+        arg: &Arg,
+        cwds: &[PathBuf],
+        no_file: bool,
+        walker: Option<&str>,
+    ) -> Option<Verdict> {
         match arg {
             Arg::OneOf(each) => {
                 let mut verdict = None;
                 for a in each {
-                    match self.check_arg(a, cwds, no_file) {
+                    match self.check_arg(a, cwds, no_file, walker) {
                         Some(Verdict::Deny(why)) => return Some(Verdict::Deny(why)),
                         Some(v) if verdict.is_none() => verdict = Some(v),
                         _ => {}
@@ -362,6 +348,14 @@ impl Inner {
                                     "path {} is protected",
                                     p.display()
                                 )));
+                            }
+                            if let Some(name) = walker {
+                                if let Some(p) = paths.iter().find(|p| self.holds_protected(p)) {
+                                    return Some(Verdict::Deny(format!(
+                                        "`{name}` may walk {}, which holds protected paths",
+                                        p.display()
+                                    )));
+                                }
                             }
                         }
                         None if no_file => {}
@@ -621,7 +615,6 @@ fn walks_directories(name: &str, argv: &[Option<String>]) -> bool {
         return false;
     }
     let flags = || argv[1..].iter().flatten().filter(|a| a.starts_with('-'));
-    let short = |a: &str, letters: &[char]| !a.starts_with("--") && a[1..].contains(letters);
     match name {
         // `git diff` compares two directory trees when a path lies outside the work tree
         // (`--no-index` is implied), and `git grep --no-index` searches one.
@@ -650,7 +643,6 @@ fn walks_directories(name: &str, argv: &[Option<String>]) -> bool {
 /// anywhere below can lead into a protected directory, which no path check sees.
 fn follows_links(name: &str, argv: &[Option<String>]) -> bool {
     let flags = || argv[1..].iter().flatten().filter(|a| a.starts_with('-'));
-    let short = |a: &str, letters: &[char]| !a.starts_with("--") && a[1..].contains(letters);
     match name {
         "find" => flags().any(|a| matches!(a.as_str(), "-L" | "-follow" | "-H")),
         "grep" | "egrep" | "fgrep" => {
