@@ -205,7 +205,7 @@ fn load_config(path: &Path) -> anyhow::Result<config::Config> {
 
 /// The configuration file, with the connector types this program was built with.
 fn read_config(path: &Path) -> Result<config::Config, config::ConfigError> {
-    config::load(path, &crate::connector::registry::PLATFORMS)
+    config::load(path, crate::TYPES)
 }
 
 fn validate(path: &Path) -> anyhow::Result<i32> {

@@ -574,7 +574,8 @@ async fn start(
             agent_sandbox(cfg, &config.path, runtime).with_context(|| format!("agent '{name}'"))?;
         temporary.extend(dirs);
         log_confinement(cfg, &sandbox);
-        let agent_type = registry::find(&cfg.kind)
+        let agent_type = registry::AGENTS
+            .find(&cfg.kind)
             .with_context(|| format!("agent '{name}': unknown type '{}'", cfg.kind))?;
         let gate = match &approvals {
             Some(a) if cfg.permissions.enabled => Some(a.clone() as Arc<dyn ToolGate>),

@@ -37,3 +37,10 @@ pub mod room;
 pub mod state;
 pub mod text;
 pub mod timefmt;
+
+/// The connector and agent types this program knows, as configuration is loaded with them
+/// (`config` imports neither list, so platforms and agents may build on it).
+pub static TYPES: config::Types<'static> = config::Types {
+    connectors: &connector::registry::PLATFORMS,
+    agents: &agent::registry::AGENTS,
+};

@@ -985,7 +985,7 @@ async fn the_registry_builds_a_webchat_connector_from_configuration() {
     let config = agent_chat_gateway::config::parse(
         &dir.path().join("config.yaml"),
         yaml,
-        &agent_chat_gateway::connector::registry::PLATFORMS,
+        agent_chat_gateway::TYPES,
     )
     .unwrap();
     let connector =

@@ -7,8 +7,9 @@
 //!
 //! Adding an agent: write `agent/<name>/` with a backend and a `pub const AGENT_TYPE:
 //! AgentType`, then add one line to [`AGENTS`]. `config` validates the agent's section through
-//! the entry (`COMMON_AGENT_KEYS` plus the entry's `keys`), the daemon builds it through
-//! `build`; neither names an agent.
+//! the entry (`COMMON_AGENT_KEYS` plus the entry's `keys`; it is handed [`AGENTS`] as
+//! `config::AgentTypes` and imports nothing from here), the daemon builds it through `build`;
+//! neither names an agent.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,10 +21,15 @@ use tokio_util::task::TaskTracker;
 use super::confine::Sandbox;
 use super::gate::ToolGate;
 use super::{claude, AgentBackend};
-use crate::config::{AgentConfig, AgentSettings, Validator};
+use crate::config::{
+    AgentConfig, AgentSection, AgentSectionParser, AgentSettings, AgentTypes, Validator,
+};
 
 /// Every agent type, by the name its config sections give as `type`.
-pub const AGENTS: &[AgentType] = &[claude::AGENT_TYPE];
+pub static AGENTS: Agents = Agents(&[claude::AGENT_TYPE]);
+
+/// A list of agent types (the program's is [`AGENTS`]; tests make their own).
+pub struct Agents(pub &'static [AgentType]);
 
 /// One agent type.
 pub struct AgentType {
@@ -35,7 +41,7 @@ pub struct AgentType {
     pub keys: &'static [&'static str],
     /// Validates those keys (a mapping holding only them), reporting problems under `path`.
     /// `None` when a problem was reported.
-    pub parse: fn(path: &str, own: Value, v: &mut Validator) -> Option<AgentSettings>,
+    pub parse: AgentSectionParser,
     /// Builds the backend; may start the agent's own services (Claude's hook endpoint) under
     /// the context's tracker and token.
     pub build: fn(BuildContext<'_>) -> anyhow::Result<Arc<dyn AgentBackend>>,
@@ -57,14 +63,26 @@ pub struct BuildContext<'a> {
     pub cancel: &'a CancellationToken,
 }
 
-/// The entry named `name`.
-pub fn find(name: &str) -> Option<&'static AgentType> {
-    AGENTS.iter().find(|a| a.name == name)
+impl Agents {
+    /// The entry named `name`.
+    pub fn find(&self, name: &str) -> Option<&'static AgentType> {
+        self.0.iter().find(|a| a.name == name)
+    }
 }
 
-/// Every type name, for messages.
-pub fn names() -> Vec<&'static str> {
-    AGENTS.iter().map(|a| a.name).collect()
+impl AgentTypes for Agents {
+    fn type_names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|a| a.name).collect()
+    }
+
+    fn section(&self, type_name: &str) -> Option<AgentSection> {
+        self.find(type_name).map(|a| AgentSection {
+            name: a.name,
+            default_command: a.default_command,
+            keys: a.keys,
+            parse: a.parse,
+        })
+    }
 }
 
 /// For agent types whose sections hold nothing beyond the common keys.
@@ -78,11 +96,11 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_commands_set() {
-        let mut names = names();
+        let mut names = AGENTS.type_names();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), AGENTS.len());
-        for a in AGENTS {
+        assert_eq!(names.len(), AGENTS.0.len());
+        for a in AGENTS.0 {
             assert!(!a.default_command.is_empty(), "{}", a.name);
             for k in a.keys {
                 assert!(

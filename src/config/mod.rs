@@ -7,9 +7,10 @@
 //! platform is named here. Each connector type's section lives beside its connector
 //! (`connector/<name>/config.rs`); the caller passes the list of types ([`ConnectorTypes`],
 //! `connector::registry::PLATFORMS`) and those sections report through [`Validator`].
-//! Agents: this module parses only the keys every agent has ([`COMMON_AGENT_KEYS`]); the
-//! `type` names an entry of [`crate::agent::registry`], which says what else that agent's
-//! section may hold and validates it. No agent is named here.
+//! Agents likewise: this module parses only the keys every agent has ([`COMMON_AGENT_KEYS`]);
+//! the caller passes the agent types ([`AgentTypes`], `agent::registry::AGENTS`), each saying
+//! what else its sections may hold and validating it. No agent is named here.
+//! Both lists arrive together as [`Types`] (the program's own are `crate::TYPES`).
 
 mod expand;
 mod file_size;
@@ -27,7 +28,6 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::agent::registry;
 use crate::model::{Role, Sender};
 use crate::policy::{Rule, RuleSet};
 
@@ -373,8 +373,40 @@ pub trait ConnectorTypes {
     fn parser(&self, type_name: &str) -> Option<SectionParser>;
 }
 
+/// Validates the keys of an agent section that only its type knows (a mapping holding just
+/// those keys), reporting problems under `path`. `None` when a problem was reported.
+pub type AgentSectionParser =
+    fn(path: &str, own: Value, v: &mut Validator) -> Option<AgentSettings>;
+
+/// What configuration needs to know of one agent type.
+#[derive(Clone, Copy)]
+pub struct AgentSection {
+    /// The `type` of its sections.
+    pub name: &'static str,
+    /// The program run when a section names no `command`.
+    pub default_command: &'static str,
+    /// Keys its sections may hold besides [`COMMON_AGENT_KEYS`].
+    pub keys: &'static [&'static str],
+    pub parse: AgentSectionParser,
+}
+
+/// The agent types a program knows, handed to `config` like [`ConnectorTypes`] so that agents
+/// may build on `config` without a cycle.
+pub trait AgentTypes {
+    /// Every `type`, in the order error messages list them.
+    fn type_names(&self) -> Vec<&'static str>;
+    fn section(&self, type_name: &str) -> Option<AgentSection>;
+}
+
+/// The connector and agent types a configuration may name.
+#[derive(Clone, Copy)]
+pub struct Types<'a> {
+    pub connectors: &'a (dyn ConnectorTypes + Sync),
+    pub agents: &'a (dyn AgentTypes + Sync),
+}
+
 /// What an agent type's own section parser made of the keys only that type knows (see
-/// [`crate::agent::registry`]). Opaque here: only that agent's `build` reads it back.
+/// [`AgentTypes`]). Opaque here: only that agent's `build` reads it back.
 #[derive(Clone, Default)]
 pub struct AgentSettings(Option<Arc<dyn Any + Send + Sync>>);
 
@@ -412,7 +444,7 @@ pub struct PermissionsConfig {
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub name: String,
-    /// The `type` key: the name of an entry of [`crate::agent::registry::AGENTS`].
+    /// The `type` key: the name of one of the [`AgentTypes`] the file was loaded with.
     pub kind: String,
     /// The keys only this agent type knows, as its section parser validated them.
     pub settings: AgentSettings,
@@ -629,9 +661,9 @@ struct RawWatcher {
 // Loading
 // ---------------------------------------------------------------------------------------------
 
-/// Reads and validates a configuration file; `types` are the connector types it may use
-/// (`connector::registry::PLATFORMS`).
-pub fn load(path: &Path, types: &dyn ConnectorTypes) -> Result<Config, ConfigError> {
+/// Reads and validates a configuration file; `types` are the connector and agent types it may
+/// use (`crate::TYPES`).
+pub fn load(path: &Path, types: Types<'_>) -> Result<Config, ConfigError> {
     let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         issues: vec![ConfigIssue {
@@ -644,7 +676,7 @@ pub fn load(path: &Path, types: &dyn ConnectorTypes) -> Result<Config, ConfigErr
 }
 
 /// Validates configuration text as if it were the file at `path`.
-pub fn parse(path: &Path, source: &str, types: &dyn ConnectorTypes) -> Result<Config, ConfigError> {
+pub fn parse(path: &Path, source: &str, types: Types<'_>) -> Result<Config, ConfigError> {
     let base_dir = path
         .parent()
         .map(|p| {
@@ -671,7 +703,7 @@ pub fn parse(path: &Path, source: &str, types: &dyn ConnectorTypes) -> Result<Co
 fn validate_source(
     path: &Path,
     source: &str,
-    types: &dyn ConnectorTypes,
+    types: Types<'_>,
     v: &mut Validator,
 ) -> Option<Config> {
     let mut root: Value = match serde_yaml::from_str(source) {
@@ -714,7 +746,7 @@ fn validate_source(
 
     let presets = validate_presets(sections.remove("tool_presets"), v);
     let declared_connectors = declared_names(sections.get("connectors"));
-    let connectors = validate_connectors(sections.remove("connectors"), types, v);
+    let connectors = validate_connectors(sections.remove("connectors"), types.connectors, v);
     let declared_agents: Vec<String> = match sections.get("agents") {
         Some(Value::Mapping(m)) => m
             .keys()
@@ -722,7 +754,7 @@ fn validate_source(
             .collect(),
         _ => Vec::new(),
     };
-    let agents = validate_agents(sections.remove("agents"), &presets, registry::AGENTS, v);
+    let agents = validate_agents(sections.remove("agents"), &presets, types.agents, v);
     let default_agent = match sections.remove("default_agent") {
         Some(Value::String(s)) => {
             if !declared_agents.contains(&s) {
@@ -896,11 +928,11 @@ fn validate_connectors(
     out
 }
 
-/// `types`: the agent types a section may name ([`registry::AGENTS`] outside tests).
+/// `types`: the agent types a section may name.
 fn validate_agents(
     section: Option<Value>,
     presets: &BTreeMap<String, Vec<Rule>>,
-    types: &[registry::AgentType],
+    types: &dyn AgentTypes,
     v: &mut Validator,
 ) -> BTreeMap<String, AgentConfig> {
     let mut out = BTreeMap::new();
@@ -931,8 +963,8 @@ fn validate_agents(
         let Some(raw) = v.parse::<RawAgent>(&path, common) else {
             continue;
         };
-        let Some(agent_type) = types.iter().find(|t| t.name == raw.kind) else {
-            let names: Vec<&str> = types.iter().map(|t| t.name).collect();
+        let Some(agent_type) = types.section(&raw.kind) else {
+            let names = types.type_names();
             v.error(
                 format!("{path}.type"),
                 format!(

@@ -8,7 +8,7 @@ fn check(yaml: &str) -> Result<Config, ConfigError> {
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
     // The real platform list: these tests check the file as users write it.
-    let result = load(&path, &crate::connector::registry::PLATFORMS);
+    let result = load(&path, crate::TYPES);
     // Keep the dir alive until the result has been produced.
     drop(dir);
     result
@@ -169,7 +169,8 @@ fn the_default_command_comes_from_the_agent_type() {
     assert_eq!(a.kind, "claude");
     assert_eq!(
         a.command,
-        crate::agent::registry::find("claude")
+        crate::agent::registry::AGENTS
+            .find("claude")
             .unwrap()
             .default_command
     );
@@ -178,7 +179,6 @@ fn the_default_command_comes_from_the_agent_type() {
 /// An agent type with a key of its own, as a new agent would bring.
 mod own_section {
     use super::*;
-    use crate::agent::registry::AgentType;
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -195,19 +195,23 @@ mod own_section {
         Some(AgentSettings::new(section))
     }
 
-    fn never_built(
-        _: crate::agent::registry::BuildContext<'_>,
-    ) -> anyhow::Result<Arc<dyn crate::agent::AgentBackend>> {
-        anyhow::bail!("not in this test")
-    }
+    /// The one agent type these files may name.
+    struct WithModel;
 
-    const WITH_MODEL: AgentType = AgentType {
-        name: "modelled",
-        default_command: "modelled-cli",
-        keys: &["model"],
-        parse: parse_model,
-        build: never_built,
-    };
+    impl AgentTypes for WithModel {
+        fn type_names(&self) -> Vec<&'static str> {
+            vec!["modelled"]
+        }
+
+        fn section(&self, type_name: &str) -> Option<AgentSection> {
+            (type_name == "modelled").then_some(AgentSection {
+                name: "modelled",
+                default_command: "modelled-cli",
+                keys: &["model"],
+                parse: parse_model,
+            })
+        }
+    }
 
     fn agents(yaml: &str) -> (BTreeMap<String, AgentConfig>, Vec<ConfigIssue>) {
         let dir = tempfile::tempdir().unwrap();
@@ -217,7 +221,7 @@ mod own_section {
         let out = validate_agents(
             section.get("agents").cloned(),
             &BTreeMap::new(),
-            &[WITH_MODEL],
+            &WithModel,
             &mut v,
         );
         (out, v.issues)

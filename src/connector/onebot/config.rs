@@ -386,7 +386,6 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connector::registry::PLATFORMS;
     use std::path::Path;
 
     fn config(section: &str) -> Result<OneBotConfig, Vec<String>> {
@@ -401,7 +400,7 @@ watchers:
   - {{name: w, connector: qq, room: "*", agent: a}}
 "#
         );
-        match crate::config::parse(Path::new("/tmp/config.yaml"), &yaml, &PLATFORMS) {
+        match crate::config::parse(Path::new("/tmp/config.yaml"), &yaml, crate::TYPES) {
             Ok(c) => match c.connectors[0].kind.settings::<OneBotConfig>() {
                 Some(o) => Ok(o.clone()),
                 None => panic!("{:?}", c.connectors[0].kind),

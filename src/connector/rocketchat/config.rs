@@ -229,8 +229,7 @@ mod tests {
         let yaml = format!(
             "connectors:\n  - name: rc\n    type: rocketchat\n{section}\nagents:\n  a:\n    type: claude\n    working_directory: /tmp\nwatchers:\n  - name: w\n    connector: rc\n    room: '#general'\n"
         );
-        let platforms = &crate::connector::registry::PLATFORMS;
-        match config::parse(Path::new("/tmp/config.yaml"), &yaml, platforms) {
+        match config::parse(Path::new("/tmp/config.yaml"), &yaml, crate::TYPES) {
             Ok(c) => Ok(c.connectors[0]
                 .kind
                 .settings::<RocketChatConfig>()

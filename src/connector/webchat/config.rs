@@ -129,11 +129,10 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
 mod tests {
     use super::WebchatConfig;
     use crate::config::Config;
-    use crate::connector::registry::PLATFORMS;
     use std::path::Path;
 
     fn parse(path: &Path, yaml: &str) -> Result<Config, crate::config::ConfigError> {
-        crate::config::parse(path, yaml, &PLATFORMS)
+        crate::config::parse(path, yaml, crate::TYPES)
     }
 
     fn config(connector: &str) -> String {
