@@ -12,6 +12,8 @@ mkdir -p "$deps/node"
 
 # Pinned versions: bump deliberately, together with the contract fixtures in tests/fixtures.
 CLAUDE_CODE_VERSION="2.1.197"
+# The Agent Client Protocol adapter for Claude (brings its own claude-agent-sdk and CLI).
+CLAUDE_AGENT_ACP_VERSION="0.49.0"
 
 npm_install() {
   # A stale `nodedir` in ~/.npmrc makes npm exit 1 silently; override it with an empty value.
@@ -31,6 +33,14 @@ if [ "$(installed_version @anthropic-ai/claude-code)" != "$CLAUDE_CODE_VERSION" 
   npm_install "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
 fi
 "$deps/node/node_modules/.bin/claude" --version >/dev/null
+
+if [ "$(installed_version @agentclientprotocol/claude-agent-acp)" != "$CLAUDE_AGENT_ACP_VERSION" ] \
+   || [ ! -x "$deps/node/node_modules/.bin/claude-agent-acp" ]; then
+  echo "installing @agentclientprotocol/claude-agent-acp@$CLAUDE_AGENT_ACP_VERSION into .deps/node" >&2
+  # Both pins in one install: npm prunes packages a later install does not name.
+  npm_install "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" \
+    "@agentclientprotocol/claude-agent-acp@$CLAUDE_AGENT_ACP_VERSION"
+fi
 
 if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
   if [ ! -x "$deps/venv/bin/python" ]; then

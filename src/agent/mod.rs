@@ -9,6 +9,7 @@
 //! Adding an agent: a folder `agent/<name>/` with its backend (and its config section, its
 //! wire types) plus one line in [`registry::AGENTS`]; see `docs/ARCHITECTURE.md`.
 
+pub mod acp;
 pub mod claude;
 pub mod confine;
 pub mod gate;

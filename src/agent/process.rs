@@ -34,7 +34,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
 
 use tokio::time::Instant;
@@ -184,7 +184,8 @@ async fn emit(
     }
 }
 
-fn describe_status(s: &ExitStatus) -> String {
+/// `exit code 1`, `killed by signal 9`, ….
+pub fn describe_status(s: &ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (s.code(), s.signal()) {
         (Some(code), _) => format!("exit code {code}"),
@@ -214,15 +215,38 @@ pub struct AgentProcess {
     /// `None` once the child has been reaped.
     child: Option<Child>,
     pid: u32,
-    stdout: LineReader<ChildStdout>,
+    /// `None` once handed out by [`AgentProcess::spawn_interactive`].
+    stdout: Option<LineReader<ChildStdout>>,
     stderr: Arc<Mutex<TailBuffer>>,
     stderr_task: Option<JoinHandle<()>>,
-    stdin_task: JoinHandle<()>,
+    /// Writes `spec.stdin` and closes the pipe (`None` for an interactive child).
+    stdin_task: Option<JoinHandle<()>>,
+}
+
+/// The pipes of an interactive child: requests go to `stdin`, answers come from `stdout`.
+pub struct Pipes {
+    pub stdin: ChildStdin,
+    pub stdout: LineReader<ChildStdout>,
 }
 
 impl AgentProcess {
-    /// Starts the child in a new process group (its pid is the group id).
+    /// Starts the child in a new process group (its pid is the group id); `spec.stdin` is
+    /// written to it and the pipe closed.
     pub fn spawn(spec: &ProcessSpec) -> io::Result<AgentProcess> {
+        Self::start(spec, false).map(|(process, _)| process)
+    }
+
+    /// Like [`spawn`](Self::spawn), for an agent that talks over its stdio for as long as it
+    /// lives (ACP): `spec.stdin` is ignored and both pipes are handed to the caller. The
+    /// process guard (group kill on drop, stderr tail) is the same.
+    pub fn spawn_interactive(spec: &ProcessSpec) -> io::Result<(AgentProcess, Pipes)> {
+        let (process, pipes) = Self::start(spec, true)?;
+        pipes
+            .map(|pipes| (process, pipes))
+            .ok_or_else(|| io::Error::other("child stdio was not piped"))
+    }
+
+    fn start(spec: &ProcessSpec, interactive: bool) -> io::Result<(AgentProcess, Option<Pipes>)> {
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
             .current_dir(&spec.cwd)
@@ -263,27 +287,31 @@ impl AgentProcess {
             return Err(io::Error::other("child stdio was not piped"));
         };
 
+        let tail = Arc::new(Mutex::new(TailBuffer::new(STDERR_TAIL_BYTES)));
+        let stderr_task = tokio::spawn(collect_tail(stderr, tail.clone()));
+        let stdout = LineReader::new(stdout, MAX_LINE_BYTES);
+        let mut process = AgentProcess {
+            child: Some(child),
+            pid,
+            stdout: None,
+            stderr: tail,
+            stderr_task: Some(stderr_task),
+            stdin_task: None,
+        };
+        if interactive {
+            return Ok((process, Some(Pipes { stdin, stdout })));
+        }
         // Written from a task so a child that does not read its input while printing
         // cannot deadlock against our stdout reader.
         let input = spec.stdin.clone();
-        let stdin_task = tokio::spawn(async move {
+        process.stdin_task = Some(tokio::spawn(async move {
             if let Err(e) = stdin.write_all(&input).await {
                 tracing::debug!(error = %e, "agent stdin closed before the prompt was written");
             }
             // Dropping `stdin` closes the pipe: the CLI reads until end-of-file.
-        });
-
-        let tail = Arc::new(Mutex::new(TailBuffer::new(STDERR_TAIL_BYTES)));
-        let stderr_task = tokio::spawn(collect_tail(stderr, tail.clone()));
-
-        Ok(AgentProcess {
-            child: Some(child),
-            pid,
-            stdout: LineReader::new(stdout, MAX_LINE_BYTES),
-            stderr: tail,
-            stderr_task: Some(stderr_task),
-            stdin_task,
-        })
+        }));
+        process.stdout = Some(stdout);
+        Ok((process, None))
     }
 
     /// The child's pid, which is also its process group id.
@@ -294,12 +322,15 @@ impl AgentProcess {
     /// The next stdout line without its line ending, or `None` at end-of-file. Over-long
     /// lines are skipped with a warning. Cancel-safe: usable as a `select!` branch.
     pub async fn next_line(&mut self) -> io::Result<Option<String>> {
-        self.stdout.next_line().await
+        match self.stdout.as_mut() {
+            Some(stdout) => stdout.next_line().await,
+            None => Ok(None),
+        }
     }
 
     /// How many over-long stdout lines were skipped so far.
     pub fn skipped_lines(&self) -> usize {
-        self.stdout.skipped
+        self.stdout.as_ref().map_or(0, |s| s.skipped)
     }
 
     /// Waits for the child to exit, then kills whatever else is left in its group (tools it
@@ -364,7 +395,9 @@ impl AgentProcess {
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
-        self.stdin_task.abort();
+        if let Some(task) = &self.stdin_task {
+            task.abort();
+        }
         if let Some(task) = self.stderr_task.take() {
             task.abort();
         }
@@ -739,6 +772,8 @@ mod tests {
         use std::os::fd::AsFd;
         let fd = p
             .stdout
+            .as_ref()
+            .unwrap()
             .inner
             .get_ref()
             .as_fd()

@@ -20,13 +20,13 @@ use tokio_util::task::TaskTracker;
 
 use super::confine::Sandbox;
 use super::gate::ToolGate;
-use super::{claude, AgentBackend};
+use super::{acp, claude, AgentBackend};
 use crate::config::{
     AgentConfig, AgentSection, AgentSectionParser, AgentSettings, AgentTypes, Validator,
 };
 
 /// Every agent type, by the name its config sections give as `type`.
-pub static AGENTS: Agents = Agents(&[claude::AGENT_TYPE]);
+pub static AGENTS: Agents = Agents(&[claude::AGENT_TYPE, acp::AGENT_TYPE]);
 
 /// A list of agent types (the program's is [`AGENTS`]; tests make their own).
 pub struct Agents(pub &'static [AgentType]);
@@ -42,6 +42,9 @@ pub struct AgentType {
     /// Validates those keys (a mapping holding only them), reporting problems under `path`.
     /// `None` when a problem was reported.
     pub parse: AgentSectionParser,
+    /// Its calls can only be decided by the gateway's [`ToolGate`]: `config` refuses a
+    /// section of this type without `permissions.enabled`.
+    pub requires_permissions: bool,
     /// Builds the backend; may start the agent's own services (Claude's hook endpoint) under
     /// the context's tracker and token.
     pub build: fn(BuildContext<'_>) -> anyhow::Result<Arc<dyn AgentBackend>>,
@@ -81,6 +84,7 @@ impl AgentTypes for Agents {
             default_command: a.default_command,
             keys: a.keys,
             parse: a.parse,
+            requires_permissions: a.requires_permissions,
         })
     }
 }

@@ -388,6 +388,9 @@ pub struct AgentSection {
     /// Keys its sections may hold besides [`COMMON_AGENT_KEYS`].
     pub keys: &'static [&'static str],
     pub parse: AgentSectionParser,
+    /// Its tool calls can only be decided by the gateway (it asks over its own protocol):
+    /// a section must enable `permissions`.
+    pub requires_permissions: bool,
 }
 
 /// The agent types a program knows, handed to `config` like [`ConnectorTypes`] so that agents
@@ -1016,6 +1019,15 @@ fn validate_agents(
                 skip_owner_approval: false,
             },
         };
+        if agent_type.requires_permissions && !permissions.enabled {
+            v.error(
+                format!("{path}.permissions"),
+                format!(
+                    "type '{}' asks the gateway about every tool call: set `permissions: {{enabled: true}}`",
+                    raw.kind
+                ),
+            );
+        }
         if raw.timeout == 0 {
             v.error(format!("{path}.timeout"), "must be at least 1 second");
         }

@@ -55,6 +55,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
     default_command: "claude",
     keys: &[],
     parse: registry::no_own_keys,
+    requires_permissions: false,
     build,
 };
 
@@ -102,7 +103,7 @@ const FORBIDDEN_ARGS: &[&str] = &[
 
 /// Built-in tool names, for writing allow-list entries the way the CLI spells them
 /// (policy rules match case-insensitively; `--allowedTools` does not).
-const KNOWN_TOOLS: &[&str] = &[
+pub(crate) const KNOWN_TOOLS: &[&str] = &[
     "Agent",
     "Bash",
     "BashOutput",
@@ -180,73 +181,8 @@ impl ClaudeBackend {
         self
     }
 
-    /// The `HOME` the CLI runs with: the agent's `env`, else the `run_as` user's, else ours.
-    fn home(&self) -> Option<PathBuf> {
-        if let Some((_, h)) = self.env.iter().rev().find(|(k, _)| k == "HOME") {
-            return Some(PathBuf::from(h));
-        }
-        if let Some(user) = self.sandbox.as_ref().and_then(|s| s.user.as_ref()) {
-            return Some(user.home.clone());
-        }
-        std::env::var_os("HOME").map(PathBuf::from)
-    }
-
-    /// The run's sandbox and the environment it needs (`TMPDIR`, the user's identity, and
-    /// `CLAUDE_CONFIG_DIR` when `$HOME` itself cannot be writable).
-    ///
-    /// Claude Code 2.1.197 writes `~/.claude/…` and rewrites `~/.claude.json` by creating
-    /// `~/.claude.json.tmp.<pid>.<rand>` plus a `~/.claude.json.lock` directory in `$HOME` and
-    /// renaming (strace). Landlock can only grant `$HOME` whole, so `$HOME` is writable only
-    /// when it holds nothing protected; otherwise `CLAUDE_CONFIG_DIR=~/.claude` moves the
-    /// CLI's whole state (`.claude.json` included) into `~/.claude`, which is granted alone.
     fn run_sandbox(&self) -> Result<Option<(Sandbox, Env)>, AgentError> {
-        let Some(base) = &self.sandbox else {
-            return Ok(None);
-        };
-        let mut sandbox = base.clone();
-        let mut env = Vec::new();
-        sandbox.writable.push(self.working_directory.clone());
-        if let Some(tmp) = &sandbox.private_tmp {
-            env.push(("TMPDIR".to_string(), tmp.display().to_string()));
-        }
-        if let Some(user) = &sandbox.user {
-            env.push(("USER".to_string(), user.name.clone()));
-            env.push(("LOGNAME".to_string(), user.name.clone()));
-            if !self.env.iter().any(|(k, _)| k == "HOME") {
-                env.push(("HOME".to_string(), user.home.display().to_string()));
-            }
-        }
-        let configured = self
-            .env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "CLAUDE_CONFIG_DIR")
-            .map(|(_, v)| PathBuf::from(v));
-        let home = self.home();
-        let state_dir = match (&configured, &home) {
-            (Some(dir), _) => Some(dir.clone()),
-            (None, Some(home)) => {
-                let real = super::confine::real_path(home);
-                let holds_protected = base
-                    .protected
-                    .iter()
-                    .any(|p| super::confine::real_path(p).starts_with(&real));
-                if holds_protected {
-                    let dir = home.join(".claude");
-                    env.push(("CLAUDE_CONFIG_DIR".to_string(), dir.display().to_string()));
-                    Some(dir)
-                } else {
-                    sandbox.writable.push(home.clone());
-                    None
-                }
-            }
-            (None, None) => None,
-        };
-        if let Some(dir) = state_dir {
-            ensure_state_dir(&dir, sandbox.user.as_ref())?;
-            sandbox.writable.push(dir);
-        }
-        Ok(Some((sandbox, env)))
+        state_sandbox(self.sandbox.as_ref(), &self.working_directory, &self.env)
     }
 
     /// The argv after the program name, for one turn.
@@ -289,16 +225,8 @@ impl ClaudeBackend {
         argv
     }
 
-    /// The secret is never part of it (see the module doc), even if `env` names it.
-    fn child_env(&self) -> (Vec<String>, Vec<(String, String)>) {
-        let remove = vec![NESTED_SESSION_ENV.to_string(), HOOK_SECRET_ENV.to_string()];
-        let env: Vec<(String, String)> = self
-            .env
-            .iter()
-            .filter(|(k, _)| k != HOOK_SECRET_ENV)
-            .cloned()
-            .collect();
-        (remove, env)
+    fn child_env(&self) -> (Vec<String>, Env) {
+        child_env(&self.env)
     }
 
     fn check_args(&self) -> Result<(), AgentError> {
@@ -485,6 +413,91 @@ impl Drop for SettingsFile {
             tracing::warn!(path = %self.path.display(), error = %e, "could not remove hook settings file");
         }
     }
+}
+
+/// The `HOME` the CLI runs with: the agent's `env`, else the `run_as` user's, else ours.
+fn home_of(env: &[(String, String)], sandbox: Option<&Sandbox>) -> Option<PathBuf> {
+    if let Some((_, h)) = env.iter().rev().find(|(k, _)| k == "HOME") {
+        return Some(PathBuf::from(h));
+    }
+    if let Some(user) = sandbox.and_then(|s| s.user.as_ref()) {
+        return Some(user.home.clone());
+    }
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// A run's sandbox for a Claude Code process (the CLI itself, or the one the ACP adapter
+/// starts) and the environment it needs (`TMPDIR`, the user's identity, and
+/// `CLAUDE_CONFIG_DIR` when `$HOME` itself cannot be writable). `None` when `base` is.
+///
+/// Claude Code 2.1.197 writes `~/.claude/…` and rewrites `~/.claude.json` by creating
+/// `~/.claude.json.tmp.<pid>.<rand>` plus a `~/.claude.json.lock` directory in `$HOME` and
+/// renaming (strace). Landlock can only grant `$HOME` whole, so `$HOME` is writable only
+/// when it holds nothing protected; otherwise `CLAUDE_CONFIG_DIR=~/.claude` moves the
+/// CLI's whole state (`.claude.json` included) into `~/.claude`, which is granted alone.
+pub(crate) fn state_sandbox(
+    base: Option<&Sandbox>,
+    working_directory: &Path,
+    agent_env: &[(String, String)],
+) -> Result<Option<(Sandbox, Env)>, AgentError> {
+    let Some(base) = base else {
+        return Ok(None);
+    };
+    let mut sandbox = base.clone();
+    let mut env = Vec::new();
+    sandbox.writable.push(working_directory.to_path_buf());
+    if let Some(tmp) = &sandbox.private_tmp {
+        env.push(("TMPDIR".to_string(), tmp.display().to_string()));
+    }
+    if let Some(user) = &sandbox.user {
+        env.push(("USER".to_string(), user.name.clone()));
+        env.push(("LOGNAME".to_string(), user.name.clone()));
+        if !agent_env.iter().any(|(k, _)| k == "HOME") {
+            env.push(("HOME".to_string(), user.home.display().to_string()));
+        }
+    }
+    let configured = agent_env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "CLAUDE_CONFIG_DIR")
+        .map(|(_, v)| PathBuf::from(v));
+    let home = home_of(agent_env, Some(base));
+    let state_dir = match (&configured, &home) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Some(home)) => {
+            let real = super::confine::real_path(home);
+            let holds_protected = base
+                .protected
+                .iter()
+                .any(|p| super::confine::real_path(p).starts_with(&real));
+            if holds_protected {
+                let dir = home.join(".claude");
+                env.push(("CLAUDE_CONFIG_DIR".to_string(), dir.display().to_string()));
+                Some(dir)
+            } else {
+                sandbox.writable.push(home.clone());
+                None
+            }
+        }
+        (None, None) => None,
+    };
+    if let Some(dir) = state_dir {
+        ensure_state_dir(&dir, sandbox.user.as_ref())?;
+        sandbox.writable.push(dir);
+    }
+    Ok(Some((sandbox, env)))
+}
+
+/// The variables removed from a Claude process's inherited environment and those set on
+/// top: the agent's `env`, never the hook secret (see the module doc), even if `env` names it.
+pub(crate) fn child_env(agent_env: &[(String, String)]) -> (Vec<String>, Env) {
+    let remove = vec![NESTED_SESSION_ENV.to_string(), HOOK_SECRET_ENV.to_string()];
+    let env: Env = agent_env
+        .iter()
+        .filter(|(k, _)| k != HOOK_SECRET_ENV)
+        .cloned()
+        .collect();
+    (remove, env)
 }
 
 /// Creates the CLI's state dir (0700, owned by the `run_as` user) so Landlock has an inode to

@@ -214,7 +214,7 @@ impl Journal {
             Err(TrySendError::Full(_)) => {
                 // Warn on the first loss and then every thousandth, not on each.
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed);
-                if n % 1000 == 0 {
+                if n.is_multiple_of(1000) {
                     tracing::warn!(
                         dropped = n + 1,
                         "web chat history: the disk is not keeping up; lines left out of the journal"

@@ -1,0 +1,269 @@
+//! ACP backend (`type: acp`): any Agent Client Protocol agent over stdio — the Claude adapter
+//! (`claude-agent-acp`), `opencode acp`, `gemini --experimental-acp` — on the official
+//! `agent-client-protocol` SDK.
+//!
+//! Owns: its registry entry ([`AGENT_TYPE`]) and config keys, one worker per room (one agent
+//! process that keeps the room's session across turns; respawned, with `session/load`, when
+//! it died or was stopped for idleness), the child's environment and confinement. The
+//! connection and the turn loop are `session.rs`; the mapping of ACP tool calls onto the
+//! rules' tool names and the permission options is `tools.rs`; the file callbacks `host.rs`.
+//! Must not import: `connector`, `approval` (the broker is only a [`ToolGate`] here).
+//!
+//! Every tool call the agent asks about goes to the gate (`session/request_permission`), and
+//! so does every file callback. What the agent does without asking is up to the agent: the
+//! Claude adapter is told to ask about every built-in tool (an `ask` rule for each, which
+//! beats `allow` rules in the project's settings) and is kept out of the modes that skip
+//! asking; for every agent the OS confinement (Landlock, `run_as`) is the hard boundary.
+
+mod host;
+mod session;
+mod tools;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_yaml::Value;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::confine::Sandbox;
+use super::gate::ToolGate;
+use super::process::ProcessSpec;
+use super::registry::{AgentType, BuildContext};
+use super::{claude, AgentBackend, AgentError, TurnContext};
+use crate::config::{AgentConfig, AgentSettings, Validator};
+use crate::model::{RoomKey, TurnOutcome, TurnRequest};
+use session::{Command, Settings, Worker};
+
+/// ACP agents in the [agent registry](super::registry). The gateway must decide their calls:
+/// `permissions.enabled` is required.
+pub const AGENT_TYPE: AgentType = AgentType {
+    name: "acp",
+    default_command: "claude-agent-acp",
+    keys: &["idle_timeout"],
+    parse,
+    requires_permissions: true,
+    build,
+};
+
+/// Keys only ACP sections have.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Section {
+    /// Seconds an idle agent process is kept for its room (default 900).
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: u64,
+}
+
+fn default_idle_timeout() -> u64 {
+    900
+}
+
+/// What `parse` leaves for `build`.
+#[derive(Debug)]
+struct AcpSettings {
+    idle_timeout: Duration,
+}
+
+fn parse(path: &str, own: Value, v: &mut Validator) -> Option<AgentSettings> {
+    let own = match own {
+        Value::Mapping(m) if m.is_empty() => Value::Mapping(serde_yaml::Mapping::new()),
+        other => other,
+    };
+    let section: Section = v.parse(path, own)?;
+    if section.idle_timeout == 0 {
+        v.error(format!("{path}.idle_timeout"), "must be at least 1 second");
+        return None;
+    }
+    Some(AgentSettings::new(AcpSettings {
+        idle_timeout: Duration::from_secs(section.idle_timeout),
+    }))
+}
+
+fn build(ctx: BuildContext<'_>) -> anyhow::Result<Arc<dyn AgentBackend>> {
+    let Some(gate) = ctx.gate else {
+        anyhow::bail!(
+            "agent '{}': type acp needs `permissions: {{enabled: true}}` (the gateway decides its tool calls)",
+            ctx.config.name
+        );
+    };
+    let idle_timeout = ctx
+        .config
+        .settings
+        .get::<AcpSettings>()
+        .map_or(Duration::from_secs(default_idle_timeout()), |s| {
+            s.idle_timeout
+        });
+    Ok(Arc::new(AcpBackend::new(
+        ctx.config,
+        Some(ctx.sandbox),
+        gate,
+        idle_timeout,
+        ctx.tracker.clone(),
+        ctx.cancel.clone(),
+    )))
+}
+
+/// Room → its worker; the inner lock also keeps a room's turns one at a time.
+type Workers = Mutex<HashMap<RoomKey, Arc<tokio::sync::Mutex<Option<Worker>>>>>;
+
+pub struct AcpBackend {
+    command: String,
+    args: Vec<String>,
+    working_directory: PathBuf,
+    env: Vec<(String, String)>,
+    sandbox: Option<Sandbox>,
+    settings: Arc<Settings>,
+    workers: Workers,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl AcpBackend {
+    /// `sandbox: None` runs the agent unconfined (tests of the protocol only).
+    pub fn new(
+        config: &AgentConfig,
+        sandbox: Option<Sandbox>,
+        gate: Arc<dyn ToolGate>,
+        idle_timeout: Duration,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> AcpBackend {
+        let cwd = super::confine::real_path(&config.working_directory);
+        AcpBackend {
+            command: config.command.clone(),
+            args: config.args.clone(),
+            working_directory: config.working_directory.clone(),
+            env: config.env.clone(),
+            sandbox,
+            settings: Arc::new(Settings {
+                agent: config.name.clone(),
+                cwd,
+                timeout: config.timeout,
+                idle_timeout,
+                system_prompt: config
+                    .system_prompt
+                    .clone()
+                    .filter(|s| !s.trim().is_empty()),
+                gate,
+            }),
+            workers: Mutex::new(HashMap::new()),
+            tracker,
+            shutdown,
+        }
+    }
+
+    /// The agent process for one room. Its environment and confinement are Claude Code's
+    /// (the adapter runs the CLI): the agent's `env`, the CLI's state dir under `$HOME`
+    /// writable, `IS_SANDBOX=1` when it runs as root (without it the adapter's CLI exits
+    /// at `session/new`).
+    fn spec(&self) -> Result<ProcessSpec, AgentError> {
+        let (env_remove, mut env) = claude::child_env(&self.env);
+        let sandbox =
+            match claude::state_sandbox(self.sandbox.as_ref(), &self.working_directory, &self.env)?
+            {
+                Some((sandbox, extra)) => {
+                    env.extend(extra);
+                    Some(sandbox)
+                }
+                None => None,
+            };
+        let uid = match sandbox.as_ref().and_then(|s| s.user.as_ref()) {
+            Some(user) => user.uid,
+            None => nix::unistd::geteuid().as_raw(),
+        };
+        if uid == 0 && !self.env.iter().any(|(k, _)| k == "IS_SANDBOX") {
+            env.push(("IS_SANDBOX".into(), "1".into()));
+        }
+        Ok(ProcessSpec {
+            program: self.command.clone(),
+            args: self.args.clone(),
+            cwd: self.working_directory.clone(),
+            env_remove,
+            env,
+            stdin: Vec::new(),
+            sandbox,
+        })
+    }
+
+    fn slot(&self, room: &RoomKey) -> Arc<tokio::sync::Mutex<Option<Worker>>> {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        // Rooms whose worker has stopped keep only an empty slot.
+        workers.retain(|key, slot| {
+            key == room || Arc::strong_count(slot) > 1 || {
+                slot.try_lock()
+                    .is_ok_and(|w| w.as_ref().is_some_and(Worker::is_alive))
+            }
+        });
+        workers.entry(room.clone()).or_default().clone()
+    }
+}
+
+#[async_trait]
+impl AgentBackend for AcpBackend {
+    async fn run_turn(
+        &self,
+        turn: TurnRequest,
+        ctx: TurnContext,
+    ) -> Result<TurnOutcome, AgentError> {
+        let slot = self.slot(&turn.room);
+        let mut held = slot.lock().await;
+        if !held.as_ref().is_some_and(Worker::is_alive) {
+            let spec = self.spec()?;
+            *held = Some(Worker::spawn(
+                &spec,
+                self.settings.clone(),
+                &self.tracker,
+                self.shutdown.child_token(),
+            )?);
+        }
+        let Some(worker) = held.as_ref() else {
+            return Err(AgentError::Setup("no worker".into()));
+        };
+        let mut exit = worker.exit.clone();
+        let (reply, answer) = oneshot::channel();
+        let room = turn.room.clone();
+        if worker.tx.send(Command { turn, ctx, reply }).await.is_err() {
+            return Err(crashed(&mut exit).await);
+        }
+        let result = match answer.await {
+            Ok(result) => result,
+            // The worker went away mid-turn: its process ended.
+            Err(_) => Err(crashed(&mut exit).await),
+        };
+        if let Err(e) = &result {
+            tracing::info!(agent = %self.settings.agent, %room, pid = worker.pid, error = %e, "acp turn failed");
+        }
+        result
+    }
+
+    fn working_directory(&self) -> &PathBuf {
+        &self.working_directory
+    }
+}
+
+/// The crash as the process's end describes it (waiting briefly for the worker to record it).
+async fn crashed(
+    exit: &mut tokio::sync::watch::Receiver<Option<super::process::ExitInfo>>,
+) -> AgentError {
+    let ended = tokio::time::timeout(Duration::from_secs(5), exit.wait_for(Option::is_some)).await;
+    match ended
+        .ok()
+        .and_then(|r| r.ok())
+        .and_then(|info| info.clone())
+    {
+        Some(info) => AgentError::Crashed {
+            status: info.status,
+            stderr_tail: info.stderr_tail,
+        },
+        None => AgentError::Crashed {
+            status: "the agent process stopped".into(),
+            stderr_tail: String::new(),
+        },
+    }
+}
