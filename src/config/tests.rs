@@ -47,7 +47,7 @@ fn every_problem_is_reported_with_its_key_path() {
     let text = err.to_string();
     assert!(
         text.contains(
-            "agents.assistant.type (line 6): unknown agent type 'claud' (supported: claude)"
+            "agents.assistant.type (line 6): unknown agent type 'claud' (supported: claude, acp)"
         ),
         "{text}"
     );
