@@ -6,7 +6,7 @@
 //! `cargo bench --bench pipeline [-- --agent-command PATH] [--rooms N --turns-per-room K]`
 //!
 //! Without `--agent-command` it runs two fake agents: `acg-fake-agent` (a small Rust program,
-//! `examples/acg-fake-agent.rs`, built here on first use)
+//! `examples/acg-fake-agent/`, built here on first use)
 //! and `benches/nolibc_agent.c`, compiled here with `cc` into a static program without a C
 //! library. On virtual machines glibc's start-up `cpuid` probing traps to the hypervisor and
 //! costs about a millisecond of CPU per exec; the second agent shows the gateway's throughput

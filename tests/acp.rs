@@ -255,3 +255,220 @@ async fn a_guest_call_is_denied_without_a_prompt_even_a_read_in_the_working_dire
         (Some("Read"), Some("deny"))
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The host side against a scripted ACP agent (`acg-fake-agent acp`)
+// ---------------------------------------------------------------------------------------------
+
+struct Fake {
+    gateway: Gateway,
+    alice: WebClient,
+    bob: WebClient,
+}
+
+/// Alice owns, Bob is a guest; `agent_extra` is YAML added to the agent section.
+fn fake(agent_extra: &str) -> Fake {
+    let port = free_port();
+    let config = format!(
+        r#"
+connectors:
+  - name: local
+    type: webchat
+    listen: "127.0.0.1:{port}"
+    allowed_users: {{owners: [alice], guests: [bob]}}
+default_agent: assistant
+agents:
+  assistant:
+    type: acp
+    command: "{bin}"
+    args: [acp]
+    working_directory: "{{work}}"
+    timeout: 20
+    permissions: {{enabled: true, timeout: 10}}
+{agent_extra}
+watchers:
+  - {{name: all, connector: local, room: "*", agent: assistant}}
+shutdown_grace: 300
+"#,
+        bin = support::fake_agent_bin(),
+    );
+    let gateway = Gateway::start(&config);
+    let alice = WebClient::new(port, &gateway.token_for("alice"));
+    let bob = WebClient::new(port, &gateway.token_for("bob"));
+    Fake {
+        gateway,
+        alice,
+        bob,
+    }
+}
+
+/// `(answer, pid, session)` of the fake's last reply in `replies`.
+fn parse_answer(replies: &[support::WebMessage]) -> (String, String, String) {
+    let text = &replies.last().expect("a reply").text;
+    let re = regex::Regex::new(r"^(?s)(.*) \[pid (\d+) session (\S+)\]$").unwrap();
+    let c = re.captures(text).unwrap_or_else(|| panic!("{text}"));
+    (c[1].to_string(), c[2].to_string(), c[3].to_string())
+}
+
+const OWNER_WRITES: &str =
+    "    owner_allowed_tools: [{tool: Write}, {tool: Read}, {tool: Bash, params: \"echo ok\"}]";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_serves_the_room_and_a_crash_is_followed_by_session_load() {
+    let f = fake("");
+    let (answer, pid, session) = parse_answer(&f.alice.ask("r1", "hello").await);
+    assert_eq!(answer, "echo: hello");
+    let (_, pid2, session2) = parse_answer(&f.alice.ask("r1", "again").await);
+    assert_eq!(
+        (&pid2, &session2),
+        (&pid, &session),
+        "a second turn reuses process and session"
+    );
+    // Another room has its own process.
+    let (_, other_pid, other_session) = parse_answer(&f.alice.ask("r2", "hi").await);
+    assert_ne!(other_pid, pid);
+    assert_ne!(other_session, session);
+
+    let crashed = f.alice.ask("r1", "ACP:crash").await;
+    assert!(
+        crashed
+            .last()
+            .unwrap()
+            .text
+            .contains("The agent stopped unexpectedly (exit code 3)"),
+        "{crashed:?}"
+    );
+    let (answer, pid3, session3) = parse_answer(&f.alice.ask("r1", "after the crash").await);
+    assert_eq!(answer, "echo: after the crash");
+    assert_ne!(pid3, pid, "a new process");
+    assert_eq!(
+        session3, session,
+        "the room's session was loaded, not replaced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_callbacks_stay_in_the_working_directory_and_follow_the_rules() {
+    let f = fake(OWNER_WRITES);
+    let outside = f.gateway.dir.path().join("outside.txt");
+    let (answer, ..) = parse_answer(
+        &f.alice
+            .ask("r1", &format!("ACP:write={}", outside.display()))
+            .await,
+    );
+    assert!(
+        answer.starts_with("write refused:") && answer.contains("outside the working directory"),
+        "{answer}"
+    );
+    assert!(!outside.exists());
+    let escape = f.gateway.work.join("../escape.txt");
+    let (answer, ..) = parse_answer(
+        &f.alice
+            .ask("r1", &format!("ACP:write={}", escape.display()))
+            .await,
+    );
+    assert!(answer.starts_with("write refused:"), "{answer}");
+    assert!(!f.gateway.dir.path().join("escape.txt").exists());
+
+    let inside = f.gateway.work.join("inside.txt");
+    let (answer, ..) = parse_answer(
+        &f.alice
+            .ask("r1", &format!("ACP:write={}", inside.display()))
+            .await,
+    );
+    assert_eq!(answer, "write ok");
+    assert_eq!(
+        std::fs::read_to_string(&inside).unwrap(),
+        "written by the agent"
+    );
+    let (answer, ..) = parse_answer(
+        &f.alice
+            .ask("r1", &format!("ACP:read={}", inside.display()))
+            .await,
+    );
+    assert_eq!(answer, "read: written by the agent");
+    let (answer, ..) = parse_answer(&f.alice.ask("r1", "ACP:read=/etc/hostname").await);
+    assert!(answer.starts_with("read refused:"), "{answer}");
+
+    // A guest has no Write rule: refused without a prompt, nothing written.
+    let guest_file = f.gateway.work.join("guest.txt");
+    let replies = f
+        .bob
+        .ask("r2", &format!("ACP:write={}", guest_file.display()))
+        .await;
+    let (answer, ..) = parse_answer(&replies);
+    assert!(
+        answer.starts_with("write refused: denied by the gateway"),
+        "{answer}"
+    );
+    assert!(!guest_file.exists());
+    assert!(
+        replies.iter().all(|m| !m.text.starts_with("🔐")),
+        "{replies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_call_is_answered_allow_once_never_allow_always() {
+    let f = fake(OWNER_WRITES);
+    let (answer, ..) = parse_answer(&f.alice.ask("r1", "ACP:permit=echo+ok").await);
+    assert_eq!(answer, "chose once");
+    let (answer, ..) = parse_answer(&f.bob.ask("r2", "ACP:permit=echo+ok").await);
+    assert_eq!(answer, "chose no", "a guest without the rule is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_cancels_the_turn_and_an_agent_that_ignores_it_is_replaced() {
+    let f = fake("");
+    let (_, pid, session) = parse_answer(&f.alice.ask("r1", "start").await);
+    // Timeout 20 s: the agent honours session/cancel; the process stays.
+    let replies = f.alice.ask("r1", "ACP:hang").await;
+    assert!(
+        replies
+            .last()
+            .unwrap()
+            .text
+            .contains("did not finish within 20 s"),
+        "{replies:?}"
+    );
+    let (_, pid2, session2) = parse_answer(&f.alice.ask("r1", "next").await);
+    assert_eq!((&pid2, &session2), (&pid, &session));
+
+    let replies = f.alice.ask("r1", "ACP:deaf").await;
+    assert!(
+        replies
+            .last()
+            .unwrap()
+            .text
+            .contains("did not finish within 20 s"),
+        "{replies:?}"
+    );
+    let (_, pid3, session3) = parse_answer(&f.alice.ask("r1", "after").await);
+    assert_ne!(pid3, pid, "the deaf agent was killed");
+    assert_eq!(session3, session);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modes_that_skip_asking_are_left_or_refused_and_unknown_requests_get_an_error() {
+    let f = fake("    env: {ACG_FAKE_ACP_MODE: bypassPermissions}");
+    // The session starts in bypassPermissions; the gateway switches it to default first.
+    let (answer, pid, _) = parse_answer(&f.alice.ask("r1", "hello").await);
+    assert_eq!(answer, "echo: hello");
+    let log = f.gateway.log();
+    assert!(
+        log.contains("switched the session to the default mode"),
+        "{log}"
+    );
+
+    let (answer, ..) = parse_answer(&f.alice.ask("r1", "ACP:unknown").await);
+    assert_eq!(answer, "unknown answered -32601");
+
+    // Switching to a mode that skips asking mid-turn ends the turn and the process.
+    let replies = f.alice.ask("r1", "ACP:mode=bypassPermissions").await;
+    assert!(
+        replies.last().unwrap().text.starts_with("❌"),
+        "{replies:?}"
+    );
+    let (_, pid2, _) = parse_answer(&f.alice.ask("r1", "again").await);
+    assert_ne!(pid2, pid);
+}

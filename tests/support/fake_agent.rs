@@ -1,4 +1,4 @@
-//! The stand-in agent CLI (`examples/acg-fake-agent.rs`), built on first use.
+//! The stand-in agent CLI (`examples/acg-fake-agent/`), built on first use.
 //!
 //! It is an example rather than a `[[bin]]` so that `cargo install` never installs it; cargo
 //! sets `CARGO_BIN_EXE_*` only for binaries, so the harness builds it itself, with the
@@ -57,10 +57,7 @@ fn build() -> String {
     let status = cargo
         .status()
         .expect("running cargo to build the fake agent");
-    assert!(
-        status.success(),
-        "building examples/acg-fake-agent.rs failed"
-    );
+    assert!(status.success(), "building examples/acg-fake-agent/ failed");
     let bin: PathBuf = profile_dir.join("examples").join("acg-fake-agent");
     bin.to_string_lossy().into_owned()
 }

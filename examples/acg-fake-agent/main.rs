@@ -16,6 +16,8 @@
 //! - `FAKE:gate=<fifo>` — waits until a writer opens and closes that FIFO before answering
 //!   (a test holds a turn open for exactly as long as it needs, without guessing a time).
 //!
+//! `acg-fake-agent acp` speaks the Agent Client Protocol instead (`acp.rs`).
+//!
 //! With `ACG_FAKE_WITNESS=<fifo>` in the environment, `FAKE:hang` first writes
 //! `<own pid> <child pid>\n` to that FIFO and keeps it open in both processes, so a test can
 //! see both die (end-of-file) without polling.
@@ -26,7 +28,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+mod acp;
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("acp") {
+        return match acp::main() {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("fake-acp: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if std::env::args()
         .skip(1)
         .any(|a| a == "--version" || a == "-v")
