@@ -991,11 +991,12 @@ fn validate_agents(
                 foreign = true;
             }
         }
-        if foreign {
-            continue;
-        }
-        let Some(settings) = (agent_type.parse)(&path, Value::Mapping(own), v) else {
-            continue;
+        // The common keys are still checked when the type's own ones are wrong: every
+        // problem of a section is reported at once.
+        let settings = if foreign {
+            None
+        } else {
+            (agent_type.parse)(&path, Value::Mapping(own), v)
         };
         let working_directory = v.resolve_path(&raw.working_directory);
         if !working_directory.is_dir() {
@@ -1059,6 +1060,9 @@ fn validate_agents(
             v.error(format!("{path}.command"), "must not be empty");
         }
         let sandbox = validate_sandbox(&path, &raw.confinement, raw.run_as, &raw.writable_paths, v);
+        let Some(settings) = settings else {
+            continue;
+        };
         out.insert(
             name.clone(),
             AgentConfig {

@@ -279,3 +279,23 @@ fn unknown_and_missing_connector_types_list_every_registered_type() {
         "{text}"
     );
 }
+
+#[test]
+fn an_acp_agent_needs_permissions_and_every_problem_of_its_section_is_reported() {
+    let yaml = GOOD.replace(
+        "type: claude, command: claude, working_directory: ./work, timeout: 600,\n              permissions: {enabled: true, timeout: 300},",
+        "type: acp, idle_timeout: 0, working_directory: ./work, timeout: 600,",
+    );
+    let text = check(&yaml).unwrap_err().to_string();
+    assert!(text.contains("agents.assistant.idle_timeout"), "{text}");
+    assert!(
+        text.contains("type 'acp' asks the gateway about every tool call"),
+        "{text}"
+    );
+    let ok = GOOD.replace(
+        "type: claude, command: claude,",
+        "type: acp, idle_timeout: 60,",
+    );
+    let c = check(&ok).unwrap();
+    assert_eq!(c.agents["assistant"].command, "claude-agent-acp");
+}
