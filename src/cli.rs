@@ -246,36 +246,20 @@ fn doctor(config_file: &Path, runtime: &Path) -> anyhow::Result<i32> {
         }
     };
     for agent in config.iter().flat_map(|c| c.agents.values()) {
-        let version = std::process::Command::new(&agent.command)
-            .arg("--version")
-            .env_remove("CLAUDECODE")
-            .output();
-        match version {
-            Ok(out) if out.status.success() => report(
+        let Some(agent_type) = crate::agent::registry::AGENTS.find(&agent.kind) else {
+            continue;
+        };
+        match (agent_type.version)(agent) {
+            Ok(version) => report(
                 "ok",
                 format!(
-                    "agent '{}': {} answers {}",
-                    agent.name,
-                    agent.command,
-                    String::from_utf8_lossy(&out.stdout).trim()
-                ),
-            ),
-            Ok(out) => report(
-                "FAIL",
-                format!(
-                    "agent '{}': `{} --version` failed ({}): {}",
-                    agent.name,
-                    agent.command,
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    "agent '{}' ({}): {} answers {version} (tests pin {})",
+                    agent.name, agent.kind, agent.command, agent_type.tested
                 ),
             ),
             Err(e) => report(
                 "FAIL",
-                format!(
-                    "agent '{}': cannot run `{}`: {e}",
-                    agent.name, agent.command
-                ),
+                format!("agent '{}' ({}): {e}", agent.name, agent.kind),
             ),
         }
         if !agent.permissions.enabled {

@@ -472,3 +472,31 @@ async fn modes_that_skip_asking_are_left_or_refused_and_unknown_requests_get_an_
     let (_, pid2, _) = parse_answer(&f.alice.ask("r1", "again").await);
     assert_ne!(pid2, pid);
 }
+
+#[test]
+fn doctor_names_the_acp_agent_from_its_handshake() {
+    let port = free_port();
+    let g = Gateway::prepare(&format!(
+        r#"
+connectors:
+  - {{name: local, type: webchat, listen: "127.0.0.1:{port}", allowed_users: {{owners: [alice]}}}}
+agents:
+  a: {{type: acp, command: "{bin}", args: [acp], working_directory: "{{work}}", permissions: {{enabled: true}}}}
+  b: {{type: acp, command: /bin/true, working_directory: "{{work}}", permissions: {{enabled: true}}}}
+watchers:
+  - {{name: w, connector: local, room: "*", agent: a}}
+"#,
+        bin = support::fake_agent_bin()
+    ));
+    let (code, out, _) = g.cli_text(&["doctor"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("ok   agent 'a' (acp): ")
+            && out.contains("answers acg-fake-acp 0.0.0 (ACP) (tests pin claude-agent-acp 0.49.0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL agent 'b' (acp): `initialize` failed"),
+        "{out}"
+    );
+}

@@ -234,7 +234,7 @@ fn doctor_reports_each_check_and_fails_on_a_missing_agent() {
         lines[0].starts_with("ok   config ") && lines[0].ends_with(" is valid"),
         "{out}"
     );
-    assert!(lines[1].starts_with("ok   agent 'a': "), "{out}");
+    assert!(lines[1].starts_with("ok   agent 'a' (claude): "), "{out}");
     assert_eq!(
         lines[2],
         "warn agent 'a': permissions are off: tools are limited to the allow-lists, with no approvals"
@@ -249,7 +249,9 @@ fn doctor_reports_each_check_and_fails_on_a_missing_agent() {
     let (code, out, _) = missing.cli_text(&["doctor"]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("FAIL agent 'a': cannot run `/nonexistent/agent`: No such file or directory"),
+        out.contains(
+            "FAIL agent 'a' (claude): cannot run `/nonexistent/agent`: No such file or directory"
+        ),
         "{out}"
     );
 }

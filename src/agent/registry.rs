@@ -45,6 +45,11 @@ pub struct AgentType {
     /// Its calls can only be decided by the gateway's [`ToolGate`]: `config` refuses a
     /// section of this type without `permissions.enabled`.
     pub requires_permissions: bool,
+    /// What `doctor` shows of an installed agent: its version as it reports it (Claude:
+    /// `--version`; ACP: the `agentInfo` of an `initialize` handshake), or why it could not.
+    pub version: fn(&AgentConfig) -> Result<String, String>,
+    /// The version the test suite pins (scripts/install-test-deps.sh), for `doctor`.
+    pub tested: &'static str,
     /// Builds the backend; may start the agent's own services (Claude's hook endpoint) under
     /// the context's tracker and token.
     pub build: fn(BuildContext<'_>) -> anyhow::Result<Arc<dyn AgentBackend>>,
@@ -87,6 +92,24 @@ impl AgentTypes for Agents {
             requires_permissions: a.requires_permissions,
         })
     }
+}
+
+/// `<command> --version` (stdin closed), its first line.
+pub fn version_flag(config: &AgentConfig) -> Result<String, String> {
+    let out = std::process::Command::new(&config.command)
+        .arg("--version")
+        .env_remove("CLAUDECODE")
+        .output()
+        .map_err(|e| format!("cannot run `{}`: {e}", config.command))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{} --version` failed ({}): {}",
+            config.command,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// For agent types whose sections hold nothing beyond the common keys.

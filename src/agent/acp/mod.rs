@@ -48,6 +48,8 @@ pub const AGENT_TYPE: AgentType = AgentType {
     keys: &["idle_timeout"],
     parse,
     requires_permissions: true,
+    version: session::probe,
+    tested: "claude-agent-acp 0.49.0 (@agentclientprotocol/claude-agent-acp)",
     build,
 };
 

@@ -149,13 +149,14 @@ impl Worker {
     }
 }
 
-/// Runs the JSON-RPC connection over the process's pipes until the turn loop ends.
-async fn connect(
-    pipes: Pipes,
-    settings: Arc<Settings>,
-    rx: mpsc::Receiver<Command>,
-) -> Result<(), agent_client_protocol::Error> {
-    let Pipes { stdin, stdout } = pipes;
+/// The process's pipes as the SDK's line transport: one JSON message per line each way.
+fn line_transport(
+    stdin: tokio::process::ChildStdin,
+    stdout: crate::agent::process::LineReader<tokio::process::ChildStdout>,
+) -> (
+    impl futures_util::Sink<String, Error = std::io::Error> + Send + 'static,
+    impl futures_util::Stream<Item = std::io::Result<String>> + Send + 'static,
+) {
     let outgoing = futures_util::sink::unfold(stdin, |mut stdin, line: String| async move {
         stdin.write_all(line.as_bytes()).await?;
         stdin.write_all(b"\n").await?;
@@ -171,6 +172,17 @@ async fn connect(
             Err(e) => Some((Err(e), None)),
         }
     });
+    (outgoing, incoming)
+}
+
+/// Runs the JSON-RPC connection over the process's pipes until the turn loop ends.
+async fn connect(
+    pipes: Pipes,
+    settings: Arc<Settings>,
+    rx: mpsc::Receiver<Command>,
+) -> Result<(), agent_client_protocol::Error> {
+    let Pipes { stdin, stdout } = pipes;
+    let (outgoing, incoming) = line_transport(stdin, stdout);
     Client
         .v1()
         .name("agent-chat-gateway")
@@ -179,6 +191,53 @@ async fn connect(
             Ok(())
         })
         .await
+}
+
+/// `doctor`'s check: starts the agent (unconfined, with its `env`), performs the `initialize`
+/// handshake and reports the `agentInfo` it answers with. Runs its own small runtime: the
+/// caller is synchronous.
+pub fn probe(config: &crate::config::AgentConfig) -> Result<String, String> {
+    let (env_remove, env) = crate::agent::claude::child_env(&config.env);
+    let spec = ProcessSpec {
+        program: config.command.clone(),
+        args: config.args.clone(),
+        cwd: config.working_directory.clone(),
+        env_remove,
+        env,
+        stdin: Vec::new(),
+        sandbox: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let (mut process, pipes) = AgentProcess::spawn_interactive(&spec)
+            .map_err(|e| format!("cannot run `{}`: {e}", spec.program))?;
+        let Pipes { stdin, stdout } = pipes;
+        let (outgoing, incoming) = line_transport(stdin, stdout);
+        let handshake = Client.v1().name("agent-chat-gateway doctor").connect_with(
+            Lines::new(outgoing, incoming),
+            async move |cx| {
+                cx.send_request(InitializeRequest::new(ProtocolVersion::V1))
+                    .block_task()
+                    .await
+            },
+        );
+        let answer = tokio::time::timeout(HANDSHAKE, handshake).await;
+        process.kill(KILL_GRACE).await;
+        match answer {
+            Ok(Ok(init)) => Ok(match init.agent_info {
+                Some(info) => format!("{} {} (ACP)", info.name, info.version),
+                None => "an ACP agent that does not name itself".to_string(),
+            }),
+            Ok(Err(e)) => Err(format!("`initialize` failed: {}", describe(&e))),
+            Err(_) => Err(format!(
+                "no answer to `initialize` within {} s: is it an ACP agent (e.g. `opencode acp`)?",
+                HANDSHAKE.as_secs()
+            )),
+        }
+    })
 }
 
 /// The session a worker holds.

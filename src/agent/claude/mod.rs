@@ -56,6 +56,8 @@ pub const AGENT_TYPE: AgentType = AgentType {
     keys: &[],
     parse: registry::no_own_keys,
     requires_permissions: false,
+    version: registry::version_flag,
+    tested: "2.1.197 (@anthropic-ai/claude-code)",
     build,
 };
 
