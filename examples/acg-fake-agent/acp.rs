@@ -14,7 +14,7 @@
 //! - `ACP:crash`         — stderr, exit 3;
 //! - `ACP:mode=<id>`     — a `current_mode_update` to `<id>`;
 //! - `ACP:unknown`       — a request the client does not implement;
-//! - otherwise           — an echo.
+//! - otherwise           — an echo (naming the session mode, if there are modes).
 //!
 //! Every answer is one agent message ending in `[pid <pid> session <id>]`, so a test can see
 //! whether a process or a session was reused.
@@ -30,6 +30,7 @@ pub fn main() -> io::Result<u8> {
         out: io::stdout(),
         next_id: 0,
         sessions: 0,
+        mode: None,
     };
     agent.serve()
 }
@@ -39,6 +40,8 @@ struct Agent<L> {
     out: io::Stdout,
     next_id: u64,
     sessions: u64,
+    /// The session mode, when `ACG_FAKE_ACP_MODE` gave the session modes.
+    mode: Option<String>,
 }
 
 impl<L: Iterator<Item = io::Result<String>>> Agent<L> {
@@ -61,13 +64,17 @@ impl<L: Iterator<Item = io::Result<String>>> Agent<L> {
                     let session = format!("fake-{}-{}", std::process::id(), self.sessions);
                     let mut result = json!({"sessionId": session});
                     if let Ok(mode) = std::env::var("ACG_FAKE_ACP_MODE") {
+                        self.mode = Some(mode.clone());
                         result["modes"] = json!({"currentModeId": mode, "availableModes": [
                             {"id": "default", "name": "Default"}, {"id": mode, "name": mode}
                         ]});
                     }
                     self.respond(id, result)?;
                 }
-                "session/set_mode" => self.respond(id, json!({}))?,
+                "session/set_mode" => {
+                    self.mode = params["modeId"].as_str().map(str::to_string);
+                    self.respond(id, json!({}))?;
+                }
                 "session/load" => {
                     let session = params["sessionId"].as_str().unwrap_or_default().to_string();
                     self.update(
@@ -184,7 +191,10 @@ impl<L: Iterator<Item = io::Result<String>>> Agent<L> {
             // The gateway's prompt puts a `[… | from: … ] ` header before each message.
             let last = text.lines().last().unwrap_or_default();
             let body = last.rsplit_once("] ").map_or(last, |(_, body)| body);
-            format!("echo: {body}")
+            match &self.mode {
+                Some(mode) => format!("echo: {body} (mode {mode})"),
+                None => format!("echo: {body}"),
+            }
         };
         let answer = format!("{answer} [pid {} session {session}]", std::process::id());
         self.update(

@@ -234,9 +234,9 @@ impl AgentBackend for AcpBackend {
             return Err(crashed(&mut exit).await);
         }
         let result = match answer.await {
+            // The process ended: how it ended is the worker's to tell.
+            Ok(Err(AgentError::Crashed { .. })) | Err(_) => Err(crashed(&mut exit).await),
             Ok(result) => result,
-            // The worker went away mid-turn: its process ended.
-            Err(_) => Err(crashed(&mut exit).await),
         };
         if let Err(e) = &result {
             tracing::info!(agent = %self.settings.agent, %room, pid = worker.pid, error = %e, "acp turn failed");

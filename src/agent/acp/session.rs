@@ -52,6 +52,9 @@ const HANDSHAKE: Duration = Duration::from_secs(60);
 /// How long an agent has to end a turn after `session/cancel` before it is killed.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a process whose connection ended gets to exit by itself before it is killed.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
+
 /// Modes in which an agent runs calls without asking (Claude adapter, Gemini CLI).
 const UNASKING_MODES: &[&str] = &[
     "bypassPermissions",
@@ -120,10 +123,15 @@ impl Worker {
             };
             let status = match status {
                 Some(status) => status,
-                None => {
-                    process.kill(KILL_GRACE).await;
-                    Err(std::io::Error::other("stopped by the gateway"))
-                }
+                // A connection that ended on its own usually means the process is exiting:
+                // its own status says more than "stopped".
+                None => match tokio::time::timeout(EXIT_GRACE, process.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        process.kill(KILL_GRACE).await;
+                        Err(std::io::Error::other("stopped by the gateway"))
+                    }
+                },
             };
             let info = match status {
                 Ok(s) => ExitInfo {
@@ -631,6 +639,14 @@ impl PromptRun<'_> {
                 SessionMessage::PromptResponse(Err(e)) => {
                     if self.stopping.is_some() {
                         return Err(self.take_stop_reason());
+                    }
+                    // The SDK fails the pending prompt when the agent's output ends: a crash.
+                    if agent_client_protocol::is_incoming_transport_closed(&e) {
+                        self.after = After::Stop;
+                        return Err(AgentError::Crashed {
+                            status: "the agent's output ended".into(),
+                            stderr_tail: String::new(),
+                        });
                     }
                     return Err(AgentError::Api {
                         status: None,
