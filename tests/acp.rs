@@ -12,24 +12,9 @@ use serde_json::{json, Value};
 use support::fake_llm::FakeLlm;
 use support::{free_port, EventStream, Gateway, WebClient};
 
-/// The ACP adapter; under `CI=true` a missing one fails the test.
+/// The ACP adapter (`support::dep_bin`: under `CI=true` a missing one fails the test).
 fn acp_bin() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".deps/node/node_modules/.bin/claude-agent-acp");
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "claude-agent-acp is missing at {} (run scripts/install-test-deps.sh)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPED: claude-agent-acp not found at {}; run scripts/install-test-deps.sh ***\n",
-        path.display()
-    );
-    None
+    support::dep_bin(None, "claude-agent-acp", "claude-agent-acp")
 }
 
 struct Setup {

@@ -13,25 +13,32 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-/// The real Claude Code CLI installed by `scripts/install-test-deps.sh`. Under `CI=true` a
-/// missing CLI fails the test; elsewhere the test is skipped with a loud notice.
+/// The real Claude Code CLI (`ACG_CLAUDE_BIN` overrides where it is).
 pub fn claude_bin() -> Option<PathBuf> {
-    let path = std::env::var_os("ACG_CLAUDE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/node/node_modules/.bin/claude")
-        });
+    let path = std::env::var_os("ACG_CLAUDE_BIN").map(PathBuf::from);
+    dep_bin(path, "claude", "the Claude Code CLI")
+}
+
+/// A CLI that `scripts/install-test-deps.sh` installs into `.deps/node` (or at `explicit`).
+/// Under `CI=true` a missing one fails the test; elsewhere the test is skipped with a loud
+/// notice.
+pub fn dep_bin(explicit: Option<PathBuf>, bin: &str, what: &str) -> Option<PathBuf> {
+    let path = explicit.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(".deps/node/node_modules/.bin")
+            .join(bin)
+    });
     if path.exists() {
         return Some(path);
     }
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!(
-            "the Claude Code CLI is missing at {} (run scripts/install-test-deps.sh)",
+            "{what} is missing at {} (run scripts/install-test-deps.sh)",
             path.display()
         );
     }
     eprintln!(
-        "\n*** SKIPPED: Claude Code CLI not found at {}; run scripts/install-test-deps.sh ***\n",
+        "\n*** SKIPPED: {what} not found at {}; run scripts/install-test-deps.sh ***\n",
         path.display()
     );
     None

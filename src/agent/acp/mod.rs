@@ -195,12 +195,16 @@ impl AcpBackend {
 
     fn slot(&self, room: &RoomKey) -> Arc<tokio::sync::Mutex<Option<Worker>>> {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        // Rooms whose worker has stopped keep only an empty slot.
-        workers.retain(|key, slot| {
-            key == room || Arc::strong_count(slot) > 1 || {
-                slot.try_lock()
+        if let Some(slot) = workers.get(room) {
+            return slot.clone();
+        }
+        // Only when the map grows (not on every turn): slots of rooms whose worker stopped,
+        // and that no turn holds, go, so the map is as large as the rooms with a live agent.
+        workers.retain(|_, slot| {
+            Arc::strong_count(slot) > 1
+                || slot
+                    .try_lock()
                     .is_ok_and(|w| w.as_ref().is_some_and(Worker::is_alive))
-            }
         });
         workers.entry(room.clone()).or_default().clone()
     }
