@@ -19,7 +19,7 @@
 //! (agent children are separate processes and not included). Each configuration runs in a
 //! fresh child process so peak RSS is its own.
 
-#[path = "../tests/support/fake_agent.rs"]
+#[path = "../tests/it/support/fake_agent.rs"]
 mod fake_agent;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -7,10 +7,10 @@
 //! "peak_rss_kib":…,"rss_before_kib":…}`. Usage: `cargo bench --bench rc_replay`
 //! (`RC_REPLAY_MESSAGES=N` changes the count).
 
-#[path = "../tests/support/fake_rocketchat.rs"]
+#[path = "../tests/it/support/fake_rocketchat.rs"]
 mod fake_rocketchat;
 // The fake server takes its port from the test harness.
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! stream, the `done` rule, bounds, tokens and start-up failures. A test task stands in for
 //! the dispatcher: it records delivered messages and answers with scripted verdicts.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;

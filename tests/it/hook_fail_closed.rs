@@ -2,7 +2,7 @@
 //! secret), malformed or oversized bodies and unknown endpoints are denied; and a real Claude
 //! Code run whose hook server is gone denies the tool instead of running it.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! connector (reverse-WS server or forward client), a fake NapCat on 127.0.0.1, and a
 //! test-side dispatcher that receives `ConnectorEvent`s and answers `Acceptance`s.
 
-#[path = "support/fake_onebot.rs"]
-mod fake_onebot;
+use crate::support::fake_onebot;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -1161,10 +1160,10 @@ async fn forward_mode_connects_learns_the_bot_and_reconnects_after_heartbeat_los
 // → the project's fake model API → the reply on QQ; and an owner's `approve <id>` from QQ.
 // ---------------------------------------------------------------------------------------------
 
-mod support;
+use crate::support;
 
-use support::fake_llm::FakeLlm;
-use support::free_port;
+use crate::support::fake_llm::FakeLlm;
+use crate::support::free_port;
 
 /// Claude turns take seconds (CLI start-up); this bounds one of them.
 const TURN: Duration = Duration::from_secs(90);

@@ -62,9 +62,9 @@ use agent_chat_gateway::policy::{
 use serde::Deserialize;
 use serde_json::json;
 
-const BASH_CORPUS: &str = include_str!("data/bash_corpus.yaml");
-const BYPASS_CORPUS: &str = include_str!("data/bypass_corpus.yaml");
-const HARMLESS: &str = include_str!("data/harmless.yaml");
+const BASH_CORPUS: &str = include_str!("../data/bash_corpus.yaml");
+const BYPASS_CORPUS: &str = include_str!("../data/bypass_corpus.yaml");
+const HARMLESS: &str = include_str!("../data/harmless.yaml");
 
 /// The planted secrets: the hook secret (in bash's environment, as the gateway sets it for the
 /// agent), the web chat token and the hook settings file's secret (files in the runtime dir).

@@ -1,11 +1,11 @@
 //! The configuration as users meet it: `config validate` on the shipped example and on a bad
 //! file (exact messages), and `start` refusing bad set-ups with the real reason.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 
-use support::{free_port, gateway_bin, Gateway};
+use crate::support::{free_port, gateway_bin, Gateway};
 
 fn validate(dir: &std::path::Path, file: &str) -> (i32, String, String) {
     let out = Command::new(gateway_bin())

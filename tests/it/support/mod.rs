@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 mod fake_agent;
+pub mod fake_onebot;
+pub mod fake_rocketchat;
 pub mod fake_llm;
 
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@
 //! These need Landlock (ABI 6 or later for the signal scope). Without it they fail rather than
 //! pass vacuously: the machines this project runs its tests on have it.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -5,8 +5,7 @@
 //! "Nothing was delivered" is never asserted by waiting: the test posts a marker message
 //! afterwards and checks that the marker is the next delivery.
 
-#[path = "support/fake_rocketchat.rs"]
-mod fake_rocketchat;
+use crate::support::fake_rocketchat;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -959,9 +958,9 @@ async fn server_down_at_start_is_retried_until_it_comes_up() {
 // without a mention.
 // ---------------------------------------------------------------------------------------------
 
-mod support;
+use crate::support;
 
-use support::fake_llm::FakeLlm;
+use crate::support::fake_llm::FakeLlm;
 
 /// Claude turns take seconds (CLI start-up); this bounds one of them.
 const TURN: Duration = Duration::from_secs(90);

@@ -2,13 +2,12 @@
 //! `ok:false` answer and the daemon keeps serving; a stale socket file from a crashed daemon
 //! is replaced at start; the socket is private to its user.
 
-mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 
-use support::{fake_agent_bin, free_port, Gateway};
+use crate::support::{fake_agent_bin, free_port, Gateway};
 
 fn config() -> String {
     format!(

@@ -11,8 +11,8 @@ use proptest::prelude::*;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-const CORPUS: &str = include_str!("data/bash_corpus.yaml");
-const HARMLESS: &str = include_str!("data/harmless.yaml");
+const CORPUS: &str = include_str!("../data/bash_corpus.yaml");
+const HARMLESS: &str = include_str!("../data/harmless.yaml");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

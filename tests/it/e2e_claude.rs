@@ -2,11 +2,11 @@
 //! double fork is exercised) → the real Claude Code CLI → the project's fake model API → the
 //! reply in the room. Admin commands go through the real CLI and control socket.
 
-mod support;
+use crate::support;
 
 use serde_json::json;
-use support::fake_llm::FakeLlm;
-use support::{free_port, Gateway, WebClient};
+use crate::support::fake_llm::FakeLlm;
+use crate::support::{free_port, Gateway, WebClient};
 
 struct Setup {
     gateway: Gateway,

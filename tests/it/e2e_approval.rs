@@ -2,13 +2,13 @@
 //! a Bash call, Claude's http PreToolUse hook asks the gateway, and the room's owner (or a
 //! timeout) decides. Every test checks what really ran on disk.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::fake_llm::FakeLlm;
-use support::{free_port, EventStream, Gateway, WebClient};
+use crate::support::fake_llm::FakeLlm;
+use crate::support::{free_port, EventStream, Gateway, WebClient};
 
 struct Setup {
     gateway: Gateway,

@@ -2,9 +2,8 @@
 //! usage limit each give one short, exact message in the room, and the next message in the
 //! same room is answered normally. Runs the real daemon with the project's fake agent.
 
-mod support;
 
-use support::{fake_agent_bin, free_port, Gateway, WebClient};
+use crate::support::{fake_agent_bin, free_port, Gateway, WebClient};
 
 /// A gateway on the fake agent. `timeout` is the agent's turn timeout: short only where a
 /// test waits for it to fire, since a loaded machine can make an ordinary turn slow.

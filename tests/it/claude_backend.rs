@@ -2,7 +2,7 @@
 //! model API), against `acg-fake-agent` for faults the real CLI cannot be made to show, and
 //! its stream parser against recorded NDJSON fixtures.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use agent_chat_gateway::config::{AgentConfig, PermissionsConfig};
 use agent_chat_gateway::model::{AgentEvent, Role, RoomKey, TurnOutcome, TurnRequest};
 use agent_chat_gateway::policy::{Rule, RuleSet};
 use serde_json::json;
-use support::fake_llm::FakeLlm;
+use crate::support::fake_llm::FakeLlm;
 use tempfile::TempDir;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

@@ -1,0 +1,19 @@
+//! The one integration test binary (`cargo test --test it`).
+
+mod support;
+
+mod approval_live;
+mod claude_backend;
+mod config_cli;
+mod confinement;
+mod control_socket;
+mod e2e_approval;
+mod e2e_claude;
+mod e2e_faults;
+mod hook_fail_closed;
+mod onebot;
+mod policy_corpus;
+mod policy_oracle;
+mod rocketchat;
+mod webchat;
+mod webchat_browser;
