@@ -7,11 +7,13 @@
 //! "peak_rss_kib":…,"rss_before_kib":…}`. Usage: `cargo bench --bench rc_replay`
 //! (`RC_REPLAY_MESSAGES=N` changes the count).
 
+// The tests' fake server, of which this bench uses a small part.
+#[allow(dead_code)]
 #[path = "../tests/it/support/fake_rocketchat.rs"]
 mod fake_rocketchat;
-// The fake server takes its port from the test harness.
-#[path = "../tests/it/support/mod.rs"]
-mod support;
+// The fake server takes its port from here (`super::ports`).
+#[path = "../tests/it/support/ports.rs"]
+mod ports;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

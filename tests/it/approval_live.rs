@@ -1,5 +1,6 @@
 //! The approval broker and its hook server in-process, with a recording connector standing in
-//! for the room: the hook listener's bounds (idle, half-sent, trickled and unbound
+//! for the room: calls it cannot bind and malformed, oversized or misdirected bodies are
+//! denied (fail closed), the hook listener's bounds (idle, half-sent, trickled and unbound
 //! connections cannot starve a live turn's call), the bounded audit of unbound calls, and the
 //! approval prompt (unmatched parameters first and whole, hidden characters made visible).
 
@@ -17,16 +18,11 @@ use agent_chat_gateway::model::{PostedMessage, ReplyTarget, Role, RoomKey, RoomR
 use agent_chat_gateway::policy::{Rule, RuleSet};
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Fails the test instead of hanging it.
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
+use crate::support::{agent_config, read_jsonl, tcp, within};
 
 /// A room that records what is posted to it; messages longer than `max` are refused, as a
 /// platform would.
@@ -136,6 +132,7 @@ async fn broker(limits: admission::Limits, max_message_len: usize) -> Broker {
 
 /// An owner's turn whose allow-list grants `git status` and `ls` with Bash.
 fn binding(b: &Broker) -> TurnBinding {
+    let agent = agent_config("claude", b.dir.path());
     let rules = RuleSet::new(vec![
         Rule::new("Bash", Some("git status")).unwrap(),
         Rule::new("Bash", Some("ls")).unwrap(),
@@ -145,23 +142,12 @@ fn binding(b: &Broker) -> TurnBinding {
         target: ReplyTarget::room("r"),
         role: Role::Owner,
         agent: Arc::new(AgentConfig {
-            name: "a".into(),
-            kind: "claude".into(),
-            settings: Default::default(),
-            command: "claude".into(),
-            args: vec![],
-            working_directory: b.dir.path().to_path_buf(),
-            timeout: Duration::from_secs(60),
             permissions: PermissionsConfig {
                 enabled: true,
-                timeout: Duration::from_secs(30),
-                skip_owner_approval: false,
+                ..agent.permissions
             },
             owner_rules: rules,
-            guest_rules: RuleSet::default(),
-            env: vec![],
-            system_prompt: None,
-            sandbox: Default::default(),
+            ..agent
         }),
         outbox: agent_chat_gateway::outbox::of(b.room.clone()),
     }
@@ -176,8 +162,12 @@ fn call(command: &str) -> Vec<u8> {
 }
 
 async fn post(b: &Broker, secret: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    post_to(b, "/hook", secret, body).await
+}
+
+async fn post_to(b: &Broker, path: &str, secret: Option<&str>, body: Vec<u8>) -> (u16, Value) {
     let mut req = reqwest::Client::new()
-        .post(format!("{}/hook", b.base))
+        .post(format!("{}{path}", b.base))
         .header("content-type", "application/json")
         .body(body);
     if let Some(s) = secret {
@@ -196,33 +186,53 @@ fn decision(answer: &Value) -> (&str, &str) {
 }
 
 async fn connect(b: &Broker) -> tokio::net::TcpStream {
-    tokio::net::TcpStream::connect(b.base.trim_start_matches("http://"))
-        .await
-        .unwrap()
-}
-
-/// Reads until the server closes the connection; what it sent before closing.
-async fn until_closed(what: &str, conn: &mut tokio::net::TcpStream) -> String {
-    let mut got = Vec::new();
-    within(what, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&got).into_owned()
+    tcp::connect(b.base.trim_start_matches("http://")).await
 }
 
 fn audit(b: &Broker) -> Vec<Value> {
-    std::fs::read_to_string(b.dir.path().join("audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    read_jsonl(&b.dir.path().join("audit.jsonl"))
+}
+
+fn deny(reason: &str) -> Value {
+    json!({"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "deny", "permissionDecisionReason": reason}})
+}
+
+// ---- Fail closed ----
+
+#[tokio::test]
+async fn unbindable_malformed_and_oversized_calls_are_denied() {
+    let b = broker(hook::default_limits(), 4000).await;
+    let call = br#"{"session_id":"s","cwd":"/tmp","hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"ls"}}"#;
+    let unbound = deny("blocked: this tool call cannot be bound to a live gateway turn");
+    assert_eq!(post(&b, None, call.into()).await, (200, unbound.clone()));
+    assert_eq!(
+        post(&b, Some("not-a-live-secret"), call.into()).await,
+        (200, unbound)
+    );
+    assert_eq!(
+        post(&b, Some("x"), b"{not json".to_vec()).await,
+        (
+            200,
+            deny("blocked: malformed hook body — tool denied as a safe default")
+        )
+    );
+    let huge = vec![b' '; hook::MAX_BODY + 1];
+    assert_eq!(
+        post(&b, Some("x"), huge).await,
+        (413, deny("blocked: hook body too large"))
+    );
+    assert_eq!(
+        post_to(&b, "/other", None, call.into()).await,
+        (404, deny("blocked: unknown hook endpoint"))
+    );
+    // Unbound calls are audited too, saying why they could not be bound.
+    let records = audit(&b);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(
+        (records[0]["secret"].as_str(), records[1]["secret"].as_str()),
+        (Some("missing"), Some("unknown"))
+    );
+    assert_eq!(records[0]["parameters"], json!([r#"{"command":"ls"}"#]));
 }
 
 // ---- The hook listener's bounds ----
@@ -242,7 +252,7 @@ async fn idle_and_half_sent_hook_connections_cannot_starve_a_live_turn() {
         flood.push(conn);
     }
     for conn in flood.iter_mut().take(15) {
-        until_closed("an old flood connection to be closed", conn).await;
+        tcp::until_closed("an old flood connection to be closed", conn).await;
     }
     let (ticket, _guard) = b.approvals.bind_turn(binding(&b));
     let (status, answer) = post(&b, Some(&ticket.secret), call("git status")).await;
@@ -271,10 +281,10 @@ async fn half_sent_heads_and_trickled_bodies_are_cut_after_their_timeouts() {
         .await
         .unwrap();
     assert_eq!(
-        until_closed("the half-sent head to be closed", &mut half).await,
+        tcp::until_closed("the half-sent head to be closed", &mut half).await,
         ""
     );
-    let answer = until_closed("the trickled body to be cut", &mut trickle).await;
+    let answer = tcp::until_closed("the trickled body to be cut", &mut trickle).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(
         answer.starts_with("HTTP/1.1 408 Request Timeout"),

@@ -2,8 +2,6 @@
 //! model API), against `acg-fake-agent` for faults the real CLI cannot be made to show, and
 //! its stream parser against recorded NDJSON fixtures.
 
-use crate::support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,21 +9,24 @@ use agent_chat_gateway::agent::claude::{ClaudeBackend, StreamParser};
 use agent_chat_gateway::agent::gate::GateTicket;
 use agent_chat_gateway::agent::process::ExitInfo;
 use agent_chat_gateway::agent::{AgentBackend, AgentError, TurnContext};
-use agent_chat_gateway::config::{AgentConfig, PermissionsConfig};
+use agent_chat_gateway::config::AgentConfig;
 use agent_chat_gateway::model::{AgentEvent, Role, RoomKey, TurnOutcome, TurnRequest};
 use agent_chat_gateway::policy::{Rule, RuleSet};
 use serde_json::json;
-use crate::support::fake_llm::FakeLlm;
 use tempfile::TempDir;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::support::fake_llm::{self, FakeLlm};
+use crate::support::ports::free_port;
+use crate::support::{agent_config, deps, fake_agent};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
 
 fn fake_agent_bin() -> PathBuf {
-    PathBuf::from(support::fake_agent_bin())
+    PathBuf::from(fake_agent::path())
 }
 
 fn rules(list: &[(&str, Option<&str>)]) -> RuleSet {
@@ -53,27 +54,12 @@ impl Dirs {
     }
 
     fn config(&self, command: &Path, env: Vec<(String, String)>) -> AgentConfig {
-        let mut env = env;
-        env.push(("HOME".into(), self.home.path().display().to_string()));
-        AgentConfig {
-            name: "test".into(),
-            kind: "claude".into(),
-            settings: Default::default(),
-            command: command.display().to_string(),
-            args: Vec::new(),
-            working_directory: self.work.path().to_path_buf(),
-            timeout: Duration::from_secs(60),
-            permissions: PermissionsConfig {
-                enabled: false,
-                timeout: Duration::from_secs(30),
-                skip_owner_approval: false,
-            },
-            owner_rules: RuleSet::default(),
-            guest_rules: RuleSet::default(),
-            env,
-            system_prompt: None,
-            sandbox: Default::default(),
-        }
+        let mut config = agent_config(&command.display().to_string(), self.work.path());
+        config.env = env;
+        config
+            .env
+            .push(("HOME".into(), self.home.path().display().to_string()));
+        config
     }
 
     fn backend(&self, config: &AgentConfig) -> ClaudeBackend {
@@ -156,7 +142,7 @@ fn texts(events: &[AgentEvent]) -> Vec<&str> {
 
 #[tokio::test]
 async fn real_cli_first_turn_creates_a_session_and_the_second_resumes_it() {
-    let Some(claude) = support::claude_bin() else {
+    let Some(claude) = deps::claude() else {
         return;
     };
     let fake = FakeLlm::start(json!({"scenarios": [{"match": "ACG-RESUME", "turns": [
@@ -187,7 +173,13 @@ async fn real_cli_first_turn_creates_a_session_and_the_second_resumes_it() {
     let usage = first_out.usage.expect("usage");
     assert_eq!((usage.input_tokens, usage.output_tokens), (100, 20));
     assert!(usage.cost_usd.unwrap_or(0.0) > 0.0);
-    assert_eq!(fake.message_requests().len(), 1);
+    let requests = fake.message_requests();
+    assert_eq!(requests.len(), 1);
+    // The CLI talks to the fake with the dummy key from `claude_env`.
+    assert_eq!(
+        requests[0].headers.get("x-api-key").map(String::as_str),
+        Some("test")
+    );
 
     let second = run_turn(
         &backend,
@@ -205,7 +197,7 @@ async fn real_cli_first_turn_creates_a_session_and_the_second_resumes_it() {
     let history = requests[1].body["messages"].as_array().unwrap().clone();
     assert!(
         history.iter().any(|m| m["role"] == "assistant"
-            && support::fake_llm::text_of(&m["content"]).contains("the sky is teal")),
+            && fake_llm::text_of(&m["content"]).contains("the sky is teal")),
         "resumed request carries the first answer: {history:#?}"
     );
     assert!(requests[1]
@@ -216,7 +208,7 @@ async fn real_cli_first_turn_creates_a_session_and_the_second_resumes_it() {
 
 #[tokio::test]
 async fn real_cli_runs_a_listed_bash_command_and_denies_an_unlisted_one() {
-    let Some(claude) = support::claude_bin() else {
+    let Some(claude) = deps::claude() else {
         return;
     };
     let fake = FakeLlm::start(json!({"scenarios": [
@@ -287,7 +279,7 @@ async fn real_cli_runs_a_listed_bash_command_and_denies_an_unlisted_one() {
 
 #[tokio::test]
 async fn real_cli_read_is_offered_only_to_roles_that_list_it() {
-    let Some(claude) = support::claude_bin() else {
+    let Some(claude) = deps::claude() else {
         return;
     };
     let dirs = Dirs::new();
@@ -329,7 +321,7 @@ async fn real_cli_read_is_offered_only_to_roles_that_list_it() {
 
 #[tokio::test]
 async fn real_cli_model_400_is_an_api_error() {
-    let Some(claude) = support::claude_bin() else {
+    let Some(claude) = deps::claude() else {
         return;
     };
     let fake = FakeLlm::start(json!({"scenarios": [{"match": "ACG-400", "error": {"status": 400,
@@ -353,7 +345,7 @@ async fn real_cli_model_400_is_an_api_error() {
 
 #[tokio::test]
 async fn real_cli_resume_of_an_unknown_session_is_session_not_found() {
-    let Some(claude) = support::claude_bin() else {
+    let Some(claude) = deps::claude() else {
         return;
     };
     let fake = FakeLlm::start(json!({"default_text": "unused"})).await;
@@ -439,7 +431,7 @@ impl Drop for HookServer {
 
 #[tokio::test]
 async fn real_cli_tool_calls_go_through_the_http_hook_with_the_run_secret() {
-    let Some(claude) = support::claude_bin() else {
+    let Some(claude) = deps::claude() else {
         return;
     };
     let fake = FakeLlm::start(json!({"scenarios": [
@@ -509,7 +501,7 @@ async fn real_cli_tool_calls_go_through_the_http_hook_with_the_run_secret() {
 
 #[tokio::test]
 async fn real_cli_unreachable_hook_denies_the_tool() {
-    let Some(claude) = support::claude_bin() else {
+    let Some(claude) = deps::claude() else {
         return;
     };
     let fake = FakeLlm::start(json!({"scenarios": [{"match": "ACG-HOOK-DOWN", "turns": [
@@ -518,7 +510,7 @@ async fn real_cli_unreachable_hook_denies_the_tool() {
     .await;
     // A free port outside the ephemeral range: nothing listens there, and no other test's
     // server can land on it.
-    let port = support::free_port();
+    let port = free_port();
     let dirs = Dirs::new();
     let mut config = dirs.config(&claude, fake.claude_env());
     config.owner_rules = rules(&[("Bash", None)]);
@@ -542,7 +534,7 @@ async fn real_cli_unreachable_hook_denies_the_tool() {
 
 #[tokio::test]
 async fn real_cli_timeout_kills_the_cli() {
-    let Some(claude) = support::claude_bin() else {
+    let Some(claude) = deps::claude() else {
         return;
     };
     // Every SSE event waits 1 s: the model call outlives the turn's 2 s budget.
@@ -598,7 +590,7 @@ fn watch_fifo(
 
 #[tokio::test]
 async fn real_cli_cancel_during_a_tool_kills_the_tool_and_the_session_resumes() {
-    let Some(claude) = support::claude_bin() else {
+    let Some(claude) = deps::claude() else {
         return;
     };
     // The tool writes a line to a FIFO and then sleeps holding it open: end-of-file on the

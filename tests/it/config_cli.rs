@@ -5,7 +5,8 @@ use crate::support;
 
 use std::process::Command;
 
-use crate::support::{free_port, gateway_bin, Gateway};
+use crate::support::daemon::{gateway_bin, Gateway};
+use crate::support::ports::free_port;
 
 fn validate(dir: &std::path::Path, file: &str) -> (i32, String, String) {
     let out = Command::new(gateway_bin())
@@ -225,7 +226,7 @@ fn doctor_reports_each_check_and_fails_on_a_missing_agent() {
     let port = free_port();
     let good = MINIMAL
         .replace("PORT", &port.to_string())
-        .replace("/bin/false", support::fake_agent_bin());
+        .replace("/bin/false", support::fake_agent::path());
     let g = Gateway::prepare(&good);
     let (code, out, _) = g.cli_text(&["doctor"]);
     assert_eq!(code, 0, "{out}");

@@ -10,13 +10,16 @@
 //! These need Landlock (ABI 6 or later for the signal scope). Without it they fail rather than
 //! pass vacuously: the machines this project runs its tests on have it.
 
-use crate::support;
-
 use std::path::{Path, PathBuf};
 
 use agent_chat_gateway::agent::confine::{self, ConfinementMode, RunAs, Sandbox};
 use agent_chat_gateway::agent::process::{AgentProcess, ProcessSpec};
-use serde_json::{json, Value};
+use serde_json::json;
+
+use crate::support::daemon::{claude_agent, gateway_bin, webchat_config, Gateway};
+use crate::support::fake_llm::{self, FakeLlm};
+use crate::support::ports::free_port;
+use crate::support::webclient::WebClient;
 
 struct Layout {
     _dir: tempfile::TempDir,
@@ -262,7 +265,7 @@ fn py_hidden(path: &Path, body: &str) -> String {
 }
 
 /// Every `tool_result` the CLI sent back to the model, in order: (is_error, text).
-fn tool_results(llm: &support::fake_llm::FakeLlm) -> Vec<(bool, String)> {
+fn tool_results(llm: &FakeLlm) -> Vec<(bool, String)> {
     let last = llm.message_requests().pop().expect("a model call");
     last.body["messages"]
         .as_array()
@@ -274,7 +277,7 @@ fn tool_results(llm: &support::fake_llm::FakeLlm) -> Vec<(bool, String)> {
         .map(|b| {
             (
                 b["is_error"].as_bool().unwrap_or(false),
-                support::fake_llm::text_of(&b["content"]),
+                fake_llm::text_of(&b["content"]),
             )
         })
         .collect()
@@ -289,30 +292,19 @@ async fn allowed_calls_cannot_reach_the_runtime_dir(home_holds_runtime: bool) {
     owner_allowed_tools: [{tool: Bash, params: "python3 .*"}]
     confinement: required"#;
     let script = json!({"scenarios": [], "default_text": "OK"});
-    let Some((llm, mut agents, _home)) = support::claude_agent(script, rules).await else {
+    let Some(mut agent) = claude_agent(script, rules).await else {
         return;
     };
     if home_holds_runtime {
         // The gateway's temp dir holds runtime/, config.yaml and work/: make it the HOME.
-        let start = agents.find("HOME: \"").unwrap();
-        let end = start + agents[start..].find("\"}").unwrap();
-        agents.replace_range(start..end, "HOME: \"{work}/..");
+        let start = agent.yaml.find("HOME: \"").unwrap();
+        let end = start + agent.yaml[start..].find("\"}").unwrap();
+        agent.yaml.replace_range(start..end, "HOME: \"{work}/..");
     }
-    let port = support::free_port();
-    let config = format!(
-        r#"
-connectors:
-  - name: local
-    type: webchat
-    listen: "127.0.0.1:{port}"
-    allowed_users: {{owners: [alice]}}
-{agents}
-watchers:
-  - {{name: all, connector: local, room: "*", agent: assistant}}
-"#
-    );
-    let gateway = support::Gateway::start(&config);
-    let alice = support::WebClient::new(port, &gateway.token_for("alice"));
+    let port = free_port();
+    let gateway = Gateway::start(&webchat_config(port, &agent.yaml, ""));
+    let alice = WebClient::new(port, &gateway.token_for("alice"));
+    let llm = agent.llm;
     let token_file = gateway.runtime.join("webchat-local.tokens.json");
     assert!(
         token_file.exists(),
@@ -351,15 +343,11 @@ watchers:
     assert!(!*work_err && work.contains("WORK fine"), "work dir: {work}");
     assert!(gateway.work.join("work-ok.txt").exists());
     // The calls really were allowed: the policy said yes, the kernel said no.
-    let audit = std::fs::read_to_string(gateway.runtime.join("audit.jsonl")).unwrap();
-    let decisions: Vec<Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(decisions.len(), 3, "{audit}");
+    let decisions = gateway.audit();
+    assert_eq!(decisions.len(), 3, "{decisions:?}");
     assert!(
         decisions.iter().all(|d| d["decision"] == "allow"),
-        "{audit}"
+        "{decisions:?}"
     );
     // Start-up said what is enforced.
     assert!(
@@ -407,7 +395,7 @@ watchers:
     )
     .unwrap();
     let runtime = base.join("runtime");
-    let out = std::process::Command::new(support::gateway_bin())
+    let out = std::process::Command::new(gateway_bin())
         .args(["doctor", "--config"])
         .arg(&config)
         .env("ACG_HOME", &runtime)
@@ -460,30 +448,19 @@ async fn real_cli_run_as_runs_the_agent_as_that_user() {
     owner_allowed_tools: [{tool: Bash, params: "python3 .*"}]
     run_as: nobody"#;
     let script = json!({"scenarios": [], "default_text": "OK"});
-    let Some((llm, agents, home)) = support::claude_agent(script, rules).await else {
+    let Some(agent) = claude_agent(script, rules).await else {
         return;
     };
-    let port = support::free_port();
-    let config = format!(
-        r#"
-connectors:
-  - name: local
-    type: webchat
-    listen: "127.0.0.1:{port}"
-    allowed_users: {{owners: [alice]}}
-{agents}
-watchers:
-  - {{name: all, connector: local, room: "*", agent: assistant}}
-"#
-    );
-    let mut gateway = support::Gateway::prepare(&config);
+    let (llm, home) = (agent.llm, agent.home);
+    let port = free_port();
+    let mut gateway = Gateway::prepare(&webchat_config(port, &agent.yaml, ""));
     // What an admin does for a separate agent user: it owns its HOME and work dir, and can
     // traverse (not list) the folder above them.
     std::os::unix::fs::chown(home.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
     std::os::unix::fs::chown(&gateway.work, Some(nobody.uid), Some(nobody.gid)).unwrap();
     std::fs::set_permissions(gateway.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     gateway.start_again();
-    let alice = support::WebClient::new(port, &gateway.token_for("alice"));
+    let alice = WebClient::new(port, &gateway.token_for("alice"));
     let token_file = gateway.runtime.join("webchat-local.tokens.json");
     let call = |cmd: String| json!({"text": "Running.", "tool_calls": [{"name": "Bash", "input": {"command": cmd}}]});
     llm.set_script(json!({"scenarios": [{"match": "RUN-AS", "turns": [
@@ -519,12 +496,8 @@ watchers:
         results[1].0 && !results[1].1.contains("LEAKED"),
         "{results:?}"
     );
-    let audit = std::fs::read_to_string(gateway.runtime.join("audit.jsonl")).unwrap();
-    assert_eq!(
-        audit.lines().count(),
-        2,
-        "the hook decided both calls: {audit}"
-    );
+    let audit = gateway.audit();
+    assert_eq!(audit.len(), 2, "the hook decided both calls: {audit:?}");
     // Its private tmp is outside the runtime dir (it could not traverse it), its own, and
     // removed when the daemon stops.
     let tmp = PathBuf::from(results[0].1.split("TMP ").nth(1).unwrap().trim());

@@ -2,26 +2,15 @@
 //! `ok:false` answer and the daemon keeps serving; a stale socket file from a crashed daemon
 //! is replaced at start; the socket is private to its user.
 
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 
-use crate::support::{fake_agent_bin, free_port, Gateway};
+use crate::support::daemon::{fake_agent_yaml, webchat_config, Gateway};
+use crate::support::ports::free_port;
 
 fn config() -> String {
-    format!(
-        r#"
-connectors:
-  - {{name: local, type: webchat, listen: "127.0.0.1:{port}", allowed_users: {{owners: [me]}}}}
-agents:
-  fake: {{type: claude, command: "{agent}", working_directory: "{{work}}"}}
-watchers:
-  - {{name: all, connector: local, room: "*", agent: fake}}
-"#,
-        port = free_port(),
-        agent = fake_agent_bin()
-    )
+    webchat_config(free_port(), &fake_agent_yaml(120), "")
 }
 
 fn ask(g: &Gateway, line: &[u8]) -> serde_json::Value {

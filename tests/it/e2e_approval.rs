@@ -2,52 +2,19 @@
 //! a Bash call, Claude's http PreToolUse hook asks the gateway, and the room's owner (or a
 //! timeout) decides. Every test checks what really ran on disk.
 
-use crate::support;
-
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use crate::support::fake_llm::FakeLlm;
-use crate::support::{free_port, EventStream, Gateway, WebClient};
 
-struct Setup {
-    gateway: Gateway,
-    llm: FakeLlm,
-    alice: WebClient,
-    bob: WebClient,
-    _home: tempfile::TempDir,
-}
+use crate::support::daemon::ClaudeWebchat;
+use crate::support::webclient::EventStream;
 
 /// Alice is an owner, Bob a guest. `rules` is YAML for the agent's allow-lists.
-async fn setup(rules: &str, approval_timeout: u64) -> Option<Setup> {
+async fn setup(rules: &str, approval_timeout: u64) -> Option<ClaudeWebchat> {
     let extra = format!("    permissions: {{enabled: true, timeout: {approval_timeout}}}\n{rules}");
     let script = json!({"scenarios": [], "default_text": "OK"});
-    let (llm, agents, home) = support::claude_agent(script, &extra).await?;
-    let port = free_port();
-    let config = format!(
-        r#"
-connectors:
-  - name: local
-    type: webchat
-    listen: "127.0.0.1:{port}"
-    allowed_users: {{owners: [alice], guests: [bob]}}
-{agents}
-watchers:
-  - {{name: all, connector: local, room: "*", agent: assistant}}
-# Far above any test's run time: a stop that waited for it would be seen at once.
-shutdown_grace: 300
-"#
-    );
-    let gateway = Gateway::start(&config);
-    let alice = WebClient::new(port, &gateway.token_for("alice"));
-    let bob = WebClient::new(port, &gateway.token_for("bob"));
-    Some(Setup {
-        gateway,
-        llm,
-        alice,
-        bob,
-        _home: home,
-    })
+    // Far above any test's run time: a stop that waited for it would be seen at once.
+    ClaudeWebchat::start(script, &extra, "shutdown_grace: 300").await
 }
 
 /// A scenario: the model runs `command` with Bash, then says `after`.
@@ -89,14 +56,6 @@ async fn prompt(events: &mut EventStream) -> (String, Vec<String>, String) {
     (id, unmatched, c[4].to_string())
 }
 
-fn audit(g: &Gateway) -> Vec<Value> {
-    std::fs::read_to_string(g.runtime.join("audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 const OWNER_TOUCH_LISTED: &str =
     r#"    owner_allowed_tools: [{tool: Bash, params: "touch listed\\.txt"}]"#;
 
@@ -111,7 +70,7 @@ async fn an_owner_allow_listed_call_runs_without_a_prompt() {
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert_eq!(replies[0].text, "Running it.\nafter");
     assert!(s.gateway.work.join("listed.txt").exists());
-    let a = audit(&s.gateway);
+    let a = s.gateway.audit();
     let last = a.last().unwrap();
     assert_eq!(last["decision"], "allow");
     assert_eq!(last["role"], "owner");
@@ -167,7 +126,7 @@ async fn an_unlisted_owner_call_waits_for_approve_and_then_runs() {
         texts.contains(&"Running it.\nafter".to_string()),
         "{texts:?}"
     );
-    let last = audit(&s.gateway).pop().unwrap();
+    let last = s.gateway.audit().pop().unwrap();
     assert_eq!(
         (last["decision"].as_str(), last["by"].as_str()),
         (Some("allow"), Some("alice"))
@@ -251,7 +210,7 @@ async fn an_unlisted_guest_call_is_denied_without_a_prompt() {
     assert_eq!(replies.len(), 1, "no prompt expected: {replies:?}");
     assert_eq!(replies[0].text, "Running it.\nafter");
     assert!(!s.gateway.work.join("guest.txt").exists());
-    let last = audit(&s.gateway).pop().unwrap();
+    let last = s.gateway.audit().pop().unwrap();
     assert_eq!(
         (last["decision"].as_str(), last["role"].as_str()),
         (Some("deny"), Some("guest"))
@@ -274,7 +233,7 @@ async fn a_guest_message_merged_with_an_owner_message_runs_with_guest_rules() {
     events.turn_end().await;
     // The owner alone could run it; with a guest in the batch the guest rules apply.
     assert!(!s.gateway.work.join("listed.txt").exists());
-    let last = audit(&s.gateway).pop().unwrap();
+    let last = s.gateway.audit().pop().unwrap();
     assert_eq!(
         (last["decision"].as_str(), last["role"].as_str()),
         (Some("deny"), Some("guest"))
@@ -343,7 +302,7 @@ async fn a_broad_owner_rule_still_cannot_drive_the_gateway() {
     ]}));
     let replies = s.alice.ask("r8", "AP-SELF go").await;
     assert_eq!(replies.last().unwrap().text, "Approving myself.\nafter");
-    let last = audit(&s.gateway).pop().unwrap();
+    let last = s.gateway.audit().pop().unwrap();
     assert_eq!(last["decision"], "deny");
     assert!(
         last["reason"].as_str().unwrap().contains("control plane"),
@@ -387,7 +346,9 @@ async fn approve_always_from_the_box_remembers_the_exact_call() {
         .filter(|m| m.text.starts_with("🔐"))
         .count();
     assert_eq!(prompts, 1);
-    let decisions: Vec<(String, String)> = audit(&s.gateway)
+    let decisions: Vec<(String, String)> = s
+        .gateway
+        .audit()
         .iter()
         .map(|r| {
             (
@@ -429,7 +390,7 @@ async fn stopping_the_daemon_denies_a_pending_request() {
         started.elapsed()
     );
     assert!(!s.gateway.work.join("stopped.txt").exists());
-    let last = audit(&s.gateway).pop().unwrap();
+    let last = s.gateway.audit().pop().unwrap();
     assert_eq!(last["decision"], "deny");
     assert!(
         last["reason"]

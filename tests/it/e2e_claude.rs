@@ -2,44 +2,14 @@
 //! double fork is exercised) → the real Claude Code CLI → the project's fake model API → the
 //! reply in the room. Admin commands go through the real CLI and control socket.
 
-use crate::support;
-
 use serde_json::json;
-use crate::support::fake_llm::FakeLlm;
-use crate::support::{free_port, Gateway, WebClient};
 
-struct Setup {
-    gateway: Gateway,
-    llm: FakeLlm,
-    alice: WebClient,
-    _home: tempfile::TempDir,
-}
+use crate::support::daemon::ClaudeWebchat;
 
 /// A gateway with one web chat connector and one Claude agent; `extra_agent` is YAML added to
 /// the agent (allow-lists, permissions).
-async fn setup(script: serde_json::Value, extra_agent: &str) -> Option<Setup> {
-    let (llm, agents, home) = support::claude_agent(script, extra_agent).await?;
-    let port = free_port();
-    let config = format!(
-        r#"
-connectors:
-  - name: local
-    type: webchat
-    listen: "127.0.0.1:{port}"
-    allowed_users: {{owners: [alice], guests: [bob]}}
-{agents}
-watchers:
-  - {{name: local-all, connector: local, room: "*", agent: assistant}}
-"#
-    );
-    let gateway = Gateway::start(&config);
-    let alice = WebClient::new(port, &gateway.token_for("alice"));
-    Some(Setup {
-        gateway,
-        llm,
-        alice,
-        _home: home,
-    })
+async fn setup(script: serde_json::Value, extra_agent: &str) -> Option<ClaudeWebchat> {
+    ClaudeWebchat::start(script, extra_agent, "").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +47,7 @@ async fn message_is_answered_and_the_next_turn_resumes_the_session() {
     assert_eq!(code, 0);
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     let session = rows[0]["session_id"].as_str().unwrap().to_string();
-    assert_eq!(rows[0]["watcher"], "local-all");
+    assert_eq!(rows[0]["watcher"], "all");
     assert_eq!(rows[0]["room"], "lobby");
     assert!(!session.is_empty());
 }
@@ -107,7 +77,7 @@ async fn owner_allow_list_runs_listed_tools_and_denies_others() {
         "the allowed tool did not run"
     );
 
-    s.gateway.cli(&["reset", "local-all"]);
+    s.gateway.cli(&["reset", "all"]);
     let replies = s.alice.ask("tools", "E2E-DENIED please").await;
     assert_eq!(replies.last().unwrap().text, "Trying.\nCould not do it.");
     assert!(
@@ -166,12 +136,12 @@ async fn pause_resume_reset_list_and_send_through_the_cli() {
     let replies = s.alice.ask("adm", "E2E-ADMIN first").await;
     assert_eq!(replies[0].text, "Admin answer one.");
 
-    let (code, out, _) = g.cli_text(&["pause", "local-all"]);
-    assert_eq!((code, out.trim()), (0, "watcher 'local-all' paused"));
+    let (code, out, _) = g.cli_text(&["pause", "all"]);
+    assert_eq!((code, out.trim()), (0, "watcher 'all' paused"));
     let (code, out, _) = g.cli_text(&["list"]);
     assert_eq!(code, 0);
     assert!(
-        out.contains("local-all: (local) adm [assistant] session=") && out.contains("[paused]"),
+        out.contains("all: (local) adm [assistant] session=") && out.contains("[paused]"),
         "{out}"
     );
 
@@ -185,8 +155,8 @@ async fn pause_resume_reset_list_and_send_through_the_cli() {
             e == "message" && d["text"].as_str().is_some_and(|t| t.starts_with("⏸️"))
         })
         .await;
-    let (code, out, _) = g.cli_text(&["resume", "local-all"]);
-    assert_eq!((code, out.trim()), (0, "watcher 'local-all' resumed"));
+    let (code, out, _) = g.cli_text(&["resume", "all"]);
+    assert_eq!((code, out.trim()), (0, "watcher 'all' resumed"));
     events.turn_end().await;
     let after = s.alice.bot_messages_after("adm", &held_id).await;
     assert!(
@@ -194,7 +164,7 @@ async fn pause_resume_reset_list_and_send_through_the_cli() {
         "{after:?}"
     );
 
-    let (code, out, _) = g.cli_text(&["reset", "local-all"]);
+    let (code, out, _) = g.cli_text(&["reset", "all"]);
     assert_eq!(code, 0, "{out}");
     let replies = s.alice.ask("adm", "after reset").await;
     assert_eq!(replies.last().unwrap().text, "Fresh session answer.");
@@ -206,8 +176,5 @@ async fn pause_resume_reset_list_and_send_through_the_cli() {
 
     let (code, _, err) = g.cli_text(&["pause", "nope"]);
     assert_eq!(code, 1);
-    assert_eq!(
-        err.trim(),
-        "error: unknown watcher 'nope' (known: local-all)"
-    );
+    assert_eq!(err.trim(), "error: unknown watcher 'nope' (known: all)");
 }

@@ -2,28 +2,13 @@
 //! usage limit each give one short, exact message in the room, and the next message in the
 //! same room is answered normally. Runs the real daemon with the project's fake agent.
 
+use crate::support::daemon::{fake_agent_yaml, Gateway, WebchatGateway};
+use crate::support::webclient::WebClient;
 
-use crate::support::{fake_agent_bin, free_port, Gateway, WebClient};
-
-/// A gateway on the fake agent. `timeout` is the agent's turn timeout: short only where a
-/// test waits for it to fire, since a loaded machine can make an ordinary turn slow.
+/// A gateway on the fake agent with a turn `timeout` and room queues of three.
 fn setup(timeout: u32) -> (Gateway, WebClient) {
-    let port = free_port();
-    let config = format!(
-        r#"
-connectors:
-  - {{name: local, type: webchat, listen: "127.0.0.1:{port}", allowed_users: {{owners: [alice], guests: [bob]}}}}
-agents:
-  fake: {{type: claude, command: "{agent}", working_directory: "{{work}}", timeout: {timeout}}}
-watchers:
-  - {{name: all, connector: local, room: "*", agent: fake}}
-max_queue_depth: 3
-"#,
-        agent = fake_agent_bin()
-    );
-    let g = Gateway::start(&config);
-    let alice = WebClient::new(port, &g.token_for("alice"));
-    (g, alice)
+    let web = WebchatGateway::start(&fake_agent_yaml(timeout), "max_queue_depth: 3");
+    (web.gateway, web.alice)
 }
 
 /// The reply text with its log reference replaced by `<ref>`.
@@ -216,21 +201,9 @@ async fn messages_pending_at_a_restart_are_answered_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_room_is_released_and_comes_back_with_its_session() {
-    let port = free_port();
-    let config = format!(
-        r#"
-connectors:
-  - {{name: local, type: webchat, listen: "127.0.0.1:{port}", allowed_users: {{owners: [alice]}}}}
-agents:
-  fake: {{type: claude, command: "{agent}", working_directory: "{{work}}"}}
-watchers:
-  - {{name: all, connector: local, room: "*", agent: fake}}
-room_idle_eviction: 3
-"#,
-        agent = fake_agent_bin()
-    );
-    let g = Gateway::start(&config);
-    let alice = WebClient::new(port, &g.token_for("alice"));
+    let WebchatGateway {
+        gateway: g, alice, ..
+    } = WebchatGateway::start(&fake_agent_yaml(120), "room_idle_eviction: 3");
     alice.ask("idle", "first").await;
     // `status` counts rooms without touching them; `list` asks each room (which keeps it
     // alive), so the count comes first.

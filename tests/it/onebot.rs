@@ -2,63 +2,24 @@
 //! connector (reverse-WS server or forward client), a fake NapCat on 127.0.0.1, and a
 //! test-side dispatcher that receives `ConnectorEvent`s and answers `Acceptance`s.
 
-use crate::support::fake_onebot;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_chat_gateway::connector::onebot::config::{GroupContext, Mode, OneBotConfig, RateLimit};
 use agent_chat_gateway::connector::onebot::OneBotConnector;
-use agent_chat_gateway::connector::{
-    Acceptance, Connector, ConnectorContext, ConnectorError, ConnectorEvent, EventSink,
-};
+use agent_chat_gateway::connector::{Acceptance, Connector, ConnectorError, ConnectorEvent};
 use agent_chat_gateway::model::{InboundMessage, ReplyTarget, RoomKind, RoomRef};
-use agent_chat_gateway::state::StateStore;
 use base64::Engine;
-use fake_onebot::{rejection_status, Auth, Failure, FakeBot, FakeServer, WAIT};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-const SELF: i64 = 2559840652;
-const USER: i64 = 361390990;
-const GROUP: i64 = 627836955;
-const TOKEN: &str = "s3cret-token";
-
-fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/tests/fixtures/onebot/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-/// A fixture with some top-level fields replaced.
-fn event(name: &str, patch: Value) -> Value {
-    let mut v = fixture(name);
-    for (k, val) in patch.as_object().unwrap() {
-        v[k] = val.clone();
-    }
-    v
-}
-
-fn group_msg(id: i64, user: i64, message: Value) -> Value {
-    event(
-        "group_message_array",
-        json!({"message_id": id, "message_seq": id, "user_id": user,
-               "sender": {"user_id": user, "nickname": format!("u{user}"), "card": ""},
-               "message": message}),
-    )
-}
-
-fn private_msg(id: i64, user: i64, text: &str) -> Value {
-    event(
-        "private_message_array",
-        json!({"message_id": id, "user_id": user,
-               "sender": {"user_id": user, "nickname": format!("u{user}")},
-               "message": [{"type": "text", "data": {"text": text}}]}),
-    )
-}
+use crate::conformance::{Chat, OneBot, TURN};
+use crate::support::deps;
+use crate::support::dispatcher::ConnectorRun;
+use crate::support::fake_onebot::{
+    self, at_bot, event, fixture, group_msg, private_msg, rejection_status, text_of, Auth, Failure,
+    FakeBot, FakeServer, GROUP, SELF, TOKEN, USER,
+};
+use crate::support::ports::free_port;
 
 /// Compares an outbound frame with its recorded fixture (`check.py` validates the same
 /// fixtures with NoneBot's models). `ACG_UPDATE_FIXTURES=1` rewrites the fixture instead.
@@ -74,25 +35,13 @@ fn assert_matches_fixture(name: &str, actual: &Value) {
     assert_eq!(actual, &fixture(name), "outbound frame differs from {path}");
 }
 
-fn text_of(action: &Value) -> String {
-    action["params"]["message"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["type"] == "text")
-        .map(|s| s["data"]["text"].as_str().unwrap())
-        .collect()
-}
-
-struct Gateway {
+/// The connector under test, run in process (`support/dispatcher.rs`).
+struct Harness {
+    run: ConnectorRun<OneBotConnector>,
     conn: Arc<OneBotConnector>,
-    rx: mpsc::Receiver<(Arc<str>, ConnectorEvent)>,
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), agent_chat_gateway::connector::RunError>>,
+    /// Where a fake bot connects (reverse mode) or the connector connects to (forward).
     url: String,
     dir: tempfile::TempDir,
-    /// Non-message events seen while waiting for something else.
-    seen: Vec<ConnectorEvent>,
 }
 
 fn base_config() -> OneBotConfig {
@@ -103,7 +52,7 @@ fn base_config() -> OneBotConfig {
     cfg
 }
 
-async fn gateway_with(cfg: OneBotConfig, watched: &[&str]) -> Gateway {
+async fn gateway_with(cfg: OneBotConfig, watched: &[&str]) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let conn = Arc::new(OneBotConnector::new("qq", &cfg, dir.path()).unwrap());
     conn.prepare().await.unwrap();
@@ -111,78 +60,31 @@ async fn gateway_with(cfg: OneBotConfig, watched: &[&str]) -> Gateway {
         Mode::Listen { path, .. } => format!("ws://{}{path}", conn.local_addr().unwrap()),
         Mode::Connect { url } => url.clone(),
     };
-    let names: Vec<Arc<str>> = vec!["qq".into()];
-    let (store, _) = StateStore::open(dir.path(), &names);
-    let (tx, rx) = mpsc::channel(64);
-    let cancel = CancellationToken::new();
-    let ctx = ConnectorContext {
-        events: EventSink::new("qq".into(), tx),
-        cancel: cancel.clone(),
-        watched: watched.iter().map(|s| s.to_string()).collect(),
-        attachments_dir: dir.path().join("attachments").join("qq"),
-        store: store.connector_store("qq".into()),
-    };
-    let task = tokio::spawn(conn.clone().run(ctx));
-    Gateway {
+    let attachments = dir.path().join("attachments").join("qq");
+    let run = ConnectorRun::start(conn.clone(), "qq", watched, dir.path(), attachments);
+    Harness {
+        run,
         conn,
-        rx,
-        cancel,
-        task,
         url,
         dir,
-        seen: Vec::new(),
     }
 }
 
-async fn gateway(tweak: impl FnOnce(&mut OneBotConfig)) -> Gateway {
+async fn gateway(tweak: impl FnOnce(&mut OneBotConfig)) -> Harness {
     let mut cfg = base_config();
     tweak(&mut cfg);
     gateway_with(cfg, &["*"]).await
 }
 
-impl Gateway {
-    async fn next_event(&mut self) -> ConnectorEvent {
-        let (from, ev) = tokio::time::timeout(WAIT, self.rx.recv())
-            .await
-            .expect("no connector event in time")
-            .expect("connector stopped");
-        assert_eq!(&*from, "qq");
-        ev
-    }
-
-    /// The next delivered message, accepted as queued.
+impl Harness {
+    /// The next delivered message (accepted as queued unless scripted otherwise).
     async fn message(&mut self) -> InboundMessage {
-        self.message_answered(Acceptance::Queued).await
-    }
-
-    async fn message_answered(&mut self, verdict: Acceptance) -> InboundMessage {
-        loop {
-            match self.next_event().await {
-                ConnectorEvent::Message { message, accepted } => {
-                    if let Some(tx) = accepted {
-                        let _ = tx.send(verdict);
-                    }
-                    return message;
-                }
-                other => self.seen.push(other),
-            }
-        }
+        self.run.message().await
     }
 
     /// Waits for a connection report mentioning `needle`.
     async fn connection(&mut self, connected: bool, needle: &str) -> String {
-        loop {
-            match self.next_event().await {
-                ConnectorEvent::Connection {
-                    connected: c,
-                    detail,
-                } if c == connected && detail.contains(needle) => return detail,
-                ConnectorEvent::Message { message, .. } => {
-                    panic!("unexpected message while waiting for a connection event: {message:?}")
-                }
-                other => self.seen.push(other),
-            }
-        }
+        self.run.connection(connected, needle).await
     }
 
     /// A fake bot connected with the token and registered by the connector.
@@ -195,12 +97,7 @@ impl Gateway {
     }
 
     async fn stop(self) {
-        self.cancel.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("connector did not stop")
-            .unwrap()
-            .unwrap();
+        self.run.stop().await;
     }
 }
 
@@ -267,21 +164,11 @@ fn cq_strings_parse_like_nonebot() {
 
 #[test]
 fn fixtures_conform_to_nonebot_adapter() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".deps/onebot-venv/bin/python");
-    if !python.exists() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "the NoneBot venv is missing under CI; scripts/test.sh installs it"
-        );
-        eprintln!(
-            "\n*** SKIPPED: NoneBot conformance check; run scripts/onebot-conformance/install.sh ***\n"
-        );
+    let Some(python) = deps::nonebot_python() else {
         return;
-    }
+    };
     let out = std::process::Command::new(python)
-        .arg(root.join("scripts/onebot-conformance/check.py"))
+        .arg(deps::root().join("scripts/onebot-conformance/check.py"))
         .output()
         .unwrap();
     assert!(
@@ -344,10 +231,10 @@ async fn private_message_is_addressed_and_the_reply_quotes_it() {
 async fn group_message_without_mention_is_delivered_unaddressed() {
     let mut gw = gateway(|_| {}).await;
     let bot = gw.bot(SELF).await;
+    gw.run
+        .answer_next(Acceptance::Ignored("not addressed".into()));
     bot.send_event(&fixture("group_message_array"));
-    let msg = gw
-        .message_answered(Acceptance::Ignored("not addressed".into()))
-        .await;
+    let msg = gw.message().await;
     assert!(!msg.addressed);
     assert_eq!(msg.room.id, format!("group:{GROUP}"));
     assert_eq!(msg.room.kind, RoomKind::Group);
@@ -411,10 +298,10 @@ async fn replying_to_a_bot_message_addresses_the_bot() {
     let get_msg = bot.wait_action("get_msg").await;
     assert_eq!(get_msg["params"]["message_id"], 900);
 
+    gw.run
+        .answer_next(Acceptance::Ignored("not addressed".into()));
     bot.send_event(&group_msg(102, USER, json!([{"type": "reply", "data": {"id": "901"}}, {"type": "text", "data": {"text": "agreed"}}])));
-    let msg = gw
-        .message_answered(Acceptance::Ignored("not addressed".into()))
-        .await;
+    let msg = gw.message().await;
     assert!(!msg.addressed);
 
     // A reply to a message the bot sent in this session is recognised from the cache.
@@ -1090,7 +977,7 @@ async fn whitelists_and_watched_rooms_filter_messages() {
     let mut resolved = Vec::new();
     let mut failed = Vec::new();
     for _ in 0..3 {
-        match gw.next_event().await {
+        match gw.run.other().await {
             ConnectorEvent::RoomResolved { spec, room } => resolved.push((spec, room.id)),
             ConnectorEvent::RoomFailed { spec, .. } => failed.push(spec),
             other => panic!("{other:?}"),
@@ -1156,77 +1043,20 @@ async fn forward_mode_connects_learns_the_bot_and_reconnects_after_heartbeat_los
 }
 
 // ---------------------------------------------------------------------------------------------
-// End to end: fake NapCat → the real daemon (started with `start`) → the real Claude Code CLI
-// → the project's fake model API → the reply on QQ; and an owner's `approve <id>` from QQ.
+// End to end: fake NapCat → the real daemon → the real Claude Code CLI → the fake model; what
+// only OneBot has (quoted replies that @ the asker, history fetched after a daemon restart).
+// What every platform does alike is in `conformance/`.
 // ---------------------------------------------------------------------------------------------
 
-use crate::support;
-
-use crate::support::fake_llm::FakeLlm;
-use crate::support::free_port;
-
-/// Claude turns take seconds (CLI start-up); this bounds one of them.
-const TURN: Duration = Duration::from_secs(90);
-
-struct E2e {
-    gateway: support::Gateway,
-    llm: FakeLlm,
-    url: String,
-    _home: tempfile::TempDir,
-}
-
-async fn e2e(script: Value, agent_extra: &str) -> Option<E2e> {
-    let (llm, agents, home) = support::claude_agent(script, agent_extra).await?;
-    let port = free_port();
-    let config = format!(
-        r#"
-connectors:
-  - name: qq
-    type: onebot
-    listen: "127.0.0.1:{port}"
-    access_token: "{TOKEN}"
-    allowed_users: {{owners: ["{USER}"], guests: ["4242"]}}
-{agents}
-watchers:
-  - {{name: qq-group, connector: qq, room: "group:{GROUP}", agent: assistant}}
-"#
-    );
-    let gateway = support::Gateway::start(&config);
-    assert!(gateway.notes.contains("onebot/v11/ws"), "{}", gateway.notes);
-    Some(E2e {
-        gateway,
-        llm,
-        url: format!("ws://127.0.0.1:{port}/onebot/v11/ws"),
-        _home: home,
-    })
-}
-
-fn at_bot(id: i64, user: i64, text: &str) -> Value {
-    group_msg(
-        id,
-        user,
-        json!([{"type": "at", "data": {"qq": SELF.to_string()}}, {"type": "text", "data": {"text": format!(" {text}")}}]),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2e_group_mention_is_answered_by_claude_with_a_quoted_reply() {
+async fn e2e_a_group_mention_is_answered_with_a_reply_that_quotes_and_mentions_the_asker() {
     let script = json!({"scenarios": [{"match": "QQ-E2E", "turns": [
         {"text": "Hello from the fake model via QQ."}
     ]}], "default_text": "OK"});
-    let Some(s) = e2e(script, "").await else {
+    let Some(chat) = Chat::<OneBot>::start(script, "").await else {
         return;
     };
-    let bot = FakeBot::connect(&s.url, SELF, Auth::Bearer(TOKEN.into()))
-        .await
-        .unwrap();
-    bot.lifecycle_connect();
-    // Not addressed: no turn (the next send answers the addressed message below).
-    bot.send_event(&group_msg(
-        500,
-        USER,
-        json!([{"type": "text", "data": {"text": "just chatting"}}]),
-    ));
+    let bot = chat.platform.bot();
     bot.send_event(&at_bot(501, USER, "QQ-E2E hello"));
     let sent = bot
         .wait_action_where("send_group_msg", TURN, |a| {
@@ -1243,84 +1073,7 @@ async fn e2e_group_mention_is_answered_by_claude_with_a_quoted_reply() {
         segs[1],
         json!({"type": "at", "data": {"qq": USER.to_string()}})
     );
-    assert!(
-        text_of(&sent).contains("Hello from the fake model via QQ."),
-        "{sent}"
-    );
-    let prompts = s.llm.message_requests();
-    let texts = prompts.last().unwrap().message_texts().join("\n");
-    assert!(texts.contains("QQ-E2E hello"), "{texts}");
-    assert!(texts.contains("role: owner"), "{texts}");
-    drop(s.gateway);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn e2e_owner_approves_a_tool_call_from_qq_without_a_mention() {
-    let script = json!({"scenarios": [{"match": "QQ-APPROVE", "turns": [
-        {"text": "Creating the file.", "tool_calls": [{"name": "Bash", "input": {"command": "touch approved.txt"}}]},
-        {"text": "File created after approval."}
-    ]}]});
-    let extra = "    permissions: {enabled: true, timeout: 60}";
-    let Some(s) = e2e(script, extra).await else {
-        return;
-    };
-    let bot = FakeBot::connect(&s.url, SELF, Auth::Bearer(TOKEN.into()))
-        .await
-        .unwrap();
-    bot.send_event(&at_bot(600, USER, "QQ-APPROVE make a file"));
-    let prompt = bot
-        .wait_action_where("send_group_msg", TURN, |a| {
-            text_of(a).contains("Permission required")
-        })
-        .await;
-    let text = text_of(&prompt);
-    let id = text
-        .split("approve ")
-        .nth(1)
-        .and_then(|rest| rest.get(..4))
-        .unwrap_or_else(|| panic!("no approval id in {text}"))
-        .to_string();
-    assert!(!s.gateway.work.join("approved.txt").exists());
-
-    // A guest cannot approve; the owner can, without an @ (approvals bypass the mention gate).
-    bot.send_event(&group_msg(
-        601,
-        4242,
-        json!([{"type": "text", "data": {"text": format!("approve {id}")}}]),
-    ));
-    let refused = bot
-        .wait_action_where("send_group_msg", TURN, |a| {
-            text_of(a).contains("Only an owner")
-        })
-        .await;
-    assert_eq!(
-        refused["params"]["message"][0],
-        json!({"type": "reply", "data": {"id": "601"}}),
-        "{refused}"
-    );
-    assert!(
-        !s.gateway.work.join("approved.txt").exists(),
-        "a guest's approval ran the tool"
-    );
-    bot.send_event(&group_msg(
-        602,
-        USER,
-        json!([{"type": "text", "data": {"text": format!("approve {id}")}}]),
-    ));
-    let done = bot
-        .wait_action_where("send_group_msg", TURN, |a| {
-            text_of(a).contains("File created after approval.")
-        })
-        .await;
-    assert!(
-        text_of(&done).contains("File created after approval."),
-        "{done}"
-    );
-    assert!(
-        s.gateway.work.join("approved.txt").exists(),
-        "the approved tool did not run"
-    );
-    drop(s.gateway);
+    assert_eq!(text_of(&sent), " Hello from the fake model via QQ.");
 }
 
 /// The fake OneBot implementation against an independent V11 server: NoneBot 2 with its
@@ -1329,27 +1082,12 @@ async fn e2e_owner_approves_a_tool_call_from_qq_without_a_mention() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_onebot_speaks_v11_to_nonebot() {
     use tokio::io::AsyncBufReadExt;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".deps/onebot-venv/bin/python");
-    let has_fastapi = python.exists()
-        && std::process::Command::new(&python)
-            .args(["-c", "import fastapi, uvicorn, nonebot.adapters.onebot.v11"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !has_fastapi {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "NoneBot is missing under CI; scripts/test.sh installs it"
-        );
-        eprintln!(
-            "\n*** SKIPPED: NoneBot interop; run scripts/onebot-conformance/install.sh ***\n"
-        );
+    let Some(python) = deps::nonebot_python() else {
         return;
-    }
+    };
     let port = free_port();
     let mut app = tokio::process::Command::new(&python)
-        .arg(root.join("scripts/onebot-conformance/nonebot_app.py"))
+        .arg(deps::root().join("scripts/onebot-conformance/nonebot_app.py"))
         .arg(port.to_string())
         .arg(TOKEN)
         .stdout(std::process::Stdio::piped())
@@ -1435,7 +1173,7 @@ async fn e2e_a_message_sent_while_the_daemon_was_down_is_answered_after_restart(
     let script = json!({"scenarios": [{"match": "QQ-FIRST", "turns": [
         {"text": "First answer."}, {"text": "Answer to the missed one."}
     ]}]});
-    let Some(mut s) = e2e(script, "").await else {
+    let Some(mut chat) = Chat::<OneBot>::start(script, "").await else {
         return;
     };
     let now = fake_onebot::now_secs();
@@ -1445,22 +1183,20 @@ async fn e2e_a_message_sent_while_the_daemon_was_down_is_answered_after_restart(
         m
     };
     let first = timed(800, "QQ-FIRST hi", now - 30);
-    let bot = FakeBot::connect(&s.url, SELF, Auth::Bearer(TOKEN.into()))
-        .await
-        .unwrap();
+    let bot = chat.platform.bot();
     bot.send_event(&first);
     bot.wait_action_where("send_group_msg", TURN, |a| {
         text_of(a).contains("First answer.")
     })
     .await;
 
-    s.gateway.stop();
+    chat.gateway.stop();
     assert_eq!(bot.closed().await.code, Some(1001), "stop closes with 1001");
     // QQ got a message while the gateway was down; NapCat reconnects after the restart.
     let missed = timed(801, "QQ-MISSED are you there?", now - 10);
-    s.gateway.start_again();
+    chat.gateway.start_again();
     let again = FakeBot::connect_with_history(
-        &s.url,
+        &chat.platform.url(),
         SELF,
         Auth::Bearer(TOKEN.into()),
         vec![first, missed],

@@ -8,6 +8,7 @@ use agent_chat_gateway::policy::{
     analyse_bash, decide, extract, Guard, PolicyInput, Rule, RuleSet,
 };
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -278,7 +279,12 @@ fn shellish() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // Regressions stay beside this file (`policy_corpus.proptest-regressions`): the default
+    // would put them in `tests/proptest-regressions/`, since this is a module of `tests/it/`.
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::with_cases(512)
+    })]
 
     #[test]
     fn analyser_never_panics_on_any_string(s in any::<String>()) {

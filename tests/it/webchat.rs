@@ -2,40 +2,28 @@
 //! stream, the `done` rule, bounds, tokens and start-up failures. A test task stands in for
 //! the dispatcher: it records delivered messages and answers with scripted verdicts.
 
-use crate::support;
-
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_chat_gateway::admission;
 use agent_chat_gateway::connector::webchat::server::{self, Limits};
 use agent_chat_gateway::connector::webchat::{WebchatConfig, WebchatConnector};
-use agent_chat_gateway::connector::{
-    Acceptance, Connector, ConnectorContext, ConnectorEvent, EventSink,
-};
+use agent_chat_gateway::connector::{Acceptance, Connector, ConnectorEvent};
 use agent_chat_gateway::model::{InboundMessage, PostedMessage, ReplyTarget, RoomKind};
-use agent_chat_gateway::state::StateStore;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+
+use crate::support::dispatcher::ConnectorRun;
+use crate::support::ports::free_port;
+use crate::support::webclient::EventStream;
+use crate::support::{tcp, within};
 
 const NAME: &str = "local";
 const BOB_TOKEN: &str = "bob-configured-token-0123456789";
-
-/// Fails the test instead of hanging it.
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 fn config(listen: SocketAddr, history_limit: usize, require_mention: bool) -> WebchatConfig {
     WebchatConfig {
@@ -53,19 +41,11 @@ fn loopback() -> SocketAddr {
 }
 
 struct Harness {
+    run: ConnectorRun<WebchatConnector>,
     connector: Arc<WebchatConnector>,
     base: String,
     alice: String,
     http: reqwest::Client,
-    cancel: CancellationToken,
-    run: Option<JoinHandle<Result<(), agent_chat_gateway::connector::RunError>>>,
-    dispatcher: JoinHandle<()>,
-    /// Messages the connector delivered, in order.
-    inbox: mpsc::UnboundedReceiver<InboundMessage>,
-    /// Events other than messages (room resolution, connection state).
-    others: mpsc::UnboundedReceiver<ConnectorEvent>,
-    /// Verdicts to answer with, in order; `Queued` when empty.
-    verdicts: Arc<Mutex<VecDeque<Acceptance>>>,
     dir: tempfile::TempDir,
 }
 
@@ -96,39 +76,8 @@ impl Harness {
                 .with_limits(limits),
         );
         connector.prepare().await.unwrap();
-        let (tx, mut rx) = mpsc::channel::<(Arc<str>, ConnectorEvent)>(16);
-        let (inbox_tx, inbox) = mpsc::unbounded_channel();
-        let (others_tx, others) = mpsc::unbounded_channel();
-        let verdicts: Arc<Mutex<VecDeque<Acceptance>>> = Arc::default();
-        let script = verdicts.clone();
-        let dispatcher = tokio::spawn(async move {
-            while let Some((from, event)) = rx.recv().await {
-                assert_eq!(&*from, NAME);
-                match event {
-                    ConnectorEvent::Message { message, accepted } => {
-                        let _ = inbox_tx.send(message);
-                        let verdict = script.lock().unwrap().pop_front();
-                        if let Some(accepted) = accepted {
-                            let _ = accepted.send(verdict.unwrap_or(Acceptance::Queued));
-                        }
-                    }
-                    other => {
-                        let _ = others_tx.send(other);
-                    }
-                }
-            }
-        });
-        let names: Vec<Arc<str>> = vec![NAME.into()];
-        let (store, _) = StateStore::open(dir.path(), &names);
-        let cancel = CancellationToken::new();
-        let ctx = ConnectorContext {
-            events: EventSink::new(NAME.into(), tx),
-            cancel: cancel.clone(),
-            watched: watched.iter().map(|s| s.to_string()).collect(),
-            attachments_dir: dir.path().join("attachments"),
-            store: store.connector_store(NAME.into()),
-        };
-        let run = tokio::spawn(connector.clone().run(ctx));
+        let attachments = dir.path().join("attachments");
+        let run = ConnectorRun::start(connector.clone(), NAME, watched, dir.path(), attachments);
         let alice = connector
             .tokens()
             .iter()
@@ -137,15 +86,10 @@ impl Harness {
             .unwrap();
         Harness {
             base: format!("http://{}", connector.local_addr()),
+            run,
             connector,
             alice,
             http: reqwest::Client::new(),
-            cancel,
-            run: Some(run),
-            dispatcher,
-            inbox,
-            others,
-            verdicts,
             dir,
         }
     }
@@ -191,7 +135,7 @@ impl Harness {
         body["messages"].as_array().unwrap().clone()
     }
 
-    async fn events(&self, room: &str) -> Sse {
+    async fn events(&self, room: &str) -> EventStream {
         let resp = within(
             "event stream",
             self.http
@@ -206,22 +150,15 @@ impl Harness {
             resp.headers()["content-type"].to_str().unwrap(),
             "text/event-stream; charset=utf-8"
         );
-        Sse {
-            stream: Box::pin(resp.bytes_stream()),
-            buf: String::new(),
-        }
+        EventStream::of(resp)
     }
 
     async fn next_delivered(&mut self) -> InboundMessage {
-        within("a delivered message", self.inbox.recv())
-            .await
-            .expect("dispatcher stand-in ended")
+        self.run.message().await
     }
 
     fn nothing_delivered(&mut self) {
-        if let Ok(m) = self.inbox.try_recv() {
-            panic!("unexpected delivery: {m:?}");
-        }
+        self.run.nothing_delivered();
     }
 
     async fn stop(self) {
@@ -243,52 +180,15 @@ impl Harness {
     }
 
     /// Stops and hands back the runtime dir for a restart.
-    async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
-        self.cancel.cancel();
-        let run = self.run.take().unwrap();
-        within("the connector to stop", run).await.unwrap().unwrap();
-        self.dispatcher.abort();
-        let dir = tempfile::tempdir().unwrap();
-        std::mem::replace(&mut self.dir, dir)
+    async fn stop_keeping_dir(self) -> tempfile::TempDir {
+        self.run.stop().await;
+        self.dir
     }
 }
 
-/// A minimal Server-Sent Events reader: (event name, data) pairs, comments skipped.
-struct Sse {
-    stream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    buf: String,
-}
-
-impl Sse {
-    /// The next event, or `None` when the stream ended.
-    async fn next(&mut self) -> Option<(String, Value)> {
-        loop {
-            while let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut event = "message".to_string();
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event: ") {
-                        event = v.to_string();
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data.push_str(v);
-                    }
-                }
-                if !data.is_empty() {
-                    return Some((event, serde_json::from_str(&data).unwrap()));
-                }
-            }
-            let chunk = within("an SSE chunk", self.stream.next()).await?;
-            self.buf
-                .push_str(std::str::from_utf8(&chunk.ok()?).unwrap());
-        }
-    }
-
-    async fn expect(&mut self, name: &str) -> Value {
-        let (event, data) = self.next().await.expect("event stream ended");
-        assert_eq!(event, name, "{data}");
-        data
-    }
+/// The next event of `events`; `None` when the stream ended.
+async fn next_event(events: &mut EventStream) -> Option<(String, Value)> {
+    within("an event", events.next()).await
 }
 
 fn lobby() -> ReplyTarget {
@@ -491,11 +391,13 @@ async fn with_require_mention_only_messages_to_the_bot_are_addressed() {
 #[tokio::test]
 async fn dispatcher_verdicts_become_status_codes() {
     let mut h = Harness::start(config(loopback(), 10, false), &[]).await;
-    h.verdicts.lock().unwrap().extend([
+    for verdict in [
         Acceptance::Rejected("the room's queue is full (5 waiting)".into()),
         Acceptance::Ignored("no watcher for this room".into()),
         Acceptance::Handled,
-    ]);
+    ] {
+        h.run.answer_next(verdict);
+    }
     assert_eq!(
         h.post("lobby", BOB_TOKEN, "one").await,
         (
@@ -688,7 +590,7 @@ async fn the_number_of_rooms_is_bounded() {
     // stays open fails on the read timeout).
     assert_eq!(sse.expect("message").await["text"], "x");
     assert!(
-        sse.next().await.is_none(),
+        next_event(&mut sse).await.is_none(),
         "stream of an evicted room should end"
     );
     h.stop().await;
@@ -709,7 +611,7 @@ async fn a_client_that_does_not_read_does_not_block_posting_and_is_resynced() {
     }
     let mut saw_resync = false;
     loop {
-        let (event, data) = sse.next().await.expect("stream ended");
+        let (event, data) = next_event(&mut sse).await.expect("stream ended");
         if event == "resync" {
             assert!(data["missed"].as_u64().unwrap() > 0);
             saw_resync = true;
@@ -727,13 +629,16 @@ async fn a_client_that_does_not_read_does_not_block_posting_and_is_resynced() {
 async fn cancellation_ends_event_streams_and_the_server() {
     // A port below the ephemeral range, so no other test's server can take it once this
     // one stops and answer the probe below.
-    let addr = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let h = Harness::start(config(addr, 5, false), &[]).await;
     let mut sse = h.events("lobby").await;
     sse.expect("typing").await;
     let base = h.base.clone();
     h.stop().await;
-    assert!(sse.next().await.is_none(), "stream should end on shutdown");
+    assert!(
+        next_event(&mut sse).await.is_none(),
+        "stream should end on shutdown"
+    );
     let refused = reqwest::get(format!("{base}/healthz")).await;
     assert!(refused.is_err(), "server still answering after stop");
 }
@@ -748,7 +653,7 @@ async fn watched_rooms_are_resolved_at_start() {
     let mut resolved = Vec::new();
     let mut failed = Vec::new();
     while resolved.len() + failed.len() < 3 {
-        match within("room events", h.others.recv()).await.unwrap() {
+        match h.run.other().await {
             ConnectorEvent::RoomResolved { spec, room } => {
                 assert_eq!(room.kind, RoomKind::Group);
                 resolved.push((spec, room.id));
@@ -1230,35 +1135,7 @@ fn tight(header_ms: u64, body_ms: u64, max_unauthenticated: usize, max_work: usi
 }
 
 async fn connect(h: &Harness) -> tokio::net::TcpStream {
-    tokio::net::TcpStream::connect(h.connector.local_addr())
-        .await
-        .unwrap()
-}
-
-/// Reads until the server closes the connection; what it sent before closing.
-async fn until_closed(what: &str, conn: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    within(what, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&got).into_owned()
-}
-
-/// Whether the server still holds the connection open (nothing to read, no EOF) for a moment.
-async fn still_open(conn: &mut tokio::net::TcpStream) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 1];
-    tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf))
-        .await
-        .is_err()
+    tcp::connect(h.connector.local_addr()).await
 }
 
 #[tokio::test]
@@ -1280,7 +1157,7 @@ async fn idle_and_half_sent_connections_cannot_starve_a_signed_in_user() {
     }
     // Let the server accept all of them before the user comes.
     for conn in flood.iter_mut().take(16) {
-        until_closed("an old flood connection to be closed", conn).await;
+        tcp::until_closed("an old flood connection to be closed", conn).await;
     }
     let (status, me) = h.get("/api/me", Some(&h.alice)).await;
     assert_eq!((status, me["user"].as_str()), (200, Some("alice")));
@@ -1290,7 +1167,7 @@ async fn idle_and_half_sent_connections_cannot_starve_a_signed_in_user() {
     // The oldest of the flood made room; the newest are still held, within their cap.
     let mut open = 0;
     for conn in flood.iter_mut() {
-        if still_open(conn).await {
+        if tcp::still_open(conn).await {
             open += 1;
         }
     }
@@ -1321,9 +1198,10 @@ async fn half_sent_heads_and_idle_connections_are_closed_after_the_header_timeou
     )
     .await
     .unwrap();
-    until_closed("the half-sent head to be closed", &mut half).await;
-    until_closed("the idle connection to be closed", &mut idle).await;
-    let answered = until_closed("the quiet keep-alive connection to be closed", &mut kept).await;
+    tcp::until_closed("the half-sent head to be closed", &mut half).await;
+    tcp::until_closed("the idle connection to be closed", &mut idle).await;
+    let answered =
+        tcp::until_closed("the quiet keep-alive connection to be closed", &mut kept).await;
     assert!(answered.starts_with("HTTP/1.1 200 OK"), "{answered}");
     assert!(answered.contains(r#"{"user":"bob""#), "{answered}");
     // Not before the timeout: a timer never fires early.
@@ -1377,7 +1255,7 @@ async fn a_trickled_body_holds_one_work_slot_until_the_body_timeout_cuts_it() {
         busy.json::<Value>().await.unwrap(),
         json!({"error": server::ERR_BUSY})
     );
-    let answer = until_closed("the trickled body to be cut", &mut trickle).await;
+    let answer = tcp::until_closed("the trickled body to be cut", &mut trickle).await;
     assert!(started.elapsed() >= body_timeout);
     assert!(
         answer.starts_with("HTTP/1.1 408 Request Timeout"),

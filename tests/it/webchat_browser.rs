@@ -8,56 +8,25 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_chat_gateway::connector::webchat::{WebchatConfig, WebchatConnector};
-use agent_chat_gateway::connector::{
-    Acceptance, Connector, ConnectorContext, ConnectorEvent, EventSink,
-};
-use agent_chat_gateway::model::{InboundMessage, ReplyTarget};
-use agent_chat_gateway::state::StateStore;
+use agent_chat_gateway::connector::{Acceptance, Connector};
+use agent_chat_gateway::model::ReplyTarget;
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
+
+use crate::support::deps;
+use crate::support::dispatcher::ConnectorRun;
+use crate::support::within;
 
 const NAME: &str = "local";
-
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-fn chromium_path() -> Option<PathBuf> {
-    let path = std::env::var_os("ACG_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "{} not found and CI=true: run scripts/install-chromium.sh (or set ACG_CHROMIUM)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "\n\
-         ************************************************************************\n\
-         ** SKIPPED webchat browser test: no Chromium at {}\n\
-         ** run scripts/install-chromium.sh (or set ACG_CHROMIUM) to run it\n\
-         ************************************************************************\n",
-        path.display()
-    );
-    None
-}
 
 /// A headless Chromium in its own process group; the whole group is killed on drop.
 struct Chromium {
@@ -292,76 +261,19 @@ impl Cdp {
 }
 
 /// The connector serving on 127.0.0.1 with a stand-in dispatcher that queues everything.
-struct Gateway {
-    connector: Arc<WebchatConnector>,
-    cancel: CancellationToken,
-    run: tokio::task::JoinHandle<Result<(), agent_chat_gateway::connector::RunError>>,
-    inbox: mpsc::UnboundedReceiver<InboundMessage>,
-    /// Verdicts for the next messages, in order; `Queued` when empty.
-    verdicts: Arc<Mutex<VecDeque<Acceptance>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Gateway {
-    async fn start() -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let config = WebchatConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tokens: BTreeMap::new(),
-            users: vec!["alice".into()],
-            history_limit: 100,
-            persist_history: true,
-            require_mention: false,
-        };
-        let connector = Arc::new(WebchatConnector::new(NAME, &config, dir.path()).unwrap());
-        connector.prepare().await.unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let (inbox_tx, inbox) = mpsc::unbounded_channel();
-        let verdicts: Arc<Mutex<VecDeque<Acceptance>>> = Arc::default();
-        let script = verdicts.clone();
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    e = rx.recv() => e,
-                    _ = stop.cancelled() => None,
-                };
-                let Some((_, event)) = event else { break };
-                if let ConnectorEvent::Message { message, accepted } = event {
-                    let _ = inbox_tx.send(message);
-                    if let Some(accepted) = accepted {
-                        let verdict = script.lock().unwrap().pop_front();
-                        let _ = accepted.send(verdict.unwrap_or(Acceptance::Queued));
-                    }
-                }
-            }
-        });
-        let names: Vec<Arc<str>> = vec![NAME.into()];
-        let (store, _) = StateStore::open(dir.path(), &names);
-        let ctx = ConnectorContext {
-            events: EventSink::new(NAME.into(), tx),
-            cancel: cancel.clone(),
-            watched: vec!["lobby".into()],
-            attachments_dir: dir.path().join("attachments"),
-            store: store.connector_store(NAME.into()),
-        };
-        let run = tokio::spawn(connector.clone().run(ctx));
-        Gateway {
-            connector,
-            cancel,
-            run,
-            inbox,
-            verdicts,
-            _dir: dir,
-        }
-    }
-
-    async fn delivered(&mut self) -> InboundMessage {
-        within("a message from the page", self.inbox.recv())
-            .await
-            .unwrap()
-    }
+/// The web chat connector run in process for the page, with alice as its one user.
+async fn start_webchat(dir: &std::path::Path) -> ConnectorRun<WebchatConnector> {
+    let config = WebchatConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tokens: BTreeMap::new(),
+        users: vec!["alice".into()],
+        history_limit: 100,
+        persist_history: true,
+        require_mention: false,
+    };
+    let connector = Arc::new(WebchatConnector::new(NAME, &config, dir).unwrap());
+    connector.prepare().await.unwrap();
+    ConnectorRun::start(connector, NAME, &["lobby"], dir, dir.join("attachments"))
 }
 
 fn text_of(selector: &str) -> String {
@@ -373,10 +285,11 @@ fn text_of(selector: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_sends_streams_and_answers_approvals() {
-    let Some(binary) = chromium_path() else {
+    let Some(binary) = deps::chromium() else {
         return;
     };
-    let mut gw = Gateway::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_webchat(dir.path()).await;
     let (alice, token) = gw.connector.tokens()[0].clone();
     assert_eq!(alice, "alice");
     let base = format!("http://{}", gw.connector.local_addr());
@@ -435,7 +348,7 @@ async fn the_page_sends_streams_and_answers_approvals() {
         )
         .await;
     }
-    let m = gw.delivered().await;
+    let m = gw.message().await;
     assert_eq!(m.sender.id, "alice");
     assert_eq!(m.room.id, "lobby");
     assert_eq!(m.text, "please run the tests");
@@ -504,7 +417,7 @@ async fn the_page_sends_streams_and_answers_approvals() {
     .await;
     cdp.click(".msg.approval button.approve[data-id=\"a3k9\"]")
         .await;
-    let approval = gw.delivered().await;
+    let approval = gw.message().await;
     assert_eq!(approval.text, "approve a3k9");
     assert_eq!(approval.sender.id, "alice");
     cdp.wait_for(
@@ -567,7 +480,7 @@ async fn the_page_sends_streams_and_answers_approvals() {
         json!({ "files": [log.display().to_string()], "objectId": input["result"]["objectId"] }),
     )
     .await;
-    let sent = gw.delivered().await;
+    let sent = gw.message().await;
     assert_eq!(sent.text, "why does this fail?");
     assert_eq!(sent.attachments.len(), 1);
     assert_eq!(sent.attachments[0].name, "build.log");
@@ -602,14 +515,14 @@ async fn the_page_sends_streams_and_answers_approvals() {
     assert_eq!(injected, json!([0, "undefined"]));
 
     // A message the dispatcher refuses: the reason is shown and the text goes back in the box.
-    gw.verdicts.lock().unwrap().push_back(Acceptance::Rejected(
+    gw.answer_next(Acceptance::Rejected(
         "the room's queue is full (5 waiting)".into(),
     ));
     cdp.eval("document.getElementById('input').focus()").await;
     cdp.call("Input.insertText", json!({ "text": "one more thing" }))
         .await;
     cdp.click("#send").await;
-    assert_eq!(gw.delivered().await.text, "one more thing");
+    assert_eq!(gw.message().await.text, "one more thing");
     let status = cdp
         .wait_for(
             "the refusal to be shown",
@@ -683,9 +596,5 @@ async fn the_page_sends_streams_and_answers_approvals() {
     cdp.screenshot("webchat-narrow.png").await;
 
     browser.close(cdp).await;
-    gw.cancel.cancel();
-    within("the connector to stop", gw.run)
-        .await
-        .unwrap()
-        .unwrap();
+    gw.stop().await;
 }

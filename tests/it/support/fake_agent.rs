@@ -3,7 +3,7 @@
 //! It is an example rather than a `[[bin]]` so that `cargo install` never installs it; cargo
 //! sets `CARGO_BIN_EXE_*` only for binaries, so the harness builds it itself, with the
 //! profile and into the target dir of the gateway binary this test or bench was built with.
-//! Shared by `tests/support` and `benches/pipeline.rs` (`#[path]`).
+//! Shared by the tests (`support`) and `benches/pipeline.rs` (`#[path]`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -78,6 +78,18 @@ impl LoggedRequest {
             .unwrap_or_default()
     }
 
+    /// The text of the request's last message: what a model call answers.
+    pub fn last_text(&self) -> String {
+        self.message_texts().pop().unwrap_or_default()
+    }
+
+    /// The turn of its scenario this call is answered with (see the module doc).
+    pub fn turn(&self) -> usize {
+        self.body["messages"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count())
+    }
+
     /// True for model calls (`POST /v1/messages`, not count_tokens).
     pub fn is_messages_call(&self) -> bool {
         self.method == "POST" && route(&self.path) == "/messages"
@@ -87,6 +99,8 @@ impl LoggedRequest {
 struct Shared {
     script: Mutex<Value>,
     log: Mutex<Vec<LoggedRequest>>,
+    /// Wakes [`FakeLlm::wait_for`] on every logged request.
+    logged: tokio::sync::Notify,
 }
 
 /// The running fake. Dropping it stops the server and every open connection.
@@ -106,6 +120,7 @@ impl FakeLlm {
         let shared = Arc::new(Shared {
             script: Mutex::new(script),
             log: Mutex::new(Vec::new()),
+            logged: tokio::sync::Notify::new(),
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
@@ -132,6 +147,28 @@ impl FakeLlm {
             .into_iter()
             .filter(|r| r.is_messages_call())
             .collect()
+    }
+
+    /// Waits (event-driven) until `cond` holds for the model calls so far; panics with `what`
+    /// after `limit`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        cond: impl Fn(&[LoggedRequest]) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.shared.logged.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if cond(&self.message_requests()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("timed out waiting for the model to be asked {what}");
+            }
+        }
     }
 
     pub fn clear_requests(&self) {
@@ -228,6 +265,7 @@ async fn handle(
         headers,
         body: body.clone(),
     });
+    shared.logged.notify_waiters();
     let script = shared.script.lock().unwrap().clone();
     let response = match (method, route(&path)) {
         (Method::POST, "/messages/count_tokens") => {

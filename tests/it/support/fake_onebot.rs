@@ -13,8 +13,6 @@
 //! `upload_*_file`; unknown actions fail with retcode 1404. Failures are configurable per
 //! action: an error answer (NapCat's `message`/`wording`) or no answer at all.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -34,6 +32,72 @@ use tokio_tungstenite::WebSocketStream;
 
 /// How a waiting helper gives up, so a broken gateway fails a test instead of hanging it.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The QQ account of the bot in the recorded fixtures (`tests/fixtures/onebot/`).
+pub const SELF: i64 = 2559840652;
+/// The user who speaks in the fixtures (小明).
+pub const USER: i64 = 361390990;
+/// The group of the fixtures.
+pub const GROUP: i64 = 627836955;
+/// Another member of the group.
+pub const GUEST: i64 = 4242;
+/// The access token tests configure and the fake presents.
+pub const TOKEN: &str = "s3cret-token";
+
+/// A recorded frame from `tests/fixtures/onebot/<name>.json`.
+pub fn fixture(name: &str) -> Value {
+    let path = super::deps::root().join(format!("tests/fixtures/onebot/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// A fixture with some top-level fields replaced.
+pub fn event(name: &str, patch: Value) -> Value {
+    let mut v = fixture(name);
+    for (k, val) in patch.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    v
+}
+
+/// A message event in [`GROUP`] from `user` (nickname `u<user>`), with `message` segments.
+pub fn group_msg(id: i64, user: i64, message: Value) -> Value {
+    event(
+        "group_message_array",
+        json!({"message_id": id, "message_seq": id, "user_id": user,
+               "sender": {"user_id": user, "nickname": format!("u{user}"), "card": ""},
+               "message": message}),
+    )
+}
+
+/// A group message that @-mentions the bot, then says `text`.
+pub fn at_bot(id: i64, user: i64, text: &str) -> Value {
+    group_msg(
+        id,
+        user,
+        json!([{"type": "at", "data": {"qq": SELF.to_string()}}, {"type": "text", "data": {"text": format!(" {text}")}}]),
+    )
+}
+
+/// A private message from `user` saying `text`.
+pub fn private_msg(id: i64, user: i64, text: &str) -> Value {
+    event(
+        "private_message_array",
+        json!({"message_id": id, "user_id": user,
+               "sender": {"user_id": user, "nickname": format!("u{user}")},
+               "message": [{"type": "text", "data": {"text": text}}]}),
+    )
+}
+
+/// The text segments of a `send_*_msg` action, joined.
+pub fn text_of(action: &Value) -> String {
+    action["params"]["message"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["type"] == "text")
+        .map(|s| s["data"]["text"].as_str().unwrap())
+        .collect()
+}
 
 /// How the fake presents its access token.
 #[derive(Clone, Debug)]
@@ -75,6 +139,9 @@ struct State {
     /// (NapCat #441, #987).
     history_ignores_seq: std::sync::atomic::AtomicBool,
     forwards: Mutex<HashMap<String, Value>>,
+    /// Every action the gateway called on this socket, in order; `logged` wakes waiters.
+    log: Mutex<Vec<Value>>,
+    logged: tokio::sync::Notify,
 }
 
 /// One connected fake bot.
@@ -186,6 +253,8 @@ impl FakeBot {
             history: Mutex::new(history),
             history_ignores_seq: Default::default(),
             forwards: Mutex::default(),
+            log: Mutex::default(),
+            logged: tokio::sync::Notify::new(),
         });
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (act_tx, act_rx) = mpsc::unbounded_channel();
@@ -232,10 +301,6 @@ impl FakeBot {
             .lock()
             .unwrap()
             .insert(action.to_string(), failure);
-    }
-
-    pub fn clear_failure(&self, action: &str) {
-        self.state.failures.lock().unwrap().remove(action);
     }
 
     /// Makes `get_msg(message_id)` answer with this sender and message.
@@ -307,6 +372,28 @@ impl FakeBot {
         }
     }
 
+    /// Waits (event-driven) until `cond` holds for every action called so far, whether or
+    /// not another helper took it; panics with `what` after `limit`.
+    pub async fn wait_for(&self, what: &str, limit: Duration, cond: impl Fn(&[Value]) -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.state.logged.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if cond(&self.state.log.lock().unwrap()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("timed out waiting for {what}");
+            }
+        }
+    }
+
+    /// Every action called on this socket so far.
+    pub fn actions(&self) -> Vec<Value> {
+        self.state.log.lock().unwrap().clone()
+    }
+
     /// Every action received so far that nobody has waited for.
     pub async fn drain_actions(&self) -> Vec<Value> {
         let mut rx = self.actions.lock().await;
@@ -363,6 +450,8 @@ async fn socket_loop<S>(
                 Some(Ok(Message::Text(t))) => {
                     let Ok(action) = serde_json::from_str::<Value>(&t) else { continue };
                     let _ = actions.send(action.clone());
+                    state.log.lock().unwrap().push(action.clone());
+                    state.logged.notify_waiters();
                     if let Some(resp) = answer(&state, &action) {
                         if sink.send(Message::text(resp.to_string())).await.is_err() {
                             break Closed { code: None, reason: "send failed".into() };

@@ -9,7 +9,6 @@
 //! deliver a frame twice, edit, post system messages, expire tokens, switch the server
 //! version (8.x two-step upload vs 7.x `rooms.upload`). Waiting is event-driven
 //! ([`FakeRocketChat::wait_for`]), never polling.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -55,7 +54,6 @@ pub struct Room {
 /// One REST request as the server saw it.
 #[derive(Clone, Debug)]
 pub struct Recorded {
-    pub method: String,
     pub path: String,
     pub query: HashMap<String, String>,
     /// JSON body; for multipart, `{"fields":{…},"files":[name,…]}`.
@@ -166,8 +164,12 @@ impl State {
         self.messages.iter().find(|m| m["_id"] == id)
     }
 
-    pub fn live_connections(&self) -> usize {
-        self.conns.len()
+    /// The bot's messages in room `rid` as stored now (edits applied), oldest first.
+    pub fn bot_messages(&self, rid: &str) -> Vec<&Value> {
+        self.messages
+            .iter()
+            .filter(|m| m["rid"] == rid && m["u"]["username"] == BOT_USER)
+            .collect()
     }
 
     /// Sends a stream event to every connection subscribed to `(stream, key)`.
@@ -301,7 +303,7 @@ impl FakeRocketChat {
         });
         // Not port 0: `restart` binds the same port again, and an ephemeral port could be
         // taken by another test's bind(0) while this server is down.
-        let listener = TcpListener::bind(("127.0.0.1", crate::support::free_port()))
+        let listener = TcpListener::bind(("127.0.0.1", super::ports::free_port()))
             .await
             .expect("bind a free 127.0.0.1 port");
         let addr = listener.local_addr().unwrap();
@@ -335,6 +337,24 @@ impl FakeRocketChat {
                 panic!("timed out waiting for {what}");
             }
         }
+    }
+
+    /// Waits until the bot has a message in `rid` whose (possibly edited) text contains
+    /// `needle`, and returns it.
+    pub async fn bot_message_containing(&self, rid: &str, needle: &str, limit: Duration) -> Value {
+        let find = |s: &State| {
+            s.bot_messages(rid)
+                .into_iter()
+                .find(|m| m["msg"].as_str().is_some_and(|t| t.contains(needle)))
+                .cloned()
+        };
+        self.wait_for(
+            &format!("a bot message containing {needle:?}"),
+            limit,
+            |s| find(s).is_some(),
+        )
+        .await;
+        find(&self.state()).unwrap()
     }
 
     /// Stops listening and drops every connection (like a server going down). Stored data
@@ -746,7 +766,6 @@ async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>, cancel: Cancellat
     };
     inner.update(|s| {
         s.requests.push(Recorded {
-            method: method.clone(),
             path: path.clone(),
             query: query.clone(),
             body: body.clone(),

@@ -1,0 +1,100 @@
+//! Rocket.Chat as a [`FakePlatform`]: the fake server (`support/fake_rocketchat.rs`), the
+//! channel `#general`, Alice (owner) and Bob (guest) bound by their user ids; the connection
+//! drops by stopping the server.
+
+use super::{FakePlatform, Who, TURN};
+use crate::support::daemon::Gateway;
+use crate::support::fake_rocketchat::{FakeRocketChat, BOT_PASSWORD, BOT_USER};
+
+pub const RID: &str = "GENERAL";
+/// Small, so a long reply needs several messages (the connector reads it from the server).
+const MAX_LEN: usize = 300;
+
+pub struct RocketChat {
+    pub fake: FakeRocketChat,
+}
+
+impl FakePlatform for RocketChat {
+    async fn start() -> RocketChat {
+        let fake = FakeRocketChat::start().await;
+        fake.set_max_len(MAX_LEN);
+        RocketChat { fake }
+    }
+
+    fn connector_yaml(&self) -> String {
+        format!(
+            "  - {{name: chat, type: rocketchat, server: \"{}\", username: {BOT_USER}, password: \"{BOT_PASSWORD}\", require_mention: true, allowed_users: {{owners: [\"id:u-alice\"], guests: [\"id:u-bob\"]}}}}",
+            self.fake.url()
+        )
+    }
+
+    fn group_room(&self) -> String {
+        "#general".into()
+    }
+
+    fn username(&self, who: Who) -> String {
+        match who {
+            Who::Owner => "alice".into(),
+            Who::Guest => "bob".into(),
+        }
+    }
+
+    fn max_message_len(&self) -> usize {
+        MAX_LEN
+    }
+
+    async fn attach(&mut self, _gateway: &Gateway) {
+        // Subscribed: from here a post is delivered live or by the replay that follows.
+        self.fake
+            .wait_for("the daemon to subscribe to #general", TURN, |s| {
+                s.ddp_in
+                    .iter()
+                    .any(|f| f["msg"] == "sub" && f["params"][0] == RID)
+            })
+            .await;
+    }
+
+    async fn send(&mut self, who: Who, text: &str, mention: bool) {
+        let text = if mention {
+            format!("@{BOT_USER} {text}")
+        } else {
+            text.to_string()
+        };
+        self.fake.post(RID, &self.username(who), &text);
+    }
+
+    async fn replies_containing(&mut self, needle: &str, count: usize) -> Vec<String> {
+        let found = |s: &crate::support::fake_rocketchat::State| -> Vec<String> {
+            s.bot_messages(RID)
+                .into_iter()
+                .filter_map(|m| m["msg"].as_str())
+                .filter(|t| t.contains(needle))
+                .map(str::to_string)
+                .collect()
+        };
+        let what = format!("{count} bot messages containing {needle:?}");
+        self.fake
+            .wait_for(&what, TURN, |s| found(s).len() >= count)
+            .await;
+        found(&self.fake.state())
+    }
+
+    async fn bot_messages(&mut self) -> Vec<String> {
+        self.fake
+            .state()
+            .bot_messages(RID)
+            .into_iter()
+            .map(|m| m["msg"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    async fn disconnect(&mut self) {
+        self.fake.stop().await;
+    }
+
+    async fn reconnect(&mut self) {
+        self.fake.restart().await;
+    }
+}
+
+super::scenarios!(RocketChat);
