@@ -17,7 +17,7 @@ use tempfile::TempDir;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::fake_llm::{self, FakeLlm};
+use crate::support::fake_llm::{self, bash_scenario, FakeLlm};
 use crate::support::ports::free_port;
 use crate::support::{agent_config, deps, fake_agent};
 
@@ -212,12 +212,9 @@ async fn real_cli_runs_a_listed_bash_command_and_denies_an_unlisted_one() {
         return;
     };
     let fake = FakeLlm::start(json!({"scenarios": [
-        {"match": "ACG-ALLOWED", "turns": [
-            {"text": "Creating it.", "tool_calls": [{"name": "Bash", "input": {"command": "touch allowed.txt", "description": "create"}}]},
-            {"text": "Created."}]},
-        {"match": "ACG-DENIED", "turns": [
-            {"text": "Creating it.", "tool_calls": [{"name": "Bash", "input": {"command": "touch denied.txt", "description": "create"}}]},
-            {"text": "Could not."}]}]}))
+        bash_scenario("ACG-ALLOWED", "Creating it.", "touch allowed.txt", "Created."),
+        bash_scenario("ACG-DENIED", "Creating it.", "touch denied.txt", "Could not."),
+    ]}))
     .await;
     let dirs = Dirs::new();
     let mut config = dirs.config(&claude, fake.claude_env());
@@ -435,12 +432,9 @@ async fn real_cli_tool_calls_go_through_the_http_hook_with_the_run_secret() {
         return;
     };
     let fake = FakeLlm::start(json!({"scenarios": [
-        {"match": "ACG-HOOK-OK", "turns": [
-            {"text": "Trying.", "tool_calls": [{"name": "Bash", "input": {"command": "touch hook-allowed.txt", "description": "create"}}]},
-            {"text": "Tried."}]},
-        {"match": "ACG-HOOK-NO", "turns": [
-            {"text": "Trying.", "tool_calls": [{"name": "Bash", "input": {"command": "touch hook-denied.txt", "description": "create"}}]},
-            {"text": "Tried."}]}]}))
+        bash_scenario("ACG-HOOK-OK", "Trying.", "touch hook-allowed.txt", "Tried."),
+        bash_scenario("ACG-HOOK-NO", "Trying.", "touch hook-denied.txt", "Tried."),
+    ]}))
     .await;
     let hook_server = HookServer::start().await;
     let dirs = Dirs::new();
@@ -504,9 +498,12 @@ async fn real_cli_unreachable_hook_denies_the_tool() {
     let Some(claude) = deps::claude() else {
         return;
     };
-    let fake = FakeLlm::start(json!({"scenarios": [{"match": "ACG-HOOK-DOWN", "turns": [
-        {"text": "Trying.", "tool_calls": [{"name": "Bash", "input": {"command": "touch hook-allowed.txt", "description": "create"}}]},
-        {"text": "Tried."}]}]}))
+    let fake = FakeLlm::start(json!({"scenarios": [bash_scenario(
+        "ACG-HOOK-DOWN",
+        "Trying.",
+        "touch hook-allowed.txt",
+        "Tried."
+    )]}))
     .await;
     // A free port outside the ephemeral range: nothing listens there, and no other test's
     // server can land on it.

@@ -17,7 +17,7 @@ use agent_chat_gateway::agent::process::{AgentProcess, ProcessSpec};
 use serde_json::json;
 
 use crate::support::daemon::{claude_agent, gateway_bin, webchat_config, Gateway};
-use crate::support::fake_llm::{self, FakeLlm};
+use crate::support::fake_llm::{self, bash_turn, FakeLlm};
 use crate::support::ports::free_port;
 use crate::support::webclient::WebClient;
 
@@ -311,7 +311,7 @@ async fn allowed_calls_cannot_reach_the_runtime_dir(home_holds_runtime: bool) {
         "the web chat token file is where the test expects it"
     );
     let planted = gateway.runtime.join("planted-by-agent.txt");
-    let call = |cmd: String| json!({"text": "Running.", "tool_calls": [{"name": "Bash", "input": {"command": cmd}}]});
+    let call = |cmd: String| bash_turn("Running.", &cmd);
     llm.set_script(json!({"scenarios": [{"match": "CONFINE", "turns": [
         call(py_hidden(&token_file, "print('LEAKED', open(p).read())")),
         call(py_hidden(&planted, "open(p, 'w').write('x'); print('PLANTED')")),
@@ -462,7 +462,7 @@ async fn real_cli_run_as_runs_the_agent_as_that_user() {
     gateway.start_again();
     let alice = WebClient::new(port, &gateway.token_for("alice"));
     let token_file = gateway.runtime.join("webchat-local.tokens.json");
-    let call = |cmd: String| json!({"text": "Running.", "tool_calls": [{"name": "Bash", "input": {"command": cmd}}]});
+    let call = |cmd: String| bash_turn("Running.", &cmd);
     llm.set_script(json!({"scenarios": [{"match": "RUN-AS", "turns": [
         call("python3 -c \"import os; open('mine.txt', 'w').write('x'); print('UID', os.getuid(), os.getgroups(), 'TMP', os.environ['TMPDIR'])\"".into()),
         call(py_hidden(&token_file, "print('LEAKED', open(p).read())")),

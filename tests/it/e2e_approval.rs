@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::support::daemon::ClaudeWebchat;
+use crate::support::fake_llm::{bash_scenario, bash_turn};
 use crate::support::webclient::EventStream;
 
 /// Alice is an owner, Bob a guest. `rules` is YAML for the agent's allow-lists.
@@ -19,10 +20,7 @@ async fn setup(rules: &str, approval_timeout: u64) -> Option<ClaudeWebchat> {
 
 /// A scenario: the model runs `command` with Bash, then says `after`.
 fn tool_script(marker: &str, command: &str) -> Value {
-    json!({"scenarios": [{"match": marker, "turns": [
-        {"text": "Running it.", "tool_calls": [{"name": "Bash", "input": {"command": command}}]},
-        {"text": "after"}
-    ]}], "default_text": "OK"})
+    json!({"scenarios": [bash_scenario(marker, "Running it.", command, "after")], "default_text": "OK"})
 }
 
 /// Waits for the approval prompt and returns its id.
@@ -318,11 +316,12 @@ async fn approve_always_from_the_box_remembers_the_exact_call() {
     let Some(s) = setup(OWNER_TOUCH_LISTED, 60).await else {
         return;
     };
-    s.llm.set_script(json!({"scenarios": [{"match": "AP-ALWAYS", "turns": [
-        {"text": "One.", "tool_calls": [{"name": "Bash", "input": {"command": "touch again.txt"}}]},
-        {"text": "Two.", "tool_calls": [{"name": "Bash", "input": {"command": "touch again.txt"}}]},
-        {"text": "after"}
-    ]}]}));
+    s.llm
+        .set_script(json!({"scenarios": [{"match": "AP-ALWAYS", "turns": [
+            bash_turn("One.", "touch again.txt"),
+            bash_turn("Two.", "touch again.txt"),
+            {"text": "after"}
+        ]}]}));
     let mut events = s.alice.events("r9").await;
     s.alice.post("r9", "AP-ALWAYS go").await;
     let id = prompt_id(&mut events).await;

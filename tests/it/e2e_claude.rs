@@ -5,6 +5,7 @@
 use serde_json::json;
 
 use crate::support::daemon::ClaudeWebchat;
+use crate::support::fake_llm::bash_scenario;
 
 /// A gateway with one web chat connector and one Claude agent; `extra_agent` is YAML added to
 /// the agent (allow-lists, permissions).
@@ -55,12 +56,8 @@ async fn message_is_answered_and_the_next_turn_resumes_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_allow_list_runs_listed_tools_and_denies_others() {
     let script = json!({"scenarios": [
-        {"match": "E2E-ALLOWED", "turns": [
-            {"text": "Creating it.", "tool_calls": [{"name": "Bash", "input": {"command": "touch allowed.txt"}}]},
-            {"text": "Done with the allowed one."}]},
-        {"match": "E2E-DENIED", "turns": [
-            {"text": "Trying.", "tool_calls": [{"name": "Bash", "input": {"command": "touch denied.txt"}}]},
-            {"text": "Could not do it."}]}
+        bash_scenario("E2E-ALLOWED", "Creating it.", "touch allowed.txt", "Done with the allowed one."),
+        bash_scenario("E2E-DENIED", "Trying.", "touch denied.txt", "Could not do it."),
     ]});
     let extra = r#"    owner_allowed_tools: [{tool: Bash, params: "touch allowed.*"}]"#;
     let Some(s) = setup(script, extra).await else {

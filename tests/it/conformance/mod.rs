@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::support::daemon::{claude_agent, Gateway};
-use crate::support::fake_llm::{FakeLlm, LoggedRequest};
+use crate::support::fake_llm::{bash_turn, FakeLlm, LoggedRequest};
 
 /// Claude turns take seconds (CLI start-up); this bounds one of them.
 pub const TURN: Duration = Duration::from_secs(90);
@@ -227,11 +227,10 @@ fn approval_id(prompt: &str) -> String {
 }
 
 pub async fn approvals<P: FakePlatform>() {
-    let bash = |command: &str| json!([{"name": "Bash", "input": {"command": command}}]);
     let script = json!({"scenarios": [{"match": "CONF-APPROVE", "turns": [
-        {"text": "Creating the file.", "tool_calls": bash("touch approved.txt")},
+        bash_turn("Creating the file.", "touch approved.txt"),
         {"text": "File created after approval."},
-        {"text": "Creating another.", "tool_calls": bash("touch denied.txt")},
+        bash_turn("Creating another.", "touch denied.txt"),
         {"text": "Not created after the deny."}
     ]}]});
     let extra = "    permissions: {enabled: true, timeout: 60}";

@@ -2,6 +2,8 @@
 //! channel `#general`, Alice (owner) and Bob (guest) bound by their user ids; the connection
 //! drops by stopping the server.
 
+use serde_json::json;
+
 use super::{FakePlatform, Who, TURN};
 use crate::support::daemon::Gateway;
 use crate::support::fake_rocketchat::{FakeRocketChat, BOT_PASSWORD, BOT_USER};
@@ -89,6 +91,14 @@ impl FakePlatform for RocketChat {
     }
 
     async fn disconnect(&mut self) {
+        // Only once the bot stopped typing, which it does after the turn's answer was
+        // delivered: a post cut off before its response would be retried after the outage,
+        // as a second copy of the answer.
+        self.fake
+            .wait_for("the bot to stop typing", TURN, |s| {
+                s.typing.last().is_some_and(|t| t[2] == json!([]))
+            })
+            .await;
         self.fake.stop().await;
     }
 

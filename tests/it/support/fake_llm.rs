@@ -306,6 +306,17 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
+/// A scenario of the script: when the conversation starts with `marker`, the model says
+/// `text` and runs `command` with Bash, then, given the result, says `after`.
+pub fn bash_scenario(marker: &str, text: &str, command: &str, after: &str) -> Value {
+    json!({"match": marker, "turns": [bash_turn(text, command), {"text": after}]})
+}
+
+/// A turn in which the model says `text` and runs `command` with Bash.
+pub fn bash_turn(text: &str, command: &str) -> Value {
+    json!({"text": text, "tool_calls": [{"name": "Bash", "input": {"command": command}}]})
+}
+
 /// Flattens message content (string or list of parts) to text.
 pub fn text_of(content: &Value) -> String {
     match content {

@@ -5,8 +5,10 @@
 //! `Token` or `access_token` query parameter). Forward mode: [`FakeServer`] listens on
 //! 127.0.0.1 and hands out a [`FakeBot`] for each connection the gateway opens.
 //!
-//! A bot pushes events (recorded fixtures from `tests/fixtures/onebot/`), records every action
-//! the gateway calls, and answers them like NapCat: `send_*` with fresh message ids (and it
+//! A bot pushes events (recorded fixtures from `tests/fixtures/onebot/`, built with
+//! [`fixture`], [`group_msg`], [`at_bot`], [`private_msg`]), records every action the gateway
+//! calls (taken one by one with [`FakeBot::wait_action`], or all of them with
+//! [`FakeBot::actions`] and [`FakeBot::wait_for`]), and answers them like NapCat: `send_*` with fresh message ids (and it
 //! remembers those messages for `get_msg`), `get_msg`, `get_login_info`,
 //! `get_group_msg_history` / `get_friend_msg_history` (seq ≤ `message_seq`, newest
 //! `count`), `get_forward_msg`,
@@ -139,7 +141,8 @@ struct State {
     /// (NapCat #441, #987).
     history_ignores_seq: std::sync::atomic::AtomicBool,
     forwards: Mutex<HashMap<String, Value>>,
-    /// Every action the gateway called on this socket, in order; `logged` wakes waiters.
+    /// Every action the gateway called on this socket and got its answer to, in order;
+    /// `logged` wakes waiters.
     log: Mutex<Vec<Value>>,
     logged: tokio::sync::Notify,
 }
@@ -437,26 +440,37 @@ async fn socket_loop<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut stream) = ws.split();
+    let by_fake = || Closed {
+        code: None,
+        reason: "closed by fake".into(),
+    };
+    // After sending its Close the fake reads on, answering nothing, until the gateway answers
+    // or goes (the closing handshake): the gateway has then read everything sent before.
+    let mut closing = false;
     let outcome = loop {
         tokio::select! {
-            msg = out.recv() => {
+            msg = out.recv(), if !closing => {
                 let Some(msg) = msg else { break Closed { code: None, reason: "fake dropped".into() } };
-                let closing = matches!(msg, Message::Close(_));
-                if sink.send(msg).await.is_err() || closing {
-                    break Closed { code: None, reason: "closed by fake".into() };
+                closing = matches!(msg, Message::Close(_));
+                if sink.send(msg).await.is_err() {
+                    break by_fake();
                 }
             }
             frame = stream.next() => match frame {
+                Some(Ok(m)) if closing && !m.is_close() => {}
+                _ if closing => break by_fake(),
                 Some(Ok(Message::Text(t))) => {
                     let Ok(action) = serde_json::from_str::<Value>(&t) else { continue };
                     let _ = actions.send(action.clone());
-                    state.log.lock().unwrap().push(action.clone());
-                    state.logged.notify_waiters();
                     if let Some(resp) = answer(&state, &action) {
                         if sink.send(Message::text(resp.to_string())).await.is_err() {
                             break Closed { code: None, reason: "send failed".into() };
                         }
                     }
+                    // Logged once its answer is on the wire: a test that closes the socket
+                    // after seeing an action knows the gateway will read the answer first.
+                    state.log.lock().unwrap().push(action);
+                    state.logged.notify_waiters();
                 }
                 Some(Ok(Message::Close(f))) => {
                     break match f {
@@ -515,42 +529,18 @@ fn answer(state: &State, action: &Value) -> Option<Value> {
         "get_login_info" => ok(json!({"user_id": state.self_id, "nickname": "fakebot"})),
         "get_group_msg_history" => {
             let group = params["group_id"].as_i64().unwrap_or(0);
-            let count = params["count"].as_u64().unwrap_or(20) as usize;
-            let seq = params["message_seq"]
-                .as_i64()
-                .filter(|_| !state.history_ignores_seq.load(Ordering::Relaxed));
-            let mut entries: Vec<Value> = state
-                .history
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|m| m["group_id"].as_i64() == Some(group))
-                .filter(|m| seq.is_none_or(|s| m["message_seq"].as_i64().unwrap_or(0) <= s))
-                .cloned()
-                .collect();
-            entries.sort_by_key(|m| m["message_seq"].as_i64().unwrap_or(0));
-            let start = entries.len().saturating_sub(count);
-            ok(json!({"messages": entries[start..].to_vec()}))
+            let honour_seq = !state.history_ignores_seq.load(Ordering::Relaxed);
+            ok(history_page(state, params, honour_seq, |m| {
+                m["group_id"].as_i64() == Some(group)
+            }))
         }
         "get_friend_msg_history" => {
             let user = params["user_id"].as_i64().unwrap_or(0);
-            let count = params["count"].as_u64().unwrap_or(20) as usize;
-            let seq = params["message_seq"].as_i64();
-            let mut entries: Vec<Value> = state
-                .history
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|m| m["message_type"] == "private")
-                .filter(|m| {
-                    m["user_id"].as_i64() == Some(user) || m["target_id"].as_i64() == Some(user)
-                })
-                .filter(|m| seq.is_none_or(|s| m["message_seq"].as_i64().unwrap_or(0) <= s))
-                .cloned()
-                .collect();
-            entries.sort_by_key(|m| m["message_seq"].as_i64().unwrap_or(0));
-            let start = entries.len().saturating_sub(count);
-            ok(json!({"messages": entries[start..].to_vec()}))
+            ok(history_page(state, params, true, |m| {
+                m["message_type"] == "private"
+                    && (m["user_id"].as_i64() == Some(user)
+                        || m["target_id"].as_i64() == Some(user))
+            }))
         }
         "get_forward_msg" => {
             let id = params["id"].as_str().unwrap_or("");
@@ -562,6 +552,30 @@ fn answer(state: &State, action: &Value) -> Option<Value> {
         "upload_group_file" | "upload_private_file" => ok(json!({})),
         _ => failed(1404, "不支持的Api"),
     })
+}
+
+/// A `get_*_msg_history` answer: the newest `count` entries of the conversation (`belongs`)
+/// up to `message_seq` (unless the build ignores it), oldest first.
+fn history_page(
+    state: &State,
+    params: &Value,
+    honour_seq: bool,
+    belongs: impl Fn(&Value) -> bool,
+) -> Value {
+    let count = params["count"].as_u64().unwrap_or(20) as usize;
+    let seq = params["message_seq"].as_i64().filter(|_| honour_seq);
+    let mut entries: Vec<Value> = state
+        .history
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| belongs(m))
+        .filter(|m| seq.is_none_or(|s| m["message_seq"].as_i64().unwrap_or(0) <= s))
+        .cloned()
+        .collect();
+    entries.sort_by_key(|m| m["message_seq"].as_i64().unwrap_or(0));
+    let start = entries.len().saturating_sub(count);
+    json!({"messages": entries[start..].to_vec()})
 }
 
 /// Forward mode: a NapCat-like WebSocket server the gateway connects to.
