@@ -12,7 +12,7 @@ use agent_chat_gateway::agent::{AgentBackend, AgentError, TurnContext};
 use agent_chat_gateway::config::AgentConfig;
 use agent_chat_gateway::model::{AgentEvent, Role, RoomKey, TurnOutcome, TurnRequest};
 use agent_chat_gateway::policy::{Rule, RuleSet};
-use serde_json::json;
+use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -126,6 +126,16 @@ async fn run_turn_with(
     Run { result, events }
 }
 
+/// The real CLI on a fake model following `script`, with fresh dirs and the agent's config;
+/// `None` when the CLI is missing.
+async fn real_cli(script: Value) -> Option<(FakeLlm, Dirs, AgentConfig)> {
+    let claude = deps::claude()?;
+    let fake = FakeLlm::start(script).await;
+    let dirs = Dirs::new();
+    let config = dirs.config(&claude, fake.claude_env());
+    Some((fake, dirs, config))
+}
+
 fn texts(events: &[AgentEvent]) -> Vec<&str> {
     events
         .iter()
@@ -142,15 +152,13 @@ fn texts(events: &[AgentEvent]) -> Vec<&str> {
 
 #[tokio::test]
 async fn real_cli_first_turn_creates_a_session_and_the_second_resumes_it() {
-    let Some(claude) = deps::claude() else {
+    let script = json!({"scenarios": [{"match": "ACG-RESUME", "turns": [
+        {"text": "First answer: the sky is teal."},
+        {"text": "Second answer: still teal."}]}], "default_text": "OUT OF SCRIPT"});
+    let Some((fake, dirs, config)) = real_cli(script).await else {
         return;
     };
-    let fake = FakeLlm::start(json!({"scenarios": [{"match": "ACG-RESUME", "turns": [
-        {"text": "First answer: the sky is teal."},
-        {"text": "Second answer: still teal."}]}], "default_text": "OUT OF SCRIPT"}))
-    .await;
-    let dirs = Dirs::new();
-    let backend = dirs.backend(&dirs.config(&claude, fake.claude_env()));
+    let backend = dirs.backend(&config);
 
     let first = run_turn(
         &backend,
@@ -208,16 +216,13 @@ async fn real_cli_first_turn_creates_a_session_and_the_second_resumes_it() {
 
 #[tokio::test]
 async fn real_cli_runs_a_listed_bash_command_and_denies_an_unlisted_one() {
-    let Some(claude) = deps::claude() else {
-        return;
-    };
-    let fake = FakeLlm::start(json!({"scenarios": [
+    let script = json!({"scenarios": [
         bash_scenario("ACG-ALLOWED", "Creating it.", "touch allowed.txt", "Created."),
         bash_scenario("ACG-DENIED", "Creating it.", "touch denied.txt", "Could not."),
-    ]}))
-    .await;
-    let dirs = Dirs::new();
-    let mut config = dirs.config(&claude, fake.claude_env());
+    ]});
+    let Some((fake, dirs, mut config)) = real_cli(script).await else {
+        return;
+    };
     config.owner_rules = rules(&[("Bash", Some("touch allowed.*"))]);
     let backend = dirs.backend(&config);
 
@@ -318,14 +323,12 @@ async fn real_cli_read_is_offered_only_to_roles_that_list_it() {
 
 #[tokio::test]
 async fn real_cli_model_400_is_an_api_error() {
-    let Some(claude) = deps::claude() else {
+    let script = json!({"scenarios": [{"match": "ACG-400", "error": {"status": 400,
+        "body": {"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is malformed"}}}}]});
+    let Some((_fake, dirs, config)) = real_cli(script).await else {
         return;
     };
-    let fake = FakeLlm::start(json!({"scenarios": [{"match": "ACG-400", "error": {"status": 400,
-        "body": {"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is malformed"}}}}]}))
-    .await;
-    let dirs = Dirs::new();
-    let backend = dirs.backend(&dirs.config(&claude, fake.claude_env()));
+    let backend = dirs.backend(&config);
     let run = run_turn(&backend, "ACG-400 hello", None, Role::Owner, None).await;
     match run.result {
         Err(AgentError::Api { status, message }) => {
@@ -342,12 +345,11 @@ async fn real_cli_model_400_is_an_api_error() {
 
 #[tokio::test]
 async fn real_cli_resume_of_an_unknown_session_is_session_not_found() {
-    let Some(claude) = deps::claude() else {
+    let script = json!({"default_text": "unused"});
+    let Some((fake, dirs, config)) = real_cli(script).await else {
         return;
     };
-    let fake = FakeLlm::start(json!({"default_text": "unused"})).await;
-    let dirs = Dirs::new();
-    let backend = dirs.backend(&dirs.config(&claude, fake.claude_env()));
+    let backend = dirs.backend(&config);
     let unknown = "6f1c1f55-9d7e-4a53-9a3c-2f6f0e2d1c11".to_string();
     let run = run_turn(&backend, "hello", Some(unknown.clone()), Role::Owner, None).await;
     match run.result {
@@ -428,17 +430,14 @@ impl Drop for HookServer {
 
 #[tokio::test]
 async fn real_cli_tool_calls_go_through_the_http_hook_with_the_run_secret() {
-    let Some(claude) = deps::claude() else {
-        return;
-    };
-    let fake = FakeLlm::start(json!({"scenarios": [
+    let script = json!({"scenarios": [
         bash_scenario("ACG-HOOK-OK", "Trying.", "touch hook-allowed.txt", "Tried."),
         bash_scenario("ACG-HOOK-NO", "Trying.", "touch hook-denied.txt", "Tried."),
-    ]}))
-    .await;
+    ]});
+    let Some((fake, dirs, mut config)) = real_cli(script).await else {
+        return;
+    };
     let hook_server = HookServer::start().await;
-    let dirs = Dirs::new();
-    let mut config = dirs.config(&claude, fake.claude_env());
     // The static allow-list must play no part when a hook decides.
     config.owner_rules = rules(&[("Bash", Some("touch hook-denied.*"))]);
     let backend = dirs.backend(&config).with_hook_url(hook_server.url.clone());
@@ -495,21 +494,18 @@ async fn real_cli_tool_calls_go_through_the_http_hook_with_the_run_secret() {
 
 #[tokio::test]
 async fn real_cli_unreachable_hook_denies_the_tool() {
-    let Some(claude) = deps::claude() else {
-        return;
-    };
-    let fake = FakeLlm::start(json!({"scenarios": [bash_scenario(
+    let script = json!({"scenarios": [bash_scenario(
         "ACG-HOOK-DOWN",
         "Trying.",
         "touch hook-allowed.txt",
         "Tried."
-    )]}))
-    .await;
+    )]});
+    let Some((_fake, dirs, mut config)) = real_cli(script).await else {
+        return;
+    };
     // A free port outside the ephemeral range: nothing listens there, and no other test's
     // server can land on it.
     let port = free_port();
-    let dirs = Dirs::new();
-    let mut config = dirs.config(&claude, fake.claude_env());
     config.owner_rules = rules(&[("Bash", None)]);
     let backend = dirs
         .backend(&config)
@@ -531,13 +527,11 @@ async fn real_cli_unreachable_hook_denies_the_tool() {
 
 #[tokio::test]
 async fn real_cli_timeout_kills_the_cli() {
-    let Some(claude) = deps::claude() else {
+    // Every SSE event waits 1 s: the model call outlives the turn's 2 s budget.
+    let script = json!({"delay_ms": 1000, "turns": [{"text": "too late"}]});
+    let Some((_fake, dirs, mut config)) = real_cli(script).await else {
         return;
     };
-    // Every SSE event waits 1 s: the model call outlives the turn's 2 s budget.
-    let fake = FakeLlm::start(json!({"delay_ms": 1000, "turns": [{"text": "too late"}]})).await;
-    let dirs = Dirs::new();
-    let mut config = dirs.config(&claude, fake.claude_env());
     config.timeout = Duration::from_secs(2);
     let backend = dirs.backend(&config);
     let run = run_turn(&backend, "slow please", None, Role::Owner, None).await;

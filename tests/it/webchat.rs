@@ -135,16 +135,16 @@ impl Harness {
         body["messages"].as_array().unwrap().clone()
     }
 
+    /// A GET with the token in the query, as the page's event stream and file links send it.
+    async fn get_with_query_token(&self, path: &str, token: &str) -> reqwest::Response {
+        let req = self.http.get(self.url(path)).query(&[("token", token)]);
+        within("GET response", req.send()).await.unwrap()
+    }
+
     async fn events(&self, room: &str) -> EventStream {
-        let resp = within(
-            "event stream",
-            self.http
-                .get(self.url(&format!("/api/rooms/{room}/events")))
-                .query(&[("token", &self.alice)])
-                .send(),
-        )
-        .await
-        .unwrap();
+        let resp = self
+            .get_with_query_token(&format!("/api/rooms/{room}/events"), &self.alice)
+            .await;
         assert_eq!(resp.status().as_u16(), 200);
         assert_eq!(
             resp.headers()["content-type"].to_str().unwrap(),
@@ -232,13 +232,7 @@ async fn requests_without_a_valid_token_get_401() {
     assert_eq!(wrong.status().as_u16(), 401);
     assert_eq!(wrong.headers()["www-authenticate"], "Bearer");
     // The token is accepted from the query too (the page's EventSource cannot set headers).
-    let me = h
-        .http
-        .get(h.url("/api/me"))
-        .query(&[("token", BOB_TOKEN)])
-        .send()
-        .await
-        .unwrap();
+    let me = h.get_with_query_token("/api/me", BOB_TOKEN).await;
     assert_eq!(
         me.json::<Value>().await.unwrap(),
         json!({"user": "bob", "bot": "bot", "require_mention": false})
@@ -833,12 +827,8 @@ async fn files_the_bot_sends_are_served_to_signed_in_users() {
     );
     assert_eq!(resp.text().await.unwrap(), "hello file");
     let pic = h
-        .http
-        .get(h.url(shown[1]["file"]["url"].as_str().unwrap()))
-        .query(&[("token", &h.alice)])
-        .send()
-        .await
-        .unwrap();
+        .get_with_query_token(shown[1]["file"]["url"].as_str().unwrap(), &h.alice)
+        .await;
     assert_eq!(pic.headers()["content-type"], "image/png");
     assert_eq!(
         pic.headers()["content-disposition"],
@@ -1280,12 +1270,8 @@ async fn a_user_may_hold_only_a_few_event_streams_and_the_newest_is_refused() {
     let mut second = h.events("other").await;
     second.expect("typing").await;
     let refused = h
-        .http
-        .get(h.url("/api/rooms/lobby/events"))
-        .query(&[("token", &h.alice)])
-        .send()
-        .await
-        .unwrap();
+        .get_with_query_token("/api/rooms/lobby/events", &h.alice)
+        .await;
     assert_eq!(refused.status().as_u16(), 429);
     assert_eq!(
         refused.json::<Value>().await.unwrap(),
@@ -1298,12 +1284,8 @@ async fn a_user_may_hold_only_a_few_event_streams_and_the_newest_is_refused() {
         .unwrap();
     assert_eq!(first.expect("message").await["text"], "to the open streams");
     let bob = h
-        .http
-        .get(h.url("/api/rooms/lobby/events"))
-        .query(&[("token", BOB_TOKEN)])
-        .send()
-        .await
-        .unwrap();
+        .get_with_query_token("/api/rooms/lobby/events", BOB_TOKEN)
+        .await;
     assert_eq!(bob.status().as_u16(), 200);
     // A closed stream gives its slot back (noticed at the latest when a write to it fails).
     drop(second);
@@ -1314,12 +1296,8 @@ async fn a_user_may_hold_only_a_few_event_streams_and_the_newest_is_refused() {
                 .await
                 .unwrap();
             let resp = h
-                .http
-                .get(h.url("/api/rooms/lobby/events"))
-                .query(&[("token", &h.alice)])
-                .send()
-                .await
-                .unwrap();
+                .get_with_query_token("/api/rooms/lobby/events", &h.alice)
+                .await;
             if resp.status().as_u16() == 200 {
                 break;
             }
