@@ -70,6 +70,15 @@ async fn start(
     ConnectorRun::start(conn, NAME, watched, state_dir, attachments(state_dir))
 }
 
+/// A fresh fake server and the connector connected to it, watching `#general`.
+async fn connected_to_general() -> (FakeRocketChat, tempfile::TempDir, Harness) {
+    let fake = FakeRocketChat::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
+    h.connected().await;
+    (fake, dir, h)
+}
+
 fn target(room: &str) -> ReplyTarget {
     ReplyTarget::room(room)
 }
@@ -170,10 +179,7 @@ async fn direct_message_is_addressed_without_mention() {
 
 #[tokio::test]
 async fn thread_reply_goes_to_the_same_thread() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, mut h) = connected_to_general().await;
     let parent = fake.post("GENERAL", "alice", "a topic");
     h.expect_next(&parent).await;
     let id = fake.post_in_thread("GENERAL", "alice", "@bot what about this?", &parent);
@@ -197,10 +203,7 @@ async fn thread_reply_goes_to_the_same_thread() {
 
 #[tokio::test]
 async fn thread_reply_to_a_bot_message_addresses_the_bot() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, mut h) = connected_to_general().await;
     let ours = h
         .connector
         .post(&target("GENERAL"), "an answer")
@@ -235,10 +238,7 @@ async fn reply_in_thread_opens_a_thread_on_the_trigger() {
 
 #[tokio::test]
 async fn streaming_reply_edits_in_place() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, mut h) = connected_to_general().await;
     let caps = h.connector.capabilities();
     assert!(caps.edit);
     assert_eq!(caps.edit_interval, Duration::from_secs(1));
@@ -311,10 +311,7 @@ async fn long_reply_is_split_at_the_servers_limit() {
 
 #[tokio::test]
 async fn socket_dropped_mid_conversation_delivers_missed_messages_once() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, mut h) = connected_to_general().await;
     let first = fake.post("GENERAL", "alice", "@bot one");
     h.expect_next(&first).await;
 
@@ -338,10 +335,7 @@ async fn socket_dropped_mid_conversation_delivers_missed_messages_once() {
 
 #[tokio::test]
 async fn server_restart_replays_from_history() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, mut h) = connected_to_general().await;
     let first = fake.post("GENERAL", "alice", "@bot before");
     h.expect_next(&first).await;
 
@@ -366,10 +360,7 @@ async fn server_restart_replays_from_history() {
 
 #[tokio::test]
 async fn duplicate_frames_are_delivered_once() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, mut h) = connected_to_general().await;
     let id = fake.post("GENERAL", "alice", "@bot once please");
     fake.redeliver(&id);
     fake.redeliver(&id);
@@ -381,10 +372,7 @@ async fn duplicate_frames_are_delivered_once() {
 
 #[tokio::test]
 async fn edit_of_an_old_message_is_ignored() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, mut h) = connected_to_general().await;
     let id = fake.post("GENERAL", "alice", "@bot original");
     assert_eq!(h.expect_next(&id).await.text, "original");
     fake.edit(&id, "@bot edited text");
@@ -395,10 +383,7 @@ async fn edit_of_an_old_message_is_ignored() {
 
 #[tokio::test]
 async fn system_messages_never_reach_the_dispatcher() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, mut h) = connected_to_general().await;
     fake.post_system("GENERAL", "carol", "uj");
     fake.post_system("GENERAL", "carol", "room_changed_topic");
     let marker = fake.post("GENERAL", "alice", "marker");
@@ -408,10 +393,7 @@ async fn system_messages_never_reach_the_dispatcher() {
 
 #[tokio::test]
 async fn expired_token_logs_in_again_once() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, mut h) = connected_to_general().await;
     let logins_before = fake.state().requests_to("/api/v1/login").len();
     fake.expire_tokens();
     h.connector
@@ -606,10 +588,7 @@ async fn half_open_socket_is_detected_by_missing_pongs() {
 
 #[tokio::test]
 async fn rejected_message_is_replayed_after_reconnect() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, mut h) = connected_to_general().await;
     h.answer_next(Acceptance::Rejected("queue full".into()));
     let id = fake.post("GENERAL", "alice", "@bot try me");
     h.expect_next(&id).await;
@@ -691,10 +670,7 @@ async fn watch_all_follows_rooms_the_bot_joins() {
 
 #[tokio::test]
 async fn typing_goes_over_ddp() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, h) = connected_to_general().await;
     h.connector.typing(&target("GENERAL"), true).await.unwrap();
     h.connector.typing(&target("GENERAL"), false).await.unwrap();
     let typing: Vec<Value> = fake.state().typing.clone();
@@ -728,10 +704,7 @@ async fn wrong_password_fails_prepare() {
 
 #[tokio::test]
 async fn rate_limits_and_server_errors_are_retried() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, _dir, h) = connected_to_general().await;
     fake.fail_next("/api/v1/chat.postMessage", 429, Some(0));
     fake.fail_next("/api/v1/chat.postMessage", 502, None);
     h.connector
@@ -786,10 +759,7 @@ async fn attachment_download_timeout_becomes_a_note() {
 
 #[tokio::test]
 async fn long_backlog_is_replayed_across_history_pages_in_order() {
-    let fake = FakeRocketChat::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(config(&fake), fast(), &["#general"], dir.path()).await;
-    h.connected().await;
+    let (fake, dir, h) = connected_to_general().await;
     h.stop().await;
     // More than two pages of history (100 per page) arrive while the gateway is down.
     let missed: Vec<String> = (0..250)
