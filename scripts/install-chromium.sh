@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs headless Chromium for tests/webchat_browser.rs, idempotently.
+# Installs headless Chromium for tests/it/webchat_browser.rs, idempotently.
 # Uses the distribution package (Debian `chromium`, /usr/bin/chromium): no downloads from
 # anywhere but the configured apt mirrors. Safe to run repeatedly: an installed binary is kept.
 set -euo pipefail

@@ -3,7 +3,7 @@
 #   .deps/node/      pinned agent CLIs from npm (Claude Code first)
 #   .deps/venv/      a Python venv with the `openai` SDK (client-side tests)
 #   strace, bwrap    (Linux only, Debian packages `strace` and `bubblewrap`) for the bash policy
-#                    oracle, tests/policy_oracle.rs, which runs allowed commands in a sandbox
+#                    oracle, tests/it/policy_oracle.rs, which runs allowed commands in a sandbox
 # Safe to run repeatedly: a pinned version already present is not reinstalled.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,7 +50,7 @@ if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
     "$deps/venv/bin/pip" install --quiet "openai==1.*"
   fi
 fi
-# The bash policy oracle (tests/policy_oracle.rs) traces real bash in a bubblewrap sandbox.
+# The bash policy oracle (tests/it/policy_oracle.rs) traces real bash in a bubblewrap sandbox.
 # System packages from the configured apt mirrors; `apt-get update` only when one is missing.
 if [ "$(uname -s)" = Linux ]; then
   missing=()
@@ -58,7 +58,7 @@ if [ "$(uname -s)" = Linux ]; then
   command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
   if [ "${#missing[@]}" -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
-      echo "apt-get not found: install ${missing[*]} yourself (needed by tests/policy_oracle.rs)" >&2
+      echo "apt-get not found: install ${missing[*]} yourself (needed by tests/it/policy_oracle.rs)" >&2
       exit 1
     fi
     as_root=()

@@ -2,7 +2,7 @@
 # Installs NoneBot 2 (FastAPI driver) and its OneBot V11 adapter — an independent
 # implementation of the protocol — into an ignored venv, idempotently. Used by check.py
 # (fixtures vs NoneBot's models) and nonebot_app.py (the fake OneBot against NoneBot's
-# reverse-WS server), both run from tests/onebot.rs when the venv exists.
+# reverse-WS server), both run from tests/it/onebot.rs when the venv exists.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv="$root/.deps/onebot-venv"

@@ -7,5 +7,5 @@ bash "$ROOT/scripts/rc-typings/install.sh"
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
 export ACG_RC_RECORD="$OUT/requests.jsonl"
-(cd "$ROOT" && cargo test --quiet --test rocketchat)
+(cd "$ROOT" && cargo test --quiet --test it rocketchat)
 node "$ROOT/scripts/rc-typings/check.mjs" "$ROOT/.deps/rc-typings/rt" "$ACG_RC_RECORD"

@@ -145,7 +145,7 @@ thread_local! {
 ///
 /// Why: tree-sitter-bash's scanner calls C `isdigit` on the lookahead, which indexes a
 /// 384-entry table, so a code point far above 255 after a `{` reads out of bounds and can
-/// crash the whole gateway (found by the fuzz test in `tests/policy_corpus.rs`). Bash itself
+/// crash the whole gateway (found by the fuzz test in `tests/it/policy_corpus.rs`). Bash itself
 /// only gives meaning to ASCII (its blanks and metacharacters are all ASCII; everything else
 /// is an ordinary word character), so feeding the grammar one Latin-1 letter in place of each
 /// non-ASCII character keeps the parse faithful, and byte offsets (hence all node text, which
