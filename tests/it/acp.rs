@@ -3,20 +3,17 @@
 //! project's fake model API. Tool calls reach the gateway as `session/request_permission`;
 //! every test checks what really ran on disk.
 
-mod support;
-
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::fake_llm::FakeLlm;
-use support::{free_port, EventStream, Gateway, WebClient};
 
-/// The ACP adapter (`support::dep_bin`: under `CI=true` a missing one fails the test).
-fn acp_bin() -> Option<PathBuf> {
-    support::dep_bin(None, "claude-agent-acp", "claude-agent-acp")
-}
+use crate::support::daemon::{claude_env_yaml, Gateway, WebchatGateway};
+use crate::support::fake_llm::{bash_scenario, FakeLlm};
+use crate::support::ports::free_port;
+use crate::support::webclient::{EventStream, WebClient, WebMessage};
+use crate::support::{deps, fake_agent};
 
+/// The real ACP adapter on the fake model, in a daemon on the shared web chat config.
 struct Setup {
     gateway: Gateway,
     llm: FakeLlm,
@@ -27,18 +24,11 @@ struct Setup {
 
 /// Alice is an owner, Bob a guest; `rules` is YAML for the agent's allow-lists.
 async fn setup(rules: &str, approval_timeout: u64) -> Option<Setup> {
-    let bin = acp_bin()?;
+    let bin = deps::claude_agent_acp()?;
     let llm = FakeLlm::start(json!({"scenarios": [], "default_text": "OK"})).await;
     let home = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = format!(
-        r#"
-connectors:
-  - name: local
-    type: webchat
-    listen: "127.0.0.1:{port}"
-    allowed_users: {{owners: [alice], guests: [bob]}}
-default_agent: assistant
+    let agents = format!(
+        r#"default_agent: assistant
 agents:
   assistant:
     type: acp
@@ -47,32 +37,23 @@ agents:
     timeout: 120
     permissions: {{enabled: true, timeout: {approval_timeout}}}
     env: {env}
-{rules}
-watchers:
-  - {{name: all, connector: local, room: "*", agent: assistant}}
-shutdown_grace: 300
-"#,
+{rules}"#,
         bin = bin.display(),
-        env = support::claude_env_yaml(&llm, home.path()),
+        env = claude_env_yaml(&llm, home.path()),
     );
-    let gateway = Gateway::start(&config);
-    let alice = WebClient::new(port, &gateway.token_for("alice"));
-    let bob = WebClient::new(port, &gateway.token_for("bob"));
+    let web = WebchatGateway::start(&agents, "shutdown_grace: 300");
     Some(Setup {
-        gateway,
+        gateway: web.gateway,
         llm,
-        alice,
-        bob,
+        alice: web.alice,
+        bob: web.bob,
         _home: home,
     })
 }
 
 /// The model runs `command` with Bash, then says `after`.
 fn bash_script(marker: &str, command: &str) -> Value {
-    json!({"scenarios": [{"match": marker, "turns": [
-        {"text": "Running it.", "tool_calls": [{"name": "Bash", "input": {"command": command}}]},
-        {"text": "after"}
-    ]}], "default_text": "OK"})
+    json!({"scenarios": [bash_scenario(marker, "Running it.", command, "after")], "default_text": "OK"})
 }
 
 /// Waits for the approval prompt and returns its id.
@@ -91,14 +72,6 @@ async fn prompt_id(events: &mut EventStream) -> String {
 /// The bot's reply `text`, finished (posted whole, or the last edit of a streamed one).
 fn answered(text: &'static str) -> impl FnMut(&str, &Value) -> bool {
     move |e, d| (e == "message" || e == "edit") && d["text"] == text && d["done"] == true
-}
-
-fn audit(g: &Gateway) -> Vec<Value> {
-    std::fs::read_to_string(g.runtime.join("audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 const OWNER_TOUCH_LISTED: &str =
@@ -150,7 +123,7 @@ async fn an_owner_allow_listed_call_runs_without_a_prompt() {
     assert_eq!(replies.len(), 1, "{replies:?}");
     assert_eq!(replies[0].text, "after");
     assert!(s.gateway.work.join("listed.txt").exists());
-    let last = audit(&s.gateway).pop().unwrap();
+    let last = s.gateway.audit().pop().unwrap();
     assert_eq!(last["decision"], "allow");
     assert_eq!(last["tool"], "Bash");
     assert_eq!(last["parameters"], json!(["touch listed.txt"]));
@@ -183,7 +156,7 @@ async fn an_unlisted_call_waits_for_approve_and_a_denied_one_does_not_run() {
         .until(Duration::from_secs(90), answered("after"))
         .await;
     assert!(!s.gateway.work.join("denied.txt").exists());
-    let last = audit(&s.gateway).pop().unwrap();
+    let last = s.gateway.audit().pop().unwrap();
     assert_eq!(last["decision"], "deny");
 }
 
@@ -234,7 +207,7 @@ async fn a_guest_call_is_denied_without_a_prompt_even_a_read_in_the_working_dire
         !results.contains("ACP-SECRET-CONTENT"),
         "the guest's Read ran"
     );
-    let last = audit(&s.gateway).pop().unwrap();
+    let last = s.gateway.audit().pop().unwrap();
     assert_eq!(
         (last["tool"].as_str(), last["decision"].as_str()),
         (Some("Read"), Some("deny"))
@@ -245,23 +218,11 @@ async fn a_guest_call_is_denied_without_a_prompt_even_a_read_in_the_working_dire
 // The host side against a scripted ACP agent (`acg-fake-agent acp`)
 // ---------------------------------------------------------------------------------------------
 
-struct Fake {
-    gateway: Gateway,
-    alice: WebClient,
-    bob: WebClient,
-}
-
-/// Alice owns, Bob is a guest; `agent_extra` is YAML added to the agent section.
-fn fake(agent_extra: &str) -> Fake {
-    let port = free_port();
-    let config = format!(
-        r#"
-connectors:
-  - name: local
-    type: webchat
-    listen: "127.0.0.1:{port}"
-    allowed_users: {{owners: [alice], guests: [bob]}}
-default_agent: assistant
+/// The scripted ACP agent in a daemon on the shared web chat config (Alice owns, Bob is a
+/// guest); `agent_extra` is YAML added to the agent section.
+fn fake(agent_extra: &str) -> WebchatGateway {
+    let agents = format!(
+        r#"default_agent: assistant
 agents:
   assistant:
     type: acp
@@ -270,25 +231,14 @@ agents:
     working_directory: "{{work}}"
     timeout: 20
     permissions: {{enabled: true, timeout: 10}}
-{agent_extra}
-watchers:
-  - {{name: all, connector: local, room: "*", agent: assistant}}
-shutdown_grace: 300
-"#,
-        bin = support::fake_agent_bin(),
+{agent_extra}"#,
+        bin = fake_agent::path(),
     );
-    let gateway = Gateway::start(&config);
-    let alice = WebClient::new(port, &gateway.token_for("alice"));
-    let bob = WebClient::new(port, &gateway.token_for("bob"));
-    Fake {
-        gateway,
-        alice,
-        bob,
-    }
+    WebchatGateway::start(&agents, "shutdown_grace: 300")
 }
 
 /// `(answer, pid, session)` of the fake's last reply in `replies`.
-fn parse_answer(replies: &[support::WebMessage]) -> (String, String, String) {
+fn parse_answer(replies: &[WebMessage]) -> (String, String, String) {
     let text = &replies.last().expect("a reply").text;
     let re = regex::Regex::new(r"^(?s)(.*) \[pid (\d+) session (\S+)\]$").unwrap();
     let c = re.captures(text).unwrap_or_else(|| panic!("{text}"));
@@ -466,7 +416,7 @@ agents:
 watchers:
   - {{name: w, connector: local, room: "*", agent: a}}
 "#,
-        bin = support::fake_agent_bin()
+        bin = fake_agent::path()
     ));
     let (code, out, _) = g.cli_text(&["doctor"]);
     assert_eq!(code, 1, "{out}");

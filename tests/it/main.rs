@@ -4,12 +4,13 @@
 //! - `support`: what tests share (the daemon harness, the fakes, the dispatcher stand-in);
 //! - `conformance`: the scenarios every chat platform passes, once per `FakePlatform`;
 //! - one module per area: the platforms' connectors (`webchat`, `rocketchat`, `onebot`,
-//!   `webchat_browser`), the agent (`claude_backend`), approvals (`approval_live`,
+//!   `webchat_browser`), the agents (`claude_backend`, `acp`), approvals (`approval_live`,
 //!   `e2e_approval`), the daemon end to end (`e2e_claude`, `e2e_faults`, `control_socket`,
 //!   `config_cli`, `confinement`), and the tool policy (`policy_corpus`, `policy_oracle`).
 
 mod support;
 
+mod acp;
 mod approval_live;
 mod claude_backend;
 mod config_cli;

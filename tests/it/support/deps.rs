@@ -1,6 +1,6 @@
-//! Where the real programs some tests drive are: the pinned Claude Code CLI, Chromium and the
-//! NoneBot venv, all installed by `scripts/test.sh`. Under `CI=true` a missing one fails the
-//! test; elsewhere the test is skipped with a loud notice.
+//! Where the real programs some tests drive are: the pinned Claude Code CLI and its ACP
+//! adapter, Chromium and the NoneBot venv, all installed by `scripts/test.sh`. Under
+//! `CI=true` a missing one fails the test; elsewhere the test is skipped with a loud notice.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,18 @@ pub fn claude() -> Option<PathBuf> {
         path,
         found,
         "the Claude Code CLI",
+        "scripts/install-test-deps.sh",
+    )
+}
+
+/// The Claude ACP adapter, `claude-agent-acp` (`scripts/install-test-deps.sh`).
+pub fn claude_agent_acp() -> Option<PathBuf> {
+    let path = root().join(".deps/node/node_modules/.bin/claude-agent-acp");
+    let found = path.exists();
+    present(
+        path,
+        found,
+        "claude-agent-acp",
         "scripts/install-test-deps.sh",
     )
 }
