@@ -15,6 +15,7 @@ pub mod confine;
 pub mod gate;
 pub mod process;
 pub mod registry;
+pub mod state;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -35,6 +35,7 @@ use super::confine::Sandbox;
 use super::gate::ToolGate;
 use super::process::ProcessSpec;
 use super::registry::{AgentType, BuildContext};
+use super::state::{self, StateLayout};
 use super::{claude, AgentBackend, AgentError, TurnContext};
 use crate::config::{AgentConfig, AgentSettings, Validator};
 use crate::model::{RoomKey, TurnOutcome, TurnRequest};
@@ -120,6 +121,8 @@ pub struct AcpBackend {
     working_directory: PathBuf,
     env: Vec<(String, String)>,
     sandbox: Option<Sandbox>,
+    /// What the CLI behind the command writes of its own (see `agent::state`).
+    layout: StateLayout,
     settings: Arc<Settings>,
     workers: Workers,
     tracker: TaskTracker,
@@ -143,6 +146,7 @@ impl AcpBackend {
             working_directory: config.working_directory.clone(),
             env: config.env.clone(),
             sandbox,
+            layout: state::layout_of_command(&config.command),
             settings: Arc::new(Settings {
                 agent: config.name.clone(),
                 cwd,
@@ -160,26 +164,30 @@ impl AcpBackend {
         }
     }
 
-    /// The agent process for one room. Its environment and confinement are Claude Code's
-    /// (the adapter runs the CLI): the agent's `env`, the CLI's state dir under `$HOME`
-    /// writable, `IS_SANDBOX=1` when it runs as root (without it the adapter's CLI exits
+    /// The agent process for one room: the agent's `env` (never the hook secret's variable),
+    /// the state dirs of the CLI behind the command writable (`agent::state`), and for the
+    /// Claude adapter `IS_SANDBOX=1` when it runs as root (without it the adapter's CLI exits
     /// at `session/new`).
     fn spec(&self) -> Result<ProcessSpec, AgentError> {
         let (env_remove, mut env) = claude::child_env(&self.env);
-        let sandbox =
-            match claude::state_sandbox(self.sandbox.as_ref(), &self.working_directory, &self.env)?
-            {
-                Some((sandbox, extra)) => {
-                    env.extend(extra);
-                    Some(sandbox)
-                }
-                None => None,
-            };
+        let sandbox = match state::run_sandbox(
+            self.sandbox.as_ref(),
+            &self.layout,
+            &self.working_directory,
+            &self.env,
+        )? {
+            Some((sandbox, extra)) => {
+                env.extend(extra);
+                Some(sandbox)
+            }
+            None => None,
+        };
         let uid = match sandbox.as_ref().and_then(|s| s.user.as_ref()) {
             Some(user) => user.uid,
             None => nix::unistd::geteuid().as_raw(),
         };
-        if uid == 0 && !self.env.iter().any(|(k, _)| k == "IS_SANDBOX") {
+        let is_claude = self.layout == state::CLAUDE;
+        if is_claude && uid == 0 && !self.env.iter().any(|(k, _)| k == "IS_SANDBOX") {
             env.push(("IS_SANDBOX".into(), "1".into()));
         }
         Ok(ProcessSpec {

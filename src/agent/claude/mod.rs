@@ -44,6 +44,7 @@ use super::confine::Sandbox;
 use super::gate::GateTicket;
 use super::process::{self, ProcessSpec};
 use super::registry::{self, AgentType, BuildContext};
+use super::state::{self, Env};
 use super::{AgentBackend, AgentError, TurnContext};
 use crate::config::AgentConfig;
 use crate::model::{Role, TurnOutcome, TurnRequest};
@@ -127,9 +128,6 @@ pub(crate) const KNOWN_TOOLS: &[&str] = &[
     "Write",
 ];
 
-/// Environment variables as (name, value) pairs, in the order they are set.
-type Env = Vec<(String, String)>;
-
 pub struct ClaudeBackend {
     name: String,
     command: String,
@@ -184,7 +182,12 @@ impl ClaudeBackend {
     }
 
     fn run_sandbox(&self) -> Result<Option<(Sandbox, Env)>, AgentError> {
-        state_sandbox(self.sandbox.as_ref(), &self.working_directory, &self.env)
+        state::run_sandbox(
+            self.sandbox.as_ref(),
+            &state::CLAUDE,
+            &self.working_directory,
+            &self.env,
+        )
     }
 
     /// The argv after the program name, for one turn.
@@ -417,79 +420,6 @@ impl Drop for SettingsFile {
     }
 }
 
-/// The `HOME` the CLI runs with: the agent's `env`, else the `run_as` user's, else ours.
-fn home_of(env: &[(String, String)], sandbox: Option<&Sandbox>) -> Option<PathBuf> {
-    if let Some((_, h)) = env.iter().rev().find(|(k, _)| k == "HOME") {
-        return Some(PathBuf::from(h));
-    }
-    if let Some(user) = sandbox.and_then(|s| s.user.as_ref()) {
-        return Some(user.home.clone());
-    }
-    std::env::var_os("HOME").map(PathBuf::from)
-}
-
-/// A run's sandbox for a Claude Code process (the CLI itself, or the one the ACP adapter
-/// starts) and the environment it needs (`TMPDIR`, the user's identity, and
-/// `CLAUDE_CONFIG_DIR` when `$HOME` itself cannot be writable). `None` when `base` is.
-///
-/// Claude Code 2.1.197 writes `~/.claude/…` and rewrites `~/.claude.json` by creating
-/// `~/.claude.json.tmp.<pid>.<rand>` plus a `~/.claude.json.lock` directory in `$HOME` and
-/// renaming (strace). Landlock can only grant `$HOME` whole, so `$HOME` is writable only
-/// when it holds nothing protected; otherwise `CLAUDE_CONFIG_DIR=~/.claude` moves the
-/// CLI's whole state (`.claude.json` included) into `~/.claude`, which is granted alone.
-pub(crate) fn state_sandbox(
-    base: Option<&Sandbox>,
-    working_directory: &Path,
-    agent_env: &[(String, String)],
-) -> Result<Option<(Sandbox, Env)>, AgentError> {
-    let Some(base) = base else {
-        return Ok(None);
-    };
-    let mut sandbox = base.clone();
-    let mut env = Vec::new();
-    sandbox.writable.push(working_directory.to_path_buf());
-    if let Some(tmp) = &sandbox.private_tmp {
-        env.push(("TMPDIR".to_string(), tmp.display().to_string()));
-    }
-    if let Some(user) = &sandbox.user {
-        env.push(("USER".to_string(), user.name.clone()));
-        env.push(("LOGNAME".to_string(), user.name.clone()));
-        if !agent_env.iter().any(|(k, _)| k == "HOME") {
-            env.push(("HOME".to_string(), user.home.display().to_string()));
-        }
-    }
-    let configured = agent_env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "CLAUDE_CONFIG_DIR")
-        .map(|(_, v)| PathBuf::from(v));
-    let home = home_of(agent_env, Some(base));
-    let state_dir = match (&configured, &home) {
-        (Some(dir), _) => Some(dir.clone()),
-        (None, Some(home)) => {
-            let real = super::confine::real_path(home);
-            let holds_protected = base
-                .protected
-                .iter()
-                .any(|p| super::confine::real_path(p).starts_with(&real));
-            if holds_protected {
-                let dir = home.join(".claude");
-                env.push(("CLAUDE_CONFIG_DIR".to_string(), dir.display().to_string()));
-                Some(dir)
-            } else {
-                sandbox.writable.push(home.clone());
-                None
-            }
-        }
-        (None, None) => None,
-    };
-    if let Some(dir) = state_dir {
-        ensure_state_dir(&dir, sandbox.user.as_ref())?;
-        sandbox.writable.push(dir);
-    }
-    Ok(Some((sandbox, env)))
-}
-
 /// The variables removed from a Claude process's inherited environment and those set on
 /// top: the agent's `env`, never the hook secret (see the module doc), even if `env` names it.
 pub(crate) fn child_env(agent_env: &[(String, String)]) -> (Vec<String>, Env) {
@@ -500,32 +430,6 @@ pub(crate) fn child_env(agent_env: &[(String, String)]) -> (Vec<String>, Env) {
         .cloned()
         .collect();
     (remove, env)
-}
-
-/// Creates the CLI's state dir (0700, owned by the `run_as` user) so Landlock has an inode to
-/// grant before the CLI first runs.
-fn ensure_state_dir(dir: &Path, user: Option<&super::confine::RunAs>) -> Result<(), AgentError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    // Never create a missing HOME (`nobody`'s is `/nonexistent`): that is the admin's call.
-    if !dir.parent().is_some_and(Path::is_dir) {
-        return Err(AgentError::Setup(format!(
-            "cannot create the CLI state dir {}: its parent does not exist",
-            dir.display()
-        )));
-    }
-    let setup =
-        |e: std::io::Error| AgentError::Setup(format!("could not create {}: {e}", dir.display()));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(setup)?;
-    if let Some(u) = user {
-        std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid)).map_err(setup)?;
-    }
-    Ok(())
 }
 
 /// Maps allow-list rules to `--allowedTools` entries, keeping only those the CLI's syntax
