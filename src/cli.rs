@@ -218,6 +218,9 @@ fn validate(path: &Path) -> anyhow::Result<i32> {
                 c.agents.len(),
                 c.watchers.len()
             );
+            for w in &c.warnings {
+                println!("warning: {w}");
+            }
             Ok(0)
         }
         Err(e) => {
@@ -238,6 +241,9 @@ fn doctor(config_file: &Path, runtime: &Path) -> anyhow::Result<i32> {
     let config = match read_config(config_file) {
         Ok(c) => {
             report("ok", format!("config {} is valid", config_file.display()));
+            for w in &c.warnings {
+                report("warn", format!("config: {w}"));
+            }
             Some(c)
         }
         Err(e) => {

@@ -540,6 +540,10 @@ async fn start(
 
     let mut connectors: Connectors = HashMap::new();
     let mut notes = Vec::new();
+    for w in &config.warnings {
+        warn!("config: {w}");
+        notes.push(format!("warning: {w}"));
+    }
     for (name, cfg) in names.iter().zip(&config.connectors) {
         let c = match embedded.remove(name) {
             Some(c) => c,

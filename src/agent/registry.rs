@@ -22,7 +22,7 @@ use super::confine::Sandbox;
 use super::gate::ToolGate;
 use super::{acp, claude, AgentBackend};
 use crate::config::{
-    AgentConfig, AgentSection, AgentSectionParser, AgentSettings, AgentTypes, Validator,
+    AgentConfig, AgentSection, AgentSectionParser, AgentSettings, AgentTypes, Gating, Validator,
 };
 
 /// Every agent type, by the name its config sections give as `type`.
@@ -42,9 +42,9 @@ pub struct AgentType {
     /// Validates those keys (a mapping holding only them), reporting problems under `path`.
     /// `None` when a problem was reported.
     pub parse: AgentSectionParser,
-    /// Its calls can only be decided by the gateway's [`ToolGate`]: `config` refuses a
-    /// section of this type without `permissions.enabled`.
-    pub requires_permissions: bool,
+    /// Whether the gateway's [`ToolGate`] can decide its calls one by one (`config` checks
+    /// `permissions.enabled` against it).
+    pub gating: Gating,
     /// What `doctor` shows of an installed agent: its version as it reports it (Claude:
     /// `--version`; ACP: the `agentInfo` of an `initialize` handshake), or why it could not.
     pub version: fn(&AgentConfig) -> Result<String, String>,
@@ -89,7 +89,7 @@ impl AgentTypes for Agents {
             default_command: a.default_command,
             keys: a.keys,
             parse: a.parse,
-            requires_permissions: a.requires_permissions,
+            gating: a.gating,
         })
     }
 }

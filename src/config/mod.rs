@@ -79,6 +79,7 @@ impl std::error::Error for ConfigError {}
 /// Collects problems while validating; sections report into it and carry on.
 pub struct Validator {
     issues: Vec<ConfigIssue>,
+    warnings: Vec<ConfigIssue>,
     base_dir: PathBuf,
     source: String,
 }
@@ -87,6 +88,7 @@ impl Validator {
     fn new(base_dir: PathBuf, source: String) -> Self {
         Validator {
             issues: Vec::new(),
+            warnings: Vec::new(),
             base_dir,
             source,
         }
@@ -97,6 +99,18 @@ impl Validator {
         let path = path.into();
         let line = locate_line(&self.source, &path);
         self.issues.push(ConfigIssue {
+            path,
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// Records something valid that the admin should know (printed by `config validate`,
+    /// `doctor` and at start).
+    pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let line = locate_line(&self.source, &path);
+        self.warnings.push(ConfigIssue {
             path,
             line,
             message: message.into(),
@@ -253,6 +267,8 @@ pub struct Config {
     /// A room worker with nothing to do for this long is released (memory stays bounded
     /// with `room: "*"`); the session id stays in the state file.
     pub room_idle_eviction: Duration,
+    /// What is valid but worth knowing (an agent whose calls are not asked one by one).
+    pub warnings: Vec<ConfigIssue>,
 }
 
 impl Config {
@@ -388,9 +404,24 @@ pub struct AgentSection {
     /// Keys its sections may hold besides [`COMMON_AGENT_KEYS`].
     pub keys: &'static [&'static str],
     pub parse: AgentSectionParser,
-    /// Its tool calls can only be decided by the gateway (it asks over its own protocol):
-    /// a section must enable `permissions`.
-    pub requires_permissions: bool,
+    /// Whether the gateway can decide its tool calls one by one.
+    pub gating: Gating,
+}
+
+/// Whether an agent type's tool calls can be decided one by one by the gateway (the allow-
+/// lists, then an owner's `approve`/`deny`), which `permissions.enabled` turns on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gating {
+    /// Either way: with `permissions` every call is asked, without them the allow-lists are
+    /// handed to the CLI (Claude Code's `--allowedTools`).
+    Optional,
+    /// Always (it asks over its own protocol, ACP's `session/request_permission`): a section
+    /// must enable `permissions`.
+    Required,
+    /// Never: the CLI's headless mode has no approval hook. A section may not enable
+    /// `permissions`, and validation warns that calls are not asked one by one. `advice`
+    /// says in plain words what the gateway enforces instead and how to get approvals.
+    Unavailable { advice: &'static str },
 }
 
 /// The agent types a program knows, handed to `config` like [`ConnectorTypes`] so that agents
@@ -695,7 +726,10 @@ pub fn parse(path: &Path, source: &str, types: Types<'_>) -> Result<Config, Conf
     let mut v = Validator::new(base_dir, source.to_string());
     let config = validate_source(path, source, types, &mut v);
     match config {
-        Some(c) if v.issues.is_empty() => Ok(c),
+        Some(mut c) if v.issues.is_empty() => {
+            c.warnings = v.warnings;
+            Ok(c)
+        }
         _ => Err(ConfigError {
             file: path.to_path_buf(),
             issues: v.issues,
@@ -823,6 +857,7 @@ fn validate_source(
         },
     };
     Some(Config {
+        warnings: Vec::new(),
         max_concurrent_turns,
         room_idle_eviction,
         path: path.to_path_buf(),
@@ -1020,14 +1055,29 @@ fn validate_agents(
                 skip_owner_approval: false,
             },
         };
-        if agent_type.requires_permissions && !permissions.enabled {
-            v.error(
+        match agent_type.gating {
+            Gating::Required if !permissions.enabled => v.error(
                 format!("{path}.permissions"),
                 format!(
                     "type '{}' asks the gateway about every tool call: set `permissions: {{enabled: true}}`",
                     raw.kind
                 ),
-            );
+            ),
+            Gating::Unavailable { advice } if permissions.enabled => v.error(
+                format!("{path}.permissions"),
+                format!(
+                    "type '{}' cannot ask the gateway about each tool call, so `permissions` cannot be enabled: {advice}",
+                    raw.kind
+                ),
+            ),
+            Gating::Unavailable { advice } => v.warn(
+                path.clone(),
+                format!(
+                    "tool calls of a `type: {}` agent are not checked one by one and never wait for an owner's approval: {advice}",
+                    raw.kind
+                ),
+            ),
+            _ => {}
         }
         if raw.timeout == 0 {
             v.error(format!("{path}.timeout"), "must be at least 1 second");

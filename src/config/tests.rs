@@ -209,7 +209,7 @@ mod own_section {
                 default_command: "modelled-cli",
                 keys: &["model"],
                 parse: parse_model,
-                requires_permissions: false,
+                gating: Gating::Optional,
             })
         }
     }

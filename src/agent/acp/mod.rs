@@ -37,7 +37,7 @@ use super::process::ProcessSpec;
 use super::registry::{AgentType, BuildContext};
 use super::state::{self, StateLayout};
 use super::{claude, AgentBackend, AgentError, TurnContext};
-use crate::config::{AgentConfig, AgentSettings, Validator};
+use crate::config::{AgentConfig, AgentSettings, Gating, Validator};
 use crate::model::{RoomKey, TurnOutcome, TurnRequest};
 use session::{Command, Settings, Worker};
 
@@ -48,7 +48,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
     default_command: "claude-agent-acp",
     keys: &["idle_timeout"],
     parse,
-    requires_permissions: true,
+    gating: Gating::Required,
     version: session::probe,
     tested: "claude-agent-acp 0.49.0 (@agentclientprotocol/claude-agent-acp)",
     build,

@@ -46,7 +46,7 @@ use super::process::{self, ProcessSpec};
 use super::registry::{self, AgentType, BuildContext};
 use super::state::{self, Env};
 use super::{AgentBackend, AgentError, TurnContext};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Gating};
 use crate::model::{Role, TurnOutcome, TurnRequest};
 use crate::policy::{Rule, RuleSet};
 
@@ -56,7 +56,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
     default_command: "claude",
     keys: &[],
     parse: registry::no_own_keys,
-    requires_permissions: false,
+    gating: Gating::Optional,
     version: registry::version_flag,
     tested: "2.1.197 (@anthropic-ai/claude-code)",
     build,
