@@ -11,8 +11,12 @@
 
 pub mod acp;
 pub mod claude;
+pub mod codex;
 pub mod confine;
 pub mod gate;
+pub mod gemini;
+pub mod opencode;
+pub mod pipe;
 pub mod process;
 pub mod registry;
 pub mod state;

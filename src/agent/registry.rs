@@ -20,13 +20,19 @@ use tokio_util::task::TaskTracker;
 
 use super::confine::Sandbox;
 use super::gate::ToolGate;
-use super::{acp, claude, AgentBackend};
+use super::{acp, claude, codex, gemini, opencode, AgentBackend};
 use crate::config::{
     AgentConfig, AgentSection, AgentSectionParser, AgentSettings, AgentTypes, Gating, Validator,
 };
 
 /// Every agent type, by the name its config sections give as `type`.
-pub static AGENTS: Agents = Agents(&[claude::AGENT_TYPE, acp::AGENT_TYPE]);
+pub static AGENTS: Agents = Agents(&[
+    claude::AGENT_TYPE,
+    acp::AGENT_TYPE,
+    codex::AGENT_TYPE,
+    gemini::AGENT_TYPE,
+    opencode::AGENT_TYPE,
+]);
 
 /// A list of agent types (the program's is [`AGENTS`]; tests make their own).
 pub struct Agents(pub &'static [AgentType]);

@@ -47,7 +47,7 @@ fn every_problem_is_reported_with_its_key_path() {
     let text = err.to_string();
     assert!(
         text.contains(
-            "agents.assistant.type (line 6): unknown agent type 'claud' (supported: claude, acp)"
+            "agents.assistant.type (line 6): unknown agent type 'claud' (supported: claude, acp, codex, gemini, opencode)"
         ),
         "{text}"
     );
@@ -298,4 +298,54 @@ fn an_acp_agent_needs_permissions_and_every_problem_of_its_section_is_reported()
     );
     let c = check(&ok).unwrap();
     assert_eq!(c.agents["assistant"].command, "claude-agent-acp");
+}
+
+/// Rooms bound to different agent types in one file; every problem of every agent section is
+/// reported at once, and an agent whose CLI cannot ask about calls gets a warning.
+#[test]
+fn agents_of_every_type_mix_and_pipe_agents_cannot_enable_permissions() {
+    let agents = r#"
+default_agent: claude
+agents:
+  claude: {type: claude, working_directory: ./work}
+  acp: {type: acp, working_directory: ./work, permissions: {enabled: true, timeout: 60}}
+  codex: {type: codex, working_directory: ./work}
+  gemini: {type: gemini, working_directory: ./work, args: [-m, gemini-2.5-flash]}
+  opencode: {type: opencode, working_directory: ./work}
+watchers:
+  - {name: a, connector: local, room: "one", agent: claude}
+  - {name: b, connector: local, room: "two", agent: codex}
+  - {name: c, connector: local, room: "three", agent: opencode}
+"#;
+    let connectors = GOOD.split("default_agent").next().unwrap();
+    let c = check(&format!("{connectors}{agents}")).unwrap();
+    assert_eq!(c.agents.len(), 5);
+    assert_eq!(c.agents["codex"].command, "codex");
+    let warned: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        warned,
+        ["agents.codex", "agents.gemini", "agents.opencode"],
+        "{:?}",
+        c.warnings
+    );
+    let text = c.warnings[0].to_string();
+    assert!(text.contains("not checked one by one"), "{text}");
+    assert!(text.contains("type: acp"), "{text}");
+
+    let bad = agents
+        .replace(
+            "codex: {type: codex, working_directory: ./work}",
+            "codex: {type: codex, working_directory: ./work, permissions: {enabled: true}}",
+        )
+        .replace("opencode: {type: opencode,", "opencode: {type: opencode, timeout: 0,")
+        .replace("acp: {type: acp, working_directory: ./work, permissions: {enabled: true, timeout: 60}}", "acp: {type: acp, working_directory: ./work}");
+    let err = check(&format!("{connectors}{bad}")).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("agents.codex.permissions")
+            && text.contains("type 'codex' cannot ask the gateway about each tool call"),
+        "{text}"
+    );
+    assert!(text.contains("agents.opencode.timeout"), "{text}");
+    assert!(text.contains("agents.acp.permissions"), "{text}");
 }
