@@ -152,6 +152,7 @@ fn config(agent: &Path, work: &Path) -> Config {
             kind: ConnectorKind::Embedded,
         }],
         agents,
+        warnings: Vec::new(),
         default_agent: "fake".into(),
         watchers: vec![WatcherConfig {
             name: "all".into(),
