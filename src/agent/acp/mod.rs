@@ -1,5 +1,5 @@
 //! ACP backend (`type: acp`): any Agent Client Protocol agent over stdio — the Claude adapter
-//! (`claude-agent-acp`), `opencode acp`, `gemini --experimental-acp` — on the official
+//! (`claude-agent-acp`), `opencode acp`, `gemini --acp` — on the official
 //! `agent-client-protocol` SDK.
 //!
 //! Owns: its registry entry ([`AGENT_TYPE`]) and config keys, one worker per room (one agent
@@ -13,7 +13,12 @@
 //! so does every file callback. What the agent does without asking is up to the agent: the
 //! Claude adapter is told to ask about every built-in tool (an `ask` rule for each, which
 //! beats `allow` rules in the project's settings) and is kept out of the modes that skip
-//! asking; for every agent the OS confinement (Landlock, `run_as`) is the hard boundary.
+//! asking; OpenCode is started with `ask` for every tool (`OPENCODE_PERMISSION`); Gemini CLI
+//! asks about shell and write calls in its default mode, but runs its read-only tools without
+//! asking, and its shell calls carry no `rawInput` (only a display title), so they are
+//! decided as the unknown tool `acp:execute`, never by a `Bash` rule. Arguments that skip
+//! asking (`--yolo`, `--approval-mode`, …) are refused. For every agent the OS confinement
+//! (Landlock, `run_as`) is the hard boundary.
 
 mod host;
 mod session;
@@ -112,6 +117,19 @@ fn build(ctx: BuildContext<'_>) -> anyhow::Result<Arc<dyn AgentBackend>> {
     )))
 }
 
+/// Arguments that start an ACP agent in a mode that skips asking (Gemini CLI's
+/// `--yolo`/`--approval-mode`, the CLIs' skip-permission flags).
+const SKIPS_ASKING: &[&str] = &[
+    "-y",
+    "--yolo",
+    "--approval-mode",
+    "--dangerously-skip-permissions",
+    "--allow-dangerously-skip-permissions",
+    "--permission-mode",
+    "--dangerously-bypass-approvals-and-sandbox",
+    "--full-auto",
+];
+
 /// Room → its worker; the inner lock also keeps a room's turns one at a time.
 type Workers = Mutex<HashMap<RoomKey, Arc<tokio::sync::Mutex<Option<Worker>>>>>;
 
@@ -186,9 +204,23 @@ impl AcpBackend {
             Some(user) => user.uid,
             None => nix::unistd::geteuid().as_raw(),
         };
+        // OpenCode runs the tools its permissions `allow` (by default: all of them) without
+        // asking; `ask` for every tool makes each call a `session/request_permission`
+        // (verified, opencode-ai 1.18.33). Set last, so it beats the agent's `env`.
+        if self.layout == state::OPENCODE {
+            env.push(("OPENCODE_PERMISSION".into(), r#"{"*":"ask"}"#.into()));
+        }
         let is_claude = self.layout == state::CLAUDE;
         if is_claude && uid == 0 && !self.env.iter().any(|(k, _)| k == "IS_SANDBOX") {
             env.push(("IS_SANDBOX".into(), "1".into()));
+        }
+        if let Some(arg) = self.args.iter().find(|a| {
+            let flag = a.split('=').next().unwrap_or(a);
+            SKIPS_ASKING.contains(&flag)
+        }) {
+            return Err(AgentError::Setup(format!(
+                "argument '{arg}' would let the agent run tools without asking the gateway"
+            )));
         }
         Ok(ProcessSpec {
             program: self.command.clone(),

@@ -164,7 +164,9 @@ impl LineProtocol for GeminiStream {
                 exit.stderr_tail
             )
             .to_ascii_lowercase();
-            if said.contains("session") && (said.contains("not found") || said.contains("no such"))
+            // 0.61.0: `Error resuming session: Invalid session identifier "<id>".`
+            if said.contains("invalid session identifier")
+                || said.contains("session") && said.contains("not found")
             {
                 return Err(AgentError::SessionNotFound(
                     self.session.unwrap_or_default(),
@@ -230,6 +232,19 @@ mod tests {
             (u.input_tokens, u.cache_read_tokens, u.output_tokens),
             (180, 20, 40)
         );
+    }
+
+    #[test]
+    fn an_unknown_session_is_told_apart() {
+        let s = GeminiStream::new(Some("gone"));
+        let e = s
+            .finish(&ExitInfo {
+                success: false,
+                status: "exit code 1".into(),
+                stderr_tail: "Error resuming session: Invalid session identifier \"gone\".".into(),
+            })
+            .unwrap_err();
+        assert!(matches!(e, AgentError::SessionNotFound(_)), "{e}");
     }
 
     #[test]

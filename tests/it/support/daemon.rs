@@ -170,13 +170,20 @@ pub fn fake_agent_yaml(timeout: u32) -> String {
 /// A config with one web chat connector `local` on `port` (owners alice, guests bob), the
 /// watcher `all` on every room for the default agent of `agents`, and `extra` top-level keys.
 pub fn webchat_config(port: u16, agents: &str, extra: &str) -> String {
+    webchat_config_with(port, agents, ALL_ROOMS, extra)
+}
+
+/// The watchers of [`webchat_config`]: every room, on the default agent.
+pub const ALL_ROOMS: &str = "watchers:\n  - {name: all, connector: local, room: \"*\"}";
+
+/// [`webchat_config`] with its own `watchers:` section (rooms bound to different agents).
+pub fn webchat_config_with(port: u16, agents: &str, watchers: &str, extra: &str) -> String {
     format!(
         r#"
 connectors:
   - {{name: local, type: webchat, listen: "127.0.0.1:{port}", allowed_users: {{owners: [alice], guests: [bob]}}}}
 {agents}
-watchers:
-  - {{name: all, connector: local, room: "*"}}
+{watchers}
 {extra}
 "#
     )
@@ -193,8 +200,13 @@ pub struct WebchatGateway {
 
 impl WebchatGateway {
     pub fn start(agents: &str, extra: &str) -> WebchatGateway {
+        WebchatGateway::start_with_watchers(agents, ALL_ROOMS, extra)
+    }
+
+    /// With its own `watchers:` section, as for [`webchat_config_with`].
+    pub fn start_with_watchers(agents: &str, watchers: &str, extra: &str) -> WebchatGateway {
         let port = ports::free_port();
-        let gateway = Gateway::start(&webchat_config(port, agents, extra));
+        let gateway = Gateway::start(&webchat_config_with(port, agents, watchers, extra));
         let alice = WebClient::new(port, &gateway.token_for("alice"));
         let bob = WebClient::new(port, &gateway.token_for("bob"));
         WebchatGateway {

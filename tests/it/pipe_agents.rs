@@ -1,0 +1,176 @@
+//! The pipe agents (`type: codex`, `gemini`, `opencode`) end to end: one real daemon whose
+//! rooms are bound to different agents, the real CLIs (pinned by
+//! scripts/install-test-deps.sh) and the project's fake model API (OpenAI Responses for
+//! Codex, Gemini's API for Gemini CLI, OpenAI Chat Completions for OpenCode).
+//!
+//! Each room shows: a reply; an owner's allow-listed shell call really runs; the next
+//! message resumes the CLI's session (the first exchange is in the model request); the
+//! session survives a daemon restart; a guest, whose rules grant nothing, gets no shell.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::support::agent_homes;
+use crate::support::daemon::WebchatGateway;
+use crate::support::deps;
+use crate::support::fake_llm::{bash_turn, FakeLlm};
+
+/// One pipe CLI under test.
+struct Cli {
+    kind: &'static str,
+    bin: fn() -> Option<PathBuf>,
+    env: fn(&str, &Path) -> Vec<(String, String)>,
+    /// The agent's `args` (Gemini: a fixed model, so there is no routing call).
+    args: &'static str,
+}
+
+const CLIS: [Cli; 3] = [
+    Cli {
+        kind: "codex",
+        bin: deps::codex,
+        env: agent_homes::codex_env,
+        args: "[]",
+    },
+    Cli {
+        kind: "gemini",
+        bin: deps::gemini,
+        env: agent_homes::gemini_env,
+        args: "[-m, gemini-2.5-flash]",
+    },
+    Cli {
+        kind: "opencode",
+        bin: deps::opencode,
+        env: agent_homes::opencode_env,
+        args: "[]",
+    },
+];
+
+/// The conversation of one room: a shell call, then one answer per later message.
+fn scenario(kind: &str) -> Value {
+    json!({"match": format!("PIPE-{kind} please"), "turns": [
+        bash_turn("Creating it.", &format!("touch owner-{kind}.txt")),
+        {"text": format!("Created by {kind}.")},
+        {"text": format!("Second answer from {kind}.")},
+        {"text": format!("Third answer from {kind}.")},
+    ]})
+}
+
+/// A guest asks for the same kind of call.
+fn guest_scenario(kind: &str) -> Value {
+    json!({"match": format!("PIPE-{kind} guest"), "turns": [
+        bash_turn("Trying.", &format!("touch guest-{kind}.txt")),
+        {"text": "Could not."},
+    ]})
+}
+
+/// The text of every model call's messages, for the calls whose conversation is `marker`'s.
+fn history(llm: &FakeLlm, marker: &str) -> String {
+    llm.requests()
+        .iter()
+        .filter(|r| r.is_model_call())
+        .map(|r| r.message_texts().join("\n"))
+        .filter(|t| t.contains(marker))
+        .last()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_bound_to_codex_gemini_and_opencode_answer_resume_and_survive_a_restart() {
+    let mut bins = Vec::new();
+    for cli in &CLIS {
+        match (cli.bin)() {
+            Some(b) => bins.push(b),
+            None => return,
+        }
+    }
+    let mut scenarios: Vec<Value> = CLIS.iter().map(|c| scenario(c.kind)).collect();
+    scenarios.extend(CLIS.iter().map(|c| guest_scenario(c.kind)));
+    let llm = FakeLlm::start(json!({"scenarios": scenarios, "default_text": "OK"})).await;
+    // Outside the system tmp: Codex refuses to set up its sandbox helpers under a temporary
+    // dir (0.169.0: "Refusing to create helper binaries under temporary dir").
+    let homes = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut agents = String::from("default_agent: codex\nagents:\n");
+    let mut watchers = String::from("watchers:\n");
+    for (cli, bin) in CLIS.iter().zip(&bins) {
+        let home = homes.path().join(cli.kind);
+        std::fs::create_dir_all(&home).unwrap();
+        let env = agent_homes::env_yaml(&(cli.env)(&llm.url(), &home));
+        agents.push_str(&format!(
+            r#"  {kind}:
+    type: {kind}
+    command: "{bin}"
+    args: {args}
+    working_directory: "{{work}}"
+    timeout: 120
+    env: {env}
+    owner_allowed_tools: [{{tool: Bash}}, {{tool: Write}}]
+"#,
+            kind = cli.kind,
+            bin = bin.display(),
+            args = cli.args,
+        ));
+        watchers.push_str(&format!(
+            "  - {{name: {kind}, connector: local, room: room-{kind}, agent: {kind}}}\n  \
+             - {{name: {kind}-guest, connector: local, room: room-{kind}-guest, agent: {kind}}}\n",
+            kind = cli.kind
+        ));
+    }
+    let mut web = WebchatGateway::start_with_watchers(&agents, &watchers, "");
+    let (alice, bob) = (&web.alice, &web.bob);
+
+    let first = CLIS.iter().map(|c| async move {
+        let room = format!("room-{}", c.kind);
+        let replies = alice.ask(&room, &format!("PIPE-{} please", c.kind)).await;
+        (c.kind, replies)
+    });
+    for (kind, replies) in futures_util::future::join_all(first).await {
+        let last = replies.last().map(|m| m.text.clone()).unwrap_or_default();
+        assert_eq!(last, format!("Created by {kind}."), "{kind}: {replies:?}");
+        assert!(
+            web.gateway.work.join(format!("owner-{kind}.txt")).exists(),
+            "{kind}: the owner's allowed shell call did not run"
+        );
+    }
+
+    let second = CLIS.iter().map(|c| async move {
+        let room = format!("room-{}", c.kind);
+        (c.kind, alice.ask(&room, "and again").await)
+    });
+    for (kind, replies) in futures_util::future::join_all(second).await {
+        let last = replies.last().map(|m| m.text.clone()).unwrap_or_default();
+        assert_eq!(last, format!("Second answer from {kind}."), "{kind}: {replies:?}");
+        let seen = history(&llm, &format!("PIPE-{kind} please"));
+        assert!(
+            seen.contains(&format!("Created by {kind}.")) && seen.contains("and again"),
+            "{kind}: the second call did not carry the first exchange: {seen}"
+        );
+    }
+
+    web.gateway.stop();
+    web.gateway.start_again();
+    let third = CLIS.iter().map(|c| async move {
+        let room = format!("room-{}", c.kind);
+        (c.kind, alice.ask(&room, "after the restart").await)
+    });
+    for (kind, replies) in futures_util::future::join_all(third).await {
+        let last = replies.last().map(|m| m.text.clone()).unwrap_or_default();
+        assert_eq!(last, format!("Third answer from {kind}."), "{kind}: {replies:?}");
+        let seen = history(&llm, &format!("PIPE-{kind} please"));
+        assert!(seen.contains("after the restart") && seen.contains("and again"), "{kind}: {seen}");
+    }
+
+    // The guest's rules grant nothing: whatever the CLI does, no file appears.
+    let guest = CLIS.iter().map(|c| async move {
+        let room = format!("room-{}-guest", c.kind);
+        (c.kind, bob.ask(&room, &format!("PIPE-{} guest", c.kind)).await)
+    });
+    let guest_rooms: Vec<_> = futures_util::future::join_all(guest).await;
+    for (kind, replies) in guest_rooms {
+        assert!(!replies.is_empty(), "{kind}: the guest got no reply");
+        assert!(
+            !web.gateway.work.join(format!("guest-{kind}.txt")).exists(),
+            "{kind}: a guest's shell call ran: {replies:?}"
+        );
+    }
+}
