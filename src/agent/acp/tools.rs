@@ -60,10 +60,26 @@ pub fn neutral_call(call: &AcpToolCall, cwd: &Path) -> ToolCall {
         },
         None => ToolCall {
             tool: raw_name(call),
-            input: raw,
+            input: unmapped_input(call, raw),
             cwd: cwd.to_path_buf(),
         },
     }
+}
+
+/// The input an unmapped call is decided on and shown with: its `rawInput`, or when the
+/// agent sent none (Gemini CLI 0.61.0 sends only a title for its shell calls), the title, so
+/// the owner asked about it sees what the agent says it will do. The title is display text:
+/// it is never mapped onto a rule's tool (see the module doc).
+fn unmapped_input(call: &AcpToolCall, raw: Value) -> Value {
+    let empty = match &raw {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    };
+    if empty && !call.title.trim().is_empty() {
+        return json!({ "title": call.title });
+    }
+    raw
 }
 
 /// `_meta.claudeCode.toolName` of the Claude adapter, when it is a plain tool name.
@@ -264,6 +280,13 @@ mod tests {
         let n = neutral_call(&call(ToolKind::Execute, json!({"script": "ls"})), cwd);
         assert_eq!(n.tool, "acp:execute");
         assert_eq!(n.input, json!({"script": "ls"}));
+        // Gemini CLI's shell call: no input, a title. Never a Bash call, whatever the title.
+        let c = AcpToolCall::new("run_shell_command__1", "touch a.txt").kind(ToolKind::Execute);
+        let n = neutral_call(&c, cwd);
+        assert_eq!(
+            (n.tool.as_str(), n.input),
+            ("acp:execute", json!({"title": "touch a.txt"}))
+        );
         // A tool name that tries to pass for a built-in one is prefixed too.
         let c = call(ToolKind::Other, json!({})).name("Bash".to_string());
         assert_eq!(neutral_call(&c, cwd).tool, "acp:Bash");
