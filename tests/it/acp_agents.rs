@@ -1,0 +1,193 @@
+//! `type: acp` with the other ACP agents end to end: `opencode acp` and `gemini --acp` (pinned
+//! by scripts/install-test-deps.sh) in the real daemon, on the project's fake model API. The
+//! Claude adapter has its own module (`acp`), and so does the host side (file callbacks, the
+//! worker's lifecycle) against the scripted fake ACP agent.
+//!
+//! Per agent: a reply, a resumed session (the first exchange in the model request), a restart
+//! that keeps it (`session/load`); an owner-allow-listed call runs unasked; an unlisted call
+//! posts the approval prompt, `approve` runs it, `deny` and a timeout do not; a guest's call is
+//! denied without a prompt. Every check looks at what really ran on disk.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::agent_homes;
+use crate::support::daemon::WebchatGateway;
+use crate::support::deps;
+use crate::support::fake_llm::{bash_turn, FakeLlm};
+use crate::support::webclient::EventStream;
+
+/// One ACP agent under test.
+struct Agent {
+    name: &'static str,
+    bin: fn() -> Option<PathBuf>,
+    args: &'static str,
+    env: fn(&str, &Path) -> Vec<(String, String)>,
+    /// The tool the gate sees for the agent's shell calls, and an owner rule that lets
+    /// `touch listed.txt` run unasked. OpenCode sends the command (`Bash`, a rule on it);
+    /// Gemini CLI only a title, so its shell calls are the unknown `acp:execute`, which no
+    /// `Bash` rule can allow (a rule naming the tool allows every such call).
+    tool: &'static str,
+    listed_rule: &'static str,
+}
+
+const OPENCODE: Agent = Agent {
+    name: "opencode",
+    bin: deps::opencode,
+    args: "[acp]",
+    env: agent_homes::opencode_env,
+    tool: "Bash",
+    listed_rule: r#"{tool: Bash, params: "touch listed\\.txt"}"#,
+};
+
+const GEMINI: Agent = Agent {
+    name: "gemini",
+    bin: deps::gemini,
+    args: "[--acp, -m, gemini-2.5-flash]",
+    env: agent_homes::gemini_env,
+    tool: "acp:execute",
+    listed_rule: r#"{tool: "acp:execute"}"#,
+};
+
+/// The conversations of the test, one per marker.
+fn script(a: &Agent) -> Value {
+    let n = a.name;
+    let shell = |marker: &str, command: &str| {
+        json!({"match": format!("{marker}-{n}"), "turns": [bash_turn("Running it.", command), {"text": "after"}]})
+    };
+    json!({"scenarios": [
+        {"match": format!("ACPX-FIRST-{n}"), "turns": [
+            {"text": "first answer"}, {"text": "second answer"}, {"text": "third answer"}]},
+        shell("ACPX-LISTED", "touch listed.txt"),
+        shell("ACPX-APPROVE", "touch approved.txt"),
+        shell("ACPX-DENY", "touch denied.txt"),
+        shell("ACPX-TIMEOUT", "touch late.txt"),
+        shell("ACPX-GUEST", "touch guest.txt"),
+    ], "default_text": "OK"})
+}
+
+/// The approval prompt's id, after checking it names the tool the gate saw.
+async fn prompt_id(events: &mut EventStream, tool: &str) -> String {
+    let seen = events
+        .until(Duration::from_secs(90), |e, d| {
+            e == "message" && d["text"].as_str().is_some_and(|t| t.starts_with("🔐"))
+        })
+        .await;
+    let text = seen.last().unwrap().1["text"].as_str().unwrap().to_string();
+    assert!(text.contains(&format!("**Tool:** `{tool}`")), "{text}");
+    assert!(text.contains("touch "), "the prompt shows the command: {text}");
+    let re = regex::Regex::new(r"Reply `approve ([a-z0-9]{4})`").unwrap();
+    re.captures(&text).unwrap_or_else(|| panic!("{text}"))[1].to_string()
+}
+
+/// Waits for the bot's finished reply `text`.
+async fn answered(events: &mut EventStream, text: &'static str) {
+    events
+        .until(Duration::from_secs(90), move |e, d| {
+            (e == "message" || e == "edit") && d["text"] == text && d["done"] == true
+        })
+        .await;
+}
+
+/// The text of the last model call of the conversation that began with `marker`.
+fn last_history(llm: &FakeLlm, marker: &str) -> String {
+    llm.requests()
+        .iter()
+        .filter(|r| r.is_model_call())
+        .map(|r| r.message_texts().join("\n"))
+        .filter(|t| t.contains(marker))
+        .last()
+        .unwrap_or_default()
+}
+
+async fn lifecycle(a: &Agent) {
+    let Some(bin) = (a.bin)() else {
+        return;
+    };
+    let llm = FakeLlm::start(script(a)).await;
+    let home = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let agents = format!(
+        r#"default_agent: assistant
+agents:
+  assistant:
+    type: acp
+    command: "{bin}"
+    args: {args}
+    working_directory: "{{work}}"
+    timeout: 120
+    permissions: {{enabled: true, timeout: 4}}
+    env: {env}
+    owner_allowed_tools: [{rule}]
+"#,
+        bin = bin.display(),
+        args = a.args,
+        env = agent_homes::env_yaml(&(a.env)(&llm.url(), home.path())),
+        rule = a.listed_rule,
+    );
+    let mut web = WebchatGateway::start(&agents, "shutdown_grace: 300");
+    let n = a.name;
+    let work = web.gateway.work.clone();
+
+    // A reply, a resumed session, a restart that keeps it.
+    let first = format!("ACPX-FIRST-{n} hello");
+    let replies = web.alice.ask("r1", &first).await;
+    assert_eq!(replies.last().map(|m| m.text.as_str()), Some("first answer"), "{n}: {replies:?}");
+    let replies = web.alice.ask("r1", "and again").await;
+    assert_eq!(replies.last().map(|m| m.text.as_str()), Some("second answer"), "{n}: {replies:?}");
+    let seen = last_history(&llm, &first);
+    assert!(seen.contains("first answer") && seen.contains("and again"), "{n}: {seen}");
+    web.gateway.stop();
+    web.gateway.start_again();
+    let replies = web.alice.ask("r1", "after the restart").await;
+    assert_eq!(replies.last().map(|m| m.text.as_str()), Some("third answer"), "{n}: {replies:?}");
+    let seen = last_history(&llm, &first);
+    assert!(seen.contains("and again") && seen.contains("after the restart"), "{n}: {seen}");
+
+    // Allow-listed: runs without a prompt.
+    let replies = web.alice.ask("r2", &format!("ACPX-LISTED-{n} go")).await;
+    assert!(replies.iter().all(|m| !m.text.starts_with("🔐")), "{n}: {replies:?}");
+    assert!(work.join("listed.txt").exists(), "{n}: the listed call did not run");
+    let last = web.gateway.audit().pop().unwrap();
+    assert_eq!((last["tool"].as_str(), last["decision"].as_str()), (Some(a.tool), Some("allow")), "{n}");
+
+    // Unlisted: approve runs it, deny does not, no answer does not.
+    let mut events = web.alice.events("r3").await;
+    web.alice.post("r3", &format!("ACPX-APPROVE-{n} go")).await;
+    let id = prompt_id(&mut events, a.tool).await;
+    assert!(!work.join("approved.txt").exists());
+    web.alice.post("r3", &format!("approve {id}")).await;
+    answered(&mut events, "after").await;
+    assert!(work.join("approved.txt").exists(), "{n}: the approved call did not run");
+
+    let mut events = web.alice.events("r4").await;
+    web.alice.post("r4", &format!("ACPX-DENY-{n} go")).await;
+    let id = prompt_id(&mut events, a.tool).await;
+    web.alice.post("r4", &format!("deny {id}")).await;
+    answered(&mut events, "after").await;
+    assert!(!work.join("denied.txt").exists(), "{n}: the denied call ran");
+
+    let mut events = web.alice.events("r5").await;
+    web.alice.post("r5", &format!("ACPX-TIMEOUT-{n} go")).await;
+    let _ = prompt_id(&mut events, a.tool).await;
+    answered(&mut events, "after").await;
+    assert!(!work.join("late.txt").exists(), "{n}: the unanswered call ran");
+
+    // A guest: denied, and nobody is asked.
+    let replies = web.bob.ask("r6", &format!("ACPX-GUEST-{n} go")).await;
+    assert!(replies.iter().all(|m| !m.text.starts_with("🔐")), "{n}: {replies:?}");
+    assert!(!work.join("guest.txt").exists(), "{n}: the guest's call ran");
+    let last = web.gateway.audit().pop().unwrap();
+    assert_eq!(last["decision"], "deny", "{n}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opencode_over_acp_keeps_its_session_and_asks_the_gateway_about_every_call() {
+    lifecycle(&OPENCODE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_over_acp_keeps_its_session_and_asks_the_gateway_about_every_call() {
+    lifecycle(&GEMINI).await;
+}
