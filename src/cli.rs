@@ -268,7 +268,16 @@ fn doctor(config_file: &Path, runtime: &Path) -> anyhow::Result<i32> {
                 format!("agent '{}' ({}): {e}", agent.name, agent.kind),
             ),
         }
-        if !agent.permissions.enabled {
+        match (agent_type.credentials)(agent) {
+            Ok(found) => report(
+                "ok",
+                format!("agent '{}': credentials: {found}", agent.name),
+            ),
+            Err(missing) => report("warn", format!("agent '{}': {missing}", agent.name)),
+        }
+        // Pipe agents cannot enable permissions; the config warning already says so.
+        let gated = agent_type.gating == crate::config::Gating::Optional;
+        if gated && !agent.permissions.enabled {
             report(
                 "warn",
                 format!(

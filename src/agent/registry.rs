@@ -54,6 +54,9 @@ pub struct AgentType {
     /// What `doctor` shows of an installed agent: its version as it reports it (Claude:
     /// `--version`; ACP: the `agentInfo` of an `initialize` handshake), or why it could not.
     pub version: fn(&AgentConfig) -> Result<String, String>,
+    /// What `doctor` can tell of the agent's model credential (`agent::state::credentials`):
+    /// what provides one, or what to set.
+    pub credentials: fn(&AgentConfig) -> Result<String, String>,
     /// The version the test suite pins (scripts/install-test-deps.sh), for `doctor`.
     pub tested: &'static str,
     /// Builds the backend; may start the agent's own services (Claude's hook endpoint) under

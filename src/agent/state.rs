@@ -33,6 +33,10 @@ pub struct StateLayout {
     pub relocate: Option<(&'static str, &'static str)>,
     /// Dirs under `$HOME` the CLI writes, granted when `$HOME` itself cannot be.
     pub dirs: &'static [&'static str],
+    /// Where the CLI finds a model credential, for `doctor`: variables, then files under
+    /// `$HOME` (or the relocated state dir, for paths starting with it).
+    pub credential_vars: &'static [&'static str],
+    pub credential_files: &'static [&'static str],
 }
 
 /// Claude Code 2.1.197 writes `~/.claude/…` and rewrites `~/.claude.json` by creating
@@ -44,6 +48,12 @@ pub const CLAUDE: StateLayout = StateLayout {
     cli: "Claude Code",
     relocate: Some(("CLAUDE_CONFIG_DIR", ".claude")),
     dirs: &[],
+    credential_vars: &[
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "CLAUDE_CODE_OAUTH_TOKEN",
+    ],
+    credential_files: &[".claude/.credentials.json"],
 };
 
 /// Codex keeps everything (config, auth, `sessions/YYYY/MM/DD/rollout-*.jsonl`) in
@@ -52,6 +62,8 @@ pub const CODEX: StateLayout = StateLayout {
     cli: "Codex",
     relocate: Some(("CODEX_HOME", ".codex")),
     dirs: &[],
+    credential_vars: &["OPENAI_API_KEY", "CODEX_API_KEY"],
+    credential_files: &[".codex/auth.json", ".codex/config.toml"],
 };
 
 /// Gemini CLI: settings and chats (`~/.gemini/tmp/<hash>/chats/`) in `~/.gemini`.
@@ -59,6 +71,12 @@ pub const GEMINI: StateLayout = StateLayout {
     cli: "Gemini CLI",
     relocate: None,
     dirs: &[".gemini"],
+    credential_vars: &[
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+    ],
+    credential_files: &[".gemini/oauth_creds.json"],
 };
 
 /// OpenCode follows the XDG layout: its SQLite database in `~/.local/share/opencode`, config,
@@ -72,6 +90,15 @@ pub const OPENCODE: StateLayout = StateLayout {
         ".config/opencode",
         ".cache/opencode",
     ],
+    credential_vars: &[
+        "OPENCODE_CONFIG_CONTENT",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+    ],
+    credential_files: &[
+        ".local/share/opencode/auth.json",
+        ".config/opencode/opencode.json",
+    ],
 };
 
 /// A CLI the gateway knows nothing about: `$HOME` when it can be granted, else nothing.
@@ -79,6 +106,8 @@ pub const UNKNOWN: StateLayout = StateLayout {
     cli: "the agent",
     relocate: None,
     dirs: &[],
+    credential_vars: &[],
+    credential_files: &[],
 };
 
 /// The layout of the CLI an ACP `command` starts, by its file name (`claude-agent-acp`,
@@ -95,6 +124,49 @@ pub fn layout_of_command(command: &str) -> StateLayout {
         n if n.starts_with("opencode") => OPENCODE,
         _ => UNKNOWN,
     }
+}
+
+/// What `doctor` can tell of the CLI's model credential without using it: the variable or
+/// file that provides one (the agent's `env` first, then the daemon's environment), or what
+/// to set. A file only says the CLI was logged in or configured, not that the login works.
+pub fn credentials(layout: &StateLayout, agent_env: &[(String, String)]) -> Result<String, String> {
+    let set = |var: &str| {
+        agent_env.iter().any(|(k, v)| k == var && !v.is_empty())
+            || std::env::var_os(var).is_some_and(|v| !v.is_empty())
+    };
+    if let Some(var) = layout.credential_vars.iter().find(|v| set(v)) {
+        return Ok(format!("{var} is set"));
+    }
+    let home = home_of(agent_env, None);
+    let relocated = layout.relocate.and_then(|(var, default)| {
+        agent_env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| (default, PathBuf::from(v)))
+    });
+    for file in layout.credential_files {
+        let path = match (&relocated, &home) {
+            (Some((default, dir)), _) if file.starts_with(default) => dir.join(
+                Path::new(file)
+                    .strip_prefix(default)
+                    .unwrap_or(Path::new(file)),
+            ),
+            (_, Some(home)) => home.join(file),
+            _ => continue,
+        };
+        if path.is_file() {
+            return Ok(format!("{} exists", path.display()));
+        }
+    }
+    if layout.credential_vars.is_empty() {
+        return Ok("not checked for this agent".to_string());
+    }
+    Err(format!(
+        "no credential found for {}: set {} in the agent's env or log the CLI in",
+        layout.cli,
+        layout.credential_vars.join(" or ")
+    ))
 }
 
 /// The `HOME` the CLI runs with: the agent's `env`, else the `run_as` user's, else ours.
@@ -302,6 +374,27 @@ mod tests {
         let err = run_sandbox(Some(&b), &GEMINI, Path::new("/w"), &env_of(&missing)).unwrap_err();
         assert!(matches!(err, AgentError::Setup(_)), "{err}");
         assert!(!missing.exists());
+    }
+
+    #[test]
+    fn credentials_are_found_in_the_agents_env_or_the_clis_files() {
+        let home = tempfile::tempdir().unwrap();
+        let mut env = env_of(home.path());
+        env.push(("GEMINI_API_KEY".into(), "k".into()));
+        assert_eq!(credentials(&GEMINI, &env).unwrap(), "GEMINI_API_KEY is set");
+        let codex_home = home.path().join("state");
+        fs::create_dir(&codex_home).unwrap();
+        let mut env = env_of(home.path());
+        env.push(("CODEX_HOME".into(), codex_home.display().to_string()));
+        if std::env::var_os("OPENAI_API_KEY").is_none()
+            && std::env::var_os("CODEX_API_KEY").is_none()
+        {
+            let err = credentials(&CODEX, &env).unwrap_err();
+            assert!(err.contains("OPENAI_API_KEY"), "{err}");
+        }
+        fs::write(codex_home.join("auth.json"), "{}").unwrap();
+        let found = credentials(&CODEX, &env).unwrap();
+        assert!(found.ends_with("state/auth.json exists"), "{found}");
     }
 
     #[test]

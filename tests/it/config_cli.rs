@@ -236,8 +236,15 @@ fn doctor_reports_each_check_and_fails_on_a_missing_agent() {
         "{out}"
     );
     assert!(lines[1].starts_with("ok   agent 'a' (claude): "), "{out}");
+    assert!(
+        lines[2].starts_with("ok   agent 'a': credentials: ")
+            || lines[2].starts_with(
+                "warn agent 'a': no credential found for Claude Code: set ANTHROPIC_API_KEY"
+            ),
+        "{out}"
+    );
     assert_eq!(
-        lines[2],
+        lines[3],
         "warn agent 'a': permissions are off: tools are limited to the allow-lists, with no approvals"
     );
     assert_eq!(*lines.last().unwrap(), "ok   gateway not running");
@@ -254,5 +261,37 @@ fn doctor_reports_each_check_and_fails_on_a_missing_agent() {
             "FAIL agent 'a' (claude): cannot run `/nonexistent/agent`: No such file or directory"
         ),
         "{out}"
+    );
+}
+
+#[test]
+fn a_pipe_agent_validates_with_a_warning_and_doctor_checks_its_credential() {
+    let port = free_port();
+    let config = MINIMAL
+        .replace("PORT", &port.to_string())
+        .replace("type: claude", "type: codex")
+        .replace("/bin/false", support::fake_agent::path());
+    let g = Gateway::prepare(&config);
+    let (code, out, err) = g.cli_text(&["config", "validate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("warning: agents.a")
+            && out.contains("not checked one by one")
+            && out.contains("`type: acp` with `command: codex-acp`"),
+        "{out}"
+    );
+    let (_, out, _) = g.cli_text(&["doctor"]);
+    assert!(out.contains("warn config: agents.a"), "{out}");
+    assert!(!out.contains("permissions are off"), "{out}");
+
+    // Approvals cannot be switched on for it: an error, not a silent run without them.
+    let gated = config.replace("type: codex,", "type: codex, permissions: {enabled: true},");
+    assert_ne!(gated, config, "the config has the expected shape");
+    let g = Gateway::prepare(&gated);
+    let (code, _, err) = g.cli_text(&["config", "validate"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("type 'codex' cannot ask the gateway about each tool call"),
+        "{err}"
     );
 }

@@ -54,6 +54,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
     keys: &["idle_timeout"],
     parse,
     gating: Gating::Required,
+    credentials: |c| state::credentials(&state::layout_of_command(&c.command), &c.env),
     version: session::probe,
     tested: "claude-agent-acp 0.49.0 (@agentclientprotocol/claude-agent-acp)",
     build,

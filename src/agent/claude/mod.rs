@@ -57,6 +57,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
     keys: &[],
     parse: registry::no_own_keys,
     gating: Gating::Optional,
+    credentials: |c| state::credentials(&state::CLAUDE, &c.env),
     version: registry::version_flag,
     tested: "2.1.197 (@anthropic-ai/claude-code)",
     build,

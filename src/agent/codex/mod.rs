@@ -36,6 +36,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
                  (read-only, or workspace-write for a role whose rules allow Bash and Write without \
                  conditions). For per-call approvals use `type: acp` with `command: codex-acp`",
     },
+    credentials: |c| state::credentials(&state::CODEX, &c.env),
     version: registry::version_flag,
     tested: "0.169.0 (@openai/codex)",
     build,

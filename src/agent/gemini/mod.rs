@@ -36,6 +36,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
                  without conditions). For per-call approvals use `type: acp` with \
                  `command: gemini` and `args: [--acp]`",
     },
+    credentials: |c| state::credentials(&state::GEMINI, &c.env),
     version: registry::version_flag,
     tested: "0.61.0 (@google/gemini-cli)",
     build,

@@ -39,6 +39,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
                  grants nothing). For per-call approvals use `type: acp` with \
                  `command: opencode` and `args: [acp]`",
     },
+    credentials: |c| state::credentials(&state::OPENCODE, &c.env),
     version: registry::version_flag,
     tested: "1.18.33 (opencode-ai)",
     build,
