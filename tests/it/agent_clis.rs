@@ -7,6 +7,15 @@
 //!
 //! Every CLI runs with `env_clear()`, `PATH` and the `agent_homes` environment only, in its
 //! own process group, killed at the end. Facts found on the way are in each test's doc.
+//!
+//! ACP `initialize` (protocolVersion 1, fs/terminal off), seen on this machine:
+//! - `opencode acp` (1.5–1.9 s): `agentInfo {name: "OpenCode", version: "1.18.33"}`,
+//!   `loadSession: true`, `sessionCapabilities {close, fork, list, resume}`, prompt
+//!   `image`/`embeddedContext`, MCP `http`/`sse`, one auth method `opencode-login`.
+//! - `gemini --acp` (about 1.5 s): `agentInfo {name: "gemini-cli", title: "Gemini CLI",
+//!   version: "0.61.0"}`, `loadSession: true`, no `sessionCapabilities`, prompt
+//!   `image`/`audio`/`embeddedContext`, MCP `http`/`sse`, auth methods `oauth-personal`,
+//!   `gemini-api-key`, `vertex-ai`, `gateway`.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -144,6 +153,7 @@ fn assert_resumed(llm: &FakeLlm, marker: &str, second: &str) {
 /// Every event line has a top-level `sessionID`; there is no final result line (the run
 /// ends at exit, the last `step_finish` has `reason: "stop"`). Besides the agent's calls
 /// (tools `bash`, `edit`, `read`, …), each new session makes a title call with no tools.
+/// Wall time on 2 cores: 3.7–5.2 s per prompt (the slowest of the three); exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opencode_runs_a_shell_call_and_resumes_the_session() {
     let Some(bin) = deps::opencode() else { return };
@@ -192,7 +202,10 @@ async fn opencode_runs_a_shell_call_and_resumes_the_session() {
 }
 
 /// Codex 0.169.0, `codex exec --json --skip-git-repo-check "<prompt>" </dev/null`; resume
-/// `codex exec resume <thread_id> --json --skip-git-repo-check "<prompt>"`.
+/// `codex exec resume <thread_id> --json --skip-git-repo-check "<prompt>"`. Wall time
+/// 0.3–0.8 s per prompt; exit 0. stdout starts with an `item.completed` of type `error`
+/// ("Model metadata for `fake-model` not found"), harmless. CODEX_HOME must not be under
+/// the temp dir (see below), else the sandboxed command fails although codex exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codex_runs_a_shell_call_and_resumes_the_thread() {
     let Some(bin) = deps::codex() else { return };
@@ -257,7 +270,9 @@ async fn codex_runs_a_shell_call_and_resumes_the_thread() {
 
 /// Gemini CLI 0.61.0, `gemini -p "<prompt>" -m gemini-2.5-flash --approval-mode yolo
 /// --output-format stream-json </dev/null` (without yolo, headless mode drops the shell and
-/// write tools; without `-m`, `auto` adds a routing call). Resume: `--resume <session_id>`.
+/// write tools; without `-m`, `auto` adds a routing call). Resume: `--resume <session_id>`
+/// (the `init` event's `session_id`) works headless in 0.61.0: the resumed request carries
+/// the whole first exchange and continues the script. Wall time about 2 s per prompt; exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gemini_runs_a_shell_call_and_resumes_the_session() {
     let Some(bin) = deps::gemini() else { return };
