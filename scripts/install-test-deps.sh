@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs into ignored folders of the repo, idempotently:
-#   .deps/node/      pinned agent CLIs from npm (Claude Code first)
+#   .deps/node/      pinned agent CLIs from npm (Claude Code, its ACP adapter, OpenCode, Codex,
+#                    Gemini CLI)
 #   .deps/venv/      a Python venv with the `openai` SDK (client-side tests)
 #   strace, bwrap    (Linux only, Debian packages `strace` and `bubblewrap`) for the bash policy
 #                    oracle, tests/it/policy_oracle.rs, which runs allowed commands in a sandbox
@@ -11,9 +12,16 @@ deps="$root/.deps"
 mkdir -p "$deps/node"
 
 # Pinned versions: bump deliberately, together with the contract fixtures in tests/fixtures.
-CLAUDE_CODE_VERSION="2.1.197"
-# The Agent Client Protocol adapter for Claude (brings its own claude-agent-sdk and CLI).
-CLAUDE_AGENT_ACP_VERSION="0.49.0"
+# Each line: npm package, version, the binary it must provide in node_modules/.bin.
+PINS=(
+  "@anthropic-ai/claude-code 2.1.197 claude"
+  # The Agent Client Protocol adapter for Claude (brings its own claude-agent-sdk and CLI).
+  "@agentclientprotocol/claude-agent-acp 0.49.0 claude-agent-acp"
+  # The other agent CLIs the fake model server speaks for (tests/it/agent_clis.rs).
+  "opencode-ai 1.18.33 opencode"
+  "@openai/codex 0.169.0 codex"
+  "@google/gemini-cli 0.61.0 gemini"
+)
 
 npm_install() {
   # A stale `nodedir` in ~/.npmrc makes npm exit 1 silently; override it with an empty value.
@@ -27,20 +35,28 @@ installed_version() {
 
 [ -f "$deps/node/package.json" ] || echo '{"name":"acg-test-deps","private":true}' > "$deps/node/package.json"
 
-if [ "$(installed_version @anthropic-ai/claude-code)" != "$CLAUDE_CODE_VERSION" ] \
-   || [ ! -x "$deps/node/node_modules/.bin/claude" ]; then
-  echo "installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION into .deps/node" >&2
-  npm_install "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
+# npm prunes packages a later install does not name, so one install names every pin whenever
+# any of them is missing or at another version.
+specs=()
+stale=()
+for pin in "${PINS[@]}"; do
+  read -r pkg version bin <<<"$pin"
+  specs+=("$pkg@$version")
+  if [ "$(installed_version "$pkg")" != "$version" ] || [ ! -x "$deps/node/node_modules/.bin/$bin" ]; then
+    stale+=("$pkg@$version")
+  fi
+done
+if [ "${#stale[@]}" -gt 0 ]; then
+  echo "installing ${stale[*]} into .deps/node (with every other pin: ${specs[*]})" >&2
+  npm_install "${specs[@]}"
 fi
-"$deps/node/node_modules/.bin/claude" --version >/dev/null
-
-if [ "$(installed_version @agentclientprotocol/claude-agent-acp)" != "$CLAUDE_AGENT_ACP_VERSION" ] \
-   || [ ! -x "$deps/node/node_modules/.bin/claude-agent-acp" ]; then
-  echo "installing @agentclientprotocol/claude-agent-acp@$CLAUDE_AGENT_ACP_VERSION into .deps/node" >&2
-  # Both pins in one install: npm prunes packages a later install does not name.
-  npm_install "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" \
-    "@agentclientprotocol/claude-agent-acp@$CLAUDE_AGENT_ACP_VERSION"
-fi
+for pin in "${PINS[@]}"; do
+  read -r pkg version bin <<<"$pin"
+  if ! "$deps/node/node_modules/.bin/$bin" --version </dev/null >/dev/null 2>&1; then
+    echo "$bin (from $pkg@$version) does not run: $deps/node/node_modules/.bin/$bin --version" >&2
+    exit 1
+  fi
+done
 
 if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
   if [ ! -x "$deps/venv/bin/python" ]; then

@@ -4,13 +4,15 @@
 //! - `support`: what tests share (the daemon harness, the fakes, the dispatcher stand-in);
 //! - `conformance`: the scenarios every chat platform passes, once per `FakePlatform`;
 //! - one module per area: the platforms' connectors (`webchat`, `rocketchat`, `onebot`,
-//!   `webchat_browser`), the agents (`claude_backend`, `acp`), approvals (`approval_live`,
+//!   `webchat_browser`), the agents (`claude_backend`, `acp`, and `agent_clis`: OpenCode, Codex and Gemini CLI
+//!   against the fake model APIs), approvals (`approval_live`,
 //!   `e2e_approval`), the daemon end to end (`e2e_claude`, `e2e_faults`, `control_socket`,
 //!   `config_cli`, `confinement`), and the tool policy (`policy_corpus`, `policy_oracle`).
 
 mod support;
 
 mod acp;
+mod agent_clis;
 mod approval_live;
 mod claude_backend;
 mod config_cli;

@@ -247,11 +247,7 @@ impl ClaudeWebchat {
 /// Environment for a Claude Code child: the fake model API, no network side traffic, and an
 /// isolated HOME, rendered as a YAML flow map for an agent's `env:`.
 pub fn claude_env_yaml(llm: &FakeLlm, home: &Path) -> String {
-    let mut pairs: Vec<String> = llm
-        .claude_env()
-        .into_iter()
-        .map(|(k, v)| format!("{k}: \"{v}\""))
-        .collect();
-    pairs.push(format!("HOME: \"{}\"", home.display()));
-    format!("{{{}}}", pairs.join(", "))
+    let mut env = llm.claude_env();
+    env.push(("HOME".into(), home.display().to_string()));
+    super::agent_homes::env_yaml(&env)
 }

@@ -1,5 +1,6 @@
 //! Where the real programs some tests drive are: the pinned Claude Code CLI and its ACP
-//! adapter, Chromium and the NoneBot venv, all installed by `scripts/test.sh`. Under
+//! adapter, OpenCode, Codex, Gemini CLI, Chromium and the NoneBot venv, all installed by
+//! `scripts/test.sh`. Under
 //! `CI=true` a missing one fails the test; elsewhere the test is skipped with a loud notice.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,28 @@ pub fn claude_agent_acp() -> Option<PathBuf> {
         "claude-agent-acp",
         "scripts/install-test-deps.sh",
     )
+}
+
+/// The OpenCode CLI, `opencode` (`scripts/install-test-deps.sh`).
+pub fn opencode() -> Option<PathBuf> {
+    node_bin("opencode", "the OpenCode CLI")
+}
+
+/// The Codex CLI, `codex` (`scripts/install-test-deps.sh`).
+pub fn codex() -> Option<PathBuf> {
+    node_bin("codex", "the Codex CLI")
+}
+
+/// The Gemini CLI, `gemini` (`scripts/install-test-deps.sh`).
+pub fn gemini() -> Option<PathBuf> {
+    node_bin("gemini", "the Gemini CLI")
+}
+
+/// A binary the pinned npm packages put in `.deps/node/node_modules/.bin`.
+fn node_bin(name: &str, what: &str) -> Option<PathBuf> {
+    let path = root().join(".deps/node/node_modules/.bin").join(name);
+    let found = path.exists();
+    present(path, found, what, "scripts/install-test-deps.sh")
 }
 
 /// Headless Chromium (`scripts/install-chromium.sh`; `$ACG_CHROMIUM` overrides).

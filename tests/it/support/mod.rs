@@ -9,11 +9,14 @@
 //! - `webclient`: a web chat user over the JSON API and its event stream (no sleeps);
 //! - `tcp`: raw connections for the HTTP listeners' bounds;
 //! - `dispatcher`: a connector run in process with a stand-in for the dispatcher;
-//! - `fake_llm`, `fake_agent`, `fake_rocketchat`, `fake_onebot`: the fakes of the model API,
-//!   the agent CLI and the chat platforms.
+//! - `fake_llm`, `fake_agent`, `fake_rocketchat`, `fake_onebot`: the fakes of the model APIs,
+//!   the agent CLI and the chat platforms;
+//! - `agent_homes`: isolated HOMEs (config and environment) that point OpenCode, Codex and
+//!   Gemini CLI at `fake_llm`.
 //!
 //! Nothing here knows a test; tests know nothing of each other.
 
+pub mod agent_homes;
 pub mod daemon;
 pub mod deps;
 pub mod dispatcher;
