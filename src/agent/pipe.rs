@@ -13,7 +13,8 @@
 //! What it does instead, fail closed: a role's rules are reduced to whole tools granted
 //! without conditions ([`Grants`]; a rule with `params` grants nothing, since no CLI can
 //! match our regexes), each CLI is started in the most restrictive mode that still grants
-//! them, and the OS confinement (Landlock, `run_as`) bounds whatever runs.
+//! them, and the OS confinement (Landlock, `run_as`) bounds whatever runs: for a role not
+//! granted `Write`/`Edit` it also leaves the working directory read-only.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use super::confine::Sandbox;
 use super::process::{self, LineProtocol, ProcessSpec};
 use super::state::{self, Env, StateLayout};
 use super::{AgentBackend, AgentError, TurnContext};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, ConfinementMode};
 use crate::model::{Role, TurnOutcome, TurnRequest};
 use crate::policy::RuleSet;
 
@@ -67,6 +68,11 @@ pub struct CliTurn<'a> {
     /// The whole prompt (on a first turn, the gateway's system prompt comes first).
     pub prompt: &'a str,
     pub grants: Grants,
+    /// Whether the process runs inside the gateway's Landlock domain. A CLI's own sandbox
+    /// may not start there (Codex's bubblewrap cannot write `/proc/self/uid_map`); the
+    /// gateway's is then the one that holds, and it leaves the working directory read-only
+    /// for a role not granted `Write`/`Edit`.
+    pub confined: bool,
 }
 
 /// One CLI's headless mode.
@@ -172,6 +178,14 @@ impl<C: Cli> PipeBackend<C> {
         }
     }
 
+    /// Whether runs are confined by Landlock (not switched off, and the kernel has it).
+    fn confined(&self) -> bool {
+        self.sandbox
+            .as_ref()
+            .is_some_and(|s| s.mode != ConfinementMode::Off)
+            && super::confine::abi() > 0
+    }
+
     fn spec(&self, turn: &CliTurn<'_>) -> Result<ProcessSpec, AgentError> {
         let env_remove = vec![crate::policy::HOOK_SECRET_VAR.to_string()];
         let mut env: Env = self
@@ -186,8 +200,11 @@ impl<C: Cli> PipeBackend<C> {
             &self.working_directory,
             &self.env,
         )? {
-            Some((sandbox, extra)) => {
+            Some((mut sandbox, extra)) => {
                 env.extend(extra);
+                if !turn.grants.write {
+                    sandbox.writable.retain(|p| p != &self.working_directory);
+                }
                 Some(sandbox)
             }
             None => None,
@@ -230,6 +247,7 @@ impl<C: Cli> AgentBackend for PipeBackend<C> {
                 Role::Owner => self.owner,
                 Role::Guest => self.guest,
             },
+            confined: self.confined(),
         };
         let spec = self.spec(&cli_turn)?;
         let started = Instant::now();

@@ -260,6 +260,9 @@ impl AgentProcess {
         for name in &spec.env_remove {
             cmd.env_remove(name);
         }
+        // The daemon's own `PWD` would be inherited, and some CLIs trust it over the real
+        // working directory (opencode-ai 1.18.33 ran its shell tool in the daemon's cwd).
+        cmd.env("PWD", &spec.cwd);
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }

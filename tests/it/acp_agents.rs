@@ -54,9 +54,7 @@ const GEMINI: Agent = Agent {
 /// The conversations of the test, one per marker.
 fn script(a: &Agent) -> Value {
     let n = a.name;
-    let shell = |marker: &str, command: &str| {
-        json!({"match": format!("{marker}-{n}"), "turns": [bash_turn("Running it.", command), {"text": "after"}]})
-    };
+    let shell = |marker: &str, command: &str| json!({"match": format!("{marker}-{n}"), "turns": [bash_turn("Running it.", command), {"text": "after"}]});
     json!({"scenarios": [
         {"match": format!("ACPX-FIRST-{n}"), "turns": [
             {"text": "first answer"}, {"text": "second answer"}, {"text": "third answer"}]},
@@ -77,7 +75,10 @@ async fn prompt_id(events: &mut EventStream, tool: &str) -> String {
         .await;
     let text = seen.last().unwrap().1["text"].as_str().unwrap().to_string();
     assert!(text.contains(&format!("**Tool:** `{tool}`")), "{text}");
-    assert!(text.contains("touch "), "the prompt shows the command: {text}");
+    assert!(
+        text.contains("touch "),
+        "the prompt shows the command: {text}"
+    );
     let re = regex::Regex::new(r"Reply `approve ([a-z0-9]{4})`").unwrap();
     re.captures(&text).unwrap_or_else(|| panic!("{text}"))[1].to_string()
 }
@@ -133,24 +134,52 @@ agents:
     // A reply, a resumed session, a restart that keeps it.
     let first = format!("ACPX-FIRST-{n} hello");
     let replies = web.alice.ask("r1", &first).await;
-    assert_eq!(replies.last().map(|m| m.text.as_str()), Some("first answer"), "{n}: {replies:?}");
+    assert_eq!(
+        replies.last().map(|m| m.text.as_str()),
+        Some("first answer"),
+        "{n}: {replies:?}"
+    );
     let replies = web.alice.ask("r1", "and again").await;
-    assert_eq!(replies.last().map(|m| m.text.as_str()), Some("second answer"), "{n}: {replies:?}");
+    assert_eq!(
+        replies.last().map(|m| m.text.as_str()),
+        Some("second answer"),
+        "{n}: {replies:?}"
+    );
     let seen = last_history(&llm, &first);
-    assert!(seen.contains("first answer") && seen.contains("and again"), "{n}: {seen}");
+    assert!(
+        seen.contains("first answer") && seen.contains("and again"),
+        "{n}: {seen}"
+    );
     web.gateway.stop();
     web.gateway.start_again();
     let replies = web.alice.ask("r1", "after the restart").await;
-    assert_eq!(replies.last().map(|m| m.text.as_str()), Some("third answer"), "{n}: {replies:?}");
+    assert_eq!(
+        replies.last().map(|m| m.text.as_str()),
+        Some("third answer"),
+        "{n}: {replies:?}"
+    );
     let seen = last_history(&llm, &first);
-    assert!(seen.contains("and again") && seen.contains("after the restart"), "{n}: {seen}");
+    assert!(
+        seen.contains("and again") && seen.contains("after the restart"),
+        "{n}: {seen}"
+    );
 
     // Allow-listed: runs without a prompt.
     let replies = web.alice.ask("r2", &format!("ACPX-LISTED-{n} go")).await;
-    assert!(replies.iter().all(|m| !m.text.starts_with("🔐")), "{n}: {replies:?}");
-    assert!(work.join("listed.txt").exists(), "{n}: the listed call did not run");
+    assert!(
+        replies.iter().all(|m| !m.text.starts_with("🔐")),
+        "{n}: {replies:?}"
+    );
+    assert!(
+        work.join("listed.txt").exists(),
+        "{n}: the listed call did not run"
+    );
     let last = web.gateway.audit().pop().unwrap();
-    assert_eq!((last["tool"].as_str(), last["decision"].as_str()), (Some(a.tool), Some("allow")), "{n}");
+    assert_eq!(
+        (last["tool"].as_str(), last["decision"].as_str()),
+        (Some(a.tool), Some("allow")),
+        "{n}"
+    );
 
     // Unlisted: approve runs it, deny does not, no answer does not.
     let mut events = web.alice.events("r3").await;
@@ -159,25 +188,40 @@ agents:
     assert!(!work.join("approved.txt").exists());
     web.alice.post("r3", &format!("approve {id}")).await;
     answered(&mut events, "after").await;
-    assert!(work.join("approved.txt").exists(), "{n}: the approved call did not run");
+    assert!(
+        work.join("approved.txt").exists(),
+        "{n}: the approved call did not run"
+    );
 
     let mut events = web.alice.events("r4").await;
     web.alice.post("r4", &format!("ACPX-DENY-{n} go")).await;
     let id = prompt_id(&mut events, a.tool).await;
     web.alice.post("r4", &format!("deny {id}")).await;
     answered(&mut events, "after").await;
-    assert!(!work.join("denied.txt").exists(), "{n}: the denied call ran");
+    assert!(
+        !work.join("denied.txt").exists(),
+        "{n}: the denied call ran"
+    );
 
     let mut events = web.alice.events("r5").await;
     web.alice.post("r5", &format!("ACPX-TIMEOUT-{n} go")).await;
     let _ = prompt_id(&mut events, a.tool).await;
     answered(&mut events, "after").await;
-    assert!(!work.join("late.txt").exists(), "{n}: the unanswered call ran");
+    assert!(
+        !work.join("late.txt").exists(),
+        "{n}: the unanswered call ran"
+    );
 
     // A guest: denied, and nobody is asked.
     let replies = web.bob.ask("r6", &format!("ACPX-GUEST-{n} go")).await;
-    assert!(replies.iter().all(|m| !m.text.starts_with("🔐")), "{n}: {replies:?}");
-    assert!(!work.join("guest.txt").exists(), "{n}: the guest's call ran");
+    assert!(
+        replies.iter().all(|m| !m.text.starts_with("🔐")),
+        "{n}: {replies:?}"
+    );
+    assert!(
+        !work.join("guest.txt").exists(),
+        "{n}: the guest's call ran"
+    );
     let last = web.gateway.audit().pop().unwrap();
     assert_eq!(last["decision"], "deny", "{n}: {last}");
 }

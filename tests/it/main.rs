@@ -4,14 +4,16 @@
 //! - `support`: what tests share (the daemon harness, the fakes, the dispatcher stand-in);
 //! - `conformance`: the scenarios every chat platform passes, once per `FakePlatform`;
 //! - one module per area: the platforms' connectors (`webchat`, `rocketchat`, `onebot`,
-//!   `webchat_browser`), the agents (`claude_backend`, `acp`, and `agent_clis`: OpenCode, Codex and Gemini CLI
-//!   against the fake model APIs), approvals (`approval_live`,
-//!   `e2e_approval`), the daemon end to end (`e2e_claude`, `e2e_faults`, `control_socket`,
+//!   `webchat_browser`), the agents (`claude_backend`; `acp` with the Claude adapter and
+//!   the host side, `acp_agents` with OpenCode and Gemini CLI; `pipe_agents`, the headless
+//!   Codex, Gemini and OpenCode backends; `agent_clis`, those CLIs alone against the fake
+//!   model APIs), approvals (`approval_live`, `e2e_approval`), the daemon end to end (`e2e_claude`, `e2e_faults`, `control_socket`,
 //!   `config_cli`, `confinement`), and the tool policy (`policy_corpus`, `policy_oracle`).
 
 mod support;
 
 mod acp;
+mod acp_agents;
 mod agent_clis;
 mod approval_live;
 mod claude_backend;
@@ -23,6 +25,7 @@ mod e2e_approval;
 mod e2e_claude;
 mod e2e_faults;
 mod onebot;
+mod pipe_agents;
 mod policy_corpus;
 mod policy_oracle;
 mod rocketchat;

@@ -129,7 +129,21 @@ async fn rooms_bound_to_codex_gemini_and_opencode_answer_resume_and_survive_a_re
         assert_eq!(last, format!("Created by {kind}."), "{kind}: {replies:?}");
         assert!(
             web.gateway.work.join(format!("owner-{kind}.txt")).exists(),
-            "{kind}: the owner's allowed shell call did not run"
+            "{kind}: the owner's allowed shell call did not run; the model saw: {}",
+            llm.requests()
+                .iter()
+                .flat_map(|r| {
+                    let mut items = r.body["input"].as_array().cloned().unwrap_or_default();
+                    items.extend(r.body["messages"].as_array().cloned().unwrap_or_default());
+                    items.extend(r.body["contents"].as_array().cloned().unwrap_or_default());
+                    items
+                })
+                .filter(|i| i["type"] == "function_call_output"
+                    || i["role"] == "tool"
+                    || i.to_string().contains("functionResponse"))
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 
@@ -139,7 +153,11 @@ async fn rooms_bound_to_codex_gemini_and_opencode_answer_resume_and_survive_a_re
     });
     for (kind, replies) in futures_util::future::join_all(second).await {
         let last = replies.last().map(|m| m.text.clone()).unwrap_or_default();
-        assert_eq!(last, format!("Second answer from {kind}."), "{kind}: {replies:?}");
+        assert_eq!(
+            last,
+            format!("Second answer from {kind}."),
+            "{kind}: {replies:?}"
+        );
         let seen = history(&llm, &format!("PIPE-{kind} please"));
         assert!(
             seen.contains(&format!("Created by {kind}.")) && seen.contains("and again"),
@@ -155,15 +173,25 @@ async fn rooms_bound_to_codex_gemini_and_opencode_answer_resume_and_survive_a_re
     });
     for (kind, replies) in futures_util::future::join_all(third).await {
         let last = replies.last().map(|m| m.text.clone()).unwrap_or_default();
-        assert_eq!(last, format!("Third answer from {kind}."), "{kind}: {replies:?}");
+        assert_eq!(
+            last,
+            format!("Third answer from {kind}."),
+            "{kind}: {replies:?}"
+        );
         let seen = history(&llm, &format!("PIPE-{kind} please"));
-        assert!(seen.contains("after the restart") && seen.contains("and again"), "{kind}: {seen}");
+        assert!(
+            seen.contains("after the restart") && seen.contains("and again"),
+            "{kind}: {seen}"
+        );
     }
 
     // The guest's rules grant nothing: whatever the CLI does, no file appears.
     let guest = CLIS.iter().map(|c| async move {
         let room = format!("room-{}-guest", c.kind);
-        (c.kind, bob.ask(&room, &format!("PIPE-{} guest", c.kind)).await)
+        (
+            c.kind,
+            bob.ask(&room, &format!("PIPE-{} guest", c.kind)).await,
+        )
     });
     let guest_rooms: Vec<_> = futures_util::future::join_all(guest).await;
     for (kind, replies) in guest_rooms {

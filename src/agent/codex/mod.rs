@@ -6,11 +6,13 @@
 //! shared part (environment, confinement, run loop) is `agent::pipe`.
 //! Must not import: `connector`, `approval`.
 //!
-//! `codex exec` never asks anyone: `approval_policy="never"` and Codex's own sandbox decide.
-//! A role gets `workspace-write` only when its rules grant both `Bash` and `Write`/`Edit`
-//! without conditions, else `read-only` (commands still run, and may read what the OS
-//! confinement lets them). Network access in the sandbox follows an unconditional
-//! `WebFetch`. The settings are `-c` overrides, which beat `config.toml` and profiles; `exec
+//! `codex exec` never asks anyone: `approval_policy="never"`, and a sandbox decides. Under
+//! the gateway's Landlock confinement that is the gateway's (Codex's own bubblewrap sandbox
+//! cannot start inside Landlock, so Codex runs with `danger-full-access` there): the working
+//! directory is writable only for a role granted `Write`/`Edit`, the gateway's files never.
+//! Unconfined, Codex's own sandbox: `workspace-write` only when the role's rules grant both
+//! `Bash` and `Write`/`Edit` without conditions, else `read-only` (commands still run and
+//! read). Network access in Codex's sandbox follows an unconditional `WebFetch`. The settings are `-c` overrides, which beat `config.toml` and profiles; `exec
 //! resume` refuses `-s` (openai/codex #40149), `-c` works for both.
 
 mod stream;
@@ -84,7 +86,11 @@ impl Cli for Codex {
         }
         argv.extend(["--json".into(), "--skip-git-repo-check".into()]);
         let g = turn.grants;
-        let mode = if g.shell && g.write {
+        let mode = if turn.confined {
+            // Codex's sandbox cannot start inside Landlock (bubblewrap: "setting up uid
+            // map: Permission denied", 0.169.0); the gateway's confinement is the sandbox.
+            "danger-full-access"
+        } else if g.shell && g.write {
             "workspace-write"
         } else {
             "read-only"
@@ -134,6 +140,7 @@ mod tests {
             session,
             prompt: "hi",
             grants,
+            confined: false,
         }
     }
 
@@ -160,6 +167,14 @@ mod tests {
         let a = Codex.argv(&[], &turn(None, shell_only));
         assert!(a.contains(&"sandbox_mode=\"read-only\"".to_string()));
         assert!(!a.iter().any(|x| x.contains("danger")));
+        // Inside the gateway's Landlock domain the gateway's confinement is the sandbox.
+        let confined = CliTurn {
+            confined: true,
+            ..turn(None, Grants::default())
+        };
+        assert!(Codex
+            .argv(&[], &confined)
+            .contains(&"sandbox_mode=\"danger-full-access\"".to_string()));
     }
 
     #[test]

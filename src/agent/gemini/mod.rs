@@ -119,6 +119,7 @@ mod tests {
             session: None,
             prompt: "-x hi",
             grants,
+            confined: false,
         };
         let a = Gemini.argv(
             &["-m".into(), "gemini-2.5-flash".into()],
@@ -145,6 +146,7 @@ mod tests {
             session: Some("s-1"),
             prompt: "again",
             grants: Grants::default(),
+            confined: false,
         };
         assert!(Gemini
             .argv(&[], &resumed)

@@ -148,6 +148,7 @@ mod tests {
             session: Some("ses_1"),
             prompt: "--help me",
             grants: Grants::default(),
+            confined: false,
         };
         let a = Opencode.argv(&["-m".into(), "fake/fake-model".into()], &turn);
         assert_eq!(
