@@ -104,17 +104,6 @@ async fn turn_over(events: &mut EventStream) {
         .await;
 }
 
-/// The text of the last model call of the conversation that began with `marker`.
-fn last_history(llm: &FakeLlm, marker: &str) -> String {
-    llm.requests()
-        .iter()
-        .filter(|r| r.is_model_call())
-        .map(|r| r.message_texts().join("\n"))
-        .filter(|t| t.contains(marker))
-        .last()
-        .unwrap_or_default()
-}
-
 async fn lifecycle(a: &Agent) {
     let Some(bin) = (a.bin)() else {
         return;
@@ -154,7 +143,7 @@ agents:
         Some("second answer"),
         "{n}: {replies:?}"
     );
-    let seen = last_history(&llm, &first);
+    let seen = llm.conversation(&first);
     assert!(
         seen.contains("first answer") && seen.contains("and again"),
         "{n}: {seen}"
@@ -165,7 +154,7 @@ agents:
     let last = replies.last().map(|m| m.text.clone()).unwrap_or_default();
     if a.restart_keeps_session {
         assert_eq!(last, "third answer", "{n}: {replies:?}");
-        let seen = last_history(&llm, &first);
+        let seen = llm.conversation(&first);
         assert!(
             seen.contains("and again") && seen.contains("after the restart"),
             "{n}: {seen}"

@@ -64,17 +64,6 @@ fn guest_scenario(kind: &str) -> Value {
     ]})
 }
 
-/// The text of every model call's messages, for the calls whose conversation is `marker`'s.
-fn history(llm: &FakeLlm, marker: &str) -> String {
-    llm.requests()
-        .iter()
-        .filter(|r| r.is_model_call())
-        .map(|r| r.message_texts().join("\n"))
-        .filter(|t| t.contains(marker))
-        .last()
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_bound_to_codex_gemini_and_opencode_answer_resume_and_survive_a_restart() {
     let mut bins = Vec::new();
@@ -158,7 +147,7 @@ async fn rooms_bound_to_codex_gemini_and_opencode_answer_resume_and_survive_a_re
             format!("Second answer from {kind}."),
             "{kind}: {replies:?}"
         );
-        let seen = history(&llm, &format!("PIPE-{kind} please"));
+        let seen = llm.conversation(&format!("PIPE-{kind} please"));
         assert!(
             seen.contains(&format!("Created by {kind}.")) && seen.contains("and again"),
             "{kind}: the second call did not carry the first exchange: {seen}"
@@ -178,7 +167,7 @@ async fn rooms_bound_to_codex_gemini_and_opencode_answer_resume_and_survive_a_re
             format!("Third answer from {kind}."),
             "{kind}: {replies:?}"
         );
-        let seen = history(&llm, &format!("PIPE-{kind} please"));
+        let seen = llm.conversation(&format!("PIPE-{kind} please"));
         assert!(
             seen.contains("after the restart") && seen.contains("and again"),
             "{kind}: {seen}"

@@ -367,6 +367,17 @@ impl FakeLlm {
         self.shared.log.lock().unwrap().clone()
     }
 
+    /// The messages' text of the last model call, of any API, whose conversation holds
+    /// `marker` (a scenario's match): "was the earlier exchange sent again?".
+    pub fn conversation(&self, marker: &str) -> String {
+        self.requests()
+            .iter()
+            .filter(|r| r.is_model_call())
+            .map(|r| r.message_texts().join("\n"))
+            .rfind(|t| t.contains(marker))
+            .unwrap_or_default()
+    }
+
     /// Only the model calls, of every API ([`LoggedRequest::is_model_call`]).
     pub fn message_requests(&self) -> Vec<LoggedRequest> {
         self.requests()
