@@ -93,10 +93,17 @@ wire_api = "responses"
 "#
         ),
     );
+    // Codex refuses to create its sandbox helper (`codex-linux-sandbox`) when CODEX_HOME is
+    // under the temp dir (`$TMPDIR`, else /tmp), and then every sandboxed command fails
+    // while codex exits 0. A checkout under /tmp has its test homes there too, so the temp
+    // dir is moved into HOME. (In the daemon, `TMPDIR` is the agent's private tmp.)
+    let tmp = home.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("create the CLI's temp dir");
     pairs(&[
         ("HOME", home.display().to_string()),
         ("CODEX_HOME", codex_home.display().to_string()),
         ("FAKE_API_KEY", "test".into()),
+        ("TMPDIR", tmp.display().to_string()),
     ])
 }
 
