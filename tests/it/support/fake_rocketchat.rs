@@ -303,9 +303,18 @@ impl FakeRocketChat {
         });
         // Not port 0: `restart` binds the same port again, and an ephemeral port could be
         // taken by another test's bind(0) while this server is down.
-        let listener = TcpListener::bind(("127.0.0.1", super::ports::free_port()))
-            .await
-            .expect("bind a free 127.0.0.1 port");
+        // A probed port can still be taken before the bind (by a process outside this one):
+        // another port then, a few times.
+        let mut attempts = 0;
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", super::ports::free_port())).await {
+                Ok(l) => break l,
+                Err(e) if attempts < 5 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    attempts += 1
+                }
+                Err(e) => panic!("bind a free 127.0.0.1 port: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let running = serve(listener, inner.clone());
         FakeRocketChat {
