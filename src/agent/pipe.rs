@@ -27,7 +27,7 @@ use super::process::{self, LineProtocol, ProcessSpec};
 use super::state::{self, Env, StateLayout};
 use super::{AgentBackend, AgentError, TurnContext};
 use crate::config::{AgentConfig, ConfinementMode};
-use crate::model::{Role, TurnOutcome, TurnRequest};
+use crate::model::{Role, TurnOutcome, TurnRequest, Usage};
 use crate::policy::RuleSet;
 
 /// What a role's allow-list grants, as far as a CLI without a per-call hook can enforce it:
@@ -299,6 +299,53 @@ pub fn api_error(message: &str) -> AgentError {
             message.to_string()
         },
     }
+}
+
+/// What a CLI's stream parser knows when its process has exited.
+pub struct Ending<'a> {
+    pub cli: &'a str,
+    /// The CLI's own signal of a finished turn (a final success event, or a clean exit).
+    pub succeeded: bool,
+    pub session: Option<String>,
+    pub resumed: bool,
+    pub answer: Option<String>,
+    pub usage: Option<Usage>,
+    /// The last error the CLI reported.
+    pub failure: Option<String>,
+    /// Lower-case phrases of the CLI's "no such session" error, looked for in that error
+    /// and the stderr tail of a resumed turn.
+    pub lost_session: &'a [&'a str],
+}
+
+/// The turn's outcome from its [`Ending`]: the answer of a finished turn (which must have
+/// named its session), a lost session, else [`unfinished`].
+pub fn conclude(end: Ending<'_>, exit: &process::ExitInfo) -> Result<TurnOutcome, AgentError> {
+    if end.succeeded {
+        let Some(session_id) = end.session else {
+            return Err(AgentError::Protocol(format!(
+                "{} finished a turn without naming its session",
+                end.cli
+            )));
+        };
+        return Ok(TurnOutcome {
+            session_id: Some(session_id),
+            text: end.answer.unwrap_or_default(),
+            usage: end.usage,
+            denied_tools: Vec::new(),
+        });
+    }
+    if end.resumed {
+        let said = format!(
+            "{} {}",
+            end.failure.as_deref().unwrap_or_default(),
+            exit.stderr_tail
+        )
+        .to_ascii_lowercase();
+        if end.lost_session.iter().any(|p| said.contains(p)) {
+            return Err(AgentError::SessionNotFound(end.session.unwrap_or_default()));
+        }
+    }
+    unfinished(exit, end.failure.as_deref(), end.cli)
 }
 
 /// The end of a turn for a CLI whose output had no final success event: an error line it

@@ -177,37 +177,24 @@ impl LineProtocol for CodexStream {
     }
 
     fn finish(self, exit: &ExitInfo) -> Result<TurnOutcome, AgentError> {
-        if self.completed && (self.failure.is_none() || exit.success) {
-            let Some(session_id) = self.session else {
-                return Err(AgentError::Protocol(
-                    "codex finished a turn without naming its thread".into(),
-                ));
-            };
-            return Ok(TurnOutcome {
-                session_id: Some(session_id),
-                text: self.answer.unwrap_or_default(),
+        pipe::conclude(
+            pipe::Ending {
+                cli: "codex",
+                succeeded: self.completed && (self.failure.is_none() || exit.success),
+                session: self.session,
+                resumed: self.resumed,
+                answer: self.answer,
                 usage: self.usage,
-                denied_tools: Vec::new(),
-            });
-        }
-        if self.resumed {
-            let said = format!(
-                "{} {}",
-                self.failure.as_deref().unwrap_or_default(),
-                exit.stderr_tail
-            )
-            .to_ascii_lowercase();
-            if said.contains("no saved session")
-                || said.contains("session not found")
-                || said.contains("thread not found")
-                || said.contains("no rollout found")
-            {
-                return Err(AgentError::SessionNotFound(
-                    self.session.unwrap_or_default(),
-                ));
-            }
-        }
-        pipe::unfinished(exit, self.failure.as_deref(), "codex")
+                failure: self.failure,
+                lost_session: &[
+                    "no saved session",
+                    "session not found",
+                    "thread not found",
+                    "no rollout found",
+                ],
+            },
+            exit,
+        )
     }
 }
 

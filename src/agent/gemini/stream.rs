@@ -144,36 +144,20 @@ impl LineProtocol for GeminiStream {
 
     fn finish(mut self, exit: &ExitInfo) -> Result<TurnOutcome, AgentError> {
         self.flush();
-        if self.succeeded {
-            let Some(session_id) = self.session else {
-                return Err(AgentError::Protocol(
-                    "gemini finished a turn without naming its session".into(),
-                ));
-            };
-            return Ok(TurnOutcome {
-                session_id: Some(session_id),
-                text: self.answer.unwrap_or_default(),
+        pipe::conclude(
+            pipe::Ending {
+                cli: "gemini",
+                succeeded: self.succeeded,
+                session: self.session,
+                resumed: self.resumed,
+                answer: self.answer,
                 usage: self.usage,
-                denied_tools: Vec::new(),
-            });
-        }
-        if self.resumed {
-            let said = format!(
-                "{} {}",
-                self.failure.as_deref().unwrap_or_default(),
-                exit.stderr_tail
-            )
-            .to_ascii_lowercase();
-            // 0.61.0: `Error resuming session: Invalid session identifier "<id>".`
-            if said.contains("invalid session identifier")
-                || said.contains("session") && said.contains("not found")
-            {
-                return Err(AgentError::SessionNotFound(
-                    self.session.unwrap_or_default(),
-                ));
-            }
-        }
-        pipe::unfinished(exit, self.failure.as_deref(), "gemini")
+                failure: self.failure,
+                // 0.61.0: `Error resuming session: Invalid session identifier "<id>".`
+                lost_session: &["invalid session identifier", "session not found"],
+            },
+            exit,
+        )
     }
 }
 

@@ -139,33 +139,19 @@ impl LineProtocol for OpencodeStream {
     }
 
     fn finish(self, exit: &ExitInfo) -> Result<TurnOutcome, AgentError> {
-        if exit.success && self.failure.is_none() {
-            let Some(session_id) = self.session else {
-                return Err(AgentError::Protocol(
-                    "opencode ended without naming its session".into(),
-                ));
-            };
-            return Ok(TurnOutcome {
-                session_id: Some(session_id),
-                text: self.answer.unwrap_or_default(),
+        pipe::conclude(
+            pipe::Ending {
+                cli: "opencode",
+                succeeded: exit.success && self.failure.is_none(),
+                session: self.session,
+                resumed: self.resumed,
+                answer: self.answer,
                 usage: self.usage,
-                denied_tools: Vec::new(),
-            });
-        }
-        if self.resumed {
-            let said = format!(
-                "{} {}",
-                self.failure.as_deref().unwrap_or_default(),
-                exit.stderr_tail
-            )
-            .to_ascii_lowercase();
-            if said.contains("session") && said.contains("not found") {
-                return Err(AgentError::SessionNotFound(
-                    self.session.unwrap_or_default(),
-                ));
-            }
-        }
-        pipe::unfinished(exit, self.failure.as_deref(), "opencode")
+                failure: self.failure,
+                lost_session: &["session not found"],
+            },
+            exit,
+        )
     }
 }
 
