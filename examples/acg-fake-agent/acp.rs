@@ -12,6 +12,9 @@
 //! - `ACP:hang`          — no answer until `session/cancel`, then `cancelled`;
 //! - `ACP:deaf`          — no answer, `session/cancel` ignored;
 //! - `ACP:crash`         — stderr, exit 3;
+//! - `ACP:amnesia`       — like `crash`, and the next process's `session/load` fails (as a
+//!   real agent's does when its stored session is gone): a marker file in the working
+//!   directory carries that to the next process;
 //! - `ACP:mode=<id>`     — a `current_mode_update` to `<id>`;
 //! - `ACP:unknown`       — a request the client does not implement;
 //! - otherwise           — an echo (naming the session mode, if there are modes).
@@ -22,6 +25,9 @@
 use std::io::{self, BufRead, Write};
 
 use serde_json::{json, Value};
+
+/// Left in the working directory by `ACP:amnesia`, taken by the next `session/load`.
+const FORGOT: &str = ".acg-fake-acp-forgot";
 
 pub fn main() -> io::Result<u8> {
     let stdin = io::stdin();
@@ -74,6 +80,10 @@ impl<L: Iterator<Item = io::Result<String>>> Agent<L> {
                 "session/set_mode" => {
                     self.mode = params["modeId"].as_str().map(str::to_string);
                     self.respond(id, json!({}))?;
+                }
+                "session/load" if std::fs::remove_file(FORGOT).is_ok() => {
+                    self.send(json!({"jsonrpc": "2.0", "id": id,
+                        "error": {"code": -32002, "message": "No previous sessions found"}}))?;
                 }
                 "session/load" => {
                     let session = params["sessionId"].as_str().unwrap_or_default().to_string();
@@ -175,6 +185,10 @@ impl<L: Iterator<Item = io::Result<String>>> Agent<L> {
         } else if text.contains("ACP:deaf") {
             while self.read()?.is_some() {}
             return Ok(Some(0));
+        } else if text.contains("ACP:amnesia") {
+            std::fs::write(FORGOT, "")?;
+            eprintln!("fake-acp: simulated crash, sessions forgotten");
+            return Ok(Some(3));
         } else if text.contains("ACP:crash") {
             eprintln!("fake-acp: simulated crash");
             return Ok(Some(3));

@@ -283,6 +283,31 @@ async fn one_process_serves_the_room_and_a_crash_is_followed_by_session_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_agent_cannot_load_is_reported_and_the_next_message_starts_afresh() {
+    let f = fake("");
+    let (_, pid, session) = parse_answer(&f.alice.ask("r1", "hello").await);
+    let crashed = f.alice.ask("r1", "ACP:amnesia").await;
+    assert!(
+        crashed.last().unwrap().text.contains("exit code 3"),
+        "{crashed:?}"
+    );
+    // The new process cannot load the room's session: the room is told, nothing is lost
+    // silently, and the session id is dropped.
+    let lost = f.alice.ask("r1", "are you there").await;
+    assert!(
+        lost.last()
+            .unwrap()
+            .text
+            .contains("The previous agent session could not be resumed"),
+        "{lost:?}"
+    );
+    let (answer, pid2, session2) = parse_answer(&f.alice.ask("r1", "a fresh start").await);
+    assert_eq!(answer, "echo: a fresh start");
+    assert_ne!(pid2, pid);
+    assert_ne!(session2, session, "a new session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_callbacks_stay_in_the_working_directory_and_follow_the_rules() {
     let f = fake(OWNER_WRITES);
     let outside = f.gateway.dir.path().join("outside.txt");

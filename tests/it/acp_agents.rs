@@ -31,13 +31,16 @@ struct Agent {
     /// `Bash` rule can allow: its rule matches the call's canonical JSON input, the title.
     tool: &'static str,
     listed_rule: &'static str,
-    /// Whether `session/load` after a restart finds the session. Gemini CLI 0.61.0 answers
-    /// "Invalid session identifier" (or "No previous sessions found for this project") for
-    /// sessions it created over ACP, even with its chat file on disk and a graceful exit
-    /// (stdin closed); the same CLI resumes headless sessions (`--resume`, see
-    /// `pipe_agents`). Until that is understood, the test holds the gateway to its
-    /// fallback: the room is told, and the next message starts afresh.
-    restart_keeps_session: bool,
+    /// Whether a `session/load` in the wall-clock minute the session was created loses it.
+    /// Gemini CLI 0.61.0 (the latest) starts a fresh recording before it resolves the session
+    /// to load, in a file named by the minute and the id's first 8 characters: in the minute
+    /// of creation that is the session's own file, whose messages it resets, and the load then
+    /// fails ("No previous sessions found" / "Invalid session identifier"). In any later
+    /// minute the fresh file is a different one and the load works. The test restarts after
+    /// the minute has turned, as any real restart but a rapid one does; the gateway's answer to
+    /// a failed load (the room is told, the next message starts afresh) is tested with the
+    /// scripted agent in `acp`.
+    loses_session_in_its_first_minute: bool,
 }
 
 const OPENCODE: Agent = Agent {
@@ -47,7 +50,7 @@ const OPENCODE: Agent = Agent {
     env: agent_homes::opencode_env,
     tool: "Bash",
     listed_rule: r#"{tool: Bash, params: "touch listed\\.txt|true"}"#,
-    restart_keeps_session: true,
+    loses_session_in_its_first_minute: false,
 };
 
 const GEMINI: Agent = Agent {
@@ -57,7 +60,7 @@ const GEMINI: Agent = Agent {
     env: agent_homes::gemini_env,
     tool: "acp:execute",
     listed_rule: r#"{tool: "acp:execute", params: '\{"title": ?"(touch listed\.txt|true)"\}'}"#,
-    restart_keeps_session: false,
+    loses_session_in_its_first_minute: true,
 };
 
 /// The conversations of the test, one per marker.
@@ -135,6 +138,7 @@ agents:
     // A reply, a resumed session, a restart that keeps it.
     let first = format!("ACPX-FIRST-{n} hello");
     let replies = web.alice.ask("r1", &first).await;
+    let created = minute_now();
     let last = replies.last().map(|m| m.text.as_str()).unwrap_or_default();
     assert!(last.ends_with("first answer"), "{n}: {replies:?}");
     let replies = web.alice.ask("r1", "and again").await;
@@ -148,28 +152,6 @@ agents:
         seen.contains("first answer") && seen.contains("and again"),
         "{n}: {seen}"
     );
-    web.gateway.stop();
-    web.gateway.start_again();
-    let replies = web.alice.ask("r1", "after the restart").await;
-    let last = replies.last().map(|m| m.text.clone()).unwrap_or_default();
-    if a.restart_keeps_session {
-        assert_eq!(last, "third answer", "{n}: {replies:?}");
-        let seen = llm.conversation(&first);
-        assert!(
-            seen.contains("and again") && seen.contains("after the restart"),
-            "{n}: {seen}"
-        );
-    } else {
-        // The room is told, and the next message starts a new session that answers.
-        assert!(last.contains("could not be resumed"), "{n}: {replies:?}");
-        let replies = web.alice.ask("r1", "a fresh start").await;
-        assert_eq!(
-            replies.last().map(|m| m.text.as_str()),
-            Some("OK"),
-            "{n}: {replies:?}"
-        );
-    }
-
     // Allow-listed: runs without a prompt.
     let replies = web.alice.ask("r2", &format!("ACPX-LISTED-{n} go")).await;
     assert!(
@@ -230,6 +212,35 @@ agents:
     );
     let last = web.gateway.audit().pop().unwrap();
     assert_eq!(last["decision"], "deny", "{n}: {last}");
+
+    // A restart keeps the session (after the minute of its creation, see the field's doc).
+    if a.loses_session_in_its_first_minute {
+        while minute_now() == created {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    web.gateway.stop();
+    web.gateway.start_again();
+    let replies = web.alice.ask("r1", "after the restart").await;
+    assert_eq!(
+        replies.last().map(|m| m.text.as_str()),
+        Some("third answer"),
+        "{n}: {replies:?}"
+    );
+    let seen = llm.conversation(&first);
+    assert!(
+        seen.contains("and again") && seen.contains("after the restart"),
+        "{n}: {seen}"
+    );
+}
+
+/// The current wall-clock minute since the epoch.
+fn minute_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -426,7 +426,7 @@ impl TurnLoop {
                     Err(_) => return Err(timed_out()),
                 };
                 let mut session = setup.session;
-                skip_replay(&mut session);
+                skip_replay(&mut session, deadline).await;
                 self.ensure_asking(id, setup.response.modes.as_ref(), deadline)
                     .await?;
                 self.current = Some(Current {
@@ -512,11 +512,30 @@ impl TurnLoop {
     }
 }
 
+/// How long the agent must stay silent after a `session/load` answer before the replay counts
+/// as over. The protocol has the replay end before the answer, and the Claude adapter and
+/// OpenCode keep to that; Gemini CLI 0.61.0 answers after the first replayed update and
+/// streams the rest behind it (within milliseconds). Paid once per load (a restart or a
+/// replaced process), never per turn.
+const REPLAY_QUIET: Duration = Duration::from_millis(300);
+
 /// Skips what `session/load` replayed (the history the agent already has), answering any
-/// request in it: all of it was queued before the load's response.
-fn skip_replay(session: &mut ActiveSession<'static, Agent>) {
+/// request in it: what was queued before the load's answer, then whatever follows until the
+/// agent has been quiet for `REPLAY_QUIET` (or the turn's deadline).
+async fn skip_replay(session: &mut ActiveSession<'static, Agent>, deadline: Instant) {
     let mut skipped = 0usize;
-    while let Some(Ok(message)) = session.read_update().now_or_never() {
+    loop {
+        let message = match session.read_update().now_or_never() {
+            Some(message) => message,
+            None => {
+                let quiet_until = deadline.min(Instant::now() + REPLAY_QUIET);
+                match tokio::time::timeout_at(quiet_until, session.read_update()).await {
+                    Ok(message) => message,
+                    Err(_) => break,
+                }
+            }
+        };
+        let Ok(message) = message else { break };
         skipped += 1;
         if let SessionMessage::Message(dispatch) = message {
             if let Err(e) = MatchDispatch::new(dispatch.into_raw()).otherwise_ignore() {
