@@ -130,6 +130,33 @@ async fn an_owner_allow_listed_call_runs_without_a_prompt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A write outside the working directory, allowed by the owner's rules, is stopped by the
+/// agent's confinement.
+async fn a_write_outside_the_working_directory_does_not_happen() {
+    let Some(s) = setup("    owner_allowed_tools: [{tool: Write}]", 60).await else {
+        return;
+    };
+    let outside = s.gateway.dir.path().join("outside.txt");
+    s.llm
+        .set_script(json!({"scenarios": [{"match": "ACP-OUTSIDE", "turns": [
+        {"text": "Writing.", "tool_calls": [{"name": "Write",
+            "input": {"file_path": outside, "content": "escaped"}}]},
+        {"text": "after"}]}], "default_text": "OK"}));
+    let replies = s.alice.ask("r1", "ACP-OUTSIDE go").await;
+    assert_eq!(replies.last().unwrap().text, "after", "{replies:?}");
+    // The gate lets it through (the owner's rule allows `Write`), the adapter writes with
+    // Claude's own tool (it sends no `fs/write_text_file`), and the confinement refuses it.
+    let last = s.gateway.audit().pop().unwrap();
+    assert_eq!(
+        (&last["tool"], &last["decision"]),
+        (&json!("Write"), &json!("allow"))
+    );
+    let seen = s.llm.conversation("ACP-OUTSIDE");
+    assert!(seen.contains("EACCES: permission denied"), "{seen}");
+    assert!(!outside.exists(), "the write outside ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlisted_call_waits_for_approve_and_a_denied_one_does_not_run() {
     let Some(s) = setup(OWNER_TOUCH_LISTED, 60).await else {
         return;

@@ -6,7 +6,8 @@
 //! Per agent: a reply, a resumed session (the first exchange in the model request), a restart
 //! that keeps it (`session/load`); an owner-allow-listed call runs unasked; an unlisted call
 //! posts the approval prompt, `approve` runs it, `deny` and a timeout do not; a guest's call is
-//! denied without a prompt. Every check looks at what really ran on disk.
+//! denied without a prompt; a write outside the working directory does not happen without an
+//! owner's approval. Every check looks at what really ran on disk.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,6 +32,11 @@ struct Agent {
     /// `Bash` rule can allow: its rule matches the call's canonical JSON input, the title.
     tool: &'static str,
     listed_rule: &'static str,
+    /// The model's call of the CLI's file-writing tool: `(name, input)` for a path and text.
+    write_tool: fn(&Path, &str) -> Value,
+    /// Whether a write outside the working directory is first put to the gateway (OpenCode's
+    /// `external_directory` permission) rather than refused by the CLI itself.
+    asks_before_writing_outside: bool,
     /// Whether a `session/load` in the wall-clock minute the session was created loses it.
     /// Gemini CLI 0.61.0 (the latest) starts a fresh recording before it resolves the session
     /// to load, in a file named by the minute and the id's first 8 characters: in the minute
@@ -50,6 +56,8 @@ const OPENCODE: Agent = Agent {
     env: agent_homes::opencode_env,
     tool: "Bash",
     listed_rule: r#"{tool: Bash, params: "touch listed\\.txt|true"}"#,
+    write_tool: |path, text| json!({"name": "write", "input": {"filePath": path, "content": text}}),
+    asks_before_writing_outside: true,
     loses_session_in_its_first_minute: false,
 };
 
@@ -60,11 +68,13 @@ const GEMINI: Agent = Agent {
     env: agent_homes::gemini_env,
     tool: "acp:execute",
     listed_rule: r#"{tool: "acp:execute", params: '\{"title": ?"(touch listed\.txt|true)"\}'}"#,
+    write_tool: |path, text| json!({"name": "write_file", "input": {"file_path": path, "content": text}}),
+    asks_before_writing_outside: false,
     loses_session_in_its_first_minute: true,
 };
 
 /// The conversations of the test, one per marker.
-fn script(a: &Agent) -> Value {
+fn script(a: &Agent, outside: &Path) -> Value {
     let n = a.name;
     let shell = |marker: &str, command: &str| json!({"match": format!("{marker}-{n}"), "turns": [bash_turn("Running it.", command), {"text": "after"}]});
     json!({"scenarios": [
@@ -77,6 +87,9 @@ fn script(a: &Agent) -> Value {
         shell("ACPX-DENY", "touch denied.txt"),
         shell("ACPX-TIMEOUT", "touch late.txt"),
         shell("ACPX-GUEST", "touch guest.txt"),
+        {"match": format!("ACPX-OUTSIDE-{n}"), "turns": [
+            {"text": "Writing.", "tool_calls": [(a.write_tool)(outside, "escaped")]},
+            {"text": "after"}]},
     ], "default_text": "OK"})
 }
 
@@ -111,8 +124,9 @@ async fn lifecycle(a: &Agent) {
     let Some(bin) = (a.bin)() else {
         return;
     };
-    let llm = FakeLlm::start(script(a)).await;
     let home = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let outside = home.path().join("outside.txt");
+    let llm = FakeLlm::start(script(a, &outside)).await;
     let agents = format!(
         r#"default_agent: assistant
 agents:
@@ -124,7 +138,7 @@ agents:
     timeout: 120
     permissions: {{enabled: true, timeout: 4}}
     env: {env}
-    owner_allowed_tools: [{rule}]
+    owner_allowed_tools: [{rule}, {{tool: Write}}]
 "#,
         bin = bin.display(),
         args = a.args,
@@ -212,6 +226,38 @@ agents:
     );
     let last = web.gateway.audit().pop().unwrap();
     assert_eq!(last["decision"], "deny", "{n}: {last}");
+
+    // A write outside the working directory, with an owner rule allowing `Write`. Neither CLI
+    // sends it as an `fs/write_text_file` callback (which the gateway refuses outside the
+    // working directory; the scripted agent in `acp` tests that): OpenCode first asks about the
+    // outside directory (`external_directory`, an `acp:other` call naming the path), which
+    // an owner must approve and here denies; Gemini CLI refuses it itself ("Path not in
+    // workspace"). Either way nothing is written.
+    let ask = format!("ACPX-OUTSIDE-{n} go");
+    if a.asks_before_writing_outside {
+        let mut events = web.alice.events("r7").await;
+        web.alice.post("r7", &ask).await;
+        let seen = events
+            .until(Duration::from_secs(90), |e, d| {
+                e == "message" && d["text"].as_str().is_some_and(|t| t.starts_with("🔐"))
+            })
+            .await;
+        let text = seen.last().unwrap().1["text"].as_str().unwrap().to_string();
+        assert!(text.contains(&outside.display().to_string()), "{n}: {text}");
+        let re = regex::Regex::new(r"Reply `approve ([a-z0-9]{4})`").unwrap();
+        let id = re.captures(&text).unwrap_or_else(|| panic!("{text}"))[1].to_string();
+        web.alice.post("r7", &format!("deny {id}")).await;
+        turn_over(&mut events).await;
+    } else {
+        let replies = web.alice.ask("r7", &ask).await;
+        assert!(
+            replies.iter().all(|m| !m.text.starts_with("🔐")),
+            "{n}: {replies:?}"
+        );
+        let seen = llm.conversation(&ask);
+        assert!(seen.contains("Path not in workspace"), "{n}: {seen}");
+    }
+    assert!(!outside.exists(), "{n}: the write outside ran");
 
     // A restart keeps the session (after the minute of its creation, see the field's doc).
     if a.loses_session_in_its_first_minute {
