@@ -95,7 +95,7 @@ impl AgentError {
                 ),
             },
             AgentError::Api { message, .. } if is_auth_failure(message) => format!(
-                "❌ The agent is not logged in to its model API. An admin should set its API key (e.g. ANTHROPIC_API_KEY) or log the CLI in. (ref: {reference})"
+                "❌ The agent is not logged in to its model API. An admin should set its API key or log the CLI in (`agent-chat-gateway doctor` shows what it finds). (ref: {reference})"
             ),
             AgentError::Api { status, .. } => match status {
                 Some(s) => format!("❌ The model API returned an error ({s}). Please try again. (ref: {reference})"),
@@ -151,7 +151,7 @@ mod tests {
         };
         assert_eq!(
             e.user_message("abcd1234"),
-            "❌ The agent is not logged in to its model API. An admin should set its API key (e.g. ANTHROPIC_API_KEY) or log the CLI in. (ref: abcd1234)"
+            "❌ The agent is not logged in to its model API. An admin should set its API key or log the CLI in (`agent-chat-gateway doctor` shows what it finds). (ref: abcd1234)"
         );
         let e = AgentError::Api {
             status: Some(400),

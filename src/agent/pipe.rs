@@ -281,9 +281,7 @@ pub fn api_error(message: &str) -> AgentError {
     if m.contains("usage limit") || m.contains("rate limit") || m.contains("quota") {
         return AgentError::RateLimited { resets_at: None };
     }
-    let status = [401u16, 403, 404, 429, 500, 502, 503, 529]
-        .into_iter()
-        .find(|s| m.contains(&s.to_string()));
+    let status = http_status_in(&m);
     if status == Some(429) {
         return AgentError::RateLimited { resets_at: None };
     }
@@ -299,6 +297,16 @@ pub fn api_error(message: &str) -> AgentError {
             message.to_string()
         },
     }
+}
+
+/// The first number of exactly three digits from 400 to 599 in `text` (the CLIs put the
+/// status in their messages in different places: "unexpected status 401", `"code":400`,
+/// "status 429:"); longer numbers (ports, ids) are not mistaken for one.
+fn http_status_in(text: &str) -> Option<u16> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|run| run.len() == 3)
+        .filter_map(|run| run.parse::<u16>().ok())
+        .find(|s| (400..600).contains(s))
 }
 
 /// What a CLI's stream parser knows when its process has exited.
@@ -415,5 +423,19 @@ mod tests {
         let e = api_error("stream disconnected");
         assert!(matches!(e, AgentError::Api { status: None, .. }));
         assert!(e.user_message("r").contains("model API returned an error"));
+        // Gemini CLI's wording; a port is not a status.
+        let e = api_error(r#"[API Error: {"error":{"code":400,"message":"bad"}}]"#);
+        assert!(
+            matches!(
+                e,
+                AgentError::Api {
+                    status: Some(400),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = api_error("connection refused: http://127.0.0.1:40679/v1/responses");
+        assert!(matches!(e, AgentError::Api { status: None, .. }), "{e}");
     }
 }

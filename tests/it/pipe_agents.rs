@@ -64,25 +64,17 @@ fn guest_scenario(kind: &str) -> Value {
     ]})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rooms_bound_to_codex_gemini_and_opencode_answer_resume_and_survive_a_restart() {
+/// A daemon whose rooms `room-<kind>` and `room-<kind>-guest` are bound to each CLI, on
+/// `llm`; `None` (outside CI) when a CLI is missing. The CLIs' homes live in `homes`.
+fn gateway(llm: &FakeLlm, homes: &Path) -> Option<WebchatGateway> {
     let mut bins = Vec::new();
     for cli in &CLIS {
-        match (cli.bin)() {
-            Some(b) => bins.push(b),
-            None => return,
-        }
+        bins.push((cli.bin)()?);
     }
-    let mut scenarios: Vec<Value> = CLIS.iter().map(|c| scenario(c.kind)).collect();
-    scenarios.extend(CLIS.iter().map(|c| guest_scenario(c.kind)));
-    let llm = FakeLlm::start(json!({"scenarios": scenarios, "default_text": "OK"})).await;
-    // Outside the system tmp: Codex refuses to set up its sandbox helpers under a temporary
-    // dir (0.169.0: "Refusing to create helper binaries under temporary dir").
-    let homes = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut agents = String::from("default_agent: codex\nagents:\n");
     let mut watchers = String::from("watchers:\n");
     for (cli, bin) in CLIS.iter().zip(&bins) {
-        let home = homes.path().join(cli.kind);
+        let home = homes.join(cli.kind);
         std::fs::create_dir_all(&home).unwrap();
         let env = agent_homes::env_yaml(&(cli.env)(&llm.url(), &home));
         agents.push_str(&format!(
@@ -105,7 +97,24 @@ async fn rooms_bound_to_codex_gemini_and_opencode_answer_resume_and_survive_a_re
             kind = cli.kind
         ));
     }
-    let mut web = WebchatGateway::start_with_watchers(&agents, &watchers, "");
+    Some(WebchatGateway::start_with_watchers(&agents, &watchers, ""))
+}
+
+/// Homes for the CLIs outside the system tmp: Codex refuses to set up its sandbox helpers
+/// under a temporary dir (0.169.0: "Refusing to create helper binaries under temporary dir").
+fn homes() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_bound_to_codex_gemini_and_opencode_answer_resume_and_survive_a_restart() {
+    let mut scenarios: Vec<Value> = CLIS.iter().map(|c| scenario(c.kind)).collect();
+    scenarios.extend(CLIS.iter().map(|c| guest_scenario(c.kind)));
+    let llm = FakeLlm::start(json!({"scenarios": scenarios, "default_text": "OK"})).await;
+    let homes = homes();
+    let Some(mut web) = gateway(&llm, homes.path()) else {
+        return;
+    };
     let (alice, bob) = (&web.alice, &web.bob);
 
     let first = CLIS.iter().map(|c| async move {
@@ -189,5 +198,58 @@ async fn rooms_bound_to_codex_gemini_and_opencode_answer_resume_and_survive_a_re
             !web.gateway.work.join(format!("guest-{kind}.txt")).exists(),
             "{kind}: a guest's shell call ran: {replies:?}"
         );
+    }
+}
+
+/// The model API's refusals reach the room in plain words, the same for every CLI: a
+/// rejected key (401) is "not logged in", any other error names its status where the CLI
+/// reports one. (A 429 is not
+/// here: each CLI retries it with its own backoff, for minutes; its mapping is tested on the
+/// CLIs' recorded lines in each `stream.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_api_errors_reach_the_room_in_plain_words_for_every_pipe_cli() {
+    let error = |marker: &str, status: u16, kind: &str| json!({"match": marker, "error": {"status": status, "type": kind, "message": "refused by the fake"}});
+    let mut scenarios = Vec::new();
+    for c in &CLIS {
+        scenarios.push(error(
+            &format!("PIPE-{} auth", c.kind),
+            401,
+            "authentication_error",
+        ));
+        scenarios.push(error(
+            &format!("PIPE-{} bad", c.kind),
+            400,
+            "invalid_request_error",
+        ));
+    }
+    let llm = FakeLlm::start(json!({"scenarios": scenarios, "default_text": "OK"})).await;
+    let homes = homes();
+    let Some(web) = gateway(&llm, homes.path()) else {
+        return;
+    };
+    let alice = &web.alice;
+    let asks = CLIS.iter().map(|c| async move {
+        let room = format!("room-{}", c.kind);
+        let auth = alice.ask(&room, &format!("PIPE-{} auth", c.kind)).await;
+        // Another room: the first one's session starts with the other marker.
+        let other = format!("room-{}-guest", c.kind);
+        let bad = alice.ask(&other, &format!("PIPE-{} bad", c.kind)).await;
+        (c.kind, auth, bad)
+    });
+    let results = futures_util::future::join_all(asks).await;
+    for (kind, auth, bad) in results {
+        let last = |r: &[crate::support::webclient::WebMessage]| {
+            r.last().map(|m| m.text.clone()).unwrap_or_default()
+        };
+        assert!(
+            last(&auth).contains("not logged in to its model API"),
+            "{kind}: {auth:?}"
+        );
+        // Codex reports a 400 by its body alone, so its message names no status.
+        let expected = match kind {
+            "codex" => "The model API returned an error. Please try again.",
+            _ => "The model API returned an error (400).",
+        };
+        assert!(last(&bad).contains(expected), "{kind}: {bad:?}");
     }
 }

@@ -131,7 +131,11 @@ impl LineProtocol for OpencodeStream {
                     .or_else(|| v["message"].as_str())
                     .or_else(|| e["name"].as_str())
                     .unwrap_or("the turn failed");
-                self.failure = Some(message.to_string());
+                // The HTTP status sits beside the message; `pipe::api_error` reads it from the text.
+                self.failure = Some(match e["data"]["statusCode"].as_u64() {
+                    Some(status) => format!("status {status}: {message}"),
+                    None => message.to_string(),
+                });
             }
             _ => {}
         }
@@ -213,9 +217,22 @@ mod tests {
     #[test]
     fn an_error_line_fails_the_turn_even_at_exit_0() {
         let mut s = OpencodeStream::new(None);
-        s.feed(r#"{"type":"error","sessionID":"ses_1","error":{"name":"APIError","data":{"message":"Unauthorized: invalid api key","statusCode":401}}}"#);
+        s.feed(r#"{"type":"error","sessionID":"ses_1","error":{"name":"APIError","data":{"message":"refused","statusCode":401}}}"#);
         let e = s.finish(&exit(true)).unwrap_err();
         assert!(e.user_message("r").contains("not logged in"), "{e}");
+        let mut s = OpencodeStream::new(None);
+        s.feed(r#"{"type":"error","sessionID":"ses_1","error":{"name":"APIError","data":{"message":"bad request","statusCode":400}}}"#);
+        let e = s.finish(&exit(true)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AgentError::Api {
+                    status: Some(400),
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let s = OpencodeStream::new(Some("ses_gone"));
         let e = s
             .finish(&ExitInfo {
