@@ -136,6 +136,12 @@ pub enum ConfineError {
 
 /// The kernel's Landlock ABI version; 0 when Landlock is missing or disabled.
 pub fn abi() -> i32 {
+    // The kernel's ABI does not change while the daemon runs: asked once.
+    static ABI: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *ABI.get_or_init(query_abi)
+}
+
+fn query_abi() -> i32 {
     // LANDLOCK_CREATE_RULESET_VERSION: returns the ABI instead of creating a ruleset.
     const VERSION: libc::c_uint = 1;
     // SAFETY: a query with a NULL attribute pointer and size 0, as documented for VERSION.

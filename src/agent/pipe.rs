@@ -194,17 +194,16 @@ impl<C: Cli> PipeBackend<C> {
             .filter(|(k, _)| k != crate::policy::HOOK_SECRET_VAR)
             .cloned()
             .collect();
-        let sandbox = match state::run_sandbox(
+        // The working directory is writable only for a role whose rules grant `Write`.
+        let sandbox = match state::run_sandbox_with(
             self.sandbox.as_ref(),
             &C::LAYOUT,
             &self.working_directory,
             &self.env,
+            turn.grants.write,
         )? {
-            Some((mut sandbox, extra)) => {
+            Some((sandbox, extra)) => {
                 env.extend(extra);
-                if !turn.grants.write {
-                    sandbox.writable.retain(|p| p != &self.working_directory);
-                }
                 Some(sandbox)
             }
             None => None,

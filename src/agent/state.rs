@@ -181,19 +181,35 @@ pub fn home_of(env: &[(String, String)], sandbox: Option<&Sandbox>) -> Option<Pa
 }
 
 /// A run's sandbox for a process of the CLI laid out as `layout`, and the environment it
-/// needs. `None` when `base` is (the agent is not confined).
+/// needs, with the working directory writable. `None` when `base` is (the agent is not
+/// confined).
 pub fn run_sandbox(
     base: Option<&Sandbox>,
     layout: &StateLayout,
     working_directory: &Path,
     agent_env: &[(String, String)],
 ) -> Result<Option<(Sandbox, Env)>, AgentError> {
+    run_sandbox_with(base, layout, working_directory, agent_env, true)
+}
+
+/// [`run_sandbox`], with the working directory writable only when `work_writable`. A
+/// read-only working directory inside `$HOME` keeps `$HOME` from being granted whole (Landlock
+/// can only add access, never take a subtree back): only the CLI's own dirs are.
+pub fn run_sandbox_with(
+    base: Option<&Sandbox>,
+    layout: &StateLayout,
+    working_directory: &Path,
+    agent_env: &[(String, String)],
+    work_writable: bool,
+) -> Result<Option<(Sandbox, Env)>, AgentError> {
     let Some(base) = base else {
         return Ok(None);
     };
     let mut sandbox = base.clone();
     let mut env = Vec::new();
-    sandbox.writable.push(working_directory.to_path_buf());
+    if work_writable {
+        sandbox.writable.push(working_directory.to_path_buf());
+    }
     if let Some(tmp) = &sandbox.private_tmp {
         env.push(("TMPDIR".to_string(), tmp.display().to_string()));
     }
@@ -221,7 +237,9 @@ pub fn run_sandbox(
                 .protected
                 .iter()
                 .any(|p| real_path(p).starts_with(&real));
-            if !holds_protected {
+            let holds_read_only_work =
+                !work_writable && real_path(working_directory).starts_with(&real);
+            if !holds_protected && !holds_read_only_work {
                 sandbox.writable.push(home.clone());
             } else {
                 if let Some((var, default)) = layout.relocate {
@@ -316,6 +334,39 @@ mod tests {
         assert_eq!(sb.writable, vec![work, home.path().to_path_buf()]);
         assert!(env.is_empty(), "{env:?}");
         assert!(!home.path().join(".local").exists());
+    }
+
+    #[test]
+    fn a_read_only_working_directory_inside_home_keeps_home_from_being_granted_whole() {
+        let home = tempfile::tempdir().unwrap();
+        let work = home.path().join("work");
+        fs::create_dir(&work).unwrap();
+        let b = base(Vec::new());
+        let (sb, _) = run_sandbox_with(Some(&b), &OPENCODE, &work, &env_of(home.path()), false)
+            .unwrap()
+            .unwrap();
+        assert!(!sb.writable.contains(&work), "{:?}", sb.writable);
+        assert!(!sb.writable.contains(&home.path().to_path_buf()));
+        assert_eq!(
+            sb.writable,
+            OPENCODE
+                .dirs
+                .iter()
+                .map(|d| home.path().join(d))
+                .collect::<Vec<_>>()
+        );
+        // A read-only working directory elsewhere leaves the whole home writable.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let (sb, _) = run_sandbox_with(
+            Some(&b),
+            &OPENCODE,
+            elsewhere.path(),
+            &env_of(home.path()),
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(sb.writable, vec![home.path().to_path_buf()]);
     }
 
     #[test]
