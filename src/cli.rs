@@ -628,7 +628,33 @@ fn policy_check(config_file: &Path, runtime: &Path, check: PolicyCheck) -> anyho
         skip_owner_approval: agent.permissions.skip_owner_approval,
         guard: &guard,
     });
-    let report = policy::render_check(&outcome, check.json);
+    let mut report = policy::render_check(&outcome, check.json);
+    // A CLI without an approval hook never brings its calls to the gateway: what the rules
+    // grant it as a whole is the answer that holds, so say that beside the per-call one.
+    let unhooked = crate::agent::registry::AGENTS
+        .find(&agent.kind)
+        .is_some_and(|t| matches!(t.gating, crate::config::Gating::Unavailable { .. }));
+    if unhooked {
+        let rules = match check.role {
+            Role::Owner => &agent.owner_rules,
+            Role::Guest => &agent.guest_rules,
+        };
+        let grants = crate::agent::pipe::Grants::of(rules);
+        if check.json {
+            let mut v: Value = serde_json::from_str(&report)?;
+            v["per_call"] = Value::Bool(false);
+            v["cli_grants"] = serde_json::json!(grants.tools());
+            report = v.to_string();
+        } else {
+            report.push_str(&format!(
+                "note: agent '{}' (type {}) does not ask the gateway about each call; the {} role's rules grant the CLI: {}\n",
+                check.agent,
+                agent.kind,
+                check.role,
+                grants.describe(),
+            ));
+        }
+    }
     print!("{report}");
     if !report.ends_with('\n') {
         println!();

@@ -59,6 +59,29 @@ impl Grants {
             web: granted("WebFetch"),
         }
     }
+
+    /// The rules' tool names granted, in a fixed order.
+    pub fn tools(&self) -> Vec<&'static str> {
+        [
+            (self.read, "Read"),
+            (self.write, "Write"),
+            (self.shell, "Bash"),
+            (self.web, "WebFetch"),
+        ]
+        .into_iter()
+        .filter_map(|(granted, tool)| granted.then_some(tool))
+        .collect()
+    }
+
+    /// The grants in words, for `policy check`.
+    pub fn describe(&self) -> String {
+        match self.tools() {
+            tools if tools.is_empty() => {
+                "no tool (only what the CLI allows in its most restrictive mode)".to_string()
+            }
+            tools => tools.join(", "),
+        }
+    }
 }
 
 /// One turn as a CLI sees it.

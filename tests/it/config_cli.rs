@@ -222,6 +222,51 @@ watchers:
 }
 
 #[test]
+fn policy_check_on_a_pipe_agent_says_what_its_cli_is_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        r#"connectors:
+  - {name: local, type: webchat, allowed_users: {owners: [me]}}
+agents:
+  coder:
+    type: codex
+    command: /bin/true
+    working_directory: ./work
+    owner_allowed_tools: [{tool: Read}, {tool: Write}, {tool: Bash, params: "git .*"}]
+watchers:
+  - {name: w, connector: local, room: "*"}
+"#,
+    )
+    .unwrap();
+    let check = |args: &[&str]| {
+        let out = Command::new(gateway_bin())
+            .args(["policy", "check", "--config"])
+            .arg(dir.path().join("c.yaml"))
+            .args(["--agent", "coder", "--tool", "Bash"])
+            .args(["--input", r#"{"command":"git status"}"#])
+            .args(args)
+            .env("ACG_HOME", dir.path().join("runtime"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The per-call answer, and what holds for a CLI that never asks: a rule with params
+    // grants nothing, so Codex gets no shell.
+    assert_eq!(
+        check(&["--role", "owner"]),
+        "allow: matches the owner allow-list: Bash(git .*)\n  git status\nnote: agent 'coder' (type codex) does not ask the gateway about each call; the owner role's rules grant the CLI: Read, Write\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&check(&["--role", "guest", "--json"])).unwrap();
+    assert_eq!(json["decision"], "deny");
+    assert_eq!(json["per_call"], false);
+    assert_eq!(json["cli_grants"], serde_json::json!([]));
+}
+
+#[test]
 fn doctor_reports_each_check_and_fails_on_a_missing_agent() {
     let port = free_port();
     let good = MINIMAL
