@@ -157,6 +157,25 @@ async fn a_write_outside_the_working_directory_does_not_happen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_api_error_reaches_the_room_in_plain_words() {
+    let Some(s) = setup("", 60).await else {
+        return;
+    };
+    // A 400 (Claude Code retries a 401 or 529 with backoff for minutes: a turn timeout).
+    s.llm.set_script(json!({"scenarios": [{"match": "ACP-BAD", "error": {"status": 400,
+        "type": "invalid_request_error", "message": "refused by the fake"}}], "default_text": "OK"}));
+    let bad = s.alice.ask("r1", "ACP-BAD go").await;
+    let text = &bad.last().unwrap().text;
+    assert!(
+        text.starts_with("❌ The model API returned an error (400). Please try again."),
+        "{bad:?}"
+    );
+    // The gateway keeps working (in another room: the fake model picks the answer by the
+    // conversation's first message, and r1's session keeps the failed one).
+    assert_eq!(s.alice.ask("r2", "hello").await.last().unwrap().text, "OK");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlisted_call_waits_for_approve_and_a_denied_one_does_not_run() {
     let Some(s) = setup(OWNER_TOUCH_LISTED, 60).await else {
         return;

@@ -7,7 +7,8 @@
 //! that keeps it (`session/load`); an owner-allow-listed call runs unasked; an unlisted call
 //! posts the approval prompt, `approve` runs it, `deny` and a timeout do not; a guest's call is
 //! denied without a prompt; a write outside the working directory does not happen without an
-//! owner's approval. Every check looks at what really ran on disk.
+//! owner's approval; the model API's errors reach the room in plain words. Every check looks
+//! at what really ran on disk.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,6 +38,8 @@ struct Agent {
     /// Whether a write outside the working directory is first put to the gateway (OpenCode's
     /// `external_directory` permission) rather than refused by the CLI itself.
     asks_before_writing_outside: bool,
+    /// Whether a failed prompt's error names the model API's HTTP status.
+    reports_api_status: bool,
     /// Whether a `session/load` in the wall-clock minute the session was created loses it.
     /// Gemini CLI 0.61.0 (the latest) starts a fresh recording before it resolves the session
     /// to load, in a file named by the minute and the id's first 8 characters: in the minute
@@ -58,6 +61,7 @@ const OPENCODE: Agent = Agent {
     listed_rule: r#"{tool: Bash, params: "touch listed\\.txt|true"}"#,
     write_tool: |path, text| json!({"name": "write", "input": {"filePath": path, "content": text}}),
     asks_before_writing_outside: true,
+    reports_api_status: false,
     loses_session_in_its_first_minute: false,
 };
 
@@ -70,6 +74,7 @@ const GEMINI: Agent = Agent {
     listed_rule: r#"{tool: "acp:execute", params: '\{"title": ?"(touch listed\.txt|true)"\}'}"#,
     write_tool: |path, text| json!({"name": "write_file", "input": {"file_path": path, "content": text}}),
     asks_before_writing_outside: false,
+    reports_api_status: true,
     loses_session_in_its_first_minute: true,
 };
 
@@ -87,6 +92,8 @@ fn script(a: &Agent, outside: &Path) -> Value {
         shell("ACPX-DENY", "touch denied.txt"),
         shell("ACPX-TIMEOUT", "touch late.txt"),
         shell("ACPX-GUEST", "touch guest.txt"),
+        {"match": format!("ACPX-AUTH-{n}"), "error": {"status": 401, "type": "authentication_error", "message": "refused by the fake"}},
+        {"match": format!("ACPX-BAD-{n}"), "error": {"status": 400, "type": "invalid_request_error", "message": "refused by the fake"}},
         {"match": format!("ACPX-OUTSIDE-{n}"), "turns": [
             {"text": "Writing.", "tool_calls": [(a.write_tool)(outside, "escaped")]},
             {"text": "after"}]},
@@ -258,6 +265,27 @@ agents:
         assert!(seen.contains("Path not in workspace"), "{n}: {seen}");
     }
     assert!(!outside.exists(), "{n}: the write outside ran");
+
+    let auth = web.alice.ask("r8", &format!("ACPX-AUTH-{n} go")).await;
+    let bad = web.alice.ask("r9", &format!("ACPX-BAD-{n} go")).await;
+    // The model API's refusals in plain words. OpenCode's prompt error names no status
+    // ("Internal error: … APIError"): the room hears of an API error, not which.
+    let text = |r: &[crate::support::webclient::WebMessage]| {
+        r.last().map(|m| m.text.clone()).unwrap_or_default()
+    };
+    let (auth_words, bad_words) = if a.reports_api_status {
+        (
+            "not logged in to its model API",
+            "The model API returned an error (400).",
+        )
+    } else {
+        (
+            "The model API returned an error.",
+            "The model API returned an error.",
+        )
+    };
+    assert!(text(&auth).contains(auth_words), "{n}: {auth:?}");
+    assert!(text(&bad).contains(bad_words), "{n}: {bad:?}");
 
     // A restart keeps the session (after the minute of its creation, see the field's doc).
     if a.loses_session_in_its_first_minute {

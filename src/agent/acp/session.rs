@@ -667,10 +667,8 @@ impl PromptRun<'_> {
                             stderr_tail: String::new(),
                         });
                     }
-                    return Err(AgentError::Api {
-                        status: None,
-                        message: describe(&e),
-                    });
+                    // The prompt's error carries the model API's refusal in the agent's words.
+                    return Err(crate::agent::pipe::api_error(&describe(&e)));
                 }
                 SessionMessage::Message(dispatch) => self.on_message(dispatch).await,
                 // Kinds a later SDK may add: nothing this turn waits for.
