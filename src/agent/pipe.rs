@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::confine::Sandbox;
 use super::process::{self, LineProtocol, ProcessSpec};
 use super::state::{self, Env, StateLayout};
-use super::{AgentBackend, AgentError, TurnContext};
+use super::{api_error, AgentBackend, AgentError, TurnContext};
 use crate::config::{AgentConfig, ConfinementMode};
 use crate::model::{Role, TurnOutcome, TurnRequest, Usage};
 use crate::policy::RuleSet;
@@ -296,41 +296,6 @@ impl<C: Cli> AgentBackend for PipeBackend<C> {
     }
 }
 
-/// What a CLI's own error text means: a usage limit, a refused credential (worded so the
-/// room is told an admin must act), or another model API error.
-pub fn api_error(message: &str) -> AgentError {
-    let m = message.to_ascii_lowercase();
-    if m.contains("usage limit") || m.contains("rate limit") || m.contains("quota") {
-        return AgentError::RateLimited { resets_at: None };
-    }
-    let status = http_status_in(&m);
-    if status == Some(429) {
-        return AgentError::RateLimited { resets_at: None };
-    }
-    let auth = status.is_some_and(|s| s == 401 || s == 403)
-        || m.contains("api key")
-        || m.contains("unauthorized")
-        || m.contains("not logged in");
-    AgentError::Api {
-        status,
-        message: if auth && !m.contains("invalid api key") {
-            format!("invalid api key: {message}")
-        } else {
-            message.to_string()
-        },
-    }
-}
-
-/// The first number of exactly three digits from 400 to 599 in `text` (the CLIs put the
-/// status in their messages in different places: "unexpected status 401", `"code":400`,
-/// "status 429:"); longer numbers (ports, ids) are not mistaken for one.
-fn http_status_in(text: &str) -> Option<u16> {
-    text.split(|c: char| !c.is_ascii_digit())
-        .filter(|run| run.len() == 3)
-        .filter_map(|run| run.parse::<u16>().ok())
-        .find(|s| (400..600).contains(s))
-}
-
 /// What a CLI's stream parser knows when its process has exited.
 pub struct Ending<'a> {
     pub cli: &'a str,
@@ -428,36 +393,5 @@ mod tests {
         // A regex that matches everything grants everything.
         let g = Grants::of(&rules(&[(".*", None)]));
         assert!(g.shell && g.write && g.web && g.read);
-    }
-
-    #[test]
-    fn error_texts_become_the_rooms_messages() {
-        assert!(matches!(
-            api_error("You've hit your usage limit"),
-            AgentError::RateLimited { .. }
-        ));
-        assert!(matches!(
-            api_error("unexpected status 429 Too Many Requests"),
-            AgentError::RateLimited { .. }
-        ));
-        let e = api_error("unexpected status 401 Unauthorized: Incorrect API key provided");
-        assert!(e.user_message("r").contains("not logged in"), "{e}");
-        let e = api_error("stream disconnected");
-        assert!(matches!(e, AgentError::Api { status: None, .. }));
-        assert!(e.user_message("r").contains("model API returned an error"));
-        // Gemini CLI's wording; a port is not a status.
-        let e = api_error(r#"[API Error: {"error":{"code":400,"message":"bad"}}]"#);
-        assert!(
-            matches!(
-                e,
-                AgentError::Api {
-                    status: Some(400),
-                    ..
-                }
-            ),
-            "{e}"
-        );
-        let e = api_error("connection refused: http://127.0.0.1:40679/v1/responses");
-        assert!(matches!(e, AgentError::Api { status: None, .. }), "{e}");
     }
 }

@@ -668,7 +668,7 @@ impl PromptRun<'_> {
                         });
                     }
                     // The prompt's error carries the model API's refusal in the agent's words.
-                    return Err(crate::agent::pipe::api_error(&describe(&e)));
+                    return Err(crate::agent::api_error(&describe(&e)));
                 }
                 SessionMessage::Message(dispatch) => self.on_message(dispatch).await,
                 // Kinds a later SDK may add: nothing this turn waits for.

@@ -131,7 +131,7 @@ impl LineProtocol for OpencodeStream {
                     .or_else(|| v["message"].as_str())
                     .or_else(|| e["name"].as_str())
                     .unwrap_or("the turn failed");
-                // The HTTP status sits beside the message; `pipe::api_error` reads it from the text.
+                // The HTTP status sits beside the message; `agent::api_error` reads it from the text.
                 self.failure = Some(match e["data"]["statusCode"].as_u64() {
                     Some(status) => format!("status {status}: {message}"),
                     None => message.to_string(),
