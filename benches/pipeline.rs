@@ -153,6 +153,7 @@ fn config(agent: &Path, work: &Path) -> Config {
         }],
         agents,
         warnings: Vec::new(),
+        admin: None,
         default_agent: "fake".into(),
         watchers: vec![WatcherConfig {
             name: "all".into(),

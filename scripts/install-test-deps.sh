@@ -2,7 +2,8 @@
 # Installs what the test suite needs into ignored folders of the repo, idempotently:
 #   .deps/node/      pinned agent CLIs from npm (Claude Code, its ACP adapter, OpenCode, Codex,
 #                    Gemini CLI)
-#   .deps/venv/      a Python venv with the `openai` SDK (client-side tests)
+#   .deps/venv/      a Python venv with the `openai` SDK (client-side tests) and the
+#                    `prometheus_client` text parser (the admin endpoint's /metrics)
 #   strace, bwrap    (Linux only, Debian packages `strace` and `bubblewrap`) for the bash policy
 #                    oracle, tests/it/policy_oracle.rs, which runs allowed commands in a sandbox
 # Safe to run repeatedly: a pinned version already present is not reinstalled.
@@ -64,6 +65,10 @@ if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
   fi
   if ! "$deps/venv/bin/python" -c 'import openai' 2>/dev/null; then
     "$deps/venv/bin/pip" install --quiet "openai==1.*"
+  fi
+  # The reference Prometheus text parser, for the admin endpoint's /metrics (tests/it/admin_http.rs).
+  if ! "$deps/venv/bin/python" -c 'import prometheus_client.parser' 2>/dev/null; then
+    "$deps/venv/bin/pip" install --quiet "prometheus-client==0.21.1"
   fi
 fi
 # The bash policy oracle (tests/it/policy_oracle.rs) traces real bash in a bubblewrap sandbox.

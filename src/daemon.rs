@@ -527,6 +527,10 @@ async fn start(
     } = tokens;
     ensure_runtime_dir(runtime)?;
     let control_listener = control::server::bind(&runtime.join(control::SOCKET_NAME)).await?;
+    let admin_listener = match &config.admin {
+        Some(admin) => Some(crate::admin::bind(admin.listen).await?),
+        None => None,
+    };
 
     let names: Vec<Arc<str>> = config
         .connectors
@@ -627,6 +631,17 @@ async fn start(
     drop(events_tx);
 
     let (control_tx, control_rx) = mpsc::channel(64);
+    if let Some(listener) = admin_listener {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "admin endpoint listening (/healthz, /readyz, /metrics)");
+            notes.push(format!("admin endpoint: http://{addr}/metrics"));
+        }
+        service_tasks.spawn(crate::admin::serve(
+            listener,
+            control_tx.clone(),
+            services.clone(),
+        ));
+    }
     service_tasks.spawn(control::server::serve(
         control_listener,
         control_tx,

@@ -21,6 +21,7 @@
 //! [`cli`] (one function per subcommand). [`model`] is the vocabulary they share.
 //! [`admission`] bounds what unauthenticated clients may hold on the HTTP listeners.
 
+pub mod admin;
 pub mod admission;
 pub mod agent;
 pub mod approval;
@@ -30,6 +31,7 @@ pub mod connector;
 pub mod control;
 pub mod daemon;
 pub mod dispatch;
+pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod policy;

@@ -72,6 +72,22 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// A fixed name of the kind of failure, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentError::Spawn { .. } => "spawn",
+            AgentError::Timeout(_) => "timeout",
+            AgentError::Crashed { .. } => "crashed",
+            AgentError::RateLimited { .. } => "rate_limited",
+            AgentError::Api { message, .. } if is_auth_failure(message) => "not_logged_in",
+            AgentError::Api { .. } => "api",
+            AgentError::Protocol(_) => "protocol",
+            AgentError::SessionNotFound(_) => "session_not_found",
+            AgentError::Cancelled => "cancelled",
+            AgentError::Setup(_) => "setup",
+        }
+    }
+
     /// The short, clear message posted in the room. `reference` ties it to the log line.
     pub fn user_message(&self, reference: &str) -> String {
         match self {

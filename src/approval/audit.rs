@@ -122,6 +122,13 @@ impl AuditLog {
         if let Some(summary) = summary {
             self.write(&summary);
         }
+        let by = match record.0["by"].as_str() {
+            None => "policy",
+            Some("timeout") => "timeout",
+            Some("always") => "always",
+            Some(_) => "owner",
+        };
+        crate::metrics::tool_decided(record.decision(), by, 1);
         self.write(record);
     }
 
@@ -136,6 +143,8 @@ impl AuditLog {
         if let Some(summary) = summary {
             self.write(&summary);
         }
+        // Counted whether or not the rate limit lets the record be written.
+        crate::metrics::tool_decided(record.decision(), "unbound", 1);
         if admitted {
             self.write(record);
         }
@@ -156,6 +165,10 @@ impl AuditLog {
 }
 
 impl AuditRecord {
+    fn decision(&self) -> &str {
+        self.0["decision"].as_str().unwrap_or("deny")
+    }
+
     pub fn decided(
         binding: &TurnBinding,
         call: &ToolCall,

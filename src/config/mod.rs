@@ -267,8 +267,46 @@ pub struct Config {
     /// A room worker with nothing to do for this long is released (memory stays bounded
     /// with `room: "*"`); the session id stays in the state file.
     pub room_idle_eviction: Duration,
+    /// The admin HTTP endpoint (`/healthz`, `/readyz`, `/metrics`), when configured.
+    pub admin: Option<AdminConfig>,
     /// What is valid but worth knowing (an agent whose calls are not asked one by one).
     pub warnings: Vec<ConfigIssue>,
+}
+
+/// `admin:` — where the admin HTTP endpoint listens.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub listen: std::net::SocketAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
+}
+
+fn validate_admin(section: Value, v: &mut Validator) -> Option<AdminConfig> {
+    let raw: RawAdmin = v.parse("admin", section)?;
+    let listen: std::net::SocketAddr = match raw.listen.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            v.error(
+                "admin.listen",
+                format!(
+                    "'{}' is not an address with a port (e.g. 127.0.0.1:9464)",
+                    raw.listen
+                ),
+            );
+            return None;
+        }
+    };
+    if !listen.ip().is_loopback() {
+        v.warn(
+            "admin.listen",
+            format!("{listen} is reachable from other hosts: the endpoint takes no credentials (its metrics name agents and connectors)"),
+        );
+    }
+    Some(AdminConfig { listen })
 }
 
 impl Config {
@@ -554,6 +592,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "max_concurrent_turns",
     "room_idle_eviction",
     "tool_presets",
+    "admin",
 ];
 
 /// A Claude Code process holds a few hundred MB; sixteen at once suits a shared box.
@@ -856,7 +895,11 @@ fn validate_source(
             None => Duration::from_secs(600),
         },
     };
+    let admin = sections
+        .remove("admin")
+        .and_then(|section| validate_admin(section, v));
     Some(Config {
+        admin,
         warnings: Vec::new(),
         max_concurrent_turns,
         room_idle_eviction,

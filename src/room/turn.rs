@@ -127,6 +127,11 @@ impl TurnRunner {
             session_changed: false,
             unstarted: Vec::new(),
         };
+        crate::metrics::turn_ended(
+            &self.deps.agent_config.name,
+            result.as_ref().err().map(AgentError::kind),
+            started.elapsed().as_secs_f64(),
+        );
         match result {
             Ok(outcome) => {
                 if outcome.session_id.is_some() && outcome.session_id != self.session_id {

@@ -7,13 +7,14 @@
 //!   `webchat_browser`), the agents (`claude_backend`; `acp` with the Claude adapter and
 //!   the host side, `acp_agents` with OpenCode and Gemini CLI; `pipe_agents`, the headless
 //!   Codex, Gemini and OpenCode backends; `agent_clis`, those CLIs alone against the fake
-//!   model APIs), approvals (`approval_live`, `e2e_approval`), the daemon end to end (`e2e_claude`, `e2e_faults`, `control_socket`,
+//!   model APIs), approvals (`approval_live`, `e2e_approval`), the daemon end to end (`e2e_claude`, `e2e_faults`, `control_socket`, `admin_http`,
 //!   `config_cli`, `confinement`), and the tool policy (`policy_corpus`, `policy_oracle`).
 
 mod support;
 
 mod acp;
 mod acp_agents;
+mod admin_http;
 mod agent_clis;
 mod approval_live;
 mod claude_backend;

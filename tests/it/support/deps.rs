@@ -53,6 +53,23 @@ fn node_bin(name: &str, what: &str) -> Option<PathBuf> {
     present(path, found, what, "scripts/install-test-deps.sh")
 }
 
+/// The Python of `.deps/venv` when it has the reference Prometheus client (whose text
+/// parser reads `/metrics`; `scripts/install-test-deps.sh`).
+pub fn prometheus_python() -> Option<PathBuf> {
+    let python = root().join(".deps/venv/bin/python");
+    let usable = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import prometheus_client.parser"])
+            .status()
+            .is_ok_and(|s| s.success());
+    present(
+        python,
+        usable,
+        "the Python prometheus_client parser",
+        "scripts/install-test-deps.sh",
+    )
+}
+
 /// Headless Chromium (`scripts/install-chromium.sh`; `$ACG_CHROMIUM` overrides).
 pub fn chromium() -> Option<PathBuf> {
     let path = std::env::var_os("ACG_CHROMIUM")
