@@ -88,6 +88,29 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Run the gateway as a systemd service.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Write the systemd unit (for this configuration) and enable and start it.
+    Install {
+        /// A user unit (~/.config/systemd/user) instead of a system one (/etc/systemd/system).
+        #[arg(long)]
+        user: bool,
+        /// Only write the unit.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Stop and disable the unit and remove it.
+    Uninstall {
+        #[arg(long)]
+        user: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,7 +219,56 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Policy {
             command: PolicyCommand::Check(check),
         } => policy_check(&config_file, &runtime, check),
+        Command::Service { command } => service(&config_file, &runtime, command),
     }
+}
+
+fn service(config_file: &Path, runtime: &Path, command: ServiceCommand) -> anyhow::Result<i32> {
+    let lines = match command {
+        ServiceCommand::Install { user, no_start } => {
+            // A unit on a broken config would only restart and fail.
+            let config = load_config(config_file)?;
+            let exe = std::env::current_exe().context("cannot tell where this binary is")?;
+            let spec = crate::service::UnitSpec {
+                exe: std::fs::canonicalize(&exe).unwrap_or(exe),
+                config: config_file.to_path_buf(),
+                runtime: runtime.to_path_buf(),
+                path: std::env::var_os("PATH")
+                    .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+                user: (!user).then(service_user).flatten(),
+                stop_timeout: (config.shutdown_grace + Duration::from_secs(30)),
+            };
+            if let (Some(name), Ok(meta)) = (&spec.user, std::fs::metadata(runtime)) {
+                use std::os::unix::fs::MetadataExt;
+                let owner = nix::unistd::User::from_name(name).ok().flatten();
+                if owner.is_some_and(|u| u.uid.as_raw() != meta.uid()) {
+                    bail!(
+                        "the runtime dir {} is not {name}'s, who the service would run as: \
+                         set ACG_HOME (and --config) to {name}'s (with sudo: sudo -E, or run \
+                         `service install --user` as {name})",
+                        runtime.display()
+                    );
+                }
+            }
+            crate::service::install(&spec, user, !no_start)?
+        }
+        ServiceCommand::Uninstall { user } => crate::service::uninstall(user)?,
+    };
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(0)
+}
+
+/// Who a system unit runs as: the user behind `sudo`, else the current one.
+fn service_user() -> Option<String> {
+    if let Some(name) = std::env::var("SUDO_USER").ok().filter(|n| !n.is_empty()) {
+        return Some(name);
+    }
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 fn load_config(path: &Path) -> anyhow::Result<config::Config> {

@@ -237,6 +237,8 @@ pub fn run_process(
     foreground: bool,
     report: StartupReport,
 ) -> anyhow::Result<()> {
+    // Before any thread starts: the variable leaves the environment agents inherit.
+    crate::service::take_notify_socket();
     ensure_runtime_dir(&runtime)?;
     let pid = lock_pid_file(&runtime)?;
     let log_guard = init_logging(&runtime, foreground)?;
@@ -367,8 +369,10 @@ pub async fn run(
     };
     info!(pid = std::process::id(), runtime = %runtime.display(), "gateway started");
     report.success(&started.notes);
+    crate::service::notify("READY=1");
 
     shutdown.cancelled().await;
+    crate::service::notify("STOPPING=1");
     info!("stopping: no new messages; waiting for running turns");
     drain.cancel();
     // Nobody will answer a prompt now: pending approvals are denied at once (and later hook

@@ -36,6 +36,7 @@ pub mod model;
 pub mod outbox;
 pub mod policy;
 pub mod room;
+pub mod service;
 pub mod state;
 pub mod text;
 pub mod timefmt;

@@ -267,6 +267,123 @@ watchers:
 }
 
 #[test]
+fn service_install_writes_a_user_unit_that_systemd_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("my config.yaml");
+    std::fs::write(
+        &config,
+        MINIMAL
+            .replace("PORT", &port.to_string())
+            .replace("/bin/false", support::fake_agent::path())
+            .replace("{work}", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let xdg = dir.path().join("xdg");
+    let run = |args: &[&str]| {
+        Command::new(gateway_bin())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("ACG_HOME", dir.path().join("runtime"))
+            .env("XDG_CONFIG_HOME", &xdg)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["service", "install", "--user", "--no-start"]);
+    assert!(out.status.success(), "{out:?}");
+    let unit_path = xdg.join("systemd/user/agent-chat-gateway.service");
+    let unit = std::fs::read_to_string(&unit_path).unwrap();
+    for line in [
+        "Type=notify".to_string(),
+        format!(
+            "ExecStart=\"{}\" --config \"{}\" start --foreground",
+            std::fs::canonicalize(gateway_bin()).unwrap().display(),
+            config.display()
+        ),
+        format!(
+            "Environment=\"ACG_HOME={}\"",
+            dir.path().join("runtime").display()
+        ),
+        "Restart=on-failure".to_string(),
+        "WantedBy=default.target".to_string(),
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing in\n{unit}");
+    }
+    assert!(!unit.contains("NoNewPrivileges="), "{unit}");
+
+    // systemd's own check of the unit (a user manager's view: its runtime dir is ours).
+    let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "systemd-analyze is missing (Debian package systemd)"
+        );
+        eprintln!("SKIPPED: systemd-analyze is missing");
+        return;
+    };
+    let xdg_runtime = dir.path().join("xdg-runtime");
+    std::fs::create_dir(&xdg_runtime).unwrap();
+    let verify = Command::new(analyze)
+        .args(["--user", "verify"])
+        .arg(&unit_path)
+        .env("XDG_RUNTIME_DIR", &xdg_runtime)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "{verify:?}\n{unit}"
+    );
+
+    let out = run(&["service", "uninstall", "--user"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!unit_path.exists());
+}
+
+#[test]
+fn under_systemd_the_daemon_says_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(
+        &config,
+        MINIMAL
+            .replace("PORT", &free_port().to_string())
+            .replace("/bin/false", support::fake_agent::path())
+            .replace("{work}", &work.display().to_string()),
+    )
+    .unwrap();
+    let socket_path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut daemon = Command::new(gateway_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["start", "--foreground"])
+        .env("ACG_HOME", dir.path().join("runtime"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = socket.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(daemon.wait().unwrap().success());
+}
+
+#[test]
 fn doctor_reports_each_check_and_fails_on_a_missing_agent() {
     let port = free_port();
     let good = MINIMAL
