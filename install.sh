@@ -6,6 +6,8 @@
 #   PREFIX     install prefix (default ~/.local; the binary goes to $PREFIX/bin)
 #   ACG_HOME   runtime dir (default ~/.agent-chat-gateway)
 #   ACG_NO_START=1   install only
+#   ACG_SERVICE=user run it as a systemd user service (`service install --user`); once
+#                    installed, re-runs keep doing so. Config and state are always kept.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -77,7 +79,15 @@ if [ "${ACG_NO_START:-}" = 1 ]; then
   exit 0
 fi
 export ACG_HOME
-if "$BIN" status --config "$CONFIG" >/dev/null 2>&1; then
+UNIT="${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user/agent-chat-gateway.service"
+if [ -f "$UNIT" ] || [ "${ACG_SERVICE:-}" = user ]; then
+  # A user service: its unit is rewritten (paths may have moved) and the service restarted.
+  if [ -f "$UNIT" ]; then echo "==> restarting the user service"; else echo "==> installing a user service"; fi
+  if "$BIN" status --config "$CONFIG" >/dev/null 2>&1 && ! systemctl --user is-active --quiet agent-chat-gateway.service; then
+    "$BIN" stop --config "$CONFIG"   # started by hand: the service needs the pid lock
+  fi
+  "$BIN" service install --user --config "$CONFIG"
+elif "$BIN" status --config "$CONFIG" >/dev/null 2>&1; then
   echo "==> restarting the running gateway"
   "$BIN" restart --config "$CONFIG"
 else

@@ -154,6 +154,7 @@ fn config(agent: &Path, work: &Path) -> Config {
         agents,
         warnings: Vec::new(),
         admin: None,
+        log: Default::default(),
         default_agent: "fake".into(),
         watchers: vec![WatcherConfig {
             name: "all".into(),

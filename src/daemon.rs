@@ -241,7 +241,7 @@ pub fn run_process(
     crate::service::take_notify_socket();
     ensure_runtime_dir(&runtime)?;
     let pid = lock_pid_file(&runtime)?;
-    let log_guard = init_logging(&runtime, foreground)?;
+    let log_guard = init_logging(&runtime, foreground, &config.log)?;
     // Success is passed on at once; a failure only once the pid lock is released below, so a
     // `status` right after a refused `start` never finds a dying daemon holding the lock.
     let (tx, rx) = tokio::sync::oneshot::channel::<Result<Vec<String>, String>>();
@@ -287,6 +287,7 @@ pub fn run_process(
 fn init_logging(
     runtime: &Path,
     foreground: bool,
+    log: &crate::config::LogConfig,
 ) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -297,7 +298,9 @@ fn init_logging(
             .try_init();
         return Ok(None);
     }
-    let appender = tracing_appender::rolling::never(runtime, LOG_FILE);
+    let path = runtime.join(LOG_FILE);
+    let appender = crate::logfile::RotatingFile::open(&path, log.max_bytes, log.keep)
+        .with_context(|| format!("cannot open the log file {}", path.display()))?;
     let (writer, guard) = tracing_appender::non_blocking(appender);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

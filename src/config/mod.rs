@@ -269,8 +269,52 @@ pub struct Config {
     pub room_idle_eviction: Duration,
     /// The admin HTTP endpoint (`/healthz`, `/readyz`, `/metrics`), when configured.
     pub admin: Option<AdminConfig>,
+    /// How the daemon's log file rotates.
+    pub log: LogConfig,
     /// What is valid but worth knowing (an agent whose calls are not asked one by one).
     pub warnings: Vec<ConfigIssue>,
+}
+
+/// `log:` — `gateway.log` is rotated past `max_size_mb`, keeping `keep` old files.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub max_bytes: u64,
+    pub keep: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            max_bytes: 64 << 20,
+            keep: 5,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    max_size_mb: Option<u64>,
+    keep: Option<usize>,
+}
+
+fn validate_log(section: Value, v: &mut Validator) -> LogConfig {
+    let default = LogConfig::default();
+    let Some(raw) = v.parse::<RawLog>("log", section) else {
+        return default;
+    };
+    let max_bytes = match raw.max_size_mb {
+        Some(0) => {
+            v.error("log.max_size_mb", "must be at least 1");
+            default.max_bytes
+        }
+        Some(mb) => mb << 20,
+        None => default.max_bytes,
+    };
+    LogConfig {
+        max_bytes,
+        keep: raw.keep.unwrap_or(default.keep),
+    }
 }
 
 /// `admin:` — where the admin HTTP endpoint listens.
@@ -593,6 +637,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "room_idle_eviction",
     "tool_presets",
     "admin",
+    "log",
 ];
 
 /// A Claude Code process holds a few hundred MB; sixteen at once suits a shared box.
@@ -898,8 +943,13 @@ fn validate_source(
     let admin = sections
         .remove("admin")
         .and_then(|section| validate_admin(section, v));
+    let log = sections
+        .remove("log")
+        .map(|section| validate_log(section, v))
+        .unwrap_or_default();
     Some(Config {
         admin,
+        log,
         warnings: Vec::new(),
         max_concurrent_turns,
         room_idle_eviction,
