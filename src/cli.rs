@@ -88,6 +88,10 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Write a first configuration (asks on a terminal, or takes flags) and check it.
+    Init(crate::init::InitArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Run the gateway as a systemd service.
     Service {
         #[command(subcommand)]
@@ -220,6 +224,23 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             command: PolicyCommand::Check(check),
         } => policy_check(&config_file, &runtime, check),
         Command::Service { command } => service(&config_file, &runtime, command),
+        Command::Init(args) => {
+            for line in crate::init::run(args, &config_file, &runtime)? {
+                println!("{line}");
+            }
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(
+                shell,
+                &mut cmd,
+                "agent-chat-gateway",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
     }
 }
 

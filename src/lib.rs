@@ -31,6 +31,7 @@ pub mod connector;
 pub mod control;
 pub mod daemon;
 pub mod dispatch;
+pub mod init;
 pub mod logfile;
 pub mod metrics;
 pub mod model;

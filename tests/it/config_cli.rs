@@ -384,6 +384,142 @@ fn under_systemd_the_daemon_says_ready_and_stopping() {
 }
 
 #[test]
+fn init_writes_a_checked_config_that_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runtime/config.yaml");
+    let port = free_port();
+    let init = |extra: &[&str]| {
+        Command::new(gateway_bin())
+            .args([
+                "init",
+                "--platform",
+                "webchat",
+                "--owner",
+                "alice",
+                "--owner",
+                "id:U1",
+            ])
+            .args([
+                "--agent",
+                "claude",
+                "--agent-command",
+                support::fake_agent::path(),
+            ])
+            .arg("--work-dir")
+            .arg(dir.path().join("work"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("ACG_HOME", dir.path().join("runtime"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = init(&[]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("config is valid"), "{stdout}");
+    assert!(stdout.contains("connector 'chat': ready"), "{stdout}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.starts_with("# agent-chat-gateway config, written by"),
+        "{text}"
+    );
+    assert!(text.contains(r#"owners: ["alice", "id:U1"]"#), "{text}");
+    assert!(dir.path().join("work").is_dir());
+
+    // An existing config is kept unless --force.
+    let again = init(&[]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists"),
+        "{again:?}"
+    );
+
+    // The config starts (the web chat answers).
+    let mut g = Gateway::start(&text);
+    assert!(g.notes.contains(&port.to_string()) || g.log().contains("web chat listening"));
+    g.stop();
+
+    // A port in use is found before anything starts.
+    let busy = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let out = init(&["--force"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("connector 'chat'"),
+        "{out:?}"
+    );
+    drop(busy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_tries_the_rocket_chat_login() {
+    let rc = crate::support::fake_rocketchat::FakeRocketChat::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let init = |password: &str| {
+        Command::new(gateway_bin())
+            .args(["--config"])
+            .arg(dir.path().join("c.yaml"))
+            .args([
+                "init",
+                "--yes",
+                "--force",
+                "--platform",
+                "rocketchat",
+                "--owner",
+                "alice",
+            ])
+            .args([
+                "--server",
+                &rc.url(),
+                "--bot-user",
+                crate::support::fake_rocketchat::BOT_USER,
+            ])
+            .args(["--agent", "claude", "--agent-command", "/bin/true"])
+            .arg("--work-dir")
+            .arg(dir.path().join("work"))
+            .env("ROCKETCHAT_PASSWORD", password)
+            .env("ACG_HOME", dir.path().join("runtime"))
+            .output()
+            .unwrap()
+    };
+    let ok = tokio::task::block_in_place(|| init(crate::support::fake_rocketchat::BOT_PASSWORD));
+    assert!(ok.status.success(), "{ok:?}");
+    let text = std::fs::read_to_string(dir.path().join("c.yaml")).unwrap();
+    assert!(
+        text.contains(r#"password: "${ROCKETCHAT_PASSWORD}""#),
+        "{text}"
+    );
+    let bad = tokio::task::block_in_place(|| init("wrong"));
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("rejected the bot's credentials"),
+        "{bad:?}"
+    );
+}
+
+#[test]
+fn completions_are_printed_for_bash() {
+    let out = Command::new(gateway_bin())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        script.contains("agent-chat-gateway") && script.contains("service"),
+        "{script}"
+    );
+    let check = Command::new("bash")
+        .args(["-n", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+}
+
+#[test]
 fn doctor_reports_each_check_and_fails_on_a_missing_agent() {
     let port = free_port();
     let good = MINIMAL
