@@ -88,6 +88,17 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Tokens and cost of past turns, from the usage ledger (works while the gateway is down).
+    Usage {
+        /// Only turns since: a duration (7d, 12h, 30m) or a date (2026-12-01, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Sum by room, user, agent or day.
+        #[arg(long, value_enum, default_value = "room")]
+        by: crate::ledger::By,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a first configuration (asks on a terminal, or takes flags) and check it.
     Init(crate::init::InitArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -224,6 +235,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             command: PolicyCommand::Check(check),
         } => policy_check(&config_file, &runtime, check),
         Command::Service { command } => service(&config_file, &runtime, command),
+        Command::Usage { since, by, json } => usage(&runtime, since.as_deref(), by, json),
         Command::Init(args) => {
             for line in crate::init::run(args, &config_file, &runtime)? {
                 println!("{line}");
@@ -277,6 +289,36 @@ fn service(config_file: &Path, runtime: &Path, command: ServiceCommand) -> anyho
     };
     for line in lines {
         println!("{line}");
+    }
+    Ok(0)
+}
+
+fn usage(
+    runtime: &Path,
+    since: Option<&str>,
+    by: crate::ledger::By,
+    json: bool,
+) -> anyhow::Result<i32> {
+    use crate::ledger;
+    let now = std::time::SystemTime::now();
+    let since = match since {
+        Some(s) => ledger::parse_since(s, now).map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        None => 0,
+    };
+    let (entries, bad) = ledger::read(runtime, since)
+        .with_context(|| format!("cannot read {}", runtime.join(ledger::FILE).display()))?;
+    let groups = ledger::totals(&entries, by);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"since": since, "by": format!("{by:?}").to_lowercase(), "groups": groups, "unreadable_lines": bad})
+        );
+    } else {
+        println!("usage since {}:", ledger::describe_since(since, now));
+        print!("{}", ledger::render(&groups, by));
+        if bad > 0 {
+            println!("({bad} unreadable line(s) in the ledger skipped)");
+        }
     }
     Ok(0)
 }

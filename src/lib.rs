@@ -32,6 +32,7 @@ pub mod control;
 pub mod daemon;
 pub mod dispatch;
 pub mod init;
+pub mod ledger;
 pub mod logfile;
 pub mod metrics;
 pub mod model;

@@ -139,6 +139,8 @@ pub enum StateError {
 
 struct Inner {
     dir: PathBuf,
+    /// Per-turn usage, kept beside the state files (`ledger.rs`).
+    ledger: crate::ledger::Ledger,
     files: Mutex<HashMap<Arc<str>, StateFile>>,
     dirty: Mutex<HashSet<Arc<str>>>,
     wake: Notify,
@@ -191,6 +193,7 @@ impl StateStore {
         }
         let store = StateStore {
             inner: Arc::new(Inner {
+                ledger: crate::ledger::Ledger::open(dir),
                 dir: dir.to_path_buf(),
                 files: Mutex::new(files),
                 dirty: Mutex::new(HashSet::new()),
@@ -198,6 +201,11 @@ impl StateStore {
             }),
         };
         (store, warnings)
+    }
+
+    /// The usage ledger of this runtime dir.
+    pub fn ledger(&self) -> &crate::ledger::Ledger {
+        &self.inner.ledger
     }
 
     fn files(&self) -> MutexGuard<'_, HashMap<Arc<str>, StateFile>> {

@@ -141,6 +141,16 @@ impl TurnRunner {
                 if !outcome.denied_tools.is_empty() {
                     info!(denied = ?outcome.denied_tools, "tools denied during turn");
                 }
+                if let Some(usage) = &outcome.usage {
+                    let mut entry = crate::ledger::Entry::new(usage, std::time::SystemTime::now());
+                    entry.connector = self.key.connector.to_string();
+                    entry.room = self.key.to_string();
+                    entry.user = anchor.message.sender.username.clone();
+                    entry.agent = self.deps.agent_config.name.clone();
+                    entry.session = outcome.session_id.clone().or(self.session_id.clone());
+                    entry.duration_ms = started.elapsed().as_millis() as u64;
+                    self.deps.store.ledger().record(&entry);
+                }
                 reply.finish(&outcome.text).await;
                 info!(
                     elapsed_ms = started.elapsed().as_millis() as u64,

@@ -175,3 +175,46 @@ async fn pause_resume_reset_list_and_send_through_the_cli() {
     assert_eq!(code, 1);
     assert_eq!(err.trim(), "error: unknown watcher 'nope' (known: all)");
 }
+
+/// The usage ledger holds what the model reported for each turn (the fake model says 100 in,
+/// 20 out per call), by room and by user, and outlives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_turns_usage_is_in_the_ledger_and_survives_a_restart() {
+    let Some(mut s) = setup(json!({"scenarios": [], "default_text": "OK"}), "").await else {
+        return;
+    };
+    s.alice.ask("r1", "one").await;
+    s.alice.ask("r1", "two").await;
+    s.bob.ask("r2", "three").await;
+    let calls = s.llm.message_requests().len() as u64;
+    let usage = |gateway: &crate::support::daemon::Gateway, args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["usage", "--json"];
+        all.extend_from_slice(args);
+        let out = gateway.cli(&all);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let by_room = usage(&s.gateway, &["--by", "room"]);
+    let groups = &by_room["groups"];
+    assert_eq!(groups["local:r1"]["turns"], 2, "{by_room}");
+    assert_eq!(groups["local:r2"]["turns"], 1, "{by_room}");
+    let input: u64 = ["local:r1", "local:r2"]
+        .iter()
+        .map(|r| groups[r]["input_tokens"].as_u64().unwrap())
+        .sum();
+    let output: u64 = ["local:r1", "local:r2"]
+        .iter()
+        .map(|r| groups[r]["output_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!((input, output), (100 * calls, 20 * calls), "{by_room}");
+    let by_user = usage(&s.gateway, &["--by", "user"]);
+    assert_eq!(by_user["groups"]["local/bob"]["turns"], 1, "{by_user}");
+
+    s.gateway.stop();
+    s.gateway.start_again();
+    s.alice.ask("r1", "four").await;
+    let after = usage(&s.gateway, &["--by", "agent", "--since", "1d"]);
+    assert_eq!(after["groups"]["assistant"]["turns"], 4, "{after}");
+    let table = String::from_utf8(s.gateway.cli(&["usage"]).stdout).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("local:r1")), "{table}");
+}
