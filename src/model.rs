@@ -121,6 +121,22 @@ pub struct InboundMessage {
     /// Notices for the agent about this message (attachment skipped, too large, …).
     pub notes: Vec<String>,
     pub ts: SystemTime,
+    /// Set by platforms that open a room per conversation of an API caller instead of
+    /// having chat rooms (see [`Conversation`]); `None` for a chat message.
+    pub conversation: Option<Conversation>,
+}
+
+/// A message that is one request of an API caller, in a room the platform opened for that
+/// caller's conversation. Such a message is answered alone — never merged with others into
+/// a catch-up turn — because its caller waits for exactly its own answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    /// The watched room (a watcher's `room`) the conversation belongs to: watchers are
+    /// matched on it, while the room itself keys the queue and the agent session.
+    pub watched: String,
+    /// The room is forgotten once its turn is over (a stateless request): its state-file
+    /// entry is removed and its worker released at once.
+    pub ephemeral: bool,
 }
 
 impl InboundMessage {
@@ -228,6 +244,22 @@ pub enum AgentEvent {
         kind: Option<String>,
     },
     Usage(Usage),
+}
+
+/// How a turn ended, for platforms that answer a waiting request with it
+/// (`Connector::conclude`) instead of posting chat messages.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TurnEnd {
+    Answered {
+        text: String,
+        usage: Option<Usage>,
+    },
+    Failed {
+        /// The short message a chat room would have been shown (with its log reference).
+        message: String,
+        /// The agent ran out of its time.
+        timed_out: bool,
+    },
 }
 
 /// The end of a successful turn.

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{InboundMessage, PostedMessage, ReplyTarget, RoomRef};
+use crate::model::{AgentEvent, InboundMessage, PostedMessage, ReplyTarget, RoomRef, TurnEnd};
 use crate::state::ConnectorStore;
 use crate::text;
 
@@ -35,6 +35,18 @@ pub struct Capabilities {
     pub edit: bool,
     /// Shortest interval between two edits of one message (platform rate limits).
     pub edit_interval: Duration,
+}
+
+/// Where the approval prompts of a connector's rooms are asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApprovalPlace {
+    /// In the room of the turn (chat platforms: its owners are there).
+    InRoom,
+    /// Nowhere: nobody in these rooms can answer (an API caller), so a call that needs an
+    /// owner is denied.
+    Nowhere,
+    /// In a room of another connector, whose owners answer there.
+    Room { connector: String, room: String },
 }
 
 /// Errors talking to a platform. Carries enough to tell the user what failed.
@@ -110,6 +122,9 @@ pub enum ConnectorEvent {
     RoomFailed { spec: String, error: String },
     /// Connection state changed (for `status` and `list`).
     Connection { connected: bool, detail: String },
+    /// Nobody waits for the answer to message `id` in `room` any more (an API caller hung
+    /// up): its turn is stopped, or it leaves the queue.
+    Cancel { room: String, id: String },
 }
 
 /// The dispatcher's verdict on one inbound message.
@@ -246,6 +261,28 @@ pub trait Connector: Send + Sync + 'static {
             self.post(to, &part).await?;
         }
         Ok(())
+    }
+
+    /// Whether this platform answers each message as a request that waits for it (an HTTP
+    /// API): the turn's events then go to [`Connector::progress`] and its end to
+    /// [`Connector::conclude`], instead of being posted and edited as chat messages.
+    fn answers_requests(&self) -> bool {
+        false
+    }
+
+    /// One event of the turn answering `to` (only when [`Connector::answers_requests`]).
+    async fn progress(&self, to: &ReplyTarget, event: &AgentEvent) {
+        let _ = (to, event);
+    }
+
+    /// The end of the turn answering `to` (only when [`Connector::answers_requests`]).
+    async fn conclude(&self, to: &ReplyTarget, end: TurnEnd) {
+        let _ = (to, end);
+    }
+
+    /// Where the approval prompts of this connector's rooms are asked.
+    fn approvals(&self) -> ApprovalPlace {
+        ApprovalPlace::InRoom
     }
 
     /// Resolves `#channel`, a group name, `@user` (opening a DM) or a raw room id.
