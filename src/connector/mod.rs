@@ -7,6 +7,7 @@
 //! Must not import: `agent`, `room`, `approval` — connectors and agents meet only in `model`.
 
 pub mod onebot;
+pub mod openai;
 pub mod registry;
 pub mod replay;
 pub mod rocketchat;
@@ -166,6 +167,12 @@ impl EventSink {
     /// Sends an event; false when the dispatcher is gone (shutting down).
     pub async fn send(&self, event: ConnectorEvent) -> bool {
         self.tx.send((self.connector.clone(), event)).await.is_ok()
+    }
+
+    /// Sends an event without waiting (from a `Drop`); false when the dispatcher's channel is
+    /// full or gone.
+    pub fn try_send(&self, event: ConnectorEvent) -> bool {
+        self.tx.try_send((self.connector.clone(), event)).is_ok()
     }
 
     /// Delivers a message and waits for the dispatcher's verdict. A dispatcher that went away
