@@ -62,8 +62,10 @@ if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
   if [ ! -x "$deps/venv/bin/python" ]; then
     python3 -m venv "$deps/venv"
   fi
-  if ! "$deps/venv/bin/python" -c 'import openai' 2>/dev/null; then
-    "$deps/venv/bin/pip" install --quiet "openai==1.*"
+  # Pinned: tests/it/openai_api.rs drives the gateway's OpenAI API with this SDK.
+  openai_version=1.109.1
+  if ! "$deps/venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$openai_version')" 2>/dev/null; then
+    "$deps/venv/bin/pip" install --quiet "openai==$openai_version"
   fi
 fi
 # The bash policy oracle (tests/it/policy_oracle.rs) traces real bash in a bubblewrap sandbox.
