@@ -319,6 +319,18 @@ impl Dispatcher {
                     }
                 }
             }
+            ConnectorEvent::Forget { room } => {
+                let key = RoomKey::new(connector, room.as_str());
+                // A live worker is the only writer of its room's state: leave it be (it
+                // is released when idle and its entry stays, as for any chat room).
+                if !self.rooms.contains_key(&key) {
+                    debug!(room = %key, "room forgotten at its connector's request");
+                    self.parts.store.remove_room(&key);
+                    if let Some(a) = &self.parts.approvals {
+                        a.forget_room(&key);
+                    }
+                }
+            }
             ConnectorEvent::Connection { connected, detail } => {
                 info!(connector = %connector, connected, detail = %detail, "connection state");
                 self.connection.insert(

@@ -126,6 +126,9 @@ pub enum ConnectorEvent {
     /// Nobody waits for the answer to message `id` in `room` any more (an API caller hung
     /// up): its turn is stopped, or it leaves the queue.
     Cancel { room: String, id: String },
+    /// The platform will never route to `room` again (a session it no longer keeps): its
+    /// state may go.
+    Forget { room: String },
 }
 
 /// The dispatcher's verdict on one inbound message.

@@ -347,7 +347,11 @@ impl RoomWorker {
                 let _ = done.send(());
             }
             RoomControl::Cancel { id } => {
-                if let Some(running) = self.running.as_ref().filter(|r| r.message_ids.contains(&id)) {
+                if let Some(running) = self
+                    .running
+                    .as_ref()
+                    .filter(|r| r.message_ids.contains(&id))
+                {
                     info!(message = %id, "its sender stopped waiting; stopping the turn");
                     running.cancel.cancel();
                 } else if let Some(at) = self.pending.iter().position(|q| q.message.id == id) {

@@ -527,13 +527,10 @@ fn processes_in(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_hangs_up_mid_stream_leaves_no_agent_process() {
-    let script = json!({"scenarios": [{"match": "OA-HANG", "delay_ms": 60000, "turns": [{"text": "too late"}]}], "default_text": "OK"});
-    let Some(api) = setup(script, "", "", 120).await else {
-        return;
-    };
-    let body = json!({"model": "assistant", "stream": true, "messages": [{"role": "user", "content": "OA-HANG go"}]});
+/// Starts `curl` on a request the model takes a minute to answer, waits until the agent asked
+/// the model, kills `curl`, and waits for every agent process to be gone.
+async fn hang_up(api: &Api, marker: &str, stream: bool) {
+    let body = json!({"model": "assistant", "stream": stream, "messages": [{"role": "user", "content": format!("OA-HANG {marker}")}]});
     let mut client = tokio::process::Command::new("curl")
         .args(["-sN", "-H", "Content-Type: application/json", "-H"])
         .arg(format!("Authorization: Bearer {ALICE_KEY}"))
@@ -545,9 +542,9 @@ async fn a_client_that_hangs_up_mid_stream_leaves_no_agent_process() {
         .spawn()
         .unwrap();
     api.llm
-        .wait_for("for OA-HANG", Duration::from_secs(60), |r| {
+        .wait_for(marker, Duration::from_secs(60), |r| {
             r.iter()
-                .any(|r| r.message_texts().join(" ").contains("OA-HANG"))
+                .any(|r| r.message_texts().join(" ").contains(marker))
         })
         .await;
     assert!(
@@ -563,16 +560,23 @@ async fn a_client_that_hangs_up_mid_stream_leaves_no_agent_process() {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "agent processes left after the client hung up: {left:?}\n{}",
+            "agent processes left after the client hung up ({marker}): {left:?}\n{}",
             api.gateway.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(
-        api.gateway.log().contains("the client went away"),
-        "{}",
-        api.gateway.log()
-    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_leaves_no_agent_process() {
+    let script = json!({"scenarios": [{"match": "OA-HANG", "delay_ms": 60000, "turns": [{"text": "too late"}]}], "default_text": "OK"});
+    let Some(api) = setup(script, "", "", 120).await else {
+        return;
+    };
+    hang_up(&api, "mid-stream", true).await;
+    hang_up(&api, "waiting-for-json", false).await;
+    let log = api.gateway.log();
+    assert_eq!(log.matches("the client went away").count(), 2, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

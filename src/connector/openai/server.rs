@@ -542,8 +542,34 @@ struct Call {
     session: String,
     ephemeral: bool,
     text: String,
-    /// Recorded in the session book once the turn answered.
-    remember: Option<(String, Entry)>,
+}
+
+/// A session to record in the book once its turn answered.
+#[derive(Clone)]
+struct Remember {
+    key: String,
+    entry: Entry,
+    room: String,
+}
+
+/// The room of one conversation: `<model>/<user>/<session>`.
+fn room_id(watched: &str, user: &str, session: &str) -> String {
+    format!("{watched}/{user}/{session}")
+}
+
+impl Shared {
+    /// Records a session that answered; rooms of sessions the bounded book drops are
+    /// forgotten.
+    fn remember(&self, r: &Remember) {
+        for room in self.sessions.remember(&r.key, &r.entry, &r.room) {
+            if !self
+                .events
+                .try_send(ConnectorEvent::Forget { room: room.clone() })
+            {
+                tracing::warn!(room = %room, "OpenAI API: could not ask to forget a dropped session's room");
+            }
+        }
+    }
 }
 
 /// A request handed to its room: replies arrive on `rx`. Dropped before the turn ended (the
@@ -581,7 +607,7 @@ async fn start(
     slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(Waiting, bool), ApiError> {
     let id = format!("req-{}", random_hex(8));
-    let room = format!("{}/{}/{}", call.watched, call.user, call.session);
+    let room = room_id(&call.watched, &call.user, &call.session);
     let (tx, rx) = mpsc::channel(REPLY_BUFFER);
     shared.waiters.insert(id.clone(), tx);
     let mut waiting = Waiting {
@@ -783,23 +809,21 @@ async fn chat(
     let resume = sticky.is_some() && shared.sessions.get(&book_key).is_some();
     let mut text = render::chat(&req.messages, resume).map_err(ApiError::invalid)?;
     text.extend(render::format_instruction(&format));
+    let remember = sticky.is_some().then(|| Remember {
+        key: book_key,
+        entry: Entry {
+            user: user.to_string(),
+            model: watched.clone(),
+        },
+        room: room_id(&watched, user, &session),
+    });
     let call = Call {
         user: user.to_string(),
         watched: watched.clone(),
         ephemeral: sticky.is_none(),
         session,
         text,
-        remember: sticky.is_some().then(|| {
-            (
-                book_key,
-                Entry {
-                    user: user.to_string(),
-                    model: watched.clone(),
-                },
-            )
-        }),
     };
-    let remember = call.remember.clone();
     let (mut waiting, handled) = start(shared, call, slot).await?;
     let id = format!("chatcmpl-{}", random_hex(12));
     let include_usage = req
@@ -824,8 +848,8 @@ async fn chat(
         Outcome::Failed(e) => Err(e),
         Outcome::Answer { text, usage } => {
             let content = render::conform(&text, &format).map_err(schema_failure)?;
-            if let Some((key, entry)) = &remember {
-                shared.sessions.remember(key, entry);
+            if let Some(r) = &remember {
+                shared.remember(r);
             }
             Ok(json_response(
                 StatusCode::OK,
@@ -948,22 +972,21 @@ async fn responses(
     let mut text =
         render::responses(req.instructions.as_deref(), &req.input).map_err(ApiError::invalid)?;
     text.extend(render::format_instruction(&format));
-    let remember = (!ephemeral).then(|| {
-        (
-            format!("resp:{token}"),
-            Entry {
-                user: user.to_string(),
-                model: watched.clone(),
-            },
-        )
+    let session = format!("r-{token}");
+    let remember = (!ephemeral).then(|| Remember {
+        key: format!("resp:{token}"),
+        entry: Entry {
+            user: user.to_string(),
+            model: watched.clone(),
+        },
+        room: room_id(&watched, user, &session),
     });
     let call = Call {
         user: user.to_string(),
         watched,
-        session: format!("r-{token}"),
+        session,
         ephemeral,
         text,
-        remember: remember.clone(),
     };
     let (mut waiting, handled) = start(shared, call, slot).await?;
     let id = format!("resp_{token}_{}", random_hex(4));
@@ -990,8 +1013,8 @@ async fn responses(
         Outcome::Failed(e) => Err(e),
         Outcome::Answer { text, usage } => {
             let text = render::conform(&text, &format).map_err(schema_failure)?;
-            if let Some((key, entry)) = &remember {
-                shared.sessions.remember(key, entry);
+            if let Some(r) = &remember {
+                shared.remember(r);
             }
             Ok(json_response(
                 StatusCode::OK,
@@ -1071,7 +1094,7 @@ trait Encoder: Send + 'static {
     /// Frames for one event of the turn (text, tool activity when shown).
     fn event(&mut self, event: &AgentEvent) -> Vec<Bytes>;
     /// Frames that end the stream; the book is told of a session that answered.
-    fn end(&mut self, outcome: Outcome, sessions: &Sessions) -> Vec<Bytes>;
+    fn end(&mut self, outcome: Outcome, shared: &Shared) -> Vec<Bytes>;
 }
 
 fn data_frame(value: &impl Serialize) -> Bytes {
@@ -1120,7 +1143,7 @@ struct ChatStream {
     created: u64,
     include_usage: bool,
     format: Format,
-    remember: Option<(String, Entry)>,
+    remember: Option<Remember>,
     show_tools: bool,
     streamed: String,
 }
@@ -1175,7 +1198,7 @@ impl Encoder for ChatStream {
             .collect()
     }
 
-    fn end(&mut self, outcome: Outcome, sessions: &Sessions) -> Vec<Bytes> {
+    fn end(&mut self, outcome: Outcome, shared: &Shared) -> Vec<Bytes> {
         let (text, usage) = match outcome {
             Outcome::Failed(e) => return vec![data_frame(&e.body())],
             Outcome::Answer { text, usage } => (text, usage),
@@ -1189,8 +1212,8 @@ impl Encoder for ChatStream {
                 }
             }
         }
-        if let Some((key, entry)) = &self.remember {
-            sessions.remember(key, entry);
+        if let Some(r) = &self.remember {
+            shared.remember(r);
         }
         frames.push(self.chunk(wire::Delta::default(), Some("stop")));
         if self.include_usage {
@@ -1211,7 +1234,7 @@ impl Encoder for ChatStream {
 struct ResponsesStream {
     shell: ResponseShell,
     format: Format,
-    remember: Option<(String, Entry)>,
+    remember: Option<Remember>,
     show_tools: bool,
     streamed: String,
     sequence: u64,
@@ -1264,7 +1287,7 @@ impl Encoder for ResponsesStream {
         }
     }
 
-    fn end(&mut self, outcome: Outcome, sessions: &Sessions) -> Vec<Bytes> {
+    fn end(&mut self, outcome: Outcome, shared: &Shared) -> Vec<Bytes> {
         let (answer, usage) = match outcome {
             Outcome::Answer { text, usage } => match render::conform(&text, &self.format) {
                 Ok(a) => (a, usage),
@@ -1279,8 +1302,8 @@ impl Encoder for ResponsesStream {
         if let Some(rest) = remainder(&self.streamed, &answer) {
             frames.push(self.delta(rest));
         }
-        if let Some((key, entry)) = &self.remember {
-            sessions.remember(key, entry);
+        if let Some(r) = &self.remember {
+            shared.remember(r);
         }
         let item_id = self.shell.message_id();
         let part = wire::OutputText::new(answer.clone());
@@ -1362,8 +1385,8 @@ fn sse<E: Encoder>(waiting: Waiting, handled: bool, mut encoder: E) -> Response<
                 _ = cancel.cancelled() => {
                     st.done = true;
                     let e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the gateway is stopping");
-                    let sessions = &st.waiting.shared.sessions;
-                    st.queued.extend(st.encoder.end(Outcome::Failed(e), sessions));
+                    let shared = st.waiting.shared.clone();
+                    st.queued.extend(st.encoder.end(Outcome::Failed(e), &shared));
                 }
                 reply = st.waiting.rx.recv() => {
                     let outcome = match reply {
@@ -1378,8 +1401,8 @@ fn sse<E: Encoder>(waiting: Waiting, handled: bool, mut encoder: E) -> Response<
                     };
                     st.waiting.finished = true;
                     st.done = true;
-                    let sessions = &st.waiting.shared.sessions;
-                    st.queued.extend(st.encoder.end(outcome, sessions));
+                    let shared = st.waiting.shared.clone();
+                    st.queued.extend(st.encoder.end(outcome, &shared));
                 }
             }
         }

@@ -5,7 +5,8 @@
 //!
 //! Bounded: at most [`MAX_SESSIONS`] entries, the least recently used dropped first (its
 //! `previous_response_id` then answers 404, and a sticky chat session starts over with the
-//! whole history the caller sends).
+//! whole history the caller sends), and its room's state with it
+//! ([`ConnectorEvent::Forget`](crate::connector::ConnectorEvent::Forget)).
 
 use std::sync::Mutex;
 
@@ -55,8 +56,9 @@ impl Sessions {
         })
     }
 
-    /// Records (or refreshes) a session; the oldest entries go beyond [`MAX_SESSIONS`].
-    pub fn remember(&self, key: &str, entry: &Entry) {
+    /// Records (or refreshes) a session held in `room`; the oldest entries go beyond
+    /// [`MAX_SESSIONS`], and their rooms are returned so their state can go too.
+    pub fn remember(&self, key: &str, entry: &Entry, room: &str) -> Vec<String> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut book = self.book();
         // Removed and inserted again, so the map's order (insertion order is kept) is the
@@ -64,12 +66,19 @@ impl Sessions {
         book.shift_remove(key);
         book.insert(
             key.to_string(),
-            json!({"user": entry.user, "model": entry.model}),
+            json!({"user": entry.user, "model": entry.model, "room": room}),
         );
+        let mut evicted = Vec::new();
         while book.len() > MAX_SESSIONS {
             let oldest = book.keys().next().cloned().expect("not empty");
-            book.shift_remove(&oldest);
+            if let Some(room) = book
+                .shift_remove(&oldest)
+                .and_then(|e| e.get("room")?.as_str().map(str::to_string))
+            {
+                evicted.push(room);
+            }
         }
         self.store.put(KEY, Value::Object(book));
+        evicted
     }
 }
