@@ -137,6 +137,8 @@ pub struct Conversation {
     /// The room is forgotten once its turn is over (a stateless request): its state-file
     /// entry is removed and its worker released at once.
     pub ephemeral: bool,
+    /// The model the caller chose for the agent's CLI, if any (see `TurnRequest::model`).
+    pub model: Option<String>,
 }
 
 impl InboundMessage {
@@ -194,6 +196,9 @@ pub struct TurnRequest {
     pub prompt: String,
     /// Lowest role among the senders of the messages in this turn.
     pub role: Role,
+    /// A model the caller chose for this turn (an API request's `model` suffix), for CLIs
+    /// that take one; a backend that cannot apply it refuses the turn.
+    pub model: Option<String>,
 }
 
 /// Token accounting reported by an agent for one turn.

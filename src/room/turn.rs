@@ -104,6 +104,11 @@ impl TurnRunner {
             session: self.session_id.clone(),
             prompt,
             role,
+            model: anchor
+                .message
+                .conversation
+                .as_ref()
+                .and_then(|c| c.model.clone()),
         };
         info!(role = %role, messages = message_ids.len(), resume = request.session.is_some(), "turn started");
         let agent = self.deps.agent.clone();

@@ -108,6 +108,7 @@ async fn run_turn_with(
         session,
         prompt: prompt.to_string(),
         role,
+        model: None,
     };
     let ctx = TurnContext {
         events: tx,

@@ -130,9 +130,10 @@ fn usage_of(calls: u64) -> Value {
 async fn the_sdk_lists_models_and_gets_answers_with_real_usage_sync_and_async() {
     let script = json!({"scenarios": [
         {"match": "OA-SYNC", "turns": [{"text": "Hello from the agent."}]},
-        {"match": "OA-ASYNC", "turns": [{"text": "Async hello."}]}
+        {"match": "OA-ASYNC", "turns": [{"text": "Async hello."}]},
+        {"match": "OA-MODEL", "turns": [{"text": "Other model."}]}
     ], "default_text": "OK"});
-    let Some(api) = setup(script, "", "", 120).await else {
+    let Some(api) = setup(script, "", "    model_overrides: [claude-test-small]", 120).await else {
         return;
     };
     let models = api.sdk(ALICE_KEY, &["models"]).await;
@@ -157,6 +158,23 @@ async fn the_sdk_lists_models_and_gets_answers_with_real_usage_sync_and_async() 
     // A guest's request carries the guest role into the prompt; the prompt names the room.
     let prompt = api.llm.conversation("OA-ASYNC");
     assert!(prompt.contains("from: bob | role: guest"), "{prompt}");
+    // `<model>:<override>` runs the CLI with that model (configured overrides only).
+    let r = api
+        .sdk(
+            ALICE_KEY,
+            &["chat", "assistant:claude-test-small", "OA-MODEL hi"],
+        )
+        .await;
+    assert_eq!(r["content"], "Other model.");
+    let asked = api.llm.message_requests().last().unwrap().body["model"].clone();
+    assert_eq!(asked, "claude-test-small");
+    let e = api
+        .sdk(
+            ALICE_KEY,
+            &["error", "chat", "assistant:claude-opus-9", "hi"],
+        )
+        .await;
+    assert_eq!(e["exception"], "NotFoundError", "{e}");
     // The cost goes to the log, never to the client.
     assert!(api.gateway.log().contains("turn usage"));
     // Stateless requests leave no room behind in the state file.

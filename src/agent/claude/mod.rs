@@ -191,12 +191,22 @@ impl ClaudeBackend {
         )
     }
 
-    /// The argv after the program name, for one turn.
-    fn argv(&self, session: &SessionArg<'_>, role: Role, settings: Option<&Path>) -> Vec<String> {
+    /// The argv after the program name, for one turn. `model`: the turn's model override
+    /// (after the configured `args`, so it wins over a `--model` there).
+    fn argv(
+        &self,
+        session: &SessionArg<'_>,
+        role: Role,
+        settings: Option<&Path>,
+        model: Option<&str>,
+    ) -> Vec<String> {
         let mut argv: Vec<String> = ["-p", "--output-format", "stream-json", "--verbose"]
             .map(String::from)
             .to_vec();
         argv.extend(self.args.iter().cloned());
+        if let Some(m) = model {
+            argv.extend(["--model".into(), m.to_string()]);
+        }
         match session {
             SessionArg::Create(id) => argv.extend(["--session-id".into(), (*id).to_string()]),
             SessionArg::Resume(id) => argv.extend(["--resume".into(), (*id).to_string()]),
@@ -288,7 +298,12 @@ impl ClaudeBackend {
         };
         let spec = ProcessSpec {
             program: self.command.clone(),
-            args: self.argv(&session_arg, turn.role, settings_path.as_deref()),
+            args: self.argv(
+                &session_arg,
+                turn.role,
+                settings_path.as_deref(),
+                turn.model.as_deref(),
+            ),
             cwd: self.working_directory.clone(),
             env_remove,
             env,
@@ -601,16 +616,22 @@ mod tests {
     fn argv_for_first_turn_and_resume() {
         let dir = std::env::temp_dir();
         let b = ClaudeBackend::new(&config(&dir), dir.clone());
-        let first = b.argv(&SessionArg::Create("id1"), Role::Guest, None);
+        let first = b.argv(&SessionArg::Create("id1"), Role::Guest, None, None);
         assert_eq!(
             first.join(" "),
             "-p --output-format stream-json --verbose --model m --session-id id1 \
              --permission-mode dontAsk --append-system-prompt be nice --tools Read --allowedTools Read"
         );
-        let again = b.argv(&SessionArg::Resume("id1"), Role::Owner, None);
+        let again = b.argv(
+            &SessionArg::Resume("id1"),
+            Role::Owner,
+            None,
+            Some("sonnet"),
+        );
+        // A turn's model override follows the configured `--model m`, which it overrides.
         assert!(again
             .join(" ")
-            .contains("--resume id1 --permission-mode dontAsk"));
+            .contains("--model m --model sonnet --resume id1 --permission-mode dontAsk"));
         assert!(again.ends_with(&[
             "--tools".into(),
             "Bash,Read".into(),
@@ -622,6 +643,7 @@ mod tests {
             &SessionArg::Resume("id1"),
             Role::Owner,
             Some(Path::new("/s.json")),
+            None,
         );
         assert!(hooked.ends_with(&["--settings".into(), "/s.json".into()]));
         assert!(!hooked.contains(&"--allowedTools".to_string()));
@@ -632,7 +654,7 @@ mod tests {
         let mut c = config(&dir);
         c.guest_rules = RuleSet::default();
         let b = ClaudeBackend::new(&c, dir.clone());
-        let bare = b.argv(&SessionArg::Create("id2"), Role::Guest, None);
+        let bare = b.argv(&SessionArg::Create("id2"), Role::Guest, None, None);
         assert!(bare.ends_with(&["--tools".into(), String::new()]));
         assert!(!bare.contains(&"--allowedTools".to_string()));
     }

@@ -34,6 +34,9 @@ struct RawOpenai {
     /// Tool activity appears in streamed answers as text lines.
     #[serde(default)]
     show_tools: bool,
+    /// Models a caller may ask the agent's CLI for with `<model>:<override>`.
+    #[serde(default)]
+    model_overrides: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +75,8 @@ pub struct OpenaiConfig {
     /// Where approval prompts go: nowhere (calls needing an owner are denied) or a room.
     pub approvals: ApprovalPlace,
     pub show_tools: bool,
+    /// CLI model names a request may choose (`assistant:sonnet`); empty: none.
+    pub model_overrides: Vec<String>,
 }
 
 pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<ConnectorConfig> {
@@ -143,6 +148,26 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
             }
         }
     };
+    for (i, m) in raw.model_overrides.iter().enumerate() {
+        let ok = (1..=64).contains(&m.len())
+            && !m.starts_with('-')
+            && m.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-[]".contains(&b));
+        if !ok {
+            v.error(
+                format!("{path}.model_overrides[{i}]"),
+                format!("'{m}' is not a model name (1 to 64 of A-Z a-z 0-9 _ . - [ ], not starting with -)"),
+            );
+        }
+    }
+    for user in raw.keys.keys() {
+        if user.is_empty() || user.contains('/') || user.starts_with("id:") {
+            v.error(
+                format!("{path}.keys.{user}"),
+                "a user name must be non-empty, without '/', and not start with 'id:'",
+            );
+        }
+    }
     let approvals = match raw.approvals_room.as_deref() {
         None => ApprovalPlace::Nowhere,
         Some(spec) => match spec.split_once('/') {
@@ -178,6 +203,7 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
                 rate_limit,
                 approvals,
                 show_tools: raw.show_tools,
+                model_overrides: raw.model_overrides,
             },
         )),
     })
@@ -207,6 +233,20 @@ mod tests {
         assert_eq!(o.approvals, ApprovalPlace::Nowhere);
         assert_eq!(o.rate_limit.requests, 60);
         assert!(!o.show_tools);
+        assert!(o.model_overrides.is_empty());
+    }
+
+    #[test]
+    fn model_overrides_are_names_never_flags() {
+        let err = parse("{name: api, type: openai, keys: {alice: sk-alice-0123456789}, allowed_users: {owners: [alice]}, model_overrides: [sonnet, --dangerously-skip-permissions, 'a b']}")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("model_overrides[1]") && err.contains("model_overrides[2]"),
+            "{err}"
+        );
+        assert!(!err.contains("model_overrides[0]"), "{err}");
     }
 
     #[test]

@@ -172,7 +172,11 @@ impl Connector for OpenaiConnector {
             Some(l) => l,
             None => self.bind().await?,
         };
-        let models = server::Models::new(&ctx.watched, &self.config.aliases);
+        let models = server::Models::new(
+            &ctx.watched,
+            &self.config.aliases,
+            &self.config.model_overrides,
+        );
         let up = ConnectorEvent::Connection {
             connected: true,
             detail: format!("serving http://{}/v1", self.local_addr()),

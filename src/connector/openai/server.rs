@@ -83,10 +83,16 @@ pub struct Models {
     names: BTreeMap<String, String>,
     /// A `*` watcher: any name goes to it.
     wildcard: bool,
+    /// CLI models a request may choose with `<model>:<override>`.
+    overrides: Vec<String>,
 }
 
 impl Models {
-    pub fn new(watched: &[String], aliases: &BTreeMap<String, String>) -> Models {
+    pub fn new(
+        watched: &[String],
+        aliases: &BTreeMap<String, String>,
+        overrides: &[String],
+    ) -> Models {
         let mut names: BTreeMap<String, String> = watched
             .iter()
             .filter(|w| *w != "*")
@@ -100,14 +106,33 @@ impl Models {
                 tracing::warn!(alias = %alias, model = %target, "OpenAI API: an alias names a model no watcher serves; left out");
             }
         }
-        Models { names, wildcard }
+        Models {
+            names,
+            wildcard,
+            overrides: overrides.to_vec(),
+        }
     }
 
-    /// The watched room a requested model stands for.
-    fn resolve(&self, name: &str) -> Option<String> {
+    /// The watched room a requested model stands for, and the CLI model it asks for: a
+    /// name as listed, or `<name>:<override>` with a configured override.
+    fn resolve(&self, name: &str) -> Option<(String, Option<String>)> {
+        if let Some(w) = self.watched(name) {
+            return Some((w, None));
+        }
+        let (base, model) = name.split_once(':')?;
+        let watched = self.watched(base)?;
+        self.overrides
+            .iter()
+            .any(|o| o == model)
+            .then(|| (watched, Some(model.to_string())))
+    }
+
+    fn watched(&self, name: &str) -> Option<String> {
         match self.names.get(name) {
             Some(w) => Some(w.clone()),
-            None if self.wildcard && valid_name(name) => Some(name.to_string()),
+            None if self.wildcard && valid_name(name) && !name.contains(':') => {
+                Some(name.to_string())
+            }
             None => None,
         }
     }
@@ -542,6 +567,8 @@ struct Call {
     session: String,
     ephemeral: bool,
     text: String,
+    /// The CLI model the caller chose (`<model>:<override>`).
+    cli_model: Option<String>,
 }
 
 /// A session to record in the book once its turn answered.
@@ -640,6 +667,7 @@ async fn start(
         conversation: Some(Conversation {
             watched: call.watched.clone(),
             ephemeral: call.ephemeral,
+            model: call.cli_model,
         }),
     };
     tracing::debug!(room = %room, "OpenAI API request received");
@@ -786,7 +814,7 @@ async fn chat(
     )?;
     let format = render::chat_format(req.response_format.as_ref())
         .map_err(|e| ApiError::invalid(e).code("invalid_response_format"))?;
-    let watched = shared
+    let (watched, cli_model) = shared
         .models
         .resolve(&req.model)
         .ok_or_else(|| model_not_found(&req.model))?;
@@ -823,6 +851,7 @@ async fn chat(
         ephemeral: sticky.is_none(),
         session,
         text,
+        cli_model,
     };
     let (mut waiting, handled) = start(shared, call, slot).await?;
     let id = format!("chatcmpl-{}", random_hex(12));
@@ -936,7 +965,7 @@ async fn responses(
     }
     let format = render::responses_format(req.text.as_ref().and_then(|t| t.format.as_ref()))
         .map_err(|e| ApiError::invalid(e).code("invalid_response_format"))?;
-    let watched = shared
+    let (watched, cli_model) = shared
         .models
         .resolve(&req.model)
         .ok_or_else(|| model_not_found(&req.model))?;
@@ -987,6 +1016,7 @@ async fn responses(
         session,
         ephemeral,
         text,
+        cli_model,
     };
     let (mut waiting, handled) = start(shared, call, slot).await?;
     let id = format!("resp_{token}_{}", random_hex(4));
@@ -1464,9 +1494,19 @@ mod tests {
             ("claude-code".to_string(), "assistant".to_string()),
             ("ghost".to_string(), "nobody".to_string()),
         ]);
-        let m = Models::new(&["assistant".into()], &aliases);
-        assert_eq!(m.resolve("assistant").as_deref(), Some("assistant"));
-        assert_eq!(m.resolve("claude-code").as_deref(), Some("assistant"));
+        let m = Models::new(&["assistant".into()], &aliases, &["sonnet".into()]);
+        let to = |w: &str, o: Option<&str>| Some((w.to_string(), o.map(str::to_string)));
+        assert_eq!(m.resolve("assistant"), to("assistant", None));
+        assert_eq!(m.resolve("claude-code"), to("assistant", None));
+        assert_eq!(
+            m.resolve("claude-code:sonnet"),
+            to("assistant", Some("sonnet"))
+        );
+        assert_eq!(
+            m.resolve("assistant:opus"),
+            None,
+            "not a configured override"
+        );
         assert_eq!(m.resolve("ghost"), None);
         assert_eq!(m.resolve("gpt-4o"), None);
     }
