@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::support::daemon::{claude_agent, Gateway};
 use crate::support::fake_llm::{bash_scenario, FakeLlm};
 use crate::support::webclient::WebClient;
-use crate::support::{deps, ports};
+use crate::support::{agent_homes, deps, ports};
 
 const ALICE_KEY: &str = "sk-alice-0123456789abcdef";
 const BOB_KEY: &str = "sk-bob-0123456789abcdef";
@@ -32,12 +32,29 @@ struct Api {
 /// `extra_agent`: YAML added to the agent (4-space indented); `extra_api`: keys added to the
 /// API connector (4-space indented); `timeout`: the agent's turn timeout in seconds.
 async fn setup(script: Value, extra_agent: &str, extra_api: &str, timeout: u32) -> Option<Api> {
+    setup_with(script, extra_agent, extra_api, timeout, |_| {
+        (String::new(), String::new())
+    })
+    .await
+}
+
+/// [`setup`] with more agents and watchers: `more` gets the fake model and returns YAML for
+/// further entries of `agents:` (2-space indented) and `watchers:`.
+async fn setup_with(
+    script: Value,
+    extra_agent: &str,
+    extra_api: &str,
+    timeout: u32,
+    more: impl FnOnce(&FakeLlm) -> (String, String),
+) -> Option<Api> {
     let python = deps::openai_python()?;
     let agent = claude_agent(script, extra_agent).await?;
     let (web_port, api_port) = (ports::free_port(), ports::free_port());
+    let (more_agents, more_watchers) = more(&agent.llm);
     let agents = agent
         .yaml
-        .replace("    timeout: 120\n", &format!("    timeout: {timeout}\n"));
+        .replace("    timeout: 120\n", &format!("    timeout: {timeout}\n"))
+        + &more_agents;
     let yaml = format!(
         r#"
 connectors:
@@ -53,6 +70,7 @@ connectors:
 watchers:
   - {{name: all, connector: local, room: "*"}}
   - {{name: api, connector: api, room: assistant, agent: assistant}}
+{more_watchers}
 "#
     );
     let gateway = Gateway::start(&yaml);
@@ -619,4 +637,69 @@ async fn a_turn_past_the_agent_timeout_is_a_504_or_an_error_event() {
     let v: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
     assert_eq!(v["error"]["code"], "timeout", "{raw}");
     assert!(!raw.contains("[DONE]"), "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_agent_type_answers_through_the_api_and_resumes_its_session() {
+    let Some(opencode) = deps::opencode() else {
+        return;
+    };
+    let script = json!({"scenarios": [{"match": "OA-OPENCODE", "turns": [
+        {"text": "OpenCode here."}, {"text": "OpenCode again."}
+    ]}], "default_text": "OK"});
+    let homes = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let home = homes.path().to_path_buf();
+    let Some(api) = setup_with(script, "", "    model_overrides: [fake-other]", 120, |llm| {
+        let env = agent_homes::env_yaml(&agent_homes::opencode_env(&llm.url(), &home));
+        (
+            format!(
+                "  opencode:\n    type: opencode\n    command: \"{}\"\n    working_directory: \"{{work}}\"\n    timeout: 120\n    env: {env}\n",
+                opencode.display()
+            ),
+            "  - {name: api-opencode, connector: api, room: opencode, agent: opencode}\n".into(),
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let models = api.sdk(ALICE_KEY, &["models"]).await;
+    assert_eq!(
+        models["models"],
+        json!(["assistant", "claude-code", "opencode"])
+    );
+    let r = api
+        .sdk(
+            ALICE_KEY,
+            &[
+                "responses",
+                "opencode",
+                "OA-OPENCODE first",
+                "OA-OPENCODE-2 second",
+            ],
+        )
+        .await;
+    assert_eq!(r["first"]["text"], "OpenCode here.", "{r}");
+    assert_eq!(r["second"]["text"], "OpenCode again.", "{r}");
+    // OpenCode talks Chat Completions to the fake model: its second call carries the first
+    // exchange, so the API's session was the CLI's session.
+    let seen = api.llm.conversation("OA-OPENCODE-2");
+    assert!(
+        seen.contains("OA-OPENCODE first") && seen.contains("OpenCode here."),
+        "{seen}"
+    );
+    // A per-request model override is refused by a CLI that cannot take one: the turn
+    // fails (502) instead of answering from another model than asked, and the log says why.
+    let e = api
+        .sdk(ALICE_KEY, &["error", "chat", "opencode:fake-other", "hi"])
+        .await;
+    assert_eq!(
+        (e["status"].as_u64(), e["body"]["code"].as_str()),
+        (Some(502), Some("agent_error")),
+        "{e}"
+    );
+    assert!(api
+        .gateway
+        .log()
+        .contains("cannot switch models per request"));
 }
