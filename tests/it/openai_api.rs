@@ -373,6 +373,45 @@ async fn a_sticky_chat_session_resumes_and_sends_only_the_new_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_on_one_session_are_queued_and_answered_one_each() {
+    let script = json!({"scenarios": [{"match": "OA-CONC", "delay_ms": 300, "turns": [{"text": "One."}, {"text": "Two."}]}], "default_text": "OK"});
+    let Some(api) = setup(script, "", "", 120).await else {
+        return;
+    };
+    // Each model answer takes seconds (300 ms per event), so the second request arrives
+    // while the first turn runs.
+    let a = api
+        .sdk_command(
+            ALICE_KEY,
+            &["chat_session", "assistant", "pair", "OA-CONC a"],
+        )
+        .output();
+    let b = api
+        .sdk_command(
+            ALICE_KEY,
+            &["chat_session", "assistant", "pair", "OA-CONC b"],
+        )
+        .output();
+    let (a, b) = tokio::join!(a, b);
+    let (a, b) = (
+        parse_sdk(&a.unwrap(), &api.gateway),
+        parse_sdk(&b.unwrap(), &api.gateway),
+    );
+    let mut answers = vec![a["content"].clone(), b["content"].clone()];
+    answers.sort_by_key(|v| v.to_string());
+    // One turn each, in the order they were queued: never merged into one catch-up turn.
+    assert_eq!(answers, vec![json!("One."), json!("Two.")]);
+    let calls = api.llm.message_requests();
+    assert_eq!(calls.len(), 2);
+    let second = calls[1].message_texts().join("\n");
+    assert!(
+        second.contains("OA-CONC a") && second.contains("OA-CONC b") && second.contains("One."),
+        "{second}"
+    );
+    assert!(!second.contains("CATCH-UP"), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_schema_answers_are_parsed_by_the_sdk_and_bad_ones_are_a_clear_error() {
     let script = json!({"scenarios": [
         {"match": "OA-JSON-OK", "turns": [{"text": "{\"city\": \"Paris\", \"population\": 2100000}"}]},

@@ -61,18 +61,24 @@ impl Sessions {
     pub fn remember(&self, key: &str, entry: &Entry, room: &str) -> Vec<String> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut book = self.book();
-        // Removed and inserted again, so the map's order (insertion order is kept) is the
-        // order of last use.
-        book.shift_remove(key);
+        // Each entry carries when it was last used, as a counter: the map's own order would
+        // not do, since the store compares maps regardless of order and would keep a
+        // reordered one unchanged.
+        let used = |e: &Value| e.get("used").and_then(Value::as_u64).unwrap_or(0);
+        let next = book.values().map(used).max().map_or(0, |m| m + 1);
         book.insert(
             key.to_string(),
-            json!({"user": entry.user, "model": entry.model, "room": room}),
+            json!({"user": entry.user, "model": entry.model, "room": room, "used": next}),
         );
         let mut evicted = Vec::new();
         while book.len() > MAX_SESSIONS {
-            let oldest = book.keys().next().cloned().expect("not empty");
+            let oldest = book
+                .iter()
+                .min_by_key(|(_, e)| used(e))
+                .map(|(k, _)| k.clone())
+                .expect("not empty");
             if let Some(room) = book
-                .shift_remove(&oldest)
+                .remove(&oldest)
                 .and_then(|e| e.get("room")?.as_str().map(str::to_string))
             {
                 evicted.push(room);
@@ -80,5 +86,39 @@ impl Sessions {
         }
         self.store.put(KEY, Value::Object(book));
         evicted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateStore;
+    use std::sync::Arc;
+
+    fn entry(user: &str) -> Entry {
+        Entry {
+            user: user.into(),
+            model: "assistant".into(),
+        }
+    }
+
+    #[test]
+    fn the_book_keeps_the_most_recently_used_and_names_the_rooms_it_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let name: Arc<str> = "api".into();
+        let (store, _) = StateStore::open(dir.path(), std::slice::from_ref(&name));
+        let book = Sessions::new(store.connector_store(name));
+        for i in 0..MAX_SESSIONS {
+            assert!(book
+                .remember(&format!("resp:{i}"), &entry("alice"), &format!("room-{i}"))
+                .is_empty());
+        }
+        // Used again: now the most recent, so `resp:1` is the oldest.
+        book.remember("resp:0", &entry("alice"), "room-0");
+        let dropped = book.remember("resp:new", &entry("bob"), "room-new");
+        assert_eq!(dropped, vec!["room-1".to_string()]);
+        assert_eq!(book.get("resp:0"), Some(entry("alice")));
+        assert_eq!(book.get("resp:1"), None);
+        assert_eq!(book.get("resp:new"), Some(entry("bob")));
     }
 }

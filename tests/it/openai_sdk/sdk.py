@@ -75,6 +75,16 @@ def chat_history(model, session):
     out({"content": r.choices[0].message.content})
 
 
+def chat_session(model, session, text):
+    """One user message in the sticky session named by the X-Session-Id header."""
+    r = client().chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": text}],
+        extra_headers={"X-Session-Id": session},
+    )
+    out({"content": r.choices[0].message.content})
+
+
 def async_chat(model, text):
     async def run():
         c = openai.AsyncOpenAI(max_retries=0, timeout=120)
@@ -192,6 +202,8 @@ def main():
         chat(*args)
     elif scenario == "chat_history":
         chat_history(*args)
+    elif scenario == "chat_session":
+        chat_session(*args)
     elif scenario == "async_chat":
         async_chat(*args)
     elif scenario == "stream":
