@@ -1390,7 +1390,9 @@ fn sse<E: Encoder>(waiting: Waiting, handled: bool, mut encoder: E) -> Response<
         heartbeat: tokio::time::Interval,
         done: bool,
     }
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    // The first heartbeat a full period after the opening frames, not at once.
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let queued: VecDeque<Bytes> = encoder.opening().into();
     let state = State {
