@@ -195,7 +195,7 @@ struct RoomWorker {
     /// The room exists for one API request: forgotten, and offered for release, as soon as
     /// its turn is over.
     ephemeral: bool,
-    /// An idle report was sent since the last message arrived.
+    /// An idle report was made since the last message arrived.
     release_offered: bool,
     deps: RoomDeps,
 }
@@ -215,8 +215,6 @@ impl RoomWorker {
             let draining = self.deps.drain.is_cancelled();
             let idle = self.running.is_none() && self.pending.is_empty();
             let idle_after = self.idle_after();
-            // An ephemeral room offers to stop once, at once; not again and again.
-            let offer_release = idle && !closed && !(self.ephemeral && self.release_offered);
             if (draining || closed) && idle || draining && self.running.is_none() {
                 break;
             }
@@ -237,7 +235,7 @@ impl RoomWorker {
                     }
                     None => closed = true,
                 },
-                _ = tokio::time::sleep(idle_after), if offer_release => {
+                _ = tokio::time::sleep(idle_after), if idle && !closed => {
                     self.release_offered = true;
                     let report = IdleReport {
                         key: self.key.clone(),
@@ -293,8 +291,10 @@ impl RoomWorker {
         }));
     }
 
+    /// An ephemeral room offers to stop at once, but only once: should that report be lost
+    /// (a full channel), it offers again at the usual pace rather than in a busy loop.
     fn idle_after(&self) -> Duration {
-        if self.ephemeral {
+        if self.ephemeral && !self.release_offered {
             Duration::ZERO
         } else {
             self.deps.idle_after
