@@ -156,6 +156,18 @@ async fn the_sdk_lists_models_and_gets_answers_with_real_usage_sync_and_async() 
     };
     let models = api.sdk(ALICE_KEY, &["models"]).await;
     assert_eq!(models["models"], json!(["assistant", "claude-code"]));
+    assert_eq!(models["retrieved"], "claude-code");
+    assert_eq!(models["owned_by"], "agent-chat-gateway");
+    assert_eq!(models["missing"]["code"], "model_not_found");
+    // Health needs no key.
+    let health = reqwest::get(api.base.replace("/v1", "/health"))
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
 
     let r = api
         .sdk(ALICE_KEY, &["chat", "claude-code", "OA-SYNC hi"])
@@ -276,7 +288,8 @@ async fn streaming_with_the_sdk_and_raw_sse_framing_with_curl() {
 async fn responses_continue_a_session_with_previous_response_id() {
     let script = json!({"scenarios": [
         {"match": "OA-RESP-1", "turns": [{"text": "I will remember 42."}, {"text": "The number was 42."}]},
-        {"match": "OA-RSTREAM", "turns": [{"text": "Streamed response."}]}
+        {"match": "OA-RSTREAM", "turns": [{"text": "Streamed response."}]},
+        {"match": "OA-UNSTORED", "turns": [{"text": "Not kept."}]}
     ], "default_text": "OK"});
     let Some(api) = setup(script, "", "", 120).await else {
         return;
@@ -309,6 +322,19 @@ async fn responses_continue_a_session_with_previous_response_id() {
         .await;
     assert_eq!(e["exception"], "BadRequestError", "{e}");
     assert_eq!(e["body"]["code"], "previous_response_not_found");
+
+    // `store: false`: answered in a session that is forgotten, so it cannot be continued.
+    let u = api
+        .sdk(
+            ALICE_KEY,
+            &["responses_unstored", "assistant", "OA-UNSTORED go"],
+        )
+        .await;
+    assert_eq!(u["text"], "Not kept.");
+    assert_eq!(
+        u["again"]["body"]["code"], "previous_response_not_found",
+        "{u}"
+    );
 
     let s = api
         .sdk(
@@ -499,8 +525,8 @@ async fn a_wrong_key_an_unknown_model_unsupported_fields_and_the_rate_limit() {
     // 2 per hour: the next one is free in about half an hour.
     assert!((1700..=1800).contains(&wait), "{wait}");
     // Limits are per key: bob is not affected.
-    let ok = api.sdk(BOB_KEY, &["models"]).await;
-    assert_eq!(ok["models"][0], "assistant");
+    let ok = api.sdk(BOB_KEY, &["error", "models"]).await;
+    assert_eq!(ok["exception"], Value::Null, "{ok}");
     // No model was asked for any of these.
     assert!(api.llm.message_requests().is_empty());
 }

@@ -193,7 +193,27 @@ def expect_error(scenario, model, text):
 
 
 def models():
-    out({"models": [m.id for m in client().models.list().data]})
+    c = client()
+    listed = [m.id for m in c.models.list().data]
+    one = c.models.retrieve(listed[-1])
+    try:
+        c.models.retrieve("no-such-model")
+        missing = None
+    except openai.NotFoundError as e:
+        missing = e.body
+    out({"models": listed, "retrieved": one.id, "owned_by": one.owned_by, "missing": missing})
+
+
+def responses_unstored(model, text):
+    """`store=False`: answered, but not resumable."""
+    c = client()
+    r = c.responses.create(model=model, input=text, store=False)
+    try:
+        c.responses.create(model=model, input="again", previous_response_id=r.id)
+        again = None
+    except openai.APIError as e:
+        again = error_of(e)
+    out({"text": r.output_text, "again": again})
 
 
 def main():
@@ -210,6 +230,8 @@ def main():
         stream(*args)
     elif scenario == "responses":
         responses(*args)
+    elif scenario == "responses_unstored":
+        responses_unstored(*args)
     elif scenario == "responses_stream":
         responses_stream(*args)
     elif scenario == "previous_of_other":
