@@ -179,7 +179,7 @@ def json_schema(model, text):
         out(error_of(e))
 
 
-def expect_error(scenario, model, text):
+def expect_error(scenario, model=None, text=None):
     try:
         if scenario == "models":
             client().models.list()
