@@ -536,12 +536,15 @@ const PERMISSIONS: &str = "    permissions: {enabled: true, timeout: 60}\n";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlisted_tool_call_from_the_api_is_denied_when_no_room_can_be_asked() {
     let script = json!({"scenarios": [bash_scenario("OA-TOOL", "Running it.", "touch denied.txt", "after")], "default_text": "OK"});
-    let Some(api) = setup(script, PERMISSIONS, "", 120).await else {
+    let Some(api) = setup(script, PERMISSIONS, "    show_tools: true", 120).await else {
         return;
     };
     let r = api
         .sdk(ALICE_KEY, &["chat", "assistant", "OA-TOOL go"])
         .await;
+    // Tool activity is shown as text in streams only (with `show_tools`), never in a JSON
+    // answer and never as OpenAI tool calls.
+    assert!(!r["content"].as_str().unwrap().contains("[tool"), "{r}");
     assert_eq!(r["content"], "Running it.\nafter");
     assert!(
         !api.gateway.work.join("denied.txt").exists(),
@@ -560,6 +563,35 @@ async fn an_unlisted_tool_call_from_the_api_is_denied_when_no_room_can_be_asked(
     );
     // Nothing was posted to any chat room.
     assert!(api.alice_web.messages("approvals").await.is_empty());
+
+    let raw = api
+        .curl(
+            ALICE_KEY,
+            "/chat/completions",
+            &json!({"model": "assistant", "stream": true,
+                    "messages": [{"role": "user", "content": "OA-TOOL stream"}]}),
+        )
+        .await;
+    let text: String = raw
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(text.starts_with("Running it.\n[tool Bash: "), "{text}");
+    assert!(
+        text.contains("touch denied.txt") && text.ends_with("\nafter"),
+        "{text}"
+    );
+    assert!(!raw.contains("tool_calls"), "{raw}");
+    assert!(
+        !api.gateway.work.join("denied.txt").exists(),
+        "a denied call ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
