@@ -734,6 +734,24 @@ async fn a_turn_past_the_agent_timeout_is_a_504_or_an_error_event() {
     let v: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
     assert_eq!(v["error"]["code"], "timeout", "{raw}");
     assert!(!raw.contains("[DONE]"), "{raw}");
+    // Responses: the stream ends with `response.failed`.
+    let raw = api
+        .curl(
+            ALICE_KEY,
+            "/responses",
+            &json!({"model": "assistant", "stream": true, "input": "OA-SLOW responses"}),
+        )
+        .await;
+    let last = raw
+        .split("\n\n")
+        .filter(|e| !e.is_empty() && !e.starts_with(':'))
+        .last()
+        .unwrap();
+    let (event, data) = last.split_once('\n').unwrap();
+    assert_eq!(event, "event: response.failed", "{raw}");
+    let v: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(v["response"]["status"], "failed");
+    assert_eq!(v["response"]["error"]["code"], "timeout", "{raw}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
