@@ -139,6 +139,8 @@ pub struct Conversation {
     pub ephemeral: bool,
     /// The model the caller chose for the agent's CLI, if any (see `TurnRequest::model`).
     pub model: Option<String>,
+    /// The JSON Schema of the answer the caller asked for (see `TurnRequest::output_schema`).
+    pub output_schema: Option<String>,
 }
 
 impl InboundMessage {
@@ -199,6 +201,9 @@ pub struct TurnRequest {
     /// A model the caller chose for this turn (an API request's `model` suffix), for CLIs
     /// that take one; a backend that cannot apply it refuses the turn.
     pub model: Option<String>,
+    /// The JSON Schema (as JSON text) a structured answer must follow, for CLIs that can be
+    /// held to one; the others are asked in the prompt (the caller checks the answer).
+    pub output_schema: Option<String>,
 }
 
 /// Token accounting reported by an agent for one turn.

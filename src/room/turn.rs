@@ -109,6 +109,11 @@ impl TurnRunner {
                 .conversation
                 .as_ref()
                 .and_then(|c| c.model.clone()),
+            output_schema: anchor
+                .message
+                .conversation
+                .as_ref()
+                .and_then(|c| c.output_schema.clone()),
         };
         info!(role = %role, messages = message_ids.len(), resume = request.session.is_some(), "turn started");
         let agent = self.deps.agent.clone();

@@ -109,6 +109,7 @@ async fn run_turn_with(
         prompt: prompt.to_string(),
         role,
         model: None,
+        output_schema: None,
     };
     let ctx = TurnContext {
         events: tx,

@@ -439,9 +439,14 @@ async fn concurrent_requests_on_one_session_are_queued_and_answered_one_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_schema_answers_are_parsed_by_the_sdk_and_bad_ones_are_a_clear_error() {
+    // Claude runs with `--json-schema` and the model answers through `StructuredOutput`, as a
+    // real one does; the JSON the CLI collects is the answer.
     let script = json!({"scenarios": [
-        {"match": "OA-JSON-OK", "turns": [{"text": "{\"city\": \"Paris\", \"population\": 2100000}"}]},
-        {"match": "OA-JSON-BAD", "turns": [{"text": "{\"city\": \"Paris\", \"population\": \"many\"}"}]}
+        {"match": "OA-JSON-OK", "turns": [{"text": "Here it is.", "tool_calls": [
+            {"name": "StructuredOutput", "input": {"city": "Paris", "population": 2100000}}]}]},
+        {"match": "OA-JSON-BAD", "turns": [
+            {"tool_calls": [{"name": "StructuredOutput", "input": {"city": "Paris", "population": "many"}}]},
+            {"text": "{\"city\": \"Paris\", \"population\": \"many\"}"}]}
     ], "default_text": "OK"});
     let Some(api) = setup(script, "", "", 120).await else {
         return;
@@ -457,13 +462,22 @@ async fn json_schema_answers_are_parsed_by_the_sdk_and_bad_ones_are_a_clear_erro
         json!({"city": "Paris", "population": 2100000}),
         "{r}"
     );
-    // The agent was told the schema.
+    // The CLI held the model to the schema: it offered the StructuredOutput tool, and the
+    // prompt carries the schema too (for agents without such a flag).
+    let call = api.llm.message_requests()[0].clone();
+    assert!(
+        call.tool_names().contains(&"StructuredOutput".to_string()),
+        "{:?}",
+        call.tool_names()
+    );
     let seen = api.llm.conversation("OA-JSON-OK");
     assert!(
         seen.contains("JSON Schema") && seen.contains("population"),
         "{seen}"
     );
 
+    // The model keeps giving a population that is not a number: whatever the CLI ends with,
+    // the gateway's own check refuses it with a clear error, never as parsed JSON.
     let r = api
         .sdk(
             ALICE_KEY,
@@ -472,8 +486,6 @@ async fn json_schema_answers_are_parsed_by_the_sdk_and_bad_ones_are_a_clear_erro
         .await;
     assert_eq!(r["exception"], "UnprocessableEntityError", "{r}");
     assert_eq!(r["body"]["code"], "json_validation_failed");
-    let message = r["body"]["message"].as_str().unwrap();
-    assert!(message.contains("/population"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,7 +547,12 @@ const PERMISSIONS: &str = "    permissions: {enabled: true, timeout: 60}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlisted_tool_call_from_the_api_is_denied_when_no_room_can_be_asked() {
-    let script = json!({"scenarios": [bash_scenario("OA-TOOL", "Running it.", "touch denied.txt", "after")], "default_text": "OK"});
+    let script = json!({"scenarios": [
+        bash_scenario("OA-TOOL", "Running it.", "touch denied.txt", "after"),
+        {"match": "OA-JSON-HOOK", "turns": [
+            {"tool_calls": [{"shell": "touch json-turn.txt"}]},
+            {"tool_calls": [{"name": "StructuredOutput", "input": {"city": "Oslo", "population": 700000}}]}]}
+    ], "default_text": "OK"});
     let Some(api) = setup(script, PERMISSIONS, "    show_tools: true", 120).await else {
         return;
     };
@@ -592,6 +609,30 @@ async fn an_unlisted_tool_call_from_the_api_is_denied_when_no_room_can_be_asked(
         !api.gateway.work.join("denied.txt").exists(),
         "a denied call ran"
     );
+
+    // With the hook, a structured answer still comes through: `StructuredOutput` (no effects)
+    // is the one tool the hook leaves out; every other call of such a turn is still asked
+    // (here Bash: denied, nobody can be asked), and nothing else reaches the audit log.
+    let audited = api.gateway.audit().len();
+    let r = api
+        .sdk(
+            ALICE_KEY,
+            &["json_schema", "assistant", "OA-JSON-HOOK capital of Norway"],
+        )
+        .await;
+    assert_eq!(
+        r["parsed"],
+        json!({"city": "Oslo", "population": 700000}),
+        "{r}"
+    );
+    let audit = api.gateway.audit();
+    let new: Vec<&Value> = audit[audited..].iter().collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(
+        (new[0]["tool"].as_str(), new[0]["decision"].as_str()),
+        (Some("Bash"), Some("deny"))
+    );
+    assert!(!api.gateway.work.join("json-turn.txt").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -233,7 +233,10 @@ impl StreamParser {
         }
 
         let usage = usage_of(&result);
-        let text = if self.texts.is_empty() {
+        // A structured answer is the answer, whatever the model said around it.
+        let text = if let Some(v) = &result.structured_output {
+            v.to_string()
+        } else if self.texts.is_empty() {
             result.result.clone().unwrap_or_default()
         } else {
             self.texts.join("\n")

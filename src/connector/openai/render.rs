@@ -21,6 +21,16 @@ pub enum Format {
     JsonSchema(Value),
 }
 
+impl Format {
+    /// The schema as JSON text, for an agent CLI that takes one (`--json-schema`).
+    pub fn schema_text(&self) -> Option<String> {
+        match self {
+            Format::JsonSchema(schema) => Some(schema.to_string()),
+            _ => None,
+        }
+    }
+}
+
 /// Text of a message's content; only text parts are understood.
 fn content_text(content: &Option<Content>) -> Result<String, String> {
     match content {

@@ -569,6 +569,8 @@ struct Call {
     text: String,
     /// The CLI model the caller chose (`<model>:<override>`).
     cli_model: Option<String>,
+    /// The schema of a `json_schema` answer, for agents that can be held to it.
+    output_schema: Option<String>,
 }
 
 /// A session to record in the book once its turn answered.
@@ -668,6 +670,7 @@ async fn start(
             watched: call.watched.clone(),
             ephemeral: call.ephemeral,
             model: call.cli_model,
+            output_schema: call.output_schema,
         }),
     };
     tracing::debug!(room = %room, "OpenAI API request received");
@@ -852,6 +855,7 @@ async fn chat(
         session,
         text,
         cli_model,
+        output_schema: format.schema_text(),
     };
     let (mut waiting, handled) = start(shared, call, slot).await?;
     let id = format!("chatcmpl-{}", random_hex(12));
@@ -1017,6 +1021,7 @@ async fn responses(
         ephemeral,
         text,
         cli_model,
+        output_schema: format.schema_text(),
     };
     let (mut waiting, handled) = start(shared, call, slot).await?;
     let id = format!("resp_{token}_{}", random_hex(4));
