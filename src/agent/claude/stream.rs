@@ -433,6 +433,18 @@ mod tests {
     }
 
     #[test]
+    fn a_structured_output_is_the_answer_whatever_was_said_around_it() {
+        let (_, out) = run(
+            &[
+                r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Here it is."}]},"parent_tool_use_id":null}"#,
+                r#"{"type":"result","subtype":"success","is_error":false,"result":"{\"n\":4}","structured_output":{"n":4}}"#,
+            ],
+            &ok_exit(),
+        );
+        assert_eq!(out.unwrap().text, r#"{"n":4}"#);
+    }
+
+    #[test]
     fn unknown_types_and_garbage_are_skipped() {
         let (events, out) = run(
             &[
