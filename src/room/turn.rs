@@ -206,7 +206,7 @@ fn log_usage(usage: Option<&crate::model::Usage>) {
             output_tokens = u.output_tokens,
             cache_read_tokens = u.cache_read_tokens,
             cache_write_tokens = u.cache_write_tokens,
-            cost_usd = u.cost_usd.unwrap_or(0.0),
+            cost_usd = ?u.cost_usd,
             "turn usage"
         );
     }
