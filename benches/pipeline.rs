@@ -107,6 +107,7 @@ fn message(room_id: &str, n: usize) -> InboundMessage {
         addressed: true,
         attachments: vec![],
         notes: vec![],
+        conversation: None,
         ts: std::time::SystemTime::now(),
     }
 }

@@ -63,8 +63,10 @@ if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
   if [ ! -x "$deps/venv/bin/python" ]; then
     python3 -m venv "$deps/venv"
   fi
-  if ! "$deps/venv/bin/python" -c 'import openai' 2>/dev/null; then
-    "$deps/venv/bin/pip" install --quiet "openai==1.*"
+  # Pinned: tests/it/openai_api.rs drives the gateway's OpenAI API with this SDK.
+  openai_version=1.109.1
+  if ! "$deps/venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$openai_version')" 2>/dev/null; then
+    "$deps/venv/bin/pip" install --quiet "openai==$openai_version"
   fi
   # The reference Prometheus text parser, for the admin endpoint's /metrics (tests/it/admin_http.rs).
   if ! "$deps/venv/bin/python" -c 'import prometheus_client.parser' 2>/dev/null; then

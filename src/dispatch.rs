@@ -19,9 +19,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::agent::AgentBackend;
-use crate::approval::{self, Approvals};
+use crate::approval::{self, Approvals, Asking};
 use crate::config::{AgentConfig, Config, ConnectorConfig, WatcherConfig};
-use crate::connector::{Acceptance, ConnectorEvent, Connectors};
+use crate::connector::{Acceptance, ApprovalPlace, ConnectorEvent, Connectors};
 use crate::model::{InboundMessage, ReplyTarget, RoomKey, RoomKind, RoomRef};
 use crate::room::{self, IdleReport, QueuedMessage, RoomControl, RoomDeps, RoomHandle};
 use crate::state::StateStore;
@@ -224,6 +224,11 @@ impl Dispatcher {
                 let mut restored = Vec::new();
                 let mut dropped = Vec::new();
                 for p in &state.pending {
+                    if p.api_request {
+                        info!(room = %room_id, id = %p.id, "an API request accepted before the restart is not run again: its caller is gone");
+                        dropped.push(p.id.clone());
+                        continue;
+                    }
                     let message = p.to_message(&connector);
                     match cconf.users.role_of(&message.sender) {
                         Some(role) => restored.push(QueuedMessage { message, role }),
@@ -237,6 +242,9 @@ impl Dispatcher {
                     self.parts
                         .store
                         .update_room(&key, |r| r.pending.retain(|p| !dropped.contains(&p.id)));
+                }
+                if restored.is_empty() {
+                    continue;
                 }
                 info!(room = %key, count = restored.len(), "re-queueing messages accepted before the restart");
                 let generation = self.next_generation();
@@ -298,6 +306,29 @@ impl Dispatcher {
                 {
                     error!(watcher = %w.config.name, room = %spec, error = %error, "watcher inactive: room could not be resolved");
                     w.failed = Some(error.clone());
+                }
+            }
+            ConnectorEvent::Cancel { room, id } => {
+                let key = RoomKey::new(connector, room.as_str());
+                if let Some(entry) = self.rooms.get(&key) {
+                    if let Err(c) = entry.handle.try_control(RoomControl::Cancel { id }) {
+                        let handle = entry.handle.clone();
+                        self.parts.tracker.spawn(async move {
+                            handle.control(c).await;
+                        });
+                    }
+                }
+            }
+            ConnectorEvent::Forget { room } => {
+                let key = RoomKey::new(connector, room.as_str());
+                // A live worker is the only writer of its room's state: leave it be (it
+                // is released when idle and its entry stays, as for any chat room).
+                if !self.rooms.contains_key(&key) {
+                    debug!(room = %key, "room forgotten at its connector's request");
+                    self.parts.store.remove_room(&key);
+                    if let Some(a) = &self.parts.approvals {
+                        a.forget_room(&key);
+                    }
                 }
             }
             ConnectorEvent::Connection { connected, detail } => {
@@ -406,6 +437,8 @@ impl Dispatcher {
 
     /// The watcher for a message: one naming its room, else the connector's `*` watcher.
     fn watcher_for(&self, m: &InboundMessage) -> Option<usize> {
+        // A conversation's room is matched by the watched room it was opened under.
+        let room_id = m.conversation.as_ref().map_or(&m.room.id, |c| &c.watched);
         let of_connector = || {
             self.watchers
                 .iter()
@@ -417,8 +450,8 @@ impl Dispatcher {
                 !w.is_wildcard()
                     && w.failed.is_none()
                     && match &w.resolved {
-                        Some(r) => r.id == m.room.id,
-                        None => w.config.room == m.room.id,
+                        Some(r) => r.id == *room_id,
+                        None => w.config.room == *room_id,
                     }
             })
             .or_else(|| of_connector().find(|(_, w)| w.is_wildcard()))
@@ -447,7 +480,9 @@ impl Dispatcher {
             .parts
             .store
             .watcher_paused(&key.connector, &w.config.name);
+        let asking = self.asking_for(key, &*connector);
         let deps = RoomDeps {
+            asking,
             watcher: w.config.name.as_str().into(),
             outbox: crate::outbox::of(connector),
             platform: platform.into(),
@@ -475,6 +510,29 @@ impl Dispatcher {
             restored,
             generation,
         ))
+    }
+
+    /// Where the owners of a room's tool calls are asked: the room itself, nobody, or the
+    /// room of another connector its platform names (an approvals room). A named room whose
+    /// connector does not exist is nobody, so its calls are denied.
+    fn asking_for(&self, key: &RoomKey, connector: &dyn crate::connector::Connector) -> Asking {
+        match connector.approvals() {
+            ApprovalPlace::InRoom => Asking::InTurnRoom,
+            ApprovalPlace::Nowhere => Asking::Nobody,
+            ApprovalPlace::Room { connector, room } => {
+                match self.parts.connectors.get_key_value(connector.as_str()) {
+                    Some((name, c)) => Asking::Elsewhere {
+                        room: RoomKey::new(name.clone(), room.as_str()),
+                        target: ReplyTarget::room(room),
+                        outbox: crate::outbox::of(c.clone()),
+                    },
+                    None => {
+                        error!(room = %key, connector = %connector, "the approvals room's connector does not exist; calls that need an owner are denied");
+                        Asking::Nobody
+                    }
+                }
+            }
+        }
     }
 
     fn post_notice(&self, key: &RoomKey, to: ReplyTarget, text: String) {

@@ -2,8 +2,9 @@
 //!
 //! # Layout, in the order a message flows
 //!
-//! - [`connector`] — one folder per platform (web chat, Rocket.Chat, OneBot): wire types,
-//!   reconnect loops, conversion into [`model`] types, and replies back out.
+//! - [`connector`] — one folder per platform (web chat, Rocket.Chat, OneBot, the
+//!   OpenAI-compatible API): wire types, reconnect loops, conversion into [`model`] types, and
+//!   replies back out.
 //! - [`dispatch`] — sender → role, watcher lookup, mention gate, `approve`/`deny`
 //!   interception, routing to room workers.
 //! - [`room`] — one worker per room: bounded persisted queue, sequential turns, the session id,

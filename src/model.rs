@@ -121,6 +121,26 @@ pub struct InboundMessage {
     /// Notices for the agent about this message (attachment skipped, too large, …).
     pub notes: Vec<String>,
     pub ts: SystemTime,
+    /// Set by platforms that open a room per conversation of an API caller instead of
+    /// having chat rooms (see [`Conversation`]); `None` for a chat message.
+    pub conversation: Option<Conversation>,
+}
+
+/// A message that is one request of an API caller, in a room the platform opened for that
+/// caller's conversation. Such a message is answered alone — never merged with others into
+/// a catch-up turn — because its caller waits for exactly its own answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    /// The watched room (a watcher's `room`) the conversation belongs to: watchers are
+    /// matched on it, while the room itself keys the queue and the agent session.
+    pub watched: String,
+    /// The room is forgotten once its turn is over (a stateless request): its state-file
+    /// entry is removed and its worker released at once.
+    pub ephemeral: bool,
+    /// The model the caller chose for the agent's CLI, if any (see `TurnRequest::model`).
+    pub model: Option<String>,
+    /// The JSON Schema of the answer the caller asked for (see `TurnRequest::output_schema`).
+    pub output_schema: Option<String>,
 }
 
 impl InboundMessage {
@@ -178,6 +198,12 @@ pub struct TurnRequest {
     pub prompt: String,
     /// Lowest role among the senders of the messages in this turn.
     pub role: Role,
+    /// A model the caller chose for this turn (an API request's `model` suffix), for CLIs
+    /// that take one; a backend that cannot apply it refuses the turn.
+    pub model: Option<String>,
+    /// The JSON Schema (as JSON text) a structured answer must follow, for CLIs that can be
+    /// held to one; the others are asked in the prompt (the caller checks the answer).
+    pub output_schema: Option<String>,
 }
 
 /// Token accounting reported by an agent for one turn.
@@ -228,6 +254,22 @@ pub enum AgentEvent {
         kind: Option<String>,
     },
     Usage(Usage),
+}
+
+/// How a turn ended, for platforms that answer a waiting request with it
+/// (`Connector::conclude`) instead of posting chat messages.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TurnEnd {
+    Answered {
+        text: String,
+        usage: Option<Usage>,
+    },
+    Failed {
+        /// The short message a chat room would have been shown (with its log reference).
+        message: String,
+        /// The agent ran out of its time.
+        timed_out: bool,
+    },
 }
 
 /// The end of a successful turn.

@@ -1,5 +1,6 @@
 //! The outbox: what room workers need of a platform to answer in a room — its capabilities,
-//! and posting, editing, typing, uploading and sending a long reply. Nothing about receiving,
+//! and posting, editing, typing, uploading and sending a long reply (or, for a platform that
+//! answers requests, a turn's progress and end as data). Nothing about receiving,
 //! resolving rooms or connection lifetimes.
 //!
 //! Owns: the [`Outbox`] trait, and [`of`], which sees any connector as one.
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::connector::{Capabilities, Connector, ConnectorError};
-use crate::model::{PostedMessage, ReplyTarget};
+use crate::model::{AgentEvent, PostedMessage, ReplyTarget, TurnEnd};
 
 /// Where a room's replies go. Same meaning as the [`Connector`] methods of the same names.
 #[async_trait]
@@ -37,6 +38,18 @@ pub trait Outbox: Send + Sync + 'static {
     ) -> Result<(), ConnectorError>;
 
     async fn send_reply(&self, to: &ReplyTarget, text: &str) -> Result<(), ConnectorError>;
+
+    fn answers_requests(&self) -> bool {
+        false
+    }
+
+    async fn progress(&self, to: &ReplyTarget, event: &AgentEvent) {
+        let _ = (to, event);
+    }
+
+    async fn conclude(&self, to: &ReplyTarget, end: TurnEnd) {
+        let _ = (to, end);
+    }
 }
 
 /// A connector's outbox. (A wrapper rather than `Arc<dyn Connector> as Arc<dyn Outbox>`:
@@ -81,5 +94,17 @@ impl Outbox for ConnectorOutbox {
 
     async fn send_reply(&self, to: &ReplyTarget, text: &str) -> Result<(), ConnectorError> {
         self.0.send_reply(to, text).await
+    }
+
+    fn answers_requests(&self) -> bool {
+        self.0.answers_requests()
+    }
+
+    async fn progress(&self, to: &ReplyTarget, event: &AgentEvent) {
+        self.0.progress(to, event).await
+    }
+
+    async fn conclude(&self, to: &ReplyTarget, end: TurnEnd) {
+        self.0.conclude(to, end).await
     }
 }

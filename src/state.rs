@@ -68,6 +68,10 @@ pub struct PendingMessage {
     #[serde(default)]
     pub notes: Vec<String>,
     pub ts_ms: u64,
+    /// The request of an API caller (`InboundMessage::conversation`): its caller's
+    /// connection did not survive the restart, so it is not run again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub api_request: bool,
 }
 
 impl PendingMessage {
@@ -89,6 +93,7 @@ impl PendingMessage {
                 .collect(),
             notes: m.notes.clone(),
             ts_ms: model::epoch_ms(m.ts),
+            api_request: m.conversation.is_some(),
         }
     }
 
@@ -123,6 +128,9 @@ impl PendingMessage {
                 .collect(),
             notes: self.notes.clone(),
             ts: model::from_epoch_ms(self.ts_ms),
+            // Not restored: an API caller's request is not re-run after a restart (see
+            // `api_request`), so nothing routes it by its conversation.
+            conversation: None,
         }
     }
 }
@@ -239,6 +247,17 @@ impl StateStore {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Forgets a room (a stateless API request's, once answered).
+    pub fn remove_room(&self, key: &RoomKey) {
+        let removed = self
+            .files()
+            .get_mut(&key.connector)
+            .is_some_and(|f| f.rooms.remove(&*key.room).is_some());
+        if removed {
+            self.mark_dirty(&key.connector);
+        }
     }
 
     pub fn update_room(&self, key: &RoomKey, update: impl FnOnce(&mut RoomState)) {

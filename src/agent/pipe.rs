@@ -252,6 +252,7 @@ impl<C: Cli> AgentBackend for PipeBackend<C> {
         ctx: TurnContext,
     ) -> Result<TurnOutcome, AgentError> {
         self.check_args()?;
+        refuse_model_override(&turn, C::NAME)?;
         // Fail closed: a turn whose calls must be asked cannot run on a CLI that never asks
         // (config refuses `permissions` for these types; this is the second lock).
         if ctx.gate.is_some() {
@@ -293,6 +294,18 @@ impl<C: Cli> AgentBackend for PipeBackend<C> {
 
     fn working_directory(&self) -> &PathBuf {
         &self.working_directory
+    }
+}
+
+/// A per-turn model override is applied only by backends that map it onto their CLI (Claude
+/// Code's `--model`); elsewhere the turn is refused rather than run on another model than
+/// the caller asked for.
+pub fn refuse_model_override(turn: &TurnRequest, cli: &str) -> Result<(), AgentError> {
+    match &turn.model {
+        Some(m) => Err(AgentError::Setup(format!(
+            "{cli} cannot switch models per request (asked for '{m}')"
+        ))),
+        None => Ok(()),
     }
 }
 

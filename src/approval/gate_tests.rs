@@ -162,6 +162,7 @@ fn binding(s: &Setup, role: Role) -> TurnBinding {
             sandbox: Default::default(),
         }),
         outbox: crate::outbox::of(s.room.clone()),
+        asking: super::Asking::InTurnRoom,
     }
 }
 

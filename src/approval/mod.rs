@@ -54,8 +54,58 @@ pub struct TurnBinding {
     /// The lowest role among the turn's senders.
     pub role: Role,
     pub agent: Arc<AgentConfig>,
-    /// Where the owner prompt and notices go.
+    /// The turn's own room, where its owner prompt and notices go ([`Asking::InTurnRoom`]).
     pub outbox: Arc<dyn Outbox>,
+    /// Who can be asked about a call the policy leaves to an owner.
+    pub asking: Asking,
+}
+
+/// Where an owner is asked about a turn's calls.
+#[derive(Clone)]
+pub enum Asking {
+    /// In the turn's own room (`TurnBinding::target` through `TurnBinding::outbox`).
+    InTurnRoom,
+    /// Nobody can be asked (an API caller cannot answer a prompt): such a call is denied.
+    Nobody,
+    /// In a room of another connector; only that room's owners can answer.
+    Elsewhere {
+        room: RoomKey,
+        target: ReplyTarget,
+        outbox: Arc<dyn Outbox>,
+    },
+}
+
+/// The room, target and outbox a prompt goes to, resolved from a binding's [`Asking`].
+struct AskPlace<'a> {
+    room: &'a RoomKey,
+    target: &'a ReplyTarget,
+    outbox: &'a Arc<dyn Outbox>,
+    /// The prompt says which room asks when it is not the room it is posted in.
+    from_elsewhere: bool,
+}
+
+impl TurnBinding {
+    fn ask_place(&self) -> Option<AskPlace<'_>> {
+        match &self.asking {
+            Asking::InTurnRoom => Some(AskPlace {
+                room: &self.room,
+                target: &self.target,
+                outbox: &self.outbox,
+                from_elsewhere: false,
+            }),
+            Asking::Nobody => None,
+            Asking::Elsewhere {
+                room,
+                target,
+                outbox,
+            } => Some(AskPlace {
+                room,
+                target,
+                outbox,
+                from_elsewhere: true,
+            }),
+        }
+    }
 }
 
 struct LiveTurn {
@@ -64,7 +114,10 @@ struct LiveTurn {
 }
 
 struct Pending {
+    /// The turn's room (`always` grants are kept per session, so per turn room).
     room: RoomKey,
+    /// Where it was asked: only owners there may answer.
+    asked_in: RoomKey,
     thread: Option<String>,
     secret: String,
     exact: String,
@@ -337,10 +390,37 @@ impl Approvals {
         exact: String,
         reason: String,
     ) -> (Decision, Option<String>) {
+        let Some(place) = binding.ask_place() else {
+            info!(tool = %call.tool, room = %binding.room, "no owner can be asked from this room; denying");
+            return (
+                Decision::Deny {
+                    reason: "denied: the call needs an owner's approval, and nobody can be asked from where this turn came (an API request without an approvals room)".into(),
+                },
+                None,
+            );
+        };
+        let origin = place.from_elsewhere.then(|| {
+            format!(
+                "**Asked from:** {} ({})\n",
+                inline_code(&text::make_visible(&binding.room.to_string())),
+                binding.role
+            )
+        });
+        let prompt_text = |id: &str| {
+            let body = prompt_text(id, &call.tool, shown);
+            match &origin {
+                // After the first line, so the prompt still starts with its 🔐 title.
+                Some(o) => match body.split_once('\n') {
+                    Some((title, rest)) => format!("{title}\n{o}{rest}"),
+                    None => body,
+                },
+                None => body,
+            }
+        };
         // Sized before anything is registered: a prompt that cannot be shown whole is not
         // asked (the id in it does not matter for its length).
-        let limit = binding.outbox.capabilities().max_message_len;
-        let draft = prompt_text("0000", &call.tool, shown);
+        let limit = place.outbox.capabilities().max_message_len;
+        let draft = prompt_text("0000");
         let length = draft.chars().count();
         // The length first: splitting a huge text costs time quadratic in its parts.
         let too_long = length > limit.saturating_mul(MAX_PROMPT_PARTS)
@@ -387,7 +467,8 @@ impl Approvals {
                 id.clone(),
                 Pending {
                     room: binding.room.clone(),
-                    thread: binding.target.thread.clone(),
+                    asked_in: place.room.clone(),
+                    thread: place.target.thread.clone(),
                     secret: secret.to_string(),
                     exact,
                     tool: call.tool.clone(),
@@ -399,8 +480,8 @@ impl Approvals {
             }
             id
         };
-        let prompt = prompt_text(&id, &call.tool, shown);
-        info!(id = %id, tool = %call.tool, room = %binding.room, reason = %reason, "asking an owner");
+        let prompt = prompt_text(&id);
+        info!(id = %id, tool = %call.tool, room = %binding.room, asked_in = %place.room, reason = %reason, "asking an owner");
         // One deadline covers posting the prompt and waiting for the answer, so the decision
         // always comes back before the agent stops waiting (the ticket's timeout: approval
         // timeout + margin).
@@ -410,7 +491,7 @@ impl Approvals {
         // reopened), so nothing of it is cut.
         let posted = tokio::time::timeout(
             Duration::from_secs(30).min(timeout),
-            binding.outbox.send_reply(&binding.target, &prompt),
+            place.outbox.send_reply(place.target, &prompt),
         )
         .await;
         if !matches!(posted, Ok(Ok(_))) {
@@ -430,7 +511,7 @@ impl Approvals {
                 self.remove_pending(&id);
                 // The deny goes back now; the notice follows on its own.
                 let notice = format!("⏱️ Permission `{id}` timed out — **auto-denied**.");
-                let (outbox, target) = (binding.outbox.clone(), binding.target.clone());
+                let (outbox, target) = (place.outbox.clone(), place.target.clone());
                 self.tasks.spawn(async move {
                     let post = outbox.post(&target, &notice);
                     match tokio::time::timeout(Duration::from_secs(30), post).await {
@@ -499,7 +580,7 @@ impl Approvals {
             return "⚠️ Only an owner of this room can approve or deny tool calls.".into();
         }
         self.resolve(cmd, |p| {
-            p.room == *room
+            p.asked_in == *room
                 && match (p.thread.as_deref(), thread) {
                     (Some(a), Some(b)) => a == b,
                     _ => true,

@@ -7,6 +7,7 @@
 //! Must not import: `agent`, `room`, `approval` — connectors and agents meet only in `model`.
 
 pub mod onebot;
+pub mod openai;
 pub mod registry;
 pub mod replay;
 pub mod rocketchat;
@@ -22,7 +23,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{InboundMessage, PostedMessage, ReplyTarget, RoomRef};
+use crate::model::{AgentEvent, InboundMessage, PostedMessage, ReplyTarget, RoomRef, TurnEnd};
 use crate::state::ConnectorStore;
 use crate::text;
 
@@ -35,6 +36,18 @@ pub struct Capabilities {
     pub edit: bool,
     /// Shortest interval between two edits of one message (platform rate limits).
     pub edit_interval: Duration,
+}
+
+/// Where the approval prompts of a connector's rooms are asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApprovalPlace {
+    /// In the room of the turn (chat platforms: its owners are there).
+    InRoom,
+    /// Nowhere: nobody in these rooms can answer (an API caller), so a call that needs an
+    /// owner is denied.
+    Nowhere,
+    /// In a room of another connector, whose owners answer there.
+    Room { connector: String, room: String },
 }
 
 /// Errors talking to a platform. Carries enough to tell the user what failed.
@@ -110,6 +123,12 @@ pub enum ConnectorEvent {
     RoomFailed { spec: String, error: String },
     /// Connection state changed (for `status` and `list`).
     Connection { connected: bool, detail: String },
+    /// Nobody waits for the answer to message `id` in `room` any more (an API caller hung
+    /// up): its turn is stopped, or it leaves the queue.
+    Cancel { room: String, id: String },
+    /// The platform will never route to `room` again (a session it no longer keeps): its
+    /// state may go.
+    Forget { room: String },
 }
 
 /// The dispatcher's verdict on one inbound message.
@@ -151,6 +170,12 @@ impl EventSink {
     /// Sends an event; false when the dispatcher is gone (shutting down).
     pub async fn send(&self, event: ConnectorEvent) -> bool {
         self.tx.send((self.connector.clone(), event)).await.is_ok()
+    }
+
+    /// Sends an event without waiting (from a `Drop`); false when the dispatcher's channel is
+    /// full or gone.
+    pub fn try_send(&self, event: ConnectorEvent) -> bool {
+        self.tx.try_send((self.connector.clone(), event)).is_ok()
     }
 
     /// Delivers a message and waits for the dispatcher's verdict. A dispatcher that went away
@@ -246,6 +271,28 @@ pub trait Connector: Send + Sync + 'static {
             self.post(to, &part).await?;
         }
         Ok(())
+    }
+
+    /// Whether this platform answers each message as a request that waits for it (an HTTP
+    /// API): the turn's events then go to [`Connector::progress`] and its end to
+    /// [`Connector::conclude`], instead of being posted and edited as chat messages.
+    fn answers_requests(&self) -> bool {
+        false
+    }
+
+    /// One event of the turn answering `to` (only when [`Connector::answers_requests`]).
+    async fn progress(&self, to: &ReplyTarget, event: &AgentEvent) {
+        let _ = (to, event);
+    }
+
+    /// The end of the turn answering `to` (only when [`Connector::answers_requests`]).
+    async fn conclude(&self, to: &ReplyTarget, end: TurnEnd) {
+        let _ = (to, end);
+    }
+
+    /// Where the approval prompts of this connector's rooms are asked.
+    fn approvals(&self) -> ApprovalPlace {
+        ApprovalPlace::InRoom
     }
 
     /// Resolves `#channel`, a group name, `@user` (opening a DM) or a raw room id.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{ConnectorConfig, ConnectorKind, ConnectorTypes, SectionParser};
 
-use super::{onebot, rocketchat, webchat, Connector};
+use super::{onebot, openai, rocketchat, webchat, Connector};
 
 /// Builds a connector from its name, its platform's validated settings and the runtime dir.
 pub type Builder = fn(&str, &ConnectorKind, &Path) -> anyhow::Result<Arc<dyn Connector>>;
@@ -59,6 +59,18 @@ pub static PLATFORMS: Platforms = Platforms(&[
         parse: onebot::config::validate,
         build: |name, kind, dir| {
             Ok(Arc::new(onebot::OneBotConnector::new(
+                name,
+                settings(name, kind)?,
+                dir,
+            )?))
+        },
+    },
+    Platform {
+        type_name: openai::TYPE,
+        label: "OpenAI API",
+        parse: openai::config::validate,
+        build: |name, kind, dir| {
+            Ok(Arc::new(openai::OpenaiConnector::new(
                 name,
                 settings(name, kind)?,
                 dir,
@@ -133,7 +145,8 @@ mod tests {
             [
                 ("webchat", "WebChat"),
                 ("rocketchat", "Rocket.Chat"),
-                ("onebot", "QQ")
+                ("onebot", "QQ"),
+                ("openai", "OpenAI API")
             ]
         );
         assert!(PLATFORMS.parser("irc").is_none());

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::agent::AgentBackend;
-use crate::approval::Approvals;
+use crate::approval::{Approvals, Asking};
 use crate::config::AgentConfig;
 use crate::connector::Acceptance;
 use crate::model::{ReplyTarget, RoomKey};
@@ -52,6 +52,11 @@ pub enum RoomControl {
     },
     Status {
         reply: oneshot::Sender<RoomStatus>,
+    },
+    /// Its sender no longer waits for the message `id` (an API caller hung up): its turn is
+    /// stopped (and its agent killed), or it leaves the queue.
+    Cancel {
+        id: String,
     },
 }
 
@@ -117,6 +122,8 @@ pub struct RoomDeps {
     pub agent: Arc<dyn AgentBackend>,
     pub agent_config: Arc<AgentConfig>,
     pub approvals: Option<Arc<Approvals>>,
+    /// Where an owner is asked about this room's tool calls.
+    pub asking: Asking,
     pub store: StateStore,
     pub max_queue_depth: usize,
     /// Shared by every room: bounds agent processes running at once.
@@ -157,6 +164,8 @@ pub fn spawn(
         typing_off: None,
         offers_seen: 0,
         generation,
+        ephemeral: false,
+        release_offered: false,
         deps: deps.clone(),
     };
     deps.tracker.spawn(worker.run(rx, ctl_rx));
@@ -183,6 +192,11 @@ struct RoomWorker {
     typing_off: Option<JoinHandle<()>>,
     offers_seen: u64,
     generation: u64,
+    /// The room exists for one API request: forgotten, and offered for release, as soon as
+    /// its turn is over.
+    ephemeral: bool,
+    /// An idle report was made since the last message arrived.
+    release_offered: bool,
     deps: RoomDeps,
 }
 
@@ -200,6 +214,7 @@ impl RoomWorker {
             self.maybe_start_turn();
             let draining = self.deps.drain.is_cancelled();
             let idle = self.running.is_none() && self.pending.is_empty();
+            let idle_after = self.idle_after();
             if (draining || closed) && idle || draining && self.running.is_none() {
                 break;
             }
@@ -214,12 +229,14 @@ impl RoomWorker {
                 offer = rx.recv(), if !draining && !closed => match offer {
                     Some((m, ack)) => {
                         self.offers_seen += 1;
+                        self.release_offered = false;
                         let verdict = self.accept(*m);
                         let _ = ack.send(verdict);
                     }
                     None => closed = true,
                 },
-                _ = tokio::time::sleep(self.deps.idle_after), if idle && !closed => {
+                _ = tokio::time::sleep(idle_after), if idle && !closed => {
+                    self.release_offered = true;
                     let report = IdleReport {
                         key: self.key.clone(),
                         generation: self.generation,
@@ -274,6 +291,16 @@ impl RoomWorker {
         }));
     }
 
+    /// An ephemeral room offers to stop at once, but only once: should that report be lost
+    /// (a full channel), it offers again at the usual pace rather than in a busy loop.
+    fn idle_after(&self) -> Duration {
+        if self.ephemeral && !self.release_offered {
+            Duration::ZERO
+        } else {
+            self.deps.idle_after
+        }
+    }
+
     fn accept(&mut self, m: QueuedMessage) -> Acceptance {
         if self.pending.len() >= self.deps.max_queue_depth {
             let reason = format!(
@@ -283,6 +310,7 @@ impl RoomWorker {
             self.notify(m.message.reply_target(), reason.clone());
             return Acceptance::Rejected(reason);
         }
+        self.ephemeral |= m.message.conversation.as_ref().is_some_and(|c| c.ephemeral);
         let pending = PendingMessage::from_message(&m.message);
         self.deps
             .store
@@ -318,6 +346,22 @@ impl RoomWorker {
                 info!("session reset");
                 let _ = done.send(());
             }
+            RoomControl::Cancel { id } => {
+                if let Some(running) = self
+                    .running
+                    .as_ref()
+                    .filter(|r| r.message_ids.contains(&id))
+                {
+                    info!(message = %id, "its sender stopped waiting; stopping the turn");
+                    running.cancel.cancel();
+                } else if let Some(at) = self.pending.iter().position(|q| q.message.id == id) {
+                    info!(message = %id, "its sender stopped waiting; dropped from the queue");
+                    self.pending.remove(at);
+                    self.deps
+                        .store
+                        .update_room(&self.key, |r| r.pending.retain(|p| p.id != id));
+                }
+            }
             RoomControl::Status { reply } => {
                 let _ = reply.send(RoomStatus {
                     session_id: self.session_id.clone(),
@@ -337,7 +381,13 @@ impl RoomWorker {
         {
             return;
         }
-        let batch: Vec<QueuedMessage> = self.pending.drain(..).collect();
+        // An API request is answered alone: its caller waits for its own answer.
+        let alone = self.pending[0].message.conversation.is_some();
+        let batch: Vec<QueuedMessage> = if alone {
+            self.pending.pop_front().into_iter().collect()
+        } else {
+            self.pending.drain(..).collect()
+        };
         let message_ids = batch.iter().map(|q| q.message.id.clone()).collect();
         let target = batch
             .last()
@@ -369,6 +419,10 @@ impl RoomWorker {
             self.session_id = report.session_id.clone();
         }
         let done = report.message_ids;
+        if self.ephemeral && self.pending.is_empty() {
+            self.deps.store.remove_room(&self.key);
+            return;
+        }
         let session = self.session_id.clone();
         let last = done.last().cloned();
         self.deps.store.update_room(&self.key, |r| {

@@ -132,6 +132,7 @@ mod tests {
                 attachments: vec![],
                 notes: vec![],
                 ts: UNIX_EPOCH + Duration::from_secs(1_795_000_000),
+                conversation: None,
             },
             role,
         }

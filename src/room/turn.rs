@@ -15,7 +15,7 @@ use super::{prompt, QueuedMessage, RoomDeps};
 use crate::agent::{AgentError, TurnContext};
 use crate::approval::TurnBinding;
 use crate::connector::{Capabilities, ConnectorError};
-use crate::model::{AgentEvent, PostedMessage, ReplyTarget, Role, RoomKey, TurnRequest};
+use crate::model::{AgentEvent, PostedMessage, ReplyTarget, Role, RoomKey, TurnEnd, TurnRequest};
 use crate::outbox::Outbox;
 use crate::text;
 
@@ -91,6 +91,7 @@ impl TurnRunner {
                 role,
                 agent: self.deps.agent_config.clone(),
                 outbox: self.deps.outbox.clone(),
+                asking: self.deps.asking.clone(),
             })
         });
         let ctx = TurnContext {
@@ -103,21 +104,34 @@ impl TurnRunner {
             session: self.session_id.clone(),
             prompt,
             role,
+            model: anchor
+                .message
+                .conversation
+                .as_ref()
+                .and_then(|c| c.model.clone()),
+            output_schema: anchor
+                .message
+                .conversation
+                .as_ref()
+                .and_then(|c| c.output_schema.clone()),
         };
         info!(role = %role, messages = message_ids.len(), resume = request.session.is_some(), "turn started");
         let agent = self.deps.agent.clone();
         let run = agent.run_turn(request, ctx);
         tokio::pin!(run);
+        // A platform answering requests takes the events as data; a chat room gets them
+        // as a message that grows.
+        let answers_requests = outbox.answers_requests();
         let mut reply = ReplyStream::new(outbox.clone(), target.clone(), caps, self.cancel.clone());
         let result = loop {
             tokio::select! {
                 result = &mut run => break result,
-                Some(event) = events_rx.recv() => reply.on_event(event).await,
-                _ = reply.flush_due() => reply.flush().await,
+                Some(event) = events_rx.recv() => reply.deliver(event, answers_requests).await,
+                _ = reply.flush_due(), if !answers_requests => reply.flush().await,
             }
         };
         while let Ok(event) = events_rx.try_recv() {
-            reply.on_event(event).await;
+            reply.deliver(event, answers_requests).await;
         }
         drop(binding);
 
@@ -151,7 +165,16 @@ impl TurnRunner {
                     entry.duration_ms = started.elapsed().as_millis() as u64;
                     self.deps.store.ledger().record(&entry);
                 }
-                reply.finish(&outcome.text).await;
+                log_usage(outcome.usage.as_ref());
+                if answers_requests {
+                    let end = TurnEnd::Answered {
+                        text: outcome.text,
+                        usage: outcome.usage,
+                    };
+                    outbox.conclude(&target, end).await;
+                } else {
+                    reply.finish(&outcome.text).await;
+                }
                 info!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "turn finished"
@@ -173,12 +196,34 @@ impl TurnRunner {
                     }
                     _ => {}
                 }
-                reply.fail(&e.user_message(&reference)).await;
+                if answers_requests {
+                    let end = TurnEnd::Failed {
+                        message: e.user_message(&reference),
+                        timed_out: matches!(e, AgentError::Timeout(_)),
+                    };
+                    outbox.conclude(&target, end).await;
+                } else {
+                    reply.fail(&e.user_message(&reference)).await;
+                }
             }
         }
         // "Stopped typing" (which a web chat reads as "answer complete") is sent by the
         // worker once it has recorded this report: see `RoomWorker::end_turn`.
         report
+    }
+}
+
+/// The turn's tokens and cost as the agent reported them (a cost only the log shows).
+fn log_usage(usage: Option<&crate::model::Usage>) {
+    if let Some(u) = usage {
+        info!(
+            input_tokens = u.input_tokens,
+            output_tokens = u.output_tokens,
+            cache_read_tokens = u.cache_read_tokens,
+            cache_write_tokens = u.cache_write_tokens,
+            cost_usd = ?u.cost_usd,
+            "turn usage"
+        );
     }
 }
 
@@ -280,6 +325,18 @@ impl ReplyStream {
             cancel,
             started_session: None,
         }
+    }
+
+    /// Hands one agent event on: to the platform as data when it answers requests (the
+    /// session is still noted, in case the turn fails), else into the growing message.
+    async fn deliver(&mut self, event: AgentEvent, answers_requests: bool) {
+        if !answers_requests {
+            return self.on_event(event).await;
+        }
+        if let AgentEvent::SessionStarted { session_id } = &event {
+            self.started_session = Some(session_id.clone());
+        }
+        self.outbox.progress(&self.target, &event).await;
     }
 
     async fn on_event(&mut self, event: AgentEvent) {

@@ -150,6 +150,7 @@ fn binding(b: &Broker) -> TurnBinding {
             ..agent
         }),
         outbox: agent_chat_gateway::outbox::of(b.room.clone()),
+        asking: agent_chat_gateway::approval::Asking::InTurnRoom,
     }
 }
 

@@ -108,6 +108,8 @@ async fn run_turn_with(
         session,
         prompt: prompt.to_string(),
         role,
+        model: None,
+        output_schema: None,
     };
     let ctx = TurnContext {
         events: tx,

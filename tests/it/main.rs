@@ -26,6 +26,7 @@ mod e2e_approval;
 mod e2e_claude;
 mod e2e_faults;
 mod onebot;
+mod openai_api;
 mod pipe_agents;
 mod policy_corpus;
 mod policy_oracle;

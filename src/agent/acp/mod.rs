@@ -258,6 +258,7 @@ impl AgentBackend for AcpBackend {
         turn: TurnRequest,
         ctx: TurnContext,
     ) -> Result<TurnOutcome, AgentError> {
+        super::pipe::refuse_model_override(&turn, "an ACP agent")?;
         let slot = self.slot(&turn.room);
         let mut held = slot.lock().await;
         if !held.as_ref().is_some_and(Worker::is_alive) {

@@ -89,6 +89,10 @@ pub const HOOK_SECRET_ENV: &str = crate::policy::HOOK_SECRET_VAR;
 /// Set inside a running Claude Code session; a child that inherits it believes it is nested.
 const NESTED_SESSION_ENV: &str = "CLAUDECODE";
 
+/// The tool through which `--json-schema` collects a structured answer (2.1.197: the run
+/// ends after the call, the JSON in the result's `structured_output`).
+const STRUCTURED_OUTPUT: &str = "StructuredOutput";
+
 /// Flags that would take permission decisions away from the gateway.
 const FORBIDDEN_ARGS: &[&str] = &[
     "--dangerously-skip-permissions",
@@ -191,12 +195,28 @@ impl ClaudeBackend {
         )
     }
 
-    /// The argv after the program name, for one turn.
-    fn argv(&self, session: &SessionArg<'_>, role: Role, settings: Option<&Path>) -> Vec<String> {
+    /// The argv after the program name, for one turn. `model`: the turn's model override
+    /// (after the configured `args`, so it wins over a `--model` there). `schema`: the JSON
+    /// Schema of a structured answer (`--json-schema`), which the CLI collects through its
+    /// `StructuredOutput` tool — a tool without effects, so it is always let through.
+    fn argv(
+        &self,
+        session: &SessionArg<'_>,
+        role: Role,
+        settings: Option<&Path>,
+        model: Option<&str>,
+        schema: Option<&str>,
+    ) -> Vec<String> {
         let mut argv: Vec<String> = ["-p", "--output-format", "stream-json", "--verbose"]
             .map(String::from)
             .to_vec();
         argv.extend(self.args.iter().cloned());
+        if let Some(m) = model {
+            argv.extend(["--model".into(), m.to_string()]);
+        }
+        if let Some(s) = schema {
+            argv.extend(["--json-schema".into(), s.to_string()]);
+        }
         match session {
             SessionArg::Create(id) => argv.extend(["--session-id".into(), (*id).to_string()]),
             SessionArg::Resume(id) => argv.extend(["--resume".into(), (*id).to_string()]),
@@ -210,12 +230,20 @@ impl ClaudeBackend {
         match settings {
             Some(file) => {
                 argv.extend(["--settings".into(), file.display().to_string()]);
+                // The hook skips it (its matcher), so dontAsk needs it allowed.
+                if schema.is_some() {
+                    argv.extend(["--allowedTools".into(), STRUCTURED_OUTPUT.into()]);
+                }
             }
             None => {
-                let tools = match role {
-                    Role::Owner => &self.owner_tools,
-                    Role::Guest => &self.guest_tools,
+                let mut tools = match role {
+                    Role::Owner => self.owner_tools.clone(),
+                    Role::Guest => self.guest_tools.clone(),
                 };
+                if schema.is_some() {
+                    tools.push(STRUCTURED_OUTPUT.into());
+                }
+                let tools = &tools;
                 // dontAsk alone still lets read-only tools (Read of a file in the working
                 // directory) run for everyone; offering only the listed tools makes the
                 // allow-list the whole story. Unknown names in `--tools` are ignored and
@@ -261,6 +289,7 @@ impl ClaudeBackend {
                 url,
                 ticket,
                 self.sandbox.as_ref().and_then(|s| s.user.as_ref()),
+                turn.output_schema.is_some(),
             )?),
             // Fail closed: running without the hook would leave the calls to the allow-list.
             (Some(_), None) => {
@@ -288,7 +317,13 @@ impl ClaudeBackend {
         };
         let spec = ProcessSpec {
             program: self.command.clone(),
-            args: self.argv(&session_arg, turn.role, settings_path.as_deref()),
+            args: self.argv(
+                &session_arg,
+                turn.role,
+                settings_path.as_deref(),
+                turn.model.as_deref(),
+                turn.output_schema.as_deref(),
+            ),
             cwd: self.working_directory.clone(),
             env_remove,
             env,
@@ -366,6 +401,7 @@ impl SettingsFile {
         url: &str,
         ticket: &GateTicket,
         owner: Option<&super::confine::RunAs>,
+        structured_output: bool,
     ) -> Result<SettingsFile, AgentError> {
         let setup = |what: &str, path: &Path, e: std::io::Error| {
             AgentError::Setup(format!("{what} {}: {e}", path.display()))
@@ -378,8 +414,14 @@ impl SettingsFile {
         let settings = wire::Settings {
             hooks: wire::Hooks {
                 pre_tool_use: vec![wire::HookMatcher {
-                    // Every tool, including read-only ones, MCP tools and sub-agent calls.
-                    matcher: ".*".into(),
+                    // Every tool, including read-only ones, MCP tools and sub-agent calls;
+                    // with a structured answer, all but `StructuredOutput` (it only hands
+                    // the answer to the CLI, and is allowed by `--allowedTools`).
+                    matcher: if structured_output {
+                        format!("^(?!{STRUCTURED_OUTPUT}$).*")
+                    } else {
+                        ".*".into()
+                    },
                     hooks: vec![wire::HttpHook {
                         kind: "http",
                         url: url.to_string(),
@@ -601,16 +643,23 @@ mod tests {
     fn argv_for_first_turn_and_resume() {
         let dir = std::env::temp_dir();
         let b = ClaudeBackend::new(&config(&dir), dir.clone());
-        let first = b.argv(&SessionArg::Create("id1"), Role::Guest, None);
+        let first = b.argv(&SessionArg::Create("id1"), Role::Guest, None, None, None);
         assert_eq!(
             first.join(" "),
             "-p --output-format stream-json --verbose --model m --session-id id1 \
              --permission-mode dontAsk --append-system-prompt be nice --tools Read --allowedTools Read"
         );
-        let again = b.argv(&SessionArg::Resume("id1"), Role::Owner, None);
+        let again = b.argv(
+            &SessionArg::Resume("id1"),
+            Role::Owner,
+            None,
+            Some("sonnet"),
+            None,
+        );
+        // A turn's model override follows the configured `--model m`, which it overrides.
         assert!(again
             .join(" ")
-            .contains("--resume id1 --permission-mode dontAsk"));
+            .contains("--model m --model sonnet --resume id1 --permission-mode dontAsk"));
         assert!(again.ends_with(&[
             "--tools".into(),
             "Bash,Read".into(),
@@ -622,6 +671,8 @@ mod tests {
             &SessionArg::Resume("id1"),
             Role::Owner,
             Some(Path::new("/s.json")),
+            None,
+            None,
         );
         assert!(hooked.ends_with(&["--settings".into(), "/s.json".into()]));
         assert!(!hooked.contains(&"--allowedTools".to_string()));
@@ -632,9 +683,63 @@ mod tests {
         let mut c = config(&dir);
         c.guest_rules = RuleSet::default();
         let b = ClaudeBackend::new(&c, dir.clone());
-        let bare = b.argv(&SessionArg::Create("id2"), Role::Guest, None);
+        let bare = b.argv(&SessionArg::Create("id2"), Role::Guest, None, None, None);
         assert!(bare.ends_with(&["--tools".into(), String::new()]));
         assert!(!bare.contains(&"--allowedTools".to_string()));
+    }
+
+    #[test]
+    fn a_structured_answer_lets_only_the_structured_output_tool_through() {
+        let dir = std::env::temp_dir();
+        let b = ClaudeBackend::new(&config(&dir), dir.clone());
+        let schema = r#"{"type":"object"}"#;
+        let plain = b.argv(
+            &SessionArg::Create("id1"),
+            Role::Guest,
+            None,
+            None,
+            Some(schema),
+        );
+        assert!(plain
+            .join(" ")
+            .contains(r#"--json-schema {"type":"object"}"#));
+        assert!(plain.ends_with(&[
+            "--tools".into(),
+            "Read,StructuredOutput".into(),
+            "--allowedTools".into(),
+            "Read".into(),
+            "StructuredOutput".into()
+        ]));
+        let hooked = b.argv(
+            &SessionArg::Create("id1"),
+            Role::Guest,
+            Some(Path::new("/s.json")),
+            None,
+            Some(schema),
+        );
+        assert!(hooked.ends_with(&[
+            "--settings".into(),
+            "/s.json".into(),
+            "--allowedTools".into(),
+            "StructuredOutput".into()
+        ]));
+        let ticket = GateTicket {
+            secret: "s3cret".into(),
+            timeout: Duration::from_secs(10),
+        };
+        let scratch = tempfile::tempdir().unwrap();
+        let file = SettingsFile::write(
+            scratch.path(),
+            "http://127.0.0.1:9/hook",
+            &ticket,
+            None,
+            true,
+        )
+        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&file.path).unwrap()).unwrap();
+        let matcher = v["hooks"]["PreToolUse"][0]["matcher"].as_str().unwrap();
+        assert_eq!(matcher, "^(?!StructuredOutput$).*");
     }
 
     #[test]
@@ -657,7 +762,8 @@ mod tests {
             secret: "s3cret".into(),
             timeout: Duration::from_secs(310),
         };
-        let file = SettingsFile::write(&dir, "http://127.0.0.1:9/hook", &ticket, None).unwrap();
+        let file =
+            SettingsFile::write(&dir, "http://127.0.0.1:9/hook", &ticket, None, false).unwrap();
         let meta = fs::metadata(&file.path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(

@@ -233,7 +233,10 @@ impl StreamParser {
         }
 
         let usage = usage_of(&result);
-        let text = if self.texts.is_empty() {
+        // A structured answer is the answer, whatever the model said around it.
+        let text = if let Some(v) = &result.structured_output {
+            v.to_string()
+        } else if self.texts.is_empty() {
             result.result.clone().unwrap_or_default()
         } else {
             self.texts.join("\n")
@@ -427,6 +430,18 @@ mod tests {
             &ok_exit(),
         );
         assert_eq!(out.unwrap().text, "fallback");
+    }
+
+    #[test]
+    fn a_structured_output_is_the_answer_whatever_was_said_around_it() {
+        let (_, out) = run(
+            &[
+                r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Here it is."}]},"parent_tool_use_id":null}"#,
+                r#"{"type":"result","subtype":"success","is_error":false,"result":"{\"n\":4}","structured_output":{"n":4}}"#,
+            ],
+            &ok_exit(),
+        );
+        assert_eq!(out.unwrap().text, r#"{"n":4}"#);
     }
 
     #[test]

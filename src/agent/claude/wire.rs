@@ -145,6 +145,9 @@ pub struct ResultLine {
     /// Present on `error_during_execution` (e.g. "No conversation found …").
     #[serde(default)]
     pub errors: Vec<Value>,
+    /// The answer of a `--json-schema` run, as the model gave it to `StructuredOutput`.
+    #[serde(default)]
+    pub structured_output: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

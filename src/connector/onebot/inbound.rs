@@ -242,6 +242,7 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
         addressed,
         attachments,
         notes,
+        conversation: None,
         ts: if ev.time > 0 {
             crate::model::from_epoch_ms(ev.time as u64 * 1000)
         } else {

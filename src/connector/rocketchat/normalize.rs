@@ -192,6 +192,7 @@ pub fn to_inbound(
         addressed: is_addressed(m, room.kind, bot, mention_all),
         attachments: Vec::new(),
         notes: Vec::new(),
+        conversation: None,
         ts: model::from_epoch_ms(m.ts.0),
     }
 }

@@ -552,6 +552,7 @@ async fn deliver(
         addressed: mentioned || !shared.require_mention,
         attachments,
         notes: Vec::new(),
+        conversation: None,
         ts: recorded.ts,
     };
     tracing::debug!(room, user, id = %id, "web chat message received");

@@ -96,6 +96,23 @@ pub fn nonebot_python() -> Option<PathBuf> {
     )
 }
 
+/// The Python of the test venv when it can import the pinned `openai` SDK
+/// (`scripts/install-test-deps.sh`).
+pub fn openai_python() -> Option<PathBuf> {
+    let python = root().join(".deps/venv/bin/python");
+    let usable = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import openai, pydantic"])
+            .status()
+            .is_ok_and(|s| s.success());
+    present(
+        python,
+        usable,
+        "the openai Python SDK",
+        "scripts/install-test-deps.sh",
+    )
+}
+
 /// The project's root (where `tests/`, `scripts/` and `.deps/` are).
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
