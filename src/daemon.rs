@@ -170,7 +170,10 @@ impl StartupReport {
 /// grandchild run the daemon, and wait on a pipe for its verdict. Returns the lines to print
 /// on success, or the real reason of failure.
 pub fn start_background(config: Config, runtime: PathBuf) -> anyhow::Result<Vec<String>> {
-    let (read_fd, write_fd) = nix::unistd::pipe().context("cannot create the start-up pipe")?;
+    // Close-on-exec: an agent spawned before the verdict is written (a replayed message, a
+    // warm process) must not inherit the write end, or `start` would wait until it exits.
+    let (read_fd, write_fd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .context("cannot create the start-up pipe")?;
     match fork::fork().map_err(|e| anyhow::anyhow!("fork failed: {e}"))? {
         fork::Fork::Parent(child) => {
             drop(write_fd);
