@@ -737,6 +737,19 @@ fn list(runtime: &Path, json: bool) -> anyhow::Result<i32> {
                 String::new()
             }
         );
+        for sched in r["schedules"].as_array().into_iter().flatten() {
+            let f = |k: &str| sched[k].as_str().unwrap_or("-").to_string();
+            println!(
+                "  schedule {} ({}): next {}{}",
+                f("name"),
+                f("cron"),
+                f("next"),
+                sched["last"]
+                    .as_str()
+                    .map(|l| format!(", last {l}"))
+                    .unwrap_or_default()
+            );
+        }
     }
     Ok(0)
 }

@@ -14,9 +14,11 @@
 
 mod expand;
 mod file_size;
+mod schedules;
 pub mod schema;
 
 pub use file_size::{MaxFileSize, RawMaxFileSize, DEFAULT_MAX_FILE_SIZE_MB};
+pub use schedules::{ScheduleConfig, ScheduleZone};
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
@@ -260,6 +262,8 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentConfig>,
     pub default_agent: String,
     pub watchers: Vec<WatcherConfig>,
+    /// Prompts posted into watchers' rooms on a cron schedule.
+    pub schedules: Vec<ScheduleConfig>,
     /// Messages a room may hold while a turn runs; beyond it senders get a busy notice.
     pub max_queue_depth: usize,
     /// How long SIGTERM waits for running turns before stopping them.
@@ -649,6 +653,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tool_presets",
     "admin",
     "log",
+    "schedules",
 ];
 
 /// A Claude Code process holds a few hundred MB; sixteen at once suits a shared box.
@@ -927,6 +932,10 @@ fn validate_source(
         &default_agent,
         v,
     );
+    let schedules = sections
+        .remove("schedules")
+        .map(|section| schedules::validate(section, &watchers, &connectors, v))
+        .unwrap_or_default();
     let max_queue_depth = match sections.remove("max_queue_depth") {
         None => 100,
         Some(val) => match v.parse::<usize>("max_queue_depth", val) {
@@ -985,6 +994,7 @@ fn validate_source(
         agents,
         default_agent,
         watchers,
+        schedules,
         max_queue_depth,
         shutdown_grace,
     })

@@ -99,6 +99,11 @@ pub fn document(types: Types<'_>) -> Value {
                 "type": "object",
                 "additionalProperties": { "type": "array", "items": of::<RawRule>() },
             }),
+            "schedules" => json!({
+                "description": "Prompts posted into a watcher's room on a cron schedule.",
+                "type": "array",
+                "items": of::<super::schedules::RawSchedule>(),
+            }),
             "admin" => of::<RawAdmin>(),
             "log" => of::<RawLog>(),
             // A key `load` accepts and this match forgot shows up here (and in the tests),
