@@ -220,11 +220,7 @@ impl MattermostConnector {
                 kind: RoomKind::Direct,
             }
         } else {
-            let name = if ch.name.is_empty() {
-                &ch.id
-            } else {
-                &ch.name
-            };
+            let name = if ch.name.is_empty() { &ch.id } else { &ch.name };
             RoomRef {
                 id: ch.id.clone(),
                 name: format!("#{name}"),
@@ -466,12 +462,10 @@ impl<'a> Runner<'a> {
         socket_cancel.cancel();
         match (task.await, end) {
             // Say why the socket died (no pong, reset by peer) rather than just "lost".
-            (Ok(ws::Closed::Dead(why)), SessionEnd::Lost { was_up, .. }) => {
-                Err(SessionEnd::Lost {
-                    was_up,
-                    reason: format!("WebSocket lost: {why}"),
-                })
-            }
+            (Ok(ws::Closed::Dead(why)), SessionEnd::Lost { was_up, .. }) => Err(SessionEnd::Lost {
+                was_up,
+                reason: format!("WebSocket lost: {why}"),
+            }),
             (_, end) => Err(end),
         }
     }
@@ -675,7 +669,10 @@ impl<'a> Runner<'a> {
             }
         };
         if list.order.len() >= SINCE_LIMIT {
-            tracing::warn!(channel = id, "replay capped at {SINCE_LIMIT} posts by the server");
+            tracing::warn!(
+                channel = id,
+                "replay capped at {SINCE_LIMIT} posts by the server"
+            );
         }
         let mut posts: Vec<Post> = Vec::new();
         for v in list.posts.into_values() {
@@ -862,7 +859,11 @@ impl<'a> Runner<'a> {
                 .map(|f| (f.id.clone(), f.name.clone(), f.size))
                 .collect(),
             // A post without metadata (older servers over REST) still lists its file ids.
-            _ => p.file_ids.iter().map(|id| (id.clone(), id.clone(), None)).collect(),
+            _ => p
+                .file_ids
+                .iter()
+                .map(|id| (id.clone(), id.clone(), None))
+                .collect(),
         };
         if infos.is_empty() {
             return;
@@ -1043,7 +1044,8 @@ impl Connector for MattermostConnector {
             .bot()
             .await
             .map_err(|e| ConnectorError::NotConnected(format!("Mattermost ({e})")))?;
-        let body = json!({"channel_id": to.room, "parent_id": self.thread_for(to).unwrap_or_default()});
+        let body =
+            json!({"channel_id": to.room, "parent_id": self.thread_for(to).unwrap_or_default()});
         let path = format!("users/{}/typing", bot.user_id);
         let call = self.rest.send_json::<Value>(Method::POST, &path, &body);
         match tokio::time::timeout(TYPING_TIMEOUT, call).await {
