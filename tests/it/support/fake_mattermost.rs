@@ -108,6 +108,8 @@ pub struct State {
     failures: HashMap<String, VecDeque<(u16, Option<u64>)>>,
     /// Successful WebSocket authentications so far (a reconnect adds one).
     pub ws_logins: usize,
+    /// New WebSockets are refused (503) while REST keeps working.
+    refuse_sockets: bool,
     next: u64,
     last_ts: u64,
 }
@@ -371,6 +373,19 @@ impl FakeMattermost {
         });
     }
 
+    /// Drops every WebSocket and refuses new ones (`false` lets them in again); REST keeps
+    /// working, so the gateway's posts in flight still land.
+    pub fn refuse_sockets(&self, refuse: bool) {
+        self.inner.update(|s| {
+            s.refuse_sockets = refuse;
+            if refuse {
+                for c in s.conns.drain(..) {
+                    c.cancel.cancel();
+                }
+            }
+        });
+    }
+
     /// The next request to `path` (e.g. `/api/v4/posts`) is answered with `status` (and
     /// `X-Ratelimit-Reset` when given) instead of being served.
     pub fn fail_next(&self, path: &str, status: u16, reset_secs: Option<u64>) {
@@ -558,6 +573,13 @@ fn query_of(req: &Request<Incoming>) -> HashMap<String, String> {
 async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>, cancel: CancellationToken) -> Resp {
     let path = req.uri().path().to_string();
     if path == "/api/v4/websocket" {
+        if inner.state().refuse_sockets {
+            return app_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api.web_socket.connect.unavailable.app_error",
+                "scripted outage",
+            );
+        }
         let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
             return app_error(
                 StatusCode::BAD_REQUEST,
