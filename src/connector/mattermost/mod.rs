@@ -801,7 +801,7 @@ impl<'a> Runner<'a> {
             };
             let in_own_thread = p.thread().is_some_and(|t| self.own_posts.contains(t));
             let addressed = room_ref.kind == RoomKind::Direct
-                || facts.mentions.iter().any(|m| *m == bot.user_id)
+                || facts.mentions.contains(&bot.user_id)
                 || bot.mentioned_in(&p.message)
                 || in_own_thread;
             let mut msg = InboundMessage {
