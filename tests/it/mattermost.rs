@@ -52,10 +52,19 @@ fn attachments(state_dir: &Path) -> PathBuf {
 }
 
 async fn start(cfg: MattermostConfig, watched: &[&str], state_dir: &Path) -> Harness {
+    start_with(cfg, fast(), watched, state_dir).await
+}
+
+async fn start_with(
+    cfg: MattermostConfig,
+    timings: MattermostTimings,
+    watched: &[&str],
+    state_dir: &Path,
+) -> Harness {
     let conn = Arc::new(
         MattermostConnector::new(NAME, &cfg, state_dir)
             .unwrap()
-            .with_timings(fast()),
+            .with_timings(timings),
     );
     conn.prepare().await.expect("token accepted");
     ConnectorRun::start(conn, NAME, watched, state_dir, attachments(state_dir))
@@ -235,6 +244,59 @@ async fn replay_after_a_reconnect_delivers_every_post_exactly_once() {
     let mut h = start(config(&fake), &["#town-square"], dir.path()).await;
     h.connected().await;
     let marker = fake.post(TOWN_SQUARE, "bob", "after the restart");
+    h.expect_next(&marker).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_half_open_socket_is_found_by_its_unanswered_ping_and_replaced() {
+    let fake = FakeMattermost::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut timings = fast();
+    timings.ws.ping_interval = Duration::from_millis(300);
+    let mut h = start_with(config(&fake), timings, &["#town-square"], dir.path()).await;
+    h.connected().await;
+    fake.freeze_sockets();
+    let missed = fake.post(TOWN_SQUARE, "alice", "@bot sent into a dead socket");
+    let why = h.disconnected().await;
+    assert!(why.contains("unanswered"), "{why}");
+    h.connected().await;
+    h.expect_next(&missed).await;
+    assert_eq!(fake.state().ws_logins, 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn watching_every_room_follows_new_channels_and_dms_across_a_restart() {
+    let fake = FakeMattermost::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(config(&fake), &["*"], dir.path()).await;
+    h.connected().await;
+    let id = fake.post(TOWN_SQUARE, "alice", "@bot in a channel nobody named");
+    let m = h.expect_next(&id).await;
+    assert_eq!(m.room.name, "#town-square");
+    // A DM the bot never opened: named after the other user, no mention needed.
+    let dm = h.connector.resolve_room("@bob").await.unwrap();
+    let id = fake.post(&dm.id, "bob", "hello in private");
+    let m = h.expect_next(&id).await;
+    assert_eq!(
+        (m.room.name.as_str(), m.room.kind),
+        ("@bob", RoomKind::Direct)
+    );
+    assert!(m.addressed);
+    h.stop().await;
+
+    // Both channels are remembered: what they got while the gateway was down is replayed.
+    let in_channel = fake.post(TOWN_SQUARE, "alice", "@bot while stopped");
+    let in_dm = fake.post(&dm.id, "bob", "also while stopped");
+    let mut h = start(config(&fake), &["*"], dir.path()).await;
+    h.connected().await;
+    let mut got = vec![h.message().await.id, h.message().await.id];
+    got.sort();
+    let mut want = vec![in_channel, in_dm];
+    want.sort();
+    assert_eq!(got, want);
+    let marker = fake.post(TOWN_SQUARE, "bob", "marker");
     h.expect_next(&marker).await;
     h.stop().await;
 }

@@ -88,6 +88,8 @@ struct Conn {
     /// Set by a successful `authentication_challenge`.
     user: Option<String>,
     seq: u64,
+    /// Simulates a half-open socket: nothing is read, answered or sent any more.
+    frozen: bool,
 }
 
 #[derive(Default)]
@@ -172,6 +174,9 @@ impl State {
             .unwrap_or_default();
         for c in &mut self.conns {
             let Some(user) = &c.user else { continue };
+            if c.frozen {
+                continue;
+            }
             if !members.contains(user) {
                 continue;
             }
@@ -371,6 +376,12 @@ impl FakeMattermost {
                 c.cancel.cancel();
             }
         });
+    }
+
+    /// Makes every open socket half-open: frames are no longer read, answered or sent.
+    pub fn freeze_sockets(&self) {
+        self.inner
+            .update(|s| s.conns.iter_mut().for_each(|c| c.frozen = true));
     }
 
     /// Drops every WebSocket and refuses new ones (`false` lets them in again); REST keeps
@@ -966,6 +977,7 @@ async fn ws_session(
             cancel: conn_cancel.clone(),
             user: None,
             seq: 0,
+            frozen: false,
         });
         id
     });
@@ -983,6 +995,10 @@ async fn ws_session(
                     Some(Ok(_)) => continue,
                 };
                 let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+                let frozen = inner.state().conns.iter().find(|c| c.id == id).is_none_or(|c| c.frozen);
+                if frozen {
+                    continue;
+                }
                 let replies = inner.update(|s| {
                     s.ws_in.push(frame.clone());
                     ws_action(s, id, &frame)
