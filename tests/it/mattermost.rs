@@ -302,6 +302,33 @@ async fn watching_every_room_follows_new_channels_and_dms_across_a_restart() {
 }
 
 #[tokio::test]
+async fn more_posts_missed_than_one_since_answer_holds_are_all_replayed_in_order() {
+    let (fake, _dir, mut h) = connected_to_town_square().await;
+    let first = fake.post(TOWN_SQUARE, "alice", "@bot before the outage");
+    h.expect_next(&first).await;
+    fake.stop().await;
+    h.disconnected().await;
+    // The server answers `?since=` with at most 1000 posts.
+    let missed: Vec<String> = (0..1150)
+        .map(|i| fake.post(TOWN_SQUARE, "bob", &format!("missed {i}")))
+        .collect();
+    fake.restart().await;
+    h.connected().await;
+    for id in &missed {
+        h.expect_next(id).await;
+    }
+    let marker = fake.post(TOWN_SQUARE, "bob", "marker");
+    h.expect_next(&marker).await;
+    let paged = fake
+        .state()
+        .requests_to("GET", &format!("/api/v4/channels/{TOWN_SQUARE}/posts"))
+        .iter()
+        .any(|r| r.query.get("per_page").is_some_and(|p| p == "200"));
+    assert!(paged, "the capped answer was completed by paging");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_post_edited_while_away_is_delivered_once_with_its_text() {
     let (fake, _dir, mut h) = connected_to_town_square().await;
     fake.stop().await;

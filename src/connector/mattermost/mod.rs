@@ -64,6 +64,9 @@ const USER_CACHE: usize = 5000;
 const MAX_REMEMBERED_ROOMS: usize = 500;
 /// `?since=` answers at most this many posts (the server's own cap).
 const SINCE_LIMIT: usize = 1000;
+/// Page size (the server's maximum) and most pages read when a replay outgrows `since`.
+const HISTORY_PAGE: usize = 200;
+const HISTORY_MAX_PAGES: usize = 50;
 /// Typing is cosmetic: never hold a reply up for it.
 const TYPING_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -346,6 +349,22 @@ fn watermark_to_json(w: &Watermark) -> Value {
 
 fn watermark_key(channel: &str) -> String {
     format!("watermark:{channel}")
+}
+
+/// Adds the posts of a `PostList` to `into` (malformed ones logged and skipped); the oldest
+/// `create_at` among them (`u64::MAX` when there are none).
+fn collect_posts(channel: &str, list: PostList, into: &mut HashMap<String, Post>) -> u64 {
+    let mut oldest = u64::MAX;
+    for v in list.posts.into_values() {
+        match serde_json::from_value::<Post>(v) {
+            Ok(p) => {
+                oldest = oldest.min(p.create_at);
+                into.insert(p.id.clone(), p);
+            }
+            Err(e) => tracing::warn!(channel, error = %e, "skipping a malformed post"),
+        }
+    }
+    oldest
 }
 
 /// The store key listing the channels a `*` watcher has seen (replayed after a restart).
@@ -668,19 +687,37 @@ impl<'a> Runner<'a> {
                 return Ok(());
             }
         };
-        if list.order.len() >= SINCE_LIMIT {
-            tracing::warn!(
-                channel = id,
-                "replay capped at {SINCE_LIMIT} posts by the server"
-            );
-        }
-        let mut posts: Vec<Post> = Vec::new();
-        for v in list.posts.into_values() {
-            match serde_json::from_value::<Post>(v) {
-                Ok(p) => posts.push(p),
-                Err(e) => tracing::warn!(channel = id, error = %e, "skipping a malformed post"),
+        let capped = list.order.len() >= SINCE_LIMIT;
+        let mut posts: HashMap<String, Post> = HashMap::new();
+        collect_posts(id, list, &mut posts);
+        if capped {
+            // More was missed than one `since` answer holds: walk the channel newest first
+            // until a page reaches the watermark (posts arriving meanwhile only repeat some,
+            // which the map absorbs).
+            for page in 0..HISTORY_MAX_PAGES {
+                let q = [
+                    ("page", page.to_string()),
+                    ("per_page", HISTORY_PAGE.to_string()),
+                ];
+                let list = match or_cancel!(self.ctx, self.conn.rest.get::<PostList>(&path, &q)) {
+                    Ok(l) => l,
+                    Err(e) if e.is_transient() => return Err(self.lost(false, e)),
+                    Err(e) => {
+                        tracing::warn!(channel = id, error = %e, "replay paging stopped");
+                        break;
+                    }
+                };
+                let full = list.order.len() >= HISTORY_PAGE;
+                let reached = collect_posts(id, list, &mut posts) < since.ts;
+                if reached || !full {
+                    break;
+                }
+                if page + 1 == HISTORY_MAX_PAGES {
+                    tracing::warn!(channel = id, "replay stopped after {} posts", posts.len());
+                }
             }
         }
+        let mut posts: Vec<Post> = posts.into_values().collect();
         posts.sort_by(|a, b| (a.create_at, &a.id).cmp(&(b.create_at, &b.id)));
         if !posts.is_empty() {
             tracing::info!(connector = %self.conn.name, channel = id, count = posts.len(), "replaying posts");
