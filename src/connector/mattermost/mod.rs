@@ -826,6 +826,9 @@ impl<'a> Runner<'a> {
                     display_name: u.display_name(),
                     username: u.username,
                 },
+                Err(RestError::Unauthorized { detail, .. }) => {
+                    return Err(self.credentials(&detail))
+                }
                 Err(e) if e.is_transient() => return Err(self.lost(true, e)),
                 Err(e) => {
                     tracing::warn!(user = %p.user_id, error = %e, "sender unknown; using the id");
@@ -1119,6 +1122,8 @@ impl Connector for MattermostConnector {
                     .file_name(name.clone())
                     .mime_str(mime)
                     .expect("static mime types parse");
+                // `channel_id` before the files: the server reads the form as a stream and
+                // needs to know the channel when the first file arrives.
                 reqwest::multipart::Form::new()
                     .text("channel_id", channel.clone())
                     .part("files", part)
