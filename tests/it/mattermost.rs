@@ -450,6 +450,48 @@ async fn attachments_of_an_addressed_post_are_downloaded() {
     h.stop().await;
 }
 
+/// The official client (`@mattermost/client` 11.9.0) against the fake: every call it makes
+/// for what the connector does (who am I, channels by name, DMs, posts in threads, patches,
+/// `?since=`, uploads, downloads, the socket's challenge, events and ping) is answered the way
+/// it expects, so the fake is not only consistent with our own client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_mattermost_client_agrees_with_the_fake() {
+    let Some(modules) = crate::support::deps::mattermost_client() else {
+        return;
+    };
+    let fake = FakeMattermost::start().await;
+    let script = crate::support::deps::root().join("tests/it/mattermost_client/client.cjs");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .env("MM_MODULES", modules)
+        .env("MM_URL", fake.url())
+        .env("MM_TOKEN", BOT_TOKEN)
+        .kill_on_drop(true)
+        .output();
+    let out = crate::support::within("the official client", out)
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let seen: Vec<String> = fake
+        .state()
+        .requests
+        .iter()
+        .map(|r| format!("{} {} {:?}", r.method, r.path, r.query))
+        .collect();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\nrequests: {seen:#?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["me"], "bot");
+    assert_eq!(report["channel"], TOWN_SQUARE);
+    let st = fake.state();
+    assert_eq!(st.bot_posts(TOWN_SQUARE).len(), 3);
+    assert_eq!(st.ws_logins, 1);
+    assert_eq!(st.uploads[0].bytes, b"file body");
+}
+
 #[tokio::test]
 async fn a_wrong_token_fails_prepare_and_run() {
     let fake = FakeMattermost::start().await;

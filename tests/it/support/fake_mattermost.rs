@@ -180,11 +180,14 @@ impl State {
             if !members.contains(user) {
                 continue;
             }
+            // Events are numbered per connection from 0 (the `hello`), without gaps: the
+            // official client reconnects when one is missing.
+            let seq = c.seq;
             c.seq += 1;
             let frame = json!({"event": event, "data": data,
                 "broadcast": {"omit_users": null, "user_id": "", "channel_id": channel,
                     "team_id": "", "connection_id": "", "omit_connection_id": ""},
-                "seq": c.seq});
+                "seq": seq});
             let _ = c.out.send(frame.to_string());
         }
     }
@@ -687,12 +690,19 @@ async fn handle(inner: Arc<Inner>, mut req: Request<Incoming>, cancel: Cancellat
         }
         return resp;
     }
-    let bearer = headers
+    // The server takes `BEARER <token>` (what the official client sends) or `TOKEN <token>`,
+    // the scheme in any case (`app.ParseAuthTokenFromRequest`).
+    let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            ["bearer", "token"]
+                .contains(&scheme.to_ascii_lowercase().as_str())
+                .then_some(token.trim())
+        })
         .unwrap_or_default();
-    if bearer != BOT_TOKEN {
+    if token != BOT_TOKEN {
         return app_error(
             StatusCode::UNAUTHORIZED,
             "api.context.session_expired.app_error",
@@ -751,6 +761,17 @@ fn route(
         }
         ("GET", ["teams", "name", "acme"]) => {
             reply(StatusCode::OK, json!({"id": TEAM_ID, "name": "acme"}))
+        }
+        ("GET", ["teams", "name", team, "channels", "name", name]) => {
+            let team = if *team == "acme" { TEAM_ID } else { "" };
+            route(
+                s,
+                method,
+                &format!("/api/v4/teams/{team}/channels/name/{name}"),
+                query,
+                body,
+                parts,
+            )
         }
         ("GET", ["teams", "name", _]) => not_found("team"),
         ("GET", ["teams", team, "channels", "name", name]) => {
