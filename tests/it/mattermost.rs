@@ -329,6 +329,26 @@ async fn more_posts_missed_than_one_since_answer_holds_are_all_replayed_in_order
 }
 
 #[tokio::test]
+async fn an_empty_channel_watched_from_the_start_replays_everything_missed() {
+    let fake = FakeMattermost::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // No post yet: the baseline watermark is 0, which `?since=` cannot express.
+    let mut h = start(config(&fake), &["#town-square"], dir.path()).await;
+    h.connected().await;
+    fake.stop().await;
+    h.disconnected().await;
+    let missed: Vec<String> = (0..70)
+        .map(|i| fake.post(TOWN_SQUARE, "bob", &format!("missed {i}")))
+        .collect();
+    fake.restart().await;
+    h.connected().await;
+    for id in &missed {
+        h.expect_next(id).await;
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_post_edited_while_away_is_delivered_once_with_its_text() {
     let (fake, _dir, mut h) = connected_to_town_square().await;
     fake.stop().await;

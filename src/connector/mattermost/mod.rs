@@ -677,7 +677,8 @@ impl<'a> Runner<'a> {
         let since = room.watermark.clone();
         // `since` selects posts *updated* after it (strictly); a post created at the
         // watermark itself has `update_at >= create_at`, so ask from one millisecond before.
-        let q = [("since", since.ts.saturating_sub(1).to_string())];
+        // The server ignores `since=0` (and answers its default page of 60), so never send it.
+        let q = [("since", since.ts.saturating_sub(1).max(1).to_string())];
         let path = format!("channels/{id}/posts");
         let list = match or_cancel!(self.ctx, self.conn.rest.get::<PostList>(&path, &q)) {
             Ok(l) => l,

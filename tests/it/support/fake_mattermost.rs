@@ -833,9 +833,14 @@ fn route(
                 .filter(|p| p["channel_id"] == *id && p["delete_at"] == 0)
                 .collect();
             posts.sort_by_key(|p| std::cmp::Reverse(p["create_at"].as_u64().unwrap_or(0)));
-            let selected: Vec<&Value> = if let Some(since) = query.get("since") {
+            // `since` counts only when positive (`api4/post.go` getPostsForChannel); else the
+            // page/per_page branch answers.
+            let since = query
+                .get("since")
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|s| *s > 0);
+            let selected: Vec<&Value> = if let Some(since) = since {
                 // Every post updated after `since` (strictly), at most 1000.
-                let since: u64 = since.parse().unwrap_or(0);
                 posts
                     .into_iter()
                     .filter(|p| p["update_at"].as_u64().unwrap_or(0) > since)
