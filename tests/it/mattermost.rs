@@ -133,6 +133,13 @@ async fn mention_gate_and_roles_by_user_id() {
         m.text, "could @bot have a look",
         "only a leading mention is cut"
     );
+    // A mention key of the bot (no `@bot` in the text): only the event's `mentions` says so.
+    fake.add_mention_key("bot", "assistant");
+    let id = fake.post(TOWN_SQUARE, "bob", "assistant, are you there?");
+    assert!(
+        h.expect_next(&id).await.addressed,
+        "addressed by `mentions`"
+    );
     for text in [
         "just chatting",
         "ask @botty instead",

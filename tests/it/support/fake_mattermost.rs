@@ -112,6 +112,8 @@ pub struct State {
     pub ws_logins: usize,
     /// New WebSockets are refused (503) while REST keeps working.
     refuse_sockets: bool,
+    /// Extra words that mention a user (`notify_props.mention_keys`), word → user id.
+    mention_keys: HashMap<String, String>,
     next: u64,
     last_ts: u64,
 }
@@ -202,6 +204,13 @@ impl State {
             if let Some(u) = self.user(name) {
                 if !out.contains(&u.id) {
                     out.push(u.id.clone());
+                }
+            }
+        }
+        for word in text.split(|c: char| !c.is_alphanumeric()) {
+            if let Some(id) = self.mention_keys.get(&word.to_lowercase()) {
+                if !out.contains(id) {
+                    out.push(id.clone());
                 }
             }
         }
@@ -378,6 +387,15 @@ impl FakeMattermost {
             for c in s.conns.drain(..) {
                 c.cancel.cancel();
             }
+        });
+    }
+
+    /// `word` (case-insensitive) mentions `username` from now on, as a mention key set in the
+    /// user's notification settings does.
+    pub fn add_mention_key(&self, username: &str, word: &str) {
+        self.inner.update(|s| {
+            let id = s.user(username).expect("known user").id.clone();
+            s.mention_keys.insert(word.to_lowercase(), id);
         });
     }
 
