@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::config::schema::SectionSchema;
 use crate::config::{ConnectorConfig, ConnectorKind, ConnectorTypes, SectionParser};
 
-use super::{onebot, openai, rocketchat, webchat, Connector};
+use super::{mattermost, onebot, openai, rocketchat, webchat, Connector};
 
 /// Builds a connector from its name, its platform's validated settings and the runtime dir.
 pub type Builder = fn(&str, &ConnectorKind, &Path) -> anyhow::Result<Arc<dyn Connector>>;
@@ -66,6 +66,19 @@ pub static PLATFORMS: Platforms = Platforms(&[
         schema: onebot::config::schema,
         build: |name, kind, dir| {
             Ok(Arc::new(onebot::OneBotConnector::new(
+                name,
+                settings(name, kind)?,
+                dir,
+            )?))
+        },
+    },
+    Platform {
+        type_name: mattermost::TYPE,
+        label: "Mattermost",
+        parse: mattermost::config::validate,
+        schema: mattermost::config::schema,
+        build: |name, kind, dir| {
+            Ok(Arc::new(mattermost::MattermostConnector::new(
                 name,
                 settings(name, kind)?,
                 dir,
@@ -158,6 +171,7 @@ mod tests {
                 ("webchat", "WebChat"),
                 ("rocketchat", "Rocket.Chat"),
                 ("onebot", "QQ"),
+                ("mattermost", "Mattermost"),
                 ("openai", "OpenAI API")
             ]
         );

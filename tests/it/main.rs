@@ -25,6 +25,7 @@ mod control_socket;
 mod e2e_approval;
 mod e2e_claude;
 mod e2e_faults;
+mod mattermost;
 mod onebot;
 mod openai_api;
 mod pipe_agents;

@@ -46,6 +46,20 @@ pub fn gemini() -> Option<PathBuf> {
     node_bin("gemini", "the Gemini CLI")
 }
 
+/// The `node_modules` holding the official Mattermost JavaScript client and `ws`
+/// (`scripts/install-test-deps.sh`).
+pub fn mattermost_client() -> Option<PathBuf> {
+    let path = root().join(".deps/mattermost-client/node_modules");
+    let found = path.join("@mattermost/client/package.json").exists()
+        && path.join("ws/package.json").exists();
+    present(
+        path,
+        found,
+        "the official Mattermost JavaScript client",
+        "scripts/install-test-deps.sh",
+    )
+}
+
 /// A binary the pinned npm packages put in `.deps/node/node_modules/.bin`.
 fn node_bin(name: &str, what: &str) -> Option<PathBuf> {
     let path = root().join(".deps/node/node_modules/.bin").join(name);
