@@ -266,7 +266,7 @@ fn unknown_and_missing_connector_types_list_every_registered_type() {
         .to_string();
     assert!(
         text.contains(
-            "connectors[0].type (line 3): unknown connector type 'irc' (expected webchat, rocketchat, onebot or openai)"
+            "connectors[0].type (line 3): unknown connector type 'irc' (expected webchat, rocketchat, onebot, matrix or openai)"
         ),
         "{text}"
     );
@@ -275,7 +275,7 @@ fn unknown_and_missing_connector_types_list_every_registered_type() {
         .to_string();
     assert!(
         text.contains("connectors[0].type")
-            && text.contains("missing (webchat, rocketchat, onebot or openai)"),
+            && text.contains("missing (webchat, rocketchat, onebot, matrix or openai)"),
         "{text}"
     );
 }

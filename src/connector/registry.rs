@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{ConnectorConfig, ConnectorKind, ConnectorTypes, SectionParser};
 
-use super::{onebot, openai, rocketchat, webchat, Connector};
+use super::{matrix, onebot, openai, rocketchat, webchat, Connector};
 
 /// Builds a connector from its name, its platform's validated settings and the runtime dir.
 pub type Builder = fn(&str, &ConnectorKind, &Path) -> anyhow::Result<Arc<dyn Connector>>;
@@ -59,6 +59,18 @@ pub static PLATFORMS: Platforms = Platforms(&[
         parse: onebot::config::validate,
         build: |name, kind, dir| {
             Ok(Arc::new(onebot::OneBotConnector::new(
+                name,
+                settings(name, kind)?,
+                dir,
+            )?))
+        },
+    },
+    Platform {
+        type_name: matrix::TYPE,
+        label: "Matrix",
+        parse: matrix::config::validate,
+        build: |name, kind, dir| {
+            Ok(Arc::new(matrix::MatrixConnector::new(
                 name,
                 settings(name, kind)?,
                 dir,
@@ -146,6 +158,7 @@ mod tests {
                 ("webchat", "WebChat"),
                 ("rocketchat", "Rocket.Chat"),
                 ("onebot", "QQ"),
+                ("matrix", "Matrix"),
                 ("openai", "OpenAI API")
             ]
         );
