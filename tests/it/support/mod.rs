@@ -11,6 +11,7 @@
 //! - `dispatcher`: a connector run in process with a stand-in for the dispatcher;
 //! - `fake_llm`, `fake_agent`, `fake_rocketchat`, `fake_onebot`: the fakes of the model APIs,
 //!   the agent CLI and the chat platforms;
+//! - `synapse`: a real Matrix homeserver, its users and a cuttable relay to it;
 //! - `agent_homes`: isolated HOMEs (config and environment) that point OpenCode, Codex and
 //!   Gemini CLI at `fake_llm`.
 //!
@@ -25,6 +26,7 @@ pub mod fake_llm;
 pub mod fake_onebot;
 pub mod fake_rocketchat;
 pub mod ports;
+pub mod synapse;
 pub mod tcp;
 pub mod webclient;
 
