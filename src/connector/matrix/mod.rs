@@ -583,7 +583,10 @@ impl<'a> Runner<'a> {
                         }
                     }
                 }
-                let verdict = or_cancel!(self.ctx, self.ctx.events.deliver(msg));
+                // Not raced with `cancel`: a verdict dropped on the way would leave a queued
+                // message unsettled here, and a restart would deliver it a second time. The
+                // dispatcher always answers (or is gone, which reads as a refusal).
+                let verdict = self.ctx.events.deliver(msg).await;
                 if let Acceptance::Rejected(why) = &verdict {
                     tracing::warn!(room = room_id, id = %ev.event_id, why, "message refused; it stays replayable");
                 }

@@ -294,10 +294,6 @@ impl MatrixUser {
         }
     }
 
-    pub fn id(&self) -> &str {
-        &self.account.user_id
-    }
-
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut req = self
             .http
@@ -335,6 +331,42 @@ impl MatrixUser {
             )
             .await;
         v["room_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn invite(&self, room: &str, user: &str) {
+        let path = format!("/_matrix/client/v3/rooms/{}/invite", enc(room));
+        self.call(reqwest::Method::POST, &path, Some(json!({"user_id": user})))
+            .await;
+    }
+
+    /// Uploads `data` to the media repository; its `mxc://` URI.
+    pub async fn upload(&self, name: &str, mime: &str, data: Vec<u8>) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload", self.base))
+            .query(&[("filename", name)])
+            .header("content-type", mime)
+            .bearer_auth(&self.account.token)
+            .body(data)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = resp.json().await.unwrap();
+        v["content_uri"].as_str().unwrap().to_string()
+    }
+
+    /// The bytes of the media `mxc://server/id` (authenticated media API).
+    pub async fn download(&self, mxc: &str) -> Vec<u8> {
+        let path = mxc.strip_prefix("mxc://").unwrap();
+        let resp = self
+            .http
+            .get(format!("{}/_matrix/client/v1/media/download/{path}", self.base))
+            .bearer_auth(&self.account.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "download {mxc}: {}", resp.status());
+        resp.bytes().await.unwrap().to_vec()
     }
 
     pub async fn join(&self, room: &str) {
