@@ -85,7 +85,9 @@ impl FakePlatform for Matrix {
         // after the join reaches it.
         let (room, bot) = (self.room.clone(), self.bot.user_id.clone());
         self.owner
-            .wait_for("the bot to join the room", TURN, |u| u.saw_join(&room, &bot))
+            .wait_for("the bot to join the room", TURN, |u| {
+                u.saw_join(&room, &bot)
+            })
             .await;
     }
 

@@ -360,18 +360,26 @@ impl MatrixUser {
         let path = mxc.strip_prefix("mxc://").unwrap();
         let resp = self
             .http
-            .get(format!("{}/_matrix/client/v1/media/download/{path}", self.base))
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/{path}",
+                self.base
+            ))
             .bearer_auth(&self.account.token)
             .send()
             .await
             .unwrap();
-        assert!(resp.status().is_success(), "download {mxc}: {}", resp.status());
+        assert!(
+            resp.status().is_success(),
+            "download {mxc}: {}",
+            resp.status()
+        );
         resp.bytes().await.unwrap().to_vec()
     }
 
     pub async fn join(&self, room: &str) {
         let path = format!("/_matrix/client/v3/join/{}", enc(room));
-        self.call(reqwest::Method::POST, &path, Some(json!({}))).await;
+        self.call(reqwest::Method::POST, &path, Some(json!({})))
+            .await;
     }
 
     /// Sends `content` as an `m.room.message`; its event id.
@@ -417,7 +425,12 @@ impl MatrixUser {
         if let Some(rooms) = v["rooms"]["join"].as_object() {
             for (id, room) in rooms {
                 let list = self.events.entry(id.clone()).or_default();
-                list.extend(room["timeline"]["events"].as_array().cloned().unwrap_or_default());
+                list.extend(
+                    room["timeline"]["events"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                );
                 for e in room["ephemeral"]["events"].as_array().into_iter().flatten() {
                     if e["type"] == "m.typing" {
                         let ids = e["content"]["user_ids"]
@@ -464,7 +477,10 @@ impl MatrixUser {
             if c["m.relates_to"]["rel_type"] == "m.replace" {
                 let target = &c["m.relates_to"]["event_id"];
                 if let Some(m) = out.iter_mut().find(|(_, ev)| &ev["event_id"] == target) {
-                    m.0 = c["m.new_content"]["body"].as_str().unwrap_or("").to_string();
+                    m.0 = c["m.new_content"]["body"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string();
                 }
                 continue;
             }
