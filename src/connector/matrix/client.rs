@@ -70,6 +70,19 @@ pub enum Body {
     Bytes { data: bytes::Bytes, mime: String },
 }
 
+/// One API call and how it may be retried.
+pub struct Call<'a> {
+    pub action: &'a str,
+    pub method: Method,
+    /// From the server root: `/_matrix/client/v3/...`.
+    pub path: &'a str,
+    pub query: &'a [(&'a str, String)],
+    pub body: Body,
+    pub timeout: Duration,
+    /// Safe to repeat after a timeout (the server may have acted on the first attempt).
+    pub idempotent: bool,
+}
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -172,16 +185,16 @@ impl Client {
     /// only); 429 waits `retry_after_ms` (or `Retry-After`), 5xx and refused connections
     /// back off; then retry, up to [`MAX_ATTEMPTS`]. Timeouts are not retried unless
     /// `idempotent`: the server may have acted.
-    pub async fn call<T: DeserializeOwned>(
-        &self,
-        action: &str,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Body,
-        timeout: Duration,
-        idempotent: bool,
-    ) -> Result<T, MatrixError> {
+    pub async fn call<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T, MatrixError> {
+        let Call {
+            action,
+            method,
+            path,
+            query,
+            body,
+            timeout,
+            idempotent,
+        } = call;
         let url = format!("{}{path}", self.base);
         let mut token = self.token().await?;
         let mut relogged = false;
@@ -248,15 +261,15 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, MatrixError> {
-        self.call(
+        self.call(Call {
             action,
-            Method::GET,
+            method: Method::GET,
             path,
             query,
-            Body::None,
-            CALL_TIMEOUT,
-            true,
-        )
+            body: Body::None,
+            timeout: CALL_TIMEOUT,
+            idempotent: true,
+        })
         .await
     }
 
@@ -288,15 +301,15 @@ impl Client {
         if let Some(s) = since {
             q.push(("since", s.to_string()));
         }
-        self.call(
-            "sync",
-            Method::GET,
-            "/_matrix/client/v3/sync",
-            &q,
-            Body::None,
-            timeout + Duration::from_secs(30),
-            false,
-        )
+        self.call(Call {
+            action: "sync",
+            method: Method::GET,
+            path: "/_matrix/client/v3/sync",
+            query: &q,
+            body: Body::None,
+            timeout: timeout + Duration::from_secs(30),
+            idempotent: false,
+        })
         .await
     }
 
@@ -330,15 +343,15 @@ impl Client {
             enc(event_type)
         );
         let r: EventIdResponse = self
-            .call(
-                "send",
-                Method::PUT,
-                &path,
-                &[],
-                Body::Json(content.clone()),
-                CALL_TIMEOUT,
-                true,
-            )
+            .call(Call {
+                action: "send",
+                method: Method::PUT,
+                path: &path,
+                query: &[],
+                body: Body::Json(content.clone()),
+                timeout: CALL_TIMEOUT,
+                idempotent: true,
+            })
             .await?;
         Ok(r.event_id)
     }
@@ -355,15 +368,15 @@ impl Client {
             json!({"typing": false})
         };
         let _: Value = self
-            .call(
-                "typing",
-                Method::PUT,
-                &path,
-                &[],
-                Body::Json(body),
-                Duration::from_secs(5),
-                true,
-            )
+            .call(Call {
+                action: "typing",
+                method: Method::PUT,
+                path: &path,
+                query: &[],
+                body: Body::Json(body),
+                timeout: Duration::from_secs(5),
+                idempotent: true,
+            })
             .await?;
         Ok(())
     }
@@ -372,15 +385,15 @@ impl Client {
     pub async fn join(&self, room: &str) -> Result<String, MatrixError> {
         let path = format!("/_matrix/client/v3/join/{}", enc(room));
         let r: RoomIdResponse = self
-            .call(
-                "join",
-                Method::POST,
-                &path,
-                &[],
-                Body::Json(json!({})),
-                CALL_TIMEOUT,
-                true,
-            )
+            .call(Call {
+                action: "join",
+                method: Method::POST,
+                path: &path,
+                query: &[],
+                body: Body::Json(json!({})),
+                timeout: CALL_TIMEOUT,
+                idempotent: true,
+            })
             .await?;
         Ok(r.room_id)
     }
@@ -415,18 +428,18 @@ impl Client {
         data: bytes::Bytes,
     ) -> Result<String, MatrixError> {
         let r: UploadResponse = self
-            .call(
-                "upload",
-                Method::POST,
-                "/_matrix/media/v3/upload",
-                &[("filename", name.to_string())],
-                Body::Bytes {
+            .call(Call {
+                action: "upload",
+                method: Method::POST,
+                path: "/_matrix/media/v3/upload",
+                query: &[("filename", name.to_string())],
+                body: Body::Bytes {
                     data,
                     mime: mime.to_string(),
                 },
-                Duration::from_secs(300),
-                false,
-            )
+                timeout: Duration::from_secs(300),
+                idempotent: false,
+            })
             .await?;
         Ok(r.content_uri)
     }
