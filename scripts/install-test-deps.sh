@@ -4,6 +4,7 @@
 #                    Gemini CLI)
 #   .deps/venv/      a Python venv with the `openai` SDK (client-side tests) and the
 #                    `prometheus_client` text parser (the admin endpoint's /metrics)
+#   .deps/synapse-venv/  the Synapse Matrix homeserver, which the Matrix tests run for real
 #   strace, bwrap    (Linux only, Debian packages `strace` and `bubblewrap`) for the bash policy
 #                    oracle, tests/it/policy_oracle.rs, which runs allowed commands in a sandbox
 # Safe to run repeatedly: a pinned version already present is not reinstalled.
@@ -71,6 +72,15 @@ if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
   # The reference Prometheus text parser, for the admin endpoint's /metrics (tests/it/admin_http.rs).
   if ! "$deps/venv/bin/python" -c 'import prometheus_client.parser' 2>/dev/null; then
     "$deps/venv/bin/pip" install --quiet "prometheus-client==0.21.1"
+  fi
+  # The Matrix tests (tests/it/matrix.rs, tests/it/conformance/matrix.rs) start this Synapse.
+  # A venv of its own: it pins many packages the other tools need not share.
+  synapse_version=1.163.2
+  if [ ! -x "$deps/synapse-venv/bin/python" ]; then
+    python3 -m venv "$deps/synapse-venv"
+  fi
+  if ! "$deps/synapse-venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('matrix-synapse') != '$synapse_version')" 2>/dev/null; then
+    "$deps/synapse-venv/bin/pip" install --quiet "matrix-synapse==$synapse_version"
   fi
 fi
 # The bash policy oracle (tests/it/policy_oracle.rs) traces real bash in a bubblewrap sandbox.
