@@ -237,6 +237,49 @@ async fn files_go_both_ways_and_a_dm_needs_no_mention() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_wait_out_the_servers_rate_limit_and_all_arrive_in_order() {
+    // Two messages at once, then one a second: most of these posts are refused first.
+    let Some(synapse) = Synapse::start_with_message_rate(1.0, 2).await else {
+        return;
+    };
+    let mut owner = MatrixUser::new(&synapse, synapse.register("owner").await);
+    let bot = synapse.register("bot").await;
+    let room = owner.create_room("busy").await;
+    owner.invite(&room, &bot.user_id).await;
+    let dir = tempfile::tempdir().unwrap();
+    let h = run(&config(&synapse.url(), &bot), &["*"], dir.path()).await;
+    owner
+        .wait_for("the bot to join", TURN, |u| u.saw_join(&room, &bot.user_id))
+        .await;
+    let to = ReplyTarget::room(room.as_str());
+    let texts: Vec<String> = (1..=5).map(|n| format!("reply {n}")).collect();
+    for text in &texts {
+        h.connector.post(&to, text).await.unwrap();
+    }
+    owner
+        .wait_for("the five replies", TURN, |u| {
+            u.messages_of(&room, &bot.user_id).len() >= texts.len()
+        })
+        .await;
+    let shown: Vec<String> = owner
+        .messages_of(&room, &bot.user_id)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(shown, texts);
+    let limited = synapse
+        .log()
+        .lines()
+        .filter(|l| l.contains("/send/m.room.message/") && l.contains(" 429 "))
+        .count();
+    assert!(
+        limited > 0,
+        "the server never limited the bot: the test proves nothing"
+    );
+    h.stop().await;
+}
+
 /// The daemon with a Claude agent on the fake model, watching `#team:localhost`.
 struct Daemon {
     team: Team,

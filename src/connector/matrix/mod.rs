@@ -14,13 +14,13 @@
 //!   ([`Acceptance::is_settled`]). When the dispatcher refuses a message (queue full), the
 //!   stored token stays before it until the next reconnect: a restart or reconnect syncs
 //!   again from there and the refused message comes back.
-//! - Every event id handled is remembered in a bounded per-room [`IdWindow`], persisted
+//! - Every message id delivered is remembered in a bounded per-room [`IdWindow`], persisted
 //!   with the token (`window:<room id>`), so the messages a re-sync brings again that were
 //!   settled already are never delivered twice.
 //! - A first start (no stored token) takes the server's current position without
 //!   delivering anything: the gateway answers what arrives after it starts watching.
 //! - A timeline that `/sync` marks `limited` (a gap) is completed from `/messages` back to
-//!   the first event the window knows.
+//!   the first message the window knows.
 
 mod client;
 pub mod config;
@@ -326,6 +326,8 @@ impl<'a> Runner<'a> {
             let baseline = or_cancel!(ctx, conn.client.sync(None, &filter, Duration::ZERO))
                 .map_err(|e| fatal_or_lost(false, e))?;
             ctx.store.put(SINCE_KEY, json!(baseline.next_batch));
+            // Invites sent before this start come only in this first sync.
+            self.accept_invites(baseline.rooms.invite.keys()).await?;
             since = Some(baseline.next_batch);
         }
         self.resolve_watched().await?;
@@ -427,24 +429,37 @@ impl<'a> Runner<'a> {
             .insert(room.id.clone(), WatchedRoom { room, window });
     }
 
-    async fn handle_sync(&mut self, batch: SyncResponse) -> Result<(), SessionEnd> {
+    /// Invites: with a `*` watcher every room is joined; otherwise an invite may be what a
+    /// failed spec was waiting for, so those are resolved (and joined) again.
+    async fn accept_invites(
+        &mut self,
+        invites: impl Iterator<Item = &String>,
+    ) -> Result<(), SessionEnd> {
         let ctx = self.ctx;
-        if !batch.rooms.invite.is_empty() {
-            // An invite may be what a failed spec was waiting for: resolving it again joins.
-            self.failed.clear();
-            if ctx.watches_all() {
-                for room_id in batch.rooms.invite.keys() {
-                    tracing::info!(connector = %self.conn.name, room = %room_id, "invited; joining");
-                    match or_cancel!(ctx, self.conn.client.join(room_id)) {
-                        Ok(_) => {}
-                        Err(e) if e.is_transient() => return Err(lost(true, e)),
-                        Err(e) => {
-                            tracing::warn!(connector = %self.conn.name, room = %room_id, error = %e, "cannot join")
-                        }
-                    }
+        let mut any = false;
+        for room_id in invites {
+            any = true;
+            if !ctx.watches_all() {
+                continue;
+            }
+            tracing::info!(connector = %self.conn.name, room = %room_id, "invited; joining");
+            match or_cancel!(ctx, self.conn.client.join(room_id)) {
+                Ok(_) => {}
+                Err(e) if e.is_transient() => return Err(lost(true, e)),
+                Err(e) => {
+                    tracing::warn!(connector = %self.conn.name, room = %room_id, error = %e, "cannot join")
                 }
             }
         }
+        if any {
+            self.failed.clear();
+        }
+        Ok(())
+    }
+
+    async fn handle_sync(&mut self, batch: SyncResponse) -> Result<(), SessionEnd> {
+        let ctx = self.ctx;
+        self.accept_invites(batch.rooms.invite.keys()).await?;
         for room_id in batch.rooms.leave.keys() {
             if let Some(r) = self.rooms.remove(room_id) {
                 tracing::info!(connector = %self.conn.name, room = %r.room.name, "left the room (kicked or banned?)");
@@ -552,11 +567,13 @@ impl<'a> Runner<'a> {
                 Ok(r) => self.add_room(r),
                 Err(e) => tracing::debug!(room = room_id, error = %e, "member count unknown"),
             }
-            return self.settle(room_id, &ev, true);
+            return Ok(());
         }
         let content: MessageContent =
             serde_json::from_value(ev.content.clone()).unwrap_or_default();
         let bot = self.bot().clone();
+        // Skipped events never reach the dispatcher, so they need no place in the window
+        // (the bot's own streaming edits would crowd the messages out of it).
         let settled = match normalize::skip_reason(&ev, &content, &bot) {
             Some(reason) => {
                 tracing::trace!(room = room_id, id = %ev.event_id, ?reason, "dropped");
@@ -564,7 +581,7 @@ impl<'a> Runner<'a> {
                     self.own_posts
                         .insert(ev.event_id.clone(), ev.origin_server_ts);
                 }
-                true
+                return Ok(());
             }
             None => {
                 let mut msg =

@@ -42,6 +42,12 @@ impl Synapse {
     /// Starts a fresh homeserver. `None` when the venv is missing outside CI
     /// ([`deps::synapse_python`]).
     pub async fn start() -> Option<Synapse> {
+        Synapse::start_with_message_rate(1000.0, 1000).await
+    }
+
+    /// [`Synapse::start`] with Synapse's own message rate limit (`rc_message`): beyond
+    /// `burst` messages, `per_second`, a sender gets `429 M_LIMIT_EXCEEDED`.
+    pub async fn start_with_message_rate(per_second: f64, burst: u32) -> Option<Synapse> {
         let python = deps::synapse_python()?;
         let dir = tempfile::tempdir().unwrap();
         let port = ports::free_port();
@@ -77,7 +83,7 @@ suppress_key_server_warning: true
 enable_metrics: false
 presence:
   enabled: false
-rc_message: {{per_second: 1000, burst_count: 1000}}
+rc_message: {{per_second: {per_second}, burst_count: {burst}}}
 rc_joins: {{local: {{per_second: 1000, burst_count: 1000}}}}
 rc_invites: {{per_room: {{per_second: 1000, burst_count: 1000}}, per_user: {{per_second: 1000, burst_count: 1000}}}}
 rc_login: {{address: {{per_second: 1000, burst_count: 1000}}, account: {{per_second: 1000, burst_count: 1000}}}}
