@@ -349,7 +349,17 @@ impl<'a> Runner<'a> {
                 conn.client
                     .sync(since.as_deref(), &filter, conn.timings.sync_timeout)
             )
-            .map_err(|e| fatal_or_lost(was_up, e))?;
+            .map_err(|e| {
+                // A token the server refuses outright (its database was reset or replaced)
+                // would be refused forever: start over from the current position.
+                if let MatrixError::Status { status, .. } = &e {
+                    if (400..500).contains(status) && *status != 429 {
+                        tracing::warn!(connector = %conn.name, error = %e, "the homeserver refused the stored sync position; starting from its current one");
+                        ctx.store.put(SINCE_KEY, Value::Null);
+                    }
+                }
+                fatal_or_lost(was_up, e)
+            })?;
             was_up = true;
             let next = batch.next_batch.clone();
             self.handle_sync(batch).await?;
