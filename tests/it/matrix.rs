@@ -147,6 +147,32 @@ async fn a_refused_message_comes_back_after_a_reconnect_and_a_restart_and_nothin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_position_the_server_refuses_is_dropped_and_delivery_goes_on() {
+    let Some(team) = Team::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // As after the homeserver's database was replaced: a token it never issued.
+    std::fs::write(
+        dir.path().join(format!("state.{NAME}.json")),
+        json!({"version": 1, "connector": {"since": "s999999_bogus"}}).to_string(),
+    )
+    .unwrap();
+    let mut h = run(
+        &config(&team.synapse.url(), &team.bot),
+        &["#team:localhost"],
+        dir.path(),
+    )
+    .await;
+    h.disconnected().await;
+    h.connected().await;
+    let bot = team.bot.user_id.as_str();
+    let id = team.owner.say(&team.room, "still there?", Some(bot)).await;
+    assert_eq!(h.expect_next(&id).await.text, "still there?");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_go_both_ways_and_a_dm_needs_no_mention() {
     let Some(mut team) = Team::start().await else {
         return;
