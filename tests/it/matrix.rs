@@ -147,6 +147,43 @@ async fn a_refused_message_comes_back_after_a_reconnect_and_a_restart_and_nothin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_longer_than_one_sync_is_filled_from_history_in_order() {
+    let Some(team) = Team::start().await else {
+        return;
+    };
+    let cut = Cut::start(team.synapse.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = run(
+        &config(&cut.url(), &team.bot),
+        &["#team:localhost"],
+        dir.path(),
+    )
+    .await;
+    let bot = team.bot.user_id.as_str();
+    let first = team
+        .owner
+        .say(&team.room, "before the gap", Some(bot))
+        .await;
+    h.expect_next(&first).await;
+    cut.cut();
+    h.disconnected().await;
+    // More than the 50 events one sync returns per room: `/sync` marks the timeline
+    // `limited`, and the rest must come from `/messages`.
+    let mut sent = Vec::new();
+    for n in 0..70 {
+        let text = format!("missed {n}");
+        sent.push((team.owner.say(&team.room, &text, Some(bot)).await, text));
+    }
+    cut.restore();
+    h.connected().await;
+    for (id, text) in &sent {
+        assert_eq!(&h.expect_next(id).await.text, text);
+    }
+    h.nothing_delivered();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_position_the_server_refuses_is_dropped_and_delivery_goes_on() {
     let Some(team) = Team::start().await else {
         return;
