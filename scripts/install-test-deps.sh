@@ -7,6 +7,7 @@
 #                    the `jsonschema` validator (`config schema`)
 #   .deps/mattermost-client/  the official Mattermost JavaScript client (and `ws` for it), to
 #                    check the fake Mattermost server against it (tests/it/mattermost.rs)
+#   .deps/synapse-venv/  the Synapse Matrix homeserver, which the Matrix tests run for real
 #   strace, bwrap    (Linux only, Debian packages `strace` and `bubblewrap`) for the bash policy
 #                    oracle, tests/it/policy_oracle.rs, which runs allowed commands in a sandbox
 # Safe to run repeatedly: a pinned version already present is not reinstalled.
@@ -78,6 +79,15 @@ if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
   # A reference JSON Schema validator, for `config schema` (tests/it/config_cli.rs).
   if ! "$deps/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('jsonschema') != '4.23.0')" 2>/dev/null; then
     "$deps/venv/bin/pip" install --quiet "jsonschema==4.23.0"
+  fi
+  # The Matrix tests (tests/it/matrix.rs, tests/it/conformance/matrix.rs) start this Synapse.
+  # A venv of its own: it pins many packages the other tools need not share.
+  synapse_version=1.163.2
+  if [ ! -x "$deps/synapse-venv/bin/python" ]; then
+    python3 -m venv "$deps/synapse-venv"
+  fi
+  if ! "$deps/synapse-venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('matrix-synapse') != '$synapse_version')" 2>/dev/null; then
+    "$deps/synapse-venv/bin/pip" install --quiet "matrix-synapse==$synapse_version"
   fi
 fi
 # The bash policy oracle (tests/it/policy_oracle.rs) traces real bash in a bubblewrap sandbox.

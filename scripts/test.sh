@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the tests need (pinned agent CLIs, the Python
-# `openai` SDK, headless Chromium, the NoneBot OneBot reference, the Rocket.Chat REST
-# validators) into ignored folders, idempotently, then runs every test and checks every REST
-# request the Rocket.Chat tests recorded against @rocket.chat/rest-typings' own validators.
+# `openai` SDK, the Synapse Matrix homeserver, headless Chromium, the NoneBot OneBot
+# reference, the Rocket.Chat REST validators) into ignored folders, idempotently, then runs
+# every test and checks every REST request the Rocket.Chat tests recorded against
+# @rocket.chat/rest-typings' own validators.
 # `.ci/run` calls this same script.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -267,7 +267,7 @@ fn unknown_and_missing_connector_types_list_every_registered_type() {
         .to_string();
     assert!(
         text.contains(
-            "connectors[0].type (line 3): unknown connector type 'irc' (expected webchat, rocketchat, onebot, mattermost or openai)"
+            "connectors[0].type (line 3): unknown connector type 'irc' (expected webchat, rocketchat, onebot, mattermost, matrix or openai)"
         ),
         "{text}"
     );
@@ -276,7 +276,7 @@ fn unknown_and_missing_connector_types_list_every_registered_type() {
         .to_string();
     assert!(
         text.contains("connectors[0].type")
-            && text.contains("missing (webchat, rocketchat, onebot, mattermost or openai)"),
+            && text.contains("missing (webchat, rocketchat, onebot, mattermost, matrix or openai)"),
         "{text}"
     );
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::config::schema::SectionSchema;
 use crate::config::{ConnectorConfig, ConnectorKind, ConnectorTypes, SectionParser};
 
-use super::{mattermost, onebot, openai, rocketchat, webchat, Connector};
+use super::{matrix, mattermost, onebot, openai, rocketchat, webchat, Connector};
 
 /// Builds a connector from its name, its platform's validated settings and the runtime dir.
 pub type Builder = fn(&str, &ConnectorKind, &Path) -> anyhow::Result<Arc<dyn Connector>>;
@@ -79,6 +79,19 @@ pub static PLATFORMS: Platforms = Platforms(&[
         schema: mattermost::config::schema,
         build: |name, kind, dir| {
             Ok(Arc::new(mattermost::MattermostConnector::new(
+                name,
+                settings(name, kind)?,
+                dir,
+            )?))
+        },
+    },
+    Platform {
+        type_name: matrix::TYPE,
+        label: "Matrix",
+        parse: matrix::config::validate,
+        schema: matrix::config::schema,
+        build: |name, kind, dir| {
+            Ok(Arc::new(matrix::MatrixConnector::new(
                 name,
                 settings(name, kind)?,
                 dir,
@@ -172,6 +185,7 @@ mod tests {
                 ("rocketchat", "Rocket.Chat"),
                 ("onebot", "QQ"),
                 ("mattermost", "Mattermost"),
+                ("matrix", "Matrix"),
                 ("openai", "OpenAI API")
             ]
         );

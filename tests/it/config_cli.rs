@@ -16,6 +16,7 @@ fn validate(dir: &std::path::Path, file: &str) -> (i32, String, String) {
         .env("ROCKETCHAT_PASSWORD", "secret")
         .env("ONEBOT_TOKEN", "token")
         .env("MATTERMOST_TOKEN", "mm-token")
+        .env("MATRIX_TOKEN", "syt_token")
         .env("ACG_API_KEY", "sk-0123456789abcdef")
         .env("ANTHROPIC_API_KEY", "key")
         .output()
@@ -39,7 +40,7 @@ fn the_shipped_example_is_valid() {
     let (code, out, err) = validate(dir.path(), "config.yaml");
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.ends_with("config.yaml is valid: 5 connector(s), 1 agent(s), 6 watcher(s)\n"),
+        out.ends_with("config.yaml is valid: 6 connector(s), 1 agent(s), 7 watcher(s)\n"),
         "{out}"
     );
 }

@@ -4,7 +4,7 @@
 //! - `support`: what tests share (the daemon harness, the fakes, the dispatcher stand-in);
 //! - `conformance`: the scenarios every chat platform passes, once per `FakePlatform`;
 //! - one module per area: the platforms' connectors (`webchat`, `rocketchat`, `onebot`,
-//!   `webchat_browser`), the agents (`claude_backend`; `acp` with the Claude adapter and
+//!   `matrix` against a real Synapse, `webchat_browser`), the agents (`claude_backend`; `acp` with the Claude adapter and
 //!   the host side, `acp_agents` with OpenCode and Gemini CLI; `pipe_agents`, the headless
 //!   Codex, Gemini and OpenCode backends; `agent_clis`, those CLIs alone against the fake
 //!   model APIs), approvals (`approval_live`, `e2e_approval`), the daemon end to end (`e2e_claude`, `e2e_faults`, `control_socket`, `admin_http`,
@@ -25,6 +25,7 @@ mod control_socket;
 mod e2e_approval;
 mod e2e_claude;
 mod e2e_faults;
+mod matrix;
 mod mattermost;
 mod onebot;
 mod openai_api;

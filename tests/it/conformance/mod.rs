@@ -1,8 +1,9 @@
 //! The conformance suite: what every chat platform must do the same way, written once and run
 //! for each platform through its [`FakePlatform`] (`webchat.rs`, `rocketchat.rs`,
-//! `onebot.rs`, `mattermost.rs`). Each scenario starts the platform's fake, the real daemon with one connector
-//! for it (mention required in groups, an owner and a guest bound by sender id) and a real
-//! Claude Code agent on the fake model API, and talks in one group room:
+//! `onebot.rs`, `mattermost.rs`, `matrix.rs`). Each scenario starts the platform's fake
+//! (Matrix: a real Synapse), the real daemon with one connector for it (mention required in
+//! groups, an owner and a guest bound by sender id) and a real Claude Code agent on the fake
+//! model API, and talks in one group room:
 //!
 //! - the mention gate: an unaddressed group message is ignored, an addressed one answered;
 //! - roles: the prompt carries the owner's and the guest's role from their sender ids;
@@ -14,6 +15,7 @@
 //!
 //! A new platform gets these by implementing [`FakePlatform`] and one `scenarios!` line.
 
+pub mod matrix;
 pub mod mattermost;
 pub mod onebot;
 pub mod rocketchat;
@@ -42,6 +44,13 @@ pub enum Who {
 /// A chat platform as the conformance scenarios see it: its fake, and how a user talks to the
 /// gateway in one group room through it.
 pub trait FakePlatform: Sized {
+    /// Whether the platform's server can run here (a real server installed by the test
+    /// script); when it cannot, [`deps`](crate::support::deps) has said so (and failed the
+    /// test under `CI=true`) and the scenario is skipped.
+    fn available() -> bool {
+        true
+    }
+
     /// Starts the platform's fake (the web chat, served by the gateway itself, only picks
     /// its port).
     async fn start() -> Self;
@@ -100,6 +109,9 @@ impl<P: FakePlatform> Chat<P> {
     /// `extra_agent` is appended to the agent's keys (4-space indented). `None` when the
     /// Claude CLI is missing.
     pub async fn start(script: Value, extra_agent: &str) -> Option<Chat<P>> {
+        if !P::available() {
+            return None;
+        }
         let agent = claude_agent(script, extra_agent).await?;
         let mut platform = P::start().await;
         let config = format!(

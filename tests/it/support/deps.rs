@@ -144,6 +144,23 @@ pub fn openai_python() -> Option<PathBuf> {
     )
 }
 
+/// The Python of `.deps/synapse-venv` when it can import Synapse, the real Matrix
+/// homeserver of the Matrix tests (`scripts/install-test-deps.sh`).
+pub fn synapse_python() -> Option<PathBuf> {
+    let python = root().join(".deps/synapse-venv/bin/python");
+    let usable = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import synapse.app.homeserver"])
+            .status()
+            .is_ok_and(|s| s.success());
+    present(
+        python,
+        usable,
+        "Synapse (the Matrix homeserver)",
+        "scripts/install-test-deps.sh",
+    )
+}
+
 /// The project's root (where `tests/`, `scripts/` and `.deps/` are).
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

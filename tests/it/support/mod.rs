@@ -12,6 +12,7 @@
 //! - `fake_llm`, `fake_agent`, `fake_rocketchat`, `fake_mattermost`, `fake_onebot`: the fakes
 //!   of the model APIs,
 //!   the agent CLI and the chat platforms;
+//! - `synapse`: a real Matrix homeserver, its users and a cuttable relay to it;
 //! - `agent_homes`: isolated HOMEs (config and environment) that point OpenCode, Codex and
 //!   Gemini CLI at `fake_llm`.
 //!
@@ -27,6 +28,7 @@ pub mod fake_mattermost;
 pub mod fake_onebot;
 pub mod fake_rocketchat;
 pub mod ports;
+pub mod synapse;
 pub mod tcp;
 pub mod webclient;
 

@@ -1,0 +1,141 @@
+//! Matrix as a [`FakePlatform`] — not a fake: a real Synapse (`support/synapse.rs`) with the
+//! public room `#conf:localhost`, `@owner:localhost` (owner) and `@guest:localhost` (guest)
+//! bound by their user ids. The gateway reaches Synapse through a [`Cut`], so its
+//! connection drops while the users keep talking.
+
+use super::{FakePlatform, Who, TURN};
+use crate::support::daemon::Gateway;
+use crate::support::deps;
+use crate::support::synapse::{Account, Cut, MatrixUser, Synapse};
+
+/// Small, so a long reply needs several messages.
+const MAX_LEN: usize = 300;
+const ALIAS: &str = "#conf:localhost";
+
+pub struct Matrix {
+    pub owner: MatrixUser,
+    pub guest: MatrixUser,
+    pub bot: Account,
+    pub room: String,
+    pub cut: Cut,
+    /// Last: dropped (killed) after everything that talks to it.
+    pub _synapse: Synapse,
+}
+
+impl Matrix {
+    fn bot_texts(&self) -> Vec<String> {
+        self.owner
+            .messages_of(&self.room, &self.bot.user_id)
+            .into_iter()
+            .map(|(text, _)| text)
+            .collect()
+    }
+}
+
+impl FakePlatform for Matrix {
+    fn available() -> bool {
+        deps::synapse_python().is_some()
+    }
+
+    async fn start() -> Matrix {
+        let synapse = Synapse::start().await.expect("checked by available()");
+        let owner = MatrixUser::new(&synapse, synapse.register("owner").await);
+        let guest = MatrixUser::new(&synapse, synapse.register("guest").await);
+        let bot = synapse.register("bot").await;
+        let room = owner.create_room("conf").await;
+        // Three members: a group, where the bot needs a mention (two would be a DM).
+        guest.join(&room).await;
+        let cut = Cut::start(synapse.port).await;
+        Matrix {
+            owner,
+            guest,
+            bot,
+            room,
+            cut,
+            _synapse: synapse,
+        }
+    }
+
+    fn connector_yaml(&self) -> String {
+        format!(
+            "  - {{name: chat, type: matrix, homeserver: \"{}\", user_id: \"{}\", access_token: \"{}\", require_mention: true, max_message_len: {MAX_LEN}, allowed_users: {{owners: [\"id:@owner:localhost\"], guests: [\"id:@guest:localhost\"]}}}}",
+            self.cut.url(),
+            self.bot.user_id,
+            self.bot.token,
+        )
+    }
+
+    fn group_room(&self) -> String {
+        ALIAS.into()
+    }
+
+    fn username(&self, who: Who) -> String {
+        match who {
+            Who::Owner => "@owner:localhost".into(),
+            Who::Guest => "@guest:localhost".into(),
+        }
+    }
+
+    fn max_message_len(&self) -> usize {
+        MAX_LEN
+    }
+
+    async fn attach(&mut self, _gateway: &Gateway) {
+        // The connector takes its first sync position before it joins, so whatever is sent
+        // after the join reaches it.
+        let (room, bot) = (self.room.clone(), self.bot.user_id.clone());
+        self.owner
+            .wait_for("the bot to join the room", TURN, |u| {
+                u.saw_join(&room, &bot)
+            })
+            .await;
+    }
+
+    async fn send(&mut self, who: Who, text: &str, mention: bool) {
+        let user = match who {
+            Who::Owner => &self.owner,
+            Who::Guest => &self.guest,
+        };
+        let mention = mention.then_some(self.bot.user_id.as_str());
+        user.say(&self.room, text, mention).await;
+    }
+
+    async fn replies_containing(&mut self, needle: &str, count: usize) -> Vec<String> {
+        let (room, bot) = (self.room.clone(), self.bot.user_id.clone());
+        let found = |u: &MatrixUser| -> Vec<String> {
+            u.messages_of(&room, &bot)
+                .into_iter()
+                .map(|(t, _)| t)
+                .filter(|t| t.contains(needle))
+                .collect()
+        };
+        let what = format!("{count} bot messages containing {needle:?}");
+        self.owner
+            .wait_for(&what, TURN, |u| found(u).len() >= count)
+            .await;
+        found(&self.owner)
+    }
+
+    async fn bot_messages(&mut self) -> Vec<String> {
+        self.owner.sync_once(0).await;
+        self.bot_texts()
+    }
+
+    async fn disconnect(&mut self) {
+        // Only once the bot stopped typing, which it does after the answer was delivered: a
+        // send cut off before its response would be retried later as a second copy.
+        let (room, bot) = (self.room.clone(), self.bot.user_id.clone());
+        self.owner
+            .wait_for("the bot to stop typing", TURN, |u| {
+                !u.typing.get(&room).is_some_and(|t| t.contains(&bot))
+            })
+            .await;
+        self.cut.cut();
+    }
+
+    async fn reconnect(&mut self) {
+        self.cut.restore();
+    }
+}
+
+super::scenarios!(Matrix);
