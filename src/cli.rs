@@ -713,8 +713,13 @@ fn list(runtime: &Path, json: bool) -> anyhow::Result<i32> {
     }
     for r in rows {
         let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let process = match (r["agent_pid"].as_u64(), r["rss_bytes"].as_u64()) {
+            (Some(pid), Some(rss)) => format!(" warm pid={pid} rss={} MiB", rss / (1024 * 1024)),
+            (Some(pid), None) => format!(" warm pid={pid}"),
+            _ => String::new(),
+        };
         println!(
-            "{}: ({}) {} [{}] session={} [{}]{}",
+            "{}: ({}) {} [{}] session={} [{}]{}{}",
             s("watcher"),
             s("connector"),
             s("room"),
@@ -725,7 +730,8 @@ fn list(runtime: &Path, json: bool) -> anyhow::Result<i32> {
                 format!(" busy, {} queued", r["queued"])
             } else {
                 String::new()
-            }
+            },
+            process
         );
     }
     Ok(0)

@@ -62,6 +62,13 @@ pub struct WatcherRow {
     pub state: String,
     pub busy: bool,
     pub queued: usize,
+    /// `warm` (the room's agent process is kept between turns) or `cold` (started for the
+    /// next turn).
+    pub process: &'static str,
+    /// The warm process's pid.
+    pub agent_pid: Option<u32>,
+    /// Its resident memory, with its descendants.
+    pub rss_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -719,8 +726,10 @@ impl Dispatcher {
             };
             let mut room_rows: Vec<(WatcherRow, Option<RoomHandle>)> = Vec::new();
             let mut seen: Vec<String> = Vec::new();
+            let backend = self.parts.agents.get(&w.config.agent);
             for (key, entry) in self.rooms.iter().filter(|(_, e)| e.watcher == widx) {
                 seen.push(key.room.to_string());
+                let process = backend.and_then(|b| b.process_info(key));
                 room_rows.push((
                     WatcherRow {
                         watcher: w.config.name.clone(),
@@ -732,6 +741,9 @@ impl Dispatcher {
                         state: base_state.clone(),
                         busy: false,
                         queued: 0,
+                        process: if process.is_some() { "warm" } else { "cold" },
+                        agent_pid: process.map(|p| p.pid),
+                        rss_bytes: process.and_then(|p| p.rss_bytes),
                     },
                     Some(entry.handle.clone()),
                 ));
@@ -749,6 +761,9 @@ impl Dispatcher {
                             state: base_state.clone(),
                             busy: false,
                             queued: 0,
+                            process: "cold",
+                            agent_pid: None,
+                            rss_bytes: None,
                         },
                         None,
                     ));
@@ -766,6 +781,9 @@ impl Dispatcher {
                         state: base_state.clone(),
                         busy: false,
                         queued: 0,
+                        process: "cold",
+                        agent_pid: None,
+                        rss_bytes: None,
                     },
                     None,
                 ));

@@ -343,6 +343,9 @@ impl RoomWorker {
                 self.deps
                     .store
                     .update_room(&self.key, |r| r.session_id = None);
+                // A warm process holds the old session: it would only be replaced at the
+                // next message, holding its memory until then.
+                self.deps.agent.retire(&self.key).await;
                 info!("session reset");
                 let _ = done.send(());
             }
