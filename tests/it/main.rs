@@ -31,5 +31,6 @@ mod pipe_agents;
 mod policy_corpus;
 mod policy_oracle;
 mod rocketchat;
+mod warm_claude;
 mod webchat;
 mod webchat_browser;
