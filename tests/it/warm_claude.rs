@@ -349,3 +349,124 @@ async fn daemon_kill_9_leaves_no_claude_behind_and_the_restart_answers_the_pendi
     let texts = last_call_texts(&s.llm);
     assert!(texts.contains("Before the crash."), "{texts}");
 }
+
+/// One turn on `agent` in `room`; the outcome's text or the error.
+async fn backend_turn(
+    agent: &dyn agent_chat_gateway::agent::AgentBackend,
+    room: &agent_chat_gateway::model::RoomKey,
+    session: Option<String>,
+    prompt: &str,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<agent_chat_gateway::model::TurnOutcome, agent_chat_gateway::agent::AgentError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let ctx = agent_chat_gateway::agent::TurnContext {
+        events: tx,
+        cancel,
+        gate: None,
+    };
+    let request = agent_chat_gateway::model::TurnRequest {
+        room: room.clone(),
+        session,
+        prompt: prompt.to_string(),
+        role: agent_chat_gateway::model::Role::Owner,
+        model: None,
+        output_schema: None,
+    };
+    agent.run_turn(request, ctx).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_interrupts_the_warm_turn_and_keeps_the_process() {
+    use agent_chat_gateway::agent::claude::warm::{Pool, Relay, INTERRUPT_GRACE};
+    use agent_chat_gateway::agent::claude::ClaudeBackend;
+    use agent_chat_gateway::agent::{warm::Budget, AgentError};
+    use tokio_util::sync::CancellationToken;
+
+    let Some(claude) = crate::support::deps::claude() else {
+        return;
+    };
+    let turns =
+        json!([{"text": "Hi."}, {"text": "a b c d e f g h i j k l m n o p q r s t u v w x y z"}]);
+    let script =
+        json!({"scenarios": [{"match": "WARM-STOP", "turns": turns}], "default_text": "Back."});
+    let llm = FakeLlm::start(script.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (home, work) = (dir.path().join("home"), dir.path().join("work"));
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let mut cfg = crate::support::agent_config(claude.to_str().unwrap(), &work);
+    cfg.env = llm.claude_env();
+    cfg.env.push(("HOME".into(), home.display().to_string()));
+    let (tracker, shutdown) = (
+        tokio_util::task::TaskTracker::new(),
+        CancellationToken::new(),
+    );
+    let budget = Budget {
+        max: 2,
+        idle_timeout: Duration::from_secs(60),
+    };
+    let pool = Pool::new(
+        budget,
+        std::sync::Arc::new(Relay::default()),
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    let agent = ClaudeBackend::new(&cfg, dir.path().join("scratch")).with_warm(pool.clone());
+    let room = agent_chat_gateway::model::RoomKey::new("t", "stop");
+
+    let first = backend_turn(
+        &agent,
+        &room,
+        None,
+        "WARM-STOP hi",
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.text, "Hi.");
+    let pid = pool.process_info(&room).unwrap().pid;
+
+    let mut slow = script.clone();
+    slow["scenarios"][0]["delay_ms"] = json!(1500);
+    llm.set_script(slow);
+    let stop = CancellationToken::new();
+    let calls = llm.message_requests().len();
+    let running = {
+        let (agent, room, session, stop) = (&agent, &room, first.session_id.clone(), stop.clone());
+        async move { backend_turn(agent, room, session, "please", stop).await }
+    };
+    tokio::pin!(running);
+    tokio::select! {
+        r = &mut running => panic!("the turn ended before the stop: {r:?}"),
+        _ = llm.wait_for("the second turn", Duration::from_secs(60), |r| r.len() > calls) => {}
+    }
+    let stopped_at = std::time::Instant::now();
+    stop.cancel();
+    let result = running.await;
+    assert!(matches!(result, Err(AgentError::Cancelled)), "{result:?}");
+    assert!(
+        stopped_at.elapsed() < INTERRUPT_GRACE,
+        "the interrupt took {:?}",
+        stopped_at.elapsed()
+    );
+    // Interrupted in place: the same process takes the next turn.
+    assert_eq!(pool.process_info(&room).map(|p| p.pid), Some(pid));
+    // (Whether the cut turn is in the history depends on how far it got: not the point here.)
+    llm.set_script(json!({"scenarios": [], "default_text": "Back."}));
+    let third = backend_turn(
+        &agent,
+        &room,
+        first.session_id.clone(),
+        "still there?",
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(third.text, "Back.");
+    assert_eq!(pool.process_info(&room).map(|p| p.pid), Some(pid));
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    assert!(!alive(pid), "the pool left its process running at shutdown");
+}
