@@ -750,6 +750,9 @@ impl Dispatcher {
             }
             for (room_id, state) in self.parts.store.rooms(&w.connector) {
                 if state.watcher == w.config.name && !seen.contains(&room_id) {
+                    // A room whose worker was released may still have a warm process.
+                    let key = RoomKey::new(w.connector.clone(), room_id.as_str());
+                    let process = backend.and_then(|b| b.process_info(&key));
                     room_rows.push((
                         WatcherRow {
                             watcher: w.config.name.clone(),
@@ -761,9 +764,9 @@ impl Dispatcher {
                             state: base_state.clone(),
                             busy: false,
                             queued: 0,
-                            process: "cold",
-                            agent_pid: None,
-                            rss_bytes: None,
+                            process: if process.is_some() { "warm" } else { "cold" },
+                            agent_pid: process.map(|p| p.pid),
+                            rss_bytes: process.and_then(|p| p.rss_bytes),
                         },
                         None,
                     ));

@@ -375,6 +375,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_warm_turn_reports_its_own_cost_not_the_processs() {
+        // 2.1.197's `total_cost_usd` is cumulative for a stream-json process.
+        let mut p = StreamParser::after_cost("s1", 0.002);
+        assert!(!p.saw_output());
+        p.feed(r#"{"type":"system","subtype":"init","session_id":"s1"}"#);
+        assert!(!p.has_result());
+        let events = p.feed(
+            r#"{"type":"result","subtype":"success","is_error":false,"result":"OK","total_cost_usd":0.003,"usage":{"input_tokens":100,"output_tokens":20}}"#,
+        );
+        assert!(p.has_result() && p.saw_output());
+        assert_eq!(p.process_cost(), Some(0.003));
+        let Some(AgentEvent::Usage(u)) = events.first() else {
+            panic!("{events:?}")
+        };
+        assert!((u.cost_usd.unwrap() - 0.001).abs() < 1e-9, "{u:?}");
+        let out = p.finish(&ok_exit()).unwrap();
+        assert!((out.usage.unwrap().cost_usd.unwrap() - 0.001).abs() < 1e-9);
+    }
+
     fn fail_exit(stderr: &str) -> ExitInfo {
         ExitInfo {
             success: false,
