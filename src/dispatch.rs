@@ -336,6 +336,7 @@ impl Dispatcher {
                     if let Some(a) = &self.parts.approvals {
                         a.forget_room(&key);
                     }
+                    self.retire_agent_process(key);
                 }
             }
             ConnectorEvent::Connection { connected, detail } => {
@@ -699,6 +700,22 @@ impl Dispatcher {
             let _ = reply.send(Ok(format!(
                 "watcher '{name}' reset: the next message starts a new session"
             )));
+        });
+    }
+
+    /// Stops the warm agent process of a room that will not come back (if it has one), on
+    /// whichever agent serves rooms of its connector.
+    fn retire_agent_process(&self, key: RoomKey) {
+        let agents: Vec<Arc<dyn AgentBackend>> = self
+            .watchers
+            .iter()
+            .filter(|w| w.connector == key.connector)
+            .filter_map(|w| self.parts.agents.get(&w.config.agent).cloned())
+            .collect();
+        self.parts.tracker.spawn(async move {
+            for agent in agents {
+                agent.retire(&key).await;
+            }
         });
     }
 

@@ -938,6 +938,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_start_up_sweep_kills_what_carries_the_marker_only() {
+        // A tool left in a session of its own (out of the group), as a crashed daemon's
+        // agent would leave it; and an unmarked process beside it.
+        let marker = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let mut marked = spec("setsid sh -c 'echo $$; exec sleep 1000' & wait");
+        marked.env = vec![(AGENT_MARKER_ENV.into(), marker.clone())];
+        let mut p = AgentProcess::spawn(&marked).unwrap();
+        let escaped = grandchild_pid(&mut p).await;
+        let mut other = AgentProcess::spawn(&spec("echo $$; exec sleep 1000")).unwrap();
+        let bystander = grandchild_pid(&mut other).await;
+        let witness = stdout_witness(&p);
+        assert_eq!(sweep_leftovers(&marker), 2, "the shell and its tool");
+        assert_all_writers_gone(witness).await;
+        assert!(!alive(escaped) || proc_stat(escaped as i32).is_none());
+        assert!(alive(bystander), "an unmarked process was killed");
+        other.kill(Duration::from_millis(200)).await;
+        assert_eq!(sweep_leftovers(&marker), 0);
+        let m = agent_marker(std::path::Path::new("/tmp"));
+        assert_eq!(
+            (m.len(), m.clone()),
+            (16, agent_marker(std::path::Path::new("/tmp")))
+        );
+    }
+
+    #[tokio::test]
     async fn wait_sweeps_background_stragglers() {
         // The leader exits at once, leaving a background member of its group behind.
         let mut p = AgentProcess::spawn(&spec("sleep 1000 & echo $!")).unwrap();

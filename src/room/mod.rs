@@ -424,6 +424,11 @@ impl RoomWorker {
         let done = report.message_ids;
         if self.ephemeral && self.pending.is_empty() {
             self.deps.store.remove_room(&self.key);
+            // No turn will come back to its warm agent process.
+            let (agent, key) = (self.deps.agent.clone(), self.key.clone());
+            self.deps
+                .tracker
+                .spawn(async move { agent.retire(&key).await });
             return;
         }
         let session = self.session_id.clone();
