@@ -276,6 +276,32 @@ async fn eviction_at_max_warm_agents_keeps_sessions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_warm_process_is_retired_and_the_room_resumes_its_session() {
+    let script = json!({"scenarios": [{"match": "WARM-IDLE", "turns": [
+        {"text": "Before idling."}, {"text": "After idling."}
+    ]}]});
+    let Some(s) = ClaudeWebchat::start(script, "    warm_idle_timeout: 2", "").await else {
+        return;
+    };
+    let replies = s.alice.ask("idle", "WARM-IDLE one").await;
+    assert_eq!(replies.last().unwrap().text, "Before idling.");
+    let pid = warm_pid(&s.gateway, "idle");
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while alive(pid) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the idle process was not retired");
+    assert_eq!(row(&s.gateway, "idle")["process"], "cold");
+    let replies = s.alice.ask("idle", "two").await;
+    assert_eq!(replies.last().unwrap().text, "After idling.");
+    let texts = last_call_texts(&s.llm);
+    assert!(texts.contains("Before idling."), "{texts}");
+    assert_ne!(warm_pid(&s.gateway, "idle"), pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_kill_9_leaves_no_claude_behind_and_the_restart_answers_the_pending_message() {
     let script = json!({"scenarios": [{"match": "WARM-CRASH", "turns": [
         {"text": "Before the crash."}, {"text": "After the crash."}
@@ -294,6 +320,7 @@ async fn daemon_kill_9_leaves_no_claude_behind_and_the_restart_answers_the_pendi
     s.llm.set_script(slow);
     let (status, body) = s.alice.post("crash", "two").await;
     assert_eq!(status, 202, "{body}");
+    let two = body["id"].as_str().unwrap().to_string();
     let calls = s.llm.message_requests().len();
     s.llm
         .wait_for("the second turn", Duration::from_secs(60), |r| {
@@ -328,23 +355,19 @@ async fn daemon_kill_9_leaves_no_claude_behind_and_the_restart_answers_the_pendi
     let alice = s.alice.fresh();
     // Subscribed before looking, so an answer is either there already or still to come.
     let mut events = alice.events("crash").await;
-    let answered = |msgs: &[crate::support::webclient::WebMessage]| {
-        msgs.iter()
-            .any(|m| m.from == "bot" && m.text == "After the crash." && m.done)
-    };
-    if !answered(&alice.messages("crash").await) {
+    if !alice
+        .bot_messages_after("crash", &two)
+        .await
+        .iter()
+        .any(|m| m.done)
+    {
         events.turn_end().await;
     }
-    let bot: Vec<String> = alice
-        .messages("crash")
-        .await
-        .into_iter()
-        .filter(|m| m.from == "bot")
-        .map(|m| m.text)
-        .collect();
+    let bot = alice.bot_messages_after("crash", &two).await;
     assert!(
-        bot.iter().any(|t| t == "After the crash."),
-        "the pending message was not answered: {bot:?}"
+        bot.iter().any(|m| m.text == "After the crash."),
+        "the pending message was not answered: {bot:?}\n{}",
+        s.gateway.log()
     );
     let texts = last_call_texts(&s.llm);
     assert!(texts.contains("Before the crash."), "{texts}");
