@@ -361,7 +361,7 @@ async fn daemon_kill_9_leaves_no_claude_behind_and_the_restart_answers_the_pendi
         .iter()
         .any(|m| m.done)
     {
-        events.turn_end().await;
+        let _ = tokio::time::timeout(Duration::from_secs(80), events.turn_end()).await;
     }
     let bot = alice.bot_messages_after("crash", &two).await;
     assert!(
