@@ -242,7 +242,14 @@ impl Pool {
     }
 
     fn slot(&self, room: &RoomKey) -> Arc<Slot> {
-        self.slots().entry(room.clone()).or_default().clone()
+        let mut slots = self.slots();
+        if let Some(slot) = slots.get(room) {
+            return slot.clone();
+        }
+        // Only when the map grows: slots without a process that no turn holds go, so the
+        // map is as large as the rooms with a warm process (API requests each have a room).
+        slots.retain(|_, s| Arc::strong_count(s) > 1 || s.info().pid.is_some());
+        slots.entry(room.clone()).or_default().clone()
     }
 
     /// The room's warm process, if it has one.
@@ -569,7 +576,7 @@ impl ClaudeBackend {
         if let Some(p) = held.as_mut() {
             if !p.process.is_running() {
                 tracing::info!(room = %turn.room, pid = p.process.pid(), "warm claude process died between turns; starting another");
-                resume |= p.turns > 0;
+                resume |= p.fit.session == fit.session && p.turns > 0;
                 held.take();
                 pool.forget(&slot);
             } else if p.fit != fit {
