@@ -163,6 +163,7 @@ fn config(agent: &Path, work: &Path) -> Config {
             room: "*".into(),
             agent: "fake".into(),
         }],
+        schedules: Vec::new(),
         max_queue_depth: 10,
         max_concurrent_turns: agent_chat_gateway::config::DEFAULT_MAX_CONCURRENT_TURNS,
         room_idle_eviction: Duration::from_secs(600),

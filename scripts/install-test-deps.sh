@@ -3,7 +3,10 @@
 #   .deps/node/      pinned agent CLIs from npm (Claude Code, its ACP adapter, OpenCode, Codex,
 #                    Gemini CLI)
 #   .deps/venv/      a Python venv with the `openai` SDK (client-side tests) and the
-#                    `prometheus_client` text parser (the admin endpoint's /metrics)
+#                    `prometheus_client` text parser (the admin endpoint's /metrics) and
+#                    the `jsonschema` validator (`config schema`)
+#   .deps/mattermost-client/  the official Mattermost JavaScript client (and `ws` for it), to
+#                    check the fake Mattermost server against it (tests/it/mattermost.rs)
 #   strace, bwrap    (Linux only, Debian packages `strace` and `bubblewrap`) for the bash policy
 #                    oracle, tests/it/policy_oracle.rs, which runs allowed commands in a sandbox
 # Safe to run repeatedly: a pinned version already present is not reinstalled.
@@ -72,6 +75,10 @@ if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
   if ! "$deps/venv/bin/python" -c 'import prometheus_client.parser' 2>/dev/null; then
     "$deps/venv/bin/pip" install --quiet "prometheus-client==0.21.1"
   fi
+  # A reference JSON Schema validator, for `config schema` (tests/it/config_cli.rs).
+  if ! "$deps/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('jsonschema') != '4.23.0')" 2>/dev/null; then
+    "$deps/venv/bin/pip" install --quiet "jsonschema==4.23.0"
+  fi
 fi
 # The bash policy oracle (tests/it/policy_oracle.rs) traces real bash in a bubblewrap sandbox.
 # System packages from the configured apt mirrors; `apt-get update` only when one is missing.
@@ -98,6 +105,19 @@ if [ "$(uname -s)" = Linux ]; then
     "${as_root[@]}" apt-get update -qq
     "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+fi
+
+# The official Mattermost JavaScript client (REST `Client4` and `WebSocketClient`; `ws` is its
+# WebSocket under Node 20), pointed at the fake Mattermost server by tests/it/mattermost.rs to
+# check that the fake answers the way the real server does for the official client. Its own
+# folder, so that installing it never prunes the agent CLIs above.
+mm_deps="$deps/mattermost-client"
+mm_pins=("@mattermost/client@11.9.0" "ws@8.23.0")
+mkdir -p "$mm_deps"
+[ -f "$mm_deps/package.json" ] || echo '{"name":"acg-mattermost-client","private":true}' > "$mm_deps/package.json"
+mm_version() { node -p "require('$mm_deps/node_modules/$1/package.json').version" 2>/dev/null || true; }
+if [ "$(mm_version @mattermost/client)" != 11.9.0 ] || [ "$(mm_version ws)" != 8.23.0 ]; then
+  (cd "$mm_deps" && npm install --no-audit --no-fund --no-save --nodedir= "${mm_pins[@]}")
 fi
 
 echo "test dependencies ready in $deps" >&2

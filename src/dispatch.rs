@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +24,7 @@ use crate::config::{AgentConfig, Config, ConnectorConfig, WatcherConfig};
 use crate::connector::{Acceptance, ApprovalPlace, ConnectorEvent, Connectors};
 use crate::model::{InboundMessage, ReplyTarget, RoomKey, RoomKind, RoomRef};
 use crate::room::{self, IdleReport, QueuedMessage, RoomControl, RoomDeps, RoomHandle};
+use crate::schedule::{ScheduleRow, Schedules};
 use crate::state::StateStore;
 
 /// Admin operations, sent by the control server.
@@ -69,6 +70,9 @@ pub struct WatcherRow {
     pub agent_pid: Option<u32>,
     /// Its resident memory, with its descendants.
     pub rss_bytes: Option<u64>,
+    /// The watcher's schedules (on its first row only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<ScheduleRow>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -134,6 +138,7 @@ pub struct Dispatcher {
     idle_tx: mpsc::Sender<IdleReport>,
     idle_rx: Option<mpsc::Receiver<IdleReport>>,
     generations: u64,
+    schedules: Schedules,
 }
 
 impl Dispatcher {
@@ -161,7 +166,9 @@ impl Dispatcher {
             .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
             .collect();
         let (idle_tx, idle_rx) = mpsc::channel(64);
+        let schedules = Schedules::new(&parts.config.schedules, SystemTime::now());
         Dispatcher {
+            schedules,
             idle_tx,
             idle_rx: Some(idle_rx),
             generations: 0,
@@ -186,10 +193,12 @@ impl Dispatcher {
         let drain = self.parts.drain.clone();
         let mut idle = self.idle_rx.take().expect("run is called once");
         loop {
+            let wake = self.schedules.wake_in(SystemTime::now());
             tokio::select! {
                 Some((connector, event)) = events.recv() => self.on_event(connector, event),
                 Some(request) = control.recv() => self.on_control(request),
                 Some(report) = idle.recv() => self.on_idle(report),
+                _ = tokio::time::sleep(wake.unwrap_or_default()), if wake.is_some() => self.run_schedules(),
                 _ = drain.cancelled() => break,
             }
         }
@@ -440,6 +449,66 @@ impl Dispatcher {
                 self.post_notice(&key, target, notice.clone());
                 let _ = ack.send(Acceptance::Rejected(notice));
             }
+        }
+    }
+
+    /// Posts the prompt of every schedule that is due into its watcher's room, as its user:
+    /// the message goes the way a chat message goes (role from the config, queue, turn), only
+    /// it needs no mention.
+    fn run_schedules(&mut self) {
+        let now = SystemTime::now();
+        for schedule in self.schedules.take_due(now) {
+            let outcome = self.post_scheduled(&schedule, now);
+            info!(schedule = %schedule.name, watcher = %schedule.watcher, %outcome, "schedule ran");
+            self.schedules.record(&schedule.name, now, outcome);
+        }
+    }
+
+    fn post_scheduled(
+        &mut self,
+        schedule: &crate::config::ScheduleConfig,
+        now: SystemTime,
+    ) -> String {
+        let Some(w) = self
+            .watchers
+            .iter()
+            .find(|w| w.config.name == schedule.watcher)
+        else {
+            return "skipped: the watcher is gone".into();
+        };
+        if let Some(why) = &w.failed {
+            return format!("skipped: the room failed to resolve ({why})");
+        }
+        let Some(room) = w.resolved.clone() else {
+            return "skipped: the room is not resolved yet".into();
+        };
+        let unix = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let message = InboundMessage {
+            connector: w.connector.clone(),
+            room,
+            id: format!("schedule:{}:{unix}", schedule.name),
+            thread: None,
+            sender: schedule.sender.clone(),
+            text: schedule.prompt.clone(),
+            addressed: true,
+            attachments: Vec::new(),
+            notes: vec![format!(
+                "This message was posted by the gateway's schedule '{}' ({}) on behalf of {}.",
+                schedule.name, schedule.cron_text, schedule.sender.username
+            )],
+            ts: now,
+            conversation: None,
+        };
+        let (tx, mut rx) = oneshot::channel();
+        self.route(message, Some(tx));
+        // `route` answers refusals at once; an accepted message's verdict comes from its worker.
+        match rx.try_recv() {
+            Ok(Acceptance::Ignored(why)) => format!("skipped: {why}"),
+            Ok(Acceptance::Rejected(why)) => format!("refused: {why}"),
+            _ => "posted".into(),
         }
     }
 
@@ -761,6 +830,7 @@ impl Dispatcher {
                         process: if process.is_some() { "warm" } else { "cold" },
                         agent_pid: process.map(|p| p.pid),
                         rss_bytes: process.and_then(|p| p.rss_bytes),
+                        schedules: Vec::new(),
                     },
                     Some(entry.handle.clone()),
                 ));
@@ -784,6 +854,7 @@ impl Dispatcher {
                             process: if process.is_some() { "warm" } else { "cold" },
                             agent_pid: process.map(|p| p.pid),
                             rss_bytes: process.and_then(|p| p.rss_bytes),
+                            schedules: Vec::new(),
                         },
                         None,
                     ));
@@ -804,11 +875,15 @@ impl Dispatcher {
                         process: "cold",
                         agent_pid: None,
                         rss_bytes: None,
+                        schedules: Vec::new(),
                     },
                     None,
                 ));
             }
             room_rows.sort_by(|a, b| a.0.room.cmp(&b.0.room));
+            if let Some((first, _)) = room_rows.first_mut() {
+                first.schedules = self.schedules.rows_of(&w.config.name);
+            }
             rows.extend(room_rows);
         }
         self.parts.tracker.spawn(async move {

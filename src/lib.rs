@@ -40,6 +40,7 @@ pub mod model;
 pub mod outbox;
 pub mod policy;
 pub mod room;
+pub mod schedule;
 pub mod service;
 pub mod state;
 pub mod text;

@@ -41,11 +41,16 @@ impl Default for Budget {
 
 /// The agent keys that choose warm processes (`warm`, `max_warm_agents`,
 /// `warm_idle_timeout` in seconds); all optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WarmSection {
+    /// Keep one process per room between turns (default true); false: one per turn.
     pub warm: Option<bool>,
+    /// How many rooms may keep a warm process at once (default: from available memory).
+    #[schemars(range(min = 1))]
     pub max_warm_agents: Option<usize>,
+    /// Seconds an idle warm process is kept (default 900).
+    #[schemars(range(min = 1))]
     pub warm_idle_timeout: Option<u64>,
 }
 

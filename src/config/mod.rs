@@ -14,8 +14,11 @@
 
 mod expand;
 mod file_size;
+mod schedules;
+pub mod schema;
 
 pub use file_size::{MaxFileSize, RawMaxFileSize, DEFAULT_MAX_FILE_SIZE_MB};
+pub use schedules::{ScheduleConfig, ScheduleZone};
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
@@ -24,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -258,6 +262,8 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentConfig>,
     pub default_agent: String,
     pub watchers: Vec<WatcherConfig>,
+    /// Prompts posted into watchers' rooms on a cron schedule.
+    pub schedules: Vec<ScheduleConfig>,
     /// Messages a room may hold while a turn runs; beyond it senders get a busy notice.
     pub max_queue_depth: usize,
     /// How long SIGTERM waits for running turns before stopping them.
@@ -291,10 +297,13 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Deserialize)]
+/// `log:` — rotation of `gateway.log`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawLog {
+    /// Size in MiB at which the log is rotated (default 10).
     max_size_mb: Option<u64>,
+    /// Rotated files kept (default 5).
     keep: Option<usize>,
 }
 
@@ -323,9 +332,11 @@ pub struct AdminConfig {
     pub listen: std::net::SocketAddr,
 }
 
-#[derive(Deserialize)]
+/// `admin:` — the admin HTTP endpoint (`/healthz`, `/readyz`, `/metrics`); off when absent.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
+    /// Address with a port, e.g. `127.0.0.1:9464`.
     listen: String,
 }
 
@@ -469,6 +480,8 @@ pub trait ConnectorTypes {
     fn type_names(&self) -> Vec<&'static str>;
     /// The parser of one `type:`, if it is known.
     fn parser(&self, type_name: &str) -> Option<SectionParser>;
+    /// The JSON Schema of one `type:`'s sections (`config schema`), if it is known.
+    fn schema(&self, type_name: &str) -> Option<schema::SectionSchema>;
 }
 
 /// Validates the keys of an agent section that only its type knows (a mapping holding just
@@ -486,6 +499,8 @@ pub struct AgentSection {
     /// Keys its sections may hold besides [`COMMON_AGENT_KEYS`].
     pub keys: &'static [&'static str],
     pub parse: AgentSectionParser,
+    /// The JSON Schema of those keys (`config schema`).
+    pub schema: schema::SectionSchema,
     /// Whether the gateway can decide its tool calls one by one.
     pub gating: Gating,
 }
@@ -638,13 +653,14 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tool_presets",
     "admin",
     "log",
+    "schedules",
 ];
 
 /// A Claude Code process holds a few hundred MB; sixteen at once suits a shared box.
 pub const DEFAULT_MAX_CONCURRENT_TURNS: usize = 16;
 
 /// Owners and guests as written in a connector section.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAllowedUsers {
     #[serde(default)]
@@ -685,7 +701,8 @@ impl RawAllowedUsers {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `permissions:` — every tool call decided by the gateway (allow-lists, then an owner).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawPermissions {
     #[serde(default)]
@@ -701,7 +718,7 @@ fn default_permission_timeout() -> u64 {
 }
 
 /// A tool rule as written: a preset name or `{tool, params}`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 enum RawRule {
     Preset(String),
@@ -731,32 +748,44 @@ pub const COMMON_AGENT_KEYS: &[&str] = &[
 ];
 
 /// The common keys of an agent section ([`COMMON_AGENT_KEYS`]).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAgent {
+    /// The agent type (`claude`, `acp`, `codex`, `gemini`, `opencode`).
     #[serde(rename = "type")]
     kind: String,
+    /// The program to run (default: the type's own, found on PATH).
     #[serde(default)]
     command: Option<String>,
+    /// Extra arguments; the ones the gateway manages are refused.
     #[serde(default)]
     args: Vec<String>,
+    /// Where the agent works (relative to this file).
     working_directory: String,
+    /// Seconds one turn may take (default 600).
     #[serde(default = "default_agent_timeout")]
     timeout: u64,
     #[serde(default)]
     permissions: Option<RawPermissions>,
+    /// Tools owners may use: preset names or `{tool, params}` rules.
     #[serde(default)]
     owner_allowed_tools: Vec<RawRule>,
+    /// Tools guests may use: preset names or `{tool, params}` rules.
     #[serde(default)]
     guest_allowed_tools: Vec<RawRule>,
+    /// Environment of the agent's process.
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Appended to the agent's system prompt.
     #[serde(default)]
     system_prompt: Option<String>,
+    /// OS confinement (Landlock): `best_effort` (default), `required` or `off`.
     #[serde(default)]
     confinement: Option<String>,
+    /// Unix user the agent runs as (the daemon must run as root).
     #[serde(default)]
     run_as: Option<String>,
+    /// Trees the agent may write besides its working directory.
     #[serde(default)]
     writable_paths: Vec<String>,
 }
@@ -765,12 +794,15 @@ fn default_agent_timeout() -> u64 {
     600
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawWatcher {
     name: String,
+    /// A connector's `name`.
     connector: String,
+    /// `*`, `#channel`, a group, `@user` or a room id, as the platform names rooms.
     room: String,
+    /// A key of `agents` (default: `default_agent`).
     #[serde(default)]
     agent: Option<String>,
 }
@@ -900,6 +932,10 @@ fn validate_source(
         &default_agent,
         v,
     );
+    let schedules = sections
+        .remove("schedules")
+        .map(|section| schedules::validate(section, &watchers, &connectors, v))
+        .unwrap_or_default();
     let max_queue_depth = match sections.remove("max_queue_depth") {
         None => 100,
         Some(val) => match v.parse::<usize>("max_queue_depth", val) {
@@ -958,6 +994,7 @@ fn validate_source(
         agents,
         default_agent,
         watchers,
+        schedules,
         max_queue_depth,
         shutdown_grace,
     })

@@ -209,6 +209,7 @@ mod own_section {
                 default_command: "modelled-cli",
                 keys: &["model"],
                 parse: parse_model,
+                schema: super::schema::no_own_keys,
                 gating: Gating::Optional,
             })
         }
@@ -266,7 +267,7 @@ fn unknown_and_missing_connector_types_list_every_registered_type() {
         .to_string();
     assert!(
         text.contains(
-            "connectors[0].type (line 3): unknown connector type 'irc' (expected webchat, rocketchat, onebot or openai)"
+            "connectors[0].type (line 3): unknown connector type 'irc' (expected webchat, rocketchat, onebot, mattermost or openai)"
         ),
         "{text}"
     );
@@ -275,7 +276,7 @@ fn unknown_and_missing_connector_types_list_every_registered_type() {
         .to_string();
     assert!(
         text.contains("connectors[0].type")
-            && text.contains("missing (webchat, rocketchat, onebot or openai)"),
+            && text.contains("missing (webchat, rocketchat, onebot, mattermost or openai)"),
         "{text}"
     );
 }
@@ -348,4 +349,37 @@ watchers:
     );
     assert!(text.contains("agents.opencode.timeout"), "{text}");
     assert!(text.contains("agents.acp.permissions"), "{text}");
+}
+
+#[test]
+fn schedules_name_one_room_a_cron_and_a_user_with_a_role() {
+    let good = GOOD.replace(
+        "max_queue_depth: 10",
+        "max_queue_depth: 10\nschedules:\n  - {name: standup, watcher: lobby, cron: \"0 9 * * mon-fri\", as: bob, prompt: \"Summarise\"}",
+    )
+    .replace(
+        "  - {name: local-all, connector: local, room: \"*\", agent: assistant}",
+        "  - {name: local-all, connector: local, room: \"*\", agent: assistant}\n  - {name: lobby, connector: local, room: lobby}",
+    );
+    let c = check(&good).unwrap();
+    assert_eq!(c.schedules.len(), 1);
+    let s = &c.schedules[0];
+    assert_eq!((s.name.as_str(), s.watcher.as_str()), ("standup", "lobby"));
+    assert_eq!(s.sender.username, "bob");
+    assert_eq!(s.zone, ScheduleZone::Local);
+
+    let bad = good
+        .replace(
+            "{name: standup, watcher: lobby, cron: \"0 9 * * mon-fri\", as: bob, prompt: \"Summarise\"}",
+            "{name: a, watcher: local-all, cron: \"0 9 * * *\", as: bob, prompt: x}\n  - {name: b, watcher: lobby, cron: \"61 * * * *\", as: mallory, prompt: x, timezone: mars}",
+        );
+    let text = check(&bad).unwrap_err().to_string();
+    for expected in [
+        "schedules[0].watcher (line 14): watcher 'local-all' watches every room (\"*\"): a schedule needs a watcher of one room",
+        "schedules[1].cron (line 15): '61 * * * *' is not a cron expression",
+        "schedules[1].timezone (line 15): 'mars' is not valid: use 'local' or 'utc'",
+        "schedules[1].as (line 15): 'mallory' is not an owner or guest of connector 'local' (list it in its allowed_users)",
+    ] {
+        assert!(text.contains(expected), "{expected}\nnot in\n{text}");
+    }
 }

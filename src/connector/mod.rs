@@ -6,6 +6,8 @@
 //! list (`registry.rs`) that parses, builds and labels connectors.
 //! Must not import: `agent`, `room`, `approval` — connectors and agents meet only in `model`.
 
+pub mod files;
+pub mod mattermost;
 pub mod onebot;
 pub mod openai;
 pub mod registry;

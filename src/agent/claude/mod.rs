@@ -58,6 +58,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
     default_command: "claude",
     keys: crate::agent::warm::KEYS,
     parse,
+    schema: crate::config::schema::of::<WarmSection>,
     gating: Gating::Optional,
     credentials: |c| state::credentials(&state::CLAUDE, &c.env),
     version: registry::version_flag,

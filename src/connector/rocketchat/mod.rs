@@ -46,6 +46,7 @@ use self::wire::{
     HistoryResponse, MediaResponse, PostMessageResponse, SettingsResponse, SubscriptionsResponse,
     WireMessage, WireRoom,
 };
+use crate::connector::files;
 use crate::connector::replay::{self, Backoff};
 use crate::connector::{
     Acceptance, Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, RunError,
@@ -352,29 +353,6 @@ fn history_path(t: &str) -> &'static str {
         "p" => "groups.history",
         "d" => "im.history",
         _ => "channels.history",
-    }
-}
-
-fn guess_mime(path: &Path) -> &'static str {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    match ext.as_str() {
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "webp" => "image/webp",
-        "svg" => "image/svg+xml",
-        "pdf" => "application/pdf",
-        "txt" | "log" => "text/plain",
-        "md" => "text/markdown",
-        "csv" => "text/csv",
-        "json" => "application/json",
-        "html" => "text/html",
-        "zip" => "application/zip",
-        _ => "application/octet-stream",
     }
 }
 
@@ -952,7 +930,7 @@ impl<'a> Runner<'a> {
         let dir: PathBuf = self
             .ctx
             .attachments_dir
-            .join(normalize::sanitize_file_name(&msg.room.id));
+            .join(files::sanitize_file_name(&msg.room.id));
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot create the attachments folder");
         }
@@ -962,16 +940,16 @@ impl<'a> Runner<'a> {
                     msg.notes.push(format!(
                         "Attachment '{}' skipped — {} exceeds {} limit",
                         f.name,
-                        normalize::human_size(size),
-                        normalize::human_size(limit)
+                        files::human_size(size),
+                        files::human_size(limit)
                     ));
                     continue;
                 }
             }
             let file_name = format!(
                 "{}_{}",
-                normalize::sanitize_file_name(&f.id),
-                normalize::sanitize_file_name(&f.name)
+                files::sanitize_file_name(&f.id),
+                files::sanitize_file_name(&f.name)
             );
             let dest = dir.join(file_name);
             match self
@@ -987,8 +965,8 @@ impl<'a> Runner<'a> {
                 Err(rest::DownloadError::TooLarge(size)) => msg.notes.push(format!(
                     "Attachment '{}' skipped — {} exceeds {} limit",
                     f.name,
-                    normalize::human_size(size),
-                    normalize::human_size(limit.unwrap_or(0))
+                    files::human_size(size),
+                    files::human_size(limit.unwrap_or(0))
                 )),
                 Err(rest::DownloadError::TimedOut) => msg.notes.push(format!(
                     "Attachment '{}' failed to download (timed out) — file not available",
@@ -1164,7 +1142,7 @@ impl Connector for RocketChatConnector {
             .and_then(|n| n.to_str())
             .unwrap_or("file")
             .to_string();
-        let mime = guess_mime(path);
+        let mime = files::guess_mime(path);
         let tmid = self.thread_for(to);
         let file_part = || {
             reqwest::multipart::Part::bytes(data.clone())

@@ -134,29 +134,6 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// A file name safe to create inside the attachments folder: no separators, no `..`, no
-/// control characters, at most 100 characters; never empty.
-pub fn sanitize_file_name(name: &str) -> String {
-    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    let cleaned: String = base
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let trimmed = cleaned.trim_start_matches('.');
-    let cut: String = trimmed.chars().take(100).collect();
-    if cut.is_empty() || cut.chars().all(|c| c == '_') {
-        "file".to_string()
-    } else {
-        cut
-    }
-}
-
 /// Builds the neutral message (attachments and notes are filled in by the caller).
 pub fn to_inbound(
     connector: &Arc<str>,
@@ -194,22 +171,6 @@ pub fn to_inbound(
         notes: Vec::new(),
         conversation: None,
         ts: model::from_epoch_ms(m.ts.0),
-    }
-}
-
-/// `12.3 MB`, `4.9 KB`, `10 MB` for notes.
-pub fn human_size(bytes: u64) -> String {
-    let (value, unit) = if bytes >= 1024 * 1024 {
-        (bytes as f64 / (1024.0 * 1024.0), "MB")
-    } else if bytes >= 1024 {
-        (bytes as f64 / 1024.0, "KB")
-    } else {
-        return format!("{bytes} bytes");
-    };
-    if value.fract() == 0.0 {
-        format!("{value:.0} {unit}")
-    } else {
-        format!("{value:.1} {unit}")
     }
 }
 
@@ -276,17 +237,6 @@ mod tests {
     }
 
     #[test]
-    fn file_names_cannot_escape_the_folder() {
-        assert_eq!(sanitize_file_name("../../etc/passwd"), "passwd");
-        assert_eq!(sanitize_file_name("..\\..\\x.txt"), "x.txt");
-        assert_eq!(sanitize_file_name(".."), "file");
-        assert_eq!(sanitize_file_name(".bashrc"), "bashrc");
-        assert_eq!(sanitize_file_name("my report (1).pdf"), "my_report__1_.pdf");
-        assert_eq!(sanitize_file_name("报告.txt"), "报告.txt");
-        assert_eq!(sanitize_file_name(""), "file");
-    }
-
-    #[test]
     fn files_and_caption() {
         let m = msg(
             json!({"msg":"","files":[{"_id":"f1","name":"a b.png","size":10},{"_id":"f2","name":"thumb-a b.png","size":2}],
@@ -302,9 +252,5 @@ mod tests {
         };
         let inbound = to_inbound(&"rc".into(), &room, &m, &bot(), false);
         assert_eq!(inbound.text, "look at this");
-        assert_eq!(human_size(12_897_485), "12.3 MB");
-        assert_eq!(human_size(10 * 1024 * 1024), "10 MB");
-        assert_eq!(human_size(5000), "4.9 KB");
-        assert_eq!(human_size(12), "12 bytes");
     }
 }

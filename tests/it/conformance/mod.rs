@@ -1,6 +1,6 @@
 //! The conformance suite: what every chat platform must do the same way, written once and run
 //! for each platform through its [`FakePlatform`] (`webchat.rs`, `rocketchat.rs`,
-//! `onebot.rs`). Each scenario starts the platform's fake, the real daemon with one connector
+//! `onebot.rs`, `mattermost.rs`). Each scenario starts the platform's fake, the real daemon with one connector
 //! for it (mention required in groups, an owner and a guest bound by sender id) and a real
 //! Claude Code agent on the fake model API, and talks in one group room:
 //!
@@ -14,6 +14,7 @@
 //!
 //! A new platform gets these by implementing [`FakePlatform`] and one `scenarios!` line.
 
+pub mod mattermost;
 pub mod onebot;
 pub mod rocketchat;
 pub mod webchat;

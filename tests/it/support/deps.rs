@@ -46,6 +46,20 @@ pub fn gemini() -> Option<PathBuf> {
     node_bin("gemini", "the Gemini CLI")
 }
 
+/// The `node_modules` holding the official Mattermost JavaScript client and `ws`
+/// (`scripts/install-test-deps.sh`).
+pub fn mattermost_client() -> Option<PathBuf> {
+    let path = root().join(".deps/mattermost-client/node_modules");
+    let found = path.join("@mattermost/client/package.json").exists()
+        && path.join("ws/package.json").exists();
+    present(
+        path,
+        found,
+        "the official Mattermost JavaScript client",
+        "scripts/install-test-deps.sh",
+    )
+}
+
 /// A binary the pinned npm packages put in `.deps/node/node_modules/.bin`.
 fn node_bin(name: &str, what: &str) -> Option<PathBuf> {
     let path = root().join(".deps/node/node_modules/.bin").join(name);
@@ -66,6 +80,23 @@ pub fn prometheus_python() -> Option<PathBuf> {
         python,
         usable,
         "the Python prometheus_client parser",
+        "scripts/install-test-deps.sh",
+    )
+}
+
+/// The Python of `.deps/venv` when it has the reference `jsonschema` validator
+/// (`scripts/install-test-deps.sh`).
+pub fn jsonschema_python() -> Option<PathBuf> {
+    let python = root().join(".deps/venv/bin/python");
+    let usable = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import jsonschema"])
+            .status()
+            .is_ok_and(|s| s.success());
+    present(
+        python,
+        usable,
+        "the Python jsonschema validator",
         "scripts/install-test-deps.sh",
     )
 }

@@ -1154,7 +1154,7 @@ pub struct Part {
 }
 
 /// Minimal multipart/form-data parser (enough for reqwest's encoder).
-fn parse_multipart(content_type: &str, body: &[u8]) -> Vec<Part> {
+pub fn parse_multipart(content_type: &str, body: &[u8]) -> Vec<Part> {
     let Some(boundary) = content_type.split("boundary=").nth(1) else {
         return Vec::new();
     };

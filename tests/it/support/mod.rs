@@ -9,7 +9,8 @@
 //! - `webclient`: a web chat user over the JSON API and its event stream (no sleeps);
 //! - `tcp`: raw connections for the HTTP listeners' bounds;
 //! - `dispatcher`: a connector run in process with a stand-in for the dispatcher;
-//! - `fake_llm`, `fake_agent`, `fake_rocketchat`, `fake_onebot`: the fakes of the model APIs,
+//! - `fake_llm`, `fake_agent`, `fake_rocketchat`, `fake_mattermost`, `fake_onebot`: the fakes
+//!   of the model APIs,
 //!   the agent CLI and the chat platforms;
 //! - `agent_homes`: isolated HOMEs (config and environment) that point OpenCode, Codex and
 //!   Gemini CLI at `fake_llm`.
@@ -22,6 +23,7 @@ pub mod deps;
 pub mod dispatcher;
 pub mod fake_agent;
 pub mod fake_llm;
+pub mod fake_mattermost;
 pub mod fake_onebot;
 pub mod fake_rocketchat;
 pub mod ports;
