@@ -318,15 +318,29 @@ async fn daemon_kill_9_leaves_no_claude_behind_and_the_restart_answers_the_pendi
     let mut slow = script.clone();
     slow["scenarios"][0]["delay_ms"] = json!(60_000);
     s.llm.set_script(slow);
-    let (status, body) = s.alice.post("crash", "two").await;
+    let (status, body) = s.alice.post("crash", "two PENDING-AT-CRASH").await;
     assert_eq!(status, 202, "{body}");
     let two = body["id"].as_str().unwrap().to_string();
-    let calls = s.llm.message_requests().len();
+    // The warm process runs the turn (the model was asked with it)...
     s.llm
         .wait_for("the second turn", Duration::from_secs(60), |r| {
-            r.len() > calls
+            r.iter()
+                .any(|r| r.message_texts().join(" ").contains("PENDING-AT-CRASH"))
         })
         .await;
+    // ...and the state file has the accepted message (writes are coalesced for 25 ms, so a
+    // crash right at acceptance could precede it: not what this test is about).
+    let state = s.gateway.runtime.join("state.local.json");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !std::fs::read_to_string(&state)
+            .unwrap_or_default()
+            .contains("PENDING-AT-CRASH")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the accepted message was never written to the state file");
     assert!(!marked_processes(&s.gateway).is_empty());
     let pid: i32 = std::fs::read_to_string(s.gateway.runtime.join("gateway.pid"))
         .unwrap()
@@ -350,6 +364,15 @@ async fn daemon_kill_9_leaves_no_claude_behind_and_the_restart_answers_the_pendi
         marked_processes(&s.gateway)
     );
 
+    // Its agents die as soon as the daemon's threads do; its pid file lock goes with its
+    // last thread.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while alive(pid as u32) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the killed daemon did not exit");
     s.llm.set_script(script);
     s.gateway.start_again();
     let alice = s.alice.fresh();
