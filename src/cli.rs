@@ -723,8 +723,13 @@ fn list(runtime: &Path, json: bool) -> anyhow::Result<i32> {
     }
     for r in rows {
         let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let process = match (r["agent_pid"].as_u64(), r["rss_bytes"].as_u64()) {
+            (Some(pid), Some(rss)) => format!(" warm pid={pid} rss={} MiB", rss / (1024 * 1024)),
+            (Some(pid), None) => format!(" warm pid={pid}"),
+            _ => String::new(),
+        };
         println!(
-            "{}: ({}) {} [{}] session={} [{}]{}",
+            "{}: ({}) {} [{}] session={} [{}]{}{}",
             s("watcher"),
             s("connector"),
             s("room"),
@@ -735,7 +740,8 @@ fn list(runtime: &Path, json: bool) -> anyhow::Result<i32> {
                 format!(" busy, {} queued", r["queued"])
             } else {
                 String::new()
-            }
+            },
+            process
         );
         for sched in r["schedules"].as_array().into_iter().flatten() {
             let f = |k: &str| sched[k].as_str().unwrap_or("-").to_string();

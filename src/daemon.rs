@@ -536,6 +536,16 @@ async fn start(
         shutdown,
     } = tokens;
     ensure_runtime_dir(runtime)?;
+    // What a daemon killed with -9 left behind: its agents died with it (parent-death
+    // signal), but tools they started in sessions of their own may not have.
+    let marker = crate::agent::process::agent_marker(runtime);
+    let swept = crate::agent::process::sweep_leftovers(&marker);
+    if swept > 0 {
+        warn!(
+            killed = swept,
+            "stopped agent processes left over by an earlier gateway on this runtime dir"
+        );
+    }
     let control_listener = control::server::bind(&runtime.join(control::SOCKET_NAME)).await?;
     let admin_listener = match &config.admin {
         Some(admin) => Some(crate::admin::bind(admin.listen).await?),
@@ -588,6 +598,13 @@ async fn start(
     let mut agents: HashMap<String, Arc<dyn AgentBackend>> = HashMap::new();
     let mut temporary = Vec::new();
     for (name, cfg) in &config.agents {
+        // Every agent process (and what it starts) carries the marker the sweep looks for.
+        let mut cfg = cfg.clone();
+        cfg.env.push((
+            crate::agent::process::AGENT_MARKER_ENV.to_string(),
+            marker.clone(),
+        ));
+        let cfg = &cfg;
         let (sandbox, scratch, dirs) =
             agent_sandbox(cfg, &config.path, runtime).with_context(|| format!("agent '{name}'"))?;
         temporary.extend(dirs);

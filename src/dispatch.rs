@@ -63,6 +63,13 @@ pub struct WatcherRow {
     pub state: String,
     pub busy: bool,
     pub queued: usize,
+    /// `warm` (the room's agent process is kept between turns) or `cold` (started for the
+    /// next turn).
+    pub process: &'static str,
+    /// The warm process's pid.
+    pub agent_pid: Option<u32>,
+    /// Its resident memory, with its descendants.
+    pub rss_bytes: Option<u64>,
     /// The watcher's schedules (on its first row only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<ScheduleRow>,
@@ -338,6 +345,7 @@ impl Dispatcher {
                     if let Some(a) = &self.parts.approvals {
                         a.forget_room(&key);
                     }
+                    self.retire_agent_process(key);
                 }
             }
             ConnectorEvent::Connection { connected, detail } => {
@@ -764,6 +772,22 @@ impl Dispatcher {
         });
     }
 
+    /// Stops the warm agent process of a room that will not come back (if it has one), on
+    /// whichever agent serves rooms of its connector.
+    fn retire_agent_process(&self, key: RoomKey) {
+        let agents: Vec<Arc<dyn AgentBackend>> = self
+            .watchers
+            .iter()
+            .filter(|w| w.connector == key.connector)
+            .filter_map(|w| self.parts.agents.get(&w.config.agent).cloned())
+            .collect();
+        self.parts.tracker.spawn(async move {
+            for agent in agents {
+                agent.retire(&key).await;
+            }
+        });
+    }
+
     fn list(&self, reply: oneshot::Sender<Vec<WatcherRow>>) {
         let mut rows: Vec<(WatcherRow, Option<RoomHandle>)> = Vec::new();
         for (widx, w) in self.watchers.iter().enumerate() {
@@ -788,8 +812,10 @@ impl Dispatcher {
             };
             let mut room_rows: Vec<(WatcherRow, Option<RoomHandle>)> = Vec::new();
             let mut seen: Vec<String> = Vec::new();
+            let backend = self.parts.agents.get(&w.config.agent);
             for (key, entry) in self.rooms.iter().filter(|(_, e)| e.watcher == widx) {
                 seen.push(key.room.to_string());
+                let process = backend.and_then(|b| b.process_info(key));
                 room_rows.push((
                     WatcherRow {
                         watcher: w.config.name.clone(),
@@ -801,6 +827,9 @@ impl Dispatcher {
                         state: base_state.clone(),
                         busy: false,
                         queued: 0,
+                        process: if process.is_some() { "warm" } else { "cold" },
+                        agent_pid: process.map(|p| p.pid),
+                        rss_bytes: process.and_then(|p| p.rss_bytes),
                         schedules: Vec::new(),
                     },
                     Some(entry.handle.clone()),
@@ -808,6 +837,9 @@ impl Dispatcher {
             }
             for (room_id, state) in self.parts.store.rooms(&w.connector) {
                 if state.watcher == w.config.name && !seen.contains(&room_id) {
+                    // A room whose worker was released may still have a warm process.
+                    let key = RoomKey::new(w.connector.clone(), room_id.as_str());
+                    let process = backend.and_then(|b| b.process_info(&key));
                     room_rows.push((
                         WatcherRow {
                             watcher: w.config.name.clone(),
@@ -819,6 +851,9 @@ impl Dispatcher {
                             state: base_state.clone(),
                             busy: false,
                             queued: 0,
+                            process: if process.is_some() { "warm" } else { "cold" },
+                            agent_pid: process.map(|p| p.pid),
+                            rss_bytes: process.and_then(|p| p.rss_bytes),
                             schedules: Vec::new(),
                         },
                         None,
@@ -837,6 +872,9 @@ impl Dispatcher {
                         state: base_state.clone(),
                         busy: false,
                         queued: 0,
+                        process: "cold",
+                        agent_pid: None,
+                        rss_bytes: None,
                         schedules: Vec::new(),
                     },
                     None,

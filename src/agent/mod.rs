@@ -20,6 +20,7 @@ pub mod pipe;
 pub mod process;
 pub mod registry;
 pub mod state;
+pub mod warm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{AgentEvent, TurnOutcome, TurnRequest};
+use crate::model::{AgentEvent, RoomKey, TurnOutcome, TurnRequest};
 use gate::GateTicket;
 
 /// Per-turn plumbing handed to a backend.
@@ -189,6 +190,15 @@ pub trait AgentBackend: Send + Sync + 'static {
 
     /// Working directory the agent runs in (for policy path normalisation and attachments).
     fn working_directory(&self) -> &PathBuf;
+
+    /// The room's agent process kept between turns (a warm process), if it has one now.
+    fn process_info(&self, _room: &RoomKey) -> Option<warm::ProcessInfo> {
+        None
+    }
+
+    /// Stops the room's process kept between turns, if any (its session was reset). Waits
+    /// for a turn of the room that is running on it.
+    async fn retire(&self, _room: &RoomKey) {}
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::libc;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -280,6 +281,13 @@ impl AgentProcess {
                 cmd.pre_exec(move || prepared.enter());
             }
         }
+        // Set after the sandbox's pre_exec: a change of user ids clears the parent-death
+        // signal (prctl(2)), so it must come after `setuid`.
+        let parent = std::process::id();
+        // SAFETY: only async-signal-safe syscalls (prctl, getppid, _exit) on plain values.
+        unsafe {
+            cmd.pre_exec(move || die_with_parent(parent));
+        }
         let mut child = cmd.spawn()?;
         let pid = child
             .id()
@@ -320,6 +328,20 @@ impl AgentProcess {
     /// The child's pid, which is also its process group id.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether the child is still running (reaps it, without blocking, if it has exited:
+    /// a warm agent killed between turns is noticed before the next turn is written to it).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(_))) | Some(Err(_)) => {
+                self.child = None;
+                signal_group(self.pid, Signal::SIGKILL);
+                false
+            }
+            None => false,
+        }
     }
 
     /// The next stdout line without its line ending, or `None` at end-of-file. Over-long
@@ -426,6 +448,82 @@ impl Drop for AgentProcess {
     }
 }
 
+/// In the forked child: SIGKILL when the daemon dies (a `kill -9` of the daemon must not leave
+/// agents running, warm ones least of all). The signal follows the forking *thread*; agents
+/// are spawned from the runtime's worker threads, which live as long as the daemon. A parent
+/// that died before the call is caught by comparing `getppid`. Descendants of the agent (tool
+/// shells in sessions of their own) are not covered; the start-up sweep
+/// ([`sweep_leftovers`]) finds them by their marker.
+fn die_with_parent(parent: u32) -> io::Result<()> {
+    // SAFETY: documented prctl/getppid/_exit calls with constant or plain arguments.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if u32::try_from(libc::getppid()).ok() != Some(parent) {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
+/// The environment variable every agent process of one gateway carries
+/// (`<name>=<hash of the runtime dir>`): it is inherited by everything the agent starts,
+/// so a later daemon on the same runtime dir can find what a crashed one left behind.
+pub const AGENT_MARKER_ENV: &str = "ACG_AGENT_OF";
+
+/// The marker value for the gateway whose runtime dir is `runtime`: a short stable hash of
+/// its absolute path (the path itself would tell every tool where the gateway keeps its state).
+pub fn agent_marker(runtime: &std::path::Path) -> String {
+    let path = std::fs::canonicalize(runtime).unwrap_or_else(|_| runtime.to_path_buf());
+    // FNV-1a, 64 bit: stable across builds and Rust versions (unlike `DefaultHasher`).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Kills every process that carries `AGENT_MARKER_ENV=<marker>`: agents, and the tools they
+/// started, of an earlier daemon on the same runtime dir that died without stopping them.
+/// Run at start-up before any agent of this daemon exists. Returns how many were killed.
+/// Processes whose environment cannot be read (another user's, without privileges) are out
+/// of reach; the parent-death signal has already stopped the agents themselves.
+pub fn sweep_leftovers(marker: &str) -> usize {
+    let needle = format!("{AGENT_MARKER_ENV}={marker}");
+    let own = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        if pid == own {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
+            match nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL) {
+                Ok(()) => killed += 1,
+                Err(Errno::ESRCH) => {}
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "could not kill a leftover agent process")
+                }
+            }
+        }
+    }
+    killed
+}
+
 fn signal_group(pgid: u32, signal: Signal) {
     let Ok(raw) = i32::try_from(pgid) else {
         return;
@@ -442,6 +540,27 @@ fn signal_group(pgid: u32, signal: Signal) {
 struct ProcId {
     pid: i32,
     start: u64,
+}
+
+/// Resident memory (`VmRSS`, in bytes) of process `pid` and its descendants; `None` when it
+/// is gone.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let leader = vm_rss(i32::try_from(pid).ok()?)?;
+    Some(
+        leader
+            + descendants(pid)
+                .iter()
+                .filter_map(|p| vm_rss(p.pid))
+                .sum::<u64>(),
+    )
+}
+
+/// `VmRSS` of a live process, in bytes.
+fn vm_rss(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// `(ppid, pgrp, starttime)` of a live process, from `/proc/<pid>/stat`.
@@ -816,6 +935,31 @@ mod tests {
         let witness = stdout_witness(&p);
         drop(p);
         assert_all_writers_gone(witness).await;
+    }
+
+    #[tokio::test]
+    async fn the_start_up_sweep_kills_what_carries_the_marker_only() {
+        // A tool left in a session of its own (out of the group), as a crashed daemon's
+        // agent would leave it; and an unmarked process beside it.
+        let marker = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let mut marked = spec("setsid sh -c 'echo $$; exec sleep 1000' & wait");
+        marked.env = vec![(AGENT_MARKER_ENV.into(), marker.clone())];
+        let mut p = AgentProcess::spawn(&marked).unwrap();
+        let escaped = grandchild_pid(&mut p).await;
+        let mut other = AgentProcess::spawn(&spec("echo $$; exec sleep 1000")).unwrap();
+        let bystander = grandchild_pid(&mut other).await;
+        let witness = stdout_witness(&p);
+        assert_eq!(sweep_leftovers(&marker), 2, "the shell and its tool");
+        assert_all_writers_gone(witness).await;
+        assert!(!alive(escaped) || proc_stat(escaped as i32).is_none());
+        assert!(alive(bystander), "an unmarked process was killed");
+        other.kill(Duration::from_millis(200)).await;
+        assert_eq!(sweep_leftovers(&marker), 0);
+        let m = agent_marker(std::path::Path::new("/tmp"));
+        assert_eq!(
+            (m.len(), m.clone()),
+            (16, agent_marker(std::path::Path::new("/tmp")))
+        );
     }
 
     #[tokio::test]

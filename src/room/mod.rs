@@ -343,6 +343,9 @@ impl RoomWorker {
                 self.deps
                     .store
                     .update_room(&self.key, |r| r.session_id = None);
+                // A warm process holds the old session: it would only be replaced at the
+                // next message, holding its memory until then.
+                self.deps.agent.retire(&self.key).await;
                 info!("session reset");
                 let _ = done.send(());
             }
@@ -421,6 +424,11 @@ impl RoomWorker {
         let done = report.message_ids;
         if self.ephemeral && self.pending.is_empty() {
             self.deps.store.remove_room(&self.key);
+            // No turn will come back to its warm agent process.
+            let (agent, key) = (self.deps.agent.clone(), self.key.clone());
+            self.deps
+                .tracker
+                .spawn(async move { agent.retire(&key).await });
             return;
         }
         let session = self.session_id.clone();

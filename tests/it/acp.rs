@@ -501,3 +501,31 @@ watchers:
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warm_budget_stops_the_least_recently_used_idle_agent_and_keeps_its_session() {
+    let f = fake("    max_warm_agents: 1");
+    let row = |room: &str| {
+        let (_, out, _) = f.gateway.cli_text(&["list", "--json"]);
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["room"] == room)
+            .unwrap_or_else(|| panic!("{out}"))
+            .clone()
+    };
+    let (_, pid1, session1) = parse_answer(&f.alice.ask("w1", "hello").await);
+    let r = row("w1");
+    assert_eq!(r["process"], "warm", "{r}");
+    assert_eq!(r["agent_pid"].to_string(), pid1);
+    assert!(r["rss_bytes"].as_u64().unwrap_or(0) > 0, "{r}");
+    let (_, pid2, _) = parse_answer(&f.alice.ask("w2", "hello").await);
+    assert_eq!(row("w1")["process"], "cold");
+    assert_eq!(row("w2")["agent_pid"].to_string(), pid2);
+    // Room 1 comes back: a new process, the same session (loaded).
+    let (_, pid3, session3) = parse_answer(&f.alice.ask("w1", "again").await);
+    assert_ne!(pid3, pid1);
+    assert_eq!(session3, session1);
+    assert_eq!(row("w2")["process"], "cold");
+}

@@ -34,5 +34,6 @@ mod policy_corpus;
 mod policy_oracle;
 mod rocketchat;
 mod schedules;
+mod warm_claude;
 mod webchat;
 mod webchat_browser;

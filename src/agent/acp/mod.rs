@@ -41,6 +41,7 @@ use super::gate::ToolGate;
 use super::process::ProcessSpec;
 use super::registry::{AgentType, BuildContext};
 use super::state::{self, StateLayout};
+use super::warm::ProcessInfo;
 use super::{claude, AgentBackend, AgentError, TurnContext};
 use crate::config::{AgentConfig, AgentSettings, Gating, Validator};
 use crate::model::{RoomKey, TurnOutcome, TurnRequest};
@@ -51,7 +52,7 @@ use session::{Command, Settings, Worker};
 pub const AGENT_TYPE: AgentType = AgentType {
     name: "acp",
     default_command: "claude-agent-acp",
-    keys: &["idle_timeout"],
+    keys: &["idle_timeout", "max_warm_agents"],
     parse,
     schema: crate::config::schema::of::<Section>,
     gating: Gating::Required,
@@ -68,6 +69,9 @@ struct Section {
     /// Seconds an idle agent process is kept for its room (default 900).
     #[serde(default = "default_idle_timeout")]
     idle_timeout: u64,
+    /// How many rooms may keep a process at once (default from memory, `agent::warm`).
+    #[serde(default)]
+    max_warm_agents: Option<usize>,
 }
 
 fn default_idle_timeout() -> u64 {
@@ -78,6 +82,7 @@ fn default_idle_timeout() -> u64 {
 #[derive(Debug)]
 struct AcpSettings {
     idle_timeout: Duration,
+    max_warm_agents: usize,
 }
 
 fn parse(path: &str, own: Value, v: &mut Validator) -> Option<AgentSettings> {
@@ -90,8 +95,15 @@ fn parse(path: &str, own: Value, v: &mut Validator) -> Option<AgentSettings> {
         v.error(format!("{path}.idle_timeout"), "must be at least 1 second");
         return None;
     }
+    if section.max_warm_agents == Some(0) {
+        v.error(format!("{path}.max_warm_agents"), "must be at least 1");
+        return None;
+    }
     Some(AgentSettings::new(AcpSettings {
         idle_timeout: Duration::from_secs(section.idle_timeout),
+        max_warm_agents: section
+            .max_warm_agents
+            .unwrap_or_else(|| crate::agent::warm::Budget::default().max),
     }))
 }
 
@@ -102,21 +114,22 @@ fn build(ctx: BuildContext<'_>) -> anyhow::Result<Arc<dyn AgentBackend>> {
             ctx.config.name
         );
     };
-    let idle_timeout = ctx
-        .config
-        .settings
-        .get::<AcpSettings>()
-        .map_or(Duration::from_secs(default_idle_timeout()), |s| {
-            s.idle_timeout
-        });
-    Ok(Arc::new(AcpBackend::new(
+    let own = ctx.config.settings.get::<AcpSettings>();
+    let idle_timeout = own.map_or(Duration::from_secs(default_idle_timeout()), |s| {
+        s.idle_timeout
+    });
+    let backend = AcpBackend::new(
         ctx.config,
         Some(ctx.sandbox),
         gate,
         idle_timeout,
         ctx.tracker.clone(),
         ctx.cancel.clone(),
-    )))
+    );
+    Ok(Arc::new(match own {
+        Some(s) => backend.with_max_warm(s.max_warm_agents),
+        None => backend,
+    }))
 }
 
 /// Arguments that start an ACP agent in a mode that skips asking (Gemini CLI's
@@ -133,7 +146,20 @@ const SKIPS_ASKING: &[&str] = &[
 ];
 
 /// Room → its worker; the inner lock also keeps a room's turns one at a time.
-type Workers = Mutex<HashMap<RoomKey, Arc<tokio::sync::Mutex<Option<Worker>>>>>;
+type Workers = Mutex<HashMap<RoomKey, Arc<Slot>>>;
+
+#[derive(Default)]
+struct Slot {
+    worker: tokio::sync::Mutex<Option<Worker>>,
+    /// The worker's pid and when its last turn ended, readable while a turn runs.
+    seen: Mutex<Option<(u32, tokio::time::Instant)>>,
+}
+
+impl Slot {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Option<(u32, tokio::time::Instant)>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 pub struct AcpBackend {
     command: String,
@@ -145,6 +171,9 @@ pub struct AcpBackend {
     layout: StateLayout,
     settings: Arc<Settings>,
     workers: Workers,
+    /// How many rooms may keep a process at once; the least recently used idle one is
+    /// stopped to make room (`agent::warm`).
+    max_warm: usize,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -179,8 +208,57 @@ impl AcpBackend {
                 gate,
             }),
             workers: Mutex::new(HashMap::new()),
+            max_warm: usize::MAX,
             tracker,
             shutdown,
+        }
+    }
+
+    /// At most `max` rooms keep a process at once (`max_warm_agents`).
+    pub fn with_max_warm(mut self, max: usize) -> AcpBackend {
+        self.max_warm = max.max(1);
+        self
+    }
+
+    /// Stops the least recently used idle worker of another room when `max_warm` rooms
+    /// have one; a busy worker (its slot locked by a turn) is never stopped. When all are
+    /// busy the new one is started anyway: an ACP agent has no one-process-per-turn mode.
+    fn make_room(&self, for_room: &RoomKey) {
+        let mut live: Vec<(tokio::time::Instant, RoomKey, Arc<Slot>)> = {
+            let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            workers
+                .iter()
+                .filter(|(k, _)| *k != for_room)
+                .filter_map(|(k, s)| {
+                    let used = s.seen().map(|(_, used)| used)?;
+                    // Locked: a turn runs on it. Otherwise it may have stopped when idle.
+                    let alive = s
+                        .worker
+                        .try_lock()
+                        .map_or(true, |w| w.as_ref().is_some_and(Worker::is_alive));
+                    alive.then(|| (used, k.clone(), s.clone()))
+                })
+                .collect()
+        };
+        if live.len() < self.max_warm {
+            return;
+        }
+        live.sort_by_key(|(used, _, _)| *used);
+        let mut excess = live.len() + 1 - self.max_warm;
+        for (_, room, slot) in live {
+            let Ok(mut held) = slot.worker.try_lock() else {
+                continue;
+            };
+            if held.take().is_some() {
+                // Dropping the worker closes its queue: the turn loop ends and the process
+                // is stopped; the room's next turn loads its session in a new one.
+                *slot.seen() = None;
+                tracing::info!(agent = %self.settings.agent, %room, "warm process budget full; stopping the least recently used idle agent");
+                excess -= 1;
+                if excess == 0 {
+                    return;
+                }
+            }
         }
     }
 
@@ -235,7 +313,7 @@ impl AcpBackend {
         })
     }
 
-    fn slot(&self, room: &RoomKey) -> Arc<tokio::sync::Mutex<Option<Worker>>> {
+    fn slot(&self, room: &RoomKey) -> Arc<Slot> {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = workers.get(room) {
             return slot.clone();
@@ -245,6 +323,7 @@ impl AcpBackend {
         workers.retain(|_, slot| {
             Arc::strong_count(slot) > 1
                 || slot
+                    .worker
                     .try_lock()
                     .is_ok_and(|w| w.as_ref().is_some_and(Worker::is_alive))
         });
@@ -261,15 +340,19 @@ impl AgentBackend for AcpBackend {
     ) -> Result<TurnOutcome, AgentError> {
         super::pipe::refuse_model_override(&turn, "an ACP agent")?;
         let slot = self.slot(&turn.room);
-        let mut held = slot.lock().await;
+        let mut held = slot.worker.lock().await;
         if !held.as_ref().is_some_and(Worker::is_alive) {
+            *slot.seen() = None;
             let spec = self.spec()?;
-            *held = Some(Worker::spawn(
+            self.make_room(&turn.room);
+            let worker = Worker::spawn(
                 &spec,
                 self.settings.clone(),
                 &self.tracker,
                 self.shutdown.child_token(),
-            )?);
+            )?;
+            *slot.seen() = Some((worker.pid, tokio::time::Instant::now()));
+            *held = Some(worker);
         }
         let Some(worker) = held.as_ref() else {
             return Err(AgentError::Setup("no worker".into()));
@@ -288,11 +371,30 @@ impl AgentBackend for AcpBackend {
         if let Err(e) = &result {
             tracing::info!(agent = %self.settings.agent, %room, pid = worker.pid, error = %e, "acp turn failed");
         }
+        *slot.seen() = worker
+            .is_alive()
+            .then(|| (worker.pid, tokio::time::Instant::now()));
         result
     }
 
     fn working_directory(&self) -> &PathBuf {
         &self.working_directory
+    }
+
+    fn process_info(&self, room: &RoomKey) -> Option<ProcessInfo> {
+        let slot = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(room)?
+            .clone();
+        let (pid, _) = (*slot.seen())?;
+        // The worker stops itself when idle past `idle_timeout`: only a live process counts.
+        let rss_bytes = super::process::rss_of(pid);
+        rss_bytes.map(|rss| ProcessInfo {
+            pid,
+            rss_bytes: Some(rss),
+        })
     }
 }
 

@@ -24,6 +24,7 @@
 
 pub mod hook;
 mod stream;
+pub mod warm;
 mod wire;
 
 pub use stream::StreamParser;
@@ -45,18 +46,19 @@ use super::gate::GateTicket;
 use super::process::{self, ProcessSpec};
 use super::registry::{self, AgentType, BuildContext};
 use super::state::{self, Env};
+use super::warm::{Budget, ProcessInfo, WarmSection};
 use super::{AgentBackend, AgentError, TurnContext};
-use crate::config::{AgentConfig, Gating};
-use crate::model::{Role, TurnOutcome, TurnRequest};
+use crate::config::{AgentConfig, AgentSettings, Gating, Validator};
+use crate::model::{Role, RoomKey, TurnOutcome, TurnRequest};
 use crate::policy::{Rule, RuleSet};
 
 /// Claude Code in the [agent registry](super::registry): no keys beyond the common ones.
 pub const AGENT_TYPE: AgentType = AgentType {
     name: "claude",
     default_command: "claude",
-    keys: &[],
-    parse: registry::no_own_keys,
-    schema: crate::config::schema::no_own_keys,
+    keys: crate::agent::warm::KEYS,
+    parse,
+    schema: crate::config::schema::of::<WarmSection>,
     gating: Gating::Optional,
     credentials: |c| state::credentials(&state::CLAUDE, &c.env),
     version: registry::version_flag,
@@ -64,12 +66,56 @@ pub const AGENT_TYPE: AgentType = AgentType {
     build,
 };
 
+/// Claude's own keys: those of warm processes (`agent::warm`).
+fn parse(path: &str, own: serde_yaml::Value, v: &mut Validator) -> Option<AgentSettings> {
+    let own = match own {
+        serde_yaml::Value::Mapping(m) if m.is_empty() => {
+            serde_yaml::Value::Mapping(serde_yaml::Mapping::new())
+        }
+        other => other,
+    };
+    let section: WarmSection = v.parse(path, own)?;
+    match section.budget() {
+        Ok(budget) => Some(AgentSettings::new(WarmSettings(budget))),
+        Err((key, problem)) => {
+            v.error(format!("{path}.{key}"), problem);
+            None
+        }
+    }
+}
+
+/// What `parse` leaves for `build`: the warm budget, `None` for one process per turn.
+#[derive(Debug)]
+struct WarmSettings(Option<Budget>);
+
+/// The agent settings of a Claude section with warm processes on (`Some`) or off, for an
+/// [`AgentConfig`] built in code. A config built in code without them runs one process per
+/// turn; a config file's section has them, warm by default.
+pub fn settings(warm: Option<Budget>) -> AgentSettings {
+    AgentSettings::new(WarmSettings(warm))
+}
+
 /// A gated agent gets its own PreToolUse endpoint (127.0.0.1, a random port) in front of the
-/// gate, stopped with the daemon's services.
+/// gate, stopped with the daemon's services. Warm processes are on unless `warm: false`.
 fn build(ctx: BuildContext<'_>) -> anyhow::Result<Arc<dyn AgentBackend>> {
     let mut backend = ClaudeBackend::new(ctx.config, ctx.scratch).with_sandbox(ctx.sandbox);
+    let budget = match ctx.config.settings.get::<WarmSettings>() {
+        Some(WarmSettings(budget)) => *budget,
+        None => None,
+    };
+    let relay = Arc::new(warm::Relay::default());
+    if let Some(budget) = budget {
+        tracing::info!(agent = %ctx.config.name, max = budget.max, idle_timeout = ?budget.idle_timeout, "warm claude processes on");
+        backend = backend.with_warm(warm::Pool::new(
+            budget,
+            relay.clone(),
+            ctx.tracker.clone(),
+            ctx.cancel.clone(),
+        ));
+    }
     if let Some(gate) = ctx.gate {
         let (listener, addr) = hook::bind().context("cannot bind the hook server")?;
+        let gate: Arc<dyn super::gate::ToolGate> = Arc::new(warm::RelayGate { inner: gate, relay });
         ctx.tracker.spawn(hook::serve(
             listener,
             gate,
@@ -150,6 +196,8 @@ pub struct ClaudeBackend {
     sandbox: Option<Sandbox>,
     /// `http://127.0.0.1:<port>/hook`: where the PreToolUse hook of a gated run posts.
     hook_url: Option<String>,
+    /// Warm processes (`warm.rs`); `None`: one process per turn.
+    warm: Option<Arc<warm::Pool>>,
 }
 
 impl ClaudeBackend {
@@ -170,7 +218,14 @@ impl ClaudeBackend {
             scratch_dir,
             sandbox: None,
             hook_url: None,
+            warm: None,
         }
+    }
+
+    /// Runs turns on warm per-room processes from `pool` (see `warm.rs`).
+    pub fn with_warm(mut self, pool: Arc<warm::Pool>) -> ClaudeBackend {
+        self.warm = Some(pool);
+        self
     }
 
     /// Where the PreToolUse hook of a gated run posts (the endpoint of [`hook::serve`]).
@@ -373,17 +428,36 @@ impl AgentBackend for ClaudeBackend {
         ctx: TurnContext,
     ) -> Result<TurnOutcome, AgentError> {
         self.check_args()?;
-        match turn.session.clone() {
-            Some(id) => self.run(&turn, &ctx, &id, true).await,
-            None => {
-                let id = uuid::Uuid::new_v4().to_string();
-                self.run(&turn, &ctx, &id, false).await
+        let (id, resume) = match turn.session.clone() {
+            Some(id) => (id, true),
+            None => (uuid::Uuid::new_v4().to_string(), false),
+        };
+        if let Some(pool) = &self.warm {
+            // A model override or a structured answer changes the argv of one turn only:
+            // such turns run cold, and the warm process (whose history would miss the
+            // turn) goes first.
+            if turn.model.is_none() && turn.output_schema.is_none() {
+                if let Some(result) = self.run_warm(pool, &turn, &ctx, &id, resume).await {
+                    return result;
+                }
             }
+            pool.retire_room(&turn.room).await;
         }
+        self.run(&turn, &ctx, &id, resume).await
     }
 
     fn working_directory(&self) -> &PathBuf {
         &self.working_directory
+    }
+
+    fn process_info(&self, room: &RoomKey) -> Option<ProcessInfo> {
+        self.warm.as_ref()?.process_info(room)
+    }
+
+    async fn retire(&self, room: &RoomKey) {
+        if let Some(pool) = &self.warm {
+            pool.retire_room(room).await;
+        }
     }
 }
 

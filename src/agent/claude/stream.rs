@@ -34,6 +34,9 @@ pub struct StreamParser {
     understood_lines: usize,
     /// Lines that were not JSON at all.
     garbage_lines: usize,
+    /// What earlier turns of the same process cost: a warm process's `total_cost_usd` is
+    /// cumulative for the process (verified, 2.1.197), so a turn's own cost is the rest.
+    cost_before: f64,
 }
 
 impl StreamParser {
@@ -47,7 +50,31 @@ impl StreamParser {
             last_reset: None,
             understood_lines: 0,
             garbage_lines: 0,
+            cost_before: 0.0,
         }
+    }
+
+    /// A parser for one turn of a warm process whose earlier turns cost `cost_before`.
+    pub fn after_cost(session: &str, cost_before: f64) -> Self {
+        StreamParser {
+            cost_before,
+            ..StreamParser::new(session)
+        }
+    }
+
+    /// Whether the turn's `result` line has been read (a warm process's turn ends there).
+    pub fn has_result(&self) -> bool {
+        self.result.is_some()
+    }
+
+    /// Whether any line of this turn was seen.
+    pub fn saw_output(&self) -> bool {
+        self.understood_lines + self.garbage_lines > 0
+    }
+
+    /// The process's cumulative cost as its last `result` line reported it.
+    pub fn process_cost(&self) -> Option<f64> {
+        self.result.as_ref().and_then(|r| r.total_cost_usd)
     }
 
     /// Consumes one stdout line; returns the events it carries (often none).
@@ -148,7 +175,7 @@ impl StreamParser {
     }
 
     fn result(&mut self, r: wire::ResultLine) -> Vec<AgentEvent> {
-        let usage = usage_of(&r);
+        let usage = usage_of(&r, self.cost_before);
         self.result = Some(r);
         usage.map(AgentEvent::Usage).into_iter().collect()
     }
@@ -232,7 +259,7 @@ impl StreamParser {
             });
         }
 
-        let usage = usage_of(&result);
+        let usage = usage_of(&result, self.cost_before);
         // A structured answer is the answer, whatever the model said around it.
         let text = if let Some(v) = &result.structured_output {
             v.to_string()
@@ -282,14 +309,14 @@ fn user(m: wire::MessageLine) -> Vec<AgentEvent> {
         .collect()
 }
 
-fn usage_of(r: &wire::ResultLine) -> Option<Usage> {
+fn usage_of(r: &wire::ResultLine, cost_before: f64) -> Option<Usage> {
     let u = r.usage.as_ref()?;
     Some(Usage {
         input_tokens: u.input_tokens,
         output_tokens: u.output_tokens,
         cache_read_tokens: u.cache_read_input_tokens,
         cache_write_tokens: u.cache_creation_input_tokens,
-        cost_usd: r.total_cost_usd,
+        cost_usd: r.total_cost_usd.map(|c| (c - cost_before).max(0.0)),
         context_window: r
             .model_usage
             .values()
@@ -346,6 +373,26 @@ mod tests {
             status: "exit status: 0".into(),
             stderr_tail: String::new(),
         }
+    }
+
+    #[test]
+    fn a_warm_turn_reports_its_own_cost_not_the_processs() {
+        // 2.1.197's `total_cost_usd` is cumulative for a stream-json process.
+        let mut p = StreamParser::after_cost("s1", 0.002);
+        assert!(!p.saw_output());
+        p.feed(r#"{"type":"system","subtype":"init","session_id":"s1"}"#);
+        assert!(!p.has_result());
+        let events = p.feed(
+            r#"{"type":"result","subtype":"success","is_error":false,"result":"OK","total_cost_usd":0.003,"usage":{"input_tokens":100,"output_tokens":20}}"#,
+        );
+        assert!(p.has_result() && p.saw_output());
+        assert_eq!(p.process_cost(), Some(0.003));
+        let Some(AgentEvent::Usage(u)) = events.first() else {
+            panic!("{events:?}")
+        };
+        assert!((u.cost_usd.unwrap() - 0.001).abs() < 1e-9, "{u:?}");
+        let out = p.finish(&ok_exit()).unwrap();
+        assert!((out.usage.unwrap().cost_usd.unwrap() - 0.001).abs() < 1e-9);
     }
 
     fn fail_exit(stderr: &str) -> ExitInfo {

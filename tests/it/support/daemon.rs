@@ -162,7 +162,7 @@ pub async fn claude_agent(script: Value, extra: &str) -> Option<ClaudeAgent> {
 /// turn slow.
 pub fn fake_agent_yaml(timeout: u32) -> String {
     format!(
-        "agents:\n  fake: {{type: claude, command: \"{}\", working_directory: \"{{work}}\", timeout: {timeout}}}\n",
+        "agents:\n  fake: {{type: claude, command: \"{}\", working_directory: \"{{work}}\", timeout: {timeout}, warm: false}}\n",
         fake_agent::path()
     )
 }
