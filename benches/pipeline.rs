@@ -156,6 +156,8 @@ fn config(agent: &Path, work: &Path) -> Config {
         warnings: Vec::new(),
         admin: None,
         log: Default::default(),
+        commands: Default::default(),
+        budgets: Default::default(),
         default_agent: "fake".into(),
         watchers: vec![WatcherConfig {
             name: "all".into(),

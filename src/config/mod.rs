@@ -12,9 +12,11 @@
 //! what else its sections may hold and validating it. No agent is named here.
 //! Both lists arrive together as [`Types`] (the program's own are `crate::TYPES`).
 
+mod controls;
 mod expand;
 mod file_size;
 
+pub use controls::{Budgets, CommandsConfig, Limit, PeriodLimits};
 pub use file_size::{MaxFileSize, RawMaxFileSize, DEFAULT_MAX_FILE_SIZE_MB};
 
 use std::any::Any;
@@ -271,6 +273,10 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// How the daemon's log file rotates.
     pub log: LogConfig,
+    /// How room commands (`!stop`, `!status`, …) are recognised.
+    pub commands: CommandsConfig,
+    /// Spending limits per user and per room.
+    pub budgets: Budgets,
     /// What is valid but worth knowing (an agent whose calls are not asked one by one).
     pub warnings: Vec<ConfigIssue>,
 }
@@ -638,6 +644,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tool_presets",
     "admin",
     "log",
+    "commands",
+    "budgets",
 ];
 
 /// A Claude Code process holds a few hundred MB; sixteen at once suits a shared box.
@@ -947,9 +955,19 @@ fn validate_source(
         .remove("log")
         .map(|section| validate_log(section, v))
         .unwrap_or_default();
+    let commands = sections
+        .remove("commands")
+        .map(|section| controls::validate_commands(section, v))
+        .unwrap_or_default();
+    let budgets = sections
+        .remove("budgets")
+        .map(|section| controls::validate_budgets(section, v))
+        .unwrap_or_default();
     Some(Config {
         admin,
         log,
+        commands,
+        budgets,
         warnings: Vec::new(),
         max_concurrent_turns,
         room_idle_eviction,

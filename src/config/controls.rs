@@ -1,0 +1,152 @@
+//! The room-control sections: `commands:` (the prefix of the commands people type in a room)
+//! and `budgets:` (daily and monthly spending limits per user and per room).
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::Validator;
+
+/// `commands:` — how a room message is recognised as a command for the gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandsConfig {
+    /// The prefix every platform delivers (`!` by default: Rocket.Chat keeps `/…` for its own
+    /// slash commands, so `/stop` never reaches a bot there).
+    pub prefix: String,
+    /// Also accept `/cmd` where the platform lets it through (web chat, OneBot).
+    pub slash: bool,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            prefix: "!".into(),
+            slash: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommands {
+    prefix: Option<String>,
+    slash: Option<bool>,
+}
+
+pub(super) fn validate_commands(section: Value, v: &mut Validator) -> CommandsConfig {
+    let default = CommandsConfig::default();
+    let Some(raw) = v.parse::<RawCommands>("commands", section) else {
+        return default;
+    };
+    let prefix = match raw.prefix {
+        Some(p) if p.is_empty() || p.chars().any(char::is_whitespace) || p.len() > 8 => {
+            v.error(
+                "commands.prefix",
+                "must be 1 to 8 characters without spaces (e.g. \"!\")",
+            );
+            default.prefix
+        }
+        Some(p) => p,
+        None => default.prefix,
+    };
+    CommandsConfig {
+        prefix,
+        slash: raw.slash.unwrap_or(default.slash),
+    }
+}
+
+/// One period's limit: tokens (input + output) and/or cost in USD. Either reached stops new
+/// turns until the period ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Limit {
+    pub tokens: Option<u64>,
+    pub usd: Option<f64>,
+}
+
+impl Limit {
+    pub fn is_set(&self) -> bool {
+        self.tokens.is_some() || self.usd.is_some()
+    }
+}
+
+/// The daily (UTC day) and monthly (UTC calendar month) limits of one kind of spender.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PeriodLimits {
+    pub daily: Limit,
+    pub monthly: Limit,
+}
+
+impl PeriodLimits {
+    pub fn is_set(&self) -> bool {
+        self.daily.is_set() || self.monthly.is_set()
+    }
+}
+
+/// `budgets:` — every user and every room gets these limits, checked from the usage ledger
+/// before a turn starts. Owners' turns are never stopped (the owner override).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Budgets {
+    pub user: PeriodLimits,
+    pub room: PeriodLimits,
+}
+
+impl Budgets {
+    pub fn is_set(&self) -> bool {
+        self.user.is_set() || self.room.is_set()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudgets {
+    user: Option<RawPeriods>,
+    room: Option<RawPeriods>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeriods {
+    daily: Option<RawLimit>,
+    monthly: Option<RawLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    tokens: Option<u64>,
+    usd: Option<f64>,
+}
+
+pub(super) fn validate_budgets(section: Value, v: &mut Validator) -> Budgets {
+    let Some(raw) = v.parse::<RawBudgets>("budgets", section) else {
+        return Budgets::default();
+    };
+    let periods = |name: &str, raw: Option<RawPeriods>, v: &mut Validator| {
+        let Some(raw) = raw else {
+            return PeriodLimits::default();
+        };
+        let mut limit = |period: &str, raw: Option<RawLimit>| {
+            let Some(raw) = raw else {
+                return Limit::default();
+            };
+            let path = format!("budgets.{name}.{period}");
+            if raw.tokens.is_none() && raw.usd.is_none() {
+                v.error(path.clone(), "give `tokens`, `usd` or both");
+            }
+            if raw.usd.is_some_and(|u| !u.is_finite() || u < 0.0) {
+                v.error(format!("{path}.usd"), "must be a positive amount");
+            }
+            Limit {
+                tokens: raw.tokens,
+                usd: raw.usd,
+            }
+        };
+        PeriodLimits {
+            daily: limit("daily", raw.daily),
+            monthly: limit("monthly", raw.monthly),
+        }
+    };
+    Budgets {
+        user: periods("user", raw.user, v),
+        room: periods("room", raw.room, v),
+    }
+}
