@@ -437,11 +437,11 @@ impl Dispatcher {
                         Acceptance::Ignored("the watcher's agent is missing".into()),
                     );
                 };
-                let control = RoomControl::Command {
+                let control = RoomControl::Command(Box::new(room::RoomCommand {
                     command,
                     role,
                     target: message.reply_target(),
-                };
+                }));
                 if let Err(c) = entry.handle.try_control(control) {
                     let handle = entry.handle.clone();
                     self.parts.tracker.spawn(async move {

@@ -62,13 +62,17 @@ pub enum RoomControl {
     Cancel {
         id: String,
     },
-    /// A room command (`!stop`, `!status`, …), already allowed for `role` by the
-    /// dispatcher; the answer goes to `target`.
-    Command {
-        command: Command,
-        role: Role,
-        target: ReplyTarget,
-    },
+    /// A room command (`!stop`, `!status`, …); boxed so the control channel's slots stay
+    /// small.
+    Command(Box<RoomCommand>),
+}
+
+/// A command already allowed for `role` by the dispatcher; the answer goes to `target`.
+#[derive(Debug)]
+pub struct RoomCommand {
+    pub command: Command,
+    pub role: Role,
+    pub target: ReplyTarget,
 }
 
 #[derive(Clone, Debug)]
@@ -369,11 +373,12 @@ impl RoomWorker {
                 self.new_session().await;
                 let _ = done.send(());
             }
-            RoomControl::Command {
-                command,
-                role,
-                target,
-            } => {
+            RoomControl::Command(c) => {
+                let RoomCommand {
+                    command,
+                    role,
+                    target,
+                } = *c;
                 let answer = self.command(command, role).await;
                 self.notify(target, answer);
             }
