@@ -475,16 +475,23 @@ impl RoomWorker {
             } else {
                 self.pending.drain(..).collect()
             };
-            if let Some(refusal) = self.over_budget(&batch) {
-                self.refuse(batch, refusal);
-                continue;
+            let Some(refusal) = self.over_budget(&batch) else {
+                return self.start_turn(batch);
+            };
+            // Owners' messages are never held back by a budget: they run without the
+            // guests' ones, which are refused.
+            let (owners, others): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|q| q.role == Role::Owner);
+            self.refuse(others, refusal);
+            if !owners.is_empty() {
+                return self.start_turn(owners);
             }
-            return self.start_turn(batch);
         }
     }
 
     /// The budget message when this batch may not run: a batch with a guest's message is
     /// checked against its senders' and the room's budgets; owners' turns always run.
+    /// Only the guests' names are checked: an owner's own total never stops anyone.
     fn over_budget(&self, batch: &[QueuedMessage]) -> Option<String> {
         let role = batch.iter().map(|q| q.role).min()?;
         if role == Role::Owner || !self.deps.budgets.is_set() {
@@ -492,8 +499,10 @@ impl RoomWorker {
         }
         let mut users: Vec<&str> = batch
             .iter()
+            .filter(|q| q.role != Role::Owner)
             .map(|q| q.message.sender.username.as_str())
             .collect();
+        users.sort_unstable();
         users.dedup();
         let room = self.key.to_string();
         let who = crate::budget::Spenders {
