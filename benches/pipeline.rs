@@ -158,6 +158,7 @@ fn config(agent: &Path, work: &Path) -> Config {
         log: Default::default(),
         commands: Default::default(),
         budgets: Default::default(),
+        merge_window: Default::default(),
         default_agent: "fake".into(),
         watchers: vec![WatcherConfig {
             name: "all".into(),

@@ -570,6 +570,7 @@ impl Dispatcher {
             agents: self.choices.clone(),
             commands: self.commands.clone(),
             budgets: self.budgets.clone(),
+            merge_window: self.parts.config.merge_window,
             store: self.parts.store.clone(),
             max_queue_depth: self.parts.config.max_queue_depth,
             turn_slots: self.turn_slots.clone(),

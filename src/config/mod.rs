@@ -273,6 +273,9 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// How the daemon's log file rotates.
     pub log: LogConfig,
+    /// Messages arriving within this long of the first one (while no turn runs) are answered
+    /// in one turn; zero starts a turn at once.
+    pub merge_window: Duration,
     /// How room commands (`!stop`, `!status`, …) are recognised.
     pub commands: CommandsConfig,
     /// Spending limits per user and per room.
@@ -646,7 +649,11 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "log",
     "commands",
     "budgets",
+    "merge_window_ms",
 ];
+
+/// The longest `merge_window_ms`.
+const MAX_MERGE_WINDOW_MS: u64 = 60_000;
 
 /// A Claude Code process holds a few hundred MB; sixteen at once suits a shared box.
 pub const DEFAULT_MAX_CONCURRENT_TURNS: usize = 16;
@@ -955,6 +962,20 @@ fn validate_source(
         .remove("log")
         .map(|section| validate_log(section, v))
         .unwrap_or_default();
+    let merge_window = match sections.remove("merge_window_ms") {
+        None => Duration::ZERO,
+        Some(val) => match v.parse::<u64>("merge_window_ms", val) {
+            Some(ms) if ms > MAX_MERGE_WINDOW_MS => {
+                v.error(
+                    "merge_window_ms",
+                    format!("at most {MAX_MERGE_WINDOW_MS} (a longer wait only delays answers)"),
+                );
+                Duration::ZERO
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::ZERO,
+        },
+    };
     let commands = sections
         .remove("commands")
         .map(|section| controls::validate_commands(section, v))
@@ -968,6 +989,7 @@ fn validate_source(
         log,
         commands,
         budgets,
+        merge_window,
         warnings: Vec::new(),
         max_concurrent_turns,
         room_idle_eviction,

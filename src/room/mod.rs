@@ -151,6 +151,8 @@ pub struct RoomDeps {
     pub agents: Arc<BTreeMap<String, AgentChoice>>,
     pub commands: Arc<CommandsConfig>,
     pub budgets: Arc<Budgets>,
+    /// `merge_window_ms`: how long the first message of an idle room waits for others.
+    pub merge_window: Duration,
     /// Where an owner is asked about this room's tool calls.
     pub asking: Asking,
     pub store: StateStore,
@@ -189,6 +191,7 @@ pub fn spawn(
         session_id: stored.session_id,
         model: stored.model,
         agent: stored.agent,
+        hold_until: None,
         paused,
         paused_notice_sent: false,
         running: None,
@@ -220,6 +223,8 @@ struct RoomWorker {
     model: Option<String>,
     /// The room's `!agent`, when it is not the watcher's.
     agent: Option<String>,
+    /// The merge window of an idle room's first message: no turn starts before it ends.
+    hold_until: Option<tokio::time::Instant>,
     paused: bool,
     paused_notice_sent: bool,
     running: Option<RunningTurn>,
@@ -278,6 +283,9 @@ impl RoomWorker {
                         offers_seen: self.offers_seen,
                     };
                     let _ = self.deps.idle.try_send(report);
+                }
+                _ = sleep_until_some(self.hold_until), if self.running.is_none() => {
+                    self.hold_until = None;
                 }
                 Some(c) = controls.recv() => self.control(c).await,
                 _ = self.deps.drain.cancelled(), if !draining => {}
@@ -357,6 +365,16 @@ impl RoomWorker {
                 m.message.reply_target(),
                 "⏸️ The agent in this room is paused; your message is kept and will be answered when an admin resumes it.".into(),
             );
+        }
+        // The first message of an idle room waits for the merge window; an API request is
+        // answered alone, so it never waits.
+        let window = self.deps.merge_window;
+        if self.running.is_none()
+            && self.pending.is_empty()
+            && !window.is_zero()
+            && m.message.conversation.is_none()
+        {
+            self.hold_until = Some(tokio::time::Instant::now() + window);
         }
         self.pending.push_back(m);
         Acceptance::Queued
@@ -464,6 +482,7 @@ impl RoomWorker {
             if self.running.is_some()
                 || self.paused
                 || self.pending.is_empty()
+                || self.hold_until.is_some()
                 || self.deps.drain.is_cancelled()
             {
                 return;
@@ -631,6 +650,14 @@ async fn post_notice(outbox: &dyn Outbox, key: &RoomKey, to: &ReplyTarget, text:
         Ok(Ok(_)) => {}
         Ok(Err(e)) => warn!(room = %key, error = %e, "could not post a notice"),
         Err(_) => warn!(room = %key, "could not post a notice: timed out"),
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Room commands and budgets end to end: web chat API → daemon → the real Claude Code CLI →
+//! Room commands, budgets and the merge window end to end: web chat API → daemon → the real Claude Code CLI →
 //! the fake model API. Each test asserts the exact messages the room gets; `!stop` is also
 //! checked in /proc (no agent process left within 2 s).
 
@@ -443,4 +443,51 @@ async fn a_guest_over_the_daily_budget_is_refused_and_owners_still_answered() {
     s.gateway.start_again();
     let bob = s.bob.fresh();
     assert_eq!(command(&bob, "cash", "third").await, refusal);
+}
+
+/// `merge_window_ms`: messages arriving within the window of an idle room's first message
+/// are one turn, run with the lowest role among their senders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_within_the_merge_window_are_one_turn_with_the_lowest_role() {
+    let script = json!({"scenarios": [{"match": "CMD-MERGE", "turns": [{"text": "Both read."}]}]});
+    let Some(mut s) = ClaudeWebchat::start(script, "", "merge_window_ms: 3000").await else {
+        return;
+    };
+    let mut events = s.alice.events("merge").await;
+    let (status, _) = s.alice.post("merge", "CMD-MERGE from the owner").await;
+    assert_eq!(status, 202);
+    let (status, _) = s.bob.post("merge", "and from the guest").await;
+    assert_eq!(status, 202);
+    events.turn_end().await;
+    let calls: Vec<_> = s
+        .llm
+        .message_requests()
+        .into_iter()
+        .filter(|r| r.message_texts().concat().contains("CMD-MERGE"))
+        .collect();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let prompt = calls[0].last_text();
+    assert!(
+        prompt.contains("from: alice | role: owner")
+            && prompt.contains("from: bob | role: guest")
+            && prompt.contains("and from the guest"),
+        "{prompt}"
+    );
+    let bot: Vec<String> = s
+        .alice
+        .messages("merge")
+        .await
+        .into_iter()
+        .filter(|m| m.from == "bot")
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(bot, ["Both read."]);
+    s.gateway.stop();
+    let log = s.gateway.log();
+    let started: Vec<&str> = log.lines().filter(|l| l.contains("turn started")).collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(
+        started[0].contains("role=guest") && started[0].contains("messages=2"),
+        "{started:?}"
+    );
 }
