@@ -159,6 +159,7 @@ fn config(agent: &Path, work: &Path) -> Config {
         commands: Default::default(),
         budgets: Default::default(),
         merge_window: Default::default(),
+        rate_limit: None,
         default_agent: "fake".into(),
         watchers: vec![WatcherConfig {
             name: "all".into(),

@@ -25,6 +25,7 @@ use crate::commands::{self, Parsed};
 use crate::config::{AgentConfig, Config, ConnectorConfig, WatcherConfig};
 use crate::connector::{Acceptance, ApprovalPlace, ConnectorEvent, Connectors};
 use crate::model::{InboundMessage, ReplyTarget, RoomKey, RoomKind, RoomRef};
+use crate::ratelimit::{RateLimiter, Verdict};
 use crate::room::{
     self, AgentChoice, IdleReport, QueuedMessage, RoomControl, RoomDeps, RoomHandle,
 };
@@ -131,6 +132,8 @@ pub struct Dispatcher {
     choices: Arc<BTreeMap<String, AgentChoice>>,
     commands: Arc<crate::config::CommandsConfig>,
     budgets: Arc<crate::config::Budgets>,
+    /// `rate_limit:`, per connector and sender id.
+    limiter: Option<RateLimiter<(Arc<str>, String)>>,
     turn_slots: Arc<tokio::sync::Semaphore>,
     idle_tx: mpsc::Sender<IdleReport>,
     idle_rx: Option<mpsc::Receiver<IdleReport>>,
@@ -186,6 +189,7 @@ impl Dispatcher {
             choices: Arc::new(choices),
             commands: Arc::new(parts.config.commands.clone()),
             budgets: Arc::new(parts.config.budgets.clone()),
+            limiter: parts.config.rate_limit.clone().map(RateLimiter::new),
             idle_tx,
             idle_rx: Some(idle_rx),
             generations: 0,
@@ -455,6 +459,9 @@ impl Dispatcher {
         if message.room.kind == RoomKind::Group && require_mention(cconf) && !message.addressed {
             return verdict(ack, Acceptance::Ignored("the bot was not mentioned".into()));
         }
+        if self.rate_limited(&message) {
+            return verdict(ack, Acceptance::Ignored("rate limited".into()));
+        }
         let Some(entry) = self.room_entry(&key, &message.room.name, widx) else {
             return verdict(
                 ack,
@@ -475,6 +482,35 @@ impl Dispatcher {
                 let _ = ack.send(Acceptance::Rejected(notice));
             }
         }
+    }
+
+    /// Counts a message that would start a turn against its sender's `rate_limit:`; true when
+    /// it is over the limit (the first such message of a window gets a notice). API requests
+    /// are limited by their own connector; commands and approvals never get here.
+    fn rate_limited(&self, message: &InboundMessage) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return false;
+        };
+        if message.conversation.is_some() {
+            return false;
+        }
+        let user = (message.connector.clone(), message.sender.id.clone());
+        let Verdict::Limited {
+            notify,
+            retry_after,
+        } = limiter.check(user, std::time::Instant::now())
+        else {
+            return false;
+        };
+        info!(room = %message.room_key(), user = %message.sender.username, notify, "rate limited");
+        if notify {
+            let text = format!(
+                "You are sending messages faster than I can take them. Please wait about {} s; messages until then are not processed.",
+                retry_after.as_secs().max(1)
+            );
+            self.post_notice(&message.room_key(), message.reply_target(), text);
+        }
+        true
     }
 
     /// The room's worker, started if it has none; `None` when the watcher's agent is missing.

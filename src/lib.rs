@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod policy;
+pub mod ratelimit;
 pub mod room;
 pub mod service;
 pub mod state;

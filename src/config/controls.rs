@@ -1,5 +1,8 @@
-//! The room-control sections: `commands:` (the prefix of the commands people type in a room)
-//! and `budgets:` (daily and monthly spending limits per user and per room).
+//! The room-control sections: `commands:` (the prefix of the commands people type in a room),
+//! `budgets:` (daily and monthly spending limits per user and per room) and `rate_limit:`
+//! (messages per user and window, on every connector).
+
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -149,4 +152,38 @@ pub(super) fn validate_budgets(section: Value, v: &mut Validator) -> Budgets {
         user: periods("user", raw.user, v),
         room: periods("room", raw.room, v),
     }
+}
+
+/// How many messages one user may send per window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Messages one user may send per window; the next one gets a notice instead of a turn.
+    pub messages: usize,
+    pub window: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    messages: usize,
+    window_secs: u64,
+}
+
+/// `rate_limit: {messages, window_secs}`; `messages: 0` (or no section) is no limit.
+pub(super) fn validate_rate_limit(section: Value, v: &mut Validator) -> Option<RateLimit> {
+    let raw = v.parse::<RawRateLimit>("rate_limit", section)?;
+    if raw.messages == 0 {
+        return None;
+    }
+    if raw.window_secs == 0 {
+        v.error(
+            "rate_limit.window_secs",
+            "must be at least 1 (set messages: 0 to disable the limit)",
+        );
+        return None;
+    }
+    Some(RateLimit {
+        messages: raw.messages,
+        window: Duration::from_secs(raw.window_secs),
+    })
 }

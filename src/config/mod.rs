@@ -16,7 +16,7 @@ mod controls;
 mod expand;
 mod file_size;
 
-pub use controls::{Budgets, CommandsConfig, Limit, PeriodLimits};
+pub use controls::{Budgets, CommandsConfig, Limit, PeriodLimits, RateLimit};
 pub use file_size::{MaxFileSize, RawMaxFileSize, DEFAULT_MAX_FILE_SIZE_MB};
 
 use std::any::Any;
@@ -280,6 +280,8 @@ pub struct Config {
     pub commands: CommandsConfig,
     /// Spending limits per user and per room.
     pub budgets: Budgets,
+    /// Messages per user and window, applied by the dispatcher on every connector.
+    pub rate_limit: Option<RateLimit>,
     /// What is valid but worth knowing (an agent whose calls are not asked one by one).
     pub warnings: Vec<ConfigIssue>,
 }
@@ -650,6 +652,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "commands",
     "budgets",
     "merge_window_ms",
+    "rate_limit",
 ];
 
 /// The longest `merge_window_ms`.
@@ -976,6 +979,9 @@ fn validate_source(
             None => Duration::ZERO,
         },
     };
+    let rate_limit = sections
+        .remove("rate_limit")
+        .and_then(|section| controls::validate_rate_limit(section, v));
     let commands = sections
         .remove("commands")
         .map(|section| controls::validate_commands(section, v))
@@ -990,6 +996,7 @@ fn validate_source(
         commands,
         budgets,
         merge_window,
+        rate_limit,
         warnings: Vec::new(),
         max_concurrent_turns,
         room_idle_eviction,

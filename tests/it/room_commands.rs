@@ -491,3 +491,51 @@ async fn messages_within_the_merge_window_are_one_turn_with_the_lowest_role() {
         "{started:?}"
     );
 }
+
+/// `rate_limit:` on a connector that has none of its own (the web chat): past the limit a
+/// sender's messages are not processed, with one notice per window; commands still work and
+/// other senders are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_over_the_rate_limit_gets_one_notice_and_commands_still_work() {
+    let extra = "rate_limit: {messages: 2, window_secs: 600}";
+    let Some(s) = ClaudeWebchat::start(json!({"default_text": "Taken."}), "", extra).await else {
+        return;
+    };
+    for text in ["one", "two"] {
+        let replies = s.bob.ask("fast", text).await;
+        assert_eq!(replies.last().unwrap().text, "Taken.");
+    }
+    let notice = command(&s.bob, "fast", "three").await;
+    let re = regex::Regex::new(r"^You are sending messages faster than I can take them\. Please wait about (\d+) s; messages until then are not processed\.$").unwrap();
+    let wait: u64 = re.captures(&notice).expect(&notice)[1].parse().unwrap();
+    assert!((500..=600).contains(&wait), "{notice}");
+    let (status, body) = s.bob.post("fast", "four").await;
+    assert_eq!(
+        (status, body["ignored"].as_str()),
+        (202, Some("rate limited"))
+    );
+    let status = command(&s.bob, "fast", "!status").await;
+    assert!(status.starts_with("📊 Status of this room"), "{status}");
+    let replies = s.alice.ask("fast", "the owner's turn").await;
+    assert_eq!(replies.last().unwrap().text, "Taken.");
+    let bot: Vec<String> = s
+        .alice
+        .messages("fast")
+        .await
+        .into_iter()
+        .filter(|m| m.from == "bot")
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(bot.iter().filter(|t| **t == notice).count(), 1, "{bot:?}");
+    assert_eq!(bot.len(), 5, "{bot:?}");
+    let texts: String = s
+        .llm
+        .message_requests()
+        .iter()
+        .map(|r| r.message_texts().join("\n"))
+        .collect();
+    assert!(
+        !texts.contains("three") && !texts.contains("four"),
+        "{texts}"
+    );
+}
