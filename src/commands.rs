@@ -71,7 +71,13 @@ pub fn parse(text: &str, config: &CommandsConfig, role: Role) -> Option<Parsed> 
     }
     let one_arg = |what: &str| -> Result<String, String> {
         match args.as_slice() {
-            [arg] if arg.len() <= MAX_ARG_LEN && arg.chars().all(is_name_char) => {
+            // Never a leading `-`: the name becomes an argument of the agent's CLI, where
+            // `--resume --some-flag` would read as a flag.
+            [arg]
+                if arg.len() <= MAX_ARG_LEN
+                    && !arg.starts_with('-')
+                    && arg.chars().all(is_name_char) =>
+            {
                 Ok(arg.to_string())
             }
             _ => Err(format!(
@@ -245,7 +251,14 @@ mod tests {
             check("!new session", Role::Owner),
             Some(Parsed::Refused("⚠️ `!new` takes no arguments.".into()))
         );
-        for text in ["!model", "!model a b", "!resume $(id)", "!agent ../x;y"] {
+        for text in [
+            "!model",
+            "!model a b",
+            "!resume $(id)",
+            "!agent ../x;y",
+            "!resume --dangerously-skip-permissions",
+            "!model -x",
+        ] {
             assert!(
                 matches!(check(text, Role::Owner), Some(Parsed::Refused(u)) if u.starts_with("⚠️ Usage: `!")),
                 "{text}"
