@@ -539,3 +539,46 @@ async fn a_sender_over_the_rate_limit_gets_one_notice_and_commands_still_work() 
         "{texts}"
     );
 }
+
+/// "Continue remotely": a session started with the CLI in a terminal (same working directory
+/// and HOME) is pinned to a room with `!resume <id>`, and the room's next turn continues it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_continues_a_session_started_in_a_terminal() {
+    let script = json!({"scenarios": [{"match": "CMD-TERMINAL", "turns": [
+        {"text": "Answered in the terminal."}, {"text": "Answered in the room."}
+    ]}]});
+    let Some(agent) = claude_agent(script, "").await else {
+        return;
+    };
+    let web = WebchatGateway::start(&agent.yaml, "");
+    let id = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f";
+    let claude = crate::support::deps::claude().unwrap();
+    let out = tokio::process::Command::new(claude)
+        .args(["-p", "--session-id", id, "CMD-TERMINAL from my terminal"])
+        .envs(agent.llm.claude_env())
+        .env("HOME", agent.home.path())
+        .current_dir(&web.gateway.work)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Answered in the terminal."
+    );
+    assert_eq!(
+        command(&web.alice, "remote", &format!("!resume {id}")).await,
+        format!("▶️ This room is now pinned to session `{id}` of `assistant`: the next message continues it.")
+    );
+    let replies = web.alice.ask("remote", "and now from the room").await;
+    assert_eq!(replies.last().unwrap().text, "Answered in the room.");
+    let history = agent.llm.conversation("CMD-TERMINAL");
+    assert!(
+        history.contains("CMD-TERMINAL from my terminal")
+            && history.contains("Answered in the terminal.")
+            && history.contains("and now from the room"),
+        "{history}"
+    );
+    assert_eq!(session_of(&web.gateway, "remote").as_deref(), Some(id));
+}
