@@ -3,7 +3,8 @@
 #   .deps/node/      pinned agent CLIs from npm (Claude Code, its ACP adapter, OpenCode, Codex,
 #                    Gemini CLI)
 #   .deps/venv/      a Python venv with the `openai` SDK (client-side tests) and the
-#                    `prometheus_client` text parser (the admin endpoint's /metrics)
+#                    `prometheus_client` text parser (the admin endpoint's /metrics) and
+#                    the `jsonschema` validator (`config schema`)
 #   strace, bwrap    (Linux only, Debian packages `strace` and `bubblewrap`) for the bash policy
 #                    oracle, tests/it/policy_oracle.rs, which runs allowed commands in a sandbox
 # Safe to run repeatedly: a pinned version already present is not reinstalled.
@@ -71,6 +72,10 @@ if [ "${ACG_SKIP_PYTHON_DEPS:-}" != 1 ]; then
   # The reference Prometheus text parser, for the admin endpoint's /metrics (tests/it/admin_http.rs).
   if ! "$deps/venv/bin/python" -c 'import prometheus_client.parser' 2>/dev/null; then
     "$deps/venv/bin/pip" install --quiet "prometheus-client==0.21.1"
+  fi
+  # A reference JSON Schema validator, for `config schema` (tests/it/config_cli.rs).
+  if ! "$deps/venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('jsonschema') != '4.23.0')" 2>/dev/null; then
+    "$deps/venv/bin/pip" install --quiet "jsonschema==4.23.0"
   fi
 fi
 # The bash policy oracle (tests/it/policy_oracle.rs) traces real bash in a bubblewrap sandbox.

@@ -5,23 +5,18 @@
 //! the control socket's `status` and `list`.
 //! Knows nothing about: platforms, agents, how metrics are counted.
 
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{self, Admission, Ticket};
+use crate::admission::{self, Admission};
 use crate::dispatch::{ControlRequest, StatusReport, WatcherRow};
 use crate::metrics;
 
@@ -53,64 +48,19 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let admission = Admission::new(limits());
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let Some(ticket) = admission.admit() else { continue };
-                    connections.spawn(serve_connection(
-                        stream,
-                        admission.clone(),
-                        ticket,
-                        dispatcher.clone(),
-                        cancel.clone(),
-                    ));
-                }
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning on the error.
-                    tracing::warn!(error = %e, "admin endpoint: accept failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                        _ = cancel.cancelled() => break,
-                    }
-                }
-            },
-        }
-    }
-    connections.shutdown().await;
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    admission: Arc<Admission>,
-    ticket: Arc<Ticket>,
-    dispatcher: mpsc::Sender<ControlRequest>,
-    cancel: CancellationToken,
-) {
-    // Nothing here is secret: every request counts as authenticated, and the caps bound it.
-    ticket.authenticated();
-    let for_service = admission.clone();
-    let service = service_fn(move |req| {
-        let (dispatcher, admission) = (dispatcher.clone(), for_service.clone());
-        async move { Ok::<_, Infallible>(handle(&dispatcher, &admission, req).await) }
-    });
-    let conn = admission
-        .http1()
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
+    let how = admission::Listener {
+        name: "admin endpoint",
+        admission: admission.clone(),
+        drain: Duration::from_secs(1),
+        cancel,
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "admin connection ended with an error");
-    }
+    admission::serve(listener, how, move |ticket, req| {
+        // Nothing here is secret: every request counts as authenticated, and the caps bound it.
+        ticket.authenticated();
+        let (dispatcher, admission) = (dispatcher.clone(), admission.clone());
+        async move { handle(&dispatcher, &admission, req).await }
+    })
+    .await
 }
 
 async fn handle(

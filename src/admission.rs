@@ -1,4 +1,5 @@
-//! Admission control for the gateway's HTTP listeners (the web chat and the approval hook):
+//! Admission control for the gateway's HTTP listeners (the web chat, the OpenAI API, the admin
+//! endpoint and the approval hook):
 //! what a connection may hold, and for how long, before it has proved who sent it.
 //!
 //! Owns: [`Limits`] (header and body timeouts, caps), the bounded set of unauthenticated
@@ -7,17 +8,27 @@
 //! connections then only ever displaces itself, and a legitimate client that sends its
 //! request head at once is served (refusing the newest instead would lock it out until the
 //! flood's header timeouts ran out).
+//! Also the accept loop those listeners share ([`serve`]): admit, serve HTTP/1 with the
+//! header timeout, close an evicted connection, back off on accept errors, and on cancel let
+//! open connections finish gracefully for a bounded drain.
 //! Knows nothing about: routes, tokens or secrets — each server decides, from a request's
 //! head, whether it authenticates, and tells the connection's [`Ticket`].
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioTimer;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// The bounds of one listener.
@@ -153,6 +164,100 @@ impl Drop for Ticket {
         if !self.authenticated.load(Ordering::Acquire) {
             self.admission.forget(self.id);
         }
+    }
+}
+
+/// How one listener is served by [`serve`].
+pub struct Listener {
+    /// Names the listener in logs ("web chat", "OpenAI API", "admin endpoint").
+    pub name: &'static str,
+    pub admission: Arc<Admission>,
+    /// How long open connections may take to finish after `cancel` before they are cut.
+    pub drain: Duration,
+    pub cancel: CancellationToken,
+}
+
+/// Accepts and serves connections until `cancel`, each request answered by `handler` with
+/// the connection's [`Ticket`] (which the handler marks authenticated). On cancel, open
+/// connections are shut down gracefully (a response in flight is finished) for up to `drain`,
+/// then cut.
+pub async fn serve<H, Fut, B>(listener: TcpListener, how: Listener, handler: H)
+where
+    H: Fn(Arc<Ticket>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Listener {
+        name,
+        admission,
+        drain,
+        cancel,
+    } = how;
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "{name}: a connection task failed");
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Some(ticket) = admission.admit() else {
+                        tracing::warn!(%peer, "{name}: too many connections; closing a new one");
+                        continue;
+                    };
+                    let builder = admission.http1();
+                    let (handler, cancel) = (handler.clone(), cancel.clone());
+                    connections.spawn(async move {
+                        let for_service = ticket.clone();
+                        let service = service_fn(move |req| {
+                            let response = handler(for_service.clone(), req);
+                            async move { Ok::<_, Infallible>(response.await) }
+                        });
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        tokio::pin!(conn);
+                        let result = tokio::select! {
+                            r = conn.as_mut() => r,
+                            _ = ticket.evicted() => {
+                                tracing::debug!("{name}: closed an unauthenticated connection to make room");
+                                return;
+                            }
+                            _ = cancel.cancelled() => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.as_mut().await
+                            }
+                        };
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "{name}: connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "{name}: accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = cancel.cancelled() => break,
+                    }
+                }
+            },
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "{name}: connections still open after the drain; closing them"
+        );
+        connections.shutdown().await;
     }
 }
 

@@ -132,6 +132,9 @@ pub enum ServiceCommand {
 pub enum ConfigCommand {
     /// Check the configuration and report every problem at once.
     Validate,
+    /// Print the configuration file's JSON Schema (for editors: save it and point the YAML
+    /// language server at it with `# yaml-language-server: $schema=<file>`).
+    Schema,
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,6 +233,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Config {
             command: ConfigCommand::Validate,
         } => validate(&config_file),
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => {
+            let schema = crate::config::schema::document(crate::TYPES);
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(0)
+        }
         Command::Doctor => doctor(&config_file, &runtime),
         Command::Policy {
             command: PolicyCommand::Check(check),

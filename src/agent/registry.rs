@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use super::confine::Sandbox;
 use super::gate::ToolGate;
 use super::{acp, claude, codex, gemini, opencode, AgentBackend};
+use crate::config::schema::SectionSchema;
 use crate::config::{
     AgentConfig, AgentSection, AgentSectionParser, AgentSettings, AgentTypes, Gating, Validator,
 };
@@ -48,6 +49,9 @@ pub struct AgentType {
     /// Validates those keys (a mapping holding only them), reporting problems under `path`.
     /// `None` when a problem was reported.
     pub parse: AgentSectionParser,
+    /// The JSON Schema of those keys (`config schema`; `config::schema::no_own_keys` when
+    /// there are none).
+    pub schema: SectionSchema,
     /// Whether the gateway's [`ToolGate`] can decide its calls one by one (`config` checks
     /// `permissions.enabled` against it).
     pub gating: Gating,
@@ -98,6 +102,7 @@ impl AgentTypes for Agents {
             default_command: a.default_command,
             keys: a.keys,
             parse: a.parse,
+            schema: a.schema,
             gating: a.gating,
         })
     }

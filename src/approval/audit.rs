@@ -36,6 +36,43 @@ pub struct AuditLog {
 
 pub struct AuditRecord(serde_json::Value);
 
+/// Who decided a bound call. The audit record's `by` names the owner (or `timeout`,
+/// `always`); the metrics count by this kind, so an owner whose username happens to be
+/// "timeout" is still counted as an owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The rules alone (or the gateway refusing to ask: stopping, undeliverable).
+    Policy,
+    /// An owner's `approve`/`deny`, by username.
+    Owner(String),
+    /// An earlier `approve <id> always` in this session.
+    Always,
+    /// Nobody answered in time.
+    Timeout,
+}
+
+impl DecidedBy {
+    /// The record's `by`.
+    fn recorded(&self) -> Option<&str> {
+        match self {
+            DecidedBy::Policy => None,
+            DecidedBy::Owner(name) => Some(name),
+            DecidedBy::Always => Some("always"),
+            DecidedBy::Timeout => Some("timeout"),
+        }
+    }
+
+    /// The metrics' `by` label.
+    fn label(&self) -> &'static str {
+        match self {
+            DecidedBy::Policy => "policy",
+            DecidedBy::Owner(_) => "owner",
+            DecidedBy::Always => "always",
+            DecidedBy::Timeout => "timeout",
+        }
+    }
+}
+
 /// The rate limit of unbound records. Time is tokio's, so tests can pause it.
 #[derive(Default)]
 struct UnboundWindow {
@@ -116,19 +153,14 @@ impl AuditLog {
         self.unbound.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends a decision about a bound call (and a due summary of suppressed unbound ones).
-    pub fn append(&self, record: &AuditRecord) {
+    /// Appends a decision about a bound call, made `by` (and a due summary of suppressed
+    /// unbound ones).
+    pub fn append(&self, record: &AuditRecord, by: &DecidedBy) {
         let summary = self.window().take_summary(Instant::now(), false);
         if let Some(summary) = summary {
             self.write(&summary);
         }
-        let by = match record.0["by"].as_str() {
-            None => "policy",
-            Some("timeout") => "timeout",
-            Some("always") => "always",
-            Some(_) => "owner",
-        };
-        crate::metrics::tool_decided(record.decision(), by, 1);
+        crate::metrics::tool_decided(record.decision(), by.label(), 1);
         self.write(record);
     }
 
@@ -174,7 +206,7 @@ impl AuditRecord {
         call: &ToolCall,
         params: &[String],
         decision: &Decision,
-        by: Option<&str>,
+        by: &DecidedBy,
         latency: Duration,
     ) -> Self {
         AuditRecord(json!({
@@ -188,7 +220,7 @@ impl AuditRecord {
             "parameters": params.iter().map(|p| redact(p)).collect::<Vec<_>>(),
             "decision": decision.word(),
             "reason": decision.reason(),
-            "by": by,
+            "by": by.recorded(),
             "latency_ms": latency.as_millis() as u64,
         }))
     }
@@ -371,9 +403,21 @@ mod tests {
             log.append_unbound(&record);
         }
         tokio::time::advance(UNBOUND_WINDOW).await;
-        log.append(&AuditRecord(json!({"decision": "allow"})));
+        log.append(
+            &AuditRecord(json!({"decision": "allow"})),
+            &DecidedBy::Policy,
+        );
         let all = lines(&path);
         assert_eq!(all[all.len() - 2]["count"], 3);
         assert_eq!(all[all.len() - 1]["decision"], "allow");
+    }
+
+    #[test]
+    fn an_owner_named_like_a_source_is_counted_as_an_owner() {
+        let by = DecidedBy::Owner("timeout".into());
+        assert_eq!(by.recorded(), Some("timeout"));
+        assert_eq!(by.label(), "owner");
+        assert_eq!(DecidedBy::Timeout.label(), "timeout");
+        assert_eq!(DecidedBy::Policy.recorded(), None);
     }
 }

@@ -31,7 +31,7 @@ use crate::model::{Decision, ReplyTarget, Role, RoomKey, ToolCall};
 use crate::outbox::Outbox;
 use crate::policy;
 use crate::text;
-use audit::{AuditLog, AuditRecord, UnboundSecret};
+use audit::{AuditLog, AuditRecord, DecidedBy, UnboundSecret};
 
 /// An agent's wait for an answer is the approval timeout plus this margin, so the CLI never
 /// gives up on a call the gateway is still deciding (it would fall through to its permission
@@ -291,14 +291,17 @@ impl Approvals {
             let decision = Decision::Deny {
                 reason: "blocked: the policy check failed unexpectedly".into(),
             };
-            self.audit.append(&AuditRecord::decided(
-                &binding,
-                &call,
-                &[],
-                &decision,
-                None,
-                started.elapsed(),
-            ));
+            self.audit.append(
+                &AuditRecord::decided(
+                    &binding,
+                    &call,
+                    &[],
+                    &decision,
+                    &DecidedBy::Policy,
+                    started.elapsed(),
+                ),
+                &DecidedBy::Policy,
+            );
             return decision;
         };
         let params = outcome.parameters.clone();
@@ -309,7 +312,7 @@ impl Approvals {
                 Decision::Deny {
                     reason: "denied: the gateway is stopping, so no owner can be asked".into(),
                 },
-                None,
+                DecidedBy::Policy,
             ),
             Decision::Ask { reason } => {
                 let remembered = self
@@ -322,7 +325,7 @@ impl Approvals {
                         Decision::Allow {
                             reason: "approved earlier with 'always' for this session".into(),
                         },
-                        Some("always".to_string()),
+                        DecidedBy::Always,
                     )
                 } else {
                     let shown = Shown {
@@ -333,16 +336,12 @@ impl Approvals {
                         .await
                 }
             }
-            other => (other, None),
+            other => (other, DecidedBy::Policy),
         };
-        self.audit.append(&AuditRecord::decided(
-            &binding,
-            &call,
-            &params,
-            &decision,
-            by.as_deref(),
-            started.elapsed(),
-        ));
+        self.audit.append(
+            &AuditRecord::decided(&binding, &call, &params, &decision, &by, started.elapsed()),
+            &by,
+        );
         decision
     }
 
@@ -389,14 +388,14 @@ impl Approvals {
         shown: Shown<'_>,
         exact: String,
         reason: String,
-    ) -> (Decision, Option<String>) {
+    ) -> (Decision, DecidedBy) {
         let Some(place) = binding.ask_place() else {
             info!(tool = %call.tool, room = %binding.room, "no owner can be asked from this room; denying");
             return (
                 Decision::Deny {
                     reason: "denied: the call needs an owner's approval, and nobody can be asked from where this turn came (an API request without an approvals room)".into(),
                 },
-                None,
+                DecidedBy::Policy,
             );
         };
         let origin = place.from_elsewhere.then(|| {
@@ -433,7 +432,7 @@ impl Approvals {
                         "blocked: the parameters no rule matched are too long to show an owner in full ({length} characters), so no owner was asked"
                     ),
                 },
-                None,
+                DecidedBy::Policy,
             );
         }
         let (tx, rx) = oneshot::channel();
@@ -444,7 +443,7 @@ impl Approvals {
                     Decision::Deny {
                         reason: "blocked: the turn ended before the call could be asked".into(),
                     },
-                    None,
+                    DecidedBy::Policy,
                 );
             }
             // Checked again under the lock that `shutdown` takes: a stop that began after
@@ -454,7 +453,7 @@ impl Approvals {
                     Decision::Deny {
                         reason: "denied: the gateway is stopping, so no owner can be asked".into(),
                     },
-                    None,
+                    DecidedBy::Policy,
                 );
             }
             let id = loop {
@@ -501,7 +500,7 @@ impl Approvals {
                 Decision::Deny {
                     reason: "blocked: the approval request could not be delivered to the room, so no owner was asked".into(),
                 },
-                None,
+                DecidedBy::Policy,
             );
         }
         let verdict = match tokio::time::timeout_at(deadline, rx).await {
@@ -524,7 +523,7 @@ impl Approvals {
                     Decision::Deny {
                         reason: format!("denied: no owner answered within {} s", timeout.as_secs()),
                     },
-                    Some("timeout".into()),
+                    DecidedBy::Timeout,
                 );
             }
         };
@@ -540,19 +539,19 @@ impl Approvals {
                         }
                     ),
                 },
-                Some(by),
+                DecidedBy::Owner(by),
             ),
             Verdict::Denied { by } => (
                 Decision::Deny {
                     reason: format!("denied by {by}"),
                 },
-                Some(by),
+                DecidedBy::Owner(by),
             ),
             Verdict::Ended(why) => (
                 Decision::Deny {
                     reason: format!("denied: {why} before an owner answered"),
                 },
-                None,
+                DecidedBy::Policy,
             ),
         }
     }

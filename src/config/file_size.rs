@@ -13,7 +13,7 @@ pub const DEFAULT_MAX_FILE_SIZE_MB: u64 = 20;
 
 /// The key as written: a number of megabytes (`20`, `0.5`). Integers and fractions both load,
 /// so files written for either former key keep loading.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(transparent)]
 pub struct RawMaxFileSize(f64);
 

@@ -15,6 +15,7 @@
 mod controls;
 mod expand;
 mod file_size;
+pub mod schema;
 
 pub use controls::{Budgets, CommandsConfig, Limit, PeriodLimits, RateLimit};
 pub use file_size::{MaxFileSize, RawMaxFileSize, DEFAULT_MAX_FILE_SIZE_MB};
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -302,10 +304,13 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Deserialize)]
+/// `log:` — rotation of `gateway.log`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawLog {
+    /// Size in MiB at which the log is rotated (default 10).
     max_size_mb: Option<u64>,
+    /// Rotated files kept (default 5).
     keep: Option<usize>,
 }
 
@@ -334,9 +339,11 @@ pub struct AdminConfig {
     pub listen: std::net::SocketAddr,
 }
 
-#[derive(Deserialize)]
+/// `admin:` — the admin HTTP endpoint (`/healthz`, `/readyz`, `/metrics`); off when absent.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
+    /// Address with a port, e.g. `127.0.0.1:9464`.
     listen: String,
 }
 
@@ -480,6 +487,8 @@ pub trait ConnectorTypes {
     fn type_names(&self) -> Vec<&'static str>;
     /// The parser of one `type:`, if it is known.
     fn parser(&self, type_name: &str) -> Option<SectionParser>;
+    /// The JSON Schema of one `type:`'s sections (`config schema`), if it is known.
+    fn schema(&self, type_name: &str) -> Option<schema::SectionSchema>;
 }
 
 /// Validates the keys of an agent section that only its type knows (a mapping holding just
@@ -497,6 +506,8 @@ pub struct AgentSection {
     /// Keys its sections may hold besides [`COMMON_AGENT_KEYS`].
     pub keys: &'static [&'static str],
     pub parse: AgentSectionParser,
+    /// The JSON Schema of those keys (`config schema`).
+    pub schema: schema::SectionSchema,
     /// Whether the gateway can decide its tool calls one by one.
     pub gating: Gating,
 }
@@ -662,7 +673,7 @@ const MAX_MERGE_WINDOW_MS: u64 = 60_000;
 pub const DEFAULT_MAX_CONCURRENT_TURNS: usize = 16;
 
 /// Owners and guests as written in a connector section.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAllowedUsers {
     #[serde(default)]
@@ -703,7 +714,8 @@ impl RawAllowedUsers {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `permissions:` — every tool call decided by the gateway (allow-lists, then an owner).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawPermissions {
     #[serde(default)]
@@ -719,7 +731,7 @@ fn default_permission_timeout() -> u64 {
 }
 
 /// A tool rule as written: a preset name or `{tool, params}`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 enum RawRule {
     Preset(String),
@@ -749,32 +761,44 @@ pub const COMMON_AGENT_KEYS: &[&str] = &[
 ];
 
 /// The common keys of an agent section ([`COMMON_AGENT_KEYS`]).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAgent {
+    /// The agent type (`claude`, `acp`, `codex`, `gemini`, `opencode`).
     #[serde(rename = "type")]
     kind: String,
+    /// The program to run (default: the type's own, found on PATH).
     #[serde(default)]
     command: Option<String>,
+    /// Extra arguments; the ones the gateway manages are refused.
     #[serde(default)]
     args: Vec<String>,
+    /// Where the agent works (relative to this file).
     working_directory: String,
+    /// Seconds one turn may take (default 600).
     #[serde(default = "default_agent_timeout")]
     timeout: u64,
     #[serde(default)]
     permissions: Option<RawPermissions>,
+    /// Tools owners may use: preset names or `{tool, params}` rules.
     #[serde(default)]
     owner_allowed_tools: Vec<RawRule>,
+    /// Tools guests may use: preset names or `{tool, params}` rules.
     #[serde(default)]
     guest_allowed_tools: Vec<RawRule>,
+    /// Environment of the agent's process.
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Appended to the agent's system prompt.
     #[serde(default)]
     system_prompt: Option<String>,
+    /// OS confinement (Landlock): `best_effort` (default), `required` or `off`.
     #[serde(default)]
     confinement: Option<String>,
+    /// Unix user the agent runs as (the daemon must run as root).
     #[serde(default)]
     run_as: Option<String>,
+    /// Trees the agent may write besides its working directory.
     #[serde(default)]
     writable_paths: Vec<String>,
 }
@@ -783,12 +807,15 @@ fn default_agent_timeout() -> u64 {
     600
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawWatcher {
     name: String,
+    /// A connector's `name`.
     connector: String,
+    /// `*`, `#channel`, a group, `@user` or a room id, as the platform names rooms.
     room: String,
+    /// A key of `agents` (default: `default_agent`).
     #[serde(default)]
     agent: Option<String>,
 }

@@ -209,6 +209,7 @@ mod own_section {
                 default_command: "modelled-cli",
                 keys: &["model"],
                 parse: parse_model,
+                schema: super::schema::no_own_keys,
                 gating: Gating::Optional,
             })
         }

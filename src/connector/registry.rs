@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::schema::SectionSchema;
 use crate::config::{ConnectorConfig, ConnectorKind, ConnectorTypes, SectionParser};
 
 use super::{onebot, openai, rocketchat, webchat, Connector};
@@ -22,6 +23,9 @@ pub struct Platform {
     /// How prompts name the platform to the agent.
     pub label: &'static str,
     pub parse: SectionParser,
+    /// Its sections' JSON Schema (`config schema`): `config::schema::connector_section` of
+    /// the raw type `parse` reads.
+    pub schema: SectionSchema,
     pub build: Builder,
 }
 
@@ -33,6 +37,7 @@ pub static PLATFORMS: Platforms = Platforms(&[
         type_name: webchat::TYPE,
         label: "WebChat",
         parse: webchat::config::validate,
+        schema: webchat::config::schema,
         build: |name, kind, dir| {
             Ok(Arc::new(webchat::WebchatConnector::new(
                 name,
@@ -45,6 +50,7 @@ pub static PLATFORMS: Platforms = Platforms(&[
         type_name: rocketchat::TYPE,
         label: "Rocket.Chat",
         parse: rocketchat::config::validate,
+        schema: rocketchat::config::schema,
         build: |name, kind, dir| {
             Ok(Arc::new(rocketchat::RocketChatConnector::new(
                 name,
@@ -57,6 +63,7 @@ pub static PLATFORMS: Platforms = Platforms(&[
         type_name: onebot::TYPE,
         label: "QQ",
         parse: onebot::config::validate,
+        schema: onebot::config::schema,
         build: |name, kind, dir| {
             Ok(Arc::new(onebot::OneBotConnector::new(
                 name,
@@ -69,6 +76,7 @@ pub static PLATFORMS: Platforms = Platforms(&[
         type_name: openai::TYPE,
         label: "OpenAI API",
         parse: openai::config::validate,
+        schema: openai::config::schema,
         build: |name, kind, dir| {
             Ok(Arc::new(openai::OpenaiConnector::new(
                 name,
@@ -92,6 +100,10 @@ impl ConnectorTypes for Platforms {
 
     fn parser(&self, type_name: &str) -> Option<SectionParser> {
         self.get(type_name).map(|p| p.parse)
+    }
+
+    fn schema(&self, type_name: &str) -> Option<SectionSchema> {
+        self.get(type_name).map(|p| p.schema)
     }
 }
 

@@ -594,3 +594,135 @@ fn a_pipe_agent_validates_with_a_warning_and_doctor_checks_its_credential() {
         "{err}"
     );
 }
+
+/// Checks JSON documents against a schema with the reference `jsonschema` validator (the
+/// schema itself checked against the 2020-12 meta-schema first); prints `ok` or the first
+/// error as `<path>: <message>`, one line per document.
+const CHECK_SCHEMA: &str = r#"
+import json, sys
+from jsonschema import Draft202012Validator
+schema = json.load(open(sys.argv[1]))
+Draft202012Validator.check_schema(schema)
+validator = Draft202012Validator(schema)
+for name in sys.argv[2:]:
+    errors = sorted(validator.iter_errors(json.load(open(name))), key=lambda e: list(e.absolute_path))
+    if not errors:
+        print("ok")
+        continue
+    # The deepest error names the key the author got wrong (not the `if`/`then` around it).
+    best = max(errors, key=lambda e: len(e.absolute_path))
+    while best.context:
+        best = max(best.context, key=lambda e: len(e.absolute_path))
+    print("/".join(str(p) for p in best.absolute_path) + ": " + best.message)
+"#;
+
+/// `config schema` is what the loader accepts: the shipped example and a file using every
+/// agent type pass the reference validator (and `config validate`); files the loader refuses
+/// for their shape fail it at the key at fault.
+#[test]
+fn config_schema_accepts_what_the_loader_accepts() {
+    let Some(python) = support::deps::jsonschema_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("work")).unwrap();
+    let out = Command::new(gateway_bin())
+        .args(["config", "schema"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(dir.path().join("schema.json"), &out.stdout).unwrap();
+
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"))
+            .unwrap();
+    let every_agent = r#"
+connectors:
+  - {name: web, type: webchat, listen: "127.0.0.1:0", allowed_users: {owners: [me]}}
+default_agent: claude
+agents:
+  claude: {type: claude, working_directory: ./work, permissions: {enabled: true, timeout: 60}}
+  acp: {type: acp, working_directory: ./work, idle_timeout: 60, permissions: {enabled: true}}
+  codex: {type: codex, working_directory: ./work, owner_allowed_tools: [readonly, {tool: Bash, params: "^ls"}]}
+  gemini: {type: gemini, working_directory: ./work, confinement: required}
+  opencode: {type: opencode, working_directory: ./work, env: {A: b}}
+watchers:
+  - {name: w, connector: web, room: "*"}
+tool_presets:
+  readonly: [{tool: Read}, {tool: Grep}]
+max_queue_depth: 10
+admin: {listen: "127.0.0.1:9464"}
+log: {max_size_mb: 5, keep: 2}
+"#;
+    let wrong = |from: &str, to: &str| {
+        assert!(every_agent.contains(from), "{from}");
+        every_agent.replacen(from, to, 1)
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("example", example, "ok"),
+        ("every_agent", every_agent.to_string(), "ok"),
+        (
+            "unknown_top_key",
+            wrong("max_queue_depth: 10", "max_queue_dept: 10"),
+            "Additional properties are not allowed ('max_queue_dept' was unexpected)",
+        ),
+        (
+            "other_types_key",
+            wrong(
+                "type: claude, working_directory",
+                "type: claude, idle_timeout: 5, working_directory",
+            ),
+            "agents/claude: Additional properties are not allowed ('idle_timeout' was unexpected)",
+        ),
+        (
+            "wrong_value_type",
+            wrong("listen: \"127.0.0.1:0\"", "listen: 8080"),
+            "connectors/0/listen: 8080 is not of type 'string'",
+        ),
+        (
+            "unknown_agent_type",
+            wrong("type: gemini", "type: gemeni"),
+            "agents/gemini/type: 'gemeni' is not one of",
+        ),
+        (
+            "no_working_directory",
+            wrong(
+                "opencode: {type: opencode, working_directory: ./work,",
+                "opencode: {type: opencode,",
+            ),
+            "agents/opencode: 'working_directory' is a required property",
+        ),
+    ];
+    let mut files = Vec::new();
+    for (name, yaml, _) in &cases {
+        std::fs::write(dir.path().join(format!("{name}.yaml")), yaml).unwrap();
+        let value: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        let file = dir.path().join(format!("{name}.json"));
+        std::fs::write(&file, value.to_string()).unwrap();
+        files.push(file);
+    }
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(CHECK_SCHEMA)
+        .arg(dir.path().join("schema.json"))
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let verdicts = String::from_utf8(out.stdout).unwrap();
+    let verdicts: Vec<&str> = verdicts.lines().collect();
+    assert_eq!(verdicts.len(), cases.len(), "{verdicts:?}");
+    for ((name, _, expected), verdict) in cases.iter().zip(&verdicts) {
+        assert!(
+            verdict.starts_with(expected) || (*expected != "ok" && verdict.contains(expected)),
+            "{name}: expected `{expected}`, the validator said `{verdict}`"
+        );
+        // The loader agrees: what the schema passes loads, what it refuses does not.
+        let (code, _, err) = validate(dir.path(), &format!("{name}.yaml"));
+        assert_eq!(
+            code == 0,
+            *expected == "ok",
+            "{name}: config validate said {err}"
+        );
+    }
+}

@@ -53,6 +53,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
     default_command: "claude-agent-acp",
     keys: &["idle_timeout"],
     parse,
+    schema: crate::config::schema::of::<Section>,
     gating: Gating::Required,
     credentials: |c| state::credentials(&state::layout_of_command(&c.command), &c.env),
     version: session::probe,
@@ -61,7 +62,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
 };
 
 /// Keys only ACP sections have.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Section {
     /// Seconds an idle agent process is kept for its room (default 900).

@@ -56,6 +56,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
     default_command: "claude",
     keys: &[],
     parse: registry::no_own_keys,
+    schema: crate::config::schema::no_own_keys,
     gating: Gating::Optional,
     credentials: |c| state::credentials(&state::CLAUDE, &c.env),
     version: registry::version_flag,

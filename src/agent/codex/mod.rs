@@ -33,6 +33,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
     default_command: "codex",
     keys: &[],
     parse: registry::no_own_keys,
+    schema: crate::config::schema::no_own_keys,
     gating: Gating::Unavailable {
         advice: "`codex exec` has no approval hook, so the gateway runs it in Codex's own sandbox \
                  (read-only, or workspace-write for a role whose rules allow Bash and Write without \

@@ -30,6 +30,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
     default_command: "gemini",
     keys: &[],
     parse: registry::no_own_keys,
+    schema: crate::config::schema::no_own_keys,
     gating: Gating::Unavailable {
         advice: "headless `gemini` has no approval hook, so the gateway picks its approval mode \
                  (read-only tools, auto_edit, or yolo for a role whose rules allow Bash and Write \

@@ -33,6 +33,7 @@ pub const AGENT_TYPE: AgentType = AgentType {
     default_command: "opencode",
     keys: &[],
     parse: registry::no_own_keys,
+    schema: crate::config::schema::no_own_keys,
     gating: Gating::Unavailable {
         advice: "`opencode run` has no approval hook, so the gateway allows exactly the tools a \
                  role's rules grant without conditions and denies the rest (a rule with params \

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -16,7 +17,7 @@ use crate::config::{
 /// The path NapCat, NoneBot and agentgate use for reverse WebSocket connections.
 pub const DEFAULT_PATH: &str = "/onebot/v11/ws";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawOneBot {
     name: String,
@@ -54,7 +55,7 @@ struct RawOneBot {
     heartbeat_timeout_secs: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRateLimit {
     #[serde(default = "default_rate_messages")]
@@ -63,7 +64,7 @@ struct RawRateLimit {
     window_secs: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawGroupContext {
     #[serde(default = "default_true")]
@@ -76,7 +77,7 @@ struct RawGroupContext {
     scan_limit: usize,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAttachments {
     #[serde(default = "default_true")]
@@ -202,6 +203,11 @@ impl OneBotConfig {
             heartbeat_timeout: None,
         }
     }
+}
+
+/// The JSON Schema of a `type: onebot` section (`config schema`).
+pub fn schema() -> serde_json::Value {
+    crate::config::schema::connector_section::<RawOneBot>(super::TYPE)
 }
 
 pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<ConnectorConfig> {

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_yaml::Value;
 
 use crate::config::{ConnectorConfig, ConnectorKind, PlatformSettings, RawAllowedUsers, Validator};
 use crate::connector::ApprovalPlace;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawOpenai {
     name: String,
@@ -39,7 +40,7 @@ struct RawOpenai {
     model_overrides: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRateLimit {
     requests: u32,
@@ -77,6 +78,11 @@ pub struct OpenaiConfig {
     pub show_tools: bool,
     /// CLI model names a request may choose (`assistant:sonnet`); empty: none.
     pub model_overrides: Vec<String>,
+}
+
+/// The JSON Schema of a `type: openai` section (`config schema`).
+pub fn schema() -> serde_json::Value {
+    crate::config::schema::connector_section::<RawOpenai>(super::TYPE)
 }
 
 pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<ConnectorConfig> {

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -12,7 +13,7 @@ use crate::config::{
     Validator,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRocketChat {
     name: String,
@@ -43,7 +44,7 @@ struct RawRocketChat {
     edit_interval_ms: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAttachments {
     #[serde(default)]
@@ -117,6 +118,11 @@ pub struct RocketChatConfig {
     pub download_timeout: Duration,
     /// Shortest interval between two edits of one streaming reply.
     pub edit_interval: Duration,
+}
+
+/// The JSON Schema of a `type: rocketchat` section (`config schema`).
+pub fn schema() -> serde_json::Value {
+    crate::config::schema::connector_section::<RawRocketChat>(super::TYPE)
 }
 
 pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<ConnectorConfig> {

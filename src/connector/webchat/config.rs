@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_yaml::Value;
 
 use crate::config::{ConnectorConfig, ConnectorKind, PlatformSettings, RawAllowedUsers, Validator};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawWebchat {
     name: String,
@@ -54,6 +55,11 @@ pub struct WebchatConfig {
     /// Copied from the connector section: when false every message counts as addressed to
     /// the bot; when true only messages starting with `@bot` do.
     pub require_mention: bool,
+}
+
+/// The JSON Schema of a `type: webchat` section (`config schema`).
+pub fn schema() -> serde_json::Value {
+    crate::config::schema::connector_section::<RawWebchat>(super::TYPE)
 }
 
 pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<ConnectorConfig> {

@@ -29,13 +29,10 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::broadcast;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::files::FileStore;
@@ -137,84 +134,18 @@ pub struct Shared {
 /// Accepts and serves connections until `shared.cancel` fires, then lets open connections
 /// finish (event streams end at once) for up to [`DRAIN`] and cuts the rest.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let cancel = shared.cancel.clone();
     let admission = Admission::new(shared.limits.http.clone());
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            Some(done) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(e) = done {
-                    tracing::error!(error = %e, "web chat: a connection task failed");
-                }
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Some(ticket) = admission.admit() else {
-                        tracing::warn!(%peer, "web chat: too many connections; closing a new one");
-                        continue;
-                    };
-                    connections.spawn(serve_connection(
-                        stream,
-                        shared.clone(),
-                        admission.clone(),
-                        ticket,
-                    ));
-                }
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning on the error.
-                    tracing::warn!(error = %e, "web chat: accept failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                        _ = cancel.cancelled() => break,
-                    }
-                }
-            },
-        }
-    }
-    drop(listener);
-    let drained = tokio::time::timeout(DRAIN, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            left = connections.len(),
-            "web chat: connections still open after shutdown grace; closing them"
-        );
-        connections.shutdown().await;
-    }
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    admission: Arc<Admission>,
-    ticket: Arc<Ticket>,
-) {
-    let cancel = shared.cancel.clone();
-    let builder = admission.http1();
-    let for_service = ticket.clone();
-    let service = service_fn(move |req| {
-        let (shared, admission, ticket) = (shared.clone(), admission.clone(), for_service.clone());
-        async move { Ok::<_, Infallible>(handle(&shared, &admission, &ticket, req).await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = ticket.evicted() => {
-            tracing::debug!("web chat: closed an unauthenticated connection to make room");
-            return;
-        }
-        _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
+    let how = admission::Listener {
+        name: "web chat",
+        admission: admission.clone(),
+        drain: DRAIN,
+        cancel: shared.cancel.clone(),
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "web chat connection ended with an error");
-    }
+    admission::serve(listener, how, move |ticket, req| {
+        let (shared, admission) = (shared.clone(), admission.clone());
+        async move { handle(&shared, &admission, &ticket, req).await }
+    })
+    .await
 }
 
 /// An answer other than success, always sent as `{"error": "..."}`.

@@ -70,6 +70,23 @@ pub fn prometheus_python() -> Option<PathBuf> {
     )
 }
 
+/// The Python of `.deps/venv` when it has the reference `jsonschema` validator
+/// (`scripts/install-test-deps.sh`).
+pub fn jsonschema_python() -> Option<PathBuf> {
+    let python = root().join(".deps/venv/bin/python");
+    let usable = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import jsonschema"])
+            .status()
+            .is_ok_and(|s| s.success());
+    present(
+        python,
+        usable,
+        "the Python jsonschema validator",
+        "scripts/install-test-deps.sh",
+    )
+}
+
 /// Headless Chromium (`scripts/install-chromium.sh`; `$ACG_CHROMIUM` overrides).
 pub fn chromium() -> Option<PathBuf> {
     let path = std::env::var_os("ACG_CHROMIUM")
