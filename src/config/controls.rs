@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -28,10 +29,13 @@ impl Default for CommandsConfig {
     }
 }
 
-#[derive(Deserialize)]
+/// `commands:` — how room commands (`!stop`, `!status`, …) are recognised.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawCommands {
+pub(super) struct RawCommands {
+    /// What starts a command (default `!`; 1 to 8 characters without spaces).
     prefix: Option<String>,
+    /// Also accept `/cmd` where the platform delivers it (default true).
     slash: Option<bool>,
 }
 
@@ -98,24 +102,31 @@ impl Budgets {
     }
 }
 
-#[derive(Deserialize)]
+/// `budgets:` — spending limits checked before a turn starts; owners' turns always run.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawBudgets {
+pub(super) struct RawBudgets {
+    /// Limits for every user, each on their own.
     user: Option<RawPeriods>,
+    /// Limits for every room, each on its own.
     room: Option<RawPeriods>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawPeriods {
+    /// Per UTC day.
     daily: Option<RawLimit>,
+    /// Per UTC calendar month.
     monthly: Option<RawLimit>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawLimit {
+    /// Input + output tokens.
     tokens: Option<u64>,
+    /// Cost in US dollars, as the agent reports it.
     usd: Option<f64>,
 }
 
@@ -162,10 +173,13 @@ pub struct RateLimit {
     pub window: Duration,
 }
 
-#[derive(Deserialize)]
+/// `rate_limit:` — messages per sender and window on every connector.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawRateLimit {
+pub(super) struct RawRateLimit {
+    /// Messages one sender may send per window (0: no limit).
     messages: usize,
+    /// The window, in seconds.
     window_secs: u64,
 }
 
