@@ -156,6 +156,10 @@ fn config(agent: &Path, work: &Path) -> Config {
         warnings: Vec::new(),
         admin: None,
         log: Default::default(),
+        commands: Default::default(),
+        budgets: Default::default(),
+        merge_window: Default::default(),
+        rate_limit: None,
         default_agent: "fake".into(),
         watchers: vec![WatcherConfig {
             name: "all".into(),

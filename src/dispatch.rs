@@ -2,12 +2,13 @@
 //! event and every control request passes through its loop.
 //!
 //! Owns: sender → role (from configuration, by platform user id or username only), watcher
-//! lookup, the mention gate, `approve`/`deny` interception (before any queue, so an approval
-//! never waits behind the turn that asked for it), routing to room workers, and the admin
-//! operations (list, pause, resume, reset, send, approve).
+//! lookup, the mention gate, `approve`/`deny` and room command interception (before any
+//! queue, so an approval or a `!stop` never waits behind the turn it concerns; a command is
+//! parsed with the sender's configured role, so text never grants one), routing to room
+//! workers, and the admin operations (list, pause, resume, reset, send, approve).
 //! Must not import: platform wire formats or agent internals.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,10 +21,14 @@ use tracing::{debug, error, info, warn};
 
 use crate::agent::AgentBackend;
 use crate::approval::{self, Approvals, Asking};
+use crate::commands::{self, Parsed};
 use crate::config::{AgentConfig, Config, ConnectorConfig, WatcherConfig};
 use crate::connector::{Acceptance, ApprovalPlace, ConnectorEvent, Connectors};
 use crate::model::{InboundMessage, ReplyTarget, RoomKey, RoomKind, RoomRef};
-use crate::room::{self, IdleReport, QueuedMessage, RoomControl, RoomDeps, RoomHandle};
+use crate::ratelimit::{RateLimiter, Verdict};
+use crate::room::{
+    self, AgentChoice, IdleReport, QueuedMessage, RoomControl, RoomDeps, RoomHandle,
+};
 use crate::schedule::{ScheduleRow, Schedules};
 use crate::state::StateStore;
 
@@ -134,6 +139,12 @@ pub struct Dispatcher {
     rooms: HashMap<RoomKey, RoomEntry>,
     connection: HashMap<Arc<str>, ConnectorStatus>,
     agent_configs: HashMap<String, Arc<AgentConfig>>,
+    /// Every agent a room can be switched to (`!agent`).
+    choices: Arc<BTreeMap<String, AgentChoice>>,
+    commands: Arc<crate::config::CommandsConfig>,
+    budgets: Arc<crate::config::Budgets>,
+    /// `rate_limit:`, per connector and sender id.
+    limiter: Option<RateLimiter<(Arc<str>, String)>>,
     turn_slots: Arc<tokio::sync::Semaphore>,
     idle_tx: mpsc::Sender<IdleReport>,
     idle_rx: Option<mpsc::Receiver<IdleReport>>,
@@ -159,16 +170,40 @@ impl Dispatcher {
                 failed: None,
             })
             .collect();
-        let agent_configs = parts
+        let agent_configs: HashMap<String, Arc<AgentConfig>> = parts
             .config
             .agents
             .iter()
             .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
             .collect();
+        let choices = parts
+            .agents
+            .iter()
+            .filter_map(|(name, backend)| {
+                let config: Arc<AgentConfig> = agent_configs.get(name).cloned()?;
+                let approvals = config
+                    .permissions
+                    .enabled
+                    .then(|| parts.approvals.clone())
+                    .flatten();
+                Some((
+                    name.clone(),
+                    AgentChoice {
+                        backend: backend.clone(),
+                        config,
+                        approvals,
+                    },
+                ))
+            })
+            .collect();
         let (idle_tx, idle_rx) = mpsc::channel(64);
         let schedules = Schedules::new(&parts.config.schedules, SystemTime::now());
         Dispatcher {
             schedules,
+            choices: Arc::new(choices),
+            commands: Arc::new(parts.config.commands.clone()),
+            budgets: Arc::new(parts.config.budgets.clone()),
+            limiter: parts.config.rate_limit.clone().map(RateLimiter::new),
             idle_tx,
             idle_rx: Some(idle_rx),
             generations: 0,
@@ -382,13 +417,11 @@ impl Dispatcher {
             return verdict(ack, Acceptance::Ignored("room is not watched".into()));
         };
         let key = message.room_key();
-        let agent_name = self.watchers[widx].config.agent.clone();
-        let permissions = self
-            .agent_configs
-            .get(&agent_name)
-            .is_some_and(|a| a.permissions.enabled);
-        if permissions {
-            if let Some((approve, id, always)) = approval::parse_command(&message.text) {
+        if let Some((approve, id, always)) = approval::parse_command(&message.text) {
+            if self
+                .room_agent(&key, widx)
+                .is_some_and(|a| a.permissions.enabled)
+            {
                 let reply = match &self.parts.approvals {
                     Some(a) => a.command_from_room(
                         &key,
@@ -407,35 +440,51 @@ impl Dispatcher {
                 return verdict(ack, Acceptance::Handled);
             }
         }
+        // Commands need no mention: the prefix itself addresses the gateway. An API request
+        // is a conversation with the model, never a command.
+        let command = match message.conversation {
+            None => commands::parse(&message.text, &self.commands, role),
+            Some(_) => None,
+        };
+        match command {
+            Some(Parsed::Refused(answer)) => {
+                self.post_notice(&key, message.reply_target(), answer);
+                return verdict(ack, Acceptance::Handled);
+            }
+            Some(Parsed::Run(command)) => {
+                let Some(entry) = self.room_entry(&key, &message.room.name, widx) else {
+                    return verdict(
+                        ack,
+                        Acceptance::Ignored("the watcher's agent is missing".into()),
+                    );
+                };
+                let control = RoomControl::Command(Box::new(room::RoomCommand {
+                    command,
+                    role,
+                    target: message.reply_target(),
+                }));
+                if let Err(c) = entry.handle.try_control(control) {
+                    let handle = entry.handle.clone();
+                    self.parts.tracker.spawn(async move {
+                        handle.control(c).await;
+                    });
+                }
+                return verdict(ack, Acceptance::Handled);
+            }
+            None => {}
+        }
         if message.room.kind == RoomKind::Group && require_mention(cconf) && !message.addressed {
             return verdict(ack, Acceptance::Ignored("the bot was not mentioned".into()));
         }
-        if !self.rooms.contains_key(&key) {
-            let generation = self.next_generation();
-            let Some(handle) = self.spawn_room(
-                &key,
-                message.room.name.clone(),
-                widx,
-                Vec::new(),
-                generation,
-            ) else {
-                return verdict(
-                    ack,
-                    Acceptance::Ignored("the watcher's agent is missing".into()),
-                );
-            };
-            self.rooms.insert(
-                key.clone(),
-                RoomEntry {
-                    handle,
-                    watcher: widx,
-                    name: message.room.name.clone(),
-                    offered: 0,
-                    generation,
-                },
-            );
+        if self.rate_limited(&message) {
+            return verdict(ack, Acceptance::Ignored("rate limited".into()));
         }
-        let entry = self.rooms.get_mut(&key).expect("inserted above");
+        let Some(entry) = self.room_entry(&key, &message.room.name, widx) else {
+            return verdict(
+                ack,
+                Acceptance::Ignored("the watcher's agent is missing".into()),
+            );
+        };
         let target = message.reply_target();
         // The worker answers the connector directly; a message nobody waits on still needs a
         // sender for the worker to answer.
@@ -512,6 +561,67 @@ impl Dispatcher {
         }
     }
 
+    /// Counts a message that would start a turn against its sender's `rate_limit:`; true when
+    /// it is over the limit (the first such message of a window gets a notice). API requests
+    /// are limited by their own connector; commands and approvals never get here.
+    fn rate_limited(&self, message: &InboundMessage) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return false;
+        };
+        if message.conversation.is_some() {
+            return false;
+        }
+        let user = (message.connector.clone(), message.sender.id.clone());
+        let Verdict::Limited {
+            notify,
+            retry_after,
+        } = limiter.check(user, std::time::Instant::now())
+        else {
+            return false;
+        };
+        info!(room = %message.room_key(), user = %message.sender.username, notify, "rate limited");
+        if notify {
+            let text = format!(
+                "You are sending messages faster than I can take them. Please wait about {} s; messages until then are not processed.",
+                retry_after.as_secs().max(1)
+            );
+            self.post_notice(&message.room_key(), message.reply_target(), text);
+        }
+        true
+    }
+
+    /// The room's worker, started if it has none; `None` when the watcher's agent is missing.
+    fn room_entry(&mut self, key: &RoomKey, name: &str, widx: usize) -> Option<&mut RoomEntry> {
+        if !self.rooms.contains_key(key) {
+            let generation = self.next_generation();
+            let handle = self.spawn_room(key, name.to_string(), widx, Vec::new(), generation)?;
+            self.rooms.insert(
+                key.clone(),
+                RoomEntry {
+                    handle,
+                    watcher: widx,
+                    name: name.to_string(),
+                    offered: 0,
+                    generation,
+                },
+            );
+        }
+        self.rooms.get_mut(key)
+    }
+
+    /// The agent a room talks to: the one an owner switched it to (`!agent`), else its
+    /// watcher's. Read from the state file, which the room's worker keeps current.
+    fn room_agent(&self, key: &RoomKey, widx: usize) -> Option<&AgentConfig> {
+        let watcher_agent = &self.watchers[widx].config.agent;
+        self.parts
+            .store
+            .room(key)
+            .and_then(|r| r.agent)
+            .and_then(|a| self.agent_configs.get(&a))
+            .or_else(|| self.agent_configs.get(watcher_agent))
+            .map(|a| &**a)
+    }
+
     /// The watcher for a message: one naming its room, else the connector's `*` watcher.
     fn watcher_for(&self, m: &InboundMessage) -> Option<usize> {
         // A conversation's room is matched by the watched room it was opened under.
@@ -570,6 +680,10 @@ impl Dispatcher {
                 .then(|| self.parts.approvals.clone())
                 .flatten(),
             agent_config,
+            agents: self.choices.clone(),
+            commands: self.commands.clone(),
+            budgets: self.budgets.clone(),
+            merge_window: self.parts.config.merge_window,
             store: self.parts.store.clone(),
             max_queue_depth: self.parts.config.max_queue_depth,
             turn_slots: self.turn_slots.clone(),
@@ -746,7 +860,14 @@ impl Dispatcher {
         for (room_id, state) in self.parts.store.rooms(&connector) {
             if state.watcher == name {
                 let key = RoomKey::new(connector.clone(), room_id.as_str());
-                self.parts.store.update_room(&key, |r| r.session_id = None);
+                let agent = state
+                    .agent
+                    .clone()
+                    .unwrap_or_else(|| self.watchers[widx].config.agent.clone());
+                let now = std::time::SystemTime::now();
+                self.parts
+                    .store
+                    .update_room(&key, |r| r.retire_session(&agent, now));
                 if let Some(a) = &self.parts.approvals {
                     a.forget_room(&key);
                 }

@@ -60,6 +60,8 @@ impl Entry {
 pub struct Ledger {
     path: PathBuf,
     file: Mutex<Option<std::fs::File>>,
+    /// This month's running totals for the budgets, read from the file once, here.
+    spending: Mutex<crate::budget::Spending>,
 }
 
 impl Ledger {
@@ -80,13 +82,31 @@ impl Ledger {
                 None
             }
         };
+        let since = crate::budget::month_start(SystemTime::now());
+        let spending = match read(dir, since) {
+            Ok((entries, _)) => crate::budget::Spending::of_entries(&entries),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read the usage ledger; budgets count from zero");
+                crate::budget::Spending::default()
+            }
+        };
         Ledger {
             path,
             file: Mutex::new(file),
+            spending: Mutex::new(spending),
         }
     }
 
+    /// Runs `f` on this month's running totals (see [`crate::budget`]).
+    pub fn spending<T>(&self, f: impl FnOnce(&crate::budget::Spending) -> T) -> T {
+        f(&self.spending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     pub fn record(&self, entry: &Entry) {
+        self.spending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(entry);
         let mut line = match serde_json::to_string(entry) {
             Ok(l) => l,
             Err(e) => {

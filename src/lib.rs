@@ -5,8 +5,8 @@
 //! - [`connector`] — one folder per platform (web chat, Rocket.Chat, OneBot, the
 //!   OpenAI-compatible API): wire types, reconnect loops, conversion into [`model`] types, and
 //!   replies back out.
-//! - [`dispatch`] — sender → role, watcher lookup, mention gate, `approve`/`deny`
-//!   interception, routing to room workers.
+//! - [`dispatch`] — sender → role, watcher lookup, mention gate, `approve`/`deny` and room
+//!   [`commands`] interception, routing to room workers.
 //! - [`room`] — one worker per room: bounded persisted queue, sequential turns, the session id,
 //!   streaming the reply back through the platform's [`outbox`].
 //! - [`agent`] — one folder per agent CLI (argv, env, output → `AgentEvent`, its own way of
@@ -21,12 +21,15 @@
 //! [`control`] (Unix socket protocol), [`daemon`] (fork, pid file, signals, wiring) and
 //! [`cli`] (one function per subcommand). [`model`] is the vocabulary they share.
 //! [`admission`] bounds what unauthenticated clients may hold on the HTTP listeners.
+//! [`ledger`] records each turn's usage; [`budget`] checks it against the configured limits.
 
 pub mod admin;
 pub mod admission;
 pub mod agent;
 pub mod approval;
+pub mod budget;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod connector;
 pub mod control;
@@ -39,6 +42,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod policy;
+pub mod ratelimit;
 pub mod room;
 pub mod schedule;
 pub mod service;

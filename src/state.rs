@@ -49,6 +49,80 @@ pub struct RoomState {
     pub last_processed: Option<String>,
     /// Accepted messages whose turn has not finished; re-queued after a restart.
     pub pending: Vec<PendingMessage>,
+    /// The model an owner chose for this room (`!model`); none: the agent's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The agent an owner switched this room to (`!agent`); none: the watcher's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// What the current session has used (`!status`).
+    #[serde(skip_serializing_if = "SessionUsage::is_empty")]
+    pub session_usage: SessionUsage,
+    /// Earlier sessions of this room, newest last, at most [`MAX_PAST_SESSIONS`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub past_sessions: Vec<PastSession>,
+}
+
+/// How many earlier sessions a room remembers for `!sessions` / `!resume`.
+pub const MAX_PAST_SESSIONS: usize = 20;
+
+/// The running usage of one session.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SessionUsage {
+    pub turns: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    /// Tokens the last turn's prompt held (input and cache), and the model's window.
+    pub context_tokens: u64,
+    pub context_window: Option<u64>,
+}
+
+impl SessionUsage {
+    pub fn is_empty(&self) -> bool {
+        *self == SessionUsage::default()
+    }
+
+    pub fn add(&mut self, u: &model::Usage) {
+        self.turns += 1;
+        self.input_tokens += u.input_tokens;
+        self.output_tokens += u.output_tokens;
+        self.cost_usd += u.cost_usd.unwrap_or(0.0);
+        self.context_tokens = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens;
+        self.context_window = u.context_window.or(self.context_window);
+    }
+}
+
+/// A session the room left (`!new`, `!agent`, `!resume`, an admin `reset`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PastSession {
+    pub id: String,
+    pub agent: String,
+    pub turns: u64,
+    /// When the room left it, RFC 3339.
+    pub left: String,
+}
+
+impl RoomState {
+    /// Moves the current session (if any) to the past ones and starts counting afresh;
+    /// `agent` is the agent it belonged to.
+    pub fn retire_session(&mut self, agent: &str, now: std::time::SystemTime) {
+        let usage = std::mem::take(&mut self.session_usage);
+        let Some(id) = self.session_id.take() else {
+            return;
+        };
+        self.past_sessions.retain(|p| p.id != id);
+        self.past_sessions.push(PastSession {
+            id,
+            agent: agent.to_string(),
+            turns: usage.turns,
+            left: crate::timefmt::rfc3339(now),
+        });
+        let excess = self.past_sessions.len().saturating_sub(MAX_PAST_SESSIONS);
+        self.past_sessions.drain(..excess);
+    }
 }
 
 /// An accepted message as stored on disk.

@@ -12,11 +12,13 @@
 //! what else its sections may hold and validating it. No agent is named here.
 //! Both lists arrive together as [`Types`] (the program's own are `crate::TYPES`).
 
+mod controls;
 mod expand;
 mod file_size;
 mod schedules;
 pub mod schema;
 
+pub use controls::{Budgets, CommandsConfig, Limit, PeriodLimits, RateLimit};
 pub use file_size::{MaxFileSize, RawMaxFileSize, DEFAULT_MAX_FILE_SIZE_MB};
 pub use schedules::{ScheduleConfig, ScheduleZone};
 
@@ -277,6 +279,15 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// How the daemon's log file rotates.
     pub log: LogConfig,
+    /// Messages arriving within this long of the first one (while no turn runs) are answered
+    /// in one turn; zero starts a turn at once.
+    pub merge_window: Duration,
+    /// How room commands (`!stop`, `!status`, …) are recognised.
+    pub commands: CommandsConfig,
+    /// Spending limits per user and per room.
+    pub budgets: Budgets,
+    /// Messages per user and window, applied by the dispatcher on every connector.
+    pub rate_limit: Option<RateLimit>,
     /// What is valid but worth knowing (an agent whose calls are not asked one by one).
     pub warnings: Vec<ConfigIssue>,
 }
@@ -654,7 +665,14 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "admin",
     "log",
     "schedules",
+    "commands",
+    "budgets",
+    "merge_window_ms",
+    "rate_limit",
 ];
+
+/// The longest `merge_window_ms`.
+const MAX_MERGE_WINDOW_MS: u64 = 60_000;
 
 /// A Claude Code process holds a few hundred MB; sixteen at once suits a shared box.
 pub const DEFAULT_MAX_CONCURRENT_TURNS: usize = 16;
@@ -983,9 +1001,38 @@ fn validate_source(
         .remove("log")
         .map(|section| validate_log(section, v))
         .unwrap_or_default();
+    let merge_window = match sections.remove("merge_window_ms") {
+        None => Duration::ZERO,
+        Some(val) => match v.parse::<u64>("merge_window_ms", val) {
+            Some(ms) if ms > MAX_MERGE_WINDOW_MS => {
+                v.error(
+                    "merge_window_ms",
+                    format!("at most {MAX_MERGE_WINDOW_MS} (a longer wait only delays answers)"),
+                );
+                Duration::ZERO
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::ZERO,
+        },
+    };
+    let rate_limit = sections
+        .remove("rate_limit")
+        .and_then(|section| controls::validate_rate_limit(section, v));
+    let commands = sections
+        .remove("commands")
+        .map(|section| controls::validate_commands(section, v))
+        .unwrap_or_default();
+    let budgets = sections
+        .remove("budgets")
+        .map(|section| controls::validate_budgets(section, v))
+        .unwrap_or_default();
     Some(Config {
         admin,
         log,
+        commands,
+        budgets,
+        merge_window,
+        rate_limit,
         warnings: Vec::new(),
         max_concurrent_turns,
         room_idle_eviction,

@@ -14,6 +14,7 @@ use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 
+use super::controls::{RawBudgets, RawCommands, RawRateLimit};
 use super::{RawAdmin, RawAgent, RawLog, RawRule, RawWatcher, Types, TOP_LEVEL_KEYS};
 
 /// A section's schema: a connector type's whole list item, or the keys an agent type owns
@@ -106,6 +107,15 @@ pub fn document(types: Types<'_>) -> Value {
             }),
             "admin" => of::<RawAdmin>(),
             "log" => of::<RawLog>(),
+            "commands" => of::<RawCommands>(),
+            "budgets" => of::<RawBudgets>(),
+            "rate_limit" => of::<RawRateLimit>(),
+            "merge_window_ms" => json!({
+                "description": "Milliseconds an idle room's first message waits for more, answered as one turn (default 0, at most 60000).",
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 60000,
+            }),
             // A key `load` accepts and this match forgot shows up here (and in the tests),
             // never as a silently open schema.
             other => unreachable!("top-level key '{other}' has no schema"),

@@ -383,3 +383,43 @@ fn schedules_name_one_room_a_cron_and_a_user_with_a_role() {
         assert!(text.contains(expected), "{expected}\nnot in\n{text}");
     }
 }
+
+#[test]
+fn commands_and_budgets_are_read_and_their_problems_reported() {
+    let c = check(GOOD).unwrap();
+    assert_eq!(c.commands, CommandsConfig::default());
+    assert!(!c.budgets.is_set());
+    let yaml = format!(
+        "{GOOD}commands: {{prefix: \"%\", slash: false}}\nbudgets:\n  user: {{daily: {{tokens: 500}}, monthly: {{usd: 2.5}}}}\n  room: {{daily: {{usd: 1, tokens: 9}}}}\n"
+    );
+    let c = check(&yaml).unwrap();
+    assert_eq!(
+        c.commands,
+        CommandsConfig {
+            prefix: "%".into(),
+            slash: false
+        }
+    );
+    assert_eq!(c.budgets.user.daily.tokens, Some(500));
+    assert_eq!(c.budgets.user.monthly.usd, Some(2.5));
+    assert_eq!(
+        c.budgets.room.daily,
+        Limit {
+            tokens: Some(9),
+            usd: Some(1.0)
+        }
+    );
+    assert!(!c.budgets.room.monthly.is_set());
+
+    let yaml = format!(
+        "{GOOD}commands: {{prefix: \"two words\"}}\nbudgets:\n  user: {{daily: {{}}, weekly: {{tokens: 1}}}}\n  room: {{monthly: {{usd: -1}}}}\n"
+    );
+    let text = check(&yaml).unwrap_err().to_string();
+    assert!(text.contains("commands.prefix"), "{text}");
+    assert!(text.contains("unknown field `weekly`"), "{text}");
+    let yaml =
+        format!("{GOOD}budgets:\n  user: {{daily: {{}}}}\n  room: {{monthly: {{usd: -1}}}}\n");
+    let text = check(&yaml).unwrap_err().to_string();
+    assert!(text.contains("budgets.user.daily"), "{text}");
+    assert!(text.contains("budgets.room.monthly.usd"), "{text}");
+}

@@ -3,14 +3,17 @@
 //! arrive during a turn are merged into the next one (catch-up).
 //!
 //! Owns: the room's queue (bounded, persisted so a restart loses nothing), pause/resume/reset,
-//! the session id (the worker is its only writer), and running turns through [`turn`].
+//! the session id (the worker is its only writer), the room's model and agent overrides and
+//! past sessions, carrying out room commands ([`controls`]), the budget check before a turn,
+//! and running turns through [`turn`].
 //! Must not import: platform or agent wire formats — it answers through `dyn Outbox` and runs
 //! turns through `dyn AgentBackend` only.
 
+mod controls;
 pub mod prompt;
 mod turn;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +25,10 @@ use tracing::{info, warn};
 
 use crate::agent::AgentBackend;
 use crate::approval::{Approvals, Asking};
-use crate::config::AgentConfig;
+use crate::commands::Command;
+use crate::config::{AgentConfig, Budgets, CommandsConfig};
 use crate::connector::Acceptance;
-use crate::model::{ReplyTarget, RoomKey};
+use crate::model::{ReplyTarget, Role, RoomKey};
 use crate::outbox::Outbox;
 use crate::state::{PendingMessage, StateStore};
 
@@ -58,6 +62,17 @@ pub enum RoomControl {
     Cancel {
         id: String,
     },
+    /// A room command (`!stop`, `!status`, …); boxed so the control channel's slots stay
+    /// small.
+    Command(Box<RoomCommand>),
+}
+
+/// A command already allowed for `role` by the dispatcher; the answer goes to `target`.
+#[derive(Debug)]
+pub struct RoomCommand {
+    pub command: Command,
+    pub role: Role,
+    pub target: ReplyTarget,
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +127,15 @@ impl RoomHandle {
     }
 }
 
+/// One configured agent a room can talk to.
+#[derive(Clone)]
+pub struct AgentChoice {
+    pub backend: Arc<dyn AgentBackend>,
+    pub config: Arc<AgentConfig>,
+    /// The broker, when this agent's tool calls are asked about.
+    pub approvals: Option<Arc<Approvals>>,
+}
+
 /// Everything a room worker needs, shared by all rooms of a watcher.
 #[derive(Clone)]
 pub struct RoomDeps {
@@ -119,9 +143,16 @@ pub struct RoomDeps {
     /// Where the room's replies, notices and typing go.
     pub outbox: Arc<dyn Outbox>,
     pub platform: Arc<str>,
+    /// The agent of this turn: the watcher's, or the one the room was switched to.
     pub agent: Arc<dyn AgentBackend>,
     pub agent_config: Arc<AgentConfig>,
     pub approvals: Option<Arc<Approvals>>,
+    /// Every configured agent, by name, for `!agent`.
+    pub agents: Arc<BTreeMap<String, AgentChoice>>,
+    pub commands: Arc<CommandsConfig>,
+    pub budgets: Arc<Budgets>,
+    /// `merge_window_ms`: how long the first message of an idle room waits for others.
+    pub merge_window: Duration,
     /// Where an owner is asked about this room's tool calls.
     pub asking: Asking,
     pub store: StateStore,
@@ -152,12 +183,15 @@ pub fn spawn(
     // real bound is `max_queue_depth`, checked by the worker.
     let (messages, rx) = mpsc::channel(deps.max_queue_depth.clamp(8, 256));
     let (controls, ctl_rx) = mpsc::channel(16);
-    let session_id = deps.store.room(&key).and_then(|r| r.session_id);
+    let stored = deps.store.room(&key).unwrap_or_default();
     let worker = RoomWorker {
         key,
         room_name,
         pending: restored.into(),
-        session_id,
+        session_id: stored.session_id,
+        model: stored.model,
+        agent: stored.agent,
+        hold_until: None,
         paused,
         paused_notice_sent: false,
         running: None,
@@ -185,6 +219,12 @@ struct RoomWorker {
     room_name: String,
     pending: VecDeque<QueuedMessage>,
     session_id: Option<String>,
+    /// The room's `!model`, passed with every turn that does not name its own.
+    model: Option<String>,
+    /// The room's `!agent`, when it is not the watcher's.
+    agent: Option<String>,
+    /// The merge window of an idle room's first message: no turn starts before it ends.
+    hold_until: Option<tokio::time::Instant>,
     paused: bool,
     paused_notice_sent: bool,
     running: Option<RunningTurn>,
@@ -244,6 +284,9 @@ impl RoomWorker {
                     };
                     let _ = self.deps.idle.try_send(report);
                 }
+                _ = sleep_until_some(self.hold_until), if self.running.is_none() => {
+                    self.hold_until = None;
+                }
                 Some(c) = controls.recv() => self.control(c).await,
                 _ = self.deps.drain.cancelled(), if !draining => {}
                 _ = self.deps.kill.cancelled() => break,
@@ -275,6 +318,7 @@ impl RoomWorker {
                     session_id: self.session_id.clone(),
                     session_changed: false,
                     unstarted: Vec::new(),
+                    usage: None,
                 };
                 let notice = "❌ The gateway failed while handling your message. Please try again.";
                 (report, Some(notice.to_string()))
@@ -322,6 +366,16 @@ impl RoomWorker {
                 "⏸️ The agent in this room is paused; your message is kept and will be answered when an admin resumes it.".into(),
             );
         }
+        // The first message of an idle room waits for the merge window; an API request is
+        // answered alone, so it never waits.
+        let window = self.deps.merge_window;
+        if self.running.is_none()
+            && self.pending.is_empty()
+            && !window.is_zero()
+            && m.message.conversation.is_none()
+        {
+            self.hold_until = Some(tokio::time::Instant::now() + window);
+        }
         self.pending.push_back(m);
         Acceptance::Queued
     }
@@ -334,20 +388,17 @@ impl RoomWorker {
                 self.paused_notice_sent = false;
             }
             RoomControl::Reset { done } => {
-                if let Some(mut running) = self.running.take() {
-                    running.cancel.cancel();
-                    let joined = (&mut running.task).await;
-                    self.end_turn(joined, running);
-                }
-                self.session_id = None;
-                self.deps
-                    .store
-                    .update_room(&self.key, |r| r.session_id = None);
-                // A warm process holds the old session: it would only be replaced at the
-                // next message, holding its memory until then.
-                self.deps.agent.retire(&self.key).await;
-                info!("session reset");
+                self.new_session().await;
                 let _ = done.send(());
+            }
+            RoomControl::Command(c) => {
+                let RoomCommand {
+                    command,
+                    role,
+                    target,
+                } = *c;
+                let answer = self.command(command, role).await;
+                self.notify(target, answer);
             }
             RoomControl::Cancel { id } => {
                 if let Some(running) = self
@@ -376,31 +427,166 @@ impl RoomWorker {
         }
     }
 
-    fn maybe_start_turn(&mut self) {
-        if self.running.is_some()
-            || self.paused
-            || self.pending.is_empty()
-            || self.deps.drain.is_cancelled()
-        {
-            return;
-        }
-        // An API request is answered alone: its caller waits for its own answer.
-        let alone = self.pending[0].message.conversation.is_some();
-        let batch: Vec<QueuedMessage> = if alone {
-            self.pending.pop_front().into_iter().collect()
-        } else {
-            self.pending.drain(..).collect()
+    /// Stops the running turn, if any, and waits until it has ended (its agent's process
+    /// tree killed and reaped, its messages reported); `true` if one was running.
+    async fn stop_running(&mut self) -> bool {
+        let Some(mut running) = self.running.take() else {
+            return false;
         };
+        running.cancel.cancel();
+        let joined = (&mut running.task).await;
+        self.end_turn(joined, running);
+        true
+    }
+
+    /// Stops a running turn and forgets the session (kept in the past sessions): the next
+    /// turn starts a fresh one. Shared by `!new` and the admin `reset`.
+    async fn new_session(&mut self) {
+        self.stop_running().await;
+        // A warm process holds the old session: it would only be replaced at the next
+        // message, holding its memory until then.
+        self.agent_choice().backend.retire(&self.key).await;
+        self.retire_session();
+        info!("session reset");
+    }
+
+    /// Moves the current session to the room's past ones.
+    fn retire_session(&mut self) {
+        self.session_id = None;
+        let agent = self.agent_name().to_string();
+        let now = std::time::SystemTime::now();
+        self.deps
+            .store
+            .update_room(&self.key, |r| r.retire_session(&agent, now));
+    }
+
+    /// The agent this room talks to.
+    fn agent_choice(&self) -> AgentChoice {
+        self.agent
+            .as_ref()
+            .and_then(|name| self.deps.agents.get(name))
+            .cloned()
+            .unwrap_or_else(|| AgentChoice {
+                backend: self.deps.agent.clone(),
+                config: self.deps.agent_config.clone(),
+                approvals: self.deps.approvals.clone(),
+            })
+    }
+
+    fn agent_name(&self) -> &str {
+        match &self.agent {
+            Some(name) if self.deps.agents.contains_key(name) => name,
+            _ => &self.deps.agent_config.name,
+        }
+    }
+
+    fn maybe_start_turn(&mut self) {
+        loop {
+            if self.running.is_some()
+                || self.paused
+                || self.pending.is_empty()
+                || self.hold_until.is_some()
+                || self.deps.drain.is_cancelled()
+            {
+                return;
+            }
+            // An API request is answered alone: its caller waits for its own answer.
+            let alone = self.pending[0].message.conversation.is_some();
+            let batch: Vec<QueuedMessage> = if alone {
+                self.pending.pop_front().into_iter().collect()
+            } else {
+                self.pending.drain(..).collect()
+            };
+            let Some(refusal) = self.over_budget(&batch) else {
+                return self.start_turn(batch);
+            };
+            // Owners' messages are never held back by a budget: they run without the
+            // guests' ones, which are refused.
+            let (owners, others): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|q| q.role == Role::Owner);
+            self.refuse(others, refusal);
+            if !owners.is_empty() {
+                return self.start_turn(owners);
+            }
+        }
+    }
+
+    /// The budget message when this batch may not run: a batch with a guest's message is
+    /// checked against its senders' and the room's budgets; owners' turns always run.
+    /// Only the guests' names are checked: an owner's own total never stops anyone.
+    fn over_budget(&self, batch: &[QueuedMessage]) -> Option<String> {
+        let role = batch.iter().map(|q| q.role).min()?;
+        if role == Role::Owner || !self.deps.budgets.is_set() {
+            return None;
+        }
+        let mut users: Vec<&str> = batch
+            .iter()
+            .filter(|q| q.role != Role::Owner)
+            .map(|q| q.message.sender.username.as_str())
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        let room = self.key.to_string();
+        let who = crate::budget::Spenders {
+            connector: &self.key.connector,
+            users,
+            room: &room,
+        };
+        let now = std::time::SystemTime::now();
+        let refusal = self
+            .deps
+            .store
+            .ledger()
+            .spending(|s| crate::budget::check(&self.deps.budgets, s, &who, now))?;
+        info!(reason = %refusal, "turn not started: budget reached");
+        Some(refusal)
+    }
+
+    /// Reports a batch that will not run, and takes it off the persisted queue.
+    fn refuse(&mut self, batch: Vec<QueuedMessage>, text: String) {
+        let done: Vec<String> = batch.iter().map(|q| q.message.id.clone()).collect();
+        let last = done.last().cloned();
+        self.deps.store.update_room(&self.key, |r| {
+            r.pending.retain(|p| !done.contains(&p.id));
+            if last.is_some() {
+                r.last_processed = last;
+            }
+        });
+        let Some(anchor) = batch.last() else {
+            return;
+        };
+        let target = anchor.message.reply_target();
+        if self.deps.outbox.answers_requests() {
+            let outbox = self.deps.outbox.clone();
+            self.deps.tracker.spawn(async move {
+                let end = crate::model::TurnEnd::Failed {
+                    message: text,
+                    timed_out: false,
+                };
+                outbox.conclude(&target, end).await;
+            });
+        } else {
+            self.notify(target, text);
+        }
+    }
+
+    fn start_turn(&mut self, batch: Vec<QueuedMessage>) {
         let message_ids = batch.iter().map(|q| q.message.id.clone()).collect();
         let target = batch
             .last()
             .map(|q| q.message.reply_target())
             .unwrap_or_default();
         let cancel = self.deps.kill.child_token();
+        let choice = self.agent_choice();
+        let mut deps = self.deps.clone();
+        deps.agent = choice.backend;
+        deps.agent_config = choice.config;
+        deps.approvals = choice.approvals;
         let runner = TurnRunner {
             key: self.key.clone(),
-            deps: self.deps.clone(),
+            deps,
             session_id: self.session_id.clone(),
+            model: self.model.clone(),
             batch,
             cancel: cancel.clone(),
             typing_off: self.typing_off.take(),
@@ -421,6 +607,7 @@ impl RoomWorker {
         if report.session_changed {
             self.session_id = report.session_id.clone();
         }
+        let usage = report.usage;
         let done = report.message_ids;
         if self.ephemeral && self.pending.is_empty() {
             self.deps.store.remove_room(&self.key);
@@ -438,6 +625,9 @@ impl RoomWorker {
             r.session_id = session;
             if last.is_some() {
                 r.last_processed = last;
+            }
+            if let Some(u) = &usage {
+                r.session_usage.add(u);
             }
         });
     }
@@ -468,6 +658,14 @@ async fn post_notice(outbox: &dyn Outbox, key: &RoomKey, to: &ReplyTarget, text:
         Ok(Ok(_)) => {}
         Ok(Err(e)) => warn!(room = %key, error = %e, "could not post a notice"),
         Err(_) => warn!(room = %key, "could not post a notice: timed out"),
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -34,12 +34,16 @@ pub struct TurnReport {
     /// Messages of a turn cancelled before its agent started (waiting for a slot): they go
     /// back to the front of the queue.
     pub unstarted: Vec<QueuedMessage>,
+    /// What the agent reported the turn used.
+    pub usage: Option<crate::model::Usage>,
 }
 
 pub struct TurnRunner {
     pub key: RoomKey,
     pub deps: RoomDeps,
     pub session_id: Option<String>,
+    /// The room's model (`!model`), unless the message names its own (an API request).
+    pub model: Option<String>,
     pub batch: Vec<QueuedMessage>,
     pub cancel: CancellationToken,
     /// The previous turn's "stopped typing", awaited before this turn says it is typing, so
@@ -80,6 +84,7 @@ impl TurnRunner {
                 session_id: self.session_id.clone(),
                 session_changed: false,
                 unstarted: self.batch,
+                usage: None,
             };
         };
 
@@ -108,7 +113,8 @@ impl TurnRunner {
                 .message
                 .conversation
                 .as_ref()
-                .and_then(|c| c.model.clone()),
+                .and_then(|c| c.model.clone())
+                .or_else(|| self.model.clone()),
             output_schema: anchor
                 .message
                 .conversation
@@ -140,6 +146,7 @@ impl TurnRunner {
             session_id: self.session_id.clone(),
             session_changed: false,
             unstarted: Vec::new(),
+            usage: None,
         };
         crate::metrics::turn_ended(
             &self.deps.agent_config.name,
@@ -166,6 +173,7 @@ impl TurnRunner {
                     self.deps.store.ledger().record(&entry);
                 }
                 log_usage(outcome.usage.as_ref());
+                report.usage = outcome.usage.clone();
                 if answers_requests {
                     let end = TurnEnd::Answered {
                         text: outcome.text,

@@ -7,7 +7,7 @@
 //!   `matrix` against a real Synapse, `webchat_browser`), the agents (`claude_backend`; `acp` with the Claude adapter and
 //!   the host side, `acp_agents` with OpenCode and Gemini CLI; `pipe_agents`, the headless
 //!   Codex, Gemini and OpenCode backends; `agent_clis`, those CLIs alone against the fake
-//!   model APIs), approvals (`approval_live`, `e2e_approval`), the daemon end to end (`e2e_claude`, `e2e_faults`, `control_socket`, `admin_http`,
+//!   model APIs), approvals (`approval_live`, `e2e_approval`), the daemon end to end (`e2e_claude`, `e2e_faults`, `room_commands`, `control_socket`, `admin_http`,
 //!   `config_cli`, `confinement`), and the tool policy (`policy_corpus`, `policy_oracle`).
 
 mod support;
@@ -33,6 +33,7 @@ mod pipe_agents;
 mod policy_corpus;
 mod policy_oracle;
 mod rocketchat;
+mod room_commands;
 mod schedules;
 mod warm_claude;
 mod webchat;

@@ -859,3 +859,50 @@ async fn another_agent_type_answers_through_the_api_and_resumes_its_session() {
         .log()
         .contains("cannot switch models per request"));
 }
+
+/// A guest's request past their daily budget is answered with the budget message as an
+/// error, not run; an owner's still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_guests_budget_is_an_error_with_the_budget_message() {
+    let budgets = "budgets:\n  user: {daily: {tokens: 1}}\n".to_string();
+    let Some(api) = setup_with(
+        json!({"default_text": "Within budget."}),
+        "",
+        "",
+        120,
+        |_| (String::new(), budgets),
+    )
+    .await
+    else {
+        return;
+    };
+    let ask = |key: &'static str, text: &'static str| {
+        let body = json!({"model": "assistant", "messages": [{"role": "user", "content": text}]});
+        let api = &api;
+        async move {
+            let raw = api.curl(key, "/chat/completions", &body).await;
+            serde_json::from_str::<Value>(&raw).unwrap_or_else(|_| panic!("{raw}"))
+        }
+    };
+    let first = ask(BOB_KEY, "first").await;
+    assert_eq!(
+        first["choices"][0]["message"]["content"], "Within budget.",
+        "{first}"
+    );
+    let refused = ask(BOB_KEY, "second").await;
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("💸 bob has used the daily budget (")
+            && message.ends_with("Owners' messages are still answered."),
+        "{refused}"
+    );
+    assert!(
+        !api.llm.conversation("second").contains("second"),
+        "the refused request reached the model"
+    );
+    let owner = ask(ALICE_KEY, "from the owner").await;
+    assert_eq!(
+        owner["choices"][0]["message"]["content"], "Within budget.",
+        "{owner}"
+    );
+}

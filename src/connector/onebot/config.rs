@@ -132,12 +132,7 @@ pub enum Mode {
     Connect { url: String },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Messages one user may send per window; the next one gets a notice instead of a turn.
-    pub messages: usize,
-    pub window: Duration,
-}
+pub use crate::config::RateLimit;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupContext {

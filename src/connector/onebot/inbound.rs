@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::attach::Remote;
 use super::config::OneBotConfig;
-use super::ratelimit::Verdict;
 use super::wire::{ForwardData, GetMsgData, MessageEvent, Segment};
 use super::{context, replay, Chat, Inner, Runtime};
 use crate::connector::Acceptance;
 use crate::model::{Attachment, InboundMessage, ReplyTarget, RoomRef, Sender};
+use crate::ratelimit::Verdict;
 
 /// Forwarded messages shown at most when a `forward` segment is expanded.
 const FORWARD_NODES: usize = 50;

@@ -6,7 +6,7 @@
 //! (`inbound.rs`, with group context from history in `context.rs` and downloads in
 //! `attach.rs`), replies out (`outbound.rs`: quote + @, splitting, forward messages, images
 //! and files as `base64://`), catch-up after reconnects and restarts from history
-//! (`replay.rs`), the per-user rate limit (`ratelimit.rs`), wire types
+//! (`replay.rs`), the per-user rate limit (`crate::ratelimit`), wire types
 //! (`wire.rs`) and CQ codes (`cq.rs`).
 //! Must not import: `agent`, `room`, `dispatch` — it speaks `model` and the connector trait.
 //!
@@ -26,7 +26,6 @@ pub mod cq;
 mod inbound;
 pub mod link;
 mod outbound;
-pub mod ratelimit;
 mod replay;
 mod server;
 mod session;
@@ -43,11 +42,11 @@ use tokio::net::TcpListener;
 
 use self::config::{Mode, OneBotConfig};
 use self::link::Bots;
-use self::ratelimit::RateLimiter;
 use crate::connector::{
     Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, EventSink, RunError,
 };
 use crate::model::{PostedMessage, ReplyTarget, RoomKind, RoomRef};
+use crate::ratelimit::RateLimiter;
 use crate::state::ConnectorStore;
 
 /// How many of the bot's own sent message ids are remembered to recognise replies to the bot
@@ -105,7 +104,7 @@ struct Inner {
     room_bot: Mutex<HashMap<String, i64>>,
     /// (self id, message id) of messages the bots sent, newest last.
     own_messages: Mutex<OwnMessages>,
-    limiter: Option<RateLimiter>,
+    limiter: Option<RateLimiter<i64>>,
     downloader: attach::Downloader,
     runtime: OnceLock<Runtime>,
 }

@@ -9,6 +9,8 @@
 //! - roles: the prompt carries the owner's and the guest's role from their sender ids;
 //! - approvals from the room: the prompt `🔐 Permission required [id]`, a guest's `approve`
 //!   refused, the owner's `approve id` and `deny id` (no mention needed) decide;
+//! - room commands: `!status` and `!help` answered without a mention, a guest's owner command
+//!   refused, none of them reaching the agent;
 //! - long replies: posted completely, every part within the platform's limit;
 //! - a reconnect: messages sent while the connection was down are answered, and every message
 //!   exactly once.
@@ -162,6 +164,11 @@ macro_rules! scenarios {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn room_commands_need_no_mention_and_follow_the_sender_id() {
+            $crate::conformance::room_commands::<$platform>().await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_long_reply_is_posted_completely_within_the_message_limit() {
             $crate::conformance::long_reply::<$platform>().await;
         }
@@ -227,6 +234,39 @@ pub async fn roles<P: FakePlatform>() {
         let header = format!("from: {} | role: {role} |", chat.platform.username(who));
         assert!(prompt.contains(&header), "{header:?} not in {prompt:?}");
     }
+}
+
+pub async fn room_commands<P: FakePlatform>() {
+    let Some(mut chat) = Chat::<P>::start(json!({"default_text": "OK"}), "").await else {
+        return;
+    };
+    chat.platform.send(Who::Owner, "!status", false).await;
+    let status = chat.platform.reply_containing("Status of this room").await;
+    assert!(
+        status.contains("agent: `assistant` (claude)") && status.contains("process: per-turn"),
+        "{status}"
+    );
+    chat.platform.send(Who::Guest, "!new", false).await;
+    let refused = chat.platform.reply_containing("is for owners").await;
+    assert_eq!(
+        refused,
+        "🔒 `!new` is for owners. Guests may use `!help` and `!status`."
+    );
+    // With a mention too (the mention is stripped before the command is read).
+    chat.platform.send(Who::Guest, "!help", true).await;
+    let help = chat
+        .platform
+        .reply_containing("the other commands are for owners")
+        .await;
+    assert!(
+        help.starts_with("Commands (type them as a message"),
+        "{help}"
+    );
+    assert_eq!(chat.platform.bot_messages().await.len(), 3);
+    assert!(
+        chat.llm.message_requests().is_empty(),
+        "a command reached the agent"
+    );
 }
 
 /// The id in an approval prompt: `🔐 Permission required [id]`, however the platform marks

@@ -496,6 +496,9 @@ async fn handle(
         serde_json::from_slice(&raw)
             .unwrap_or_else(|_| json!({"_raw": String::from_utf8_lossy(&raw)}))
     };
+    // The script is taken before the request is logged: a test that changes the script
+    // once it sees a request knows that request is answered by the old one.
+    let script = shared.script.lock().unwrap().clone();
     shared.log.lock().unwrap().push(LoggedRequest {
         method: method.to_string(),
         path: path.clone(),
@@ -503,7 +506,6 @@ async fn handle(
         body: body.clone(),
     });
     shared.logged.notify_waiters();
-    let script = shared.script.lock().unwrap().clone();
     let response = match (method, route(&path)) {
         (Method::POST, "/messages/count_tokens") => {
             json_response(StatusCode::OK, &json!({"input_tokens": 100}))

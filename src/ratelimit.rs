@@ -1,11 +1,13 @@
 //! Per-user rate limit: a sliding window of accepted messages. A limited user gets one polite
-//! notice per window (never silence, never a notice per message).
+//! notice per window (never silence, never a notice per message). Used by the dispatcher for
+//! every connector (`rate_limit:`) and by OneBot for its own section's limit.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::config::RateLimit;
+pub use crate::config::RateLimit;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -24,12 +26,13 @@ struct Window {
     quiet_until: Option<Instant>,
 }
 
-pub struct RateLimiter {
+/// Windows by user key `K` (OneBot's numeric user id, the dispatcher's connector and sender id).
+pub struct RateLimiter<K> {
     limit: RateLimit,
-    users: Mutex<HashMap<i64, Window>>,
+    users: Mutex<HashMap<K, Window>>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
     pub fn new(limit: RateLimit) -> Self {
         RateLimiter {
             limit,
@@ -38,7 +41,7 @@ impl RateLimiter {
     }
 
     /// Counts a message of `user` at `now` unless it is over the limit.
-    pub fn check(&self, user: i64, now: Instant) -> Verdict {
+    pub fn check(&self, user: K, now: Instant) -> Verdict {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         // Forget users whose windows are empty, so the map stays small.
         if users.len() > 4096 {
@@ -79,7 +82,7 @@ mod tests {
 
     #[test]
     fn sliding_window_with_one_notice_per_window() {
-        let rl = RateLimiter::new(RateLimit {
+        let rl = RateLimiter::<i64>::new(RateLimit {
             messages: 2,
             window: Duration::from_secs(10),
         });

@@ -1,0 +1,271 @@
+//! Carrying out room commands inside the room worker, which owns what they change: the queue,
+//! the running turn, the session id, the room's model and agent. Each returns the exact text
+//! posted back to the room. Who may use which command was decided by the dispatcher
+//! (`crate::commands`).
+
+use tracing::info;
+
+use super::{AgentChoice, RoomWorker};
+use crate::commands::{self, Command};
+use crate::model::Role;
+use crate::state::SessionUsage;
+
+impl RoomWorker {
+    pub(super) async fn command(&mut self, command: Command, role: Role) -> String {
+        info!(command = ?command, role = %role, "room command");
+        match command {
+            Command::Help => commands::help(&self.deps.commands, role),
+            Command::Status => self.status_text(),
+            Command::Stop { all } => self.stop(all).await,
+            Command::New => {
+                self.new_session().await;
+                "🆕 Session closed: the next message starts a new one.".into()
+            }
+            Command::Model(model) => self.set_model(model),
+            Command::Agent(name) => self.switch_agent(name).await,
+            Command::Sessions => self.sessions_text(),
+            Command::Resume(id) => self.resume(id).await,
+        }
+    }
+
+    async fn stop(&mut self, all: bool) -> String {
+        let stopped = self.stop_running().await;
+        let dropped = if all { self.drop_queue() } else { 0 };
+        let waiting = self.pending.len();
+        let head = if stopped {
+            "⏹️ Stopped the running turn; the session is kept."
+        } else {
+            "Nothing is running."
+        };
+        let tail = match (all, waiting) {
+            (true, _) => format!(" Dropped {}.", plural(dropped, "queued message")),
+            (false, 0) => String::new(),
+            (false, n) => format!(
+                " {} will be answered next (`{}stop all` drops them).",
+                capitalised(&plural(n, "queued message")),
+                self.deps.commands.prefix
+            ),
+        };
+        format!("{head}{tail}")
+    }
+
+    /// Drops every waiting message (an owner's `stop all`); how many.
+    fn drop_queue(&mut self) -> usize {
+        let dropped: Vec<String> = self.pending.drain(..).map(|q| q.message.id).collect();
+        self.deps.store.update_room(&self.key, |r| {
+            r.pending.retain(|p| !dropped.contains(&p.id))
+        });
+        info!(count = dropped.len(), "queue dropped");
+        dropped.len()
+    }
+
+    fn set_model(&mut self, model: Option<String>) -> String {
+        self.model = model.clone();
+        self.deps
+            .store
+            .update_room(&self.key, |r| r.model = model.clone());
+        match model {
+            Some(m) => format!("🧠 This room now uses the model `{m}`."),
+            None => "🧠 This room now uses the agent's default model.".into(),
+        }
+    }
+
+    async fn switch_agent(&mut self, name: String) -> String {
+        let Some(choice) = self.deps.agents.get(&name).cloned() else {
+            let known: Vec<&str> = self.deps.agents.keys().map(String::as_str).collect();
+            return format!(
+                "⚠️ There is no agent `{name}` (configured: {}).",
+                known.join(", ")
+            );
+        };
+        if self.agent_name() == name {
+            return format!("This room already talks to `{name}`.");
+        }
+        // A session belongs to one CLI: the new agent starts its own, and a model chosen for
+        // the old one may mean nothing to it.
+        self.new_session().await;
+        let keep = (name != self.deps.agent_config.name).then(|| name.clone());
+        self.agent = keep.clone();
+        self.model = None;
+        self.deps.store.update_room(&self.key, |r| {
+            r.agent = keep;
+            r.model = None;
+        });
+        format!(
+            "🔀 This room now talks to `{name}` ({}); the next message starts a new session.",
+            choice.config.kind
+        )
+    }
+
+    async fn resume(&mut self, id: String) -> String {
+        if self.session_id.as_deref() == Some(id.as_str()) {
+            return format!("This room is already in session `{id}`.");
+        }
+        self.stop_running().await;
+        self.retire_session();
+        let past = self
+            .deps
+            .store
+            .room(&self.key)
+            .and_then(|r| r.past_sessions.iter().find(|p| p.id == id).cloned());
+        // A listed session continues with the agent it was started with.
+        let agent = past
+            .as_ref()
+            .map(|p| p.agent.clone())
+            .filter(|a| self.deps.agents.contains_key(a));
+        if let Some(a) = &agent {
+            let keep = (*a != self.deps.agent_config.name).then(|| a.clone());
+            if keep != self.agent {
+                self.model = None;
+            }
+            self.agent = keep;
+        }
+        self.session_id = Some(id.clone());
+        let (session, agent_override, model) = (
+            self.session_id.clone(),
+            self.agent.clone(),
+            self.model.clone(),
+        );
+        let turns = past.as_ref().map_or(0, |p| p.turns);
+        self.deps.store.update_room(&self.key, |r| {
+            r.past_sessions.retain(|p| p.id != id);
+            r.session_id = session;
+            r.agent = agent_override;
+            r.model = model;
+            r.session_usage = SessionUsage {
+                turns,
+                ..SessionUsage::default()
+            };
+        });
+        info!(session = %id, "session pinned");
+        match past {
+            Some(_) => format!(
+                "▶️ Resuming session `{id}` with `{}`: the next message continues it.",
+                self.agent_name()
+            ),
+            None => format!(
+                "▶️ This room is now pinned to session `{id}` of `{}`: the next message continues it.",
+                self.agent_name()
+            ),
+        }
+    }
+
+    fn sessions_text(&self) -> String {
+        let state = self.deps.store.room(&self.key).unwrap_or_default();
+        let p = &self.deps.commands.prefix;
+        let mut out = match &self.session_id {
+            Some(id) => format!(
+                "Current session: `{id}` ({}, {}).",
+                self.agent_name(),
+                plural(state.session_usage.turns as usize, "turn")
+            ),
+            None => "No current session: the next message starts one.".to_string(),
+        };
+        if state.past_sessions.is_empty() {
+            out.push_str("\nNo earlier sessions in this room.");
+            return out;
+        }
+        out.push_str(&format!(
+            "\nEarlier sessions, newest first (`{p}resume <id>` continues one):"
+        ));
+        for s in state.past_sessions.iter().rev() {
+            out.push_str(&format!(
+                "\n• `{}` — {}, {}, left {}",
+                s.id,
+                s.agent,
+                plural(s.turns as usize, "turn"),
+                s.left.get(..19).unwrap_or(&s.left).replace('T', " ")
+            ));
+        }
+        out
+    }
+
+    fn status_text(&self) -> String {
+        let usage = self
+            .deps
+            .store
+            .room(&self.key)
+            .map(|r| r.session_usage)
+            .unwrap_or_default();
+        let choice = self.agent_choice();
+        let model = match &self.model {
+            Some(m) => format!("`{m}`"),
+            None => "the agent's default".to_string(),
+        };
+        let session = match &self.session_id {
+            Some(id) => format!(
+                "`{id}` · {} · {} tokens ({} in, {} out) · ${:.4}",
+                plural(usage.turns as usize, "turn"),
+                usage.input_tokens + usage.output_tokens,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cost_usd
+            ),
+            None => "none yet (the next message starts one)".to_string(),
+        };
+        let context = match (usage.turns, usage.context_window) {
+            (0, _) => "nothing yet".to_string(),
+            (_, Some(window)) if window > 0 => format!(
+                "{}% ({} of {window} tokens)",
+                usage.context_tokens * 100 / window,
+                usage.context_tokens
+            ),
+            _ => format!(
+                "{} tokens (the agent did not report its window)",
+                usage.context_tokens
+            ),
+        };
+        let state = if self.paused {
+            "paused"
+        } else if self.running.is_some() {
+            "a turn is running"
+        } else {
+            "idle"
+        };
+        format!(
+            "📊 Status of this room\nagent: `{}` ({})\nmodel: {model}\nsession: {session}\ncontext: {context}\nqueue: {} · {state}\nprocess: {}",
+            choice.config.name,
+            choice.config.kind,
+            plural(self.pending.len(), "message waiting"),
+            process_state(&choice, &self.key)
+        )
+    }
+}
+
+/// Whether the agent keeps a process between turns ("warm") or starts one per turn ("cold").
+/// The room's agent process: a warm one kept between turns (its pid and memory), or a
+/// process started for each turn.
+fn process_state(agent: &AgentChoice, room: &crate::model::RoomKey) -> String {
+    match agent.backend.process_info(room) {
+        Some(info) => match info.rss_bytes {
+            Some(rss) => format!(
+                "warm (pid {}, {})",
+                info.pid,
+                crate::connector::files::human_size(rss)
+            ),
+            None => format!("warm (pid {})", info.pid),
+        },
+        None => "cold (started for the next turn)".into(),
+    }
+}
+
+/// `1 turn`, `2 turns`.
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        match what.split_once(' ') {
+            // "queued message" → "queued messages"; "message waiting" → "messages waiting"
+            Some((a, b)) if b == "waiting" => format!("{n} {a}s {b}"),
+            _ => format!("{n} {what}s"),
+        }
+    }
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
