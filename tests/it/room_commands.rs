@@ -53,6 +53,18 @@ fn processes_in(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The pid of the room's warm agent process (kept between turns, idle after a stop), if any.
+fn warm_pid_of(g: &Gateway, room: &str) -> Option<u32> {
+    let (code, out, err) = g.cli_text(&["list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()?
+        .iter()
+        .find(|r| r["room"] == room)
+        .and_then(|r| r["agent_pid"].as_u64())
+        .map(|p| p as u32)
+}
+
 /// The ledger's sums for one room (`usage --json --by room`).
 fn ledger_of(g: &Gateway, room: &str) -> Value {
     let out = g.cli(&["usage", "--json", "--by", "room"]);
@@ -200,7 +212,13 @@ async fn stop_all_kills_the_agent_within_two_seconds_and_keeps_the_session() {
         "⏹️ Stopped the running turn; the session is kept. Dropped 1 queued message."
     );
     loop {
-        let left = processes_in(&s.gateway.work);
+        // The turn's processes (the CLI's tools) must be gone; the room's warm CLI itself
+        // stays, idle, keeping the session.
+        let warm = warm_pid_of(&s.gateway, "halt");
+        let left: Vec<u32> = processes_in(&s.gateway.work)
+            .into_iter()
+            .filter(|p| Some(*p) != warm)
+            .collect();
         if left.is_empty() {
             break;
         }

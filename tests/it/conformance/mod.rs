@@ -243,7 +243,7 @@ pub async fn room_commands<P: FakePlatform>() {
     chat.platform.send(Who::Owner, "!status", false).await;
     let status = chat.platform.reply_containing("Status of this room").await;
     assert!(
-        status.contains("agent: `assistant` (claude)") && status.contains("process: per-turn"),
+        status.contains("agent: `assistant` (claude)") && status.contains("process: cold"),
         "{status}"
     );
     chat.platform.send(Who::Guest, "!new", false).await;
