@@ -373,9 +373,20 @@ impl FakeMattermost {
 
     /// Listens again on the same port.
     pub async fn restart(&self) {
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .expect("rebind the same port");
+        // The old listener's sockets may take a moment to be released by the kernel after
+        // the server task ended (seen under load as EADDRINUSE): retry briefly.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("rebind the same port: {e}"),
+            }
+        };
         let running = serve(listener, self.inner.clone());
         *self.running.lock().unwrap() = Some(running);
     }
