@@ -261,10 +261,23 @@ async fn stop_keeps_queued_messages_and_they_are_answered_next() {
         answer_starting(&s.alice, "pause", "!stop", "⏹️").await,
         stopped
     );
-    // The queued message runs next, in the same session: wait for its turn's end (the
-    // stream opens with the current typing state, on if that turn already started).
-    let mut events = s.alice.events("pause").await;
-    events.turn_end().await;
+    // The queued message runs next, in the same session. With a warm agent that turn can
+    // be over before an event stream opens, so wait for its answer in the room instead.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while s
+        .alice
+        .messages("pause")
+        .await
+        .last()
+        .map(|m| m.text.as_str())
+        != Some(LATER)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the queued message was not answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let history = s.llm.conversation("CMD-STOP");
     assert!(
         history.contains("CMD-STOP one") && history.contains("three"),
