@@ -516,8 +516,10 @@ impl TurnLoop {
 /// as over. The protocol has the replay end before the answer, and the Claude adapter and
 /// OpenCode keep to that; Gemini CLI 0.61.0 answers after the first replayed update and
 /// streams the rest behind it (within milliseconds). Paid once per load (a restart or a
-/// replaced process), never per turn.
-const REPLAY_QUIET: Duration = Duration::from_millis(300);
+/// replaced process), never per turn. One second, not less: on a loaded box the replayed
+/// updates were seen to reach the session more than 300 ms after the answer, and were then
+/// posted as the next reply.
+const REPLAY_QUIET: Duration = Duration::from_secs(1);
 
 /// Skips what `session/load` replayed (the history the agent already has), answering any
 /// request in it: what was queued before the load's answer, then whatever follows until the
