@@ -61,6 +61,7 @@ impl Connector for BenchConnector {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            threads: false,
             max_message_len: 1_000_000,
             edit: false,
             edit_interval: Duration::ZERO,
@@ -166,6 +167,7 @@ fn config(agent: &Path, work: &Path) -> Config {
             connector: "bench".into(),
             room: "*".into(),
             agent: "fake".into(),
+            session_scope: Default::default(),
         }],
         schedules: Vec::new(),
         max_queue_depth: 10,

@@ -22,7 +22,7 @@ use tracing::{debug, error, info, warn};
 use crate::agent::AgentBackend;
 use crate::approval::{self, Approvals, Asking};
 use crate::commands::{self, Parsed};
-use crate::config::{AgentConfig, Config, ConnectorConfig, WatcherConfig};
+use crate::config::{AgentConfig, Config, ConnectorConfig, SessionScope, WatcherConfig};
 use crate::connector::{Acceptance, ApprovalPlace, ConnectorEvent, Connectors};
 use crate::model::{InboundMessage, ReplyTarget, RoomKey, RoomKind, RoomRef};
 use crate::ratelimit::{RateLimiter, Verdict};
@@ -170,6 +170,15 @@ impl Dispatcher {
                 failed: None,
             })
             .collect();
+        for w in &parts.config.watchers {
+            let threads = parts
+                .connectors
+                .get(w.connector.as_str())
+                .map(|c| c.capabilities().threads);
+            if w.session_scope == SessionScope::Thread && threads == Some(false) {
+                warn!(watcher = %w.name, connector = %w.connector, "session_scope: thread has no effect: this platform has no threads; each room keeps one session");
+            }
+        }
         let agent_configs: HashMap<String, Arc<AgentConfig>> = parts
             .config
             .agents
@@ -262,7 +271,7 @@ impl Dispatcher {
                 if state.pending.is_empty() {
                     continue;
                 }
-                let key = RoomKey::new(connector.clone(), room_id.as_str());
+                let key = RoomKey::from_id(connector.clone(), room_id.as_str());
                 let Some(widx) = self
                     .watchers
                     .iter()
@@ -397,7 +406,7 @@ impl Dispatcher {
         }
     }
 
-    fn route(&mut self, message: InboundMessage, ack: Option<oneshot::Sender<Acceptance>>) {
+    fn route(&mut self, mut message: InboundMessage, ack: Option<oneshot::Sender<Acceptance>>) {
         let verdict = |ack: Option<oneshot::Sender<Acceptance>>, v: Acceptance| {
             if let Some(ack) = ack {
                 let _ = ack.send(v);
@@ -416,7 +425,11 @@ impl Dispatcher {
         let Some(widx) = self.watcher_for(&message) else {
             return verdict(ack, Acceptance::Ignored("room is not watched".into()));
         };
-        let key = message.room_key();
+        let threads = self.thread_scoped(widx);
+        let mut key = message.room_key();
+        if let (true, Some(thread)) = (threads, &message.thread) {
+            key = key.in_thread(thread.as_str());
+        }
         if let Some((approve, id, always)) = approval::parse_command(&message.text) {
             if self
                 .room_agent(&key, widx)
@@ -478,6 +491,13 @@ impl Dispatcher {
         }
         if self.rate_limited(&message) {
             return verdict(ack, Acceptance::Ignored("rate limited".into()));
+        }
+        // In thread scope a top-level message in a group room starts a thread of its own: its
+        // answer opens the thread, whose later messages continue that session. (A DM's
+        // top-level messages keep the room's session: a thread per DM line would be noise.)
+        if threads && message.thread.is_none() && message.room.kind == RoomKind::Group {
+            message.thread = Some(message.id.clone());
+            key = key.in_thread(message.id.as_str());
         }
         let Some(entry) = self.room_entry(&key, &message.room.name, widx) else {
             return verdict(
@@ -620,6 +640,18 @@ impl Dispatcher {
             .and_then(|a| self.agent_configs.get(&a))
             .or_else(|| self.agent_configs.get(watcher_agent))
             .map(|a| &**a)
+    }
+
+    /// Whether watcher `widx` gives each thread its own session: `session_scope: thread` on
+    /// a platform with threads (elsewhere the room's session, warned about at start).
+    fn thread_scoped(&self, widx: usize) -> bool {
+        let w = &self.watchers[widx];
+        w.config.session_scope == SessionScope::Thread
+            && self
+                .parts
+                .connectors
+                .get(&w.connector)
+                .is_some_and(|c| c.capabilities().threads)
     }
 
     /// The watcher for a message: one naming its room, else the connector's `*` watcher.
@@ -859,7 +891,7 @@ impl Dispatcher {
         // Rooms without a live worker keep their session only in the state file.
         for (room_id, state) in self.parts.store.rooms(&connector) {
             if state.watcher == name {
-                let key = RoomKey::new(connector.clone(), room_id.as_str());
+                let key = RoomKey::from_id(connector.clone(), room_id.as_str());
                 let agent = state
                     .agent
                     .clone()
@@ -935,14 +967,14 @@ impl Dispatcher {
             let mut seen: Vec<String> = Vec::new();
             let backend = self.parts.agents.get(&w.config.agent);
             for (key, entry) in self.rooms.iter().filter(|(_, e)| e.watcher == widx) {
-                seen.push(key.room.to_string());
+                seen.push(key.id().into_owned());
                 let process = backend.and_then(|b| b.process_info(key));
                 room_rows.push((
                     WatcherRow {
                         watcher: w.config.name.clone(),
                         connector: w.connector.to_string(),
                         room: entry.name.clone(),
-                        room_id: Some(key.room.to_string()),
+                        room_id: Some(key.id().into_owned()),
                         agent: w.config.agent.clone(),
                         session_id: None,
                         state: base_state.clone(),
@@ -959,7 +991,7 @@ impl Dispatcher {
             for (room_id, state) in self.parts.store.rooms(&w.connector) {
                 if state.watcher == w.config.name && !seen.contains(&room_id) {
                     // A room whose worker was released may still have a warm process.
-                    let key = RoomKey::new(w.connector.clone(), room_id.as_str());
+                    let key = RoomKey::from_id(w.connector.clone(), room_id.as_str());
                     let process = backend.and_then(|b| b.process_info(&key));
                     room_rows.push((
                         WatcherRow {

@@ -10,26 +10,67 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// One room of one connector: the unit that owns a queue and an agent session.
+/// One room of one connector, or one thread of it: the unit that owns a queue and an agent
+/// session.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RoomKey {
     pub connector: Arc<str>,
     /// The platform's stable room id (`GENERAL`, `group:123`, `lobby`, …).
     pub room: Arc<str>,
+    /// The thread (its root message id) with a session of its own, in a watcher with
+    /// `session_scope: thread`; `None` for the room's own session.
+    pub thread: Option<Arc<str>>,
 }
+
+/// Between a room id and a thread id in [`RoomKey::id`]: no platform's room ids contain it.
+const THREAD_MARK: &str = "#thread:";
 
 impl RoomKey {
     pub fn new(connector: impl Into<Arc<str>>, room: impl Into<Arc<str>>) -> Self {
         RoomKey {
             connector: connector.into(),
             room: room.into(),
+            thread: None,
         }
+    }
+
+    /// The same room's key for one of its threads.
+    pub fn in_thread(mut self, thread: impl Into<Arc<str>>) -> Self {
+        self.thread = Some(thread.into());
+        self
+    }
+
+    /// How the key is written in the state file and shown by `list`: the room id, or
+    /// `<room>#thread:<thread>`.
+    pub fn id(&self) -> std::borrow::Cow<'_, str> {
+        match &self.thread {
+            None => std::borrow::Cow::Borrowed(&self.room),
+            Some(t) => std::borrow::Cow::Owned(format!("{}{THREAD_MARK}{t}", self.room)),
+        }
+    }
+
+    /// The key whose [`RoomKey::id`] is `id`.
+    pub fn from_id(connector: impl Into<Arc<str>>, id: &str) -> Self {
+        match id.split_once(THREAD_MARK) {
+            Some((room, thread)) => RoomKey::new(connector, room).in_thread(thread),
+            None => RoomKey::new(connector, id),
+        }
+    }
+
+    /// The key of the platform room itself (its own session, not a thread's).
+    pub fn of_room(&self) -> RoomKey {
+        RoomKey::new(self.connector.clone(), self.room.clone())
+    }
+
+    /// Both keys name the same platform room (any thread of it, or none).
+    pub fn same_room(&self, other: &RoomKey) -> bool {
+        self.connector == other.connector && self.room == other.room
     }
 }
 
 impl fmt::Display for RoomKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.connector, self.room)
+        write!(f, "{}:{}", self.connector, self.id())
     }
 }
 
@@ -124,6 +165,17 @@ pub struct InboundMessage {
     /// Set by platforms that open a room per conversation of an API caller instead of
     /// having chat rooms (see [`Conversation`]); `None` for a chat message.
     pub conversation: Option<Conversation>,
+}
+
+/// One earlier message of a thread, shown to the agent as context when it is mentioned in
+/// the thread (`Connector::thread_history`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadMessage {
+    pub id: String,
+    /// The author's login name.
+    pub username: String,
+    pub text: String,
+    pub ts: SystemTime,
 }
 
 /// A message that is one request of an API caller, in a room the platform opened for that
@@ -332,4 +384,25 @@ pub fn epoch_ms(t: SystemTime) -> u64 {
 
 pub fn from_epoch_ms(ms: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_key_has_an_id_of_its_own_that_reads_back() {
+        let room = RoomKey::new("rc", "GENERAL");
+        let thread = room.clone().in_thread("m1");
+        assert_eq!(room.id(), "GENERAL");
+        assert_eq!(thread.id(), "GENERAL#thread:m1");
+        assert_eq!(thread.to_string(), "rc:GENERAL#thread:m1");
+        assert_eq!(RoomKey::from_id("rc", &thread.id()), thread);
+        assert_eq!(RoomKey::from_id("rc", "GENERAL"), room);
+        // An API conversation's room id has slashes; it is a room, not a thread.
+        let api = RoomKey::new("api", "model/user/s1");
+        assert_eq!(RoomKey::from_id("api", &api.id()), api);
+        assert!(thread.same_room(&room) && thread.of_room() == room);
+        assert!(!thread.same_room(&RoomKey::new("rc", "OTHER")));
+    }
 }

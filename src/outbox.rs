@@ -1,7 +1,7 @@
 //! The outbox: what room workers need of a platform to answer in a room — its capabilities,
 //! and posting, editing, typing, uploading and sending a long reply (or, for a platform that
-//! answers requests, a turn's progress and end as data). Nothing about receiving,
-//! resolving rooms or connection lifetimes.
+//! answers requests, a turn's progress and end as data), and reading a thread's earlier
+//! messages. Nothing about receiving, resolving rooms or connection lifetimes.
 //!
 //! Owns: the [`Outbox`] trait, and [`of`], which sees any connector as one.
 //! Knows nothing about: any particular platform, agents, rooms.
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::connector::{Capabilities, Connector, ConnectorError};
-use crate::model::{AgentEvent, PostedMessage, ReplyTarget, TurnEnd};
+use crate::model::{AgentEvent, PostedMessage, ReplyTarget, ThreadMessage, TurnEnd};
 
 /// Where a room's replies go. Same meaning as the [`Connector`] methods of the same names.
 #[async_trait]
@@ -49,6 +49,16 @@ pub trait Outbox: Send + Sync + 'static {
 
     async fn conclude(&self, to: &ReplyTarget, end: TurnEnd) {
         let _ = (to, end);
+    }
+
+    async fn thread_history(
+        &self,
+        room: &str,
+        thread: &str,
+        limit: usize,
+    ) -> Result<Vec<ThreadMessage>, ConnectorError> {
+        let _ = (room, thread, limit);
+        Err(ConnectorError::Unsupported("reading threads"))
     }
 }
 
@@ -106,5 +116,14 @@ impl Outbox for ConnectorOutbox {
 
     async fn conclude(&self, to: &ReplyTarget, end: TurnEnd) {
         self.0.conclude(to, end).await
+    }
+
+    async fn thread_history(
+        &self,
+        room: &str,
+        thread: &str,
+        limit: usize,
+    ) -> Result<Vec<ThreadMessage>, ConnectorError> {
+        self.0.thread_history(room, thread, limit).await
     }
 }

@@ -61,6 +61,10 @@ pub struct RoomState {
     /// Earlier sessions of this room, newest last, at most [`MAX_PAST_SESSIONS`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub past_sessions: Vec<PastSession>,
+    /// In a thread with a session of its own: the time (ms since the epoch) up to which the
+    /// session has seen the thread's messages, so a turn shows only the newer ones as context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread_seen_ms: Option<u64>,
 }
 
 /// How many earlier sessions a room remembers for `!sessions` / `!resume`.
@@ -110,6 +114,8 @@ impl RoomState {
     /// `agent` is the agent it belonged to.
     pub fn retire_session(&mut self, agent: &str, now: std::time::SystemTime) {
         let usage = std::mem::take(&mut self.session_usage);
+        // A fresh session has seen nothing of its thread.
+        self.thread_seen_ms = None;
         let Some(id) = self.session_id.take() else {
             return;
         };
@@ -306,7 +312,7 @@ impl StateStore {
     pub fn room(&self, key: &RoomKey) -> Option<RoomState> {
         self.files()
             .get(&key.connector)
-            .and_then(|f| f.rooms.get(&*key.room))
+            .and_then(|f| f.rooms.get(&*key.id()))
             .cloned()
     }
 
@@ -328,7 +334,7 @@ impl StateStore {
         let removed = self
             .files()
             .get_mut(&key.connector)
-            .is_some_and(|f| f.rooms.remove(&*key.room).is_some());
+            .is_some_and(|f| f.rooms.remove(&*key.id()).is_some());
         if removed {
             self.mark_dirty(&key.connector);
         }
@@ -338,7 +344,7 @@ impl StateStore {
         {
             let mut files = self.files();
             let file = files.entry(key.connector.clone()).or_default();
-            update(file.rooms.entry(key.room.to_string()).or_default());
+            update(file.rooms.entry(key.id().into_owned()).or_default());
         }
         self.mark_dirty(&key.connector);
     }

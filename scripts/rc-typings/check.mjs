@@ -17,6 +17,8 @@ const table = [
   ['GET', /^\/api\/v1\/channels\.history$/, 'channels/ChannelsHistoryProps.js', 'isChannelsHistoryProps'],
   ['GET', /^\/api\/v1\/groups\.history$/, 'groups/GroupsHistoryProps.js', 'isGroupsHistoryProps'],
   ['GET', /^\/api\/v1\/im\.history$/, 'dm/DmHistoryProps.js', 'isDmHistoryProps'],
+  ['GET', /^\/api\/v1\/chat\.getMessage$/, 'chat.js', 'isChatGetMessageProps'],
+  ['GET', /^\/api\/v1\/chat\.getThreadMessages$/, 'chat.js', 'isChatGetThreadMessagesProps'],
   ['GET', /^\/api\/v1\/groups\.info$/, 'groups/GroupsInfoProps.js', 'isGroupsInfoProps'],
   ['GET', /^\/api\/v1\/rooms\.info$/, 'rooms.js', 'isRoomsInfoProps'],
   ['GET', /^\/api\/v1\/subscriptions\.get$/, 'subscriptionsEndpoints.js', 'isSubscriptionsGetProps'],

@@ -32,6 +32,7 @@ impl Connector for Room {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            threads: false,
             max_message_len: 4000,
             edit: false,
             edit_interval: Duration::from_secs(1),

@@ -61,7 +61,9 @@ pub struct TurnBinding {
 }
 
 /// Where an owner is asked about a turn's calls.
+// One per turn binding, never in a collection: boxing the large variant would buy nothing.
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Asking {
     /// In the turn's own room (`TurnBinding::target` through `TurnBinding::outbox`).
     InTurnRoom,
@@ -579,7 +581,9 @@ impl Approvals {
             return "⚠️ Only an owner of this room can approve or deny tool calls.".into();
         }
         self.resolve(cmd, |p| {
-            p.asked_in == *room
+            // An owner may answer anywhere in the room the prompt was posted in: a thread
+            // with a session of its own is still that room.
+            p.asked_in.same_room(room)
                 && match (p.thread.as_deref(), thread) {
                     (Some(a), Some(b)) => a == b,
                     _ => true,

@@ -646,6 +646,19 @@ pub struct WatcherConfig {
     /// Room spec: `*`, `#channel`, group name, `@user`, or a room id.
     pub room: String,
     pub agent: String,
+    pub session_scope: SessionScope,
+}
+
+/// What one agent session (and one queue) covers in a watcher's rooms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionScope {
+    /// The whole room shares one session.
+    #[default]
+    Room,
+    /// Each thread has its own session and queue; a top-level message in a group room
+    /// starts a thread of its own. On platforms without threads, the room.
+    Thread,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -823,6 +836,9 @@ struct RawWatcher {
     /// A key of `agents` (default: `default_agent`).
     #[serde(default)]
     agent: Option<String>,
+    /// `room` (default): one session per room; `thread`: one per thread.
+    #[serde(default)]
+    session_scope: SessionScope,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1455,6 +1471,7 @@ fn validate_watchers(
             connector: raw.connector,
             room: raw.room,
             agent,
+            session_scope: raw.session_scope,
         });
     }
     out

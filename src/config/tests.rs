@@ -38,6 +38,26 @@ fn good_config_validates() {
 }
 
 #[test]
+fn session_scope_is_room_unless_thread_is_asked() {
+    let c = check(GOOD).unwrap();
+    assert_eq!(c.watchers[0].session_scope, SessionScope::Room);
+    let threads = GOOD.replace(
+        "agent: assistant}",
+        "agent: assistant, session_scope: thread}",
+    );
+    assert_eq!(
+        check(&threads).unwrap().watchers[0].session_scope,
+        SessionScope::Thread
+    );
+    let bad = GOOD.replace(
+        "agent: assistant}",
+        "agent: assistant, session_scope: threads}",
+    );
+    let e = check(&bad).unwrap_err().to_string();
+    assert!(e.contains("watchers[0]") && e.contains("threads"), "{e}");
+}
+
+#[test]
 fn every_problem_is_reported_with_its_key_path() {
     let yaml = GOOD
         .replace("type: claude", "type: claud")

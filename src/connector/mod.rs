@@ -26,7 +26,9 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{AgentEvent, InboundMessage, PostedMessage, ReplyTarget, RoomRef, TurnEnd};
+use crate::model::{
+    AgentEvent, InboundMessage, PostedMessage, ReplyTarget, RoomRef, ThreadMessage, TurnEnd,
+};
 use crate::state::ConnectorStore;
 use crate::text;
 
@@ -39,6 +41,10 @@ pub struct Capabilities {
     pub edit: bool,
     /// Shortest interval between two edits of one message (platform rate limits).
     pub edit_interval: Duration,
+    /// Messages can be threads of their own (`InboundMessage::thread`), and the platform can
+    /// list a thread's messages ([`Connector::thread_history`]): `session_scope: thread`
+    /// gives each thread its own session.
+    pub threads: bool,
 }
 
 /// Where the approval prompts of a connector's rooms are asked.
@@ -291,6 +297,18 @@ pub trait Connector: Send + Sync + 'static {
     /// The end of the turn answering `to` (only when [`Connector::answers_requests`]).
     async fn conclude(&self, to: &ReplyTarget, end: TurnEnd) {
         let _ = (to, end);
+    }
+
+    /// The messages of thread `thread` (its root message id) in `room`, oldest first, at
+    /// most the latest `limit`, without the bot's own. Only for [`Capabilities::threads`].
+    async fn thread_history(
+        &self,
+        room: &str,
+        thread: &str,
+        limit: usize,
+    ) -> Result<Vec<ThreadMessage>, ConnectorError> {
+        let _ = (room, thread, limit);
+        Err(ConnectorError::Unsupported("reading threads"))
     }
 
     /// Where the approval prompts of this connector's rooms are asked.

@@ -319,6 +319,7 @@ impl RoomWorker {
                     session_changed: false,
                     unstarted: Vec::new(),
                     usage: None,
+                    thread_seen: None,
                 };
                 let notice = "❌ The gateway failed while handling your message. Please try again.";
                 (report, Some(notice.to_string()))
@@ -526,7 +527,8 @@ impl RoomWorker {
             .collect();
         users.sort_unstable();
         users.dedup();
-        let room = self.key.to_string();
+        // A thread's turns spend the room's budget.
+        let room = self.key.of_room().to_string();
         let who = crate::budget::Spenders {
             connector: &self.key.connector,
             users,
@@ -590,6 +592,12 @@ impl RoomWorker {
             batch,
             cancel: cancel.clone(),
             typing_off: self.typing_off.take(),
+            thread_seen: self
+                .key
+                .thread
+                .as_ref()
+                .and_then(|_| self.deps.store.room(&self.key)?.thread_seen_ms)
+                .map(crate::model::from_epoch_ms),
         };
         let task = self.deps.tracker.spawn(runner.run());
         self.running = Some(RunningTurn {
@@ -608,6 +616,7 @@ impl RoomWorker {
             self.session_id = report.session_id.clone();
         }
         let usage = report.usage;
+        let thread_seen = report.thread_seen.map(crate::model::epoch_ms);
         let done = report.message_ids;
         if self.ephemeral && self.pending.is_empty() {
             self.deps.store.remove_room(&self.key);
@@ -628,6 +637,9 @@ impl RoomWorker {
             }
             if let Some(u) = &usage {
                 r.session_usage.add(u);
+            }
+            if thread_seen.is_some() {
+                r.thread_seen_ms = thread_seen;
             }
         });
     }

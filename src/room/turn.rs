@@ -3,7 +3,7 @@
 //! answered or reported failed.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -36,6 +36,9 @@ pub struct TurnReport {
     pub unstarted: Vec<QueuedMessage>,
     /// What the agent reported the turn used.
     pub usage: Option<crate::model::Usage>,
+    /// In a thread with its own session, a turn that ran: how far the session has now seen
+    /// the thread.
+    pub thread_seen: Option<SystemTime>,
 }
 
 pub struct TurnRunner {
@@ -49,6 +52,9 @@ pub struct TurnRunner {
     /// The previous turn's "stopped typing", awaited before this turn says it is typing, so
     /// the two never arrive out of order.
     pub typing_off: Option<JoinHandle<()>>,
+    /// In a thread with its own session: how far the session has seen the thread (`None`:
+    /// nothing yet, so every earlier message is context).
+    pub thread_seen: Option<SystemTime>,
 }
 
 impl TurnRunner {
@@ -65,9 +71,15 @@ impl TurnRunner {
             .map(|q| q.role)
             .min()
             .unwrap_or(Role::Guest);
-        let prompt = prompt::build(&self.deps.platform, &self.batch);
         let outbox = self.deps.outbox.clone();
         let caps = outbox.capabilities();
+        let mut prompt = prompt::build(&self.deps.platform, &self.batch);
+        let mut thread_seen = None;
+        if let (Some(thread), true) = (&self.key.thread, caps.threads) {
+            let context = self.thread_context(thread).await;
+            prompt = context + &prompt;
+            thread_seen = self.batch.iter().map(|q| q.message.ts).max();
+        }
         if let Some(previous) = self.typing_off {
             let _ = previous.await;
         }
@@ -85,6 +97,7 @@ impl TurnRunner {
                 session_changed: false,
                 unstarted: self.batch,
                 usage: None,
+                thread_seen: None,
             };
         };
 
@@ -147,6 +160,7 @@ impl TurnRunner {
             session_changed: false,
             unstarted: Vec::new(),
             usage: None,
+            thread_seen: None,
         };
         crate::metrics::turn_ended(
             &self.deps.agent_config.name,
@@ -165,7 +179,8 @@ impl TurnRunner {
                 if let Some(usage) = &outcome.usage {
                     let mut entry = crate::ledger::Entry::new(usage, std::time::SystemTime::now());
                     entry.connector = self.key.connector.to_string();
-                    entry.room = self.key.to_string();
+                    // The platform room: its threads' sessions are spending of the room.
+                    entry.room = self.key.of_room().to_string();
                     entry.user = anchor.message.sender.username.clone();
                     entry.agent = self.deps.agent_config.name.clone();
                     entry.session = outcome.session_id.clone().or(self.session_id.clone());
@@ -174,6 +189,7 @@ impl TurnRunner {
                 }
                 log_usage(outcome.usage.as_ref());
                 report.usage = outcome.usage.clone();
+                report.thread_seen = thread_seen;
                 if answers_requests {
                     let end = TurnEnd::Answered {
                         text: outcome.text,
@@ -220,6 +236,49 @@ impl TurnRunner {
         report
     }
 }
+
+impl TurnRunner {
+    /// The context block for a turn in a thread with its own session: the thread's messages
+    /// since the session last saw it, up to the turn's own, without the turn's own (a
+    /// platform that cannot be read is said in the block; the turn still runs).
+    async fn thread_context(&self, thread: &str) -> String {
+        let Some(anchor) = self.batch.last() else {
+            return String::new();
+        };
+        let room = &anchor.message.room;
+        let read = self
+            .deps
+            .outbox
+            .thread_history(&room.id, thread, prompt::MAX_THREAD_CONTEXT);
+        let (earlier, unreadable) = match tokio::time::timeout(THREAD_READ_TIMEOUT, read).await {
+            Ok(Ok(messages)) => (messages, None),
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not read the thread's earlier messages");
+                (Vec::new(), Some(e.to_string()))
+            }
+            Err(_) => {
+                warn!("reading the thread's earlier messages timed out");
+                (Vec::new(), Some("timed out".to_string()))
+            }
+        };
+        let own: Vec<&str> = self.batch.iter().map(|q| q.message.id.as_str()).collect();
+        let until = anchor.message.ts;
+        let unseen: Vec<_> = earlier
+            .into_iter()
+            .filter(|m| !own.contains(&m.id.as_str()))
+            .filter(|m| m.ts <= until && self.thread_seen.is_none_or(|seen| m.ts > seen))
+            .collect();
+        prompt::thread_context(
+            &self.deps.platform,
+            &room.name,
+            &unseen,
+            unreadable.as_deref(),
+        )
+    }
+}
+
+/// How long reading a thread's earlier messages may hold a turn.
+const THREAD_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The turn's tokens and cost as the agent reported them (a cost only the log shows).
 fn log_usage(usage: Option<&crate::model::Usage>) {

@@ -40,6 +40,7 @@ impl Connector for Room {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            threads: false,
             max_message_len: self.max,
             edit: false,
             edit_interval: Duration::from_secs(1),

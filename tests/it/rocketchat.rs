@@ -855,3 +855,115 @@ async fn e2e_a_question_in_a_thread_is_answered_in_that_thread() {
     let prompt = chat.llm.message_requests().last().unwrap().last_text();
     assert!(prompt.contains(&format!("| thread: {asked}]")), "{prompt}");
 }
+
+/// `session_scope: thread`: a top-level mention opens a thread with a session of its own;
+/// a later mention in that thread continues it and sees what others said there meanwhile;
+/// another top-level mention starts another session; a thread people started earlier is
+/// read as context when the bot is first mentioned in it; sessions and what they have seen
+/// of their thread survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_thread_scope_gives_each_thread_its_session_and_context() {
+    use crate::conformance::{rocketchat::RID, Chat, RocketChat, TURN};
+    let script = json!({"scenarios": [
+        {"match": "TS-ONE", "turns": [
+            {"text": "Thread one, first answer."},
+            {"text": "Thread one, second answer."},
+            {"text": "Thread one, third answer."}
+        ]},
+        {"match": "TS-TWO", "turns": [{"text": "Thread two, first answer."}]},
+        {"match": "TS-THREE", "turns": [{"text": "Thread three, first answer."}]}
+    ], "default_text": "OK"});
+    let Some(mut chat) =
+        Chat::<RocketChat>::start_with_watcher(script, "", ", session_scope: thread").await
+    else {
+        return;
+    };
+    let fake = &chat.platform.fake;
+    let one = fake.post(RID, "alice", "@bot TS-ONE start");
+    let reply = fake
+        .bot_message_containing(RID, "Thread one, first answer.", TURN)
+        .await;
+    assert_eq!(
+        reply["tmid"],
+        json!(one),
+        "the answer opens a thread: {reply}"
+    );
+
+    // Someone else speaks in the thread without addressing the bot, then the bot is asked.
+    fake.post_in_thread(RID, "bob", "the build log says TS-CONTEXT-LINE", &one);
+    fake.post_in_thread(RID, "alice", "@bot TS-ONE more", &one);
+    let reply = fake
+        .bot_message_containing(RID, "Thread one, second answer.", TURN)
+        .await;
+    assert_eq!(reply["tmid"], json!(one), "{reply}");
+    let prompt = chat.llm.message_requests().last().unwrap().last_text();
+    let context = prompt
+        .split("[END THREAD CONTEXT]")
+        .next()
+        .filter(|_| prompt.contains("[THREAD CONTEXT: earlier messages in this thread"))
+        .unwrap_or_else(|| panic!("no thread context in: {prompt}"));
+    assert!(
+        context.contains("| from: bob | ts: ")
+            && context.contains("] the build log says TS-CONTEXT-LINE"),
+        "{prompt}"
+    );
+    assert!(
+        !context.contains("TS-ONE start") && !context.contains("first answer"),
+        "what the session has seen is not context again: {prompt}"
+    );
+
+    // A new top-level mention: a new thread, a new session (the script starts over).
+    let two = fake.post(RID, "alice", "@bot TS-TWO go");
+    let reply = fake
+        .bot_message_containing(RID, "Thread two, first answer.", TURN)
+        .await;
+    assert_eq!(reply["tmid"], json!(two), "{reply}");
+    assert!(
+        !chat
+            .llm
+            .message_requests()
+            .last()
+            .unwrap()
+            .last_text()
+            .contains("THREAD CONTEXT"),
+        "a thread the bot opened has no earlier messages"
+    );
+
+    // A thread people started: its root and replies are context at the first mention.
+    let three = fake.post(RID, "bob", "TS-ROOT why is CI red?");
+    fake.post_in_thread(RID, "alice", "TS-REPLY I think it is the cache", &three);
+    fake.post_in_thread(RID, "alice", "@bot TS-THREE what do you think?", &three);
+    let reply = fake
+        .bot_message_containing(RID, "Thread three, first answer.", TURN)
+        .await;
+    assert_eq!(reply["tmid"], json!(three), "{reply}");
+    let prompt = chat.llm.message_requests().last().unwrap().last_text();
+    let root = prompt.find("| from: bob | ts: ");
+    let answer = prompt.find("] TS-REPLY I think it is the cache");
+    assert!(
+        root.is_some() && answer.is_some() && root < answer,
+        "root then reply, oldest first: {prompt}"
+    );
+    assert!(prompt.contains("] TS-ROOT why is CI red?"), "{prompt}");
+
+    // Each thread is a room of its own in the state; after a restart thread one resumes its
+    // session and shows no context it has already seen.
+    chat.gateway.stop();
+    let state =
+        std::fs::read_to_string(chat.gateway.runtime.join("state.chat.json")).expect("state file");
+    let state: Value = serde_json::from_str(&state).unwrap();
+    for thread in [&one, &two, &three] {
+        let room = &state["rooms"][format!("{RID}#thread:{thread}")];
+        assert!(room["session_id"].is_string(), "{thread}: {state}");
+        assert!(room["thread_seen_ms"].is_u64(), "{thread}: {state}");
+    }
+    chat.gateway.start_again();
+    let fake = &chat.platform.fake;
+    fake.post_in_thread(RID, "alice", "@bot TS-ONE once more", &one);
+    let reply = fake
+        .bot_message_containing(RID, "Thread one, third answer.", TURN)
+        .await;
+    assert_eq!(reply["tmid"], json!(one), "{reply}");
+    let prompt = chat.llm.message_requests().last().unwrap().last_text();
+    assert!(!prompt.contains("TS-CONTEXT-LINE"), "{prompt}");
+}

@@ -700,6 +700,7 @@ impl Connector for MatrixConnector {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            threads: true,
             max_message_len: self.cfg.max_message_len,
             edit: true,
             edit_interval: self.cfg.edit_interval,

@@ -966,6 +966,7 @@ impl Connector for MattermostConnector {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            threads: true,
             max_message_len: self.cfg.max_message_len,
             edit: true,
             edit_interval: self.cfg.edit_interval,

@@ -230,6 +230,7 @@ impl Connector for OneBotConnector {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            threads: false,
             max_message_len: self.inner.cfg.max_message_length,
             edit: false,
             edit_interval: Duration::from_secs(1),

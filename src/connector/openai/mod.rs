@@ -142,6 +142,7 @@ impl Connector for OpenaiConnector {
     fn capabilities(&self) -> Capabilities {
         // Answers are not chat messages: nothing is split or edited.
         Capabilities {
+            threads: false,
             max_message_len: usize::MAX / 4,
             edit: false,
             edit_interval: Duration::ZERO,

@@ -43,8 +43,8 @@ use self::ddp::{DdpClient, DdpError, StreamEvent};
 use self::normalize::{BotIdentity, FileRef};
 use self::rest::{Rest, RestError};
 use self::wire::{
-    HistoryResponse, MediaResponse, PostMessageResponse, SettingsResponse, SubscriptionsResponse,
-    WireMessage, WireRoom,
+    GetMessageResponse, HistoryResponse, MediaResponse, PostMessageResponse, SettingsResponse,
+    SubscriptionsResponse, WireMessage, WireRoom,
 };
 use crate::connector::files;
 use crate::connector::replay::{self, Backoff};
@@ -54,7 +54,9 @@ use crate::connector::{
 
 type IdWindow = replay::IdWindow<String>;
 type Watermark = replay::Watermark<String>;
-use crate::model::{Attachment, InboundMessage, PostedMessage, ReplyTarget, RoomKind, RoomRef};
+use crate::model::{
+    Attachment, InboundMessage, PostedMessage, ReplyTarget, RoomKind, RoomRef, ThreadMessage,
+};
 
 /// Rocket.Chat's default `Message_MaxAllowedSize`; read from the server when it says.
 const DEFAULT_MAX_MESSAGE_LEN: usize = 5000;
@@ -992,6 +994,7 @@ impl Connector for RocketChatConnector {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            threads: true,
             max_message_len: self.max_len.load(Ordering::Relaxed),
             edit: true,
             edit_interval: self.cfg.edit_interval,
@@ -1075,6 +1078,53 @@ impl Connector for RocketChatConnector {
         Ok(PostedMessage {
             id: last.unwrap_or_default(),
         })
+    }
+
+    /// `chat.getMessage` (the root) and `chat.getThreadMessages` (the latest replies, asked
+    /// newest first), without the bot's own and system messages.
+    async fn thread_history(
+        &self,
+        room: &str,
+        thread: &str,
+        limit: usize,
+    ) -> Result<Vec<ThreadMessage>, ConnectorError> {
+        let auth = self
+            .rest
+            .auth()
+            .await
+            .map_err(|e| connector_error("login", room, e))?;
+        let bot = BotIdentity::new(&auth.user_id, &auth.username);
+        let root = self
+            .rest
+            .get::<GetMessageResponse>("chat.getMessage", &[("msgId", thread.to_string())])
+            .await
+            .map_err(|e| connector_error("chat.getMessage", room, e))?;
+        let q = [
+            ("tmid", thread.to_string()),
+            ("count", limit.to_string()),
+            ("sort", r#"{"ts":-1}"#.to_string()),
+        ];
+        let replies = self
+            .rest
+            .get::<HistoryResponse>("chat.getThreadMessages", &q)
+            .await
+            .map_err(|e| connector_error("chat.getThreadMessages", room, e))?;
+        let mut messages: Vec<ThreadMessage> = std::iter::once(root.message)
+            .chain(replies.messages)
+            .filter_map(|v| serde_json::from_value::<WireMessage>(v).ok())
+            // A thread is read only in the room it was posted in.
+            .filter(|m| m.rid == room && normalize::skip_reason(m, &bot).is_none())
+            .map(|m| ThreadMessage {
+                username: m.u.username.clone().unwrap_or_else(|| m.u.id.clone()),
+                text: bot.strip_leading_mention(&m.msg),
+                ts: crate::model::from_epoch_ms(m.ts.0),
+                id: m.id,
+            })
+            .collect();
+        messages.sort_by_key(|m| m.ts);
+        let excess = messages.len().saturating_sub(limit);
+        messages.drain(..excess);
+        Ok(messages)
     }
 
     /// `chat.update`. An edit cannot grow past the server's limit, so longer text is cut

@@ -255,6 +255,11 @@ pub struct HistoryResponse {
 }
 
 #[derive(Debug, Deserialize)]
+pub struct GetMessageResponse {
+    pub message: Value,
+}
+
+#[derive(Debug, Deserialize)]
 pub struct SubscriptionsResponse {
     #[serde(default)]
     pub update: Vec<WireRoom>,

@@ -212,6 +212,7 @@ impl Connector for WebchatConnector {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            threads: false,
             max_message_len: MAX_MESSAGE_LEN,
             edit: true,
             // Local and cheap; this only keeps the event streams from flooding the page.

@@ -111,13 +111,22 @@ impl<P: FakePlatform> Chat<P> {
     /// `extra_agent` is appended to the agent's keys (4-space indented). `None` when the
     /// Claude CLI is missing.
     pub async fn start(script: Value, extra_agent: &str) -> Option<Chat<P>> {
+        Self::start_with_watcher(script, extra_agent, "").await
+    }
+
+    /// [`Chat::start`], with `extra_watcher` added to the watcher's keys (`, key: value`).
+    pub async fn start_with_watcher(
+        script: Value,
+        extra_agent: &str,
+        extra_watcher: &str,
+    ) -> Option<Chat<P>> {
         if !P::available() {
             return None;
         }
         let agent = claude_agent(script, extra_agent).await?;
         let mut platform = P::start().await;
         let config = format!(
-            "connectors:\n{}\n{}\nwatchers:\n  - {{name: group, connector: chat, room: \"{}\"}}\n",
+            "connectors:\n{}\n{}\nwatchers:\n  - {{name: group, connector: chat, room: \"{}\"{extra_watcher}}}\n",
             platform.connector_yaml(),
             agent.yaml,
             platform.group_room(),

@@ -1006,6 +1006,46 @@ fn route(
                 json!({"messages": page, "count": page.len(), "offset": offset, "total": page.len()}),
             )
         }
+        ("GET", "chat.getMessage") => {
+            match s.messages.iter().find(|m| m["_id"] == q("msgId").as_str()) {
+                Some(m) => ok(json!({"message": rest_form(m)})),
+                None => fail("Not allowed [error-not-allowed]", "error-not-allowed"),
+            }
+        }
+        ("GET", "chat.getThreadMessages") => {
+            // Like the server: the replies of thread `tmid` (not its root), oldest first
+            // unless `sort` says otherwise.
+            let tmid = q("tmid");
+            if !s.messages.iter().any(|m| m["_id"] == tmid.as_str()) {
+                return fail(
+                    "Invalid message [error-invalid-message]",
+                    "error-invalid-message",
+                );
+            }
+            let count: usize = q("count").parse().unwrap_or(50);
+            let offset: usize = q("offset").parse().unwrap_or(0);
+            let newest_first = serde_json::from_str::<Value>(&q("sort"))
+                .ok()
+                .and_then(|v| v["ts"].as_i64())
+                == Some(-1);
+            let mut list: Vec<&Value> = s
+                .messages
+                .iter()
+                .filter(|m| m["tmid"] == tmid.as_str())
+                .collect();
+            list.sort_by_key(|m| ts_of(m));
+            if newest_first {
+                list.reverse();
+            }
+            let total = list.len();
+            let page: Vec<Value> = list
+                .into_iter()
+                .skip(offset)
+                .take(count)
+                .map(rest_form)
+                .collect();
+            ok(json!({"messages": page, "count": page.len(), "offset": offset, "total": total}))
+        }
         ("POST", "chat.postMessage") => {
             let rid = b("roomId");
             let text = b("text");
