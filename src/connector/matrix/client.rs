@@ -329,6 +329,26 @@ impl Client {
         self.get("messages", &path, &q).await
     }
 
+    /// Thread `root` of `room`: the root event, and the latest `limit` events of the thread
+    /// (`/relations/{root}/m.thread`, newest first).
+    pub async fn thread(
+        &self,
+        room: &str,
+        root: &str,
+        limit: usize,
+    ) -> Result<(Value, Vec<Value>), MatrixError> {
+        let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(root));
+        let root_event: Value = self.get("event", &path, &[]).await?;
+        let path = format!(
+            "/_matrix/client/v1/rooms/{}/relations/{}/m.thread",
+            enc(room),
+            enc(root)
+        );
+        let q = [("dir", "b".to_string()), ("limit", limit.to_string())];
+        let replies: MessagesResponse = self.get("relations", &path, &q).await?;
+        Ok((root_event, replies.chunk))
+    }
+
     /// Sends one room event; `txn` makes a retried send the same event.
     pub async fn send(
         &self,

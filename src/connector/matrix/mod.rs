@@ -47,7 +47,9 @@ use crate::connector::replay::{Backoff, IdWindow};
 use crate::connector::{
     Acceptance, Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, RunError,
 };
-use crate::model::{Attachment, InboundMessage, PostedMessage, ReplyTarget, RoomKind, RoomRef};
+use crate::model::{
+    Attachment, InboundMessage, PostedMessage, ReplyTarget, RoomKind, RoomRef, ThreadMessage,
+};
 
 /// Event ids remembered per room for dedup (persisted with the sync token).
 const DEDUP_WINDOW: usize = 300;
@@ -773,6 +775,48 @@ impl Connector for MatrixConnector {
                 }
             }
         }
+    }
+
+    /// The thread's root and latest events (`/relations`), without the bot's own, notices,
+    /// edits and redacted events; senders by their user id, as in a turn's own header.
+    async fn thread_history(
+        &self,
+        room: &str,
+        thread: &str,
+        limit: usize,
+    ) -> Result<Vec<ThreadMessage>, ConnectorError> {
+        let display = self
+            .client
+            .display_name(&self.cfg.user_id)
+            .await
+            .ok()
+            .flatten();
+        let bot = BotIdentity::new(&self.cfg.user_id, display.as_deref());
+        let (root, replies) = self
+            .client
+            .thread(room, thread, limit)
+            .await
+            .map_err(|e| connector_error("read the thread", room, e))?;
+        let mut messages: Vec<ThreadMessage> = std::iter::once(root)
+            .chain(replies)
+            .filter_map(|v| serde_json::from_value::<RoomEvent>(v).ok())
+            .filter_map(|ev| {
+                let c = serde_json::from_value::<MessageContent>(ev.content.clone()).ok()?;
+                if normalize::skip_reason(&ev, &c, &bot).is_some() {
+                    return None;
+                }
+                Some(ThreadMessage {
+                    text: bot.strip_leading_mention(&normalize::text_of(&c)),
+                    ts: crate::model::from_epoch_ms(ev.origin_server_ts),
+                    username: ev.sender,
+                    id: ev.event_id,
+                })
+            })
+            .collect();
+        messages.sort_by_key(|m| m.ts);
+        let excess = messages.len().saturating_sub(limit);
+        messages.drain(..excess);
+        Ok(messages)
     }
 
     /// Posts `text` (split at the message limit; the id returned is the last part's, the

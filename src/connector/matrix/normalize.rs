@@ -174,7 +174,9 @@ pub fn file_of(c: &MessageContent) -> Option<FileRef> {
 
 /// The text of a message: for a file, its caption only (spec 1.10: `body` is a caption when
 /// `filename` is set and differs).
-fn text_of(c: &MessageContent) -> String {
+/// The text of a message as the agent reads it: a caption, the body without its reply
+/// fallback, an emote with its `*`.
+pub fn text_of(c: &MessageContent) -> String {
     if file_of(c).is_some() {
         return match &c.filename {
             Some(f) if !f.is_empty() && f != &c.body => c.body.clone(),

@@ -51,6 +51,7 @@ use crate::connector::{
 };
 use crate::model::{
     self, Attachment, InboundMessage, PostedMessage, ReplyTarget, RoomKind, RoomRef, Sender,
+    ThreadMessage,
 };
 
 type IdWindow = replay::IdWindow<String>;
@@ -1037,6 +1038,50 @@ impl Connector for MattermostConnector {
 
     /// Posts `text`; text over the server's limit is split and every part posted (the id
     /// returned is the last part's, the one a streaming edit continues).
+    /// `GET /posts/{root}/thread` (the root and its replies), without the bot's own, system
+    /// and deleted posts; each author's username from the user cache.
+    async fn thread_history(
+        &self,
+        room: &str,
+        thread: &str,
+        limit: usize,
+    ) -> Result<Vec<ThreadMessage>, ConnectorError> {
+        let bot = self
+            .bot()
+            .await
+            .map_err(|e| connector_error("read the bot's user", room, e))?;
+        let list: PostList = self
+            .rest
+            .get(&format!("posts/{thread}/thread"), &[])
+            .await
+            .map_err(|e| connector_error("read the thread", room, e))?;
+        let mut posts = HashMap::new();
+        collect_posts(room, list, &mut posts);
+        let mut posts: Vec<Post> = posts
+            .into_values()
+            // A thread is read only in the channel it was posted in.
+            .filter(|p| p.channel_id == room && p.user_id != bot.user_id)
+            .filter(|p| p.kind.is_empty() && p.delete_at == 0)
+            .collect();
+        posts.sort_by_key(|p| p.create_at);
+        let excess = posts.len().saturating_sub(limit);
+        posts.drain(..excess);
+        let mut out = Vec::with_capacity(posts.len());
+        for p in posts {
+            let username = match self.user(&p.user_id).await {
+                Ok(u) => u.username,
+                Err(_) => p.user_id.clone(),
+            };
+            out.push(ThreadMessage {
+                username,
+                text: bot.strip_leading_mention(&p.message),
+                ts: model::from_epoch_ms(p.create_at),
+                id: p.id,
+            });
+        }
+        Ok(out)
+    }
+
     async fn post(&self, to: &ReplyTarget, text: &str) -> Result<PostedMessage, ConnectorError> {
         let root = self.thread_for(to);
         let mut last = None;

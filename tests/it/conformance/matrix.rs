@@ -3,6 +3,8 @@
 //! bound by their user ids. The gateway reaches Synapse through a [`Cut`], so its
 //! connection drops while the users keep talking.
 
+use serde_json::{json, Value};
+
 use super::{FakePlatform, Who, TURN};
 use crate::support::daemon::Gateway;
 use crate::support::deps;
@@ -138,4 +140,55 @@ impl FakePlatform for Matrix {
     }
 }
 
+impl super::Threads for Matrix {
+    async fn post_at(&mut self, who: Who, text: &str, mention: bool, root: Option<&str>) -> String {
+        let user = match who {
+            Who::Owner => &self.owner,
+            Who::Guest => &self.guest,
+        };
+        let mention = mention.then_some(self.bot.user_id.as_str());
+        let Some(root) = root else {
+            return user.say(&self.room, text, mention).await;
+        };
+        // As clients send a threaded message: the thread relation, with the root as the
+        // reply fallback.
+        let body = match mention {
+            Some(bot) => format!("{bot} {text}"),
+            None => text.to_string(),
+        };
+        let mentions = match mention {
+            Some(bot) => json!({"user_ids": [bot]}),
+            None => json!({}),
+        };
+        let content = json!({"msgtype": "m.text", "body": body, "m.mentions": mentions,
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": true,
+                "m.in_reply_to": {"event_id": root}}});
+        user.send(&self.room, content).await
+    }
+
+    async fn thread_of_reply(&mut self, needle: &str) -> Option<String> {
+        let (room, bot) = (self.room.clone(), self.bot.user_id.clone());
+        let find = |u: &MatrixUser| -> Option<Value> {
+            u.messages_of(&room, &bot)
+                .into_iter()
+                .find(|(t, _)| t.contains(needle))
+                .map(|(_, ev)| ev)
+        };
+        let what = format!("a bot message containing {needle:?}");
+        self.owner
+            .wait_for(&what, TURN, |u| find(u).is_some())
+            .await;
+        let ev = find(&self.owner).unwrap();
+        let rel = &ev["content"]["m.relates_to"];
+        (rel["rel_type"] == "m.thread")
+            .then(|| rel["event_id"].as_str().map(str::to_string))
+            .flatten()
+    }
+}
+
 super::scenarios!(Matrix);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_scope_gives_each_thread_its_session_and_context() {
+    super::thread_scope::<Matrix>().await;
+}

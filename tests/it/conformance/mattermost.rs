@@ -3,6 +3,8 @@
 //! the connection drops by refusing the WebSocket (REST stays up), so what is posted
 //! meanwhile reaches the gateway only by `?since=` replay.
 
+use serde_json::Value;
+
 use super::{FakePlatform, Who, TURN};
 use crate::support::daemon::Gateway;
 use crate::support::fake_mattermost::{
@@ -100,4 +102,41 @@ impl FakePlatform for Mattermost {
     }
 }
 
+impl super::Threads for Mattermost {
+    async fn post_at(&mut self, who: Who, text: &str, mention: bool, root: Option<&str>) -> String {
+        let text = if mention {
+            format!("@{BOT_USER} {text}")
+        } else {
+            text.to_string()
+        };
+        match root {
+            Some(root) => self
+                .fake
+                .post_in_thread(TOWN_SQUARE, &self.username(who), &text, root),
+            None => self.fake.post(TOWN_SQUARE, &self.username(who), &text),
+        }
+    }
+
+    async fn thread_of_reply(&mut self, needle: &str) -> Option<String> {
+        let what = format!("a bot post containing {needle:?}");
+        let find = |s: &State| -> Option<Value> {
+            s.bot_posts(TOWN_SQUARE)
+                .into_iter()
+                .find(|p| p["message"].as_str().is_some_and(|t| t.contains(needle)))
+                .cloned()
+        };
+        self.fake.wait_for(&what, TURN, |s| find(s).is_some()).await;
+        let post = find(&self.fake.state()).unwrap();
+        post["root_id"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+    }
+}
+
 super::scenarios!(Mattermost);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_scope_gives_each_thread_its_session_and_context() {
+    super::thread_scope::<Mattermost>().await;
+}

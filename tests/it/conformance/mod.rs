@@ -16,6 +16,10 @@
 //!   exactly once.
 //!
 //! A new platform gets these by implementing [`FakePlatform`] and one `scenarios!` line.
+//!
+//! Platforms with threads (Rocket.Chat, Mattermost, Matrix) also implement [`Threads`] and
+//! run [`thread_scope`]: `session_scope: thread` gives each thread its own session, with the
+//! thread's earlier messages as context.
 
 pub mod matrix;
 pub mod mattermost;
@@ -96,6 +100,181 @@ pub trait FakePlatform: Sized {
     async fn reply_containing(&mut self, needle: &str) -> String {
         self.replies_containing(needle, 1).await.remove(0)
     }
+}
+
+/// A platform whose messages can start and continue threads.
+pub trait Threads: FakePlatform {
+    /// Sends `text` as `who` to the group room (after an @-mention of the bot if `mention`):
+    /// at the top level, or in the thread of message `root`. The message's id.
+    async fn post_at(&mut self, who: Who, text: &str, mention: bool, root: Option<&str>) -> String;
+
+    /// Waits for the bot's message containing `needle`; the thread (root id) it is in.
+    async fn thread_of_reply(&mut self, needle: &str) -> Option<String>;
+}
+
+/// `session_scope: thread`, end to end: a top-level mention opens a thread with a session of
+/// its own; a later mention in it continues that session and sees, as context, what someone
+/// else said there meanwhile (and nothing the session has seen); another top-level mention
+/// starts another session; in a thread people started, the root and replies are context at
+/// the bot's first mention; after a restart a thread resumes its session and its context
+/// starts after what it has seen.
+pub async fn thread_scope<P: Threads>() {
+    let script = json!({"scenarios": [
+        {"match": "TS-ONE", "turns": [
+            {"text": "Thread one, first answer."},
+            {"text": "Thread one, second answer."},
+            {"text": "Thread one, third answer."}
+        ]},
+        {"match": "TS-TWO", "turns": [{"text": "Thread two, first answer."}]},
+        {"match": "TS-THREE", "turns": [{"text": "Thread three, first answer."}]}
+    ], "default_text": "OK"});
+    let Some(mut chat) = Chat::<P>::start_with_watcher(script, "", ", session_scope: thread").await
+    else {
+        return;
+    };
+    let guest = chat.platform.username(Who::Guest);
+    let one = chat
+        .platform
+        .post_at(Who::Owner, "TS-ONE start", true, None)
+        .await;
+    let thread = chat
+        .platform
+        .thread_of_reply("Thread one, first answer.")
+        .await;
+    assert_eq!(
+        thread.as_deref(),
+        Some(one.as_str()),
+        "the answer opens a thread"
+    );
+
+    chat.platform
+        .post_at(
+            Who::Guest,
+            "the build log says TS-CONTEXT-LINE",
+            false,
+            Some(&one),
+        )
+        .await;
+    chat.platform
+        .post_at(Who::Owner, "TS-ONE more", true, Some(&one))
+        .await;
+    let thread = chat
+        .platform
+        .thread_of_reply("Thread one, second answer.")
+        .await;
+    assert_eq!(
+        thread.as_deref(),
+        Some(one.as_str()),
+        "the same session, in its thread"
+    );
+    let prompt = chat.call_answering("TS-ONE more").last_text();
+    let context = thread_context_of(&prompt);
+    assert!(
+        context.contains(&format!("| from: {guest} | ts: "))
+            && context.contains("] the build log says TS-CONTEXT-LINE\n"),
+        "{prompt}"
+    );
+    assert!(
+        !context.contains("TS-ONE start") && !context.contains("first answer"),
+        "what the session has seen is not context again: {prompt}"
+    );
+
+    let two = chat
+        .platform
+        .post_at(Who::Owner, "TS-TWO go", true, None)
+        .await;
+    let thread = chat
+        .platform
+        .thread_of_reply("Thread two, first answer.")
+        .await;
+    assert_eq!(
+        thread.as_deref(),
+        Some(two.as_str()),
+        "a new thread, a new session"
+    );
+    let prompt = chat.call_answering("TS-TWO go").last_text();
+    assert!(
+        !prompt.contains("THREAD CONTEXT"),
+        "nothing earlier: {prompt}"
+    );
+
+    let three = chat
+        .platform
+        .post_at(Who::Guest, "TS-ROOT why is CI red?", false, None)
+        .await;
+    chat.platform
+        .post_at(
+            Who::Owner,
+            "TS-REPLY I think it is the cache",
+            false,
+            Some(&three),
+        )
+        .await;
+    chat.platform
+        .post_at(
+            Who::Owner,
+            "TS-THREE what do you think?",
+            true,
+            Some(&three),
+        )
+        .await;
+    let thread = chat
+        .platform
+        .thread_of_reply("Thread three, first answer.")
+        .await;
+    assert_eq!(thread.as_deref(), Some(three.as_str()));
+    let prompt = chat
+        .call_answering("TS-THREE what do you think?")
+        .last_text();
+    let context = thread_context_of(&prompt);
+    let root = context.find("] TS-ROOT why is CI red?");
+    let reply = context.find("] TS-REPLY I think it is the cache");
+    assert!(root.is_some() && root < reply, "root, then reply: {prompt}");
+    assert!(
+        !context.contains("TS-THREE"),
+        "the turn's own message is no context: {prompt}"
+    );
+
+    // Each thread is a room of its own in the state file.
+    chat.gateway.stop();
+    let state = std::fs::read_to_string(chat.gateway.runtime.join("state.chat.json"))
+        .expect("the state file");
+    let state: Value = serde_json::from_str(&state).unwrap();
+    for root in [&one, &two, &three] {
+        let suffix = format!("#thread:{root}");
+        let room = state["rooms"]
+            .as_object()
+            .and_then(|rooms| rooms.iter().find(|(k, _)| k.ends_with(&suffix)))
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no room for thread {root}: {state}"));
+        assert!(room["session_id"].is_string(), "{root}: {state}");
+        assert!(room["thread_seen_ms"].is_u64(), "{root}: {state}");
+    }
+    chat.gateway.start_again();
+    chat.platform.attach(&chat.gateway).await;
+    chat.platform
+        .post_at(Who::Owner, "TS-ONE once more", true, Some(&one))
+        .await;
+    let thread = chat
+        .platform
+        .thread_of_reply("Thread one, third answer.")
+        .await;
+    assert_eq!(
+        thread.as_deref(),
+        Some(one.as_str()),
+        "resumed after the restart"
+    );
+    let prompt = chat.call_answering("TS-ONE once more").last_text();
+    assert!(!prompt.contains("TS-CONTEXT-LINE"), "{prompt}");
+}
+
+/// The thread context block of a prompt (which must have one).
+fn thread_context_of(prompt: &str) -> &str {
+    assert!(
+        prompt.contains("[THREAD CONTEXT: earlier messages in this thread"),
+        "no thread context in: {prompt}"
+    );
+    prompt.split("[END THREAD CONTEXT]").next().unwrap()
 }
 
 /// A platform fake, the daemon with one connector for it watching its group room, and a

@@ -107,4 +107,30 @@ impl FakePlatform for RocketChat {
     }
 }
 
+impl super::Threads for RocketChat {
+    async fn post_at(&mut self, who: Who, text: &str, mention: bool, root: Option<&str>) -> String {
+        let text = if mention {
+            format!("@{BOT_USER} {text}")
+        } else {
+            text.to_string()
+        };
+        match root {
+            Some(root) => self
+                .fake
+                .post_in_thread(RID, &self.username(who), &text, root),
+            None => self.fake.post(RID, &self.username(who), &text),
+        }
+    }
+
+    async fn thread_of_reply(&mut self, needle: &str) -> Option<String> {
+        let m = self.fake.bot_message_containing(RID, needle, TURN).await;
+        m["tmid"].as_str().map(str::to_string)
+    }
+}
+
 super::scenarios!(RocketChat);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_scope_gives_each_thread_its_session_and_context() {
+    super::thread_scope::<RocketChat>().await;
+}

@@ -70,6 +70,10 @@ async function main() {
 
   const reply = await client.createPost({ channel_id: channel.id, message: 'in the thread', root_id: post.id });
   assert.strictEqual(reply.root_id, post.id);
+  // Named by a reply, the thread is still the root and all its replies.
+  const thread = await client.getPostThread(reply.id);
+  assert.deepStrictEqual(new Set(thread.order), new Set([post.id, reply.id]));
+  assert.strictEqual(thread.posts[reply.id].root_id, post.id);
 
   const since = await client.getPostsSince(channel.id, post.create_at - 1);
   assert.deepStrictEqual(new Set(since.order), new Set([post.id, reply.id]));

@@ -894,6 +894,54 @@ fn route(
                     "has_next": false}),
             )
         }
+        ("GET", ["posts", id, "thread"]) => {
+            // Like `api4/post.go` getPostThread: the root and every reply, newest first,
+            // whichever post of the thread is named.
+            let Some(post) = s
+                .posts
+                .iter()
+                .find(|p| p["id"] == *id && p["delete_at"] == 0)
+            else {
+                return app_error(
+                    StatusCode::NOT_FOUND,
+                    "app.post.get.app_error",
+                    "Unable to get the post.",
+                );
+            };
+            let root = match post["root_id"].as_str().unwrap_or_default() {
+                "" => id.to_string(),
+                r => r.to_string(),
+            };
+            let channel = post["channel_id"].as_str().unwrap_or_default().to_string();
+            if s.channel(&channel)
+                .is_none_or(|c| !c.members.iter().any(|m| m == BOT_ID))
+            {
+                return app_error(
+                    StatusCode::FORBIDDEN,
+                    "api.context.permissions.app_error",
+                    "You do not have the appropriate permissions.",
+                );
+            }
+            let mut posts: Vec<&Value> = s
+                .posts
+                .iter()
+                .filter(|p| {
+                    p["delete_at"] == 0
+                        && (p["id"] == root.as_str() || p["root_id"] == root.as_str())
+                })
+                .collect();
+            posts.sort_by_key(|p| std::cmp::Reverse(p["create_at"].as_u64().unwrap_or(0)));
+            let order: Vec<&Value> = posts.iter().map(|p| &p["id"]).collect();
+            let map: serde_json::Map<String, Value> = posts
+                .iter()
+                .map(|p| (p["id"].as_str().unwrap().to_string(), (*p).clone()))
+                .collect();
+            reply(
+                StatusCode::OK,
+                json!({"order": order, "posts": map, "next_post_id": "", "prev_post_id": "",
+                    "has_next": false}),
+            )
+        }
         ("POST", ["posts"]) => {
             let channel = body["channel_id"].as_str().unwrap_or_default().to_string();
             if s.channel(&channel)
