@@ -61,10 +61,40 @@ pub struct RoomState {
     /// Earlier sessions of this room, newest last, at most [`MAX_PAST_SESSIONS`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub past_sessions: Vec<PastSession>,
-    /// In a thread with a session of its own: the time (ms since the epoch) up to which the
-    /// session has seen the thread's messages, so a turn shows only the newer ones as context.
+    /// In a thread with a session of its own: how far the session has seen the thread's
+    /// messages, so a turn shows only the newer ones as context.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub thread_seen_ms: Option<u64>,
+    pub thread_seen: Option<ThreadSeen>,
+}
+
+/// How far a session has seen its thread: every message before `ms` (since the epoch), and
+/// of those at exactly `ms` the ones in `ids` (QQ's times are whole seconds: several
+/// messages share one).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ThreadSeen {
+    pub ms: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+}
+
+impl ThreadSeen {
+    /// Up to the newest of `messages` (id, time): what a turn that showed them has seen.
+    pub fn of<'a>(messages: impl Iterator<Item = (&'a str, std::time::SystemTime)>) -> Self {
+        let all: Vec<(&str, u64)> = messages.map(|(id, t)| (id, model::epoch_ms(t))).collect();
+        let ms = all.iter().map(|(_, ms)| *ms).max().unwrap_or(0);
+        let ids = all
+            .iter()
+            .filter(|(_, m)| *m == ms)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        ThreadSeen { ms, ids }
+    }
+
+    pub fn covers(&self, id: &str, t: std::time::SystemTime) -> bool {
+        let ms = model::epoch_ms(t);
+        ms < self.ms || (ms == self.ms && self.ids.iter().any(|i| i == id))
+    }
 }
 
 /// How many earlier sessions a room remembers for `!sessions` / `!resume`.
@@ -115,7 +145,7 @@ impl RoomState {
     pub fn retire_session(&mut self, agent: &str, now: std::time::SystemTime) {
         let usage = std::mem::take(&mut self.session_usage);
         // A fresh session has seen nothing of its thread.
-        self.thread_seen_ms = None;
+        self.thread_seen = None;
         let Some(id) = self.session_id.take() else {
             return;
         };

@@ -596,8 +596,7 @@ impl RoomWorker {
                 .key
                 .thread
                 .as_ref()
-                .and_then(|_| self.deps.store.room(&self.key)?.thread_seen_ms)
-                .map(crate::model::from_epoch_ms),
+                .and_then(|_| self.deps.store.room(&self.key)?.thread_seen),
         };
         let task = self.deps.tracker.spawn(runner.run());
         self.running = Some(RunningTurn {
@@ -616,7 +615,7 @@ impl RoomWorker {
             self.session_id = report.session_id.clone();
         }
         let usage = report.usage;
-        let thread_seen = report.thread_seen.map(crate::model::epoch_ms);
+        let thread_seen = report.thread_seen;
         let done = report.message_ids;
         if self.ephemeral && self.pending.is_empty() {
             self.deps.store.remove_room(&self.key);
@@ -639,7 +638,7 @@ impl RoomWorker {
                 r.session_usage.add(u);
             }
             if thread_seen.is_some() {
-                r.thread_seen_ms = thread_seen;
+                r.thread_seen = thread_seen;
             }
         });
     }

@@ -3,7 +3,7 @@
 //! answered or reported failed.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -17,6 +17,7 @@ use crate::approval::TurnBinding;
 use crate::connector::{Capabilities, ConnectorError};
 use crate::model::{AgentEvent, PostedMessage, ReplyTarget, Role, RoomKey, TurnEnd, TurnRequest};
 use crate::outbox::Outbox;
+use crate::state::ThreadSeen;
 use crate::text;
 
 /// Connector calls that hang must not hold a room forever.
@@ -38,7 +39,7 @@ pub struct TurnReport {
     pub usage: Option<crate::model::Usage>,
     /// In a thread with its own session, a turn that ran: how far the session has now seen
     /// the thread.
-    pub thread_seen: Option<SystemTime>,
+    pub thread_seen: Option<ThreadSeen>,
 }
 
 pub struct TurnRunner {
@@ -54,7 +55,7 @@ pub struct TurnRunner {
     pub typing_off: Option<JoinHandle<()>>,
     /// In a thread with its own session: how far the session has seen the thread (`None`:
     /// nothing yet, so every earlier message is context).
-    pub thread_seen: Option<SystemTime>,
+    pub thread_seen: Option<ThreadSeen>,
 }
 
 impl TurnRunner {
@@ -76,9 +77,9 @@ impl TurnRunner {
         let mut prompt = prompt::build(&self.deps.platform, &self.batch);
         let mut thread_seen = None;
         if let (Some(thread), true) = (&self.key.thread, caps.threads) {
-            let context = self.thread_context(thread).await;
+            let (context, seen) = self.thread_context(thread).await;
             prompt = context + &prompt;
-            thread_seen = self.batch.iter().map(|q| q.message.ts).max();
+            thread_seen = Some(seen);
         }
         if let Some(previous) = self.typing_off {
             let _ = previous.await;
@@ -240,10 +241,15 @@ impl TurnRunner {
 impl TurnRunner {
     /// The context block for a turn in a thread with its own session: the thread's messages
     /// since the session last saw it, up to the turn's own, without the turn's own (a
-    /// platform that cannot be read is said in the block; the turn still runs).
-    async fn thread_context(&self, thread: &str) -> String {
+    /// platform that cannot be read is said in the block; the turn still runs). With it, how
+    /// far the session will have seen the thread once the turn ran.
+    async fn thread_context(&self, thread: &str) -> (String, ThreadSeen) {
+        let own = self
+            .batch
+            .iter()
+            .map(|q| (q.message.id.as_str(), q.message.ts));
         let Some(anchor) = self.batch.last() else {
-            return String::new();
+            return (String::new(), ThreadSeen::of(own));
         };
         let room = &anchor.message.room;
         let read = self
@@ -261,19 +267,26 @@ impl TurnRunner {
                 (Vec::new(), Some("timed out".to_string()))
             }
         };
-        let own: Vec<&str> = self.batch.iter().map(|q| q.message.id.as_str()).collect();
         let until = anchor.message.ts;
         let unseen: Vec<_> = earlier
             .into_iter()
-            .filter(|m| !own.contains(&m.id.as_str()))
-            .filter(|m| m.ts <= until && self.thread_seen.is_none_or(|seen| m.ts > seen))
+            .filter(|m| !self.batch.iter().any(|q| q.message.id == m.id))
+            .filter(|m| m.ts <= until)
+            .filter(|m| {
+                !self
+                    .thread_seen
+                    .as_ref()
+                    .is_some_and(|s| s.covers(&m.id, m.ts))
+            })
             .collect();
-        prompt::thread_context(
+        let block = prompt::thread_context(
             &self.deps.platform,
             &room.name,
             &unseen,
             unreadable.as_deref(),
-        )
+        );
+        let seen = ThreadSeen::of(own.chain(unseen.iter().map(|m| (m.id.as_str(), m.ts))));
+        (block, seen)
     }
 }
 

@@ -271,6 +271,72 @@ async fn group_mention_is_stripped_and_the_reply_quotes_and_mentions_the_sender(
 }
 
 #[tokio::test]
+async fn a_reply_chain_is_one_thread_rooted_at_its_first_message() {
+    let mut gw = gateway(|_| {}).await;
+    let bot = gw.bot(SELF).await;
+    // Messages from before this connection, known only through get_msg: a question (700)
+    // and the bot's answer quoting it (701).
+    bot.remember_message(
+        700,
+        4242,
+        "bob",
+        json!([{"type": "text", "data": {"text": "is CI red?"}}]),
+    );
+    bot.remember_message(
+        701,
+        SELF,
+        "bot",
+        json!([{"type": "reply", "data": {"id": "700"}}, {"type": "text", "data": {"text": "yes"}}]),
+    );
+    bot.send_event(&group_msg(702, USER, json!([{"type": "reply", "data": {"id": "701"}}, {"type": "text", "data": {"text": "why?"}}])));
+    let msg = gw.message().await;
+    assert_eq!(msg.thread.as_deref(), Some("700"), "walked up to the root");
+    let history = gw
+        .conn
+        .thread_history(&format!("group:{GROUP}"), "700", 10)
+        .await
+        .unwrap();
+    let said: Vec<(&str, &str)> = history
+        .iter()
+        .map(|m| (m.username.as_str(), m.text.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        [(USER.to_string().as_str(), "why?")],
+        "what this connector saw of the chain"
+    );
+
+    // The bot's answer to 702 continues the chain; a reply to it is in the chain too, known
+    // without another get_msg.
+    let to = ReplyTarget {
+        thread: Some("700".into()),
+        reply_to: Some("702".into()),
+        ..ReplyTarget::room(format!("group:{GROUP}"))
+    };
+    let posted = gw.conn.post(&to, "because of the cache").await.unwrap();
+    let walks = bot
+        .actions()
+        .iter()
+        .filter(|a| a["action"] == "get_msg")
+        .count();
+    bot.send_event(&group_msg(703, USER, json!([{"type": "reply", "data": {"id": posted.id}}, {"type": "text", "data": {"text": "thanks"}}])));
+    let msg = gw.message().await;
+    assert_eq!(msg.thread.as_deref(), Some("700"));
+    let after = bot
+        .actions()
+        .iter()
+        .filter(|a| a["action"] == "get_msg")
+        .count();
+    assert_eq!(after, walks + 1, "only the quote itself is read");
+
+    // A top-level message roots its own chain; it has no thread.
+    bot.send_event(&at_bot(704, USER, "new question"));
+    let msg = gw.message().await;
+    assert_eq!(msg.thread, None);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn replying_to_a_bot_message_addresses_the_bot() {
     let mut gw = gateway(|_| {}).await;
     let bot = gw.bot(SELF).await;

@@ -20,7 +20,7 @@ use super::config::OneBotConfig;
 use super::wire::{ForwardData, GetMsgData, MessageEvent, Segment};
 use super::{context, replay, Chat, Inner, Runtime};
 use crate::connector::Acceptance;
-use crate::model::{Attachment, InboundMessage, ReplyTarget, RoomRef, Sender};
+use crate::model::{Attachment, InboundMessage, ReplyTarget, RoomRef, Sender, ThreadMessage};
 use crate::ratelimit::Verdict;
 
 /// Forwarded messages shown at most when a `forward` segment is expanded.
@@ -178,6 +178,11 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
         Some(id) => fetch_quoted(inner, self_id, id).await,
         None => None,
     };
+    // A reply belongs to the chain of the message it quotes (QQ's threads).
+    let root = match reply_to {
+        Some(id) => Some(chain_root(inner, self_id, id, quoted.as_ref()).await),
+        None => None,
+    };
     let direct = matches!(chat, Chat::Private(_));
     let mentioned = segments
         .iter()
@@ -213,6 +218,22 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
     }
 
     let mut rendered = render(inner, self_id, &segments, true).await;
+    let ts = if ev.time > 0 {
+        crate::model::from_epoch_ms(ev.time as u64 * 1000)
+    } else {
+        SystemTime::now()
+    };
+    inner.chains().record(
+        &room_id,
+        ev.message_id,
+        root.unwrap_or(ev.message_id),
+        Some(ThreadMessage {
+            id: ev.message_id.to_string(),
+            username: sender.username.clone(),
+            text: rendered.text.clone(),
+            ts,
+        }),
+    );
     if let Some(q) = &quoted {
         rendered.text = format!(
             "[Quoted message from {}]\n{}\n[End of quote]\n{}",
@@ -236,18 +257,14 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
         connector: inner.name.clone(),
         room,
         id: ev.message_id.to_string(),
-        thread: None,
+        thread: root.map(|r| r.to_string()),
         sender,
         text,
         addressed,
         attachments,
         notes,
         conversation: None,
-        ts: if ev.time > 0 {
-            crate::model::from_epoch_ms(ev.time as u64 * 1000)
-        } else {
-            SystemTime::now()
-        },
+        ts,
     };
     let verdict = rt.events.deliver(message).await;
     if verdict.is_settled() {
@@ -364,9 +381,42 @@ pub struct Quoted {
     pub sender_id: i64,
     pub sender_name: String,
     pub text: String,
+    /// The message it quotes in turn, if any.
+    pub reply_to: Option<i64>,
+    /// When it was sent (seconds since the epoch; 0 when not said).
+    pub time: i64,
 }
 
-async fn fetch_quoted(inner: &Inner, self_id: i64, message_id: i64) -> Option<Quoted> {
+/// Longest reply chain walked up with `get_msg` to find its root.
+const MAX_CHAIN_WALK: usize = 8;
+
+/// The root of the reply chain that message `quoted_id` is in: remembered, or found by
+/// walking up the quotes with `get_msg` (`first` is `quoted_id`'s own, already fetched). A
+/// walk that cannot go on (a message that cannot be read, a very long chain) roots the
+/// chain where it stopped.
+async fn chain_root(inner: &Inner, self_id: i64, quoted_id: i64, first: Option<&Quoted>) -> i64 {
+    let mut id = quoted_id;
+    let mut known_parent = first.map(|q| q.reply_to);
+    for _ in 0..MAX_CHAIN_WALK {
+        if let Some(root) = inner.chains().root_of(id) {
+            return root;
+        }
+        let parent = match known_parent.take() {
+            Some(parent) => parent,
+            None => match fetch_quoted(inner, self_id, id).await {
+                Some(q) => q.reply_to,
+                None => return id,
+            },
+        };
+        match parent {
+            Some(parent) => id = parent,
+            None => return id,
+        }
+    }
+    id
+}
+
+pub(super) async fn fetch_quoted(inner: &Inner, self_id: i64, message_id: i64) -> Option<Quoted> {
     let link = inner.bots.get(self_id)?;
     let data = match link
         .call(
@@ -389,10 +439,17 @@ async fn fetch_quoted(inner: &Inner, self_id: i64, message_id: i64) -> Option<Qu
         msg.user_id
     };
     let segments = msg.message.map(|m| m.segments()).unwrap_or_default();
+    let reply_to = segments
+        .iter()
+        .find(|s| s.kind == "reply")
+        .and_then(|s| s.get("id"))
+        .and_then(|id| id.parse::<i64>().ok());
     Some(Quoted {
         sender_id,
         sender_name: msg.sender.display_name(sender_id),
         text: render_plain(&segments, self_id, false).text,
+        reply_to,
+        time: msg.time,
     })
 }
 

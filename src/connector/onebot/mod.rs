@@ -3,8 +3,8 @@
 //! Owns: the reverse WebSocket server (`server.rs`, the implementation connects to us) and the
 //! forward client (`client.rs`), one session loop per socket (`session.rs`, heartbeat
 //! watchdog), action calls correlated by `echo` (`link.rs`), events → [`InboundMessage`]
-//! (`inbound.rs`, with group context from history in `context.rs` and downloads in
-//! `attach.rs`), replies out (`outbound.rs`: quote + @, splitting, forward messages, images
+//! (`inbound.rs`, with group context from history in `context.rs`, reply chains as threads
+//! in `chains.rs` and downloads in `attach.rs`), replies out (`outbound.rs`: quote + @, splitting, forward messages, images
 //! and files as `base64://`), catch-up after reconnects and restarts from history
 //! (`replay.rs`), the per-user rate limit (`crate::ratelimit`), wire types
 //! (`wire.rs`) and CQ codes (`cq.rs`).
@@ -16,6 +16,7 @@
 //! same group therefore never produces a duplicate turn.
 
 pub mod attach;
+mod chains;
 mod client;
 pub mod config;
 
@@ -45,7 +46,7 @@ use self::link::Bots;
 use crate::connector::{
     Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, EventSink, RunError,
 };
-use crate::model::{PostedMessage, ReplyTarget, RoomKind, RoomRef};
+use crate::model::{PostedMessage, ReplyTarget, RoomKind, RoomRef, ThreadMessage};
 use crate::ratelimit::RateLimiter;
 use crate::state::ConnectorStore;
 
@@ -104,6 +105,8 @@ struct Inner {
     room_bot: Mutex<HashMap<String, i64>>,
     /// (self id, message id) of messages the bots sent, newest last.
     own_messages: Mutex<OwnMessages>,
+    /// Reply chains, QQ's threads.
+    chains: Mutex<chains::Chains>,
     limiter: Option<RateLimiter<i64>>,
     downloader: attach::Downloader,
     runtime: OnceLock<Runtime>,
@@ -125,6 +128,10 @@ impl Inner {
                 }
             }
         }
+    }
+
+    fn chains(&self) -> MutexGuard<'_, chains::Chains> {
+        self.chains.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn is_own(&self, self_id: i64, message_id: i64) -> bool {
@@ -162,6 +169,7 @@ impl OneBotConnector {
                 bots: Bots::default(),
                 room_bot: Mutex::new(HashMap::new()),
                 own_messages: Mutex::default(),
+                chains: Mutex::default(),
                 limiter: cfg.rate_limit.clone().map(RateLimiter::new),
                 downloader: attach::Downloader::new()?,
                 runtime: OnceLock::new(),
@@ -230,7 +238,7 @@ impl Connector for OneBotConnector {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            threads: false,
+            threads: true,
             max_message_len: self.inner.cfg.max_message_length,
             edit: false,
             edit_interval: Duration::from_secs(1),
@@ -326,6 +334,37 @@ impl Connector for OneBotConnector {
 
     async fn send_reply(&self, to: &ReplyTarget, text: &str) -> Result<(), ConnectorError> {
         self.inner.send_reply(to, text).await
+    }
+
+    /// What people said in the reply chain, as this connector saw it; a chain it has not
+    /// seen (before a restart) is at least its root, read with `get_msg`.
+    async fn thread_history(
+        &self,
+        room: &str,
+        thread: &str,
+        limit: usize,
+    ) -> Result<Vec<ThreadMessage>, ConnectorError> {
+        let root: i64 = thread
+            .parse()
+            .map_err(|_| ConnectorError::Other(format!("not a QQ message id: {thread}")))?;
+        let seen = self.inner.chains().history(room, root, limit);
+        if !seen.is_empty() {
+            return Ok(seen);
+        }
+        let Some(self_id) = self.inner.room_bot().get(room).copied() else {
+            return Err(ConnectorError::NotConnected(format!("QQ room {room}")));
+        };
+        Ok(inbound::fetch_quoted(&self.inner, self_id, root)
+            .await
+            .filter(|q| q.sender_id != self_id)
+            .map(|q| ThreadMessage {
+                id: root.to_string(),
+                username: q.sender_id.to_string(),
+                text: q.text,
+                ts: crate::model::from_epoch_ms(q.time.max(0) as u64 * 1000),
+            })
+            .into_iter()
+            .collect())
     }
 
     async fn resolve_room(&self, spec: &str) -> Result<RoomRef, ConnectorError> {

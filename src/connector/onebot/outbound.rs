@@ -75,12 +75,14 @@ impl Inner {
         Chat::parse(room).ok_or_else(|| ConnectorError::RoomNotFound(room.to_string()))
     }
 
-    /// Sends segments to a room; returns the new message id.
+    /// Sends segments to `to`'s room; returns the new message id (remembered as the bot's,
+    /// and as part of `to`'s reply chain).
     async fn send_segments(
         &self,
-        room: &str,
+        to: &ReplyTarget,
         segments: Vec<Segment>,
     ) -> Result<i64, ConnectorError> {
+        let room = to.room.as_str();
         let chat = Self::chat(room)?;
         let link = self.link_for(room).await?;
         let (action, params) = match chat {
@@ -103,8 +105,23 @@ impl Inner {
             .unwrap_or(0);
         if id != 0 {
             self.remember_own(link.self_id, id);
+            self.remember_in_chain(to, id);
         }
         Ok(id)
+    }
+
+    /// A reply to a message of a chain (the thread is its root) continues the chain: a
+    /// person answering the bot's message is in the same thread.
+    fn remember_in_chain(&self, to: &ReplyTarget, id: i64) {
+        let root = to
+            .thread
+            .as_deref()
+            .or(to.reply_to.as_deref())
+            .and_then(|r| r.parse::<i64>().ok());
+        if let Some(root) = root {
+            let root = self.chains().root_of(root).unwrap_or(root);
+            self.chains().record(&to.room, id, root, None);
+        }
     }
 
     /// Quote and @ that start a reply, as `ReplyTarget` asks (the @ only in groups).
@@ -134,7 +151,7 @@ impl Inner {
         let chat = Self::chat(&to.room)?;
         let mut segs = Self::reply_prefix(to, chat);
         segs.push(Segment::text(text));
-        let id = self.send_segments(&to.room, segs).await?;
+        let id = self.send_segments(to, segs).await?;
         Ok(PostedMessage { id: id.to_string() })
     }
 
@@ -205,6 +222,7 @@ impl Inner {
             .map_err(|e| self.action_error(action, e))?;
         if let Some(id) = data.get("message_id").and_then(super::wire::as_i64) {
             self.remember_own(link.self_id, id);
+            self.remember_in_chain(to, id);
         }
         Ok(())
     }
@@ -248,7 +266,7 @@ impl Inner {
                 segs.push(Segment::text(&format!("{c}\n")));
             }
             segs.push(Segment::new("image", &[("file", Value::from(b64))]));
-            self.send_segments(&to.room, segs).await?;
+            self.send_segments(to, segs).await?;
             return Ok(());
         }
         let link = self.link_for(&to.room).await?;

@@ -195,6 +195,8 @@ pub struct GetMsgData {
     pub sender: WireSender,
     #[serde(default, deserialize_with = "lenient_i64")]
     pub user_id: i64,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub time: i64,
     #[serde(default)]
     pub message: Option<MessageContent>,
 }

@@ -26,6 +26,8 @@ pub struct OneBot {
     /// Every group message sent, for the history of the next connection.
     history: Vec<Value>,
     next_id: i64,
+    /// The reply chain (its root's id) of each message a user sent here: QQ's threads.
+    roots: std::collections::HashMap<String, String>,
 }
 
 impl OneBot {
@@ -94,6 +96,7 @@ impl FakePlatform for OneBot {
             earlier: Vec::new(),
             history: Vec::new(),
             next_id: 1000,
+            roots: Default::default(),
         }
     }
 
@@ -181,4 +184,63 @@ impl FakePlatform for OneBot {
     }
 }
 
+impl super::Threads for OneBot {
+    /// In a thread: a reply (`reply` segment) to its root, as a QQ user replies.
+    async fn post_at(&mut self, who: Who, text: &str, mention: bool, root: Option<&str>) -> String {
+        self.next_id += 1;
+        let id = self.next_id;
+        let user = match who {
+            Who::Owner => USER,
+            Who::Guest => GUEST,
+        };
+        let mut segments = Vec::new();
+        if let Some(root) = root {
+            segments.push(json!({"type": "reply", "data": {"id": root}}));
+        }
+        if mention {
+            segments.push(json!({"type": "at", "data": {"qq": SELF.to_string()}}));
+        }
+        segments.push(json!({"type": "text", "data": {"text": format!(" {text}")}}));
+        let mut event = group_msg(id, user, Value::Array(segments.clone()));
+        event["time"] = json!(now_secs());
+        self.history.push(event.clone());
+        let bot = self.bot();
+        bot.remember_message(id, user, &format!("u{user}"), Value::Array(segments));
+        bot.send_event(&event);
+        let root = root.map_or(id.to_string(), str::to_string);
+        self.roots.insert(id.to_string(), root);
+        id.to_string()
+    }
+
+    /// The chain of the bot's reply: that of the message it quotes.
+    async fn thread_of_reply(&mut self, needle: &str) -> Option<String> {
+        let quoting = |a: &Value| -> Option<String> {
+            let texts = OneBot::group_texts(a);
+            if !texts.iter().any(|t| t.contains(needle)) {
+                return None;
+            }
+            a["params"]["message"]
+                .as_array()?
+                .iter()
+                .find(|s| s["type"] == "reply")
+                .and_then(|s| s["data"]["id"].as_str().map(str::to_string))
+        };
+        let what = format!("a bot message containing {needle:?}");
+        let bot = self.bot();
+        bot.wait_for(&what, TURN, |actions| {
+            actions
+                .iter()
+                .any(|a| OneBot::group_texts(a).iter().any(|t| t.contains(needle)))
+        })
+        .await;
+        let quoted = bot.actions().iter().find_map(quoting)?;
+        self.roots.get(&quoted).cloned()
+    }
+}
+
 super::scenarios!(OneBot);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_scope_gives_each_thread_its_session_and_context() {
+    super::thread_scope::<OneBot>().await;
+}
