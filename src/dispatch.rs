@@ -464,6 +464,18 @@ impl Dispatcher {
                 self.post_notice(&key, message.reply_target(), answer);
                 return verdict(ack, Acceptance::Handled);
             }
+            // In thread scope a group room's own session is never used (every top-level
+            // message starts a thread): a command there could only act on nothing.
+            Some(Parsed::Run(command))
+                if threads
+                    && message.thread.is_none()
+                    && message.room.kind == RoomKind::Group
+                    && !matches!(command, commands::Command::Help) =>
+            {
+                let notice = "🧵 This room keeps an agent session per thread: send the command in the thread it is for.";
+                self.post_notice(&key, message.reply_target(), notice.into());
+                return verdict(ack, Acceptance::Handled);
+            }
             Some(Parsed::Run(command)) => {
                 let Some(entry) = self.room_entry(&key, &message.room.name, widx) else {
                     return verdict(

@@ -234,7 +234,14 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
             ts,
         }),
     );
-    if let Some(q) = &quoted {
+    // A reply that is a room command (`!stop` answering the bot's message) stays a command:
+    // the quote would hide its prefix, and a command needs no quoted context.
+    let command = rendered
+        .text
+        .trim_start()
+        .strip_prefix(['!', '/'])
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_alphabetic()));
+    if let Some(q) = quoted.as_ref().filter(|_| !command) {
         rendered.text = format!(
             "[Quoted message from {}]\n{}\n[End of quote]\n{}",
             q.sender_name, q.text, rendered.text

@@ -198,6 +198,25 @@ pub async fn thread_scope<P: Threads>() {
         "nothing earlier: {prompt}"
     );
 
+    // Commands act on the thread they are sent in; at the top level there is no session.
+    chat.platform
+        .post_at(Who::Owner, "!status", false, Some(&one))
+        .await;
+    let thread = chat.platform.thread_of_reply("· 2 turns ·").await;
+    assert_eq!(
+        thread.as_deref(),
+        Some(one.as_str()),
+        "thread one's status, in thread one"
+    );
+    chat.platform
+        .post_at(Who::Owner, "!status", false, None)
+        .await;
+    chat.platform
+        .reply_containing(
+            "🧵 This room keeps an agent session per thread: send the command in the thread it is for.",
+        )
+        .await;
+
     let three = chat
         .platform
         .post_at(Who::Guest, "TS-ROOT why is CI red?", false, None)
