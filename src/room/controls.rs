@@ -30,6 +30,11 @@ impl RoomWorker {
 
     async fn stop(&mut self, all: bool) -> String {
         let stopped = self.stop_running().await;
+        if stopped {
+            // The interrupted turn is over; its warm process goes too, so nothing of the
+            // agent is left. The session stays: the next turn resumes it in a new process.
+            self.agent_choice().backend.retire(&self.key).await;
+        }
         let dropped = if all { self.drop_queue() } else { 0 };
         let waiting = self.pending.len();
         let head = if stopped {

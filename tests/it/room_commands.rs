@@ -211,14 +211,10 @@ async fn stop_all_kills_the_agent_within_two_seconds_and_keeps_the_session() {
         answer_starting(&s.alice, "halt", "!stop all", "⏹️").await,
         "⏹️ Stopped the running turn; the session is kept. Dropped 1 queued message."
     );
+    // Nothing of the agent is left, the room's warm CLI included (the answer comes once it
+    // has exited; the loop allows for its process group being reaped).
     loop {
-        // The turn's processes (the CLI's tools) must be gone; the room's warm CLI itself
-        // stays, idle, keeping the session.
-        let warm = warm_pid_of(&s.gateway, "halt");
-        let left: Vec<u32> = processes_in(&s.gateway.work)
-            .into_iter()
-            .filter(|p| Some(*p) != warm)
-            .collect();
+        let left = processes_in(&s.gateway.work);
         if left.is_empty() {
             break;
         }
@@ -228,6 +224,11 @@ async fn stop_all_kills_the_agent_within_two_seconds_and_keeps_the_session() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!(
+        "!stop all: no agent process left after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(warm_pid_of(&s.gateway, "halt"), None);
     assert_stopped_room(
         &s.alice,
         "halt",
@@ -235,7 +236,13 @@ async fn stop_all_kills_the_agent_within_two_seconds_and_keeps_the_session() {
     )
     .await;
     assert_eq!(session_of(&s.gateway, "halt"), session);
-    // The session goes on: the next message is answered in it; "three" was dropped.
+    let status = command(&s.alice, "halt", "!status").await;
+    assert!(
+        status.ends_with("\nprocess: cold (started for the next turn)"),
+        "{status}"
+    );
+    // The session goes on in a new process (`--resume`): the next message is answered in
+    // it; "three" was dropped.
     let replies = s.alice.ask("halt", "four").await;
     assert_eq!(replies.last().unwrap().text, LATER);
     let history = s.llm.conversation("CMD-STOPALL");
