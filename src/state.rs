@@ -61,6 +61,10 @@ pub struct RoomState {
     /// Earlier sessions of this room, newest last, at most [`MAX_PAST_SESSIONS`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub past_sessions: Vec<PastSession>,
+    /// An owner's `!budget override`: until then (epoch seconds, the end of that UTC day)
+    /// guests' turns are not held to the budgets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_override_until: Option<u64>,
 }
 
 /// How many earlier sessions a room remembers for `!sessions` / `!resume`.

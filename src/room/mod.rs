@@ -72,6 +72,8 @@ pub enum RoomControl {
 pub struct RoomCommand {
     pub command: Command,
     pub role: Role,
+    /// The sender's user name (whose budget `!status` shows).
+    pub sender: String,
     pub target: ReplyTarget,
 }
 
@@ -191,6 +193,7 @@ pub fn spawn(
         session_id: stored.session_id,
         model: stored.model,
         agent: stored.agent,
+        budget_override_until: stored.budget_override_until,
         hold_until: None,
         paused,
         paused_notice_sent: false,
@@ -223,6 +226,8 @@ struct RoomWorker {
     model: Option<String>,
     /// The room's `!agent`, when it is not the watcher's.
     agent: Option<String>,
+    /// `!budget override`: guests are not held to the budgets before then (epoch seconds).
+    budget_override_until: Option<u64>,
     /// The merge window of an idle room's first message: no turn starts before it ends.
     hold_until: Option<tokio::time::Instant>,
     paused: bool,
@@ -395,9 +400,10 @@ impl RoomWorker {
                 let RoomCommand {
                     command,
                     role,
+                    sender,
                     target,
                 } = *c;
-                let answer = self.command(command, role).await;
+                let answer = self.command(command, role, &sender).await;
                 self.notify(target, answer);
             }
             RoomControl::Cancel { id } => {
@@ -512,11 +518,12 @@ impl RoomWorker {
     }
 
     /// The budget message when this batch may not run: a batch with a guest's message is
-    /// checked against its senders' and the room's budgets; owners' turns always run.
+    /// checked against its senders' and the room's budgets; owners' turns always run, and
+    /// so do guests' while an owner's `!budget override` lasts.
     /// Only the guests' names are checked: an owner's own total never stops anyone.
     fn over_budget(&self, batch: &[QueuedMessage]) -> Option<String> {
         let role = batch.iter().map(|q| q.role).min()?;
-        if role == Role::Owner || !self.deps.budgets.is_set() {
+        if role == Role::Owner || !self.deps.budgets.is_set() || self.budget_override().is_some() {
             return None;
         }
         let mut users: Vec<&str> = batch
