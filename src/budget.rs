@@ -4,11 +4,13 @@
 //! Owns: the running totals of the current day and month per user and per room
 //! ([`Spending`], kept in memory by the ledger: loaded once from `usage.jsonl` at start, then
 //! added to as each turn is recorded — never re-read per message), the check, and the room
-//! message when a limit is reached. Owners' turns are not checked: that is the owner
-//! override (an owner can always ask, e.g. to finish what a guest started).
+//! message when a limit is reached, and the figures `!status` and `!budget` show. Owners'
+//! turns are not checked (an owner can always ask, e.g. to finish what a guest started); an
+//! owner's `!budget override` lets a room's guests past the budgets until the end of the UTC
+//! day (kept in the room's state by the room worker; [`override_end`] is when it ends).
 //! Knows nothing about: platforms, agents, the queue.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;
 
 use time::{Date, Month, OffsetDateTime};
@@ -42,10 +44,12 @@ struct Spent {
 }
 
 /// The running totals, by spender key ([`user_key`], [`room_key`]). Holds one entry per user
-/// and room seen this month.
+/// and room seen this month, and which users spent in each room this month (for `!budget`).
 #[derive(Debug, Default)]
 pub struct Spending {
     spent: HashMap<String, Spent>,
+    /// Room key → the month and the users (names) who spent in it then.
+    room_users: HashMap<String, ((i32, Month), BTreeSet<String>)>,
 }
 
 pub fn user_key(connector: &str, user: &str) -> String {
@@ -105,9 +109,32 @@ impl Spending {
             spent.daily.add(e);
             spent.monthly.add(e);
         }
+        let this_month = (date.year(), date.month());
+        let users = self
+            .room_users
+            .entry(room_key(&e.room))
+            .or_insert_with(|| (this_month, BTreeSet::new()));
+        if users.0 < this_month {
+            *users = (this_month, BTreeSet::new());
+        }
+        if users.0 == this_month {
+            users.1.insert(e.user.clone());
+        }
         // Spenders idle since an earlier month hold nothing that counts any more.
-        let month = Some((date.year(), date.month()));
+        let month = Some(this_month);
         self.spent.retain(|_, s| s.month >= month);
+        self.room_users.retain(|_, (m, _)| *m >= this_month);
+    }
+
+    /// The users who spent in `room` (its [`room_key`]) this month, by name.
+    pub fn users_of(&self, room: &str, now: SystemTime) -> Vec<String> {
+        let today = date_of(epoch_of(now));
+        match self.room_users.get(room) {
+            Some((month, users)) if *month == (today.year(), today.month()) => {
+                users.iter().cloned().collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// What `key` used today and this month, as of `now`.
@@ -180,6 +207,108 @@ pub fn check(
     None
 }
 
+/// When an override given at `now` ends: the next midnight UTC, in epoch seconds.
+pub fn override_end(now: SystemTime) -> u64 {
+    let today = date_of(epoch_of(now));
+    let next = today.next_day().unwrap_or(today);
+    next.midnight().assume_utc().unix_timestamp().max(0) as u64
+}
+
+/// `!status`'s budget figures: what the room and `user` used of each configured limit, e.g.
+/// "room 1,234 / 50,000 tokens today · you $0.12 / $5.00 this month"; `None` when no
+/// budget is configured.
+pub fn status_figures(
+    budgets: &Budgets,
+    spending: &Spending,
+    who: &Spenders<'_>,
+    now: SystemTime,
+) -> Option<String> {
+    if !budgets.is_set() {
+        return None;
+    }
+    let mut spenders = vec![("room", room_key(who.room), &budgets.room)];
+    spenders.extend(
+        who.users
+            .iter()
+            .map(|u| ("you", user_key(who.connector, u), &budgets.user)),
+    );
+    let mut items = Vec::new();
+    for (name, key, limits) in spenders {
+        let (daily, monthly) = spending.used(&key, now);
+        for (period, used, limit) in [
+            ("today", daily, limits.daily),
+            ("this month", monthly, limits.monthly),
+        ] {
+            if limit.is_set() {
+                items.push(format!("{name} {} {period}", amounts(used, limit, false)));
+            }
+        }
+    }
+    Some(items.join(" · "))
+}
+
+/// `!budget`: every figure of the room and of each user who spent in it this month, with
+/// the configured limits beside them.
+pub fn report(
+    budgets: &Budgets,
+    spending: &Spending,
+    who: &Spenders<'_>,
+    now: SystemTime,
+) -> String {
+    let line = |name: &str, key: String, limits: &crate::config::PeriodLimits| {
+        let (daily, monthly) = spending.used(&key, now);
+        format!(
+            "{name} — today: {} · this month: {}",
+            amounts(daily, limits.daily, true),
+            amounts(monthly, limits.monthly, true)
+        )
+    };
+    let mut out = vec![
+        "💸 Budget figures (UTC day and month)".to_string(),
+        line("this room", room_key(who.room), &budgets.room),
+    ];
+    if who.users.is_empty() {
+        out.push("no user has spent in this room this month".into());
+    }
+    for u in &who.users {
+        out.push(line(u, user_key(who.connector, u), &budgets.user));
+    }
+    out.join("\n")
+}
+
+/// "1,234 / 50,000 tokens, $0.12" — each unit with a limit, and with `all` the others too.
+fn amounts(used: Used, limit: Limit, all: bool) -> String {
+    let mut parts = Vec::new();
+    match limit.tokens {
+        Some(max) => parts.push(format!(
+            "{} / {} tokens",
+            grouped(used.tokens),
+            grouped(max)
+        )),
+        None if all => parts.push(format!("{} tokens", grouped(used.tokens))),
+        None => {}
+    }
+    match limit.usd {
+        Some(max) => parts.push(format!("${:.2} / ${max:.2}", used.usd)),
+        None if all => parts.push(format!("${:.2}", used.usd)),
+        None => {}
+    }
+    parts.join(", ")
+}
+
+/// 1234567 → "1,234,567".
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// "240 of 200 tokens" or "$1.20 of $1.00" when `used` reached `limit`.
 fn reached(used: Used, limit: Limit) -> Option<String> {
     if let Some(max) = limit.tokens.filter(|&max| used.tokens >= max) {
@@ -248,6 +377,43 @@ mod tests {
         let (_, monthly) = s.used("user:local/bob", at(1_798_761_600));
         assert_eq!(monthly.tokens, 0);
         assert_eq!(month_start(at(DAY + 30)), 1_796_083_200); // 2026-12-01
+    }
+
+    #[test]
+    fn figures_show_what_is_configured() {
+        let s = Spending::of_entries(&[
+            entry("bob", "local:r", DAY + 10, (1_000, 234), 0.125),
+            entry("eve", "local:other", DAY + 20, (5, 5), 0.0),
+        ]);
+        let mut budgets = Budgets::default();
+        let who = Spenders {
+            connector: "local",
+            users: vec!["bob"],
+            room: "local:r",
+        };
+        assert_eq!(status_figures(&budgets, &s, &who, at(DAY + 60)), None);
+        budgets.room.daily.tokens = Some(50_000);
+        budgets.user.monthly.usd = Some(5.0);
+        assert_eq!(
+            status_figures(&budgets, &s, &who, at(DAY + 60)).unwrap(),
+            "room 1,234 / 50,000 tokens today · you $0.12 / $5.00 this month"
+        );
+        assert_eq!(s.users_of("room:local:r", at(DAY + 60)), ["bob"]);
+        assert!(s.users_of("room:local:r", at(1_798_761_600)).is_empty());
+        let users = s.users_of("room:local:r", at(DAY + 60));
+        let who = Spenders {
+            connector: "local",
+            users: users.iter().map(String::as_str).collect(),
+            room: "local:r",
+        };
+        assert_eq!(
+            report(&budgets, &s, &who, at(DAY + 60)),
+            "💸 Budget figures (UTC day and month)\nthis room — today: 1,234 / 50,000 tokens, $0.12 · this month: 1,234 tokens, $0.12\nbob — today: 1,234 tokens, $0.12 · this month: 1,234 tokens, $0.12 / $5.00"
+        );
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+        assert_eq!(override_end(at(DAY + 60)), DAY + 86_400);
     }
 
     #[test]

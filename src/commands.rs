@@ -1,5 +1,5 @@
 //! Room commands: what people type in a room to steer its conversation (`!help`, `!stop`,
-//! `!new`, `!status`, `!model`, `!agent`, `!sessions`, `!resume`).
+//! `!new`, `!status`, `!model`, `!agent`, `!sessions`, `!resume`, `!budget`).
 //!
 //! Owns: recognising a command in a message's text (the configured prefix, and `/` where the
 //! platform delivers it), its arguments, and who may use it. The dispatcher parses every
@@ -31,6 +31,10 @@ pub enum Command {
     /// Continue one of the room's past sessions, or any session id of the agent's CLI (one
     /// started in a terminal).
     Resume(String),
+    /// The budget figures of the room and of its users who spent this month.
+    Budget,
+    /// Let guests past the budgets until the end of the UTC day (`true`), or end that now.
+    BudgetOverride(bool),
 }
 
 /// What the dispatcher does with a message that looks like a command.
@@ -43,7 +47,7 @@ pub enum Parsed {
 
 /// The commands, in the order `help` lists them.
 const NAMES: &[&str] = &[
-    "help", "status", "stop", "new", "model", "agent", "sessions", "resume",
+    "help", "status", "stop", "new", "model", "agent", "sessions", "resume", "budget",
 ];
 
 /// The longest model, agent or session name taken from a command.
@@ -108,6 +112,14 @@ pub fn parse(text: &str, config: &CommandsConfig, role: Role) -> Option<Parsed> 
         },
         "agent" => one_arg("agent").map(Command::Agent),
         "resume" => one_arg("session id").map(Command::Resume),
+        "budget" => match args.as_slice() {
+            [] => Ok(Command::Budget),
+            ["override"] => Ok(Command::BudgetOverride(true)),
+            ["override", "off"] => Ok(Command::BudgetOverride(false)),
+            _ => Err(format!(
+                "⚠️ Usage: `{p}budget`, `{p}budget override` or `{p}budget override off`."
+            )),
+        },
         _ => unreachable!("every name in NAMES is matched"),
     };
     Some(match command {
@@ -136,7 +148,7 @@ pub fn help(config: &CommandsConfig, role: Role) -> String {
     let mut out = format!("Commands (type them as a message, e.g. `{p}status`):\n");
     out.push_str(&format!("`{p}help` — this list\n"));
     out.push_str(&format!(
-        "`{p}status` — agent, model, session, usage, queue\n"
+        "`{p}status` — agent, model, session, usage, queue, budget\n"
     ));
     if role == Role::Owner {
         for line in [
@@ -146,6 +158,7 @@ pub fn help(config: &CommandsConfig, role: Role) -> String {
             format!("`{p}agent <name>` — switch this room to another agent"),
             format!("`{p}sessions` — this room's past sessions"),
             format!("`{p}resume <id>` — continue a past session, or one started in a terminal"),
+            format!("`{p}budget` — budget figures of this room and its users (`{p}budget override`: guests may go past the budgets until the end of the UTC day; `{p}budget override off` ends that)"),
         ] {
             out.push_str(&line);
             out.push('\n');
@@ -185,6 +198,18 @@ mod tests {
         assert_eq!(
             check("!resume 0b6f-aa", Role::Owner),
             Some(Parsed::Run(Command::Resume("0b6f-aa".into())))
+        );
+        assert_eq!(
+            check("!budget", Role::Owner),
+            Some(Parsed::Run(Command::Budget))
+        );
+        assert_eq!(
+            check("!budget override", Role::Owner),
+            Some(Parsed::Run(Command::BudgetOverride(true)))
+        );
+        assert_eq!(
+            check("!budget override off", Role::Owner),
+            Some(Parsed::Run(Command::BudgetOverride(false)))
         );
     }
 
@@ -229,6 +254,8 @@ mod tests {
             "!agent x",
             "!sessions",
             "!resume x",
+            "!budget",
+            "!budget override",
         ] {
             let name = text[1..].split(' ').next().unwrap();
             assert_eq!(
@@ -250,6 +277,12 @@ mod tests {
         assert_eq!(
             check("!new session", Role::Owner),
             Some(Parsed::Refused("⚠️ `!new` takes no arguments.".into()))
+        );
+        assert_eq!(
+            check("!budget on", Role::Owner),
+            Some(Parsed::Refused(
+                "⚠️ Usage: `!budget`, `!budget override` or `!budget override off`.".into()
+            ))
         );
         for text in [
             "!model",

@@ -486,6 +486,7 @@ impl Dispatcher {
                 let control = RoomControl::Command(Box::new(room::RoomCommand {
                     command,
                     role,
+                    sender: message.sender.username.clone(),
                     target: message.reply_target(),
                 }));
                 if let Err(c) = entry.handle.try_control(control) {

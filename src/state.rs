@@ -65,6 +65,10 @@ pub struct RoomState {
     /// messages, so a turn shows only the newer ones as context.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thread_seen: Option<ThreadSeen>,
+    /// An owner's `!budget override`: until then (epoch seconds, the end of that UTC day)
+    /// guests' turns are not held to the budgets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_override_until: Option<u64>,
 }
 
 /// How far a session has seen its thread: every message before `ms` (since the epoch), and

@@ -3,7 +3,9 @@
 //! cannot be made to do on purpose.
 //!
 //! It answers `initialize` (with `loadSession`), `session/new` (`fake-<pid>-<n>`; the mode in
-//! `ACG_FAKE_ACP_MODE` if set), `session/load` (replays one history chunk), and runs each
+//! `ACG_FAKE_ACP_MODE` if set), `session/load` (replays one history chunk; with a mode set,
+//! answers with the modes and replays one more chunk after its answer, as Gemini CLI does),
+//! and runs each
 //! `session/prompt` by the markers in its text (the first one found):
 //! - `ACP:write=<path>`  — `fs/write_text_file` of "written by the agent" to `<path>`;
 //! - `ACP:read=<path>`   — `fs/read_text_file` of `<path>`;
@@ -37,6 +39,7 @@ pub fn main() -> io::Result<u8> {
         next_id: 0,
         sessions: 0,
         mode: None,
+        replay_tail: None,
     };
     agent.serve()
 }
@@ -48,11 +51,21 @@ struct Agent<L> {
     sessions: u64,
     /// The session mode, when `ACG_FAKE_ACP_MODE` gave the session modes.
     mode: Option<String>,
+    /// A loaded session whose last replayed chunk is still to be written.
+    replay_tail: Option<String>,
 }
 
 impl<L: Iterator<Item = io::Result<String>>> Agent<L> {
     fn serve(&mut self) -> io::Result<u8> {
         while let Some(message) = self.read()? {
+            if let Some(session) = self.replay_tail.take() {
+                // The id of the echo's message: a leaked chunk would be part of the answer.
+                self.update(
+                    &session,
+                    json!({"sessionUpdate": "agent_message_chunk", "messageId": "m1",
+                    "content": {"type": "text", "text": "REPLAYED AFTER THE ANSWER "}}),
+                )?;
+            }
             let id = message.get("id").cloned();
             let params = message.get("params").cloned().unwrap_or(Value::Null);
             match message["method"].as_str().unwrap_or_default() {
@@ -92,7 +105,22 @@ impl<L: Iterator<Item = io::Result<String>>> Agent<L> {
                         json!({"sessionUpdate": "agent_message_chunk",
                         "content": {"type": "text", "text": "REPLAYED HISTORY"}}),
                     )?;
-                    self.respond(id, Value::Null)?;
+                    let Ok(mode) = std::env::var("ACG_FAKE_ACP_MODE") else {
+                        self.respond(id, Value::Null)?;
+                        continue;
+                    };
+                    self.mode = Some(mode.clone());
+                    self.respond(
+                        id,
+                        json!({"modes": {"currentModeId": mode, "availableModes": [
+                            {"id": "default", "name": "Default"}, {"id": mode, "name": mode}
+                        ]}}),
+                    )?;
+                    // As Gemini CLI 0.61.0 does: the rest of the history after the answer,
+                    // before the next request is handled; written once that request came
+                    // in, so a client that does not wait for it reads it in its prompt's
+                    // window every time.
+                    self.replay_tail = Some(session);
                 }
                 "session/prompt" => {
                     if let Some(code) = self.prompt(id, &params)? {

@@ -196,8 +196,9 @@ pub trait AgentBackend: Send + Sync + 'static {
         None
     }
 
-    /// Stops the room's process kept between turns, if any (its session was reset). Waits
-    /// for a turn of the room that is running on it.
+    /// Stops the room's process kept between turns, if any (its session was reset, or its
+    /// turn stopped). Waits for a turn of the room that is running on it, then until the
+    /// process has exited.
     async fn retire(&self, _room: &RoomKey) {}
 }
 

@@ -373,6 +373,46 @@ impl AgentProcess {
         Ok(status)
     }
 
+    /// Waits up to `grace` for the child and the rest of its group to exit on their own
+    /// (their input was closed), then kills whatever is left. Unlike [`Self::wait`], a
+    /// straggler gets the rest of the grace: the CLI under an adapter (the Claude ACP adapter
+    /// ends its CLI's input and exits at once) may still be writing the session's transcript,
+    /// and killing it then loses the last turn (seen: the next `session/load` missed it).
+    pub async fn wait_for_group(&mut self, grace: Duration) -> io::Result<ExitStatus> {
+        let deadline = Instant::now() + grace;
+        let Some(child) = self.child.as_mut() else {
+            return Err(io::Error::other("child already reaped"));
+        };
+        let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                self.kill(KILL_GRACE).await;
+                return Err(io::Error::other(format!(
+                    "did not exit within {} s of its input closing",
+                    grace.as_secs_f32()
+                )));
+            }
+        };
+        self.child = None;
+        // The group outlives its reaped leader while a member lives: its members are found
+        // by the group id even after they were moved to init. Each exit is awaited on a
+        // pidfd (readable once the process is gone), not polled.
+        let exits: Vec<_> = group_members(self.pid)
+            .into_iter()
+            .filter_map(|p| pid_exit(p.pid))
+            .collect();
+        let all_gone = futures_util::future::join_all(exits.iter().map(|fd| fd.readable()));
+        if tokio::time::timeout_at(deadline, all_gone).await.is_err() {
+            tracing::debug!(
+                pid = self.pid,
+                "agent's process group still running; killing it"
+            );
+        }
+        signal_group(self.pid, Signal::SIGKILL);
+        self.drain_stderr().await;
+        Ok(status)
+    }
+
     /// Stops the whole tree: SIGTERM to the group and every descendant, up to `grace` to
     /// exit, then SIGKILL; reaps the child.
     pub async fn kill(&mut self, grace: Duration) {
@@ -580,6 +620,37 @@ fn proc_stat(pid: i32) -> Option<(i32, i32, u64)> {
         fields.get(2)?.parse().ok()?,
         fields.get(19)?.parse().ok()?,
     ))
+}
+
+/// The live members of process group `pgid`.
+fn group_members(pgid: u32) -> Vec<ProcId> {
+    let (Ok(pgid), Ok(entries)) = (i32::try_from(pgid), std::fs::read_dir("/proc")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let (_, pgrp, start) = proc_stat(pid)?;
+            (pgrp == pgid).then_some(ProcId { pid, start })
+        })
+        .collect()
+}
+
+/// A pidfd of `pid`, readable once the process has exited; `None` when it is gone already
+/// (or the kernel has no pidfds: the caller then does not wait for it).
+fn pid_exit(pid: i32) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; nothing is
+    // borrowed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the `OwnedFd` moves into the `AsyncFd`, which alone closes it, on drop.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+    }
+    .ok()
 }
 
 /// Every live descendant of `root`, parents before children. Linux only; empty elsewhere.

@@ -89,7 +89,8 @@ impl PeriodLimits {
 }
 
 /// `budgets:` — every user and every room gets these limits, checked from the usage ledger
-/// before a turn starts. Owners' turns are never stopped (the owner override).
+/// before a turn starts. Owners' turns are never stopped; an owner's `!budget override` lets
+/// a room's guests past them until the end of the UTC day.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Budgets {
     pub user: PeriodLimits,

@@ -1,21 +1,24 @@
 //! Carrying out room commands inside the room worker, which owns what they change: the queue,
-//! the running turn, the session id, the room's model and agent. Each returns the exact text
-//! posted back to the room. Who may use which command was decided by the dispatcher
-//! (`crate::commands`).
+//! the running turn, the session id, the room's model and agent, its budget override. Each
+//! returns the exact text posted back to the room. Who may use which command was decided by
+//! the dispatcher (`crate::commands`).
+
+use std::time::SystemTime;
 
 use tracing::info;
 
 use super::{AgentChoice, RoomWorker};
+use crate::budget;
 use crate::commands::{self, Command};
 use crate::model::Role;
 use crate::state::SessionUsage;
 
 impl RoomWorker {
-    pub(super) async fn command(&mut self, command: Command, role: Role) -> String {
+    pub(super) async fn command(&mut self, command: Command, role: Role, sender: &str) -> String {
         info!(command = ?command, role = %role, "room command");
         match command {
             Command::Help => commands::help(&self.deps.commands, role),
-            Command::Status => self.status_text(),
+            Command::Status => self.status_text(sender),
             Command::Stop { all } => self.stop(all).await,
             Command::New => {
                 self.new_session().await;
@@ -25,11 +28,104 @@ impl RoomWorker {
             Command::Agent(name) => self.switch_agent(name).await,
             Command::Sessions => self.sessions_text(),
             Command::Resume(id) => self.resume(id).await,
+            Command::Budget => self.budget_text(),
+            Command::BudgetOverride(on) => self.set_budget_override(on),
         }
+    }
+
+    /// When the room's `!budget override` ends, while it lasts. It is the platform room's:
+    /// set in one thread of a thread-scoped room, it holds in all of them.
+    pub(super) fn budget_override(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.deps
+            .store
+            .room(&self.key.of_room())
+            .and_then(|r| r.budget_override_until)
+            .filter(|&until| until > now)
+    }
+
+    fn set_budget_override(&mut self, on: bool) -> String {
+        let p = &self.deps.commands.prefix;
+        if !self.deps.budgets.is_set() {
+            return "There are no budgets configured: nothing to override.".into();
+        }
+        let until = match (on, self.budget_override()) {
+            (true, _) => Some(budget::override_end(SystemTime::now())),
+            (false, Some(_)) => None,
+            (false, None) => return "There is no budget override in this room.".into(),
+        };
+        self.deps
+            .store
+            .update_room(&self.key.of_room(), |r| r.budget_override_until = until);
+        info!(until = ?until, "budget override");
+        match until {
+            Some(end) => format!(
+                "💸 Budget override: guests' messages in this room are answered past the room's and their own budgets until {} (the end of the UTC day). `{p}budget override off` ends it sooner.",
+                crate::timefmt::rfc3339_utc_secs(end)
+            ),
+            None => "💸 Budget override ended: guests' messages in this room are held to the budgets again.".into(),
+        }
+    }
+
+    fn budget_text(&self) -> String {
+        let now = SystemTime::now();
+        let room = self.key.of_room().to_string();
+        let ledger = self.deps.store.ledger();
+        let report = ledger.spending(|s| {
+            let users = s.users_of(&budget::room_key(&room), now);
+            let who = budget::Spenders {
+                connector: &self.key.connector,
+                users: users.iter().map(String::as_str).collect(),
+                room: &room,
+            };
+            budget::report(&self.deps.budgets, s, &who, now)
+        });
+        let p = &self.deps.commands.prefix;
+        let over = match self.budget_override() {
+            Some(end) => format!(
+                "override: guests may go past the budgets until {} (`{p}budget override off` ends it)",
+                crate::timefmt::rfc3339_utc_secs(end)
+            ),
+            None => format!(
+                "override: none (`{p}budget override` lets guests past the budgets until the end of the UTC day)"
+            ),
+        };
+        format!("{report}\n{over}")
+    }
+
+    /// `!status`'s budget line: the room's and the sender's figures of each configured
+    /// limit, and the override while it lasts.
+    fn budget_line(&self, sender: &str) -> Option<String> {
+        let room = self.key.of_room().to_string();
+        let who = budget::Spenders {
+            connector: &self.key.connector,
+            users: vec![sender],
+            room: &room,
+        };
+        let now = SystemTime::now();
+        let figures = self
+            .deps
+            .store
+            .ledger()
+            .spending(|s| budget::status_figures(&self.deps.budgets, s, &who, now))?;
+        Some(match self.budget_override() {
+            Some(end) => format!(
+                "{figures} · override until {}",
+                crate::timefmt::rfc3339_utc_secs(end)
+            ),
+            None => figures,
+        })
     }
 
     async fn stop(&mut self, all: bool) -> String {
         let stopped = self.stop_running().await;
+        if stopped {
+            // The interrupted turn is over; its warm process goes too, so nothing of the
+            // agent is left. The session stays: the next turn resumes it in a new process.
+            self.agent_choice().backend.retire(&self.key).await;
+        }
         let dropped = if all { self.drop_queue() } else { 0 };
         let waiting = self.pending.len();
         let head = if stopped {
@@ -180,7 +276,7 @@ impl RoomWorker {
         out
     }
 
-    fn status_text(&self) -> String {
+    fn status_text(&self, sender: &str) -> String {
         let usage = self
             .deps
             .store
@@ -222,13 +318,17 @@ impl RoomWorker {
         } else {
             "idle"
         };
-        format!(
+        let mut out = format!(
             "📊 Status of this room\nagent: `{}` ({})\nmodel: {model}\nsession: {session}\ncontext: {context}\nqueue: {} · {state}\nprocess: {}",
             choice.config.name,
             choice.config.kind,
             plural(self.pending.len(), "message waiting"),
             process_state(&choice, &self.key)
-        )
+        );
+        if let Some(line) = self.budget_line(sender) {
+            out.push_str(&format!("\nbudget: {line}"));
+        }
+        out
     }
 }
 

@@ -72,6 +72,8 @@ pub enum RoomControl {
 pub struct RoomCommand {
     pub command: Command,
     pub role: Role,
+    /// The sender's user name (whose budget `!status` shows).
+    pub sender: String,
     pub target: ReplyTarget,
 }
 
@@ -396,9 +398,10 @@ impl RoomWorker {
                 let RoomCommand {
                     command,
                     role,
+                    sender,
                     target,
                 } = *c;
-                let answer = self.command(command, role).await;
+                let answer = self.command(command, role, &sender).await;
                 self.notify(target, answer);
             }
             RoomControl::Cancel { id } => {
@@ -513,11 +516,12 @@ impl RoomWorker {
     }
 
     /// The budget message when this batch may not run: a batch with a guest's message is
-    /// checked against its senders' and the room's budgets; owners' turns always run.
+    /// checked against its senders' and the room's budgets; owners' turns always run, and
+    /// so do guests' while an owner's `!budget override` lasts.
     /// Only the guests' names are checked: an owner's own total never stops anyone.
     fn over_budget(&self, batch: &[QueuedMessage]) -> Option<String> {
         let role = batch.iter().map(|q| q.role).min()?;
-        if role == Role::Owner || !self.deps.budgets.is_set() {
+        if role == Role::Owner || !self.deps.budgets.is_set() || self.budget_override().is_some() {
             return None;
         }
         let mut users: Vec<&str> = batch

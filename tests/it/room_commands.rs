@@ -75,17 +75,18 @@ fn ledger_of(g: &Gateway, room: &str) -> Value {
 
 const OWNER_HELP: &str = "Commands (type them as a message, e.g. `!status`):
 `!help` — this list
-`!status` — agent, model, session, usage, queue
+`!status` — agent, model, session, usage, queue, budget
 `!stop` — interrupt the running turn (the session is kept; `!stop all` also drops queued messages)
 `!new` — start a fresh session
 `!model <name>` — use this model in this room (`!model default` to go back)
 `!agent <name>` — switch this room to another agent
 `!sessions` — this room's past sessions
-`!resume <id>` — continue a past session, or one started in a terminal";
+`!resume <id>` — continue a past session, or one started in a terminal
+`!budget` — budget figures of this room and its users (`!budget override`: guests may go past the budgets until the end of the UTC day; `!budget override off` ends that)";
 
 const GUEST_HELP: &str = "Commands (type them as a message, e.g. `!status`):
 `!help` — this list
-`!status` — agent, model, session, usage, queue
+`!status` — agent, model, session, usage, queue, budget
 (the other commands are for owners)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,6 +104,8 @@ async fn help_and_status_answer_everyone_and_owner_commands_refuse_guests() {
         ("!agent assistant", "agent"),
         ("!sessions", "sessions"),
         ("!resume abc", "resume"),
+        ("!budget", "budget"),
+        ("!budget override", "budget"),
     ] {
         assert_eq!(
             command(&s.bob, "st", text).await,
@@ -211,14 +214,10 @@ async fn stop_all_kills_the_agent_within_two_seconds_and_keeps_the_session() {
         answer_starting(&s.alice, "halt", "!stop all", "⏹️").await,
         "⏹️ Stopped the running turn; the session is kept. Dropped 1 queued message."
     );
+    // Nothing of the agent is left, the room's warm CLI included (the answer comes once it
+    // has exited; the loop allows for its process group being reaped).
     loop {
-        // The turn's processes (the CLI's tools) must be gone; the room's warm CLI itself
-        // stays, idle, keeping the session.
-        let warm = warm_pid_of(&s.gateway, "halt");
-        let left: Vec<u32> = processes_in(&s.gateway.work)
-            .into_iter()
-            .filter(|p| Some(*p) != warm)
-            .collect();
+        let left = processes_in(&s.gateway.work);
         if left.is_empty() {
             break;
         }
@@ -228,6 +227,11 @@ async fn stop_all_kills_the_agent_within_two_seconds_and_keeps_the_session() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!(
+        "!stop all: no agent process left after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(warm_pid_of(&s.gateway, "halt"), None);
     assert_stopped_room(
         &s.alice,
         "halt",
@@ -235,7 +239,13 @@ async fn stop_all_kills_the_agent_within_two_seconds_and_keeps_the_session() {
     )
     .await;
     assert_eq!(session_of(&s.gateway, "halt"), session);
-    // The session goes on: the next message is answered in it; "three" was dropped.
+    let status = command(&s.alice, "halt", "!status").await;
+    assert!(
+        status.ends_with("\nprocess: cold (started for the next turn)"),
+        "{status}"
+    );
+    // The session goes on in a new process (`--resume`): the next message is answered in
+    // it; "three" was dropped.
     let replies = s.alice.ask("halt", "four").await;
     assert_eq!(replies.last().unwrap().text, LATER);
     let history = s.llm.conversation("CMD-STOPALL");
@@ -476,6 +486,109 @@ async fn a_guest_over_the_daily_budget_is_refused_and_owners_still_answered() {
     s.gateway.start_again();
     let bob = s.bob.fresh();
     assert_eq!(command(&bob, "cash", "third").await, refusal);
+}
+
+/// The next midnight UTC, as budgets and overrides name it.
+fn tomorrow() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let next = now.date().next_day().unwrap();
+    next.midnight()
+        .assume_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// The room's ledger totals: tokens (in + out, grouped in thousands) and the cost.
+fn spent(g: &Gateway, room: &str) -> (u64, String, String) {
+    let ledger = ledger_of(g, room);
+    let tokens =
+        ledger["input_tokens"].as_u64().unwrap() + ledger["output_tokens"].as_u64().unwrap();
+    let grouped = tokens
+        .to_string()
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(",");
+    (
+        tokens,
+        grouped,
+        format!("${:.2}", ledger["cost_usd"].as_f64().unwrap()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_figures_and_an_owner_override_that_lets_a_guest_past_until_the_day_ends() {
+    let budgets = "budgets:\n  user: {daily: {tokens: 1}}\n  room: {monthly: {tokens: 1000000}}";
+    let Some(mut s) =
+        ClaudeWebchat::start(json!({"default_text": "Within budget."}), "", budgets).await
+    else {
+        return;
+    };
+    let tomorrow = tomorrow();
+    let replies = s.bob.ask("fund", "first").await;
+    assert_eq!(replies.last().unwrap().text, "Within budget.");
+    let (tokens, grouped, cost) = spent(&s.gateway, "fund");
+    // Bob alone spent in the room: his figures are the room's.
+    let status = command(&s.bob, "fund", "!status").await;
+    assert!(
+        status.ends_with(&format!("\nbudget: room {grouped} / 1,000,000 tokens this month · you {grouped} / 1 tokens today")),
+        "{status}"
+    );
+    let refusal = |tokens: u64| {
+        format!("💸 bob has used the daily budget ({tokens} of 1 tokens); it renews at {tomorrow}. Owners' messages are still answered.")
+    };
+    assert_eq!(command(&s.bob, "fund", "second").await, refusal(tokens));
+    assert_eq!(
+        command(&s.alice, "fund", "!budget").await,
+        format!("💸 Budget figures (UTC day and month)\nthis room — today: {grouped} tokens, {cost} · this month: {grouped} / 1,000,000 tokens, {cost}\nbob — today: {grouped} / 1 tokens, {cost} · this month: {grouped} tokens, {cost}\noverride: none (`!budget override` lets guests past the budgets until the end of the UTC day)")
+    );
+
+    assert_eq!(
+        command(&s.alice, "fund", "!budget override").await,
+        format!("💸 Budget override: guests' messages in this room are answered past the room's and their own budgets until {tomorrow} (the end of the UTC day). `!budget override off` ends it sooner.")
+    );
+    let replies = s.bob.ask("fund", "third").await;
+    assert_eq!(replies.last().unwrap().text, "Within budget.");
+    let (_, grouped, _) = spent(&s.gateway, "fund");
+    let status = command(&s.bob, "fund", "!status").await;
+    assert!(
+        status.ends_with(&format!("\nbudget: room {grouped} / 1,000,000 tokens this month · you {grouped} / 1 tokens today · override until {tomorrow}")),
+        "{status}"
+    );
+    let report = command(&s.alice, "fund", "!budget").await;
+    assert!(
+        report.ends_with(&format!("\noverride: guests may go past the budgets until {tomorrow} (`!budget override off` ends it)")),
+        "{report}"
+    );
+
+    // The override is in the room's state: it survives a restart.
+    s.gateway.stop();
+    s.gateway.start_again();
+    let (bob, alice) = (s.bob.fresh(), s.alice.fresh());
+    let replies = bob.ask("fund", "fourth").await;
+    assert_eq!(replies.last().unwrap().text, "Within budget.");
+    assert_eq!(
+        command(&alice, "fund", "!budget override off").await,
+        "💸 Budget override ended: guests' messages in this room are held to the budgets again."
+    );
+    assert_eq!(
+        command(&alice, "fund", "!budget override off").await,
+        "There is no budget override in this room."
+    );
+    let (tokens, ..) = spent(&s.gateway, "fund");
+    assert_eq!(command(&bob, "fund", "fifth").await, refusal(tokens));
+    let texts: String = s
+        .llm
+        .message_requests()
+        .iter()
+        .map(|r| r.message_texts().join("\n"))
+        .collect();
+    assert!(
+        !texts.contains("second") && !texts.contains("fifth") && texts.contains("fourth"),
+        "{texts}"
+    );
 }
 
 /// `merge_window_ms`: messages arriving within the window of an idle room's first message

@@ -396,6 +396,30 @@ impl AgentBackend for AcpBackend {
             rss_bytes: Some(rss),
         })
     }
+
+    async fn retire(&self, room: &RoomKey) {
+        let slot = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(room)
+            .cloned();
+        let Some(slot) = slot else {
+            return;
+        };
+        // Held until the process is gone, so no turn of the room starts another meanwhile.
+        let mut held = slot.worker.lock().await;
+        let Some(worker) = held.take() else {
+            return;
+        };
+        *slot.seen() = None;
+        let mut exit = worker.exit.clone();
+        // Dropping the worker closes its queue: the turn loop ends and the process is
+        // stopped (see `Worker::spawn`), which the exit watch reports.
+        drop(worker);
+        let _ = exit.wait_for(Option::is_some).await;
+        tracing::debug!(agent = %self.settings.agent, %room, "acp agent process retired");
+    }
 }
 
 /// The crash as the process's end describes it (waiting briefly for the worker to record it).

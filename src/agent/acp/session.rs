@@ -52,8 +52,11 @@ const HANDSHAKE: Duration = Duration::from_secs(60);
 /// How long an agent has to end a turn after `session/cancel` before it is killed.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
-/// How long a process whose connection ended gets to exit by itself before it is killed.
-const EXIT_GRACE: Duration = Duration::from_millis(200);
+/// How long a process whose connection ended (its input closed) gets to exit by itself,
+/// with everything it started, before it is killed: the Claude adapter's CLI writes the
+/// last turn to the session's transcript as it exits, and a `session/load` without it
+/// continues an older conversation.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
 
 /// Modes in which an agent runs calls without asking (Claude adapter, Gemini CLI).
 const UNASKING_MODES: &[&str] = &[
@@ -125,13 +128,7 @@ impl Worker {
                 Some(status) => status,
                 // A connection that ended on its own usually means the process is exiting:
                 // its own status says more than "stopped".
-                None => match tokio::time::timeout(EXIT_GRACE, process.wait()).await {
-                    Ok(status) => status,
-                    Err(_) => {
-                        process.kill(KILL_GRACE).await;
-                        Err(std::io::Error::other("stopped by the gateway"))
-                    }
-                },
+                None => process.wait_for_group(EXIT_GRACE).await,
             };
             let info = match status {
                 Ok(s) => ExitInfo {
@@ -320,6 +317,13 @@ impl TurnLoop {
         let Some(current) = self.current.as_mut() else {
             return (Err(AgentError::Protocol("no session".into())), After::Stop);
         };
+        let stale = discard_queued(&mut current.session);
+        if stale > 0 {
+            tracing::debug!(
+                stale,
+                "discarded updates that came after the last prompt's answer"
+            );
+        }
         if let Err(e) = current.session.send_prompt(&turn.prompt) {
             return (
                 Err(AgentError::Protocol(format!(
@@ -426,9 +430,13 @@ impl TurnLoop {
                     Err(_) => return Err(timed_out()),
                 };
                 let mut session = setup.session;
-                skip_replay(&mut session, deadline).await;
+                let skipped = discard_queued(&mut session);
                 self.ensure_asking(id, setup.response.modes.as_ref(), deadline)
                     .await?;
+                let late = self
+                    .replay_barrier(id, setup.response.modes.as_ref(), deadline, &mut session)
+                    .await;
+                tracing::debug!(skipped, late, "skipped the replayed session history");
                 self.current = Some(Current {
                     id: id.clone(),
                     session,
@@ -512,40 +520,55 @@ impl TurnLoop {
     }
 }
 
-/// How long the agent must stay silent after a `session/load` answer before the replay counts
-/// as over. The protocol has the replay end before the answer, and the Claude adapter and
-/// OpenCode keep to that; Gemini CLI 0.61.0 answers after the first replayed update and
-/// streams the rest behind it (within milliseconds). Paid once per load (a restart or a
-/// replaced process), never per turn. One second, not less: on a loaded box the replayed
-/// updates were seen to reach the session more than 300 ms after the answer, and were then
-/// posted as the next reply.
-const REPLAY_QUIET: Duration = Duration::from_secs(1);
-
-/// Skips what `session/load` replayed (the history the agent already has), answering any
-/// request in it: what was queued before the load's answer, then whatever follows until the
-/// agent has been quiet for `REPLAY_QUIET` (or the turn's deadline).
-async fn skip_replay(session: &mut ActiveSession<'static, Agent>, deadline: Instant) {
-    let mut skipped = 0usize;
-    loop {
-        let message = match session.read_update().now_or_never() {
-            Some(message) => message,
-            None => {
-                let quiet_until = deadline.min(Instant::now() + REPLAY_QUIET);
-                match tokio::time::timeout_at(quiet_until, session.read_update()).await {
-                    Ok(message) => message,
-                    Err(_) => break,
-                }
-            }
-        };
+/// Takes everything the session's channel holds now, answering any request in it (with
+/// "method not found"); how many. After `session/load`'s answer that is the replay: the
+/// protocol has the agent stream the history before it answers, and the SDK routes each
+/// message into the session's channel in order, before the answer is delivered. Before a
+/// prompt it is what came after the previous prompt's answer, which belongs to no turn.
+fn discard_queued(session: &mut ActiveSession<'static, Agent>) -> usize {
+    let mut discarded = 0;
+    while let Some(message) = session.read_update().now_or_never() {
         let Ok(message) = message else { break };
-        skipped += 1;
+        discarded += 1;
         if let SessionMessage::Message(dispatch) = message {
             if let Err(e) = MatchDispatch::new(dispatch.into_raw()).otherwise_ignore() {
                 tracing::debug!(error = %e, "could not answer a request during replay");
             }
         }
     }
-    tracing::debug!(skipped, "skipped the replayed session history");
+    discarded
+}
+
+impl TurnLoop {
+    /// Gemini CLI (0.61.0) answers `session/load` after its first replayed update and
+    /// writes the rest behind the answer, before it reads its next request. So a request
+    /// sent now is answered after the whole replay: `session/set_mode` to the mode the
+    /// session is in (no change), whose answer, error or not, marks where the replay ends.
+    /// Whatever arrived before it is discarded (how many). An agent without modes has
+    /// nothing to ask here; the protocol's order (history before the answer) then holds.
+    async fn replay_barrier(
+        &self,
+        id: &str,
+        modes: Option<&SessionModeState>,
+        deadline: Instant,
+        session: &mut ActiveSession<'static, Agent>,
+    ) -> usize {
+        let Some(modes) = modes else {
+            return 0;
+        };
+        let mut mode = modes.current_mode_id.to_string();
+        if UNASKING_MODES.contains(&mode.as_str()) {
+            mode = "default".into(); // `ensure_asking` switched it
+        }
+        let barrier = self
+            .cx
+            .send_request(SetSessionModeRequest::new(id.to_string(), mode))
+            .block_task();
+        if tokio::time::timeout_at(deadline, barrier).await.is_err() {
+            tracing::warn!(agent = %self.settings.agent, "no answer to session/set_mode after session/load");
+        }
+        discard_queued(session)
+    }
 }
 
 /// What the agent sent, sorted.

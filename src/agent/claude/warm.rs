@@ -18,7 +18,8 @@
 //! Stop and timeout send the stream-json `interrupt` control request (verified, 2.1.197: a
 //! `control_response`, then a `result` of subtype `error_during_execution`, and the process
 //! takes the next turn); without a `result` within [`INTERRUPT_GRACE`] the process tree is
-//! killed and the next turn resumes the session in a new process.
+//! killed and the next turn resumes the session in a new process. A room's `!stop` then
+//! retires the process ([`Pool::retire_room`]), so nothing of the agent outlives a stop.
 //!
 //! Hook secret: a warm process outlives its turns, so its settings file carries a secret of
 //! the *process*. The [`Relay`] maps that secret to the ticket of the turn running on the
@@ -270,8 +271,11 @@ impl Pool {
             .count()
     }
 
-    /// Retires the room's process (a new session follows, or a cold turn is about to change
-    /// the session behind its back). Waits for a running turn of the room to end.
+    /// Retires the room's process (a new session follows, a turn was stopped, or a cold turn
+    /// is about to change the session behind its back). Waits for a running turn of the room
+    /// to end, then for the process to exit: when this returns, nothing of it is left and its
+    /// transcript is written (the next process may `--resume` it). The slot stays locked
+    /// meanwhile, so no turn of the room starts a process before.
     pub async fn retire_room(&self, room: &RoomKey) {
         let Some(slot) = self.slots().get(room).cloned() else {
             return;
@@ -279,7 +283,8 @@ impl Pool {
         let mut held = slot.process.lock().await;
         if let Some(p) = held.take() {
             self.forget(&slot);
-            self.retire(p, "room reset");
+            tracing::debug!(pid = p.process.pid(), "retiring a warm claude process");
+            p.stop(RETIRE_GRACE).await;
         }
     }
 
