@@ -1,6 +1,7 @@
 //! One turn: build the prompt, run the agent, stream its answer back into the room, and turn
 //! every failure into a short message in the room. A turn always ends with the batch either
-//! answered or reported failed.
+//! answered or reported failed — or, when the agent reached its usage limit, handed back to
+//! the worker unanswered, with the agent put on hold (`hold`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{prompt, QueuedMessage, RoomDeps};
+use super::{hold, prompt, QueuedMessage, RoomDeps};
 use crate::agent::{AgentError, TurnContext};
 use crate::approval::TurnBinding;
 use crate::connector::{Capabilities, ConnectorError};
@@ -36,6 +37,9 @@ pub struct TurnReport {
     pub unstarted: Vec<QueuedMessage>,
     /// What the agent reported the turn used.
     pub usage: Option<crate::model::Usage>,
+    /// The agent reached its usage limit: it is on hold, and the batch is back in
+    /// `unstarted`, neither answered nor failed.
+    pub held: bool,
 }
 
 pub struct TurnRunner {
@@ -85,6 +89,7 @@ impl TurnRunner {
                 session_changed: false,
                 unstarted: self.batch,
                 usage: None,
+                held: false,
             };
         };
 
@@ -129,14 +134,34 @@ impl TurnRunner {
         // as a message that grows.
         let answers_requests = outbox.answers_requests();
         let mut reply = ReplyStream::new(outbox.clone(), target.clone(), caps, self.cancel.clone());
+        let agent_name = self.deps.agent_config.name.clone();
+        let observe = |event: &AgentEvent| {
+            if let AgentEvent::RateLimit {
+                status,
+                resets_at,
+                kind,
+            } = event
+            {
+                let state = hold::LimitState {
+                    status: status.clone(),
+                    kind: kind.clone(),
+                    resets_at: *resets_at,
+                };
+                self.deps.holds.observe(&agent_name, state);
+            }
+        };
         let result = loop {
             tokio::select! {
                 result = &mut run => break result,
-                Some(event) = events_rx.recv() => reply.deliver(event, answers_requests).await,
+                Some(event) = events_rx.recv() => {
+                    observe(&event);
+                    reply.deliver(event, answers_requests).await;
+                }
                 _ = reply.flush_due(), if !answers_requests => reply.flush().await,
             }
         };
         while let Ok(event) = events_rx.try_recv() {
+            observe(&event);
             reply.deliver(event, answers_requests).await;
         }
         drop(binding);
@@ -147,6 +172,7 @@ impl TurnRunner {
             session_changed: false,
             unstarted: Vec::new(),
             usage: None,
+            held: false,
         };
         crate::metrics::turn_ended(
             &self.deps.agent_config.name,
@@ -203,6 +229,19 @@ impl TurnRunner {
                         report.session_changed = true;
                     }
                     _ => {}
+                }
+                // A chat room's messages wait for the limit to reset; an API caller, who
+                // waits for its own answer, is told at once.
+                if let AgentError::RateLimited { resets_at, kind } = &e {
+                    if !answers_requests && anchor.message.conversation.is_none() {
+                        let now = std::time::SystemTime::now();
+                        let kind = kind.clone();
+                        self.deps.holds.hold(&agent_name, *resets_at, kind, now);
+                        report.message_ids.clear();
+                        report.unstarted = self.batch;
+                        report.held = true;
+                        return report;
+                    }
                 }
                 if answers_requests {
                     let end = TurnEnd::Failed {
