@@ -2,15 +2,19 @@
 //! told once when the limit resets, every room on the same agent holds its queue until then,
 //! and the held messages are answered after the reset — also across a daemon restart. An
 //! admin's `resume` ends a hold early. Runs the real daemon, the web chat and the fake agent
-//! (`FAKE:ratelimit_until=<epoch secs>` is rate limited until that time).
+//! (`FAKE:ratelimit_until=<epoch secs>` is rate limited until that time); once with the real
+//! Claude Code CLI, logged in with an OAuth token, which reports a usage limit when the fake
+//! model API answers 429 with Anthropic's `anthropic-ratelimit-unified-*` headers.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agent_chat_gateway::timefmt::rfc3339_utc_secs;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::daemon::{fake_agent_yaml, Gateway, WebchatGateway};
+use crate::support::fake_llm::FakeLlm;
 use crate::support::webclient::WebClient;
+use crate::support::{agent_homes, deps};
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -223,5 +227,57 @@ async fn a_usage_limit_warning_posts_nothing_and_status_shows_it() {
     assert!(
         status.contains("queue: 0 messages waiting · idle"),
         "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_claude_cli_at_its_usage_limit_holds_the_room_until_the_reset() {
+    let Some(claude) = deps::claude() else {
+        return;
+    };
+    // The real CLI starts in a few seconds on a loaded machine: the hold must outlast that.
+    let reset = now_secs() + 25;
+    let limited = json!({"scenarios": [{"match": "T-LIMIT", "error": {
+    "status": 429, "type": "rate_limit_error", "message": "usage limit reached",
+    "headers": {
+        "anthropic-ratelimit-unified-status": "rejected",
+        "anthropic-ratelimit-unified-reset": reset.to_string(),
+        "anthropic-ratelimit-unified-representative-claim": "five_hour",
+    }}}]});
+    let llm = FakeLlm::start(limited).await;
+    let home = tempfile::tempdir().unwrap();
+    // Only a subscription login reports usage limits. Verified with 2.1.197: with an API
+    // key the same answer gives no `rate_limit_event`; the CLI retries the 429 ten times
+    // (about three minutes), then ends with a 429 result (a hold of unknown length).
+    let mut env: Vec<(String, String)> = llm
+        .claude_env()
+        .into_iter()
+        .filter(|(k, _)| k != "ANTHROPIC_API_KEY")
+        .collect();
+    env.push(("CLAUDE_CODE_OAUTH_TOKEN".into(), "sk-ant-oat01-test".into()));
+    env.push(("HOME".into(), home.path().display().to_string()));
+    let agents = format!(
+        "default_agent: assistant\nagents:\n  assistant:\n    type: claude\n    command: \"{}\"\n    working_directory: \"{{work}}\"\n    timeout: 120\n    env: {}\n",
+        claude.display(),
+        agent_homes::env_yaml(&env),
+    );
+    let WebchatGateway {
+        gateway: _g, alice, ..
+    } = WebchatGateway::start(&agents, "");
+    let replies = alice.ask("real", "T-LIMIT please answer").await;
+    let texts: Vec<&str> = replies.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, [held_notice(reset, 1)]);
+    assert!(now_secs() < reset, "the turn took longer than the hold");
+
+    llm.set_script(json!({"default_text": "Answered after the reset."}));
+    let mut events = alice.events("real").await;
+    events.turn_end().await;
+    assert!(now_secs() >= reset);
+    assert_eq!(
+        bot_texts(&alice, "real").await,
+        [
+            held_notice(reset, 1),
+            "Answered after the reset.".to_string()
+        ]
     );
 }
