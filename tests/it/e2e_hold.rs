@@ -86,7 +86,7 @@ async fn a_usage_limit_holds_every_room_of_the_agent_until_the_reset() {
     let WebchatGateway {
         gateway: g, alice, ..
     } = WebchatGateway::start(&fake_agent_yaml(120), "");
-    let reset = now_secs() + 10;
+    let reset = now_secs() + 15;
     let first = format!("FAKE:ratelimit_until={reset} first");
     let replies = alice.ask("limit", &first).await;
     let texts: Vec<&str> = replies.iter().map(|m| m.text.as_str()).collect();
@@ -138,7 +138,7 @@ async fn a_usage_limit_hold_survives_a_restart() {
         alice,
         ..
     } = WebchatGateway::start(&fake_agent_yaml(120), "");
-    let reset = now_secs() + 15;
+    let reset = now_secs() + 20;
     let replies = alice
         .ask("kept", &format!("FAKE:ratelimit_until={reset} kept"))
         .await;
