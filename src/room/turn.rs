@@ -230,13 +230,14 @@ impl TurnRunner {
                     }
                     _ => {}
                 }
-                // A chat room's messages wait for the limit to reset; an API caller, who
-                // waits for its own answer, is told at once.
+                // The limit is the account's: every room on this agent holds. A chat room's
+                // messages wait for the reset; an API caller, who waits for its own answer,
+                // is told at once.
                 if let AgentError::RateLimited { resets_at, kind } = &e {
+                    let now = std::time::SystemTime::now();
+                    let kind = kind.clone();
+                    self.deps.holds.hold(&agent_name, *resets_at, kind, now);
                     if !answers_requests && anchor.message.conversation.is_none() {
-                        let now = std::time::SystemTime::now();
-                        let kind = kind.clone();
-                        self.deps.holds.hold(&agent_name, *resets_at, kind, now);
                         report.message_ids.clear();
                         report.unstarted = self.batch;
                         report.held = true;

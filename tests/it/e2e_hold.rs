@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::support::daemon::{fake_agent_yaml, Gateway, WebchatGateway};
 use crate::support::fake_llm::FakeLlm;
 use crate::support::webclient::WebClient;
-use crate::support::{agent_homes, deps};
+use crate::support::{agent_homes, deps, ports};
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -279,5 +279,50 @@ async fn the_real_claude_cli_at_its_usage_limit_holds_the_room_until_the_reset()
             held_notice(reset, 1),
             "Answered after the reset.".to_string()
         ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_request_during_a_hold_is_refused_at_once_with_the_reset_time() {
+    let (web_port, api_port) = (ports::free_port(), ports::free_port());
+    let yaml = format!(
+        r#"
+connectors:
+  - {{name: local, type: webchat, listen: "127.0.0.1:{web_port}", allowed_users: {{owners: [alice]}}}}
+  - {{name: api, type: openai, listen: "127.0.0.1:{api_port}", keys: {{alice: sk-alice-0123456789abcdef}}, allowed_users: {{owners: [alice]}}}}
+{}
+watchers:
+  - {{name: all, connector: local, room: "*"}}
+  - {{name: api, connector: api, room: fake, agent: fake}}
+"#,
+        fake_agent_yaml(120)
+    );
+    let g = Gateway::start(&yaml);
+    let alice = WebClient::new(web_port, &g.token_for("alice"));
+    let reset = now_secs() + 3600;
+    let replies = alice
+        .ask("chat", &format!("FAKE:ratelimit_until={reset} chat"))
+        .await;
+    let texts: Vec<&str> = replies.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, [held_notice(reset, 1)]);
+
+    // The API room is on the same agent: its caller is not kept waiting for an hour.
+    let body = json!({"model": "fake", "messages": [{"role": "user", "content": "hello"}]});
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{api_port}/v1/chat/completions"))
+        .bearer_auth("sk-alice-0123456789abcdef")
+        .json(&body)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        answer["error"]["message"],
+        format!(
+            "⏸️ The agent has reached its usage limit (five_hour); it resets at {}. Please try again then.",
+            rfc3339_utc_secs(reset)
+        ),
+        "{answer}"
     );
 }
