@@ -146,6 +146,8 @@ pub struct Dispatcher {
     /// `rate_limit:`, per connector and sender id.
     limiter: Option<RateLimiter<(Arc<str>, String)>>,
     turn_slots: Arc<tokio::sync::Semaphore>,
+    /// Agents held for their usage limit, shared by every room.
+    holds: Arc<room::hold::Holds>,
     idle_tx: mpsc::Sender<IdleReport>,
     idle_rx: Option<mpsc::Receiver<IdleReport>>,
     generations: u64,
@@ -219,6 +221,7 @@ impl Dispatcher {
             turn_slots: Arc::new(tokio::sync::Semaphore::new(
                 parts.config.max_concurrent_turns,
             )),
+            holds: Arc::new(room::hold::Holds::load(parts.store.clone())),
             parts,
             watchers,
             rooms: HashMap::new(),
@@ -732,6 +735,7 @@ impl Dispatcher {
             store: self.parts.store.clone(),
             max_queue_depth: self.parts.config.max_queue_depth,
             turn_slots: self.turn_slots.clone(),
+            holds: self.holds.clone(),
             idle: self.idle_tx.clone(),
             idle_after: self.parts.config.room_idle_eviction,
             tracker: self.parts.tracker.clone(),
@@ -871,6 +875,10 @@ impl Dispatcher {
         self.parts
             .store
             .set_watcher_paused(&connector, name, paused);
+        // An admin's resume also ends a usage-limit hold of the watcher's agent early (the
+        // limit was raised, or the admin wants a retry now).
+        let agent = &self.watchers[widx].config.agent;
+        let cleared = !paused && self.holds.clear(agent, SystemTime::now());
         for entry in self.rooms.values().filter(|e| e.watcher == widx) {
             let c = if paused {
                 RoomControl::Pause
@@ -887,8 +895,13 @@ impl Dispatcher {
             }
         }
         Ok(format!(
-            "watcher '{name}' {}",
-            if paused { "paused" } else { "resumed" }
+            "watcher '{name}' {}{}",
+            if paused { "paused" } else { "resumed" },
+            if cleared {
+                format!("; agent '{agent}' is no longer held for its usage limit")
+            } else {
+                String::new()
+            }
         ))
     }
 
@@ -974,7 +987,10 @@ impl Dispatcher {
                 {
                     "waiting".into()
                 }
-                _ => "active".into(),
+                _ => match self.holds.active(&w.config.agent, SystemTime::now()) {
+                    Some(h) => room::hold::status(&h),
+                    None => "active".into(),
+                },
             };
             let mut room_rows: Vec<(WatcherRow, Option<RoomHandle>)> = Vec::new();
             let mut seen: Vec<String> = Vec::new();

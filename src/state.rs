@@ -1,6 +1,7 @@
 //! On-disk state: one `state.<connector>.json` per connector holding, per room, the agent
 //! session id, the last processed message and the messages still waiting for a turn; per
-//! watcher the paused flag; and a small key/value area the connector owns (replay watermarks).
+//! watcher the paused flag; the agents held for a usage limit (the same map in every file);
+//! and a small key/value area the connector owns (replay watermarks).
 //!
 //! Owns: the file format (versioned), atomic writes (temp file, fsync, rename, fsync dir),
 //! moving a corrupt file aside, and coalescing many updates into one write.
@@ -32,6 +33,23 @@ pub struct StateFile {
     pub rooms: BTreeMap<String, RoomState>,
     /// Owned by the connector (see [`ConnectorStore`]).
     pub connector: BTreeMap<String, serde_json::Value>,
+    /// Agents on hold for a usage limit, by agent name (`room::hold`). A hold is the
+    /// daemon's, not one connector's: every file carries the same map.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub agent_holds: BTreeMap<String, AgentHold>,
+}
+
+/// An agent's usage limit: no turn starts on it before `until`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AgentHold {
+    /// Seconds since the epoch.
+    pub until: u64,
+    /// The limit's name as the agent gave it (`five_hour`, `seven_day`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `until` is the reset time the agent reported; otherwise a time to try again.
+    pub reset_known: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -397,6 +415,37 @@ impl StateStore {
             file.watchers.entry(watcher.to_string()).or_default().paused = paused;
         }
         self.mark_dirty(connector);
+    }
+
+    /// Every agent hold of the state files (the later one when two files disagree).
+    pub fn agent_holds(&self) -> BTreeMap<String, AgentHold> {
+        let mut holds: BTreeMap<String, AgentHold> = BTreeMap::new();
+        for file in self.files().values() {
+            for (agent, hold) in &file.agent_holds {
+                if holds.get(agent).is_none_or(|h| h.until < hold.until) {
+                    holds.insert(agent.clone(), hold.clone());
+                }
+            }
+        }
+        holds
+    }
+
+    /// Replaces the agent holds of every state file.
+    pub fn set_agent_holds(&self, holds: &BTreeMap<String, AgentHold>) {
+        let changed: Vec<Arc<str>> = {
+            let mut files = self.files();
+            files
+                .iter_mut()
+                .filter(|(_, f)| f.agent_holds != *holds)
+                .map(|(name, f)| {
+                    f.agent_holds = holds.clone();
+                    name.clone()
+                })
+                .collect()
+        };
+        for name in changed {
+            self.mark_dirty(&name);
+        }
     }
 
     /// The key/value area of one connector.

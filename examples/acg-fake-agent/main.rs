@@ -11,7 +11,11 @@
 //! - `FAKE:hang`      — sleeps forever (with a `sleep` child when `ACG_FAKE_WITNESS` is set);
 //! - `FAKE:garbage`   — non-JSON lines only, exit 0;
 //! - `FAKE:huge`      — one 20 MiB line, then a normal answer;
-//! - `FAKE:ratelimit` — a rejected `rate_limit_event` and an `is_error` 429 result, exit 1;
+//! - `FAKE:ratelimit` — a rejected `rate_limit_event` (resetting in an hour) and an
+//!   `is_error` 429 result, exit 1;
+//! - `FAKE:ratelimit_until=<epoch secs>` — the same, resetting at that time, while the clock
+//!   is before it; from then on a normal answer (a limit that resets while a test waits);
+//! - `FAKE:limit_warning` — an `allowed_warning` `rate_limit_event`, then a normal answer;
 //! - `FAKE:slow=<ms>` — waits that long before answering;
 //! - `FAKE:gate=<fifo>` — waits until a writer opens and closes that FIFO before answering
 //!   (a test holds a turn open for exactly as long as it needs, without guessing a time).
@@ -102,8 +106,22 @@ fn run(session: &str, prompt: &str) -> io::Result<u8> {
         // Opening blocks until the test opens the write end; reading ends when it closes it.
         std::fs::File::open(gate)?.read_to_end(&mut Vec::new())?;
     }
-    if prompt.contains("FAKE:ratelimit") {
-        return rate_limited(&mut out, session);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match ratelimit_until(prompt) {
+        Some(resets_at) if now < resets_at => return rate_limited(&mut out, session, resets_at),
+        Some(_) => {}
+        None if prompt.contains("FAKE:ratelimit") => {
+            return rate_limited(&mut out, session, now + 3600)
+        }
+        None => {}
+    }
+    if prompt.contains("FAKE:limit_warning") {
+        line(
+            &mut out,
+            &rate_limit_event(session, "allowed_warning", now + 3600),
+        )?;
     }
     if prompt.contains("FAKE:huge") {
         // One 20 MiB line: over the gateway's 16 MiB line limit.
@@ -167,6 +185,13 @@ fn slow_ms(prompt: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+fn ratelimit_until(prompt: &str) -> Option<u64> {
+    let marker = "FAKE:ratelimit_until=";
+    let rest = &prompt[prompt.find(marker)? + marker.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 fn gate(prompt: &str) -> Option<&str> {
     let rest = &prompt[prompt.find("FAKE:gate=")? + "FAKE:gate=".len()..];
     rest.split_whitespace().next()
@@ -189,17 +214,9 @@ fn witness() -> io::Result<Option<(std::fs::File, std::process::Child)>> {
     Ok(Some((witness, child)))
 }
 
-fn rate_limited(out: &mut impl Write, session: &str) -> io::Result<u8> {
-    let resets_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() + 3600)
-        .unwrap_or(0);
+fn rate_limited(out: &mut impl Write, session: &str, resets_at: u64) -> io::Result<u8> {
     let text = "You've hit your session limit · resets 9am (Europe/Berlin)";
-    line(
-        out,
-        &json!({"type": "rate_limit_event", "rate_limit_info": {"status": "rejected", "resetsAt": resets_at,
-            "rateLimitType": "five_hour"}, "uuid": "00000000-0000-4000-8000-000000000001", "session_id": session}),
-    )?;
+    line(out, &rate_limit_event(session, "rejected", resets_at))?;
     line(
         out,
         &json!({"type": "assistant", "message": {"id": "msg_fake_rl", "model": "<synthetic>", "role": "assistant",
@@ -214,6 +231,11 @@ fn rate_limited(out: &mut impl Write, session: &str) -> io::Result<u8> {
     )?;
     out.flush()?;
     Ok(1)
+}
+
+fn rate_limit_event(session: &str, status: &str, resets_at: u64) -> Value {
+    json!({"type": "rate_limit_event", "rate_limit_info": {"status": status, "resetsAt": resets_at,
+        "rateLimitType": "five_hour"}, "uuid": "00000000-0000-4000-8000-000000000001", "session_id": session})
 }
 
 fn line(out: &mut impl Write, v: &Value) -> io::Result<()> {

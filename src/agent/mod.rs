@@ -55,8 +55,13 @@ pub enum AgentError {
     Timeout(Duration),
     #[error("agent exited with {status}; stderr: {stderr_tail}")]
     Crashed { status: String, stderr_tail: String },
+    /// The account's usage limit: `resets_at` in epoch seconds, `kind` the limit's name
+    /// (`five_hour`), when the agent said.
     #[error("usage limit reached (resets at {resets_at:?})")]
-    RateLimited { resets_at: Option<u64> },
+    RateLimited {
+        resets_at: Option<u64>,
+        kind: Option<String>,
+    },
     #[error("model API error {status:?}: {message}")]
     Api {
         status: Option<u16>,
@@ -102,7 +107,7 @@ impl AgentError {
             AgentError::Crashed { status, .. } => format!(
                 "❌ The agent stopped unexpectedly ({status}). Please try again. (ref: {reference})"
             ),
-            AgentError::RateLimited { resets_at } => match resets_at {
+            AgentError::RateLimited { resets_at, .. } => match resets_at {
                 Some(t) => format!(
                     "❌ The agent has reached its usage limit; it resets at {}. (ref: {reference})",
                     crate::timefmt::rfc3339_utc_secs(*t)
@@ -147,11 +152,17 @@ fn is_auth_failure(message: &str) -> bool {
 pub fn api_error(message: &str) -> AgentError {
     let m = message.to_ascii_lowercase();
     if m.contains("usage limit") || m.contains("rate limit") || m.contains("quota") {
-        return AgentError::RateLimited { resets_at: None };
+        return AgentError::RateLimited {
+            resets_at: None,
+            kind: None,
+        };
     }
     let status = http_status_in(&m);
     if status == Some(429) {
-        return AgentError::RateLimited { resets_at: None };
+        return AgentError::RateLimited {
+            resets_at: None,
+            kind: None,
+        };
     }
     let auth = status.is_some_and(|s| s == 401 || s == 403)
         || m.contains("api key")

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use tracing::info;
 
-use super::{AgentChoice, RoomWorker};
+use super::{hold, AgentChoice, RoomWorker};
 use crate::budget;
 use crate::commands::{self, Command};
 use crate::model::Role;
@@ -312,14 +312,23 @@ impl RoomWorker {
             ),
         };
         let state = if self.paused {
-            "paused"
+            "paused".to_string()
         } else if self.running.is_some() {
-            "a turn is running"
+            "a turn is running".to_string()
+        } else if let Some(h) = self.usage_hold() {
+            hold::status(&h)
         } else {
-            "idle"
+            "idle".to_string()
         };
+        // The agent's last reported limit state (an `allowed_warning` is shown only here).
+        let limit = self
+            .deps
+            .holds
+            .last_seen(self.agent_name())
+            .map(|l| format!("\n{}", hold::limit_line(&l)))
+            .unwrap_or_default();
         let mut out = format!(
-            "📊 Status of this room\nagent: `{}` ({})\nmodel: {model}\nsession: {session}\ncontext: {context}\nqueue: {} · {state}\nprocess: {}",
+            "📊 Status of this room\nagent: `{}` ({})\nmodel: {model}\nsession: {session}\ncontext: {context}\nqueue: {} · {state}\nprocess: {}{limit}",
             choice.config.name,
             choice.config.kind,
             plural(self.pending.len(), "message waiting"),
@@ -332,7 +341,6 @@ impl RoomWorker {
     }
 }
 
-/// Whether the agent keeps a process between turns ("warm") or starts one per turn ("cold").
 /// The room's agent process: a warm one kept between turns (its pid and memory), or a
 /// process started for each turn.
 fn process_state(agent: &AgentChoice, room: &crate::model::RoomKey) -> String {

@@ -5,11 +5,13 @@
 //! Owns: the room's queue (bounded, persisted so a restart loses nothing), pause/resume/reset,
 //! the session id (the worker is its only writer), the room's model and agent overrides and
 //! past sessions, carrying out room commands ([`controls`]), the budget check before a turn,
-//! and running turns through [`turn`].
+//! holding the queue while the agent is at its usage limit ([`hold`]), and running turns
+//! through [`turn`].
 //! Must not import: platform or agent wire formats — it answers through `dyn Outbox` and runs
 //! turns through `dyn AgentBackend` only.
 
 mod controls;
+pub mod hold;
 pub mod prompt;
 mod turn;
 
@@ -17,7 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +32,7 @@ use crate::config::{AgentConfig, Budgets, CommandsConfig};
 use crate::connector::Acceptance;
 use crate::model::{ReplyTarget, Role, RoomKey};
 use crate::outbox::Outbox;
-use crate::state::{PendingMessage, StateStore};
+use crate::state::{AgentHold, PendingMessage, StateStore};
 
 pub use prompt::QueuedMessage;
 use turn::{TurnReport, TurnRunner};
@@ -161,6 +163,8 @@ pub struct RoomDeps {
     pub max_queue_depth: usize,
     /// Shared by every room: bounds agent processes running at once.
     pub turn_slots: Arc<tokio::sync::Semaphore>,
+    /// Shared by every room: the agents held for their usage limit.
+    pub holds: Arc<hold::Holds>,
     /// Where an idle worker offers to stop, after this long with nothing to do (the
     /// dispatcher decides; see [`IdleReport`]).
     pub idle: mpsc::Sender<IdleReport>,
@@ -186,7 +190,8 @@ pub fn spawn(
     let (messages, rx) = mpsc::channel(deps.max_queue_depth.clamp(8, 256));
     let (controls, ctl_rx) = mpsc::channel(16);
     let stored = deps.store.room(&key).unwrap_or_default();
-    let worker = RoomWorker {
+    let holds_changed = deps.holds.subscribe();
+    let mut worker = RoomWorker {
         key,
         room_name,
         pending: restored.into(),
@@ -194,6 +199,8 @@ pub fn spawn(
         model: stored.model,
         agent: stored.agent,
         hold_until: None,
+        told_hold: None,
+        holds_changed,
         paused,
         paused_notice_sent: false,
         running: None,
@@ -204,6 +211,10 @@ pub fn spawn(
         release_offered: false,
         deps: deps.clone(),
     };
+    // Messages restored during a hold were accepted, and the room told, before the restart.
+    if !worker.pending.is_empty() {
+        worker.told_hold = worker.usage_hold().map(|h| h.until);
+    }
     deps.tracker.spawn(worker.run(rx, ctl_rx));
     RoomHandle { messages, controls }
 }
@@ -227,6 +238,10 @@ struct RoomWorker {
     agent: Option<String>,
     /// The merge window of an idle room's first message: no turn starts before it ends.
     hold_until: Option<tokio::time::Instant>,
+    /// The end of the usage-limit hold this room was last told about.
+    told_hold: Option<u64>,
+    /// Wakes the worker when any agent's hold is set or cleared.
+    holds_changed: watch::Receiver<()>,
     paused: bool,
     paused_notice_sent: bool,
     running: Option<RunningTurn>,
@@ -260,6 +275,11 @@ impl RoomWorker {
             if (draining || closed) && idle || draining && self.running.is_none() {
                 break;
             }
+            // One timer for the end of the hold; a hold set or cleared early wakes us too.
+            let usage_hold_ends = (self.running.is_none() && !self.pending.is_empty())
+                .then(|| self.usage_hold())
+                .flatten()
+                .map(|h| hold::end_instant(&h));
             tokio::select! {
                 // A finished turn is recorded before anything else is looked at, so a status
                 // request that follows the end of a turn sees its session and queue.
@@ -289,6 +309,8 @@ impl RoomWorker {
                 _ = sleep_until_some(self.hold_until), if self.running.is_none() => {
                     self.hold_until = None;
                 }
+                _ = sleep_until_some(usage_hold_ends) => {}
+                Ok(()) = self.holds_changed.changed() => {}
                 Some(c) = controls.recv() => self.control(c).await,
                 _ = self.deps.drain.cancelled(), if !draining => {}
                 _ = self.deps.kill.cancelled() => break,
@@ -312,6 +334,7 @@ impl RoomWorker {
     ) {
         let target = running.target.clone();
         let (report, notice) = match joined {
+            Ok(report) if report.held => (report, Some(EndNotice::UsageLimit)),
             Ok(report) => (report, None),
             Err(e) => {
                 tracing::error!(error = %e, "turn task died");
@@ -322,12 +345,23 @@ impl RoomWorker {
                     unstarted: Vec::new(),
                     usage: None,
                     thread_seen: None,
+                    held: false,
                 };
                 let notice = "❌ The gateway failed while handling your message. Please try again.";
-                (report, Some(notice.to_string()))
+                (report, Some(EndNotice::Text(notice.to_string())))
             }
         };
         self.finish_turn(report);
+        // A turn that met the usage limit is always reported, even when the room was told
+        // of this hold before (an admin cleared it and the limit was still there).
+        let notice = match notice {
+            Some(EndNotice::UsageLimit) => self.usage_hold().map(|h| {
+                self.told_hold = Some(h.until);
+                hold::notice(&h, self.pending.len())
+            }),
+            Some(EndNotice::Text(t)) => Some(t),
+            None => None,
+        };
         let outbox = self.deps.outbox.clone();
         let key = self.key.clone();
         self.typing_off = Some(self.deps.tracker.spawn(async move {
@@ -494,6 +528,15 @@ impl RoomWorker {
             {
                 return;
             }
+            if let Some(h) = self.usage_hold() {
+                // An API caller waits for its own answer: it is told now, not in hours.
+                if self.pending[0].message.conversation.is_some() {
+                    let refused = self.pending.pop_front().into_iter().collect();
+                    self.refuse(refused, hold::refusal(&h));
+                    continue;
+                }
+                return self.tell_hold(h);
+            }
             // An API request is answered alone: its caller waits for its own answer.
             let alone = self.pending[0].message.conversation.is_some();
             let batch: Vec<QueuedMessage> = if alone {
@@ -513,6 +556,31 @@ impl RoomWorker {
                 return self.start_turn(owners);
             }
         }
+    }
+
+    /// The agent's usage-limit hold, if it is held now.
+    fn usage_hold(&self) -> Option<AgentHold> {
+        let now = std::time::SystemTime::now();
+        self.deps.holds.active(self.agent_name(), now)
+    }
+
+    /// Tells the room, once per hold, that its waiting messages are kept until the hold ends.
+    fn tell_hold(&mut self, h: AgentHold) {
+        if self.told_hold == Some(h.until) {
+            return;
+        }
+        self.told_hold = Some(h.until);
+        let Some(last) = self.pending.back() else {
+            return;
+        };
+        info!(
+            waiting = self.pending.len(),
+            "queue held for the agent's usage limit"
+        );
+        self.notify(
+            last.message.reply_target(),
+            hold::notice(&h, self.pending.len()),
+        );
     }
 
     /// The budget message when this batch may not run: a batch with a guest's message is
@@ -664,6 +732,13 @@ impl RoomWorker {
             .tracker
             .spawn(async move { post_notice(&*outbox, &key, &to, &text).await });
     }
+}
+
+/// What `end_turn` posts before the typing stops.
+enum EndNotice {
+    /// The turn met the usage limit: the hold's notice, worded once the batch is requeued.
+    UsageLimit,
+    Text(String),
 }
 
 /// Posts a notice, bounded in time; a failure is logged (there is nobody else to tell).

@@ -1,6 +1,7 @@
 //! One turn: build the prompt, run the agent, stream its answer back into the room, and turn
 //! every failure into a short message in the room. A turn always ends with the batch either
-//! answered or reported failed.
+//! answered or reported failed — or, when the agent reached its usage limit, handed back to
+//! the worker unanswered, with the agent put on hold (`hold`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{prompt, QueuedMessage, RoomDeps};
+use super::{hold, prompt, QueuedMessage, RoomDeps};
 use crate::agent::{AgentError, TurnContext};
 use crate::approval::TurnBinding;
 use crate::connector::{Capabilities, ConnectorError};
@@ -40,6 +41,9 @@ pub struct TurnReport {
     /// In a thread with its own session, a turn that ran: how far the session has now seen
     /// the thread.
     pub thread_seen: Option<ThreadSeen>,
+    /// The agent reached its usage limit: it is on hold, and the batch is back in
+    /// `unstarted`, neither answered nor failed.
+    pub held: bool,
 }
 
 pub struct TurnRunner {
@@ -99,6 +103,7 @@ impl TurnRunner {
                 unstarted: self.batch,
                 usage: None,
                 thread_seen: None,
+                held: false,
             };
         };
 
@@ -143,14 +148,34 @@ impl TurnRunner {
         // as a message that grows.
         let answers_requests = outbox.answers_requests();
         let mut reply = ReplyStream::new(outbox.clone(), target.clone(), caps, self.cancel.clone());
+        let agent_name = self.deps.agent_config.name.clone();
+        let observe = |event: &AgentEvent| {
+            if let AgentEvent::RateLimit {
+                status,
+                resets_at,
+                kind,
+            } = event
+            {
+                let state = hold::LimitState {
+                    status: status.clone(),
+                    kind: kind.clone(),
+                    resets_at: *resets_at,
+                };
+                self.deps.holds.observe(&agent_name, state);
+            }
+        };
         let result = loop {
             tokio::select! {
                 result = &mut run => break result,
-                Some(event) = events_rx.recv() => reply.deliver(event, answers_requests).await,
+                Some(event) = events_rx.recv() => {
+                    observe(&event);
+                    reply.deliver(event, answers_requests).await;
+                }
                 _ = reply.flush_due(), if !answers_requests => reply.flush().await,
             }
         };
         while let Ok(event) = events_rx.try_recv() {
+            observe(&event);
             reply.deliver(event, answers_requests).await;
         }
         drop(binding);
@@ -162,6 +187,7 @@ impl TurnRunner {
             unstarted: Vec::new(),
             usage: None,
             thread_seen: None,
+            held: false,
         };
         crate::metrics::turn_ended(
             &self.deps.agent_config.name,
@@ -220,6 +246,20 @@ impl TurnRunner {
                         report.session_changed = true;
                     }
                     _ => {}
+                }
+                // The limit is the account's: every room on this agent holds. A chat room's
+                // messages wait for the reset; an API caller, who waits for its own answer,
+                // is told at once.
+                if let AgentError::RateLimited { resets_at, kind } = &e {
+                    let now = std::time::SystemTime::now();
+                    let kind = kind.clone();
+                    self.deps.holds.hold(&agent_name, *resets_at, kind, now);
+                    if !answers_requests && anchor.message.conversation.is_none() {
+                        report.message_ids.clear();
+                        report.unstarted = self.batch;
+                        report.held = true;
+                        return report;
+                    }
                 }
                 if answers_requests {
                     let end = TurnEnd::Failed {

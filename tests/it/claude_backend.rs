@@ -921,7 +921,10 @@ async fn fake_agent_rate_limit_is_rate_limited_not_an_answer() {
     let backend = dirs.backend(&dirs.config(&fake_agent_bin(), Vec::new()));
     let run = run_turn(&backend, "FAKE:ratelimit", None, Role::Owner, None).await;
     match run.result {
-        Err(AgentError::RateLimited { resets_at }) => assert!(resets_at.is_some()),
+        Err(AgentError::RateLimited { resets_at, kind }) => {
+            assert!(resets_at.is_some());
+            assert_eq!(kind.as_deref(), Some("five_hour"));
+        }
         other => panic!("expected RateLimited, got {other:?}"),
     }
     assert!(
@@ -1231,8 +1234,9 @@ fn fixture_rate_limit() {
         matches!(
             out,
             Err(AgentError::RateLimited {
-                resets_at: Some(1783173600)
-            })
+                resets_at: Some(1783173600),
+                kind: Some(ref k),
+            }) if k == "five_hour"
         ),
         "{out:?}"
     );

@@ -7,7 +7,7 @@
 //!   `matrix` against a real Synapse, `webchat_browser`), the agents (`claude_backend`; `acp` with the Claude adapter and
 //!   the host side, `acp_agents` with OpenCode and Gemini CLI; `pipe_agents`, the headless
 //!   Codex, Gemini and OpenCode backends; `agent_clis`, those CLIs alone against the fake
-//!   model APIs), approvals (`approval_live`, `e2e_approval`), the daemon end to end (`e2e_claude`, `e2e_faults`, `room_commands`, `control_socket`, `admin_http`,
+//!   model APIs), approvals (`approval_live`, `e2e_approval`), the daemon end to end (`e2e_claude`, `e2e_faults`, `e2e_hold`, `room_commands`, `control_socket`, `admin_http`,
 //!   `config_cli`, `confinement`), and the tool policy (`policy_corpus`, `policy_oracle`).
 
 mod support;
@@ -25,6 +25,7 @@ mod control_socket;
 mod e2e_approval;
 mod e2e_claude;
 mod e2e_faults;
+mod e2e_hold;
 mod matrix;
 mod mattermost;
 mod onebot;

@@ -30,6 +30,8 @@ pub struct StreamParser {
     rejected: bool,
     /// Reset time (epoch seconds) of the latest `rate_limit_event` that had one.
     last_reset: Option<u64>,
+    /// The limit a `rejected` event named (`five_hour`, `seven_day`).
+    rejected_kind: Option<String>,
     /// Lines that decoded as a JSON object with a `type`.
     understood_lines: usize,
     /// Lines that were not JSON at all.
@@ -48,6 +50,7 @@ impl StreamParser {
             result: None,
             rejected: false,
             last_reset: None,
+            rejected_kind: None,
             understood_lines: 0,
             garbage_lines: 0,
             cost_before: 0.0,
@@ -183,7 +186,10 @@ impl StreamParser {
     fn rate_limit(&mut self, info: wire::RateLimitInfo) -> Vec<AgentEvent> {
         let resets_at = info.resets_at.and_then(clamp_epoch_secs);
         self.last_reset = resets_at.or(self.last_reset);
-        self.rejected |= info.status == "rejected";
+        if info.status == "rejected" {
+            self.rejected = true;
+            self.rejected_kind = info.rate_limit_type.clone().or(self.rejected_kind.take());
+        }
         vec![AgentEvent::RateLimit {
             status: info.status,
             resets_at,
@@ -201,6 +207,7 @@ impl StreamParser {
             if self.rejected {
                 return Err(AgentError::RateLimited {
                     resets_at: self.last_reset,
+                    kind: self.rejected_kind,
                 });
             }
             if exit.success && self.understood_lines == 0 {
@@ -233,6 +240,7 @@ impl StreamParser {
             if result.api_error_status == Some(429) || self.rejected {
                 return Err(AgentError::RateLimited {
                     resets_at: self.last_reset,
+                    kind: self.rejected_kind,
                 });
             }
             let message = result

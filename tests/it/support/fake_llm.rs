@@ -44,7 +44,8 @@
 //! becomes the shell tool the request offers ([`SHELL_TOOLS`]: Claude `Bash`, OpenCode
 //! `bash`, Codex `exec_command`, Gemini `run_shell_command`). `error` (on a scenario or a
 //! turn) answers with that HTTP status and `body`, or with the API's own error object built
-//! from `type`/`message`. `delay_ms` (script or scenario) sleeps before each SSE event.
+//! from `type`/`message`, plus its `headers` (an object of name → value; e.g. Anthropic's
+//! `anthropic-ratelimit-unified-*`, which turn a 429 into a usage limit for OAuth logins). `delay_ms` (script or scenario) sleeps before each SSE event.
 //! Listens on 127.0.0.1 only; stops when dropped.
 
 use std::collections::BTreeMap;
@@ -739,7 +740,15 @@ fn error_response(api: Api, error: &Value) -> Response<Body> {
             json!({"error": {"code": status.as_u16(), "message": message, "status": kind}})
         }
     });
-    json_response(status, &body)
+    let mut response = json_response(status, &body);
+    for (name, value) in error["headers"].as_object().into_iter().flatten() {
+        let name = hyper::header::HeaderName::from_bytes(name.as_bytes());
+        let value = value.as_str().map(hyper::header::HeaderValue::from_str);
+        if let (Ok(name), Some(Ok(value))) = (name, value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 /// Answers a model call of `api` by the script.
