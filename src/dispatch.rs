@@ -95,6 +95,9 @@ pub struct ConnectorStatus {
     pub detail: String,
 }
 
+/// How long a thread's session is kept after its last turn (see `forget_old_threads`).
+const THREAD_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 struct WatcherRuntime {
     config: WatcherConfig,
     connector: Arc<str>,
@@ -236,6 +239,7 @@ impl Dispatcher {
         mut events: mpsc::Receiver<(Arc<str>, ConnectorEvent)>,
         mut control: mpsc::Receiver<ControlRequest>,
     ) {
+        self.forget_old_threads(SystemTime::now());
         self.restore_pending();
         let drain = self.parts.drain.clone();
         let mut idle = self.idle_rx.take().expect("run is called once");
@@ -264,6 +268,43 @@ impl Dispatcher {
     }
 
     /// Re-queues messages that were accepted but not answered before the last stop.
+    /// Drops the state of threads (in `session_scope: thread`) whose last turn is older than
+    /// [`THREAD_RETENTION`] and that wait for nothing: every thread keeps a state entry, and
+    /// a busy channel starts many. A thread mentioned again after that starts a new session,
+    /// with the whole thread as its context.
+    fn forget_old_threads(&mut self, now: SystemTime) {
+        let Some(before) = now.checked_sub(THREAD_RETENTION) else {
+            return;
+        };
+        let before = crate::model::epoch_ms(before);
+        let names: Vec<Arc<str>> = self.parts.connectors.keys().cloned().collect();
+        for connector in names {
+            let old: Vec<RoomKey> = self
+                .parts
+                .store
+                .rooms(&connector)
+                .into_iter()
+                .map(|(id, state)| (RoomKey::from_id(connector.clone(), &id), state))
+                .filter(|(key, state)| {
+                    key.thread.is_some()
+                        && state.pending.is_empty()
+                        && match &state.thread_seen {
+                            Some(seen) => seen.ms < before,
+                            // No turn ended well in it: only an empty one goes.
+                            None => state.session_id.is_none(),
+                        }
+                })
+                .map(|(key, _)| key)
+                .collect();
+            if !old.is_empty() {
+                info!(connector = %connector, threads = old.len(), "forgot the state of threads idle for over 30 days");
+            }
+            for key in old {
+                self.parts.store.remove_room(&key);
+            }
+        }
+    }
+
     fn restore_pending(&mut self) {
         let names: Vec<Arc<str>> = self.parts.connectors.keys().cloned().collect();
         for connector in names {

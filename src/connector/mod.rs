@@ -320,5 +320,13 @@ pub trait Connector: Send + Sync + 'static {
     async fn resolve_room(&self, spec: &str) -> Result<RoomRef, ConnectorError>;
 }
 
+/// The latest `limit` of `items`, oldest first by `time` (what `thread_history` returns).
+pub fn latest<T, K: Ord>(mut items: Vec<T>, limit: usize, time: impl Fn(&T) -> K) -> Vec<T> {
+    items.sort_by_key(time);
+    let excess = items.len().saturating_sub(limit);
+    items.drain(..excess);
+    items
+}
+
 /// All connectors of the running daemon, by name.
 pub type Connectors = std::collections::HashMap<Arc<str>, Arc<dyn Connector>>;

@@ -226,3 +226,49 @@ async fn an_idle_room_is_released_and_comes_back_with_its_session() {
     assert!(replies[0].text.contains("second"), "{replies:?}");
     assert_eq!(session(&g), before);
 }
+
+/// Threads of `session_scope: thread` keep a state entry each: at start the daemon forgets
+/// those whose last turn is over 30 days old (or that never had a session), and keeps recent
+/// ones, ones with a session pinned and every room's own entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_of_threads_idle_for_a_month_is_forgotten_at_start() {
+    let (mut g, _alice) = setup(120);
+    g.stop();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let day = 24 * 3600 * 1000;
+    let room = |session: Option<&str>, seen: Option<u64>| {
+        let mut v = serde_json::json!({"watcher": "all", "room_name": "#lobby", "session_id": session,
+            "last_processed": null, "pending": []});
+        if let Some(ms) = seen {
+            v["thread_seen"] = serde_json::json!({"ms": ms});
+        }
+        v
+    };
+    let state = serde_json::json!({"version": 1, "watchers": {}, "connector": {}, "rooms": {
+        "lobby": room(Some("s-room"), None),
+        "lobby#thread:old": room(Some("s-old"), Some(now_ms - 40 * day)),
+        "lobby#thread:recent": room(Some("s-recent"), Some(now_ms - 2 * day)),
+        "lobby#thread:pinned": room(Some("s-pinned"), None),
+        "lobby#thread:empty": room(None, None),
+    }});
+    let path = g.runtime.join("state.local.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    g.start_again();
+    g.stop();
+    let after: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut kept: Vec<&str> = after["rooms"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    kept.sort_unstable();
+    assert_eq!(
+        kept,
+        ["lobby", "lobby#thread:pinned", "lobby#thread:recent"],
+        "{after}"
+    );
+}

@@ -797,7 +797,7 @@ impl Connector for MatrixConnector {
             .thread(room, thread, limit)
             .await
             .map_err(|e| connector_error("read the thread", room, e))?;
-        let mut messages: Vec<ThreadMessage> = std::iter::once(root)
+        let messages: Vec<ThreadMessage> = std::iter::once(root)
             .chain(replies)
             .filter_map(|v| serde_json::from_value::<RoomEvent>(v).ok())
             .filter_map(|ev| {
@@ -813,9 +813,7 @@ impl Connector for MatrixConnector {
                 })
             })
             .collect();
-        messages.sort_by_key(|m| m.ts);
-        let excess = messages.len().saturating_sub(limit);
-        messages.drain(..excess);
+        let messages = crate::connector::latest(messages, limit, |m| m.ts);
         Ok(messages)
     }
 

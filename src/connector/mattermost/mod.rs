@@ -1057,15 +1057,13 @@ impl Connector for MattermostConnector {
             .map_err(|e| connector_error("read the thread", room, e))?;
         let mut posts = HashMap::new();
         collect_posts(room, list, &mut posts);
-        let mut posts: Vec<Post> = posts
+        let posts: Vec<Post> = posts
             .into_values()
             // A thread is read only in the channel it was posted in.
             .filter(|p| p.channel_id == room && p.user_id != bot.user_id)
             .filter(|p| p.kind.is_empty() && p.delete_at == 0)
             .collect();
-        posts.sort_by_key(|p| p.create_at);
-        let excess = posts.len().saturating_sub(limit);
-        posts.drain(..excess);
+        let posts = crate::connector::latest(posts, limit, |p| p.create_at);
         let mut out = Vec::with_capacity(posts.len());
         for p in posts {
             let username = match self.user(&p.user_id).await {

@@ -72,10 +72,8 @@ impl Chains {
         let Some(list) = self.members.get(&(room.to_string(), root)) else {
             return Vec::new();
         };
-        let mut out: Vec<ThreadMessage> = list.iter().cloned().collect();
-        out.sort_by_key(|m| m.ts);
-        let excess = out.len().saturating_sub(limit);
-        out.drain(..excess);
+        let out: Vec<ThreadMessage> = list.iter().cloned().collect();
+        let out = crate::connector::latest(out, limit, |m| m.ts);
         out
     }
 }

@@ -1109,7 +1109,7 @@ impl Connector for RocketChatConnector {
             .get::<HistoryResponse>("chat.getThreadMessages", &q)
             .await
             .map_err(|e| connector_error("chat.getThreadMessages", room, e))?;
-        let mut messages: Vec<ThreadMessage> = std::iter::once(root.message)
+        let messages: Vec<ThreadMessage> = std::iter::once(root.message)
             .chain(replies.messages)
             .filter_map(|v| serde_json::from_value::<WireMessage>(v).ok())
             // A thread is read only in the room it was posted in.
@@ -1121,9 +1121,7 @@ impl Connector for RocketChatConnector {
                 id: m.id,
             })
             .collect();
-        messages.sort_by_key(|m| m.ts);
-        let excess = messages.len().saturating_sub(limit);
-        messages.drain(..excess);
+        let messages = crate::connector::latest(messages, limit, |m| m.ts);
         Ok(messages)
     }
 
