@@ -72,9 +72,7 @@ impl Chains {
         let Some(list) = self.members.get(&(room.to_string(), root)) else {
             return Vec::new();
         };
-        let out: Vec<ThreadMessage> = list.iter().cloned().collect();
-        let out = crate::connector::latest(out, limit, |m| m.ts);
-        out
+        crate::connector::latest(list.iter().cloned().collect(), limit, |m| m.ts)
     }
 }
 
