@@ -862,7 +862,10 @@ impl<'a> Runner<'a> {
             if msg.addressed || !self.conn.cfg.require_mention {
                 or_cancel!(self.ctx, self.fetch_attachments(&p, &mut msg));
             }
-            let verdict = or_cancel!(self.ctx, self.ctx.events.deliver(msg));
+            // Not raced with `cancel`: a verdict dropped on the way would leave a queued
+            // message unsettled here, and a restart would deliver it a second time. The
+            // dispatcher always answers (or is gone, which reads as a refusal).
+            let verdict = self.ctx.events.deliver(msg).await;
             if let Acceptance::Rejected(why) = &verdict {
                 tracing::warn!(channel, id = %p.id, why, "post rejected; it stays replayable");
             }

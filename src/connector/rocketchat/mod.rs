@@ -889,10 +889,10 @@ impl<'a> Runner<'a> {
                         _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Cancelled),
                     }
                 }
-                let verdict = tokio::select! {
-                    v = self.ctx.events.deliver(msg) => v,
-                    _ = self.ctx.cancel.cancelled() => return Err(SessionEnd::Cancelled),
-                };
+                // Not raced with `cancel`: a verdict dropped on the way would leave a queued
+                // message unsettled here, and a restart would deliver it a second time. The
+                // dispatcher always answers (or is gone, which reads as a refusal).
+                let verdict = self.ctx.events.deliver(msg).await;
                 if let Acceptance::Rejected(why) = &verdict {
                     tracing::warn!(rid, id = %m.id, why, "message rejected; it stays replayable");
                 }
