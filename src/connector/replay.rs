@@ -1,14 +1,18 @@
 //! What every replaying platform needs to deliver each message exactly once across
 //! reconnects: a bounded window of recently seen ids, a per-room watermark, and the reconnect
-//! backoff.
+//! loop with its backoff.
 //!
 //! Owns: [`IdWindow`], [`Watermark`], [`Backoff`] — plain data, persisted by the platforms in
-//! their own formats (their state files must keep loading).
+//! their own formats (their state files must keep loading) — and [`reconnect`], which runs a
+//! platform's [`Sessions`] one connection after another.
 //! Knows nothing about: any platform's wire types, the state store, time sources.
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::hash::Hash;
 use std::time::Duration;
+
+use super::{ConnectorContext, ConnectorEvent, RunError};
 
 /// Recently seen message ids of one room, oldest first, at most `capacity` of them.
 #[derive(Clone, Debug)]
@@ -133,6 +137,67 @@ impl Backoff {
         use rand::Rng;
         let factor = rand::thread_rng().gen_range(0.75..=1.25);
         base.mul_f64(factor).min(self.max)
+    }
+}
+
+/// How one connection of a platform ended.
+pub enum SessionEnd {
+    Cancelled,
+    /// The connection went away; `was_up` says whether it got as far as live delivery
+    /// (which resets the backoff).
+    Lost {
+        was_up: bool,
+        reason: String,
+    },
+    Fatal(RunError),
+}
+
+/// A platform's delivery state that outlives one connection.
+pub trait Sessions {
+    /// Connects, delivers until the connection ends, and says how it ended.
+    fn session(&mut self) -> impl Future<Output = SessionEnd> + Send;
+}
+
+/// Runs `sessions` one connection after another until `ctx.cancel` or a fault retrying
+/// cannot fix: each loss is logged and reported (`ConnectorEvent::Connection`) and retried
+/// after the backoff's wait, which starts over after a connection that was up.
+pub async fn reconnect(
+    platform: &str,
+    ctx: &ConnectorContext,
+    mut backoff: Backoff,
+    sessions: &mut impl Sessions,
+) -> Result<(), RunError> {
+    let name = ctx.events.connector().clone();
+    loop {
+        match sessions.session().await {
+            SessionEnd::Cancelled => return Ok(()),
+            SessionEnd::Fatal(e) => {
+                ctx.events
+                    .send(ConnectorEvent::Connection {
+                        connected: false,
+                        detail: format!("{e:#}"),
+                    })
+                    .await;
+                return Err(e);
+            }
+            SessionEnd::Lost { was_up, reason } => {
+                if was_up {
+                    backoff.reset();
+                }
+                let wait = backoff.step();
+                tracing::warn!(connector = %name, reason, ?wait, "{platform} connection lost; reconnecting");
+                ctx.events
+                    .send(ConnectorEvent::Connection {
+                        connected: false,
+                        detail: format!("{reason}; retrying in {:.1} s", wait.as_secs_f64()),
+                    })
+                    .await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctx.cancel.cancelled() => return Ok(()),
+                }
+            }
+        }
     }
 }
 

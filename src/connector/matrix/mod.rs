@@ -43,7 +43,7 @@ use self::config::MatrixConfig;
 use self::normalize::{BotIdentity, FileRef, Skip};
 use self::wire::{MessageContent, RoomEvent, SyncResponse};
 use crate::connector::files;
-use crate::connector::replay::{Backoff, IdWindow};
+use crate::connector::replay::{self, Backoff, IdWindow, SessionEnd};
 use crate::connector::{
     Acceptance, Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, RunError,
 };
@@ -232,16 +232,6 @@ fn window_key(room: &str) -> String {
 // The session loop
 // ---------------------------------------------------------------------------------------------
 
-enum SessionEnd {
-    Cancelled,
-    /// The connection went away; `was_up` says whether a sync succeeded (resets the backoff).
-    Lost {
-        was_up: bool,
-        reason: String,
-    },
-    Fatal(RunError),
-}
-
 /// One watched room with its dedup window.
 struct WatchedRoom {
     room: RoomRef,
@@ -289,12 +279,18 @@ fn fatal_or_lost(was_up: bool, e: MatrixError) -> SessionEnd {
     }
 }
 
+impl replay::Sessions for Runner<'_> {
+    fn session(&mut self) -> impl std::future::Future<Output = SessionEnd> + Send {
+        self.run_session()
+    }
+}
+
 impl<'a> Runner<'a> {
     fn bot(&self) -> &BotIdentity {
         self.bot.as_ref().expect("set at the start of a session")
     }
 
-    async fn session(&mut self) -> SessionEnd {
+    async fn run_session(&mut self) -> SessionEnd {
         match self.connect_and_sync().await {
             Ok(()) => SessionEnd::Cancelled,
             Err(end) => end,
@@ -743,38 +739,8 @@ impl Connector for MatrixConnector {
             own_posts: IdWindow::new(DEDUP_WINDOW),
             frozen: false,
         };
-        let mut backoff = Backoff::new(self.timings.reconnect_initial, self.timings.reconnect_max);
-        loop {
-            match runner.session().await {
-                SessionEnd::Cancelled => return Ok(()),
-                SessionEnd::Fatal(e) => {
-                    ctx.events
-                        .send(ConnectorEvent::Connection {
-                            connected: false,
-                            detail: format!("{e:#}"),
-                        })
-                        .await;
-                    return Err(e);
-                }
-                SessionEnd::Lost { was_up, reason } => {
-                    if was_up {
-                        backoff.reset();
-                    }
-                    let wait = backoff.step();
-                    tracing::warn!(connector = %self.name, reason, ?wait, "Matrix connection lost; reconnecting");
-                    ctx.events
-                        .send(ConnectorEvent::Connection {
-                            connected: false,
-                            detail: format!("{reason}; retrying in {:.1} s", wait.as_secs_f64()),
-                        })
-                        .await;
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = ctx.cancel.cancelled() => return Ok(()),
-                    }
-                }
-            }
-        }
+        let backoff = Backoff::new(self.timings.reconnect_initial, self.timings.reconnect_max);
+        replay::reconnect("Matrix", &ctx, backoff, &mut runner).await
     }
 
     /// The thread's root and latest events (`/relations`), without the bot's own, notices,

@@ -45,7 +45,7 @@ use self::rest::{Rest, RestError};
 use self::wire::{Channel, FileUploadResponse, Post, PostList, Team, User, WsEvent};
 pub use self::ws::WsTimings;
 use crate::connector::files;
-use crate::connector::replay::{self, Backoff};
+use crate::connector::replay::{self, Backoff, SessionEnd};
 use crate::connector::{
     Acceptance, Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, RunError,
 };
@@ -384,17 +384,6 @@ struct WatchedRoom {
 // The session loop
 // ---------------------------------------------------------------------------------------------
 
-enum SessionEnd {
-    Cancelled,
-    /// The connection went away; `was_up` says whether it got as far as live delivery
-    /// (which resets the backoff).
-    Lost {
-        was_up: bool,
-        reason: String,
-    },
-    Fatal(RunError),
-}
-
 /// What the `posted` event adds to its post (a replayed post has neither).
 #[derive(Default)]
 struct LiveFacts {
@@ -423,6 +412,12 @@ macro_rules! or_cancel {
     };
 }
 
+impl replay::Sessions for Runner<'_> {
+    fn session(&mut self) -> impl std::future::Future<Output = SessionEnd> + Send {
+        self.run_session()
+    }
+}
+
 impl<'a> Runner<'a> {
     fn lost(&self, was_up: bool, reason: impl std::fmt::Display) -> SessionEnd {
         SessionEnd::Lost {
@@ -438,7 +433,7 @@ impl<'a> Runner<'a> {
         )))
     }
 
-    async fn session(&mut self) -> SessionEnd {
+    async fn run_session(&mut self) -> SessionEnd {
         match self.session_inner().await {
             Ok(never) => match never {},
             Err(end) => end,
@@ -1005,42 +1000,10 @@ impl Connector for MattermostConnector {
             resolved: HashMap::new(),
             own_posts: IdWindow::new(DEDUP_WINDOW),
         };
-        let mut backoff = Backoff::new(self.timings.reconnect_initial, self.timings.reconnect_max);
-        loop {
-            match runner.session().await {
-                SessionEnd::Cancelled => return Ok(()),
-                SessionEnd::Fatal(e) => {
-                    ctx.events
-                        .send(ConnectorEvent::Connection {
-                            connected: false,
-                            detail: format!("{e:#}"),
-                        })
-                        .await;
-                    return Err(e);
-                }
-                SessionEnd::Lost { was_up, reason } => {
-                    if was_up {
-                        backoff.reset();
-                    }
-                    let wait = backoff.step();
-                    tracing::warn!(connector = %self.name, reason, ?wait, "Mattermost connection lost; reconnecting");
-                    ctx.events
-                        .send(ConnectorEvent::Connection {
-                            connected: false,
-                            detail: format!("{reason}; retrying in {:.1} s", wait.as_secs_f64()),
-                        })
-                        .await;
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = ctx.cancel.cancelled() => return Ok(()),
-                    }
-                }
-            }
-        }
+        let backoff = Backoff::new(self.timings.reconnect_initial, self.timings.reconnect_max);
+        replay::reconnect("Mattermost", &ctx, backoff, &mut runner).await
     }
 
-    /// Posts `text`; text over the server's limit is split and every part posted (the id
-    /// returned is the last part's, the one a streaming edit continues).
     /// `GET /posts/{root}/thread` (the root and its replies), without the bot's own, system
     /// and deleted posts; each author's username from the user cache.
     async fn thread_history(
@@ -1083,6 +1046,8 @@ impl Connector for MattermostConnector {
         Ok(out)
     }
 
+    /// Posts `text`; text over the server's limit is split and every part posted (the id
+    /// returned is the last part's, the one a streaming edit continues).
     async fn post(&self, to: &ReplyTarget, text: &str) -> Result<PostedMessage, ConnectorError> {
         let root = self.thread_for(to);
         let mut last = None;

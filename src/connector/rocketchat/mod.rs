@@ -47,7 +47,7 @@ use self::wire::{
     SubscriptionsResponse, WireMessage, WireRoom,
 };
 use crate::connector::files;
-use crate::connector::replay::{self, Backoff};
+use crate::connector::replay::{self, Backoff, SessionEnd};
 use crate::connector::{
     Acceptance, Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, RunError,
 };
@@ -391,17 +391,6 @@ fn watermark_key(rid: &str) -> String {
 // The session loop
 // ---------------------------------------------------------------------------------------------
 
-enum SessionEnd {
-    Cancelled,
-    /// The connection went away; `was_up` says whether it got as far as live delivery
-    /// (which resets the backoff).
-    Lost {
-        was_up: bool,
-        reason: String,
-    },
-    Fatal(RunError),
-}
-
 /// Delivery state that outlives one connection.
 struct Runner<'a> {
     conn: &'a RocketChatConnector,
@@ -425,6 +414,12 @@ macro_rules! or_cancel {
     };
 }
 
+impl replay::Sessions for Runner<'_> {
+    fn session(&mut self) -> impl std::future::Future<Output = SessionEnd> + Send {
+        self.run_session()
+    }
+}
+
 impl<'a> Runner<'a> {
     fn lost(&self, was_up: bool, reason: impl std::fmt::Display) -> SessionEnd {
         SessionEnd::Lost {
@@ -433,7 +428,7 @@ impl<'a> Runner<'a> {
         }
     }
 
-    async fn session(&mut self) -> SessionEnd {
+    async fn run_session(&mut self) -> SessionEnd {
         let conn = self.conn;
         let ctx = self.ctx;
         let auth = match or_cancel!(ctx, conn.rest.auth()) {
@@ -1032,38 +1027,8 @@ impl Connector for RocketChatConnector {
             bot: None,
             own_posts: IdWindow::new(DEDUP_WINDOW),
         };
-        let mut backoff = Backoff::new(self.timings.reconnect_initial, self.timings.reconnect_max);
-        loop {
-            match runner.session().await {
-                SessionEnd::Cancelled => return Ok(()),
-                SessionEnd::Fatal(e) => {
-                    ctx.events
-                        .send(ConnectorEvent::Connection {
-                            connected: false,
-                            detail: format!("{e:#}"),
-                        })
-                        .await;
-                    return Err(e);
-                }
-                SessionEnd::Lost { was_up, reason } => {
-                    if was_up {
-                        backoff.reset();
-                    }
-                    let wait = backoff.step();
-                    tracing::warn!(connector = %self.name, reason, ?wait, "Rocket.Chat connection lost; reconnecting");
-                    ctx.events
-                        .send(ConnectorEvent::Connection {
-                            connected: false,
-                            detail: format!("{reason}; retrying in {:.1} s", wait.as_secs_f64()),
-                        })
-                        .await;
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = ctx.cancel.cancelled() => return Ok(()),
-                    }
-                }
-            }
-        }
+        let backoff = Backoff::new(self.timings.reconnect_initial, self.timings.reconnect_max);
+        replay::reconnect("Rocket.Chat", &ctx, backoff, &mut runner).await
     }
 
     /// Posts `text`; text over the server's limit is split and every part posted (the id
