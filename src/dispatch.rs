@@ -267,8 +267,7 @@ impl Dispatcher {
         }
     }
 
-    /// Re-queues messages that were accepted but not answered before the last stop.
-    /// Drops the state of threads (in `session_scope: thread`) whose last turn is older than
+    /// Drops the state of threads (in `session_scope: thread`) where nothing has happened for
     /// [`THREAD_RETENTION`] and that wait for nothing: every thread keeps a state entry, and
     /// a busy channel starts many. A thread mentioned again after that starts a new session,
     /// with the whole thread as its context.
@@ -288,10 +287,15 @@ impl Dispatcher {
                 .filter(|(key, state)| {
                     key.thread.is_some()
                         && state.pending.is_empty()
-                        && match &state.thread_seen {
-                            Some(seen) => seen.ms < before,
-                            // No turn ended well in it: only an empty one goes.
-                            None => state.session_id.is_none(),
+                        && match state.active_ms.or(state.thread_seen.as_ref().map(|s| s.ms)) {
+                            Some(ms) => ms < before,
+                            // Nothing ever happened in it: only an empty one goes.
+                            None => {
+                                state.session_id.is_none()
+                                    && state.past_sessions.is_empty()
+                                    && state.model.is_none()
+                                    && state.agent.is_none()
+                            }
                         }
                 })
                 .map(|(key, _)| key)
@@ -305,6 +309,7 @@ impl Dispatcher {
         }
     }
 
+    /// Re-queues messages that were accepted but not answered before the last stop.
     fn restore_pending(&mut self) {
         let names: Vec<Arc<str>> = self.parts.connectors.keys().cloned().collect();
         for connector in names {
@@ -390,7 +395,9 @@ impl Dispatcher {
 
     fn on_event(&mut self, connector: Arc<str>, event: ConnectorEvent) {
         match event {
-            ConnectorEvent::Message { message, accepted } => self.route(message, accepted),
+            ConnectorEvent::Message { message, accepted } => {
+                self.route(message, accepted, Origin::Chat)
+            }
             ConnectorEvent::RoomResolved { spec, room } => {
                 for w in self
                     .watchers
@@ -450,7 +457,12 @@ impl Dispatcher {
         }
     }
 
-    fn route(&mut self, mut message: InboundMessage, ack: Option<oneshot::Sender<Acceptance>>) {
+    fn route(
+        &mut self,
+        mut message: InboundMessage,
+        ack: Option<oneshot::Sender<Acceptance>>,
+        origin: Origin,
+    ) {
         let verdict = |ack: Option<oneshot::Sender<Acceptance>>, v: Acceptance| {
             if let Some(ack) = ack {
                 let _ = ack.send(v);
@@ -551,8 +563,14 @@ impl Dispatcher {
         }
         // In thread scope a top-level message in a group room starts a thread of its own: its
         // answer opens the thread, whose later messages continue that session. (A DM's
-        // top-level messages keep the room's session: a thread per DM line would be noise.)
-        if threads && message.thread.is_none() && message.room.kind == RoomKind::Group {
+        // top-level messages keep the room's session: a thread per DM line would be noise. A
+        // schedule's prompt was never posted, so no thread can hang from it: it runs in the
+        // room's own session and is answered at the top level.)
+        if threads
+            && message.thread.is_none()
+            && message.room.kind == RoomKind::Group
+            && origin == Origin::Chat
+        {
             message.thread = Some(message.id.clone());
             key = key.in_thread(message.id.as_str());
         }
@@ -629,7 +647,7 @@ impl Dispatcher {
             conversation: None,
         };
         let (tx, mut rx) = oneshot::channel();
-        self.route(message, Some(tx));
+        self.route(message, Some(tx), Origin::Schedule);
         // `route` answers refusals at once; an accepted message's verdict comes from its worker.
         match rx.try_recv() {
             Ok(Acceptance::Ignored(why)) => format!("skipped: {why}"),
@@ -772,6 +790,12 @@ impl Dispatcher {
             agents: self.choices.clone(),
             commands: self.commands.clone(),
             budgets: self.budgets.clone(),
+            users: self
+                .parts
+                .config
+                .connector(&key.connector)
+                .map(|c| c.users.clone())
+                .unwrap_or_default(),
             merge_window: self.parts.config.merge_window,
             store: self.parts.store.clone(),
             max_queue_depth: self.parts.config.max_queue_depth,
@@ -1195,4 +1219,13 @@ impl Dispatcher {
 
 fn require_mention(c: &ConnectorConfig) -> bool {
     c.require_mention
+}
+
+/// Where a message the dispatcher routes came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// A platform delivered it: it exists there, and a thread can hang from it.
+    Chat,
+    /// A schedule posted it on someone's behalf: the platform never saw it.
+    Schedule,
 }

@@ -25,7 +25,7 @@ pub struct Entry {
     /// Seconds since the epoch (for `--since` without parsing dates).
     pub epoch: u64,
     pub connector: String,
-    /// The room key (`<connector>:<room>[#thread]`).
+    /// The platform room's key (`<connector>:<room>`): a thread's turns count for its room.
     pub room: String,
     /// Who asked (the sender of the turn's last message).
     pub user: String,

@@ -172,8 +172,10 @@ pub struct InboundMessage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadMessage {
     pub id: String,
-    /// The author's login name.
-    pub username: String,
+    /// The author, as a turn's own sender: the turn runner resolves its role, leaves out
+    /// the words of people the connector does not serve and runs the turn with the lowest
+    /// role among the authors it shows.
+    pub sender: Sender,
     pub text: String,
     pub ts: SystemTime,
 }

@@ -50,6 +50,9 @@ pub struct AgentHold {
     pub kind: Option<String>,
     /// `until` is the reset time the agent reported; otherwise a time to try again.
     pub reset_known: bool,
+    /// The API's request rate ("too many requests"), not the account's usage limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_rate: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -87,6 +90,10 @@ pub struct RoomState {
     /// guests' turns are not held to the budgets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_override_until: Option<u64>,
+    /// When a turn last ended or a session was last left here (ms since the epoch, this
+    /// box's clock): how long a thread has been idle, for forgetting it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_ms: Option<u64>,
 }
 
 /// How far a session has seen its thread: every message before `ms` (since the epoch), and
@@ -111,6 +118,24 @@ impl ThreadSeen {
             .map(|(id, _)| id.to_string())
             .collect();
         ThreadSeen { ms, ids }
+    }
+
+    /// The further of two positions (a turn that read the thread before another turn's
+    /// position was stored must not move it back).
+    pub fn max(self, other: ThreadSeen) -> ThreadSeen {
+        match self.ms.cmp(&other.ms) {
+            std::cmp::Ordering::Greater => self,
+            std::cmp::Ordering::Less => other,
+            std::cmp::Ordering::Equal => {
+                let mut ids = self.ids;
+                for id in other.ids {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                ThreadSeen { ms: self.ms, ids }
+            }
+        }
     }
 
     pub fn covers(&self, id: &str, t: std::time::SystemTime) -> bool {
@@ -168,6 +193,7 @@ impl RoomState {
         let usage = std::mem::take(&mut self.session_usage);
         // A fresh session has seen nothing of its thread.
         self.thread_seen = None;
+        self.active_ms = Some(model::epoch_ms(now));
         let Some(id) = self.session_id.take() else {
             return;
         };

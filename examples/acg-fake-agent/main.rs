@@ -15,6 +15,8 @@
 //!   `is_error` 429 result, exit 1;
 //! - `FAKE:ratelimit_until=<epoch secs>` — the same, resetting at that time, while the clock
 //!   is before it; from then on a normal answer (a limit that resets while a test waits);
+//! - `FAKE:ratelimit_after_text` — the text `partial answer`, then as `FAKE:ratelimit` (a
+//!   limit met mid-turn, once the agent has begun to act);
 //! - `FAKE:limit_warning` — an `allowed_warning` `rate_limit_event`, then a normal answer;
 //! - `FAKE:slow=<ms>` — waits that long before answering;
 //! - `FAKE:gate=<fifo>` — waits until a writer opens and closes that FIFO before answering
@@ -109,6 +111,10 @@ fn run(session: &str, prompt: &str) -> io::Result<u8> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    if prompt.contains("FAKE:ratelimit_after_text") {
+        line(&mut out, &assistant(session, "partial answer"))?;
+        return rate_limited(&mut out, session, now + 3600);
+    }
     match ratelimit_until(prompt) {
         Some(resets_at) if now < resets_at => return rate_limited(&mut out, session, resets_at),
         Some(_) => {}

@@ -56,11 +56,14 @@ pub enum AgentError {
     #[error("agent exited with {status}; stderr: {stderr_tail}")]
     Crashed { status: String, stderr_tail: String },
     /// The account's usage limit: `resets_at` in epoch seconds, `kind` the limit's name
-    /// (`five_hour`), when the agent said.
+    /// (`five_hour`), when the agent said. `usage` is false for a bare "too many requests"
+    /// (HTTP 429 with no usage-limit report): a rate limit that passes in a minute, not a
+    /// quota that may last hours, so rooms hold only briefly.
     #[error("usage limit reached (resets at {resets_at:?})")]
     RateLimited {
         resets_at: Option<u64>,
         kind: Option<String>,
+        usage: bool,
     },
     #[error("model API error {status:?}: {message}")]
     Api {
@@ -107,6 +110,9 @@ impl AgentError {
             AgentError::Crashed { status, .. } => format!(
                 "❌ The agent stopped unexpectedly ({status}). Please try again. (ref: {reference})"
             ),
+            AgentError::RateLimited { usage: false, .. } => format!(
+                "❌ The model API is refusing requests for now (too many requests). Please try again in a minute. (ref: {reference})"
+            ),
             AgentError::RateLimited { resets_at, .. } => match resets_at {
                 Some(t) => format!(
                     "❌ The agent has reached its usage limit; it resets at {}. (ref: {reference})",
@@ -151,17 +157,19 @@ fn is_auth_failure(message: &str) -> bool {
 /// another model API error.
 pub fn api_error(message: &str) -> AgentError {
     let m = message.to_ascii_lowercase();
-    if m.contains("usage limit") || m.contains("rate limit") || m.contains("quota") {
+    if m.contains("usage limit") || m.contains("quota") {
         return AgentError::RateLimited {
             resets_at: None,
             kind: None,
+            usage: true,
         };
     }
     let status = http_status_in(&m);
-    if status == Some(429) {
+    if status == Some(429) || m.contains("rate limit") {
         return AgentError::RateLimited {
             resets_at: None,
             kind: None,
+            usage: false,
         };
     }
     let auth = status.is_some_and(|s| s == 401 || s == 403)
@@ -221,11 +229,11 @@ mod tests {
     fn error_texts_become_the_rooms_messages() {
         assert!(matches!(
             api_error("You've hit your usage limit"),
-            AgentError::RateLimited { .. }
+            AgentError::RateLimited { usage: true, .. }
         ));
         assert!(matches!(
             api_error("unexpected status 429 Too Many Requests"),
-            AgentError::RateLimited { .. }
+            AgentError::RateLimited { usage: false, .. }
         ));
         let e = api_error("unexpected status 401 Unauthorized: Incorrect API key provided");
         assert!(e.user_message("r").contains("not logged in"), "{e}");

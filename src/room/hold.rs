@@ -20,20 +20,25 @@ use crate::state::{AgentHold, StateStore};
 
 /// A reset further ahead than this is not believed: the room tries again then.
 pub const MAX_HOLD_SECS: u64 = 7 * 24 * 3600;
-/// How long to wait when the agent did not say when its limit resets.
+/// How long to wait when the agent did not say when its usage limit resets.
 pub const UNKNOWN_RESET_RETRY_SECS: u64 = 10 * 60;
+/// How long to wait after a bare "too many requests": the API's request rate, which passes
+/// within a minute (the CLI has already retried with backoff).
+pub const REQUEST_RATE_RETRY_SECS: u64 = 60;
 /// How long to wait when the reported reset is already past (a clock off, or a limit that
 /// outlived its own reset): long enough not to ask the agent in a tight loop.
 pub const PAST_RESET_RETRY_SECS: u64 = 60;
 
 /// The end of a hold for a limit that resets at `resets_at` (epoch seconds), and whether that
-/// end is the reported reset (otherwise it is only a time to try again).
-pub fn hold_end(resets_at: Option<u64>, now: u64) -> (u64, bool) {
+/// end is the reported reset (otherwise it is only a time to try again). `usage`: the limit
+/// is the account's usage limit, not the API's request rate.
+pub fn hold_end(resets_at: Option<u64>, usage: bool, now: u64) -> (u64, bool) {
     match resets_at {
         Some(t) if t > now + MAX_HOLD_SECS => (now + MAX_HOLD_SECS, false),
         Some(t) if t > now => (t, true),
         Some(_) => (now + PAST_RESET_RETRY_SECS, false),
-        None => (now + UNKNOWN_RESET_RETRY_SECS, false),
+        None if usage => (now + UNKNOWN_RESET_RETRY_SECS, false),
+        None => (now + REQUEST_RATE_RETRY_SECS, false),
     }
 }
 
@@ -102,9 +107,10 @@ impl Holds {
         agent: &str,
         resets_at: Option<u64>,
         kind: Option<String>,
+        usage: bool,
         now: SystemTime,
     ) -> AgentHold {
-        let (until, reset_known) = hold_end(resets_at, epoch_secs(now));
+        let (until, reset_known) = hold_end(resets_at, usage, epoch_secs(now));
         let hold = {
             let mut registry = self.registry();
             registry.holds.retain(|_, h| now < at(h.until));
@@ -114,13 +120,14 @@ impl Holds {
                     until,
                     kind,
                     reset_known,
+                    request_rate: !usage,
                 },
             };
             registry.holds.insert(agent.to_string(), hold.clone());
             self.store.set_agent_holds(&registry.holds);
             hold
         };
-        info!(agent, until = %crate::timefmt::rfc3339_utc_secs(hold.until), "agent held for its usage limit");
+        info!(agent, until = %crate::timefmt::rfc3339_utc_secs(hold.until), request_rate = hold.request_rate, "agent held for its usage limit");
         self.changed.send_replace(());
         hold
     }
@@ -175,11 +182,16 @@ pub fn end_instant(hold: &AgentHold) -> tokio::time::Instant {
 /// "⏸️ The agent has reached its usage limit (five_hour); it resets at …" — why, and until
 /// when.
 fn reason(hold: &AgentHold) -> String {
+    let time = crate::timefmt::rfc3339_utc_secs(hold.until);
+    if hold.request_rate {
+        return format!(
+            "⏸️ The model API is refusing requests for now (too many requests); the agent will try again at {time}."
+        );
+    }
     let limit = match &hold.kind {
         Some(k) => format!("its usage limit ({k})"),
         None => "its usage limit".to_string(),
     };
-    let time = crate::timefmt::rfc3339_utc_secs(hold.until);
     if hold.reset_known {
         format!("⏸️ The agent has reached {limit}; it resets at {time}.")
     } else {
@@ -210,6 +222,9 @@ pub fn refusal(hold: &AgentHold) -> String {
 /// The `!status` and `list` wording of a hold.
 pub fn status(hold: &AgentHold) -> String {
     let time = crate::timefmt::rfc3339_utc_secs(hold.until);
+    if hold.request_rate {
+        return format!("held: too many requests until {time}");
+    }
     match &hold.kind {
         Some(k) => format!("held: usage limit ({k}) until {time}"),
         None => format!("held: usage limit until {time}"),
@@ -238,18 +253,19 @@ mod tests {
 
     #[test]
     fn hold_ends_are_clamped() {
-        assert_eq!(hold_end(Some(NOW + 3600), NOW), (NOW + 3600, true));
+        assert_eq!(hold_end(Some(NOW + 3600), true, NOW), (NOW + 3600, true));
         assert_eq!(
-            hold_end(Some(NOW + 30 * 24 * 3600), NOW),
+            hold_end(Some(NOW + 30 * 24 * 3600), true, NOW),
             (NOW + MAX_HOLD_SECS, false)
         );
         assert_eq!(
-            hold_end(Some(NOW + MAX_HOLD_SECS), NOW),
+            hold_end(Some(NOW + MAX_HOLD_SECS), true, NOW),
             (NOW + MAX_HOLD_SECS, true)
         );
-        assert_eq!(hold_end(Some(NOW), NOW), (NOW + 60, false));
-        assert_eq!(hold_end(Some(NOW - 5), NOW), (NOW + 60, false));
-        assert_eq!(hold_end(None, NOW), (NOW + 600, false));
+        assert_eq!(hold_end(Some(NOW), true, NOW), (NOW + 60, false));
+        assert_eq!(hold_end(Some(NOW - 5), true, NOW), (NOW + 60, false));
+        assert_eq!(hold_end(None, true, NOW), (NOW + 600, false));
+        assert_eq!(hold_end(None, false, NOW), (NOW + 60, false));
     }
 
     #[test]
@@ -258,6 +274,7 @@ mod tests {
             until: NOW + 3600,
             kind: Some("five_hour".into()),
             reset_known: true,
+            request_rate: false,
         };
         assert_eq!(
             notice(&hold, 1),
@@ -271,7 +288,22 @@ mod tests {
             until: NOW + 600,
             kind: None,
             reset_known: false,
+            request_rate: false,
         };
+        let rate = AgentHold {
+            until: NOW + 60,
+            kind: None,
+            reset_known: false,
+            request_rate: true,
+        };
+        assert_eq!(
+            notice(&rate, 1),
+            "⏸️ The model API is refusing requests for now (too many requests); the agent will try again at 2026-12-07T20:01:00Z. Your message is kept and will be answered then."
+        );
+        assert_eq!(
+            status(&rate),
+            "held: too many requests until 2026-12-07T20:01:00Z"
+        );
         assert_eq!(
             notice(&unknown, 2),
             "⏸️ The agent has reached its usage limit and did not say when it resets; it will try again at 2026-12-07T20:10:00Z. Your message and 1 other waiting message are kept and will be answered then."
@@ -305,14 +337,20 @@ mod tests {
         let now = at(NOW);
         let holds = Holds::load(store(dir.path()));
         let mut woken = holds.subscribe();
-        let h = holds.hold("claude", Some(NOW + 3600), Some("five_hour".into()), now);
+        let h = holds.hold(
+            "claude",
+            Some(NOW + 3600),
+            Some("five_hour".into()),
+            true,
+            now,
+        );
         assert_eq!((h.until, h.reset_known), (NOW + 3600, true));
         assert!(woken.has_changed().unwrap());
         woken.borrow_and_update();
         assert_eq!(holds.active("claude", now), Some(h.clone()));
         assert_eq!(holds.active("codex", now), None);
         // An earlier end (no reset known: ten minutes) does not shorten the hold.
-        assert_eq!(holds.hold("claude", None, None, now), h);
+        assert_eq!(holds.hold("claude", None, None, true, now), h);
         assert!(holds.active("claude", at(NOW + 3599)).is_some());
 
         holds.store.flush().unwrap();
@@ -329,7 +367,7 @@ mod tests {
     fn a_hold_ends_at_its_time_and_leaves_the_state_files() {
         let dir = tempfile::tempdir().unwrap();
         let holds = Holds::load(store(dir.path()));
-        holds.hold("claude", Some(NOW + 3600), None, at(NOW));
+        holds.hold("claude", Some(NOW + 3600), None, true, at(NOW));
         assert!(holds.active("claude", at(NOW + 3599)).is_some());
         assert_eq!(holds.active("claude", at(NOW + 3600)), None);
         holds.store.flush().unwrap();
@@ -341,7 +379,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = at(NOW);
         let holds = Holds::load(store(dir.path()));
-        holds.hold("claude", None, None, now);
+        holds.hold("claude", None, None, true, now);
         let woken = holds.subscribe();
         assert!(!woken.has_changed().unwrap());
         assert!(holds.clear("claude", now));

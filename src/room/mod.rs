@@ -155,6 +155,9 @@ pub struct RoomDeps {
     pub agents: Arc<BTreeMap<String, AgentChoice>>,
     pub commands: Arc<CommandsConfig>,
     pub budgets: Arc<Budgets>,
+    /// The connector's owners and guests: the authors of a thread's earlier messages are
+    /// resolved with them (a turn's own senders were resolved by the dispatcher).
+    pub users: crate::config::UserRoles,
     /// `merge_window_ms`: how long the first message of an idle room waits for others.
     pub merge_window: Duration,
     /// Where an owner is asked about this room's tool calls.
@@ -700,17 +703,22 @@ impl RoomWorker {
         }
         let session = self.session_id.clone();
         let last = done.last().cloned();
+        let now = crate::model::epoch_ms(std::time::SystemTime::now());
         self.deps.store.update_room(&self.key, |r| {
             r.pending.retain(|p| !done.contains(&p.id));
             r.session_id = session;
             if last.is_some() {
                 r.last_processed = last;
+                r.active_ms = Some(now);
             }
             if let Some(u) = &usage {
                 r.session_usage.add(u);
             }
-            if thread_seen.is_some() {
-                r.thread_seen = thread_seen;
+            if let Some(seen) = thread_seen {
+                r.thread_seen = Some(match r.thread_seen.take() {
+                    Some(old) => old.max(seen),
+                    None => seen,
+                });
             }
         });
     }

@@ -70,7 +70,7 @@ impl TurnRunner {
             return TurnReport::default();
         };
         let target = anchor.message.reply_target();
-        let role = self
+        let mut role = self
             .batch
             .iter()
             .map(|q| q.role)
@@ -81,9 +81,10 @@ impl TurnRunner {
         let mut prompt = prompt::build(&self.deps.platform, &self.batch);
         let mut thread_seen = None;
         if let (Some(thread), true) = (&self.key.thread, caps.threads) {
-            let (context, seen) = self.thread_context(thread).await;
-            prompt = context + &prompt;
-            thread_seen = Some(seen);
+            let context = self.thread_context(thread, role).await;
+            prompt = context.block + &prompt;
+            thread_seen = Some(context.seen);
+            role = context.role;
         }
         if let Some(previous) = self.typing_off {
             let _ = previous.await;
@@ -149,7 +150,14 @@ impl TurnRunner {
         let answers_requests = outbox.answers_requests();
         let mut reply = ReplyStream::new(outbox.clone(), target.clone(), caps, self.cancel.clone());
         let agent_name = self.deps.agent_config.name.clone();
-        let observe = |event: &AgentEvent| {
+        // Whether the agent said or did anything (text, a tool call) before the turn ended:
+        // such a turn is not run again after a usage limit, since its tools would run twice.
+        let mut acted = false;
+        let mut observe = |event: &AgentEvent| {
+            acted |= matches!(
+                event,
+                AgentEvent::Text { .. } | AgentEvent::ToolStart { .. }
+            );
             if let AgentEvent::RateLimit {
                 status,
                 resets_at,
@@ -249,12 +257,20 @@ impl TurnRunner {
                 }
                 // The limit is the account's: every room on this agent holds. A chat room's
                 // messages wait for the reset; an API caller, who waits for its own answer,
-                // is told at once.
-                if let AgentError::RateLimited { resets_at, kind } = &e {
+                // is told at once, and so is a room whose turn had begun to act (run again,
+                // its tool calls would run twice).
+                if let AgentError::RateLimited {
+                    resets_at,
+                    kind,
+                    usage,
+                } = &e
+                {
                     let now = std::time::SystemTime::now();
                     let kind = kind.clone();
-                    self.deps.holds.hold(&agent_name, *resets_at, kind, now);
-                    if !answers_requests && anchor.message.conversation.is_none() {
+                    self.deps
+                        .holds
+                        .hold(&agent_name, *resets_at, kind, *usage, now);
+                    if !answers_requests && anchor.message.conversation.is_none() && !acted {
                         report.message_ids.clear();
                         report.unstarted = self.batch;
                         report.held = true;
@@ -281,15 +297,24 @@ impl TurnRunner {
 impl TurnRunner {
     /// The context block for a turn in a thread with its own session: the thread's messages
     /// since the session last saw it, up to the turn's own, without the turn's own (a
-    /// platform that cannot be read is said in the block; the turn still runs). With it, how
-    /// far the session will have seen the thread once the turn ran.
-    async fn thread_context(&self, thread: &str) -> (String, ThreadSeen) {
+    /// platform that cannot be read is said in the block; the turn still runs). Messages of
+    /// authors with no role on the connector are left out (counted in the block): the
+    /// gateway would not have taken their words as a message, so it does not pass them on.
+    ///
+    /// A guest's words in the thread steer the turn as much as a guest's message in a
+    /// catch-up batch: the turn runs with the lowest role among its senders (`role`) and the
+    /// authors shown.
+    async fn thread_context(&self, thread: &str, role: Role) -> ThreadContext {
         let own = self
             .batch
             .iter()
             .map(|q| (q.message.id.as_str(), q.message.ts));
         let Some(anchor) = self.batch.last() else {
-            return (String::new(), ThreadSeen::of(own));
+            return ThreadContext {
+                block: String::new(),
+                seen: ThreadSeen::of(own),
+                role,
+            };
         };
         let room = &anchor.message.room;
         let read = self
@@ -319,15 +344,42 @@ impl TurnRunner {
                     .is_some_and(|s| s.covers(&m.id, m.ts))
             })
             .collect();
+        let seen = ThreadSeen::of(own.chain(unseen.iter().map(|m| (m.id.as_str(), m.ts))));
+        let mut turn_role = role;
+        let total = unseen.len();
+        let shown: Vec<_> = unseen
+            .into_iter()
+            .filter(|m| match self.deps.users.role_of(&m.sender) {
+                Some(r) => {
+                    turn_role = turn_role.min(r);
+                    true
+                }
+                None => false,
+            })
+            .collect();
         let block = prompt::thread_context(
             &self.deps.platform,
             &room.name,
-            &unseen,
+            &shown,
+            total - shown.len(),
             unreadable.as_deref(),
+            (turn_role < role).then_some(turn_role),
         );
-        let seen = ThreadSeen::of(own.chain(unseen.iter().map(|m| (m.id.as_str(), m.ts))));
-        (block, seen)
+        ThreadContext {
+            block,
+            seen,
+            role: turn_role,
+        }
     }
+}
+
+/// What a thread turn is told of the thread before its own messages.
+struct ThreadContext {
+    block: String,
+    /// How far the session will have seen the thread once the turn ran.
+    seen: ThreadSeen,
+    /// The role the turn runs with.
+    role: Role,
 }
 
 /// How long reading a thread's earlier messages may hold a turn.

@@ -921,7 +921,12 @@ async fn fake_agent_rate_limit_is_rate_limited_not_an_answer() {
     let backend = dirs.backend(&dirs.config(&fake_agent_bin(), Vec::new()));
     let run = run_turn(&backend, "FAKE:ratelimit", None, Role::Owner, None).await;
     match run.result {
-        Err(AgentError::RateLimited { resets_at, kind }) => {
+        Err(AgentError::RateLimited {
+            resets_at,
+            kind,
+            usage,
+        }) => {
+            assert!(usage, "a rejected rate_limit_event is the usage limit");
             assert!(resets_at.is_some());
             assert_eq!(kind.as_deref(), Some("five_hour"));
         }
@@ -1236,6 +1241,7 @@ fn fixture_rate_limit() {
             Err(AgentError::RateLimited {
                 resets_at: Some(1783173600),
                 kind: Some(ref k),
+                usage: true,
             }) if k == "five_hour"
         ),
         "{out:?}"

@@ -207,6 +207,31 @@ async fn an_admin_resume_ends_a_hold_and_stop_all_drops_the_held_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_that_met_the_limit_after_it_began_to_act_fails_rather_than_running_again() {
+    let WebchatGateway {
+        gateway: _g, alice, ..
+    } = WebchatGateway::start(&fake_agent_yaml(120), "");
+    let replies = alice.ask("mid", "FAKE:ratelimit_after_text go on").await;
+    let all = replies
+        .iter()
+        .map(|m| m.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(all.contains("partial answer"), "{all}");
+    assert!(
+        all.contains("❌ The agent has reached its usage limit; it resets at "),
+        "{all}"
+    );
+    assert!(!all.contains("⏸️"), "not held for a re-run: {all}");
+    // The agent is held all the same; the failed message is not waiting to run again.
+    let status = answer_starting(&alice, "mid", "!status", "📊").await;
+    assert!(
+        status.contains("queue: 0 messages waiting · held: usage limit"),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_usage_limit_warning_posts_nothing_and_status_shows_it() {
     let WebchatGateway {
         gateway: _g, alice, ..

@@ -298,7 +298,7 @@ async fn a_reply_chain_is_one_thread_rooted_at_its_first_message() {
         .unwrap();
     let said: Vec<(&str, &str)> = history
         .iter()
-        .map(|m| (m.username.as_str(), m.text.as_str()))
+        .map(|m| (m.sender.username.as_str(), m.text.as_str()))
         .collect();
     assert_eq!(
         said,
@@ -333,6 +333,43 @@ async fn a_reply_chain_is_one_thread_rooted_at_its_first_message() {
     bot.send_event(&at_bot(704, USER, "new question"));
     let msg = gw.message().await;
     assert_eq!(msg.thread, None);
+
+    // A reply segment naming another group's message brings none of its words here: not
+    // as a quote, not as the thread's history.
+    bot.remember_message_in(
+        GROUP + 1,
+        800,
+        4242,
+        "bob",
+        json!([{"type": "text", "data": {"text": "OTHER-GROUP secret"}}]),
+    );
+    bot.send_event(&group_msg(705, USER, json!([{"type": "reply", "data": {"id": "800"}}, {"type": "at", "data": {"qq": SELF.to_string()}}, {"type": "text", "data": {"text": " what about it?"}}])));
+    let msg = gw.message().await;
+    assert!(!msg.text.contains("OTHER-GROUP"), "{}", msg.text);
+    let thread = msg.thread.clone().expect("a reply is in a chain");
+    let history = gw
+        .conn
+        .thread_history(&format!("group:{GROUP}"), &thread, 10)
+        .await
+        .unwrap();
+    assert!(
+        history.iter().all(|m| !m.text.contains("OTHER-GROUP")),
+        "{history:?}"
+    );
+
+    // A private chat is one conversation: a reply there opens no thread.
+    bot.remember_message_in(
+        0,
+        801,
+        USER,
+        "alice",
+        json!([{"type": "text", "data": {"text": "earlier"}}]),
+    );
+    let mut reply = private_msg(706, USER, "and then?");
+    reply["message"] = json!([{"type": "reply", "data": {"id": "801"}}, {"type": "text", "data": {"text": "and then?"}}]);
+    bot.send_event(&reply);
+    let msg = gw.message().await;
+    assert_eq!(msg.thread, None, "{msg:?}");
     gw.stop().await;
 }
 

@@ -208,6 +208,7 @@ impl StreamParser {
                 return Err(AgentError::RateLimited {
                     resets_at: self.last_reset,
                     kind: self.rejected_kind,
+                    usage: true,
                 });
             }
             if exit.success && self.understood_lines == 0 {
@@ -238,9 +239,12 @@ impl StreamParser {
                 return Err(AgentError::SessionNotFound(session.to_string()));
             }
             if result.api_error_status == Some(429) || self.rejected {
+                // Only a rejected `rate_limit_event` (subscription auth) says it is the
+                // account's usage limit; a bare 429 is the API's request rate.
                 return Err(AgentError::RateLimited {
                     resets_at: self.last_reset,
                     kind: self.rejected_kind,
+                    usage: self.rejected,
                 });
             }
             let message = result

@@ -774,7 +774,11 @@ impl Connector for MatrixConnector {
                 Some(ThreadMessage {
                     text: bot.strip_leading_mention(&normalize::text_of(&c)),
                     ts: crate::model::from_epoch_ms(ev.origin_server_ts),
-                    username: ev.sender,
+                    sender: crate::model::Sender {
+                        id: ev.sender.clone(),
+                        username: ev.sender.clone(),
+                        display_name: ev.sender,
+                    },
                     id: ev.event_id,
                 })
             })

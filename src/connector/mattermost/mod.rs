@@ -1032,12 +1032,22 @@ impl Connector for MattermostConnector {
         let posts = crate::connector::latest(posts, limit, |p| p.create_at);
         let mut out = Vec::with_capacity(posts.len());
         for p in posts {
-            let username = match self.user(&p.user_id).await {
-                Ok(u) => u.username,
-                Err(_) => p.user_id.clone(),
+            // An author who cannot be looked up keeps the id as name: a username never
+            // matches an `id:` entry, so an unknown author gains no role by it.
+            let sender = match self.user(&p.user_id).await {
+                Ok(u) => Sender {
+                    id: u.id.clone(),
+                    display_name: u.display_name(),
+                    username: u.username,
+                },
+                Err(_) => Sender {
+                    id: p.user_id.clone(),
+                    username: p.user_id.clone(),
+                    display_name: p.user_id.clone(),
+                },
             };
             out.push(ThreadMessage {
-                username,
+                sender,
                 text: bot.strip_leading_mention(&p.message),
                 ts: model::from_epoch_ms(p.create_at),
                 id: p.id,

@@ -84,7 +84,11 @@ mod tests {
     fn said(id: i64, text: &str) -> Option<ThreadMessage> {
         Some(ThreadMessage {
             id: id.to_string(),
-            username: "10001".into(),
+            sender: crate::model::Sender {
+                id: "10001".into(),
+                username: "10001".into(),
+                display_name: "alice".into(),
+            },
             text: text.into(),
             ts: UNIX_EPOCH + Duration::from_secs(id as u64),
         })

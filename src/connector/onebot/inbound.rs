@@ -175,13 +175,16 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
         .and_then(|s| s.get("id"))
         .and_then(|id| id.parse::<i64>().ok());
     let quoted = match reply_to {
-        Some(id) => fetch_quoted(inner, self_id, id).await,
+        Some(id) => fetch_quoted(inner, self_id, chat, id).await,
         None => None,
     };
-    // A reply belongs to the chain of the message it quotes (QQ's threads).
-    let root = match reply_to {
-        Some(id) => Some(chain_root(inner, self_id, id, quoted.as_ref()).await),
-        None => None,
+    // In a group, a reply belongs to the chain of the message it quotes (QQ's threads); a
+    // private chat is one conversation, with no threads.
+    let root = match (chat, reply_to) {
+        (Chat::Group(_), Some(id)) => {
+            Some(chain_root(inner, self_id, chat, id, quoted.as_ref()).await)
+        }
+        _ => None,
     };
     let direct = matches!(chat, Chat::Private(_));
     let mentioned = segments
@@ -223,17 +226,19 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
     } else {
         SystemTime::now()
     };
-    inner.chains().record(
-        &room_id,
-        ev.message_id,
-        root.unwrap_or(ev.message_id),
-        Some(ThreadMessage {
-            id: ev.message_id.to_string(),
-            username: sender.username.clone(),
-            text: rendered.text.clone(),
-            ts,
-        }),
-    );
+    if let Chat::Group(_) = chat {
+        inner.chains().record(
+            &room_id,
+            ev.message_id,
+            root.unwrap_or(ev.message_id),
+            Some(ThreadMessage {
+                id: ev.message_id.to_string(),
+                sender: sender.clone(),
+                text: rendered.text.clone(),
+                ts,
+            }),
+        );
+    }
     // A reply that is a room command (`!stop` answering the bot's message) stays a command:
     // the quote would hide its prefix, and a command needs no quoted context.
     let command = rendered
@@ -399,9 +404,15 @@ const MAX_CHAIN_WALK: usize = 8;
 
 /// The root of the reply chain that message `quoted_id` is in: remembered, or found by
 /// walking up the quotes with `get_msg` (`first` is `quoted_id`'s own, already fetched). A
-/// walk that cannot go on (a message that cannot be read, a very long chain) roots the
-/// chain where it stopped.
-async fn chain_root(inner: &Inner, self_id: i64, quoted_id: i64, first: Option<&Quoted>) -> i64 {
+/// walk that cannot go on (a message that cannot be read in this room, a very long chain)
+/// roots the chain where it stopped.
+async fn chain_root(
+    inner: &Inner,
+    self_id: i64,
+    chat: Chat,
+    quoted_id: i64,
+    first: Option<&Quoted>,
+) -> i64 {
     let mut id = quoted_id;
     let mut known_parent = first.map(|q| q.reply_to);
     for _ in 0..MAX_CHAIN_WALK {
@@ -410,7 +421,7 @@ async fn chain_root(inner: &Inner, self_id: i64, quoted_id: i64, first: Option<&
         }
         let parent = match known_parent.take() {
             Some(parent) => parent,
-            None => match fetch_quoted(inner, self_id, id).await {
+            None => match fetch_quoted(inner, self_id, chat, id).await {
                 Some(q) => q.reply_to,
                 None => return id,
             },
@@ -423,7 +434,16 @@ async fn chain_root(inner: &Inner, self_id: i64, quoted_id: i64, first: Option<&
     id
 }
 
-pub(super) async fn fetch_quoted(inner: &Inner, self_id: i64, message_id: i64) -> Option<Quoted> {
+/// Message `message_id` as `get_msg` reads it, if it was said in `chat`: a reply segment is
+/// only an id, and one naming another room's message (a forged or replayed segment) must not
+/// bring that room's words here. An implementation that does not say where a message was
+/// (V11 requires only `message_type`) is believed.
+pub(super) async fn fetch_quoted(
+    inner: &Inner,
+    self_id: i64,
+    chat: Chat,
+    message_id: i64,
+) -> Option<Quoted> {
     let link = inner.bots.get(self_id)?;
     let data = match link
         .call(
@@ -440,6 +460,16 @@ pub(super) async fn fetch_quoted(inner: &Inner, self_id: i64, message_id: i64) -
         }
     };
     let msg: GetMsgData = serde_json::from_value(data).ok()?;
+    let elsewhere = match chat {
+        Chat::Group(gid) => {
+            msg.message_type == "private" || msg.group_id.is_some_and(|g| g != 0 && g != gid)
+        }
+        Chat::Private(_) => msg.message_type == "group",
+    };
+    if elsewhere {
+        tracing::warn!(connector = %inner.name, message_id, room = %chat.room_id(), "a reply quotes a message of another room; not shown");
+        return None;
+    }
     let sender_id = if msg.sender.user_id != 0 {
         msg.sender.user_id
     } else {

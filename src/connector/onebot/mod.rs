@@ -354,12 +354,17 @@ impl Connector for OneBotConnector {
         let Some(self_id) = self.inner.room_bot().get(room).copied() else {
             return Err(ConnectorError::NotConnected(format!("QQ room {room}")));
         };
-        Ok(inbound::fetch_quoted(&self.inner, self_id, root)
+        let chat = Chat::parse(room).ok_or_else(|| ConnectorError::RoomNotFound(room.into()))?;
+        Ok(inbound::fetch_quoted(&self.inner, self_id, chat, root)
             .await
             .filter(|q| q.sender_id != self_id)
             .map(|q| ThreadMessage {
                 id: root.to_string(),
-                username: q.sender_id.to_string(),
+                sender: crate::model::Sender {
+                    id: q.sender_id.to_string(),
+                    username: q.sender_id.to_string(),
+                    display_name: q.sender_name,
+                },
                 text: q.text,
                 ts: crate::model::from_epoch_ms(q.time.max(0) as u64 * 1000),
             })

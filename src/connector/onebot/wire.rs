@@ -188,11 +188,17 @@ pub struct ActionResponse {
     pub echo: Value,
 }
 
-/// `get_msg` answer: who sent a message (to detect replies to the bot) and what it said.
+/// `get_msg` answer: who sent a message (to detect replies to the bot) and what it said, and
+/// where, when the implementation says (V11 has `message_type`; NapCat, Lagrange and
+/// go-cqhttp add `group_id`).
 #[derive(Debug, Deserialize)]
 pub struct GetMsgData {
     #[serde(default)]
     pub sender: WireSender,
+    #[serde(default)]
+    pub message_type: String,
+    #[serde(default, deserialize_with = "lenient_opt_i64")]
+    pub group_id: Option<i64>,
     #[serde(default, deserialize_with = "lenient_i64")]
     pub user_id: i64,
     #[serde(default, deserialize_with = "lenient_i64")]

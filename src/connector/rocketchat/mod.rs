@@ -1080,7 +1080,7 @@ impl Connector for RocketChatConnector {
             // A thread is read only in the room it was posted in.
             .filter(|m| m.rid == room && normalize::skip_reason(m, &bot).is_none())
             .map(|m| ThreadMessage {
-                username: m.u.username.clone().unwrap_or_else(|| m.u.id.clone()),
+                sender: normalize::sender_of(&m),
                 text: bot.strip_leading_mention(&m.msg),
                 ts: crate::model::from_epoch_ms(m.ts.0),
                 id: m.id,

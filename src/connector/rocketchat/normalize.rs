@@ -142,7 +142,6 @@ pub fn to_inbound(
     bot: &BotIdentity,
     mention_all: bool,
 ) -> InboundMessage {
-    let username = m.u.username.clone().unwrap_or_else(|| m.u.id.clone());
     let mut text = bot.strip_leading_mention(&m.msg);
     if text.trim().is_empty() {
         // A pure upload carries its caption in the attachment description.
@@ -155,22 +154,29 @@ pub fn to_inbound(
         room: room.clone(),
         id: m.id.clone(),
         thread: m.tmid.clone(),
-        sender: Sender {
-            id: m.u.id.clone(),
-            display_name: m
-                .u
-                .name
-                .clone()
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| username.clone()),
-            username,
-        },
+        sender: sender_of(m),
         text,
         addressed: is_addressed(m, room.kind, bot, mention_all),
         attachments: Vec::new(),
         notes: Vec::new(),
         conversation: None,
         ts: model::from_epoch_ms(m.ts.0),
+    }
+}
+
+/// A message's author: the user id, the login name (the id when the server sent none) and
+/// the display name.
+pub fn sender_of(m: &WireMessage) -> Sender {
+    let username = m.u.username.clone().unwrap_or_else(|| m.u.id.clone());
+    Sender {
+        id: m.u.id.clone(),
+        display_name: m
+            .u
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| username.clone()),
+        username,
     }
 }
 

@@ -17,6 +17,7 @@ const ALIAS: &str = "#conf:localhost";
 pub struct Matrix {
     pub owner: MatrixUser,
     pub guest: MatrixUser,
+    pub stranger: MatrixUser,
     pub bot: Account,
     pub room: String,
     pub cut: Cut,
@@ -43,14 +44,17 @@ impl FakePlatform for Matrix {
         let synapse = Synapse::start().await.expect("checked by available()");
         let owner = MatrixUser::new(&synapse, synapse.register("owner").await);
         let guest = MatrixUser::new(&synapse, synapse.register("guest").await);
+        let stranger = MatrixUser::new(&synapse, synapse.register("stranger").await);
         let bot = synapse.register("bot").await;
         let room = owner.create_room("conf").await;
         // Three members: a group, where the bot needs a mention (two would be a DM).
         guest.join(&room).await;
+        stranger.join(&room).await;
         let cut = Cut::start(synapse.port).await;
         Matrix {
             owner,
             guest,
+            stranger,
             bot,
             room,
             cut,
@@ -75,6 +79,7 @@ impl FakePlatform for Matrix {
         match who {
             Who::Owner => "@owner:localhost".into(),
             Who::Guest => "@guest:localhost".into(),
+            Who::Stranger => "@stranger:localhost".into(),
         }
     }
 
@@ -97,6 +102,7 @@ impl FakePlatform for Matrix {
         let user = match who {
             Who::Owner => &self.owner,
             Who::Guest => &self.guest,
+            Who::Stranger => &self.stranger,
         };
         let mention = mention.then_some(self.bot.user_id.as_str());
         user.say(&self.room, text, mention).await;
@@ -145,6 +151,7 @@ impl super::Threads for Matrix {
         let user = match who {
             Who::Owner => &self.owner,
             Who::Guest => &self.guest,
+            Who::Stranger => &self.stranger,
         };
         let mention = mention.then_some(self.bot.user_id.as_str());
         let Some(root) = root else {

@@ -40,6 +40,7 @@ impl FakePlatform for Mattermost {
         match who {
             Who::Owner => "alice".into(),
             Who::Guest => "bob".into(),
+            Who::Stranger => "carol".into(),
         }
     }
 

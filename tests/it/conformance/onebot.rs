@@ -15,6 +15,8 @@ use crate::support::ports::free_port;
 /// Small, so a long reply needs several parts; above it a reply goes out as one forward
 /// message of `MAX_LEN` nodes.
 const MAX_LEN: usize = 300;
+/// A group member the connector lists as neither owner nor guest.
+const STRANGER: i64 = 5151;
 const FORWARD_THRESHOLD: usize = 1000;
 
 pub struct OneBot {
@@ -115,6 +117,7 @@ impl FakePlatform for OneBot {
         match who {
             Who::Owner => USER.to_string(),
             Who::Guest => GUEST.to_string(),
+            Who::Stranger => STRANGER.to_string(),
         }
     }
 
@@ -133,6 +136,7 @@ impl FakePlatform for OneBot {
         let user = match who {
             Who::Owner => USER,
             Who::Guest => GUEST,
+            Who::Stranger => STRANGER,
         };
         let mut event = if mention {
             at_bot(id, user, text)
@@ -192,6 +196,7 @@ impl super::Threads for OneBot {
         let user = match who {
             Who::Owner => USER,
             Who::Guest => GUEST,
+            Who::Stranger => STRANGER,
         };
         let mut segments = Vec::new();
         if let Some(root) = root {

@@ -2,7 +2,9 @@
 //! channel `#general`, Alice (owner) and Bob (guest) bound by their user ids; the connection
 //! drops by stopping the server.
 
-use serde_json::json;
+use std::time::Duration;
+
+use serde_json::{json, Value};
 
 use super::{FakePlatform, Who, TURN};
 use crate::support::daemon::Gateway;
@@ -38,6 +40,7 @@ impl FakePlatform for RocketChat {
         match who {
             Who::Owner => "alice".into(),
             Who::Guest => "bob".into(),
+            Who::Stranger => "carol".into(),
         }
     }
 
@@ -133,4 +136,46 @@ super::scenarios!(RocketChat);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thread_scope_gives_each_thread_its_session_and_context() {
     super::thread_scope::<RocketChat>().await;
+}
+
+/// A schedule's prompt was never posted, so in thread scope it starts no thread: it is
+/// answered at the top level, in the room's own session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_thread_scope_a_schedule_is_answered_at_the_top_level() {
+    let script = json!({"scenarios": [{"match": "TS-SCHEDULED", "turns": [
+        {"text": "Scheduled answer, top level."}
+    ]}], "default_text": "OK"});
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Once a minute, a few seconds from now (a slow start only makes it a minute later).
+    let second = (now + 8) % 60;
+    let schedules = format!(
+        "schedules:\n  - {{name: report, watcher: group, cron: \"{second} * * * * *\", timezone: utc, as: \"id:u-bob\", prompt: \"TS-SCHEDULED report\"}}\n"
+    );
+    let Some(mut chat) =
+        super::Chat::<RocketChat>::start_with(script, "", ", session_scope: thread", &schedules)
+            .await
+    else {
+        return;
+    };
+    let m = chat
+        .platform
+        .fake
+        .bot_message_containing(
+            RID,
+            "Scheduled answer, top level.",
+            Duration::from_secs(150),
+        )
+        .await;
+    assert!(m.get("tmid").is_none_or(Value::is_null), "{m}");
+    let failed: Vec<String> = chat
+        .platform
+        .bot_messages()
+        .await
+        .into_iter()
+        .filter(|t| t.contains('❌') || t.contains("⚠️"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
 }

@@ -22,6 +22,7 @@ impl WebChat {
         match who {
             Who::Owner => alice,
             Who::Guest => bob,
+            Who::Stranger => unreachable!("the web chat serves only its listed users"),
         }
     }
 }
@@ -51,6 +52,7 @@ impl FakePlatform for WebChat {
         match who {
             Who::Owner => "alice".into(),
             Who::Guest => "bob".into(),
+            Who::Stranger => "carol".into(),
         }
     }
 

@@ -306,7 +306,7 @@ impl FakeBot {
             .insert(action.to_string(), failure);
     }
 
-    /// Makes `get_msg(message_id)` answer with this sender and message.
+    /// Makes `get_msg(message_id)` answer with this sender and message, said in [`GROUP`].
     pub fn remember_message(
         &self,
         message_id: i64,
@@ -314,12 +314,27 @@ impl FakeBot {
         nickname: &str,
         message: Value,
     ) {
-        self.state.messages.lock().unwrap().insert(
-            message_id,
-            json!({"message_id": message_id, "real_id": message_id, "time": now_secs(),
-                   "message_type": "group",
-                   "sender": {"user_id": sender_id, "nickname": nickname}, "message": message}),
-        );
+        self.remember_message_in(GROUP, message_id, sender_id, nickname, message);
+    }
+
+    /// [`FakeBot::remember_message`] in group `group`, or in a private chat for group 0
+    /// (NapCat's answer: `group_id` besides V11's `message_type`).
+    pub fn remember_message_in(
+        &self,
+        group: i64,
+        message_id: i64,
+        sender_id: i64,
+        nickname: &str,
+        message: Value,
+    ) {
+        let mut data = json!({"message_id": message_id, "real_id": message_id, "time": now_secs(),
+               "message_type": "private",
+               "sender": {"user_id": sender_id, "nickname": nickname}, "message": message});
+        if group != 0 {
+            data["message_type"] = json!("group");
+            data["group_id"] = json!(group);
+        }
+        self.state.messages.lock().unwrap().insert(message_id, data);
     }
 
     /// Adds group history entries (message events) for `get_group_msg_history`.
