@@ -940,10 +940,23 @@ impl Dispatcher {
         self.parts
             .store
             .set_watcher_paused(&connector, name, paused);
-        // An admin's resume also ends a usage-limit hold of the watcher's agent early (the
-        // limit was raised, or the admin wants a retry now).
-        let agent = &self.watchers[widx].config.agent;
-        let cleared = !paused && self.holds.clear(agent, SystemTime::now());
+        // An admin's resume also ends the usage-limit holds of the watcher's agents early
+        // (the limit was raised, or the admin wants a retry now): its own, and those its
+        // rooms were switched to.
+        let mut agents = vec![self.watchers[widx].config.agent.clone()];
+        for (_, state) in self.parts.store.rooms(&connector) {
+            if let (true, Some(a)) = (state.watcher == name, state.agent) {
+                if !agents.contains(&a) {
+                    agents.push(a);
+                }
+            }
+        }
+        let now = SystemTime::now();
+        let cleared: Vec<String> = agents
+            .into_iter()
+            .filter(|a| !paused && self.holds.clear(a, now))
+            .map(|a| format!("agent '{a}' is no longer held for its usage limit"))
+            .collect();
         for entry in self.rooms.values().filter(|e| e.watcher == widx) {
             let c = if paused {
                 RoomControl::Pause
@@ -962,11 +975,7 @@ impl Dispatcher {
         Ok(format!(
             "watcher '{name}' {}{}",
             if paused { "paused" } else { "resumed" },
-            if cleared {
-                format!("; agent '{agent}' is no longer held for its usage limit")
-            } else {
-                String::new()
-            }
+            cleared.iter().map(|c| format!("; {c}")).collect::<String>()
         ))
     }
 
@@ -1039,9 +1048,9 @@ impl Dispatcher {
                 .parts
                 .store
                 .watcher_paused(&w.connector, &w.config.name);
-            let base_state = match (&w.failed, paused) {
-                (Some(e), _) => format!("failed: {e}"),
-                (None, true) => "paused".into(),
+            let watcher_state = match (&w.failed, paused) {
+                (Some(e), _) => Some(format!("failed: {e}")),
+                (None, true) => Some("paused".into()),
                 (None, false)
                     if !w.is_wildcard()
                         && w.resolved.is_none()
@@ -1050,28 +1059,42 @@ impl Dispatcher {
                             .keys()
                             .any(|k| k.connector == w.connector && *k.room == *w.config.room) =>
                 {
-                    "waiting".into()
+                    Some("waiting".into())
                 }
-                _ => match self.holds.active(&w.config.agent, SystemTime::now()) {
-                    Some(h) => room::hold::status(&h),
-                    None => "active".into(),
-                },
+                _ => None,
+            };
+            // A room answers with its own agent (`!agent`), whose hold is the room's.
+            let state_with = |agent: &str| {
+                watcher_state.clone().unwrap_or_else(|| {
+                    match self.holds.active(agent, SystemTime::now()) {
+                        Some(h) => room::hold::status(&h),
+                        None => "active".into(),
+                    }
+                })
+            };
+            let agent_of = |key: &RoomKey| {
+                self.room_agent(key, widx)
+                    .map_or_else(|| w.config.agent.clone(), |a| a.name.clone())
             };
             let mut room_rows: Vec<(WatcherRow, Option<RoomHandle>)> = Vec::new();
             let mut seen: Vec<String> = Vec::new();
-            let backend = self.parts.agents.get(&w.config.agent);
             for (key, entry) in self.rooms.iter().filter(|(_, e)| e.watcher == widx) {
                 seen.push(key.id().into_owned());
-                let process = backend.and_then(|b| b.process_info(key));
+                let agent = agent_of(key);
+                let process = self
+                    .parts
+                    .agents
+                    .get(&agent)
+                    .and_then(|b| b.process_info(key));
                 room_rows.push((
                     WatcherRow {
                         watcher: w.config.name.clone(),
                         connector: w.connector.to_string(),
                         room: entry.name.clone(),
                         room_id: Some(key.id().into_owned()),
-                        agent: w.config.agent.clone(),
+                        state: state_with(&agent),
+                        agent,
                         session_id: None,
-                        state: base_state.clone(),
                         busy: false,
                         queued: 0,
                         process: if process.is_some() { "warm" } else { "cold" },
@@ -1086,16 +1109,21 @@ impl Dispatcher {
                 if state.watcher == w.config.name && !seen.contains(&room_id) {
                     // A room whose worker was released may still have a warm process.
                     let key = RoomKey::from_id(w.connector.clone(), room_id.as_str());
-                    let process = backend.and_then(|b| b.process_info(&key));
+                    let agent = agent_of(&key);
+                    let process = self
+                        .parts
+                        .agents
+                        .get(&agent)
+                        .and_then(|b| b.process_info(&key));
                     room_rows.push((
                         WatcherRow {
                             watcher: w.config.name.clone(),
                             connector: w.connector.to_string(),
                             room: state.room_name.clone(),
                             room_id: Some(room_id),
-                            agent: w.config.agent.clone(),
+                            state: state_with(&agent),
+                            agent,
                             session_id: state.session_id.clone(),
-                            state: base_state.clone(),
                             busy: false,
                             queued: 0,
                             process: if process.is_some() { "warm" } else { "cold" },
@@ -1116,7 +1144,7 @@ impl Dispatcher {
                         room_id: w.resolved.as_ref().map(|r| r.id.clone()),
                         agent: w.config.agent.clone(),
                         session_id: None,
-                        state: base_state.clone(),
+                        state: state_with(&w.config.agent),
                         busy: false,
                         queued: 0,
                         process: "cold",

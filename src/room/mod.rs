@@ -616,7 +616,10 @@ impl RoomWorker {
             .ledger()
             .spending(|s| crate::budget::check(&self.deps.budgets, s, &who, now))?;
         info!(reason = %refusal, "turn not started: budget reached");
-        Some(refusal)
+        Some(format!(
+            "{refusal} An owner can let guests past it until the end of the UTC day with `{}budget override`.",
+            self.deps.commands.prefix
+        ))
     }
 
     /// Reports a batch that will not run, and takes it off the persisted queue.

@@ -231,6 +231,58 @@ async fn a_turn_that_met_the_limit_after_it_began_to_act_fails_rather_than_runni
     );
 }
 
+/// A room switched to another agent (`!agent`) holds for that agent's limit: `list` shows
+/// the hold on that room only, and the watcher's `resume` ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_on_another_agent_shows_and_resumes_that_agents_hold() {
+    let agents = format!(
+        "{}  spare: {{type: claude, command: \"{}\", working_directory: \"{{work}}\", timeout: 120, warm: false}}\ndefault_agent: fake\n",
+        fake_agent_yaml(120),
+        crate::support::fake_agent::path()
+    );
+    let WebchatGateway {
+        gateway: g, alice, ..
+    } = WebchatGateway::start(&agents, "");
+    let switched = answer_starting(&alice, "switched", "!agent spare", "🔀").await;
+    assert!(switched.contains("`spare`"), "{switched}");
+    let plain = alice.ask("plain", "hello").await;
+    assert!(answers(&plain[0].text, "hello"), "{plain:?}");
+    let reset = now_secs() + 3600;
+    let replies = alice
+        .ask("switched", &format!("FAKE:ratelimit_until={reset} x"))
+        .await;
+    assert_eq!(replies[0].text, held_notice(reset, 1));
+
+    let (code, out, err) = g.cli_text(&["list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    let row = |room: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["room"] == room)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for {room}: {rows}"))
+    };
+    assert_eq!(row("switched")["agent"], "spare", "{rows}");
+    assert_eq!(
+        row("switched")["state"],
+        format!(
+            "held: usage limit (five_hour) until {}",
+            rfc3339_utc_secs(reset)
+        )
+    );
+    assert_eq!(row("plain")["agent"], "fake", "{rows}");
+    assert_eq!(row("plain")["state"], "active", "{rows}");
+
+    let (code, out, err) = g.cli_text(&["resume", "all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("agent 'spare' is no longer held for its usage limit"),
+        "{out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_usage_limit_warning_posts_nothing_and_status_shows_it() {
     let WebchatGateway {

@@ -458,7 +458,7 @@ async fn a_guest_over_the_daily_budget_is_refused_and_owners_still_answered() {
             .unwrap()
     };
     let refusal = format!(
-        "💸 bob has used the daily budget ({} of 1 tokens); it renews at {tomorrow}. Owners' messages are still answered.",
+        "💸 bob has used the daily budget ({} of 1 tokens); it renews at {tomorrow}. Owners' messages are still answered. An owner can let guests past it until the end of the UTC day with `!budget override`.",
         120 * calls
     );
     let mut events = s.bob.events("cash").await;
@@ -537,7 +537,7 @@ async fn budget_figures_and_an_owner_override_that_lets_a_guest_past_until_the_d
         "{status}"
     );
     let refusal = |tokens: u64| {
-        format!("💸 bob has used the daily budget ({tokens} of 1 tokens); it renews at {tomorrow}. Owners' messages are still answered.")
+        format!("💸 bob has used the daily budget ({tokens} of 1 tokens); it renews at {tomorrow}. Owners' messages are still answered. An owner can let guests past it until the end of the UTC day with `!budget override`.")
     };
     assert_eq!(command(&s.bob, "fund", "second").await, refusal(tokens));
     assert_eq!(
