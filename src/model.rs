@@ -178,6 +178,10 @@ pub struct ThreadMessage {
     pub sender: Sender,
     pub text: String,
     pub ts: SystemTime,
+    /// The bot's own message. Only a thread's root is ever the bot's (a thread people
+    /// started on its answer, a schedule's report): the bot's replies inside a thread are
+    /// the session's own words, which it has.
+    pub own: bool,
 }
 
 /// A message that is one request of an API caller, in a room the platform opened for that

@@ -203,6 +203,7 @@ pub fn spawn(
         agent: stored.agent,
         hold_until: None,
         told_hold: None,
+        told_retry: false,
         holds_changed,
         paused,
         paused_notice_sent: false,
@@ -243,6 +244,9 @@ struct RoomWorker {
     hold_until: Option<tokio::time::Instant>,
     /// The end of the usage-limit hold this room was last told about.
     told_hold: Option<u64>,
+    /// That hold's reset was unknown (only a time to try again): a retry that meets the
+    /// limit again is not told again, until a turn runs or an admin resumes the room.
+    told_retry: bool,
     /// Wakes the worker when any agent's hold is set or cleared.
     holds_changed: watch::Receiver<()>,
     paused: bool,
@@ -338,7 +342,10 @@ impl RoomWorker {
         let target = running.target.clone();
         let (report, notice) = match joined {
             Ok(report) if report.held => (report, Some(EndNotice::UsageLimit)),
-            Ok(report) => (report, None),
+            Ok(report) => {
+                self.told_retry = false;
+                (report, None)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "turn task died");
                 let report = TurnReport {
@@ -358,9 +365,11 @@ impl RoomWorker {
         // A turn that met the usage limit is always reported, even when the room was told
         // of this hold before (an admin cleared it and the limit was still there).
         let notice = match notice {
-            Some(EndNotice::UsageLimit) => self.usage_hold().map(|h| {
+            Some(EndNotice::UsageLimit) => self.usage_hold().and_then(|h| {
+                let again = self.told_retry && !h.reset_known;
                 self.told_hold = Some(h.until);
-                hold::notice(&h, self.pending.len())
+                self.told_retry = !h.reset_known;
+                (!again).then(|| hold::notice(&h, self.pending.len()))
             }),
             Some(EndNotice::Text(t)) => Some(t),
             None => None,
@@ -426,6 +435,7 @@ impl RoomWorker {
             RoomControl::Resume => {
                 self.paused = false;
                 self.paused_notice_sent = false;
+                self.told_retry = false;
             }
             RoomControl::Reset { done } => {
                 self.new_session().await;

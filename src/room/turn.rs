@@ -350,6 +350,8 @@ impl TurnRunner {
         let shown: Vec<_> = unseen
             .into_iter()
             .filter(|m| match self.deps.users.role_of(&m.sender) {
+                // The bot's own words (a thread's root) are shown; they carry no role.
+                _ if m.own => true,
                 Some(r) => {
                     turn_role = turn_role.min(r);
                     true

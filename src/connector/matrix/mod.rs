@@ -743,8 +743,10 @@ impl Connector for MatrixConnector {
         replay::reconnect("Matrix", &ctx, backoff, &mut runner).await
     }
 
-    /// The thread's root and latest events (`/relations`), without the bot's own, notices,
-    /// edits and redacted events; senders by their user id, as in a turn's own header.
+    /// The thread's root and latest events (`/relations`), without notices, edits, redacted
+    /// events and the bot's own but for the root (with its latest edit, which the server
+    /// bundles: the bot's answers stream by editing); senders by their user id, as in a
+    /// turn's own header.
     async fn thread_history(
         &self,
         room: &str,
@@ -767,11 +769,19 @@ impl Connector for MatrixConnector {
             .chain(replies)
             .filter_map(|v| serde_json::from_value::<RoomEvent>(v).ok())
             .filter_map(|ev| {
-                let c = serde_json::from_value::<MessageContent>(ev.content.clone()).ok()?;
-                if normalize::skip_reason(&ev, &c, &bot).is_some() {
-                    return None;
-                }
+                let mut c = serde_json::from_value::<MessageContent>(ev.content.clone()).ok()?;
+                let own = match normalize::skip_reason(&ev, &c, &bot) {
+                    None => false,
+                    Some(normalize::Skip::Own) if ev.event_id == thread => {
+                        if let Some(latest) = normalize::latest_edit(&ev) {
+                            c = latest;
+                        }
+                        true
+                    }
+                    Some(_) => return None,
+                };
                 Some(ThreadMessage {
+                    own,
                     text: bot.strip_leading_mention(&normalize::text_of(&c)),
                     ts: crate::model::from_epoch_ms(ev.origin_server_ts),
                     sender: crate::model::Sender {

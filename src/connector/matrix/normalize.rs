@@ -176,6 +176,14 @@ pub fn file_of(c: &MessageContent) -> Option<FileRef> {
 /// `filename` is set and differs).
 /// The text of a message as the agent reads it: a caption, the body without its reply
 /// fallback, an emote with its `*`.
+/// The content of an event's latest edit, as the server bundles it with the event (the full
+/// replacing event since spec 1.7); `None` when it was never edited or the server bundles
+/// only a reference.
+pub fn latest_edit(ev: &RoomEvent) -> Option<MessageContent> {
+    let new = ev.unsigned["m.relations"]["m.replace"]["content"].get("m.new_content")?;
+    serde_json::from_value(new.clone()).ok()
+}
+
 pub fn text_of(c: &MessageContent) -> String {
     if file_of(c).is_some() {
         return match &c.filename {
@@ -241,6 +249,31 @@ mod tests {
 
     fn text(body: &str) -> Value {
         json!({"msgtype": "m.text", "body": body})
+    }
+
+    #[test]
+    fn an_events_latest_edit_is_the_bundled_replacement() {
+        let (ev, _) = event("@bot:localhost", "m.room.message", text("partial"));
+        assert!(latest_edit(&ev).is_none());
+        let ev: RoomEvent = serde_json::from_value(json!({
+            "event_id": "$e1", "sender": "@bot:localhost", "type": "m.room.message",
+            "origin_server_ts": 1700000000000u64, "content": text("partial"),
+            "unsigned": {"m.relations": {"m.replace": {
+                "event_id": "$e2", "type": "m.room.message", "sender": "@bot:localhost",
+                "content": {"msgtype": "m.text", "body": "* the whole answer",
+                    "m.new_content": text("the whole answer"),
+                    "m.relates_to": {"rel_type": "m.replace", "event_id": "$e1"}}}}}
+        }))
+        .unwrap();
+        assert_eq!(text_of(&latest_edit(&ev).unwrap()), "the whole answer");
+        // A server that bundles only a reference leaves the original text.
+        let ev: RoomEvent = serde_json::from_value(json!({
+            "event_id": "$e1", "sender": "@bot:localhost", "type": "m.room.message",
+            "content": text("partial"),
+            "unsigned": {"m.relations": {"m.replace": {"event_id": "$e2"}}}
+        }))
+        .unwrap();
+        assert!(latest_edit(&ev).is_none());
     }
 
     #[test]

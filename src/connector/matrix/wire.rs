@@ -64,6 +64,9 @@ pub struct RoomEvent {
     pub origin_server_ts: u64,
     #[serde(default)]
     pub content: Value,
+    /// Server-added data; `m.relations.m.replace` is an event's latest edit (spec 1.7).
+    #[serde(default)]
+    pub unsigned: Value,
 }
 
 /// The content of an `m.room.message` (text, notice, emote, file, image, …).

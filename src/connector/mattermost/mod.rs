@@ -1004,8 +1004,9 @@ impl Connector for MattermostConnector {
         replay::reconnect("Mattermost", &ctx, backoff, &mut runner).await
     }
 
-    /// `GET /posts/{root}/thread` (the root and its replies), without the bot's own, system
-    /// and deleted posts; each author's username from the user cache.
+    /// `GET /posts/{root}/thread` (the root and its replies), without system and deleted
+    /// posts and without the bot's own but for the root; each author's username from the
+    /// user cache.
     async fn thread_history(
         &self,
         room: &str,
@@ -1026,7 +1027,7 @@ impl Connector for MattermostConnector {
         let posts: Vec<Post> = posts
             .into_values()
             // A thread is read only in the channel it was posted in.
-            .filter(|p| p.channel_id == room && p.user_id != bot.user_id)
+            .filter(|p| p.channel_id == room && (p.user_id != bot.user_id || p.id == thread))
             .filter(|p| p.kind.is_empty() && p.delete_at == 0)
             .collect();
         let posts = crate::connector::latest(posts, limit, |p| p.create_at);
@@ -1047,6 +1048,7 @@ impl Connector for MattermostConnector {
                 },
             };
             out.push(ThreadMessage {
+                own: p.user_id == bot.user_id,
                 sender,
                 text: bot.strip_leading_mention(&p.message),
                 ts: model::from_epoch_ms(p.create_at),

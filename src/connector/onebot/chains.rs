@@ -91,6 +91,7 @@ mod tests {
             },
             text: text.into(),
             ts: UNIX_EPOCH + Duration::from_secs(id as u64),
+            own: false,
         })
     }
 

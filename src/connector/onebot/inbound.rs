@@ -236,6 +236,7 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
                 sender: sender.clone(),
                 text: rendered.text.clone(),
                 ts,
+                own: false,
             }),
         );
     }

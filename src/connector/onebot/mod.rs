@@ -337,7 +337,8 @@ impl Connector for OneBotConnector {
     }
 
     /// What people said in the reply chain, as this connector saw it; a chain it has not
-    /// seen (before a restart) is at least its root, read with `get_msg`.
+    /// seen (before a restart, or rooted at the bot's own message) is at least its root, read
+    /// with `get_msg`.
     async fn thread_history(
         &self,
         room: &str,
@@ -357,8 +358,8 @@ impl Connector for OneBotConnector {
         let chat = Chat::parse(room).ok_or_else(|| ConnectorError::RoomNotFound(room.into()))?;
         Ok(inbound::fetch_quoted(&self.inner, self_id, chat, root)
             .await
-            .filter(|q| q.sender_id != self_id)
             .map(|q| ThreadMessage {
+                own: q.sender_id == self_id,
                 id: root.to_string(),
                 sender: crate::model::Sender {
                     id: q.sender_id.to_string(),

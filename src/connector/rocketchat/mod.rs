@@ -1046,7 +1046,7 @@ impl Connector for RocketChatConnector {
     }
 
     /// `chat.getMessage` (the root) and `chat.getThreadMessages` (the latest replies, asked
-    /// newest first), without the bot's own and system messages.
+    /// newest first), without system messages and without the bot's own but for the root.
     async fn thread_history(
         &self,
         room: &str,
@@ -1078,12 +1078,20 @@ impl Connector for RocketChatConnector {
             .chain(replies.messages)
             .filter_map(|v| serde_json::from_value::<WireMessage>(v).ok())
             // A thread is read only in the room it was posted in.
-            .filter(|m| m.rid == room && normalize::skip_reason(m, &bot).is_none())
-            .map(|m| ThreadMessage {
-                sender: normalize::sender_of(&m),
-                text: bot.strip_leading_mention(&m.msg),
-                ts: crate::model::from_epoch_ms(m.ts.0),
-                id: m.id,
+            .filter(|m| m.rid == room)
+            .filter_map(|m| {
+                let own = match normalize::skip_reason(&m, &bot) {
+                    None => false,
+                    Some(normalize::Skip::Own) if m.id == thread => true,
+                    Some(_) => return None,
+                };
+                Some(ThreadMessage {
+                    sender: normalize::sender_of(&m),
+                    text: bot.strip_leading_mention(&m.msg),
+                    ts: crate::model::from_epoch_ms(m.ts.0),
+                    id: m.id,
+                    own,
+                })
             })
             .collect();
         let messages = crate::connector::latest(messages, limit, |m| m.ts);

@@ -173,6 +173,26 @@ impl super::Threads for Matrix {
         user.send(&self.room, content).await
     }
 
+    async fn top_level_bot_message(&mut self, needle: &str) -> Option<String> {
+        let (room, bot) = (self.room.clone(), self.bot.user_id.clone());
+        let find = |u: &MatrixUser| -> Option<Value> {
+            u.messages_of(&room, &bot)
+                .into_iter()
+                .find(|(t, _)| t.contains(needle))
+                .map(|(_, ev)| ev)
+        };
+        let what = format!("a bot message containing {needle:?}");
+        self.owner
+            .wait_for(&what, TURN, |u| find(u).is_some())
+            .await;
+        let ev = find(&self.owner).unwrap();
+        assert!(
+            ev["content"]["m.relates_to"]["rel_type"] != "m.thread",
+            "{ev}"
+        );
+        ev["event_id"].as_str().map(str::to_string)
+    }
+
     async fn thread_of_reply(&mut self, needle: &str) -> Option<String> {
         let (room, bot) = (self.room.clone(), self.bot.user_id.clone());
         let find = |u: &MatrixUser| -> Option<Value> {

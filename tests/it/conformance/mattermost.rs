@@ -119,6 +119,23 @@ impl super::Threads for Mattermost {
     }
 
     async fn thread_of_reply(&mut self, needle: &str) -> Option<String> {
+        let post = self.bot_post(needle).await;
+        post["root_id"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+    }
+
+    async fn top_level_bot_message(&mut self, needle: &str) -> Option<String> {
+        let post = self.bot_post(needle).await;
+        assert!(post["root_id"].as_str().is_none_or(str::is_empty), "{post}");
+        post["id"].as_str().map(str::to_string)
+    }
+}
+
+impl Mattermost {
+    /// Waits for the bot's post containing `needle`.
+    async fn bot_post(&self, needle: &str) -> Value {
         let what = format!("a bot post containing {needle:?}");
         let find = |s: &State| -> Option<Value> {
             s.bot_posts(TOWN_SQUARE)
@@ -127,11 +144,7 @@ impl super::Threads for Mattermost {
                 .cloned()
         };
         self.fake.wait_for(&what, TURN, |s| find(s).is_some()).await;
-        let post = find(&self.fake.state()).unwrap();
-        post["root_id"]
-            .as_str()
-            .filter(|r| !r.is_empty())
-            .map(str::to_string)
+        find(&self.fake.state()).unwrap()
     }
 }
 

@@ -113,6 +113,10 @@ pub trait Threads: FakePlatform {
 
     /// Waits for the bot's message containing `needle`; the thread (root id) it is in.
     async fn thread_of_reply(&mut self, needle: &str) -> Option<String>;
+
+    /// Waits for the bot's message containing `needle`, posted at the top level; its id, for
+    /// people to start a thread on. `None` where the bot's notices are never top level.
+    async fn top_level_bot_message(&mut self, needle: &str) -> Option<String>;
 }
 
 /// `session_scope: thread`, end to end: a top-level mention opens a thread with a session of
@@ -130,7 +134,8 @@ pub async fn thread_scope<P: Threads>() {
             {"text": "Thread one, third answer."}
         ]},
         {"match": "TS-TWO", "turns": [{"text": "Thread two, first answer."}]},
-        {"match": "TS-THREE", "turns": [{"text": "Thread three, first answer."}]}
+        {"match": "TS-THREE", "turns": [{"text": "Thread three, first answer."}]},
+        {"match": "TS-FOUR", "turns": [{"text": "Thread four, first answer."}]}
     ], "default_text": "OK"});
     let Some(mut chat) = Chat::<P>::start_with_watcher(script, "", ", session_scope: thread").await
     else {
@@ -241,6 +246,37 @@ pub async fn thread_scope<P: Threads>() {
             "🧵 This room keeps an agent session per thread: send the command in the thread it is for.",
         )
         .await;
+
+    // A thread people start on the bot's own top-level message shows that message as its
+    // root: the bot's, marked as such.
+    if let Some(notice) = chat
+        .platform
+        .top_level_bot_message("🧵 This room keeps an agent session per thread")
+        .await
+    {
+        chat.platform
+            .post_at(
+                Who::Owner,
+                "TS-FOUR what does that mean?",
+                true,
+                Some(&notice),
+            )
+            .await;
+        let thread = chat
+            .platform
+            .thread_of_reply("Thread four, first answer.")
+            .await;
+        assert_eq!(thread.as_deref(), Some(notice.as_str()));
+        let prompt = chat
+            .call_answering("TS-FOUR what does that mean?")
+            .last_text();
+        let context = thread_context_of(&prompt);
+        assert!(
+            context.contains(" (you) | ts: ")
+                && context.contains("] 🧵 This room keeps an agent session per thread"),
+            "{prompt}"
+        );
+    }
 
     let three = chat
         .platform

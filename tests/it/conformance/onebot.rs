@@ -217,6 +217,12 @@ impl super::Threads for OneBot {
         id.to_string()
     }
 
+    /// None: the bot's notice quotes the message it answers, so it is in that message's chain
+    /// (a chain rooted at the bot's own message comes only from a schedule's answer).
+    async fn top_level_bot_message(&mut self, _needle: &str) -> Option<String> {
+        None
+    }
+
     /// The chain of the bot's reply: that of the message it quotes.
     async fn thread_of_reply(&mut self, needle: &str) -> Option<String> {
         let quoting = |a: &Value| -> Option<String> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{FakePlatform, Who, TURN};
+use super::{FakePlatform, Threads, Who, TURN};
 use crate::support::daemon::Gateway;
 use crate::support::fake_rocketchat::{FakeRocketChat, BOT_PASSWORD, BOT_USER};
 
@@ -129,6 +129,12 @@ impl super::Threads for RocketChat {
         let m = self.fake.bot_message_containing(RID, needle, TURN).await;
         m["tmid"].as_str().map(str::to_string)
     }
+
+    async fn top_level_bot_message(&mut self, needle: &str) -> Option<String> {
+        let m = self.fake.bot_message_containing(RID, needle, TURN).await;
+        assert!(m.get("tmid").is_none_or(Value::is_null), "{m}");
+        m["_id"].as_str().map(str::to_string)
+    }
 }
 
 super::scenarios!(RocketChat);
@@ -139,12 +145,14 @@ async fn thread_scope_gives_each_thread_its_session_and_context() {
 }
 
 /// A schedule's prompt was never posted, so in thread scope it starts no thread: it is
-/// answered at the top level, in the room's own session.
+/// answered at the top level, in the room's own session. A thread people start on that
+/// answer has it as context.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_thread_scope_a_schedule_is_answered_at_the_top_level() {
-    let script = json!({"scenarios": [{"match": "TS-SCHEDULED", "turns": [
-        {"text": "Scheduled answer, top level."}
-    ]}], "default_text": "OK"});
+    let script = json!({"scenarios": [
+        {"match": "TS-SCHEDULED", "turns": [{"text": "Scheduled answer, top level."}]},
+        {"match": "TS-FOLLOW", "turns": [{"text": "Follow-up answer."}]}
+    ], "default_text": "OK"});
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -178,4 +186,18 @@ async fn in_thread_scope_a_schedule_is_answered_at_the_top_level() {
         .filter(|t| t.contains('❌') || t.contains("⚠️"))
         .collect();
     assert!(failed.is_empty(), "{failed:?}");
+
+    let root = m["_id"].as_str().unwrap().to_string();
+    chat.platform
+        .post_at(Who::Owner, "TS-FOLLOW why?", true, Some(&root))
+        .await;
+    let thread = chat.platform.thread_of_reply("Follow-up answer.").await;
+    assert_eq!(thread.as_deref(), Some(root.as_str()));
+    let prompt = chat.call_answering("TS-FOLLOW why?").last_text();
+    let context = super::thread_context_of(&prompt);
+    assert!(
+        context.contains("| from: bot (you) | ts: ")
+            && context.contains("] Scheduled answer, top level.\n"),
+        "{prompt}"
+    );
 }

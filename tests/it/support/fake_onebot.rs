@@ -527,11 +527,13 @@ fn answer(state: &State, action: &Value) -> Option<Value> {
                 .or_else(|| params.get("messages"))
                 .cloned()
                 .unwrap_or(Value::Null);
-            state.messages.lock().unwrap().insert(
-                id,
-                json!({"message_id": id, "time": now_secs(),
-                       "sender": {"user_id": state.self_id, "nickname": "bot"}, "message": message}),
-            );
+            let mut data = json!({"message_id": id, "time": now_secs(), "message_type": "private",
+                   "sender": {"user_id": state.self_id, "nickname": "bot"}, "message": message});
+            if let Some(group) = params.get("group_id").filter(|g| !g.is_null()) {
+                data["message_type"] = json!("group");
+                data["group_id"] = group.clone();
+            }
+            state.messages.lock().unwrap().insert(id, data);
             ok(json!({"message_id": id}))
         }
         "get_msg" => {
