@@ -302,9 +302,23 @@ async fn a_reply_chain_is_one_thread_rooted_at_its_first_message() {
         .collect();
     assert_eq!(
         said,
-        [(USER.to_string().as_str(), "why?")],
-        "what this connector saw of the chain"
+        [("4242", "is CI red?"), (USER.to_string().as_str(), "why?")],
+        "the root (read once with get_msg), then what this connector saw of the chain"
     );
+    let reads = |bot: &FakeBot| {
+        bot.actions()
+            .iter()
+            .filter(|a| a["action"] == "get_msg" && a["params"]["message_id"] == 700)
+            .count()
+    };
+    let before = reads(&bot);
+    let again = gw
+        .conn
+        .thread_history(&format!("group:{GROUP}"), "700", 10)
+        .await
+        .unwrap();
+    assert_eq!(again, history, "the same, from memory");
+    assert_eq!(reads(&bot), before, "the root is read once");
 
     // The bot's answer to 702 continues the chain; a reply to it is in the chain too, known
     // without another get_msg.
@@ -333,6 +347,27 @@ async fn a_reply_chain_is_one_thread_rooted_at_its_first_message() {
     bot.send_event(&at_bot(704, USER, "new question"));
     let msg = gw.message().await;
     assert_eq!(msg.thread, None);
+
+    // A chain rooted at the bot's own message (a schedule's report) has it as its root.
+    bot.remember_message(
+        710,
+        SELF,
+        "bot",
+        json!([{"type": "text", "data": {"text": "daily report: all green"}}]),
+    );
+    bot.send_event(&group_msg(711, USER, json!([{"type": "reply", "data": {"id": "710"}}, {"type": "text", "data": {"text": "really?"}}])));
+    let msg = gw.message().await;
+    assert_eq!(msg.thread.as_deref(), Some("710"));
+    let history = gw
+        .conn
+        .thread_history(&format!("group:{GROUP}"), "710", 10)
+        .await
+        .unwrap();
+    let said: Vec<(&str, bool)> = history.iter().map(|m| (m.text.as_str(), m.own)).collect();
+    assert_eq!(
+        said,
+        [("daily report: all green", true), ("really?", false)]
+    );
 
     // A reply segment naming another group's message brings none of its words here: not
     // as a quote, not as the thread's history.

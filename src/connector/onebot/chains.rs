@@ -3,8 +3,8 @@
 //! nothing. With `session_scope: thread` each chain has its own session.
 //!
 //! Owns: message id → chain root for recent messages (the bot's own included, so a reply to
-//! the bot's answer continues the chain), and each recent chain's messages from people, for
-//! `thread_history`. Both bounded; what was evicted (or lost with a restart) is found again by
+//! the bot's answer continues the chain), and each recent chain's messages from people (and
+//! its root once read, even when it is the bot's own), for `thread_history`. Both bounded; what was evicted (or lost with a restart) is found again by
 //! walking the chain up with `get_msg` (`inbound.rs`).
 
 use std::collections::{HashMap, VecDeque};
@@ -66,13 +66,16 @@ impl Chains {
         }
     }
 
-    /// What people said in `room` in the chain rooted at `root`, oldest first, at most the
-    /// latest `limit`.
+    /// What people said in `room` in the chain rooted at `root`, oldest first (the root first
+    /// whatever its time says), at most the latest `limit`.
     pub fn history(&self, room: &str, root: i64, limit: usize) -> Vec<ThreadMessage> {
         let Some(list) = self.members.get(&(room.to_string(), root)) else {
             return Vec::new();
         };
-        crate::connector::latest(list.iter().cloned().collect(), limit, |m| m.ts)
+        let root = root.to_string();
+        crate::connector::latest(list.iter().cloned().collect(), limit, |m| {
+            (m.id != root, m.ts)
+        })
     }
 }
 
