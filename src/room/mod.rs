@@ -626,6 +626,10 @@ impl RoomWorker {
             .ledger()
             .spending(|s| crate::budget::check(&self.deps.budgets, s, &who, now))?;
         info!(reason = %refusal, "turn not started: budget reached");
+        // An API caller has no room to send a command in.
+        if batch.iter().any(|q| q.message.conversation.is_some()) {
+            return Some(refusal);
+        }
         Some(format!(
             "{refusal} An owner can let guests past it until the end of the UTC day with `{}budget override`.",
             self.deps.commands.prefix

@@ -405,6 +405,37 @@ async fn a_reply_chain_is_one_thread_rooted_at_its_first_message() {
     bot.send_event(&reply);
     let msg = gw.message().await;
     assert_eq!(msg.thread, None, "{msg:?}");
+    assert!(
+        msg.text.contains("earlier"),
+        "the peer's own words are quoted: {}",
+        msg.text
+    );
+    // Someone else's private message (another DM of the bot) is not quoted into this one.
+    bot.remember_message_in(
+        0,
+        802,
+        4242,
+        "bob",
+        json!([{"type": "text", "data": {"text": "BOBS-DM secret"}}]),
+    );
+    let mut reply = private_msg(707, USER, "and this?");
+    reply["message"] = json!([{"type": "reply", "data": {"id": "802"}}, {"type": "text", "data": {"text": "and this?"}}]);
+    bot.send_event(&reply);
+    let msg = gw.message().await;
+    assert!(!msg.text.contains("BOBS-DM"), "{}", msg.text);
+    // A group message whose group `get_msg` does not say (strict V11), never seen here, is
+    // not quoted either.
+    bot.remember_message_in(
+        GROUP,
+        803,
+        4242,
+        "bob",
+        json!([{"type": "text", "data": {"text": "UNPLACED words"}}]),
+    );
+    bot.forget_group_of(803);
+    bot.send_event(&group_msg(708, USER, json!([{"type": "reply", "data": {"id": "803"}}, {"type": "at", "data": {"qq": SELF.to_string()}}, {"type": "text", "data": {"text": " hm?"}}])));
+    let msg = gw.message().await;
+    assert!(!msg.text.contains("UNPLACED"), "{}", msg.text);
     gw.stop().await;
 }
 
