@@ -110,6 +110,9 @@ struct Inner {
     limiter: Option<RateLimiter<i64>>,
     downloader: attach::Downloader,
     runtime: OnceLock<Runtime>,
+    /// The connector's owners and guests: group context shows an addressed message only the
+    /// words of people with at least its sender's role (`context.rs`).
+    users: crate::config::UserRoles,
 }
 
 impl Inner {
@@ -173,10 +176,20 @@ impl OneBotConnector {
                 limiter: cfg.rate_limit.clone().map(RateLimiter::new),
                 downloader: attach::Downloader::new()?,
                 runtime: OnceLock::new(),
+                users: crate::config::UserRoles::default(),
             }),
             listener: Mutex::new(None),
             local_addr: Mutex::new(None),
         })
+    }
+
+    /// The connector's owners and guests (its `allowed_users`), for group context. Without
+    /// them nobody has a role, and group context shows only the bot's own lines.
+    pub fn with_users(mut self, users: crate::config::UserRoles) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.users = users;
+        }
+        self
     }
 
     /// The address the reverse-WS server listens on (after `prepare`), e.g. to learn the
