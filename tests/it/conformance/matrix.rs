@@ -26,6 +26,22 @@ pub struct Matrix {
 }
 
 impl Matrix {
+    /// Waits for the bot's message containing `needle`; its (first) event.
+    async fn bot_event(&mut self, needle: &str) -> Value {
+        let (room, bot) = (self.room.clone(), self.bot.user_id.clone());
+        let find = |u: &MatrixUser| -> Option<Value> {
+            u.messages_of(&room, &bot)
+                .into_iter()
+                .find(|(t, _)| t.contains(needle))
+                .map(|(_, ev)| ev)
+        };
+        let what = format!("a bot message containing {needle:?}");
+        self.owner
+            .wait_for(&what, TURN, |u| find(u).is_some())
+            .await;
+        find(&self.owner).unwrap()
+    }
+
     fn bot_texts(&self) -> Vec<String> {
         self.owner
             .messages_of(&self.room, &self.bot.user_id)
@@ -174,18 +190,7 @@ impl super::Threads for Matrix {
     }
 
     async fn top_level_bot_message(&mut self, needle: &str) -> Option<String> {
-        let (room, bot) = (self.room.clone(), self.bot.user_id.clone());
-        let find = |u: &MatrixUser| -> Option<Value> {
-            u.messages_of(&room, &bot)
-                .into_iter()
-                .find(|(t, _)| t.contains(needle))
-                .map(|(_, ev)| ev)
-        };
-        let what = format!("a bot message containing {needle:?}");
-        self.owner
-            .wait_for(&what, TURN, |u| find(u).is_some())
-            .await;
-        let ev = find(&self.owner).unwrap();
+        let ev = self.bot_event(needle).await;
         assert!(
             ev["content"]["m.relates_to"]["rel_type"] != "m.thread",
             "{ev}"
@@ -194,18 +199,7 @@ impl super::Threads for Matrix {
     }
 
     async fn thread_of_reply(&mut self, needle: &str) -> Option<String> {
-        let (room, bot) = (self.room.clone(), self.bot.user_id.clone());
-        let find = |u: &MatrixUser| -> Option<Value> {
-            u.messages_of(&room, &bot)
-                .into_iter()
-                .find(|(t, _)| t.contains(needle))
-                .map(|(_, ev)| ev)
-        };
-        let what = format!("a bot message containing {needle:?}");
-        self.owner
-            .wait_for(&what, TURN, |u| find(u).is_some())
-            .await;
-        let ev = find(&self.owner).unwrap();
+        let ev = self.bot_event(needle).await;
         let rel = &ev["content"]["m.relates_to"];
         (rel["rel_type"] == "m.thread")
             .then(|| rel["event_id"].as_str().map(str::to_string))
