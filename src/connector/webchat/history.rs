@@ -39,6 +39,9 @@ struct Record {
     ts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     file: Option<FileRecord>,
+    /// The thread's root; absent at the top level (and in journals from before threads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    thread: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -63,6 +66,7 @@ pub fn line(room: &str, m: &Message) -> String {
             size: f.size,
             inline: f.inline,
         }),
+        thread: m.thread,
     };
     // A record of strings and integers always serialises.
     serde_json::to_string(&record).unwrap_or_default()
@@ -134,6 +138,7 @@ pub fn load(path: &Path, history_limit: usize, max_rooms: usize) -> io::Result<L
                 size: f.size,
                 inline: f.inline,
             }),
+            thread: r.thread,
         };
         // A later line with the same id (an edit of a final message) replaces the earlier.
         messages.insert(message.id, message);
@@ -361,6 +366,7 @@ mod tests {
             done: true,
             ts: SystemTime::now(),
             file: None,
+            thread: None,
         }
     }
 
