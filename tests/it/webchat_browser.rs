@@ -763,6 +763,28 @@ async fn the_page_replies_in_a_thread_and_shows_the_answer_there() {
            .some((e) => e.textContent === 'The cache is stale: clear it.')",
     )
     .await;
+    // On a phone the open thread takes the whole width, its composer in reach.
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 390, "height": 780, "deviceScaleFactor": 1, "mobile": true }),
+    )
+    .await;
+    let narrow = cdp
+        .eval(
+            "(() => {
+               const r = document.getElementById('thread-send').getBoundingClientRect();
+               return [r.width > 0 && r.right <= innerWidth && r.bottom <= innerHeight,
+                       document.getElementById('composer').getBoundingClientRect().width,
+                       document.documentElement.scrollWidth];
+             })()",
+        )
+        .await;
+    assert_eq!(
+        narrow,
+        json!([true, 0, 390]),
+        "the thread alone, within the screen"
+    );
+    cdp.screenshot("webchat-thread-narrow.png").await;
     cdp.click("#thread-close").await;
     cdp.wait_for(
         "the panel to close",
