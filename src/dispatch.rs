@@ -520,13 +520,20 @@ impl Dispatcher {
                 self.post_notice(&key, message.reply_target(), answer);
                 return verdict(ack, Acceptance::Handled);
             }
-            // In thread scope a group room's own session is never used (every top-level
-            // message starts a thread): a command there could only act on nothing.
+            // In thread scope a group room's own session is used only by schedules (every
+            // top-level message starts a thread): a command there acts on that session when
+            // there is one, and is otherwise pointed to the thread it is meant for.
             Some(Parsed::Run(command))
                 if threads
                     && message.thread.is_none()
                     && message.room.kind == RoomKind::Group
-                    && !matches!(command, commands::Command::Help) =>
+                    && !matches!(command, commands::Command::Help)
+                    && self.rooms.get(&key).is_none_or(|e| e.offered == 0)
+                    && self
+                        .parts
+                        .store
+                        .room(&key)
+                        .is_none_or(|r| r.session_id.is_none()) =>
             {
                 let notice = "🧵 This room keeps an agent session per thread: send the command in the thread it is for.";
                 self.post_notice(&key, message.reply_target(), notice.into());

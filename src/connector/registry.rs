@@ -13,8 +13,9 @@ use crate::config::{ConnectorConfig, ConnectorKind, ConnectorTypes, SectionParse
 
 use super::{matrix, mattermost, onebot, openai, rocketchat, webchat, Connector};
 
-/// Builds a connector from its name, its platform's validated settings and the runtime dir.
-pub type Builder = fn(&str, &ConnectorKind, &Path) -> anyhow::Result<Arc<dyn Connector>>;
+/// Builds a connector from its validated section (name, platform settings, owners and
+/// guests) and the runtime dir.
+pub type Builder = fn(&ConnectorConfig, &Path) -> anyhow::Result<Arc<dyn Connector>>;
 
 /// One connector type.
 pub struct Platform {
@@ -38,10 +39,10 @@ pub static PLATFORMS: Platforms = Platforms(&[
         label: "WebChat",
         parse: webchat::config::validate,
         schema: webchat::config::schema,
-        build: |name, kind, dir| {
+        build: |config, dir| {
             Ok(Arc::new(webchat::WebchatConnector::new(
-                name,
-                settings(name, kind)?,
+                &config.name,
+                settings(&config.name, &config.kind)?,
                 dir,
             )?))
         },
@@ -51,10 +52,10 @@ pub static PLATFORMS: Platforms = Platforms(&[
         label: "Rocket.Chat",
         parse: rocketchat::config::validate,
         schema: rocketchat::config::schema,
-        build: |name, kind, dir| {
+        build: |config, dir| {
             Ok(Arc::new(rocketchat::RocketChatConnector::new(
-                name,
-                settings(name, kind)?,
+                &config.name,
+                settings(&config.name, &config.kind)?,
                 dir,
             )?))
         },
@@ -64,12 +65,15 @@ pub static PLATFORMS: Platforms = Platforms(&[
         label: "QQ",
         parse: onebot::config::validate,
         schema: onebot::config::schema,
-        build: |name, kind, dir| {
-            Ok(Arc::new(onebot::OneBotConnector::new(
-                name,
-                settings(name, kind)?,
-                dir,
-            )?))
+        build: |config, dir| {
+            Ok(Arc::new(
+                onebot::OneBotConnector::new(
+                    &config.name,
+                    settings(&config.name, &config.kind)?,
+                    dir,
+                )?
+                .with_users(config.users.clone()),
+            ))
         },
     },
     Platform {
@@ -77,10 +81,10 @@ pub static PLATFORMS: Platforms = Platforms(&[
         label: "Mattermost",
         parse: mattermost::config::validate,
         schema: mattermost::config::schema,
-        build: |name, kind, dir| {
+        build: |config, dir| {
             Ok(Arc::new(mattermost::MattermostConnector::new(
-                name,
-                settings(name, kind)?,
+                &config.name,
+                settings(&config.name, &config.kind)?,
                 dir,
             )?))
         },
@@ -90,10 +94,10 @@ pub static PLATFORMS: Platforms = Platforms(&[
         label: "Matrix",
         parse: matrix::config::validate,
         schema: matrix::config::schema,
-        build: |name, kind, dir| {
+        build: |config, dir| {
             Ok(Arc::new(matrix::MatrixConnector::new(
-                name,
-                settings(name, kind)?,
+                &config.name,
+                settings(&config.name, &config.kind)?,
                 dir,
             )?))
         },
@@ -103,10 +107,10 @@ pub static PLATFORMS: Platforms = Platforms(&[
         label: "OpenAI API",
         parse: openai::config::validate,
         schema: openai::config::schema,
-        build: |name, kind, dir| {
+        build: |config, dir| {
             Ok(Arc::new(openai::OpenaiConnector::new(
-                name,
-                settings(name, kind)?,
+                &config.name,
+                settings(&config.name, &config.kind)?,
                 dir,
             )?))
         },
@@ -153,7 +157,7 @@ pub fn build(config: &ConnectorConfig, runtime_dir: &Path) -> anyhow::Result<Arc
             config.name
         ),
         kind => match PLATFORMS.get(kind.type_name()) {
-            Some(p) => (p.build)(&config.name, kind, runtime_dir),
+            Some(p) => (p.build)(config, runtime_dir),
             None => anyhow::bail!(
                 "connector '{}' has type '{}', which no platform provides",
                 config.name,

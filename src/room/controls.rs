@@ -148,6 +148,7 @@ impl RoomWorker {
     /// Drops every waiting message (an owner's `stop all`); how many.
     fn drop_queue(&mut self) -> usize {
         let dropped: Vec<String> = self.pending.drain(..).map(|q| q.message.id).collect();
+        self.told_retry = None;
         self.deps.store.update_room(&self.key, |r| {
             r.pending.retain(|p| !dropped.contains(&p.id))
         });

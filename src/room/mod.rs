@@ -203,7 +203,7 @@ pub fn spawn(
         agent: stored.agent,
         hold_until: None,
         told_hold: None,
-        told_retry: false,
+        told_retry: None,
         holds_changed,
         paused,
         paused_notice_sent: false,
@@ -244,9 +244,10 @@ struct RoomWorker {
     hold_until: Option<tokio::time::Instant>,
     /// The end of the usage-limit hold this room was last told about.
     told_hold: Option<u64>,
-    /// That hold's reset was unknown (only a time to try again): a retry that meets the
-    /// limit again is not told again, until a turn runs or an admin resumes the room.
-    told_retry: bool,
+    /// That hold's reset was unknown (only a time to try again), with this many messages
+    /// waiting: a retry that meets the limit again with the same messages is not told again
+    /// (until a turn runs, the queue is dropped or an admin resumes the room).
+    told_retry: Option<usize>,
     /// Wakes the worker when any agent's hold is set or cleared.
     holds_changed: watch::Receiver<()>,
     paused: bool,
@@ -343,7 +344,7 @@ impl RoomWorker {
         let (report, notice) = match joined {
             Ok(report) if report.held => (report, Some(EndNotice::UsageLimit)),
             Ok(report) => {
-                self.told_retry = false;
+                self.told_retry = None;
                 (report, None)
             }
             Err(e) => {
@@ -362,13 +363,15 @@ impl RoomWorker {
             }
         };
         self.finish_turn(report);
-        // A turn that met the usage limit is always reported, even when the room was told
-        // of this hold before (an admin cleared it and the limit was still there).
+        // A turn that met the usage limit is reported even when the room was told of this
+        // hold before (an admin cleared it and the limit was still there); only a retry of
+        // the same waiting messages after an unknown reset is not (`told_retry`).
         let notice = match notice {
             Some(EndNotice::UsageLimit) => self.usage_hold().and_then(|h| {
-                let again = self.told_retry && !h.reset_known;
+                let waiting = self.pending.len();
+                let again = !h.reset_known && self.told_retry == Some(waiting);
                 self.told_hold = Some(h.until);
-                self.told_retry = !h.reset_known;
+                self.told_retry = (!h.reset_known).then_some(waiting);
                 (!again).then(|| hold::notice(&h, self.pending.len()))
             }),
             Some(EndNotice::Text(t)) => Some(t),
@@ -435,7 +438,7 @@ impl RoomWorker {
             RoomControl::Resume => {
                 self.paused = false;
                 self.paused_notice_sent = false;
-                self.told_retry = false;
+                self.told_retry = None;
             }
             RoomControl::Reset { done } => {
                 self.new_session().await;
@@ -626,6 +629,10 @@ impl RoomWorker {
             .ledger()
             .spending(|s| crate::budget::check(&self.deps.budgets, s, &who, now))?;
         info!(reason = %refusal, "turn not started: budget reached");
+        // An API caller has no room to send a command in.
+        if batch.iter().any(|q| q.message.conversation.is_some()) {
+            return Some(refusal);
+        }
         Some(format!(
             "{refusal} An owner can let guests past it until the end of the UTC day with `{}budget override`.",
             self.deps.commands.prefix

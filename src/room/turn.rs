@@ -255,6 +255,11 @@ impl TurnRunner {
                     }
                     _ => {}
                 }
+                // An agent that said or did something has read the prompt: a kept session has
+                // seen the thread's context.
+                if acted {
+                    report.thread_seen = thread_seen;
+                }
                 // The limit is the account's: every room on this agent holds. A chat room's
                 // messages wait for the reset; an API caller, who waits for its own answer,
                 // is told at once, and so is a room whose turn had begun to act (run again,

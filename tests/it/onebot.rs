@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_chat_gateway::config::UserRoles;
 use agent_chat_gateway::connector::onebot::config::{GroupContext, Mode, OneBotConfig, RateLimit};
 use agent_chat_gateway::connector::onebot::OneBotConnector;
 use agent_chat_gateway::connector::{Acceptance, Connector, ConnectorError, ConnectorEvent};
-use agent_chat_gateway::model::{InboundMessage, ReplyTarget, RoomKind, RoomRef};
+use agent_chat_gateway::model::{InboundMessage, ReplyTarget, Role, RoomKind, RoomRef};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -52,9 +53,23 @@ fn base_config() -> OneBotConfig {
     cfg
 }
 
+/// Everyone an owner: the connector's own tests are not about roles (the dispatcher's are),
+/// except where group context filters by them ([`gateway_with_users`]).
 async fn gateway_with(cfg: OneBotConfig, watched: &[&str]) -> Harness {
+    let everyone = UserRoles {
+        unknown: Some(Role::Owner),
+        ..UserRoles::default()
+    };
+    gateway_with_users(cfg, watched, everyone).await
+}
+
+async fn gateway_with_users(cfg: OneBotConfig, watched: &[&str], users: UserRoles) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let conn = Arc::new(OneBotConnector::new("qq", &cfg, dir.path()).unwrap());
+    let conn = Arc::new(
+        OneBotConnector::new("qq", &cfg, dir.path())
+            .unwrap()
+            .with_users(users),
+    );
     conn.prepare().await.unwrap();
     let url = match &cfg.mode {
         Mode::Listen { path, .. } => format!("ws://{}{path}", conn.local_addr().unwrap()),
@@ -302,9 +317,23 @@ async fn a_reply_chain_is_one_thread_rooted_at_its_first_message() {
         .collect();
     assert_eq!(
         said,
-        [(USER.to_string().as_str(), "why?")],
-        "what this connector saw of the chain"
+        [("4242", "is CI red?"), (USER.to_string().as_str(), "why?")],
+        "the root (read once with get_msg), then what this connector saw of the chain"
     );
+    let reads = |bot: &FakeBot| {
+        bot.actions()
+            .iter()
+            .filter(|a| a["action"] == "get_msg" && a["params"]["message_id"] == 700)
+            .count()
+    };
+    let before = reads(&bot);
+    let again = gw
+        .conn
+        .thread_history(&format!("group:{GROUP}"), "700", 10)
+        .await
+        .unwrap();
+    assert_eq!(again, history, "the same, from memory");
+    assert_eq!(reads(&bot), before, "the root is read once");
 
     // The bot's answer to 702 continues the chain; a reply to it is in the chain too, known
     // without another get_msg.
@@ -333,6 +362,27 @@ async fn a_reply_chain_is_one_thread_rooted_at_its_first_message() {
     bot.send_event(&at_bot(704, USER, "new question"));
     let msg = gw.message().await;
     assert_eq!(msg.thread, None);
+
+    // A chain rooted at the bot's own message (a schedule's report) has it as its root.
+    bot.remember_message(
+        710,
+        SELF,
+        "bot",
+        json!([{"type": "text", "data": {"text": "daily report: all green"}}]),
+    );
+    bot.send_event(&group_msg(711, USER, json!([{"type": "reply", "data": {"id": "710"}}, {"type": "text", "data": {"text": "really?"}}])));
+    let msg = gw.message().await;
+    assert_eq!(msg.thread.as_deref(), Some("710"));
+    let history = gw
+        .conn
+        .thread_history(&format!("group:{GROUP}"), "710", 10)
+        .await
+        .unwrap();
+    let said: Vec<(&str, bool)> = history.iter().map(|m| (m.text.as_str(), m.own)).collect();
+    assert_eq!(
+        said,
+        [("daily report: all green", true), ("really?", false)]
+    );
 
     // A reply segment naming another group's message brings none of its words here: not
     // as a quote, not as the thread's history.
@@ -370,6 +420,37 @@ async fn a_reply_chain_is_one_thread_rooted_at_its_first_message() {
     bot.send_event(&reply);
     let msg = gw.message().await;
     assert_eq!(msg.thread, None, "{msg:?}");
+    assert!(
+        msg.text.contains("earlier"),
+        "the peer's own words are quoted: {}",
+        msg.text
+    );
+    // Someone else's private message (another DM of the bot) is not quoted into this one.
+    bot.remember_message_in(
+        0,
+        802,
+        4242,
+        "bob",
+        json!([{"type": "text", "data": {"text": "BOBS-DM secret"}}]),
+    );
+    let mut reply = private_msg(707, USER, "and this?");
+    reply["message"] = json!([{"type": "reply", "data": {"id": "802"}}, {"type": "text", "data": {"text": "and this?"}}]);
+    bot.send_event(&reply);
+    let msg = gw.message().await;
+    assert!(!msg.text.contains("BOBS-DM"), "{}", msg.text);
+    // A group message whose group `get_msg` does not say (strict V11), never seen here, is
+    // not quoted either.
+    bot.remember_message_in(
+        GROUP,
+        803,
+        4242,
+        "bob",
+        json!([{"type": "text", "data": {"text": "UNPLACED words"}}]),
+    );
+    bot.forget_group_of(803);
+    bot.send_event(&group_msg(708, USER, json!([{"type": "reply", "data": {"id": "803"}}, {"type": "at", "data": {"qq": SELF.to_string()}}, {"type": "text", "data": {"text": " hm?"}}])));
+    let msg = gw.message().await;
+    assert!(!msg.text.contains("UNPLACED"), "{}", msg.text);
     gw.stop().await;
 }
 
@@ -922,6 +1003,73 @@ async fn group_context_since_the_last_address_is_prepended() {
     let lines: Vec<&str> = second.text.lines().collect();
     assert_eq!(lines.len(), 5, "{}", second.text);
     assert!(lines[1].ends_with("u6(6): after"), "{}", second.text);
+    gw.stop().await;
+}
+
+/// Group context obeys roles: an owner's message is shown only owners' (and the bot's)
+/// words, a guest's no stranger's; what is left out is counted.
+#[tokio::test]
+async fn group_context_shows_only_words_of_people_with_the_senders_role() {
+    let mut cfg = base_config();
+    cfg.group_context = Some(GroupContext {
+        max_messages: 10,
+        max_chars: 2000,
+        scan_limit: 200,
+    });
+    let users = UserRoles {
+        owners: [format!("id:{USER}"), "id:7".to_string()].into(),
+        guests: ["id:6".to_string()].into(),
+        unknown: None,
+    };
+    let mut gw = gateway_with_users(cfg, &["*"], users).await;
+    let bot = gw.bot(SELF).await;
+    let t0 = 1_747_792_000;
+    let entry = |seq: i64, user: i64, text: &str| {
+        json!({"message_id": seq, "message_seq": seq, "time": t0 + seq, "group_id": GROUP, "user_id": user,
+               "message_type": "group", "sender": {"user_id": user, "nickname": format!("u{user}")},
+               "message": [{"type": "text", "data": {"text": text}}]})
+    };
+    let at_bot = |id: i64, user: i64, text: &str| {
+        let mut m = group_msg(
+            id,
+            user,
+            json!([{"type": "at", "data": {"qq": SELF.to_string()}}, {"type": "text", "data": {"text": text}}]),
+        );
+        m["time"] = json!(t0 + id);
+        m
+    };
+    bot.add_history(vec![
+        entry(1, 5, "STRANGER run rm -rf"),
+        entry(2, 6, "GUEST says hi"),
+        entry(3, 7, "OWNER-TWO says the build is red"),
+        entry(4, SELF, "BOT earlier answer"),
+        entry(5, USER, "@bot owner asks"),
+    ]);
+    bot.send_event(&at_bot(5, USER, " owner asks"));
+    let text = gw.message().await.text;
+    assert!(
+        text.contains("OWNER-TWO") && text.contains("BOT earlier"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("STRANGER") && !text.contains("GUEST says"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(2 message(s) not shown: from people who may not use this bot, or with fewer rights than the sender)"),
+        "{text}"
+    );
+
+    bot.add_history(vec![
+        entry(6, 5, "STRANGER again"),
+        entry(7, 7, "OWNER-TWO again"),
+        entry(8, 6, "@bot guest asks"),
+    ]);
+    bot.send_event(&at_bot(8, 6, " guest asks"));
+    let text = gw.message().await.text;
+    assert!(text.contains("OWNER-TWO again"), "{text}");
+    assert!(!text.contains("STRANGER"), "{text}");
+    assert!(text.contains("(1 message(s) not shown"), "{text}");
     gw.stop().await;
 }
 

@@ -172,18 +172,23 @@ pub fn file_of(c: &MessageContent) -> Option<FileRef> {
     })
 }
 
+/// The content of an event's latest edit, as the server bundles it with the event (the full
+/// replacing event since spec 1.7); `None` when it was never edited, the server bundles only
+/// a reference, or the edit is not by the event's own sender (which the spec makes invalid,
+/// and which would put someone else's words under the bot's name).
+pub fn latest_edit(ev: &RoomEvent) -> Option<MessageContent> {
+    let edit = &ev.unsigned["m.relations"]["m.replace"];
+    if edit["sender"].as_str() != Some(ev.sender.as_str()) {
+        return None;
+    }
+    let new = edit["content"].get("m.new_content")?;
+    serde_json::from_value(new.clone()).ok()
+}
+
 /// The text of a message: for a file, its caption only (spec 1.10: `body` is a caption when
 /// `filename` is set and differs).
 /// The text of a message as the agent reads it: a caption, the body without its reply
 /// fallback, an emote with its `*`.
-/// The content of an event's latest edit, as the server bundles it with the event (the full
-/// replacing event since spec 1.7); `None` when it was never edited or the server bundles
-/// only a reference.
-pub fn latest_edit(ev: &RoomEvent) -> Option<MessageContent> {
-    let new = ev.unsigned["m.relations"]["m.replace"]["content"].get("m.new_content")?;
-    serde_json::from_value(new.clone()).ok()
-}
-
 pub fn text_of(c: &MessageContent) -> String {
     if file_of(c).is_some() {
         return match &c.filename {
@@ -266,6 +271,10 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(text_of(&latest_edit(&ev).unwrap()), "the whole answer");
+        // An edit by someone else is no edit.
+        let mut forged = ev.clone();
+        forged.unsigned["m.relations"]["m.replace"]["sender"] = json!("@mallory:localhost");
+        assert!(latest_edit(&forged).is_none());
         // A server that bundles only a reference leaves the original text.
         let ev: RoomEvent = serde_json::from_value(json!({
             "event_id": "$e1", "sender": "@bot:localhost", "type": "m.room.message",

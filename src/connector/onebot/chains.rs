@@ -2,9 +2,11 @@
 //! a chain of replies is one conversation: its root is the first message, the one that quotes
 //! nothing. With `session_scope: thread` each chain has its own session.
 //!
-//! Owns: message id → chain root for recent messages (the bot's own included, so a reply to
-//! the bot's answer continues the chain), and each recent chain's messages from people, for
-//! `thread_history`. Both bounded; what was evicted (or lost with a restart) is found again by
+//! Owns: message id → its room and chain root for recent messages (the bot's own included,
+//! so a reply to the bot's answer continues the chain; private chats' too, where a message is
+//! only placed in its room: a quote is shown only in the room it was said in), and each
+//! recent chain's messages from people (and its root once read, even when it is the bot's
+//! own), for `thread_history`. Both bounded; what was evicted (or lost with a restart) is found again by
 //! walking the chain up with `get_msg` (`inbound.rs`).
 
 use std::collections::{HashMap, VecDeque};
@@ -19,7 +21,8 @@ const MAX_PER_CHAIN: usize = 50;
 
 #[derive(Default)]
 pub struct Chains {
-    roots: HashMap<i64, i64>,
+    /// Message id → (room, chain root).
+    roots: HashMap<i64, (String, i64)>,
     order: VecDeque<i64>,
     /// By (room, root): a reply forged to quote a message of another room never shows
     /// that room's words.
@@ -30,13 +33,18 @@ pub struct Chains {
 impl Chains {
     /// The root of the chain message `id` belongs to, when remembered.
     pub fn root_of(&self, id: i64) -> Option<i64> {
-        self.roots.get(&id).copied()
+        self.roots.get(&id).map(|(_, root)| *root)
+    }
+
+    /// The room message `id` was said in, when remembered.
+    pub fn room_of(&self, id: i64) -> Option<&str> {
+        self.roots.get(&id).map(|(room, _)| room.as_str())
     }
 
     /// Message `id` belongs to the chain rooted at `root` (itself, for a message that quotes
     /// nothing); `said` is what a person said in it (none for the bot's own messages).
     pub fn record(&mut self, room: &str, id: i64, root: i64, said: Option<ThreadMessage>) {
-        if self.roots.insert(id, root).is_none() {
+        if self.roots.insert(id, (room.to_string(), root)).is_none() {
             self.order.push_back(id);
             if self.order.len() > MAX_MESSAGES {
                 if let Some(old) = self.order.pop_front() {
@@ -66,13 +74,16 @@ impl Chains {
         }
     }
 
-    /// What people said in `room` in the chain rooted at `root`, oldest first, at most the
-    /// latest `limit`.
+    /// What people said in `room` in the chain rooted at `root`, oldest first (the root first
+    /// whatever its time says), at most the latest `limit`.
     pub fn history(&self, room: &str, root: i64, limit: usize) -> Vec<ThreadMessage> {
         let Some(list) = self.members.get(&(room.to_string(), root)) else {
             return Vec::new();
         };
-        crate::connector::latest(list.iter().cloned().collect(), limit, |m| m.ts)
+        let root = root.to_string();
+        crate::connector::latest(list.iter().cloned().collect(), limit, |m| {
+            (m.id != root, m.ts)
+        })
     }
 }
 
@@ -101,6 +112,8 @@ mod tests {
         c.record("group:1", 1, 1, said(1, "question"));
         c.record("group:1", 2, 1, None); // the bot's answer
         assert_eq!(c.root_of(2), Some(1));
+        assert_eq!(c.room_of(2), Some("group:1"));
+        assert_eq!(c.room_of(99), None);
         c.record("group:1", 3, c.root_of(2).unwrap(), said(3, "follow-up"));
         c.record("group:1", 3, 1, said(3, "follow-up")); // delivered twice
         c.record("group:2", 4, 1, said(4, "from another room"));

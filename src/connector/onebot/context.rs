@@ -130,6 +130,22 @@ pub async fn group_context(
             && (trigger.time == 0 || m.time <= trigger.time)
             && since.is_none_or(|s| m.time > s)
     });
+    // Context obeys roles as the messages themselves do: an owner's turn is not shown a
+    // guest's or a stranger's words (the gateway would not take them as an owner's), a
+    // guest's turn no stranger's. The bot's own lines are kept.
+    let role_of = |user: i64| {
+        inner.users.role_of(&crate::model::Sender {
+            id: user.to_string(),
+            username: user.to_string(),
+            display_name: String::new(),
+        })
+    };
+    let asker = role_of(trigger.user_id);
+    let before = collected.len();
+    collected.retain(|(m, _)| {
+        m.user_id == self_id || role_of(m.user_id).is_some_and(|r| asker.is_some_and(|a| r >= a))
+    });
+    let left_out = before - collected.len();
     collected.sort_by_key(|(m, _)| (m.time, m.message_id));
     let start = collected.len().saturating_sub(limits.max_messages);
     let mut lines: Vec<String> = collected[start..]
@@ -149,6 +165,12 @@ pub async fn group_context(
     while total > limits.max_chars && !lines.is_empty() {
         total -= lines[0].chars().count() + 1;
         lines.remove(0);
+    }
+    if left_out > 0 {
+        lines.insert(
+            0,
+            format!("({left_out} message(s) not shown: from people who may not use this bot, or with fewer rights than the sender)"),
+        );
     }
     if lines.is_empty() {
         return None;

@@ -226,6 +226,13 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
     } else {
         SystemTime::now()
     };
+    // A private message is only placed in its room (private chats have no chains): a quote
+    // of it is then known to belong here.
+    if let Chat::Private(_) = chat {
+        inner
+            .chains()
+            .record(&room_id, ev.message_id, ev.message_id, None);
+    }
     if let Chat::Group(_) = chat {
         inner.chains().record(
             &room_id,
@@ -437,14 +444,19 @@ async fn chain_root(
 
 /// Message `message_id` as `get_msg` reads it, if it was said in `chat`: a reply segment is
 /// only an id, and one naming another room's message (a forged or replayed segment) must not
-/// bring that room's words here. An implementation that does not say where a message was
-/// (V11 requires only `message_type`) is believed.
+/// bring that room's words here.
 pub(super) async fn fetch_quoted(
     inner: &Inner,
     self_id: i64,
     chat: Chat,
     message_id: i64,
 ) -> Option<Quoted> {
+    let room = chat.room_id();
+    let known = inner.chains().room_of(message_id).map(|r| r == room);
+    if known == Some(false) {
+        tracing::warn!(connector = %inner.name, message_id, %room, "a reply quotes a message of another room; not shown");
+        return None;
+    }
     let link = inner.bots.get(self_id)?;
     let data = match link
         .call(
@@ -461,21 +473,28 @@ pub(super) async fn fetch_quoted(
         }
     };
     let msg: GetMsgData = serde_json::from_value(data).ok()?;
-    let elsewhere = match chat {
-        Chat::Group(gid) => {
-            msg.message_type == "private" || msg.group_id.is_some_and(|g| g != 0 && g != gid)
-        }
-        Chat::Private(_) => msg.message_type == "group",
-    };
-    if elsewhere {
-        tracing::warn!(connector = %inner.name, message_id, room = %chat.room_id(), "a reply quotes a message of another room; not shown");
-        return None;
-    }
     let sender_id = if msg.sender.user_id != 0 {
         msg.sender.user_id
     } else {
         msg.user_id
     };
+    // Where the message was said: remembered, else what `get_msg` says. What cannot be
+    // placed in this room is not shown (fail closed): a group message without `group_id`
+    // that this connector never saw, a private message neither the peer's own nor the bot's
+    // in this chat.
+    let here = match known {
+        Some(here) => here,
+        None => match chat {
+            Chat::Group(gid) => {
+                msg.message_type != "private" && msg.group_id.is_some_and(|g| g == gid)
+            }
+            Chat::Private(peer) => msg.message_type != "group" && sender_id == peer,
+        },
+    };
+    if !here {
+        tracing::warn!(connector = %inner.name, message_id, room = %chat.room_id(), "a reply quotes a message that cannot be placed in this room; not shown");
+        return None;
+    }
     let segments = msg.message.map(|m| m.segments()).unwrap_or_default();
     let reply_to = segments
         .iter()

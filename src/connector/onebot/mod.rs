@@ -110,6 +110,9 @@ struct Inner {
     limiter: Option<RateLimiter<i64>>,
     downloader: attach::Downloader,
     runtime: OnceLock<Runtime>,
+    /// The connector's owners and guests: group context shows an addressed message only the
+    /// words of people with at least its sender's role (`context.rs`).
+    users: crate::config::UserRoles,
 }
 
 impl Inner {
@@ -173,10 +176,20 @@ impl OneBotConnector {
                 limiter: cfg.rate_limit.clone().map(RateLimiter::new),
                 downloader: attach::Downloader::new()?,
                 runtime: OnceLock::new(),
+                users: crate::config::UserRoles::default(),
             }),
             listener: Mutex::new(None),
             local_addr: Mutex::new(None),
         })
+    }
+
+    /// The connector's owners and guests (its `allowed_users`), for group context. Without
+    /// them nobody has a role, and group context shows only the bot's own lines.
+    pub fn with_users(mut self, users: crate::config::UserRoles) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.users = users;
+        }
+        self
     }
 
     /// The address the reverse-WS server listens on (after `prepare`), e.g. to learn the
@@ -336,9 +349,9 @@ impl Connector for OneBotConnector {
         self.inner.send_reply(to, text).await
     }
 
-    /// What people said in the reply chain, as this connector saw it; a chain it has not
-    /// seen (before a restart, or rooted at the bot's own message) is at least its root, read
-    /// with `get_msg`.
+    /// What people said in the reply chain, as this connector saw it, and its root: a root it
+    /// does not remember (the bot's own message, one from before a restart) is read with
+    /// `get_msg` once and remembered with the chain.
     async fn thread_history(
         &self,
         room: &str,
@@ -348,29 +361,34 @@ impl Connector for OneBotConnector {
         let root: i64 = thread
             .parse()
             .map_err(|_| ConnectorError::Other(format!("not a QQ message id: {thread}")))?;
-        let seen = self.inner.chains().history(room, root, limit);
-        if !seen.is_empty() {
+        let mut seen = self.inner.chains().history(room, root, limit);
+        // With `limit` later messages remembered, the root would not be shown anyway.
+        if seen.len() >= limit || seen.iter().any(|m| m.id == thread) {
             return Ok(seen);
         }
         let Some(self_id) = self.inner.room_bot().get(room).copied() else {
             return Err(ConnectorError::NotConnected(format!("QQ room {room}")));
         };
         let chat = Chat::parse(room).ok_or_else(|| ConnectorError::RoomNotFound(room.into()))?;
-        Ok(inbound::fetch_quoted(&self.inner, self_id, chat, root)
-            .await
-            .map(|q| ThreadMessage {
-                own: q.sender_id == self_id,
-                id: root.to_string(),
-                sender: crate::model::Sender {
-                    id: q.sender_id.to_string(),
-                    username: q.sender_id.to_string(),
-                    display_name: q.sender_name,
-                },
-                text: q.text,
-                ts: crate::model::from_epoch_ms(q.time.max(0) as u64 * 1000),
-            })
-            .into_iter()
-            .collect())
+        let Some(q) = inbound::fetch_quoted(&self.inner, self_id, chat, root).await else {
+            return Ok(seen);
+        };
+        let first = ThreadMessage {
+            own: q.sender_id == self_id,
+            id: root.to_string(),
+            sender: crate::model::Sender {
+                id: q.sender_id.to_string(),
+                username: q.sender_id.to_string(),
+                display_name: q.sender_name,
+            },
+            text: q.text,
+            ts: crate::model::from_epoch_ms(q.time.max(0) as u64 * 1000),
+        };
+        self.inner
+            .chains()
+            .record(room, root, root, Some(first.clone()));
+        seen.insert(0, first);
+        Ok(seen)
     }
 
     async fn resolve_room(&self, spec: &str) -> Result<RoomRef, ConnectorError> {

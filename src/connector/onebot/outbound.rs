@@ -111,17 +111,20 @@ impl Inner {
     }
 
     /// A reply to a message of a chain (the thread is its root) continues the chain: a
-    /// person answering the bot's message is in the same thread.
+    /// person answering the bot's message is in the same thread. Any other message of the
+    /// bot roots its own, and is placed in its room either way (a quote of it is shown there).
     fn remember_in_chain(&self, to: &ReplyTarget, id: i64) {
         let root = to
             .thread
             .as_deref()
             .or(to.reply_to.as_deref())
             .and_then(|r| r.parse::<i64>().ok());
-        if let Some(root) = root {
-            let root = self.chains().root_of(root).unwrap_or(root);
-            self.chains().record(&to.room, id, root, None);
-        }
+        let mut chains = self.chains();
+        let root = match root {
+            Some(root) => chains.root_of(root).unwrap_or(root),
+            None => id,
+        };
+        chains.record(&to.room, id, root, None);
     }
 
     /// Quote and @ that start a reply, as `ReplyTarget` asks (the @ only in groups).

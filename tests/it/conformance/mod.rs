@@ -138,7 +138,10 @@ pub async fn thread_scope<P: Threads>() {
         {"match": "TS-THREE", "turns": [{"text": "Thread three, first answer."}]},
         {"match": "TS-FOUR", "turns": [{"text": "Thread four, first answer."}]}
     ], "default_text": "OK"});
-    let Some(mut chat) = Chat::<P>::start_with_watcher(script, "", ", session_scope: thread").await
+    // Owners may use Bash, guests no tool: the tools a turn is offered show its role.
+    let tools = "    owner_allowed_tools: [{tool: Bash}]";
+    let Some(mut chat) =
+        Chat::<P>::start_with_watcher(script, tools, ", session_scope: thread").await
     else {
         return;
     };
@@ -208,6 +211,18 @@ pub async fn thread_scope<P: Threads>() {
     assert!(
         context.contains("\n  [This turn runs with guest rights: guests wrote in this thread]\n"),
         "{prompt}"
+    );
+    // (The first call: on QQ a reply quotes what it answers, so later prompts hold it too.)
+    let first = chat
+        .llm
+        .message_requests()
+        .into_iter()
+        .find(|r| r.last_text().ends_with("TS-ONE start"))
+        .expect("the first turn's call");
+    assert_eq!(first.tool_names(), ["Bash"]);
+    assert!(
+        chat.call_answering("TS-ONE more").tool_names().is_empty(),
+        "the owner's turn after a guest's words runs as a guest's"
     );
 
     let two = chat

@@ -186,6 +186,28 @@ async fn in_thread_scope_a_schedule_is_answered_at_the_top_level() {
         .filter(|t| t.contains('❌') || t.contains("⚠️"))
         .collect();
     assert!(failed.is_empty(), "{failed:?}");
+    // The room's own session, which the schedule used, answers top-level commands (once the
+    // turn is over: the bot stops typing after it recorded the session).
+    chat.platform
+        .fake
+        .wait_for("the bot to stop typing", TURN, |s| {
+            s.typing.last().is_some_and(|t| t[2] == json!([]))
+        })
+        .await;
+    chat.platform
+        .post_at(Who::Owner, "!status", false, None)
+        .await;
+    let status = chat.platform.reply_containing("📊").await;
+    assert!(status.contains("· 1 turn ·"), "{status}");
+    assert!(
+        !chat
+            .platform
+            .bot_messages()
+            .await
+            .iter()
+            .any(|t| t.contains("🧵")),
+        "no thread hint"
+    );
 
     let root = m["_id"].as_str().unwrap().to_string();
     chat.platform

@@ -337,6 +337,15 @@ impl FakeBot {
         self.state.messages.lock().unwrap().insert(message_id, data);
     }
 
+    /// Makes `get_msg(message_id)` answer without `group_id`, as a strict V11 implementation.
+    pub fn forget_group_of(&self, message_id: i64) {
+        if let Some(m) = self.state.messages.lock().unwrap().get_mut(&message_id) {
+            if let Some(o) = m.as_object_mut() {
+                o.remove("group_id");
+            }
+        }
+    }
+
     /// Adds group history entries (message events) for `get_group_msg_history`.
     pub fn add_history(&self, entries: Vec<Value>) {
         self.state.history.lock().unwrap().extend(entries);
