@@ -2,7 +2,8 @@
 //!
 //! Owns: the journal file (`webchat-<name>.history.jsonl` in the runtime dir, mode 0600), one
 //! JSON line per *finished* message (a streaming bot message is written once its turn ends; a
-//! later line with the same id replaces the earlier one), loading it within the hub's bounds
+//! later line with the same id replaces the earlier one; a reply carries its thread's root, so
+//! threads survive a restart), loading it within the hub's bounds
 //! (a torn last line from a crash is skipped), and the writer thread that appends lines and
 //! rewrites the file compacted when the hub asks.
 //! Must not import: the HTTP server or the dispatcher; the hub calls into it.
