@@ -1307,3 +1307,191 @@ async fn a_user_may_hold_only_a_few_event_streams_and_the_newest_is_refused() {
     .await;
     h.stop().await;
 }
+
+/// A thread over the API: a post names its root (refused unless it is a top-level message the
+/// room holds), the bot answers and types in the thread, history and events carry `thread`,
+/// `thread_history` reads it back (without the bot's replies, with the bot's root), and a
+/// restart keeps it.
+#[tokio::test]
+async fn threads_take_replies_stream_them_and_are_read_back() {
+    let mut h = Harness::start(config(loopback(), 20, false), &[]).await;
+    let (_, body) = h.post("lobby", &h.alice, "@bot where is the log?").await;
+    let root = body["id"].as_str().unwrap().to_string();
+    assert_eq!(h.next_delivered().await.thread, None);
+    let in_thread = |text: &str, thread: Value| {
+        serde_json::to_vec(&json!({ "text": text, "thread": thread })).unwrap()
+    };
+    let (status, body) = h
+        .post_raw(
+            "lobby",
+            Some(BOB_TOKEN),
+            in_thread("it is in target/", json!(root)),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let reply = body["id"].as_str().unwrap().to_string();
+    let m = h.next_delivered().await;
+    assert_eq!(
+        (m.id.as_str(), m.thread.as_deref()),
+        (reply.as_str(), Some(root.as_str()))
+    );
+    assert_eq!(m.sender.id, "bob");
+
+    // Wrong threads are refused before anything is recorded or delivered.
+    let bad = json!({"error": "invalid \"thread\": expected the id of the thread's root message (a string of digits)"});
+    let cases: Vec<(&str, Value, Value)> = vec![
+        ("lobby", json!(42), bad.clone()),
+        ("lobby", json!("abc"), bad.clone()),
+        (
+            "lobby",
+            json!("999"),
+            json!({"error": "thread 999 is not a message of room lobby (or no longer in its history)"}),
+        ),
+        (
+            "lobby",
+            json!(reply),
+            json!({"error": format!("message {reply} is a reply in thread {root}: post to thread {root} instead")}),
+        ),
+        (
+            "dev",
+            json!(root),
+            json!({"error": format!("thread {root} is not a message of room dev (or no longer in its history)")}),
+        ),
+    ];
+    for (room, thread, expected) in cases {
+        assert_eq!(
+            h.post_raw(room, Some(&h.alice), in_thread("x", thread.clone()))
+                .await,
+            (400, expected),
+            "{room} {thread}"
+        );
+    }
+    let upload = h
+        .http
+        .post(h.url("/api/rooms/lobby/files?name=a.txt&thread=999"))
+        .bearer_auth(&h.alice)
+        .body("content")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status().as_u16(), 400);
+    h.nothing_delivered();
+    assert_eq!(h.messages("lobby").await.len(), 2);
+
+    // The bot answers in the thread; its typing is the thread's.
+    let mut sse = h.events("lobby").await;
+    assert_eq!(sse.expect("typing").await, json!({"typing": false}));
+    let to = ReplyTarget {
+        thread: Some(root.clone()),
+        ..lobby()
+    };
+    let c = h.connector.clone();
+    c.typing(&to, true).await.unwrap();
+    let posted = c.post(&to, "Found it").await.unwrap();
+    assert_eq!(
+        sse.expect("typing").await,
+        json!({"typing": true, "thread": root})
+    );
+    let m = sse.expect("message").await;
+    assert_eq!(
+        (&m["id"], &m["thread"], &m["done"]),
+        (&json!(posted.id), &json!(root), &json!(false))
+    );
+    // A page that connects now learns the thread's typing too.
+    let mut late = h.events("lobby").await;
+    assert_eq!(late.expect("typing").await, json!({"typing": false}));
+    assert_eq!(
+        late.expect("typing").await,
+        json!({"typing": true, "thread": root})
+    );
+    c.typing(&to, false).await.unwrap();
+    let e = sse.expect("edit").await;
+    assert_eq!((&e["thread"], &e["done"]), (&json!(root), &json!(true)));
+    assert_eq!(
+        sse.expect("typing").await,
+        json!({"typing": false, "thread": root})
+    );
+    let bogus = ReplyTarget {
+        thread: Some("not-an-id".into()),
+        ..lobby()
+    };
+    assert!(c.post(&bogus, "lost").await.is_err());
+
+    let listed = h.messages("lobby").await;
+    let threads: Vec<&Value> = listed.iter().map(|m| &m["thread"]).collect();
+    assert_eq!(threads, [&Value::Null, &json!(root), &json!(root)]);
+    assert!(listed[0].get("thread").is_none(), "absent at the top level");
+
+    // Read back for the agent: the root and the people's replies, authors as senders.
+    let read = c.thread_history("lobby", &root, 50).await.unwrap();
+    let seen: Vec<(&str, &str, &str, bool)> = read
+        .iter()
+        .map(|m| (m.id.as_str(), m.sender.id.as_str(), m.text.as_str(), m.own))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (root.as_str(), "alice", "where is the log?", false),
+            (reply.as_str(), "bob", "it is in target/", false),
+        ]
+    );
+    assert_eq!(read[1].sender.username, "bob");
+    let latest = c.thread_history("lobby", &root, 1).await.unwrap();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0].id, reply);
+    // A thread people start on the bot's own message has it as its root, marked own.
+    let notice = c
+        .post(&lobby(), "Nightly report: 3 failures")
+        .await
+        .unwrap();
+    let (status, _) = h
+        .post_raw(
+            "lobby",
+            Some(&h.alice),
+            in_thread("which ones?", json!(notice.id)),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        h.next_delivered().await.thread.as_deref(),
+        Some(notice.id.as_str())
+    );
+    let read = c.thread_history("lobby", &notice.id, 50).await.unwrap();
+    let seen: Vec<(&str, &str, bool)> = read
+        .iter()
+        .map(|m| (m.sender.id.as_str(), m.text.as_str(), m.own))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("bot", "Nightly report: 3 failures", true),
+            ("alice", "which ones?", false)
+        ]
+    );
+    assert!(c.thread_history("lobby", "x", 50).await.is_err());
+
+    // The journal keeps threads across a restart.
+    let dir = h.stop_keeping_dir().await;
+    let h = Harness::start_in(dir, config(loopback(), 20, false), &[]).await;
+    let restored = h.messages("lobby").await;
+    let threads: Vec<&Value> = restored.iter().map(|m| &m["thread"]).collect();
+    assert_eq!(
+        threads,
+        [
+            &Value::Null,
+            &json!(root),
+            &json!(root),
+            &Value::Null,
+            &json!(notice.id)
+        ]
+    );
+    assert_eq!(
+        h.connector
+            .thread_history("lobby", &root, 50)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    h.stop().await;
+}

@@ -598,3 +598,200 @@ async fn the_page_sends_streams_and_answers_approvals() {
     browser.close(cdp).await;
     gw.stop().await;
 }
+
+/// A browser on the page of `base` signed in with `token`, in room `lobby`, connected.
+async fn open_page(binary: &PathBuf, base: &str, token: &str) -> (Chromium, Cdp) {
+    let (browser, ws_url) = Chromium::launch(binary).await;
+    let mut cdp = Cdp::connect(&ws_url).await;
+    let target = cdp
+        .call("Target.createTarget", json!({ "url": "about:blank" }))
+        .await;
+    let attached = cdp
+        .call(
+            "Target.attachToTarget",
+            json!({ "targetId": target["targetId"], "flatten": true }),
+        )
+        .await;
+    cdp.session = Some(attached["sessionId"].as_str().unwrap().to_string());
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 1200, "height": 820, "deviceScaleFactor": 1, "mobile": false }),
+    )
+    .await;
+    cdp.call("Page.enable", json!({})).await;
+    cdp.call(
+        "Page.navigate",
+        json!({ "url": format!("{base}/?token={token}#lobby") }),
+    )
+    .await;
+    cdp.wait_event("Page.loadEventFired").await;
+    wait_live(&mut cdp).await;
+    (browser, cdp)
+}
+
+async fn wait_live(cdp: &mut Cdp) {
+    cdp.wait_for(
+        "the page to sign in and connect",
+        "document.getElementById('who').textContent.includes('alice') \
+         && document.getElementById('conn').classList.contains('live')",
+    )
+    .await;
+}
+
+/// Types `text` into the element `id` and presses Enter.
+async fn type_and_enter(cdp: &mut Cdp, id: &str, text: &str) {
+    cdp.eval(&format!("document.getElementById({}).focus()", json!(id)))
+        .await;
+    cdp.call("Input.insertText", json!({ "text": text })).await;
+    for kind in ["keyDown", "keyUp"] {
+        cdp.call(
+            "Input.dispatchKeyEvent",
+            json!({ "type": kind, "key": "Enter", "code": "Enter",
+                    "windowsVirtualKeyCode": 13, "text": "\r" }),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_replies_in_a_thread_and_shows_the_answer_there() {
+    let Some(binary) = deps::chromium() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_webchat(dir.path()).await;
+    let (_, token) = gw.connector.tokens()[0].clone();
+    let base = format!("http://{}", gw.connector.local_addr());
+    let (browser, mut cdp) = open_page(&binary, &base, &token).await;
+
+    type_and_enter(&mut cdp, "input", "@bot why is CI red?").await;
+    let root = gw.message().await;
+    assert_eq!(root.thread, None);
+    let root_sel = format!("#messages .msg[data-id=\"{}\"]", root.id);
+    cdp.wait_for(
+        "the top-level message with its thread button",
+        &format!(
+            "document.querySelector({}) && document.querySelector({}).textContent === 'Reply in thread'",
+            json!(root_sel),
+            json!(format!("{root_sel} .reply-thread"))
+        ),
+    )
+    .await;
+
+    // "Reply in thread" opens the panel on the root; its composer posts into the thread.
+    cdp.click(&format!("{root_sel} .reply-thread")).await;
+    cdp.wait_for(
+        "the thread panel with its root",
+        &format!(
+            "!document.getElementById('thread').hidden \
+             && document.querySelector('#thread-messages .msg.root[data-id=\"{}\"]')",
+            root.id
+        ),
+    )
+    .await;
+    type_and_enter(&mut cdp, "thread-input", "@bot look at the cache").await;
+    let reply = gw.message().await;
+    assert_eq!(reply.thread.as_deref(), Some(root.id.as_str()));
+    assert_eq!(reply.text, "look at the cache");
+    assert_eq!(reply.sender.id, "alice");
+
+    // The bot answers in the thread, as the gateway would (ReplyTarget.thread): its typing
+    // and its answer show in the panel, not in the timeline.
+    let to = reply.reply_target();
+    let c = gw.connector.clone();
+    c.typing(&to, true).await.unwrap();
+    cdp.wait_for(
+        "the thread's typing indicator",
+        "!document.getElementById('thread-typing').classList.contains('off') \
+         && document.getElementById('typing').classList.contains('off')",
+    )
+    .await;
+    let answer = c.post(&to, "The cache is").await.unwrap();
+    c.edit(&to, &answer, "The cache is stale: clear it.")
+        .await
+        .unwrap();
+    c.typing(&to, false).await.unwrap();
+    cdp.wait_for(
+        "the bot's answer in the thread",
+        "[...document.querySelectorAll('#thread-messages .msg.bot[data-done=\"true\"] .body')]\
+           .some((e) => e.textContent === 'The cache is stale: clear it.') \
+         && document.getElementById('thread-typing').classList.contains('off')",
+    )
+    .await;
+    let in_thread = cdp.eval(&text_of("#thread-messages .msg .body")).await;
+    assert_eq!(
+        in_thread,
+        json!([
+            "@bot why is CI red?",
+            "@bot look at the cache",
+            "The cache is stale: clear it."
+        ])
+    );
+    let timeline = cdp.eval(&text_of("#messages .msg .body")).await;
+    assert_eq!(
+        timeline,
+        json!(["@bot why is CI red?"]),
+        "replies stay in their thread"
+    );
+    assert_eq!(
+        cdp.eval(&format!(
+            "document.querySelector({}).textContent",
+            json!(format!("{root_sel} .reply-thread"))
+        ))
+        .await,
+        json!("💬 2 replies")
+    );
+    cdp.screenshot("webchat-thread.png").await;
+
+    // After a reload the thread comes back from the room's history.
+    cdp.call("Page.reload", json!({})).await;
+    cdp.wait_event("Page.loadEventFired").await;
+    wait_live(&mut cdp).await;
+    cdp.wait_for(
+        "the reply count after the reload",
+        &format!(
+            "(() => {{ const b = document.querySelector({});
+                       return b && b.textContent === '💬 2 replies'; }})()",
+            json!(format!("{root_sel} .reply-thread"))
+        ),
+    )
+    .await;
+    cdp.click(&format!("{root_sel} .reply-thread")).await;
+    cdp.wait_for(
+        "the thread from the history",
+        "[...document.querySelectorAll('#thread-messages .msg.bot .body')]\
+           .some((e) => e.textContent === 'The cache is stale: clear it.')",
+    )
+    .await;
+    // On a phone the open thread takes the whole width, its composer in reach.
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 390, "height": 780, "deviceScaleFactor": 1, "mobile": true }),
+    )
+    .await;
+    let narrow = cdp
+        .eval(
+            "(() => {
+               const r = document.getElementById('thread-send').getBoundingClientRect();
+               return [r.width > 0 && r.right <= innerWidth && r.bottom <= innerHeight,
+                       document.getElementById('composer').getBoundingClientRect().width,
+                       document.documentElement.scrollWidth];
+             })()",
+        )
+        .await;
+    assert_eq!(
+        narrow,
+        json!([true, 0, 390]),
+        "the thread alone, within the screen"
+    );
+    cdp.screenshot("webchat-thread-narrow.png").await;
+    cdp.click("#thread-close").await;
+    cdp.wait_for(
+        "the panel to close",
+        "document.getElementById('thread').hidden && !document.querySelector('#thread-messages .msg')",
+    )
+    .await;
+
+    browser.close(cdp).await;
+    gw.stop().await;
+}

@@ -2,7 +2,8 @@
 //!
 //! Owns: the journal file (`webchat-<name>.history.jsonl` in the runtime dir, mode 0600), one
 //! JSON line per *finished* message (a streaming bot message is written once its turn ends; a
-//! later line with the same id replaces the earlier one), loading it within the hub's bounds
+//! later line with the same id replaces the earlier one; a reply carries its thread's root, so
+//! threads survive a restart), loading it within the hub's bounds
 //! (a torn last line from a crash is skipped), and the writer thread that appends lines and
 //! rewrites the file compacted when the hub asks.
 //! Must not import: the HTTP server or the dispatcher; the hub calls into it.
@@ -39,6 +40,9 @@ struct Record {
     ts: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     file: Option<FileRecord>,
+    /// The thread's root; absent at the top level (and in journals from before threads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    thread: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -63,6 +67,7 @@ pub fn line(room: &str, m: &Message) -> String {
             size: f.size,
             inline: f.inline,
         }),
+        thread: m.thread,
     };
     // A record of strings and integers always serialises.
     serde_json::to_string(&record).unwrap_or_default()
@@ -134,6 +139,7 @@ pub fn load(path: &Path, history_limit: usize, max_rooms: usize) -> io::Result<L
                 size: f.size,
                 inline: f.inline,
             }),
+            thread: r.thread,
         };
         // A later line with the same id (an edit of a final message) replaces the earlier.
         messages.insert(message.id, message);
@@ -361,6 +367,7 @@ mod tests {
             done: true,
             ts: SystemTime::now(),
             file: None,
+            thread: None,
         }
     }
 

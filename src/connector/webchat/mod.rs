@@ -5,7 +5,10 @@
 //! rooms and their bounded history ([`hub`], kept on disk by [`history`]), files sent either way ([`files`]), the HTTP
 //! server ([`server`]), the page (`page.html`) and the API's wire types ([`wire`]).
 //! Users are the holders of the tokens; rooms are free-form names, all of kind `Group`; the
-//! bot is called [`BOT_NAME`] and a leading `@bot` addresses it.
+//! bot is called [`BOT_NAME`] and a leading `@bot` addresses it. Threads are a top-level
+//! message and the replies that name it (see [`hub`]); a reply's `ReplyTarget::thread` puts
+//! the bot's message in that thread, and [`Connector::thread_history`] reads a thread from
+//! the room's history.
 //! Must not import: `agent`, `room`, `dispatch` — messages go out through the event sink and
 //! replies come back through `post`/`edit`/`typing`/`upload`.
 
@@ -32,7 +35,7 @@ use tokio::net::TcpListener;
 use crate::connector::{
     Capabilities, Connector, ConnectorContext, ConnectorError, ConnectorEvent, RunError,
 };
-use crate::model::{PostedMessage, ReplyTarget, RoomKind, RoomRef};
+use crate::model::{PostedMessage, ReplyTarget, RoomKind, RoomRef, Sender, ThreadMessage};
 
 pub use config::WebchatConfig;
 pub use hub::BOT_NAME;
@@ -182,6 +185,21 @@ fn room_of(to: &ReplyTarget) -> Result<&str, ConnectorError> {
     }
 }
 
+/// The thread of a reply target: `None` at the top level. A thread that is not a web chat
+/// message id is refused rather than posted at the top level, where it would be out of place.
+fn thread_of(to: &ReplyTarget, action: &str) -> Result<Option<u64>, ConnectorError> {
+    to.thread
+        .as_deref()
+        .map(|t| {
+            t.parse::<u64>().map_err(|_| ConnectorError::Rejected {
+                platform: "webchat",
+                action: action.into(),
+                detail: format!("thread {t:?} is not a web chat message id"),
+            })
+        })
+        .transpose()
+}
+
 /// `http://127.0.0.1:8790/?token=…`, with an unspecified listen address shown as loopback so
 /// the link works on the box itself.
 fn login_url(addr: SocketAddr, token: &str) -> String {
@@ -212,7 +230,7 @@ impl Connector for WebchatConnector {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            threads: false,
+            threads: true,
             max_message_len: MAX_MESSAGE_LEN,
             edit: true,
             // Local and cheap; this only keeps the event streams from flooding the page.
@@ -300,7 +318,8 @@ impl Connector for WebchatConnector {
 
     async fn post(&self, to: &ReplyTarget, text: &str) -> Result<PostedMessage, ConnectorError> {
         let room = room_of(to)?;
-        let message = self.hub.post_bot(room, text);
+        let thread = thread_of(to, "post")?;
+        let message = self.hub.post_bot(room, text, thread);
         Ok(PostedMessage {
             id: message.id.to_string(),
         })
@@ -324,7 +343,8 @@ impl Connector for WebchatConnector {
     }
 
     async fn typing(&self, to: &ReplyTarget, on: bool) -> Result<(), ConnectorError> {
-        self.hub.set_typing(room_of(to)?, on);
+        self.hub
+            .set_typing(room_of(to)?, thread_of(to, "typing")?, on);
         Ok(())
     }
 
@@ -337,6 +357,7 @@ impl Connector for WebchatConnector {
         caption: Option<&str>,
     ) -> Result<(), ConnectorError> {
         let room = room_of(to)?;
+        let thread = thread_of(to, "upload")?;
         let stored = self.files.store(path).await.map_err(|e| match e {
             files::FileError::Io { path, source } => ConnectorError::Attachment { path, source },
             other => ConnectorError::Rejected {
@@ -355,8 +376,57 @@ impl Connector for WebchatConnector {
             name: stored.name,
             size: stored.size,
         };
-        self.hub.post_bot_file(room, &text, file);
+        self.hub.post_bot_file(room, &text, file, thread);
         Ok(())
+    }
+
+    /// The root and the latest replies of thread `thread` from the room's history, without
+    /// the bot's replies (the session has its own words) but with a root that is the bot's
+    /// (`own`). A user's author is the login name, as their messages' sender is; the leading
+    /// `@bot` is taken off as it is for a message delivered.
+    async fn thread_history(
+        &self,
+        room: &str,
+        thread: &str,
+        limit: usize,
+    ) -> Result<Vec<ThreadMessage>, ConnectorError> {
+        if !valid_room_name(room) {
+            return Err(ConnectorError::RoomNotFound(room.to_string()));
+        }
+        let root: u64 = thread.parse().map_err(|_| ConnectorError::Rejected {
+            platform: "webchat",
+            action: "reading the thread".into(),
+            detail: format!("thread {thread:?} is not a web chat message id"),
+        })?;
+        let messages: Vec<hub::Message> = self
+            .hub
+            .thread(room, root)
+            .into_iter()
+            .filter(|m| m.from != BOT_NAME || m.id == root)
+            .collect();
+        let messages = crate::connector::latest(messages, limit, |m| m.id);
+        Ok(messages
+            .into_iter()
+            .map(|m| {
+                let own = m.from == BOT_NAME;
+                let text = if own {
+                    m.text
+                } else {
+                    server::strip_mention(&m.text).1.to_string()
+                };
+                ThreadMessage {
+                    id: m.id.to_string(),
+                    sender: Sender {
+                        id: m.from.clone(),
+                        username: m.from.clone(),
+                        display_name: m.from,
+                    },
+                    text,
+                    ts: m.ts,
+                    own,
+                }
+            })
+            .collect())
     }
 
     /// Rooms exist by name: `lobby` or `#lobby`.

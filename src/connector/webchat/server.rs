@@ -3,7 +3,10 @@
 //!
 //! Owns: routing, bearer-token authentication, request limits, conversion between
 //! [`hub`](super::hub) values and the [`wire`](super::wire) types, and connection shutdown on
-//! cancellation.
+//! cancellation. A message may be posted into a thread (`"thread"` in the JSON body, or
+//! `?thread=` with a file); the root must be a top-level message the room holds, else 400 —
+//! refused before the message is recorded or delivered, so nothing lands in a thread that
+//! the page cannot show.
 //!
 //! Limits ([`Limits`]), so idle, half-sent or trickled connections cannot starve the users:
 //! the token is checked from the request head, before anything scarce is taken; a connection
@@ -92,6 +95,8 @@ pub const ERR_FILE_GONE: &str = "file not found (the web chat keeps a bounded nu
 pub const ERR_AFTER: &str = "invalid \"after\": expected a message id";
 pub const ERR_BUSY: &str = "the web chat is busy: too many requests at once; retry shortly";
 pub const ERR_BODY_TIMEOUT: &str = "the request body did not arrive in time";
+pub const ERR_THREAD: &str =
+    "invalid \"thread\": expected the id of the thread's root message (a string of digits)";
 
 pub fn err_too_many_streams(limit: usize) -> String {
     format!(
@@ -350,6 +355,11 @@ async fn post_message(
         Some(serde_json::Value::String(s)) => s,
         Some(_) => return Err(ApiError::bad_request(ERR_TEXT_NOT_STRING)),
     };
+    let thread = match parsed.remove("thread") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(parse_thread(&s)?),
+        Some(_) => return Err(ApiError::bad_request(ERR_THREAD)),
+    };
     let (mentioned, stripped) = strip_mention(&typed);
     if stripped.trim().is_empty() {
         return Err(ApiError::bad_request(ERR_EMPTY_TEXT));
@@ -357,7 +367,10 @@ async fn post_message(
     let stripped = stripped.to_string();
     // Recorded before delivery: the room worker may answer before the dispatcher's verdict
     // comes back, and the question must come first in the room.
-    let recorded = shared.hub.add_user_message(room, user, &typed, None);
+    let recorded = shared
+        .hub
+        .add_user_message(room, user, &typed, None, thread)
+        .map_err(thread_refused)?;
     deliver(
         shared,
         room,
@@ -383,6 +396,18 @@ async fn post_file(
         .filter(|n| !n.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request(ERR_UPLOAD_NAME))?;
     let caption = query_param(query.as_deref(), "text").unwrap_or_default();
+    let thread = match query_param(query.as_deref(), "thread") {
+        None => None,
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(parse_thread(&s)?),
+    };
+    // Before the upload is read and stored: a wrong thread costs nothing.
+    if let Some(root) = thread {
+        shared
+            .hub
+            .check_thread(room, root)
+            .map_err(thread_refused)?;
+    }
     let body = read_body(shared, req, MAX_UPLOAD, err_upload_too_large).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request(ERR_UPLOAD_EMPTY));
@@ -416,7 +441,10 @@ async fn post_file(
         name: name.clone(),
         size: stored.size,
     };
-    let recorded = shared.hub.add_user_message(room, user, &shown, Some(file));
+    let recorded = shared
+        .hub
+        .add_user_message(room, user, &shown, Some(file), thread)
+        .map_err(thread_refused)?;
     let attachment = Attachment { name, path: saved };
     deliver(
         shared,
@@ -428,6 +456,16 @@ async fn post_file(
         vec![attachment],
     )
     .await
+}
+
+fn parse_thread(s: &str) -> Result<u64, ApiError> {
+    s.parse::<u64>()
+        .map_err(|_| ApiError::bad_request(ERR_THREAD))
+}
+
+/// A thread the hub will not take a message in, as the 400 that says why.
+fn thread_refused(e: hub::HubError) -> ApiError {
+    ApiError::bad_request(e.to_string())
 }
 
 /// `<attachments dir>/<random>-<name>`, folder 0700 and file 0600.
@@ -473,7 +511,7 @@ async fn deliver(
             kind: RoomKind::Group,
         },
         id: id.clone(),
-        thread: None,
+        thread: recorded.thread.map(|t| t.to_string()),
         sender: Sender {
             id: user.to_string(),
             username: user.to_string(),
@@ -623,7 +661,18 @@ fn to_wire(m: &hub::Message) -> wire::WireMessage {
             url: format!("/api/files/{}", f.id),
             inline: f.inline,
         }),
+        thread: m.thread.map(|t| t.to_string()),
     }
+}
+
+fn typing_frame(thread: Option<u64>, on: bool) -> Bytes {
+    sse_frame(
+        "typing",
+        &wire::Typing {
+            typing: on,
+            thread: thread.map(|t| t.to_string()),
+        },
+    )
 }
 
 fn sse_frame(event: &str, data: &impl Serialize) -> Bytes {
@@ -635,7 +684,7 @@ fn room_event_frame(event: &RoomEvent) -> Bytes {
     match event {
         RoomEvent::Message(m) => sse_frame("message", &to_wire(m)),
         RoomEvent::Edit(m) => sse_frame("edit", &to_wire(m)),
-        RoomEvent::Typing(on) => sse_frame("typing", &wire::Typing { typing: *on }),
+        RoomEvent::Typing { thread, on } => typing_frame(*thread, *on),
     }
 }
 
@@ -682,13 +731,18 @@ impl Drop for StreamSlot {
     }
 }
 
-/// `message`, `edit` and `typing` events of one room. Starts with the current typing state. A
+/// `message`, `edit` and `typing` events of one room. Starts with the current typing state:
+/// the top level's, then one `typing` event per thread where the bot is typing. A
 /// client that falls behind the broadcast buffer gets `resync` (it should refetch the room)
 /// and continues from the newest events; the stream ends when the gateway stops or the room
 /// is evicted.
 fn event_stream(shared: &Shared, room: &str, slot: StreamSlot) -> Response<Body> {
     let (rx, typing) = shared.hub.subscribe(room);
-    let first = sse_frame("typing", &wire::Typing { typing });
+    let mut first = typing_frame(None, typing.contains(&None)).to_vec();
+    for thread in typing.into_iter().flatten() {
+        first.extend_from_slice(&typing_frame(Some(thread), true));
+    }
+    let first = Bytes::from(first);
     struct State {
         rx: broadcast::Receiver<RoomEvent>,
         cancel: CancellationToken,

@@ -1,5 +1,5 @@
 //! Wire types of the web chat: the JSON API answers (a posted body is read as a JSON object
-//! field by field, so each mistake gets its own message), the Server-Sent Event payloads and the
+//! field by field, so each mistake gets its own message; `thread` names a thread's root), the Server-Sent Event payloads and the
 //! tokens file. The only serde types of the connector; `hub` and `server` convert to and from
 //! them explicitly.
 
@@ -19,6 +19,9 @@ pub struct WireMessage {
     /// Only on messages that carry a file the bot sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<WireFile>,
+    /// The id of the thread's root message; absent at the top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -71,10 +74,12 @@ pub struct ErrorBody {
     pub error: String,
 }
 
-/// Data of the `typing` event.
+/// Data of the `typing` event: the bot's typing flag in one thread (absent: the top level).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Typing {
     pub typing: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
 }
 
 /// `<runtime_dir>/webchat-<name>.tokens.json`: generated tokens by user.

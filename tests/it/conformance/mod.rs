@@ -17,7 +17,8 @@
 //!
 //! A new platform gets these by implementing [`FakePlatform`] and one `scenarios!` line.
 //!
-//! Platforms with threads (Rocket.Chat, Mattermost, Matrix, and OneBot's reply chains) also
+//! Platforms with threads (Rocket.Chat, Mattermost, Matrix, the web chat, and OneBot's reply
+//! chains) also
 //! implement [`Threads`] and run [`thread_scope`]: `session_scope: thread` gives each thread
 //! its own session, with the thread's earlier messages as context.
 
@@ -45,8 +46,8 @@ pub const TURN: Duration = Duration::from_secs(90);
 pub enum Who {
     Owner,
     Guest,
-    /// Someone in the room the connector lists as neither (thread scenarios only: the web
-    /// chat, which has no threads, knows no such user).
+    /// Someone in the room the connector lists as neither (thread scenarios only; on the web
+    /// chat, a user with a login token but no role).
     Stranger,
 }
 

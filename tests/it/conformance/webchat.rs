@@ -1,28 +1,33 @@
 //! The web chat as a [`FakePlatform`]: the gateway serves it, so there is no fake; users
-//! talk over its JSON API and the room's event stream is the connection that drops.
+//! talk over its JSON API and the room's event stream is the connection that drops. The
+//! stranger of the thread scenario is carol, who has a login token but is neither owner nor
+//! guest: the web chat lets her post, the gateway serves her nothing.
 
 use super::{FakePlatform, Who, TURN};
 use crate::support::daemon::Gateway;
 use crate::support::ports::free_port;
-use crate::support::webclient::{EventStream, WebClient};
+use crate::support::webclient::{EventStream, WebClient, WebMessage};
 
 const ROOM: &str = "lobby";
+/// Carol's configured token (at least 16 characters).
+const CAROL_TOKEN: &str = "carol-has-no-role-0123456789";
 
 pub struct WebChat {
     port: u16,
-    /// Alice (owner) and Bob (guest), once the daemon printed their login tokens.
-    users: Option<(WebClient, WebClient)>,
+    /// Alice (owner), Bob (guest) and Carol (no role), once the daemon printed their login
+    /// tokens.
+    users: Option<(WebClient, WebClient, WebClient)>,
     /// Alice's event stream on the room; `None` while disconnected.
     events: Option<EventStream>,
 }
 
 impl WebChat {
     fn user(&self, who: Who) -> &WebClient {
-        let (alice, bob) = self.users.as_ref().expect("attached");
+        let (alice, bob, carol) = self.users.as_ref().expect("attached");
         match who {
             Who::Owner => alice,
             Who::Guest => bob,
-            Who::Stranger => unreachable!("the web chat serves only its listed users"),
+            Who::Stranger => carol,
         }
     }
 }
@@ -39,7 +44,7 @@ impl FakePlatform for WebChat {
     fn connector_yaml(&self) -> String {
         // A web chat user's login name is its sender id.
         format!(
-            "  - {{name: chat, type: webchat, listen: \"127.0.0.1:{}\", require_mention: true, allowed_users: {{owners: [alice], guests: [bob]}}}}",
+            "  - {{name: chat, type: webchat, listen: \"127.0.0.1:{}\", require_mention: true, allowed_users: {{owners: [alice], guests: [bob]}}, tokens: {{carol: {CAROL_TOKEN}}}}}",
             self.port
         )
     }
@@ -64,8 +69,10 @@ impl FakePlatform for WebChat {
     async fn attach(&mut self, gateway: &Gateway) {
         let alice = WebClient::new(self.port, &gateway.token_for("alice"));
         let bob = WebClient::new(self.port, &gateway.token_for("bob"));
+        assert_eq!(gateway.token_for("carol"), CAROL_TOKEN);
+        let carol = WebClient::new(self.port, CAROL_TOKEN);
         self.events = Some(alice.events(ROOM).await);
-        self.users = Some((alice, bob));
+        self.users = Some((alice, bob, carol));
     }
 
     async fn send(&mut self, who: Who, text: &str, mention: bool) {
@@ -117,4 +124,45 @@ impl FakePlatform for WebChat {
     }
 }
 
+impl super::Threads for WebChat {
+    async fn post_at(&mut self, who: Who, text: &str, mention: bool, root: Option<&str>) -> String {
+        let text = if mention {
+            format!("@bot {text}")
+        } else {
+            text.to_string()
+        };
+        let (status, body) = self.user(who).post_in(ROOM, &text, root).await;
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().expect("the posted id").to_string()
+    }
+
+    async fn thread_of_reply(&mut self, needle: &str) -> Option<String> {
+        self.bot_message(needle).await.thread
+    }
+
+    async fn top_level_bot_message(&mut self, needle: &str) -> Option<String> {
+        let m = self.bot_message(needle).await;
+        assert_eq!(m.thread, None, "{needle:?} is posted at the top level");
+        Some(m.id)
+    }
+}
+
+impl WebChat {
+    /// Waits for the bot's message containing `needle`.
+    async fn bot_message(&mut self, needle: &str) -> WebMessage {
+        self.reply_containing(needle).await;
+        self.user(Who::Owner)
+            .messages(ROOM)
+            .await
+            .into_iter()
+            .find(|m| m.from == "bot" && m.text.contains(needle))
+            .expect("the bot's message")
+    }
+}
+
 super::scenarios!(WebChat);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_scope_gives_each_thread_its_session_and_context() {
+    super::thread_scope::<WebChat>().await;
+}

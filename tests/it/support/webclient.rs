@@ -20,6 +20,8 @@ pub struct WebMessage {
     pub from: String,
     pub text: String,
     pub done: bool,
+    /// The thread's root; `None` at the top level.
+    pub thread: Option<String>,
 }
 
 impl WebClient {
@@ -42,11 +44,20 @@ impl WebClient {
     }
 
     pub async fn post(&self, room: &str, text: &str) -> (u16, Value) {
+        self.post_in(room, text, None).await
+    }
+
+    /// Posts `text` at the top level, or in the thread of message `thread`.
+    pub async fn post_in(&self, room: &str, text: &str, thread: Option<&str>) -> (u16, Value) {
+        let mut body = json!({ "text": text });
+        if let Some(thread) = thread {
+            body["thread"] = json!(thread);
+        }
         let r = self
             .http
             .post(format!("{}/api/rooms/{room}/messages", self.base))
             .bearer_auth(&self.token)
-            .json(&json!({ "text": text }))
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -74,6 +85,7 @@ impl WebClient {
                 from: m["from"].as_str().unwrap().to_string(),
                 text: m["text"].as_str().unwrap().to_string(),
                 done: m["done"].as_bool().unwrap(),
+                thread: m["thread"].as_str().map(str::to_string),
             })
             .collect()
     }
