@@ -7,6 +7,7 @@
 //! Must not import: `agent`, `room`, `approval` — connectors and agents meet only in `model`.
 
 pub mod files;
+pub mod http;
 pub mod matrix;
 pub mod mattermost;
 pub mod onebot;

@@ -223,7 +223,7 @@ impl Client {
                 Err(e) => return Err(transport(action, &e)),
             };
             let status = resp.status();
-            let header_wait = retry_after_header(&resp);
+            let header_wait = crate::connector::http::retry_after(&resp);
             let text = resp.text().await.map_err(|e| transport(action, &e))?;
             if status == StatusCode::UNAUTHORIZED {
                 if !relogged && matches!(self.auth, MatrixAuth::Password(_)) {
@@ -588,16 +588,7 @@ fn status_ok(action: &str, status: StatusCode, text: &str) -> Result<Value, Matr
 }
 
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(500 << attempt.saturating_sub(1).min(6))
-}
-
-fn retry_after_header(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    crate::connector::http::backoff(Duration::from_millis(500), attempt)
 }
 
 /// reqwest's error text includes the URL, whose query may hold a sync token: keep the kind,

@@ -249,25 +249,16 @@ fn decode<T: DeserializeOwned>(action: &str, v: Value) -> Result<T, RestError> {
 }
 
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1 << (attempt.saturating_sub(1)).min(5))
+    crate::connector::http::backoff(Duration::from_secs(1), attempt)
 }
 
 /// How long a 429 asks us to wait: Mattermost's rate limiter sends `X-Ratelimit-Reset`, the
 /// seconds until the window resets (0 means "now": wait a little anyway); `Retry-After` is
 /// honoured too, for proxies in front of the server.
 fn rate_limit_wait(resp: &reqwest::Response) -> Option<Duration> {
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)?
-            .to_str()
-            .ok()?
-            .trim()
-            .parse::<u64>()
-            .ok()
-    };
-    header("x-ratelimit-reset")
-        .or_else(|| header("retry-after"))
-        .map(|secs| Duration::from_secs(secs).max(Duration::from_millis(100)))
+    crate::connector::http::seconds_header(resp, "x-ratelimit-reset")
+        .or_else(|| crate::connector::http::retry_after(resp))
+        .map(|wait| wait.max(Duration::from_millis(100)))
 }
 
 /// The message of an `AppError` body (`{"id":…, "message":…}`), else the raw text cut short.

@@ -224,7 +224,8 @@ impl Rest {
             if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
                 && attempt < MAX_ATTEMPTS
             {
-                let wait = retry_after(&resp).unwrap_or_else(|| backoff(attempt));
+                let wait =
+                    crate::connector::http::retry_after(&resp).unwrap_or_else(|| backoff(attempt));
                 if wait <= MAX_RETRY_AFTER {
                     tracing::warn!(action, status = status.as_u16(), ?wait, "retrying");
                     tokio::time::sleep(wait).await;
@@ -400,16 +401,7 @@ fn decode<T: DeserializeOwned>(action: &str, v: Value) -> Result<T, RestError> {
 }
 
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1 << (attempt.saturating_sub(1)).min(5))
-}
-
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    crate::connector::http::backoff(Duration::from_secs(1), attempt)
 }
 
 /// The message of an error body (`{"error": …}` or `{"message": …}`), else the raw text cut
