@@ -123,6 +123,22 @@ impl Validator {
         });
     }
 
+    /// A server's base URL at `path`: present, `http://` or `https://`, returned without a
+    /// trailing `/`. `example` completes "missing: the … URL, like …".
+    pub fn base_url(&mut self, path: &str, value: Option<&str>, example: &str) -> Option<String> {
+        match value.map(str::trim) {
+            None | Some("") => {
+                self.error(path, format!("missing: {example}"));
+                None
+            }
+            Some(s) if !(s.starts_with("http://") || s.starts_with("https://")) => {
+                self.error(path, format!("'{s}' must start with http:// or https://"));
+                None
+            }
+            Some(s) => Some(s.trim_end_matches('/').to_string()),
+        }
+    }
+
     /// Records a key that the section at `path` does not know, the way serde words it.
     pub fn unknown_key(&mut self, path: &str, key: &str, expected: &[&str]) {
         let expected: Vec<String> = expected.iter().map(|k| format!("`{k}`")).collect();

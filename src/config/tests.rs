@@ -443,3 +443,26 @@ fn commands_and_budgets_are_read_and_their_problems_reported() {
     assert!(text.contains("budgets.user.daily"), "{text}");
     assert!(text.contains("budgets.room.monthly.usd"), "{text}");
 }
+
+#[test]
+fn a_servers_url_must_be_there_and_be_http() {
+    let yaml = GOOD.replace(
+        "connectors:\n",
+        "connectors:\n  - {name: rc, type: rocketchat, server: \"chat.example.com\", username: bot, password: pw}\n  - {name: mm, type: mattermost, token: t}\n  - {name: mx, type: matrix, homeserver: \"https://matrix.example.com/\", user_id: \"@bot:example.com\", access_token: t}\n",
+    );
+    let err = check(&yaml).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "connectors[0].server (line 3): 'chat.example.com' must start with http:// or https://"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "connectors[1].server: missing: the server URL, like https://chat.example.com"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("homeserver"), "a good URL is taken: {text}");
+}

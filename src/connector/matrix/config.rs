@@ -124,23 +124,11 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
     let users = raw
         .allowed_users
         .validate(&format!("{path}.allowed_users"), v);
-    let homeserver = match raw.homeserver.as_deref().map(str::trim) {
-        None | Some("") => {
-            v.error(
-                format!("{path}.homeserver"),
-                "missing: the homeserver URL, like https://matrix.example.com",
-            );
-            None
-        }
-        Some(s) if !(s.starts_with("http://") || s.starts_with("https://")) => {
-            v.error(
-                format!("{path}.homeserver"),
-                format!("'{s}' must start with http:// or https://"),
-            );
-            None
-        }
-        Some(s) => Some(s.trim_end_matches('/').to_string()),
-    };
+    let homeserver = v.base_url(
+        &format!("{path}.homeserver"),
+        raw.homeserver.as_deref(),
+        "the homeserver URL, like https://matrix.example.com",
+    );
     let user_id = match raw.user_id.as_deref().map(str::trim) {
         Some(u) if is_user_id(u) => Some(u.to_string()),
         Some(u) => {

@@ -120,23 +120,11 @@ pub fn validate(path: &str, value: Value, v: &mut Validator) -> Option<Connector
     let users = raw
         .allowed_users
         .validate(&format!("{path}.allowed_users"), v);
-    let server = match raw.server.as_deref().map(str::trim) {
-        None | Some("") => {
-            v.error(
-                format!("{path}.server"),
-                "missing: the server URL, like https://chat.example.com",
-            );
-            None
-        }
-        Some(s) if !(s.starts_with("http://") || s.starts_with("https://")) => {
-            v.error(
-                format!("{path}.server"),
-                format!("'{s}' must start with http:// or https://"),
-            );
-            None
-        }
-        Some(s) => Some(s.trim_end_matches('/').to_string()),
-    };
+    let server = v.base_url(
+        &format!("{path}.server"),
+        raw.server.as_deref(),
+        "the server URL, like https://chat.example.com",
+    );
     let token = match raw.token.as_deref().map(str::trim) {
         None | Some("") => {
             v.error(
