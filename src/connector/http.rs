@@ -1,10 +1,81 @@
-//! What the platforms' REST clients (Rocket.Chat, Mattermost, Matrix) share about waiting
-//! before a retry: the doubling backoff and the wait a server names in a header.
+//! What the platforms' REST clients (Rocket.Chat, Mattermost, Matrix) share: the wait before
+//! a retry (the doubling backoff, the wait a server names in a header) and a bounded
+//! download of an attachment into a file.
 //!
-//! Owns: those two rules only. Each client keeps its own retry loop, since what may be
-//! retried and how a session is renewed differ per platform.
+//! Owns: those rules only. Each client keeps its own retry loop and its own request (URL,
+//! credentials), since what may be retried and how a session is renewed differ per platform.
 
+use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+/// Why an attachment was not saved.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("{0} bytes exceeds the limit")]
+    TooLarge(u64),
+    #[error("timed out")]
+    TimedOut,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Saves the body of the response `request` gets into `dest`, failing when it is or grows
+/// past `limit` bytes, or when the whole exchange takes longer than `timeout`. The body goes
+/// to `<dest>.part` first and is renamed at the end, so a partial download never looks like
+/// a file (the part is removed on any failure). `transport` words a reqwest error without
+/// what must not reach a log (a URL's query). The bytes written.
+pub async fn download(
+    request: impl Future<Output = Result<reqwest::Response, DownloadError>>,
+    dest: &Path,
+    limit: Option<u64>,
+    timeout: Duration,
+    transport: impl Fn(&reqwest::Error) -> String,
+) -> Result<u64, DownloadError> {
+    let failed = |e: std::io::Error| DownloadError::Failed(e.to_string());
+    let tmp = dest.with_extension("part");
+    let work = async {
+        let mut resp = request.await?;
+        if !resp.status().is_success() {
+            return Err(DownloadError::Failed(format!(
+                "HTTP {}",
+                resp.status().as_u16()
+            )));
+        }
+        if let (Some(limit), Some(len)) = (limit, resp.content_length()) {
+            if len > limit {
+                return Err(DownloadError::TooLarge(len));
+            }
+        }
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(failed)?;
+        let mut written = 0u64;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| DownloadError::Failed(transport(&e)))?
+        {
+            written += chunk.len() as u64;
+            if limit.is_some_and(|l| written > l) {
+                return Err(DownloadError::TooLarge(written));
+            }
+            file.write_all(&chunk).await.map_err(failed)?;
+        }
+        file.flush().await.map_err(failed)?;
+        drop(file);
+        tokio::fs::rename(&tmp, dest).await.map_err(failed)?;
+        Ok(written)
+    };
+    let result = match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(DownloadError::TimedOut),
+    };
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
 
 /// The wait before retry `attempt` (1-based) when the server named none: `first`, doubling,
 /// at most 32 times `first`.

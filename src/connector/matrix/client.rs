@@ -12,13 +12,13 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
 use super::config::MatrixAuth;
 use super::wire::{
     ErrorBody, EventIdResponse, JoinedMembers, LoginResponse, MessagesResponse, Profile,
     RoomIdResponse, SyncResponse, UploadResponse, WhoAmI,
 };
+pub use crate::connector::http::DownloadError;
 
 /// Attempts for a call that keeps getting rate-limited, 5xx, or cannot connect at all.
 const MAX_ATTEMPTS: u32 = 5;
@@ -486,75 +486,23 @@ impl Client {
             enc(server),
             enc(media)
         );
-        let tmp = dest.with_extension("part");
-        let work = async {
+        let request = async {
             let token = self
                 .token()
                 .await
                 .map_err(|e| DownloadError::Failed(e.to_string()))?;
-            let mut resp = self
-                .http
+            self.http
                 .get(&url)
                 .bearer_auth(&token)
                 .send()
                 .await
-                .map_err(|e| DownloadError::Failed(transport("download", &e).to_string()))?;
-            if !resp.status().is_success() {
-                return Err(DownloadError::Failed(format!(
-                    "HTTP {}",
-                    resp.status().as_u16()
-                )));
-            }
-            if let (Some(limit), Some(len)) = (limit, resp.content_length()) {
-                if len > limit {
-                    return Err(DownloadError::TooLarge(len));
-                }
-            }
-            let mut file = tokio::fs::File::create(&tmp)
-                .await
-                .map_err(|e| DownloadError::Failed(e.to_string()))?;
-            let mut written = 0u64;
-            while let Some(chunk) = resp
-                .chunk()
-                .await
-                .map_err(|e| DownloadError::Failed(transport("download", &e).to_string()))?
-            {
-                written += chunk.len() as u64;
-                if limit.is_some_and(|l| written > l) {
-                    return Err(DownloadError::TooLarge(written));
-                }
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| DownloadError::Failed(e.to_string()))?;
-            }
-            file.flush()
-                .await
-                .map_err(|e| DownloadError::Failed(e.to_string()))?;
-            drop(file);
-            tokio::fs::rename(&tmp, dest)
-                .await
-                .map_err(|e| DownloadError::Failed(e.to_string()))?;
-            Ok(written)
+                .map_err(|e| DownloadError::Failed(transport("download", &e).to_string()))
         };
-        let result = match tokio::time::timeout(timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(DownloadError::TimedOut),
-        };
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
+        crate::connector::http::download(request, dest, limit, timeout, |e| {
+            transport("download", e).to_string()
+        })
+        .await
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
-    #[error("{0} bytes exceeds the limit")]
-    TooLarge(u64),
-    #[error("timed out")]
-    TimedOut,
-    #[error("{0}")]
-    Failed(String),
 }
 
 fn decode<T: DeserializeOwned>(action: &str, v: Value) -> Result<T, MatrixError> {

@@ -12,10 +12,10 @@ use std::time::Duration;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
 use super::config::RocketChatAuth;
 use super::wire::{LoginResponse, WireMe};
+pub use crate::connector::http::DownloadError;
 
 /// Attempts for a call that keeps getting 429/5xx (or cannot connect at all).
 const MAX_ATTEMPTS: u32 = 4;
@@ -310,87 +310,21 @@ impl Rest {
         } else {
             format!("{}/{}", self.base, url_path.trim_start_matches('/'))
         };
-        let work = async {
+        let request = async {
             let auth = self
                 .auth()
                 .await
                 .map_err(|e| DownloadError::Failed(e.to_string()))?;
-            let mut resp = self
-                .http
+            self.http
                 .get(&url)
                 .header("X-User-Id", &auth.user_id)
                 .header("X-Auth-Token", &auth.token)
                 .send()
                 .await
-                .map_err(|e| DownloadError::Failed(transport_detail(&e)))?;
-            if !resp.status().is_success() {
-                return Err(DownloadError::Failed(format!(
-                    "HTTP {}",
-                    resp.status().as_u16()
-                )));
-            }
-            if let (Some(limit), Some(len)) = (limit, resp.content_length()) {
-                if len > limit {
-                    return Err(DownloadError::TooLarge(len));
-                }
-            }
-            let tmp = dest.with_extension("part");
-            let mut file = tokio::fs::File::create(&tmp)
-                .await
-                .map_err(|e| DownloadError::Failed(e.to_string()))?;
-            let mut written = 0u64;
-            let result = async {
-                while let Some(chunk) = resp
-                    .chunk()
-                    .await
-                    .map_err(|e| DownloadError::Failed(transport_detail(&e)))?
-                {
-                    written += chunk.len() as u64;
-                    if limit.is_some_and(|l| written > l) {
-                        return Err(DownloadError::TooLarge(written));
-                    }
-                    file.write_all(&chunk)
-                        .await
-                        .map_err(|e| DownloadError::Failed(e.to_string()))?;
-                }
-                file.flush()
-                    .await
-                    .map_err(|e| DownloadError::Failed(e.to_string()))?;
-                Ok(())
-            }
-            .await;
-            drop(file);
-            match result {
-                Ok(()) => {
-                    tokio::fs::rename(&tmp, dest)
-                        .await
-                        .map_err(|e| DownloadError::Failed(e.to_string()))?;
-                    Ok(written)
-                }
-                Err(e) => {
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    Err(e)
-                }
-            }
+                .map_err(|e| DownloadError::Failed(transport_detail(&e)))
         };
-        match tokio::time::timeout(timeout, work).await {
-            Ok(r) => r,
-            Err(_) => {
-                let _ = tokio::fs::remove_file(dest.with_extension("part")).await;
-                Err(DownloadError::TimedOut)
-            }
-        }
+        crate::connector::http::download(request, dest, limit, timeout, transport_detail).await
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
-    #[error("{0} bytes exceeds the limit")]
-    TooLarge(u64),
-    #[error("timed out")]
-    TimedOut,
-    #[error("{0}")]
-    Failed(String),
 }
 
 fn decode<T: DeserializeOwned>(action: &str, v: Value) -> Result<T, RestError> {
