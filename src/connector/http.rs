@@ -1,6 +1,6 @@
 //! What the platforms' REST clients (Rocket.Chat, Mattermost, Matrix) share: the wait before
-//! a retry (the doubling backoff, the wait a server names in a header) and a bounded
-//! download of an attachment into a file.
+//! a retry (the doubling backoff, the wait a server names in a header), a bounded download
+//! of an attachment into a file, and a file read for an upload (`Upload`).
 //!
 //! Owns: those rules only. Each client keeps its own retry loop and its own request (URL,
 //! credentials), since what may be retried and how a session is renewed differ per platform.
@@ -10,6 +10,34 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+
+/// A file the agent sends, read for an upload: its bytes, its name and its MIME type.
+pub struct Upload {
+    pub data: Vec<u8>,
+    pub name: String,
+    pub mime: &'static str,
+}
+
+impl Upload {
+    pub async fn read(path: &Path) -> Result<Upload, crate::connector::ConnectorError> {
+        let data = tokio::fs::read(path).await.map_err(|source| {
+            crate::connector::ConnectorError::Attachment {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("file")
+            .to_string();
+        Ok(Upload {
+            data,
+            name,
+            mime: crate::connector::files::guess_mime(path),
+        })
+    }
+}
 
 /// Why an attachment was not saved.
 #[derive(Debug, thiserror::Error)]

@@ -1152,18 +1152,8 @@ impl Connector for RocketChatConnector {
         path: &Path,
         caption: Option<&str>,
     ) -> Result<(), ConnectorError> {
-        let data = tokio::fs::read(path)
-            .await
-            .map_err(|source| ConnectorError::Attachment {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("file")
-            .to_string();
-        let mime = files::guess_mime(path);
+        let crate::connector::http::Upload { data, name, mime } =
+            crate::connector::http::Upload::read(path).await?;
         let tmid = self.thread_for(to);
         let file_part = || {
             reqwest::multipart::Part::bytes(data.clone())
