@@ -294,38 +294,8 @@ async fn the_page_sends_streams_and_answers_approvals() {
     assert_eq!(alice, "alice");
     let base = format!("http://{}", gw.connector.local_addr());
 
-    let (browser, ws_url) = Chromium::launch(&binary).await;
-    let mut cdp = Cdp::connect(&ws_url).await;
-    let target = cdp
-        .call("Target.createTarget", json!({ "url": "about:blank" }))
-        .await;
-    let attached = cdp
-        .call(
-            "Target.attachToTarget",
-            json!({ "targetId": target["targetId"], "flatten": true }),
-        )
-        .await;
-    cdp.session = Some(attached["sessionId"].as_str().unwrap().to_string());
-    cdp.call(
-        "Emulation.setDeviceMetricsOverride",
-        json!({ "width": 1200, "height": 820, "deviceScaleFactor": 1, "mobile": false }),
-    )
-    .await;
-    cdp.call("Page.enable", json!({})).await;
-    cdp.call(
-        "Page.navigate",
-        json!({ "url": format!("{base}/?token={token}#lobby") }),
-    )
-    .await;
-    cdp.wait_event("Page.loadEventFired").await;
-
     // Signed in, connected to the room's event stream, token gone from the address bar.
-    cdp.wait_for(
-        "the page to sign in and connect",
-        "document.getElementById('who').textContent.includes('alice') \
-         && document.getElementById('conn').classList.contains('live')",
-    )
-    .await;
+    let (browser, mut cdp) = open_page(&binary, &base, &token).await;
     let address = cdp.eval("location.href").await;
     assert_eq!(address, json!(format!("{base}/#lobby")));
     let kept = cdp
@@ -334,20 +304,7 @@ async fn the_page_sends_streams_and_answers_approvals() {
     assert_eq!(kept, json!(token));
 
     // Type a message and press Enter.
-    cdp.eval("document.getElementById('input').focus()").await;
-    cdp.call(
-        "Input.insertText",
-        json!({ "text": "@bot please run the tests" }),
-    )
-    .await;
-    for kind in ["keyDown", "keyUp"] {
-        cdp.call(
-            "Input.dispatchKeyEvent",
-            json!({ "type": kind, "key": "Enter", "code": "Enter",
-                    "windowsVirtualKeyCode": 13, "text": "\r" }),
-        )
-        .await;
-    }
+    type_and_enter(&mut cdp, "input", "@bot please run the tests").await;
     let m = gw.message().await;
     assert_eq!(m.sender.id, "alice");
     assert_eq!(m.room.id, "lobby");

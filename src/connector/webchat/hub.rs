@@ -341,18 +341,7 @@ impl Hub {
 
     /// Thread `root` of `room`: its root (if still held) and its replies, oldest first.
     pub fn thread(&self, room: &str, root: u64) -> Vec<Message> {
-        let rooms = self.lock();
-        rooms
-            .map
-            .get(room)
-            .map(|r| {
-                r.messages
-                    .iter()
-                    .filter(|m| m.id == root || m.thread == Some(root))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.messages_where(room, |m| m.id == root || m.thread == Some(root))
     }
 
     /// Replaces the text of a bot message still in the history.
@@ -417,17 +406,16 @@ impl Hub {
 
     /// Messages of a room, oldest first; with `after`, only those with a larger id.
     pub fn messages(&self, room: &str, after: Option<u64>) -> Vec<Message> {
+        self.messages_where(room, |m| after.is_none_or(|a| m.id > a))
+    }
+
+    /// The messages of a room that `keep` says, oldest first.
+    fn messages_where(&self, room: &str, keep: impl Fn(&Message) -> bool) -> Vec<Message> {
         let rooms = self.lock();
         rooms
             .map
             .get(room)
-            .map(|r| {
-                r.messages
-                    .iter()
-                    .filter(|m| after.is_none_or(|a| m.id > a))
-                    .cloned()
-                    .collect()
-            })
+            .map(|r| r.messages.iter().filter(|m| keep(m)).cloned().collect())
             .unwrap_or_default()
     }
 
