@@ -102,10 +102,7 @@ async fn room_loop(
                 None => return,
             },
         };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = handle(&inner, event) => {}
-        }
+        handle(&inner, event, &cancel).await;
     }
 }
 
@@ -144,23 +141,57 @@ fn room_of(ev: &MessageEvent) -> Option<Chat> {
     }
 }
 
-async fn handle(inner: &Inner, ev: MessageEvent) {
+/// Prepares a message event (quotes, chains, files, context) and delivers it. Preparing
+/// stops with the connector; a delivered message's verdict is awaited even while stopping (as
+/// the other connectors do): dropped, it would leave an accepted message unsettled, delivered
+/// again after a restart.
+async fn handle(inner: &Inner, ev: MessageEvent, cancel: &CancellationToken) {
     let Some(rt) = inner.runtime.get() else {
         return;
     };
-    let self_id = ev.self_id;
-    // Admitted by `process` already; this cannot fail.
-    let Some(chat) = room_of(&ev) else {
+    let (time, id) = (ev.time, ev.message_id);
+    let message = tokio::select! {
+        m = prepare(inner, ev) => m,
+        _ = cancel.cancelled() => return,
+    };
+    let Some(message) = message else {
         return;
     };
+    let room_id = message.room.id.clone();
+    let verdict = rt.events.deliver(message).await;
+    if verdict.is_settled() {
+        replay::record(rt, &room_id, time, id);
+    }
+    match &verdict {
+        Acceptance::Queued | Acceptance::Handled => {
+            tracing::debug!(connector = %inner.name, room = %room_id, message = id, ?verdict, "delivered")
+        }
+        Acceptance::Ignored(why) => {
+            tracing::debug!(connector = %inner.name, room = %room_id, message = id, why, "not taken")
+        }
+        // The dispatcher has told the sender. Not recorded as settled: a replay after a
+        // reconnect may offer it again.
+        Acceptance::Rejected(why) => {
+            tracing::warn!(connector = %inner.name, room = %room_id, message = id, why, "message rejected")
+        }
+    }
+}
+
+/// The neutral message for an admitted event; `None` when it is not delivered (another bot's
+/// room, already settled, rate limited).
+async fn prepare(inner: &Inner, ev: MessageEvent) -> Option<InboundMessage> {
+    let rt = inner.runtime.get()?;
+    let self_id = ev.self_id;
+    // Admitted by `process` already; this cannot fail.
+    let chat = room_of(&ev)?;
     let room_id = chat.room_id();
     let cfg = &inner.cfg;
     if !claim_room(inner, &room_id, self_id) {
-        return;
+        return None;
     }
     if replay::already_settled(rt, &room_id, ev.message_id) {
         tracing::debug!(connector = %inner.name, room = %room_id, message = ev.message_id, "already delivered");
-        return;
+        return None;
     }
 
     let segments = ev
@@ -217,7 +248,7 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
     // not be told to wait while a turn hangs on that answer.
     let approval = looks_like_approval(&render_plain(&segments, self_id, true).text);
     if triggers && !approval && rate_limited(inner, rt, &ev, &room_id, &sender, direct).await {
-        return;
+        return None;
     }
 
     let mut rendered = render(inner, self_id, &segments, true).await;
@@ -247,13 +278,15 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
             }),
         );
     }
-    // A reply that is a room command (`!stop` answering the bot's message) stays a command:
-    // the quote would hide its prefix, and a command needs no quoted context.
-    let command = rendered
-        .text
-        .trim_start()
-        .strip_prefix(['!', '/'])
-        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_alphabetic()));
+    // A reply that is a room command (`!stop` answering the bot's message) or an approval
+    // (`approve a3k9` answering its prompt) stays one: a quote or context block before it
+    // would hide it, and neither needs context.
+    let command = approval
+        || rendered
+            .text
+            .trim_start()
+            .strip_prefix(['!', '/'])
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_alphabetic()));
     if let Some(q) = quoted.as_ref().filter(|_| !command) {
         rendered.text = format!(
             "[Quoted message from {}]\n{}\n[End of quote]\n{}",
@@ -266,7 +299,7 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
         (Vec::new(), Vec::new())
     };
     let mut text = rendered.text;
-    if addressed {
+    if addressed && !command {
         if let (Chat::Group(gid), Some(gc)) = (chat, &cfg.group_context) {
             if let Some(block) = context::group_context(inner, rt, self_id, gid, &ev, gc).await {
                 text = format!("{block}\n\n{text}");
@@ -286,23 +319,7 @@ async fn handle(inner: &Inner, ev: MessageEvent) {
         conversation: None,
         ts,
     };
-    let verdict = rt.events.deliver(message).await;
-    if verdict.is_settled() {
-        replay::record(rt, &room_id, ev.time, ev.message_id);
-    }
-    match &verdict {
-        Acceptance::Queued | Acceptance::Handled => {
-            tracing::debug!(connector = %inner.name, room = %room_id, message = ev.message_id, ?verdict, "delivered")
-        }
-        Acceptance::Ignored(why) => {
-            tracing::debug!(connector = %inner.name, room = %room_id, message = ev.message_id, why, "not taken")
-        }
-        // The dispatcher has told the sender. Not recorded as settled: a replay after a
-        // reconnect may offer it again.
-        Acceptance::Rejected(why) => {
-            tracing::warn!(connector = %inner.name, room = %room_id, message = ev.message_id, why, "message rejected")
-        }
-    }
+    Some(message)
 }
 
 /// Applies the sender's rate limit; true when the message must not be delivered (the first
@@ -421,25 +438,38 @@ async fn chain_root(
     quoted_id: i64,
     first: Option<&Quoted>,
 ) -> i64 {
+    // A quote that could not be read is not read again.
+    let Some(first) = first else {
+        return inner.chains().root_of(quoted_id).unwrap_or(quoted_id);
+    };
     let mut id = quoted_id;
-    let mut known_parent = first.map(|q| q.reply_to);
-    for _ in 0..MAX_CHAIN_WALK {
+    let mut known_parent = Some(first.reply_to);
+    let mut walked = Vec::new();
+    let root = loop {
         if let Some(root) = inner.chains().root_of(id) {
-            return root;
+            break root;
         }
         let parent = match known_parent.take() {
             Some(parent) => parent,
             None => match fetch_quoted(inner, self_id, chat, id).await {
                 Some(q) => q.reply_to,
-                None => return id,
+                None => break id,
             },
         };
+        walked.push(id);
         match parent {
-            Some(parent) => id = parent,
-            None => return id,
+            Some(parent) if walked.len() < MAX_CHAIN_WALK => id = parent,
+            Some(parent) => break parent,
+            None => break id,
         }
+    };
+    // Remembered, so the next reply to any of them walks no further.
+    let room = chat.room_id();
+    let mut chains = inner.chains();
+    for w in walked {
+        chains.record(&room, w, root, None);
     }
-    id
+    root
 }
 
 /// Message `message_id` as `get_msg` reads it, if it was said in `chat`: a reply segment is
