@@ -56,10 +56,7 @@ pub trait Outbox: Send + Sync + 'static {
         room: &str,
         thread: &str,
         limit: usize,
-    ) -> Result<Vec<ThreadMessage>, ConnectorError> {
-        let _ = (room, thread, limit);
-        Err(ConnectorError::Unsupported("reading threads"))
-    }
+    ) -> Result<Vec<ThreadMessage>, ConnectorError>;
 }
 
 /// A connector's outbox. (A wrapper rather than `Arc<dyn Connector> as Arc<dyn Outbox>`:

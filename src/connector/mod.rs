@@ -321,13 +321,47 @@ pub trait Connector: Send + Sync + 'static {
     async fn resolve_room(&self, spec: &str) -> Result<RoomRef, ConnectorError>;
 }
 
-/// The latest `limit` of `items`, oldest first by `time` (what `thread_history` returns).
-pub fn latest<T, K: Ord>(mut items: Vec<T>, limit: usize, time: impl Fn(&T) -> K) -> Vec<T> {
-    items.sort_by_key(time);
-    let excess = items.len().saturating_sub(limit);
-    items.drain(..excess);
-    items
+/// At most `limit` of a thread's `items`, oldest first by `time` (what `thread_history`
+/// returns): its root (`is_root`) whenever there is one, since it says what the thread is
+/// about, then the latest others.
+pub fn latest<T, K: Ord>(
+    mut items: Vec<T>,
+    limit: usize,
+    time: impl Fn(&T) -> K,
+    is_root: impl Fn(&T) -> bool,
+) -> Vec<T> {
+    // The root first whatever its time says (a clock may be off), then by time.
+    items.sort_by_key(|m| (!is_root(m), time(m)));
+    if items.len() <= limit {
+        return items;
+    }
+    let keep_root = limit > 0 && items.first().is_some_and(&is_root);
+    let skip = items.len() - limit;
+    let mut rest = items.into_iter();
+    let root = if keep_root { rest.next() } else { None };
+    root.into_iter().chain(rest.skip(skip)).collect()
 }
 
 /// All connectors of the running daemon, by name.
 pub type Connectors = std::collections::HashMap<Arc<str>, Arc<dyn Connector>>;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn latest_keeps_the_root_and_the_newest_others() {
+        // (id, time); "r" is the root, stamped late by a skewed clock.
+        let items = vec![("b", 2), ("r", 9), ("a", 1), ("c", 3), ("d", 4)];
+        let ids = |limit| -> Vec<&str> {
+            super::latest(items.clone(), limit, |m| m.1, |m| m.0 == "r")
+                .into_iter()
+                .map(|m| m.0)
+                .collect()
+        };
+        assert_eq!(ids(10), ["r", "a", "b", "c", "d"]);
+        assert_eq!(ids(3), ["r", "c", "d"]);
+        assert_eq!(ids(1), ["r"]);
+        assert!(ids(0).is_empty());
+        let no_root = super::latest(vec![3, 1, 2], 2, |n| *n, |_| false);
+        assert_eq!(no_root, [2, 3]);
+    }
+}

@@ -1436,9 +1436,10 @@ async fn threads_take_replies_stream_them_and_are_read_back() {
         ]
     );
     assert_eq!(read[1].sender.username, "bob");
+    // A limit keeps the root first (what the thread is about), then the newest replies.
     let latest = c.thread_history("lobby", &root, 1).await.unwrap();
     assert_eq!(latest.len(), 1);
-    assert_eq!(latest[0].id, reply);
+    assert_eq!(latest[0].id, root);
     // A thread people start on the bot's own message has it as its root, marked own.
     let notice = c
         .post(&lobby(), "Nightly report: 3 failures")

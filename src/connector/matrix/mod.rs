@@ -793,7 +793,7 @@ impl Connector for MatrixConnector {
                 })
             })
             .collect();
-        let messages = crate::connector::latest(messages, limit, |m| m.ts);
+        let messages = crate::connector::latest(messages, limit, |m| m.ts, |m| m.id == thread);
         Ok(messages)
     }
 

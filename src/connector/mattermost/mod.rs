@@ -1030,7 +1030,7 @@ impl Connector for MattermostConnector {
             .filter(|p| p.channel_id == room && (p.user_id != bot.user_id || p.id == thread))
             .filter(|p| p.kind.is_empty() && p.delete_at == 0)
             .collect();
-        let posts = crate::connector::latest(posts, limit, |p| p.create_at);
+        let posts = crate::connector::latest(posts, limit, |p| p.create_at, |p| p.id == thread);
         let mut out = Vec::with_capacity(posts.len());
         for p in posts {
             // An author who cannot be looked up keeps the id as name: a username never

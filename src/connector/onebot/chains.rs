@@ -74,16 +74,19 @@ impl Chains {
         }
     }
 
-    /// What people said in `room` in the chain rooted at `root`, oldest first (the root first
-    /// whatever its time says), at most the latest `limit`.
+    /// What people said in `room` in the chain rooted at `root`, as `connector::latest` keeps
+    /// it (the root first, then the latest others).
     pub fn history(&self, room: &str, root: i64, limit: usize) -> Vec<ThreadMessage> {
         let Some(list) = self.members.get(&(room.to_string(), root)) else {
             return Vec::new();
         };
         let root = root.to_string();
-        crate::connector::latest(list.iter().cloned().collect(), limit, |m| {
-            (m.id != root, m.ts)
-        })
+        crate::connector::latest(
+            list.iter().cloned().collect(),
+            limit,
+            |m| m.ts,
+            |m| m.id == root,
+        )
     }
 }
 
@@ -123,7 +126,14 @@ mod tests {
             .map(|m| m.text)
             .collect();
         assert_eq!(texts, ["question", "follow-up"]);
-        assert_eq!(c.history("group:1", 1, 1)[0].text, "follow-up");
+        // A short limit keeps the root and the newest others.
+        c.record("group:1", 5, 1, said(5, "and another"));
+        let texts: Vec<String> = c
+            .history("group:1", 1, 2)
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["question", "and another"]);
         assert!(c.history("group:1", 2, 10).is_empty());
     }
 

@@ -361,9 +361,8 @@ impl Connector for OneBotConnector {
         let root: i64 = thread
             .parse()
             .map_err(|_| ConnectorError::Other(format!("not a QQ message id: {thread}")))?;
-        let mut seen = self.inner.chains().history(room, root, limit);
-        // With `limit` later messages remembered, the root would not be shown anyway.
-        if seen.len() >= limit || seen.iter().any(|m| m.id == thread) {
+        let seen = self.inner.chains().history(room, root, limit);
+        if seen.iter().any(|m| m.id == thread) {
             return Ok(seen);
         }
         let Some(self_id) = self.inner.room_bot().get(room).copied() else {
@@ -384,11 +383,9 @@ impl Connector for OneBotConnector {
             text: q.text,
             ts: crate::model::from_epoch_ms(q.time.max(0) as u64 * 1000),
         };
-        self.inner
-            .chains()
-            .record(room, root, root, Some(first.clone()));
-        seen.insert(0, first);
-        Ok(seen)
+        let mut chains = self.inner.chains();
+        chains.record(room, root, root, Some(first));
+        Ok(chains.history(room, root, limit))
     }
 
     async fn resolve_room(&self, spec: &str) -> Result<RoomRef, ConnectorError> {

@@ -1094,7 +1094,7 @@ impl Connector for RocketChatConnector {
                 })
             })
             .collect();
-        let messages = crate::connector::latest(messages, limit, |m| m.ts);
+        let messages = crate::connector::latest(messages, limit, |m| m.ts, |m| m.id == thread);
         Ok(messages)
     }
 

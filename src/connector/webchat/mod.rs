@@ -404,7 +404,7 @@ impl Connector for WebchatConnector {
             .into_iter()
             .filter(|m| m.from != BOT_NAME || m.id == root)
             .collect();
-        let messages = crate::connector::latest(messages, limit, |m| m.id);
+        let messages = crate::connector::latest(messages, limit, |m| m.id, |m| m.id == root);
         Ok(messages
             .into_iter()
             .map(|m| {
