@@ -722,6 +722,8 @@ impl RoomWorker {
             return;
         }
         let session = self.session_id.clone();
+        // The agent lost the session: the next one has seen nothing of its thread.
+        let lost = report.session_changed && session.is_none();
         let last = done.last().cloned();
         let now = crate::model::epoch_ms(std::time::SystemTime::now());
         self.deps.store.update_room(&self.key, |r| {
@@ -733,6 +735,9 @@ impl RoomWorker {
             }
             if let Some(u) = &usage {
                 r.session_usage.add(u);
+            }
+            if lost {
+                r.thread_seen = None;
             }
             if let Some(seen) = thread_seen {
                 r.thread_seen = Some(match r.thread_seen.take() {

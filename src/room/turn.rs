@@ -81,9 +81,9 @@ impl TurnRunner {
         let mut prompt = prompt::build(&self.deps.platform, &self.batch);
         let mut thread_seen = None;
         if let (Some(thread), true) = (&self.key.thread, caps.threads) {
-            let context = self.thread_context(thread, role).await;
+            let context = self.thread_context(anchor, thread, role).await;
             prompt = context.block + &prompt;
-            thread_seen = Some(context.seen);
+            thread_seen = context.seen;
             role = context.role;
         }
         if let Some(previous) = self.typing_off {
@@ -309,33 +309,39 @@ impl TurnRunner {
     /// A guest's words in the thread steer the turn as much as a guest's message in a
     /// catch-up batch: the turn runs with the lowest role among its senders (`role`) and the
     /// authors shown.
-    async fn thread_context(&self, thread: &str, role: Role) -> ThreadContext {
+    async fn thread_context(
+        &self,
+        anchor: &QueuedMessage,
+        thread: &str,
+        role: Role,
+    ) -> ThreadContext {
         let own = self
             .batch
             .iter()
             .map(|q| (q.message.id.as_str(), q.message.ts));
-        let Some(anchor) = self.batch.last() else {
-            return ThreadContext {
-                block: String::new(),
-                seen: ThreadSeen::of(own),
-                role,
-            };
-        };
         let room = &anchor.message.room;
         let read = self
             .deps
             .outbox
             .thread_history(&room.id, thread, prompt::MAX_THREAD_CONTEXT);
-        let (earlier, unreadable) = match tokio::time::timeout(THREAD_READ_TIMEOUT, read).await {
-            Ok(Ok(messages)) => (messages, None),
-            Ok(Err(e)) => {
+        // A stop does not wait for the read (the slot wait that follows sees it too).
+        let read = async {
+            tokio::select! {
+                r = tokio::time::timeout(THREAD_READ_TIMEOUT, read) => Some(r),
+                _ = self.cancel.cancelled() => None,
+            }
+        };
+        let (earlier, unreadable) = match read.await {
+            Some(Ok(Ok(messages))) => (messages, None),
+            Some(Ok(Err(e))) => {
                 warn!(error = %e, "could not read the thread's earlier messages");
                 (Vec::new(), Some(e.to_string()))
             }
-            Err(_) => {
+            Some(Err(_)) => {
                 warn!("reading the thread's earlier messages timed out");
                 (Vec::new(), Some("timed out".to_string()))
             }
+            None => (Vec::new(), Some("the turn was stopped".to_string())),
         };
         let until = anchor.message.ts;
         let unseen: Vec<_> = earlier
@@ -349,7 +355,11 @@ impl TurnRunner {
                     .is_some_and(|s| s.covers(&m.id, m.ts))
             })
             .collect();
-        let seen = ThreadSeen::of(own.chain(unseen.iter().map(|m| (m.id.as_str(), m.ts))));
+        // What could not be read was not seen: the position stays where it was, so the next
+        // turn shows it.
+        let seen = unreadable
+            .is_none()
+            .then(|| ThreadSeen::of(own.chain(unseen.iter().map(|m| (m.id.as_str(), m.ts)))));
         let mut turn_role = role;
         let total = unseen.len();
         let shown: Vec<_> = unseen
@@ -383,8 +393,9 @@ impl TurnRunner {
 /// What a thread turn is told of the thread before its own messages.
 struct ThreadContext {
     block: String,
-    /// How far the session will have seen the thread once the turn ran.
-    seen: ThreadSeen,
+    /// How far the session will have seen the thread once the turn ran (`None`: no further
+    /// than before, the thread could not be read).
+    seen: Option<ThreadSeen>,
     /// The role the turn runs with.
     role: Role,
 }
