@@ -243,6 +243,9 @@ impl Dispatcher {
         self.restore_pending();
         let drain = self.parts.drain.clone();
         let mut idle = self.idle_rx.take().expect("run is called once");
+        // A daemon that runs for months forgets idle threads daily, not only at start.
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let mut prune = tokio::time::interval_at(tokio::time::Instant::now() + day, day);
         loop {
             let wake = self.schedules.wake_in(SystemTime::now());
             tokio::select! {
@@ -250,6 +253,7 @@ impl Dispatcher {
                 Some(request) = control.recv() => self.on_control(request),
                 Some(report) = idle.recv() => self.on_idle(report),
                 _ = tokio::time::sleep(wake.unwrap_or_default()), if wake.is_some() => self.run_schedules(),
+                _ = prune.tick() => self.forget_old_threads(SystemTime::now()),
                 _ = drain.cancelled() => break,
             }
         }
@@ -268,7 +272,8 @@ impl Dispatcher {
     }
 
     /// Drops the state of threads (in `session_scope: thread`) where nothing has happened for
-    /// [`THREAD_RETENTION`] and that wait for nothing: every thread keeps a state entry, and
+    /// [`THREAD_RETENTION`], that wait for nothing and have no worker (at start, then daily):
+    /// every thread keeps a state entry, and
     /// a busy channel starts many. A thread mentioned again after that starts a new session,
     /// with the whole thread as its context.
     fn forget_old_threads(&mut self, now: SystemTime) {
@@ -286,6 +291,7 @@ impl Dispatcher {
                 .map(|(id, state)| (RoomKey::from_id(connector.clone(), &id), state))
                 .filter(|(key, state)| {
                     key.thread.is_some()
+                        && !self.rooms.contains_key(key)
                         && state.pending.is_empty()
                         && match state.active_ms.or(state.thread_seen.as_ref().map(|s| s.ms)) {
                             Some(ms) => ms < before,
