@@ -36,9 +36,7 @@ impl RoomWorker {
     /// When the room's `!budget override` ends, while it lasts. It is the platform room's:
     /// set in one thread of a thread-scoped room, it holds in all of them.
     pub(super) fn budget_override(&self) -> Option<u64> {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = super::hold::epoch_secs(SystemTime::now());
         self.deps
             .store
             .room(&self.key.of_room())
